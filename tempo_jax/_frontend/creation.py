@@ -1,0 +1,134 @@
+"""Creating recurrent tensors: inputs, placeholders and constants."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from .._ir.errors import TempoError
+from .._ir.expr import Expr, Symbol, as_expr, dims_of, symbols_of
+from .._ir.program import Dim, TensorSpec, static_dim
+from .._ir.source import SourceInfo, capture_source, describe
+from .program import Program, active_program
+from .tensor import RecurrentTensor, TensorMeta, as_tensor, record
+
+_ASSIGNED = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?::[^=]*)?=[^=]")
+
+
+def input(  # noqa: A001 - mirrors the documented spelling `tj.input`
+    name: str, shape: Sequence[Dim] = (), dtype: Any = jnp.float32, domain: Sequence[Symbol] = ()
+) -> RecurrentTensor:
+    """A program input; the array passed at run has shape ``(*domain bounds, *shape)``.
+
+    Example: ``x0 = tj.input("x0", (4,), jnp.float32, domain=(b,))``.
+    """
+    source = capture_source()
+    program = active_program("tj.input")
+    program.register_input(name, source)
+    domain_t, spec = _declare(program, f"input {name!r}", shape, dtype, domain, source)
+    op = program.add_op(
+        kind="input", name=name, domain=domain_t, inputs=(), outputs=(spec,), source=source
+    )
+    return RecurrentTensor(TensorMeta(program, op.id, 0, None, domain_t, spec.shape, spec.dtype,
+                                      source))
+
+
+def placeholder(
+    shape: Sequence[Dim] = (),
+    dtype: Any = jnp.float32,
+    domain: Sequence[Symbol] = (),
+    name: str | None = None,
+) -> RecurrentTensor:
+    """A tensor defined afterwards by ordered branches (``x[0] = ...``, ``x[t+1] = ...``).
+
+    Its name defaults to the variable it is assigned to.
+    """
+    source = capture_source()
+    program = active_program("tj.placeholder")
+    name = name or _assigned_name(source) or "placeholder"
+    domain_t, spec = _declare(program, f"placeholder {name!r}", shape, dtype, domain, source)
+    op = program.add_op(
+        kind="merge", name=name, domain=domain_t, inputs=(), outputs=(spec,), source=source
+    )
+    return RecurrentTensor(TensorMeta(program, op.id, 0, None, domain_t, spec.shape, spec.dtype,
+                                      source))
+
+
+def const(value: Any, dtype: Any = None) -> RecurrentTensor:
+    """A constant tensor with an empty domain (broadcast over any domain it meets)."""
+    array = jnp.asarray(value, dtype=dtype)
+    return as_tensor(array, active_program("tj.const"), capture_source())
+
+
+def full(shape: Sequence[int], fill_value: Any, dtype: Any = None) -> RecurrentTensor:
+    """A constant tensor of ``shape`` filled with ``fill_value``."""
+    return const(jnp.full(tuple(shape), fill_value, dtype=dtype))
+
+
+def zeros(shape: Sequence[int], dtype: Any = jnp.float32) -> RecurrentTensor:
+    """A constant tensor of zeros."""
+    return const(jnp.zeros(tuple(shape), dtype=dtype))
+
+
+def ones(shape: Sequence[int], dtype: Any = jnp.float32) -> RecurrentTensor:
+    """A constant tensor of ones."""
+    return const(jnp.ones(tuple(shape), dtype=dtype))
+
+
+def zeros_like(x: RecurrentTensor) -> RecurrentTensor:
+    """Zeros with the shape and dtype of ``x`` (and its domain)."""
+    return record(jnp.zeros_like, (x,), {}, name="zeros_like", source=capture_source())
+
+
+def ones_like(x: RecurrentTensor) -> RecurrentTensor:
+    """Ones with the shape and dtype of ``x`` (and its domain)."""
+    return record(jnp.ones_like, (x,), {}, name="ones_like", source=capture_source())
+
+
+def _declare(
+    program: Program,
+    what: str,
+    shape: Sequence[Dim],
+    dtype: Any,
+    domain: Sequence[Symbol],
+    source: SourceInfo,
+) -> tuple[tuple[Symbol, ...], TensorSpec]:
+    if isinstance(domain, Symbol):
+        domain = (domain,)
+    for dim in domain:
+        if not isinstance(dim, Symbol) or dim.is_bound:
+            raise TempoError(
+                f"the domain of {what}{describe(source)} must list dims from `p.dims(...)`, "
+                f"got `{dim}`"
+            )
+        program.check_symbol(dim, what, source)
+    if len(set(domain)) != len(domain):
+        raise TempoError(f"the domain of {what}{describe(source)} repeats a dim")
+    ordered = program.sort_domain(set(domain))
+    if tuple(domain) != ordered:
+        names = ", ".join(d.name for d in ordered)
+        raise TempoError(
+            f"the domain of {what}{describe(source)} lists its dims out of order; list them as "
+            f"declared by `p.dims`: ({names})."
+        )
+    dims: list[Dim] = []
+    for size in (shape,) if isinstance(shape, int | Expr) else tuple(shape):
+        expr = as_expr(size)
+        for sym in symbols_of(expr):
+            program.check_symbol(sym, what, source)
+        if dims_of(expr):
+            raise TempoError(
+                f"the shape of {what}{describe(source)} uses dims ({expr}); declared shapes may "
+                "use constants and bounds only."
+            )
+        dims.append(static_dim(expr))
+    return ordered, TensorSpec(tuple(dims), np.dtype(dtype))
+
+
+def _assigned_name(source: SourceInfo) -> str | None:
+    match = _ASSIGNED.match(source.code)
+    return match.group(1) if match else None

@@ -1,0 +1,159 @@
+"""The user's :class:`Program`: a context manager that owns symbols and records ops."""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .._ir.errors import DefinitionError, ForeignSymbolError, OutputError, TempoError
+from .._ir.expr import Symbol
+from .._ir.program import Edge, Op, Output, TensorSpec
+from .._ir.program import Program as IRProgram
+from .._ir.source import SourceInfo, capture_source, describe
+from .._ir.verify import verify
+
+if TYPE_CHECKING:
+    from .tensor import RecurrentTensor
+
+_ACTIVE: contextvars.ContextVar[Program | None] = contextvars.ContextVar(
+    "tempo_jax_active_program", default=None
+)
+
+
+class Program:
+    """Records a dynamic program written for one point of its domain.
+
+    Example::
+
+        with tj.Program() as p:
+            t, = p.dims("t")
+            x = tj.placeholder((), jnp.float32, domain=(t,))
+            x[0] = 1.0
+            x[t + 1] = x[t] * 0.5
+            p.output("x", x[0:t.bound])
+        out = tj.reference.run(p, bounds={t.bound: 8})
+    """
+
+    def __init__(self, name: str = "program") -> None:
+        self.name = name
+        self._dims: list[Symbol] = []
+        self._ops: list[Op] = []
+        self._branches: dict[int, list[Edge]] = {}
+        self._outputs: list[Output] = []
+        self._input_names: set[str] = set()
+        self._tokens: list[contextvars.Token[Program | None]] = []
+
+    # -- context management --------------------------------------------------------------------
+    def __enter__(self) -> Program:
+        self._tokens.append(_ACTIVE.set(self))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _ACTIVE.reset(self._tokens.pop())
+
+    # -- symbols --------------------------------------------------------------------------------
+    def dims(self, names: str | Sequence[str]) -> tuple[Symbol, ...]:
+        """Declare domain dims (``p.dims("b t")``); each dim ``t`` has the bound ``T``.
+
+        Domains are always ordered as the dims are declared here.
+        """
+        if isinstance(names, str):
+            names = names.replace(",", " ").split()
+        created = []
+        for name in names:
+            if not name.isidentifier():
+                raise TempoError(f"dim name {name!r} is not an identifier")
+            bound = name.upper() if name.upper() != name else f"{name}_bound"
+            taken = {s.name for s in self._dims} | {s.bound.name for s in self._dims}
+            if name in taken or bound in taken:
+                raise TempoError(
+                    f"dim {name!r} (bound {bound!r}) clashes with an existing dim or bound of "
+                    "this program; choose another name."
+                )
+            sym = Symbol(name, id(self), bound)
+            self._dims.append(sym)
+            created.append(sym)
+        return tuple(created)
+
+    @property
+    def declared_dims(self) -> tuple[Symbol, ...]:
+        """Every dim declared so far, in declaration order."""
+        return tuple(self._dims)
+
+    def check_symbol(self, sym: Symbol, where: str, source: SourceInfo) -> None:
+        owned = sym in self._dims or any(sym == d.bound for d in self._dims)
+        if not owned:
+            raise ForeignSymbolError(
+                f"{where}{describe(source)} uses the symbol `{sym.name}`, which belongs to another "
+                "program; use the symbols returned by this program's `p.dims(...)`."
+            )
+
+    def sort_domain(self, dims: set[Symbol] | frozenset[Symbol]) -> tuple[Symbol, ...]:
+        """Order a set of dims as declared."""
+        return tuple(d for d in self._dims if d in dims)
+
+    # -- recording -------------------------------------------------------------------------------
+    def add_op(self, **fields: Any) -> Op:
+        op = Op(id=len(self._ops), **fields)
+        self._ops.append(op)
+        if op.kind == "merge":
+            self._branches[op.id] = []
+        return op
+
+    def op(self, op_id: int) -> Op:
+        return self._ops[op_id]
+
+    def add_branch(self, op_id: int, edge: Edge) -> None:
+        self._branches[op_id].append(edge)
+
+    def register_input(self, name: str, source: SourceInfo) -> None:
+        if name in self._input_names:
+            raise TempoError(f"two inputs are named {name!r}{describe(source)}; names must differ")
+        self._input_names.add(name)
+
+    def output(self, name: str, value: RecurrentTensor) -> None:
+        """Name a program output: ``value`` stacked over its domain (domain dims first)."""
+        from .tensor import RecurrentTensor, as_tensor
+
+        source = capture_source()
+        if any(out.name == name for out in self._outputs):
+            raise OutputError(f"two outputs are named {name!r}{describe(source)}")
+        if not isinstance(value, RecurrentTensor):
+            value = as_tensor(value, program=self)
+        if value.program is not self:
+            raise ForeignSymbolError(
+                f"output {name!r}{describe(source)} is a tensor of another program"
+            )
+        edge = dataclasses.replace(value.edge(), source=source)
+        spec = TensorSpec(value.shape, value.dtype)
+        self._outputs.append(Output(name=name, domain=value.domain, edge=edge, spec=spec))
+
+    # -- freezing --------------------------------------------------------------------------------
+    def to_ir(self) -> IRProgram:
+        """The immutable, verified dependence graph of what has been recorded so far."""
+        ops = tuple(
+            op.replace(inputs=tuple(self._branches[op.id])) if op.kind == "merge" else op
+            for op in self._ops
+        )
+        if not self._outputs:
+            raise OutputError(
+                f"program {self.name!r} has no outputs; name at least one with "
+                "`p.output(name, tensor)`."
+            )
+        return verify(IRProgram(tuple(self._dims), ops, tuple(self._outputs)))
+
+    def __repr__(self) -> str:
+        dims = " ".join(d.name for d in self._dims)
+        return f"Program({self.name!r}, dims='{dims}', ops={len(self._ops)})"
+
+
+def active_program(what: str) -> Program:
+    """The program of the innermost ``with tj.Program()`` block."""
+    program = _ACTIVE.get()
+    if program is None:
+        raise DefinitionError(
+            f"`{what}` needs a program: call it inside `with tj.Program() as p:`."
+        )
+    return program

@@ -1,0 +1,1 @@
+"""The IR: index expressions, the symbolic dependence graph, its verifier and errors."""

@@ -1,0 +1,212 @@
+"""The symbolic dependence graph (SDG): immutable ops, edges, outputs and the program.
+
+An :class:`Op` computes one value per point of its *domain* (a tuple of dims). Each input
+:class:`Edge` says, per dim of the producer, which producer point(s) one consumer point
+reads: an index expression (``t-1``) or a :class:`~tempo_jax._ir.expr.Slice` (``0:t+1``),
+which stacks the range along a new leading spatial dim. Op kinds:
+
+- ``"input"``: a program input; its value at a point is one entry of the input array.
+- ``"apply"``: a point-wise JAX payload applied to its inputs' values at a point.
+- ``"merge"``: a tensor defined by ordered branches; each input edge carries a condition
+  over the op's domain, and the first edge whose condition holds defines the point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .expr import (
+    TRUE,
+    Const,
+    Expr,
+    IndexItem,
+    Slice,
+    Symbol,
+    format_index,
+    substitute,
+    symbols_of,
+)
+from .simplify import simplify
+from .source import UNKNOWN_SOURCE, SourceInfo
+
+Dim = int | Expr  # a spatial dim size: static, or symbolic (over bounds and domain dims)
+
+OP_KINDS = ("input", "apply", "merge")
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """Spatial shape and dtype of one point of a tensor."""
+
+    shape: tuple[Dim, ...]
+    dtype: np.dtype
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    def symbols(self) -> frozenset[Symbol]:
+        found: set[Symbol] = set()
+        for d in self.shape:
+            if isinstance(d, Expr):
+                found |= symbols_of(d)
+        return frozenset(found)
+
+    def concrete_shape(self, env: Mapping[Symbol, int]) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) else d.evaluate(env) for d in self.shape)
+
+    def __str__(self) -> str:
+        dims = ", ".join(str(d) for d in self.shape)
+        return f"{self.dtype.name}[{dims}]"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Payload:
+    """The JAX function computing one point of an ``apply`` op.
+
+    Called as ``fn(*input_values)``; with ``uses_point`` as ``fn(env, *input_values)`` where
+    ``env`` maps the op's domain dims and every bound to their values at the point.
+    Returns a tuple with one array per output.
+    """
+
+    fn: Callable[..., tuple[Any, ...]]
+    name: str
+    uses_point: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Edge:
+    """A read of producer ``src`` (output ``out``) at ``index`` under condition ``cond``."""
+
+    src: int
+    out: int
+    index: tuple[IndexItem, ...]
+    cond: Expr = TRUE
+    source: SourceInfo = UNKNOWN_SOURCE
+
+    @property
+    def slices(self) -> tuple[int, ...]:
+        """Positions of the index items that are slices (each adds a leading spatial dim)."""
+        return tuple(k for k, item in enumerate(self.index) if isinstance(item, Slice))
+
+    def symbols(self) -> frozenset[Symbol]:
+        found: set[Symbol] = set(symbols_of(self.cond))
+        for item in self.index:
+            found |= symbols_of(item)
+        return frozenset(found)
+
+    def describe(self, producer_name: str) -> str:
+        return f"{producer_name}[{format_index(self.index)}]" if self.index else producer_name
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """One node of the SDG; see the module docstring for the kinds."""
+
+    id: int
+    kind: str
+    name: str
+    domain: tuple[Symbol, ...]
+    inputs: tuple[Edge, ...]
+    outputs: tuple[TensorSpec, ...]
+    payload: Payload | None = None
+    source: SourceInfo = UNKNOWN_SOURCE
+
+    def replace(self, **changes: Any) -> Op:
+        return dataclasses.replace(self, **changes)
+
+    def __str__(self) -> str:
+        dom = ", ".join(s.name for s in self.domain)
+        outs = ", ".join(str(o) for o in self.outputs)
+        return f"%{self.id} {self.name}[{dom}] : {outs} = {self.kind}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """A named program output: the read ``edge`` stacked over ``domain`` (dims first)."""
+
+    name: str
+    domain: tuple[Symbol, ...]
+    edge: Edge
+    spec: TensorSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """An immutable SDG. ``dims`` are the program's domain dims in declaration order."""
+
+    dims: tuple[Symbol, ...]
+    ops: tuple[Op, ...]
+    outputs: tuple[Output, ...]
+
+    def replace(self, **changes: Any) -> Program:
+        return dataclasses.replace(self, **changes)
+
+    @functools.cached_property
+    def _by_id(self) -> dict[int, Op]:
+        return {op.id: op for op in self.ops}
+
+    def op(self, op_id: int) -> Op:
+        return self._by_id[op_id]
+
+    @property
+    def inputs(self) -> dict[str, Op]:
+        return {op.name: op for op in self.ops if op.kind == "input"}
+
+    @property
+    def bounds(self) -> tuple[Symbol, ...]:
+        return tuple(d.bound for d in self.dims)
+
+    def read_spec(self, edge: Edge) -> TensorSpec:
+        """Spec of the value an edge reads at one consumer point (see :func:`read_spec`)."""
+        return read_spec(self.op(edge.src), edge)
+
+    def producer_name(self, edge: Edge) -> str:
+        op = self.op(edge.src)
+        return op.name if len(op.outputs) == 1 else f"{op.name}.{edge.out}"
+
+    def __str__(self) -> str:
+        lines = []
+        for op in self.ops:
+            reads = ", ".join(
+                edge.describe(f"%{edge.src}")
+                + ("" if edge.cond == TRUE else f" if {edge.cond}")
+                for edge in op.inputs
+            )
+            lines.append(f"{op}({reads})")
+        for out in self.outputs:
+            lines.append(f"output {out.name} = {out.edge.describe(f'%{out.edge.src}')}")
+        return "\n".join(lines)
+
+
+def read_spec(producer: Op, edge: Edge) -> TensorSpec:
+    """Spec of the value ``edge`` reads from ``producer`` at one consumer point.
+
+    Slice items prepend their sizes (in index order); the producer's own symbolic sizes are
+    re-expressed at the read point.
+    """
+    spec = producer.outputs[edge.out]
+    point = {
+        dim: item
+        for dim, item in zip(producer.domain, edge.index, strict=True)
+        if not isinstance(item, Slice)
+    }
+    shape = [d if isinstance(d, int) else substitute(d, point) for d in spec.shape]
+    sizes = [item.size for item in edge.index if isinstance(item, Slice)]
+    return TensorSpec(tuple(static_dim(d) for d in (*sizes, *shape)), spec.dtype)
+
+
+def static_dim(dim: Dim) -> Dim:
+    """A simplified dim size: an int when it is constant."""
+    if isinstance(dim, int):
+        return dim
+    dim = simplify(dim)
+    return dim.value if isinstance(dim, Const) else dim
