@@ -205,7 +205,7 @@ class Symbol(Expr):
 
     def evaluate(self, env: Mapping[Symbol, int]) -> int:
         try:
-            return int(env[self])
+            return env[self]  # an int, or a traced scalar inside point-valued payloads
         except KeyError:
             raise IndexExprError(f"no value for symbol `{self.name}`") from None
 
