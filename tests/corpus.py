@@ -202,7 +202,9 @@ def attention() -> Built:
         scores = q[t] @ k[0 : t + 1].T / 2.0
         p.output("o", tj.softmax(scores, axis=-1) @ v[0 : t + 1])
     rng = _rng(5)
-    data = {n: rng.normal(size=(7, d)).astype(np.float32) for n, d in (("q", 4), ("k", 4), ("v", 3))}
+    data = {
+        n: rng.normal(size=(7, d)).astype(np.float32) for n, d in (("q", 4), ("k", 4), ("v", 3))
+    }
     return p, {t.bound: 7}, data
 
 
@@ -253,8 +255,10 @@ def random_walk_oracle(inp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     key = jnp.asarray(inp["key"])
     steps = np.array(
         [
-            [float(jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, bi), ti)))
-             for ti in range(5)]
+            [
+                float(jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, bi), ti)))
+                for ti in range(5)
+            ]
             for bi in range(2)
         ]
     )

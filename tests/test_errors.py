@@ -108,7 +108,8 @@ def test_branches_of_different_dtype() -> None:
         (t,) = p.dims("t")
         x = tj.placeholder((), jnp.float32, domain=(t,))
         with pytest.raises(
-            tj.BranchMismatchError, match=r"the value is int32\[\], but `x` holds float32\[\].*astype"
+            tj.BranchMismatchError,
+            match=r"the value is int32\[\], but `x` holds float32\[\].*astype",
         ):
             x[True] = t * 2
 
@@ -166,7 +167,9 @@ def test_unknown_input_and_bad_dtype() -> None:
     with tj.Program() as p:
         x = tj.input("x", (), jnp.int32)
         p.output("y", x + 1)
-    with pytest.raises(tj.InputError, match=r"unknown input\(s\) 'z'; this program's inputs are 'x'"):
+    with pytest.raises(
+        tj.InputError, match=r"unknown input\(s\) 'z'; this program's inputs are 'x'"
+    ):
         tj.reference.run(p, inputs={"x": 1, "z": 2})
     with pytest.raises(tj.InputError, match=r"is float32, which does not convert to .*int32"):
         tj.reference.run(p, inputs={"x": np.float32(1.5)})
@@ -241,7 +244,8 @@ def test_shape_error_names_the_op_and_line() -> None:
     with tj.Program():
         x = tj.input("x", (3,))
         with pytest.raises(
-            tj.ShapeError, match=rf"`matmul` at {SRC}: .* cannot be applied to inputs float32\[3\]: TypeError"
+            tj.ShapeError,
+            match=rf"`matmul` at {SRC}: .* cannot be applied to inputs float32\[3\]: TypeError",
         ):
             x @ jnp.ones((4, 2))
 

@@ -19,7 +19,7 @@ from .tensor import RecurrentTensor, TensorMeta, as_tensor, record
 _ASSIGNED = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?::[^=]*)?=[^=]")
 
 
-def input(  # noqa: A001 - mirrors the documented spelling `tj.input`
+def input(
     name: str, shape: Sequence[Dim] = (), dtype: Any = jnp.float32, domain: Sequence[Symbol] = ()
 ) -> RecurrentTensor:
     """A program input; the array passed at run has shape ``(*domain bounds, *shape)``.
@@ -33,8 +33,9 @@ def input(  # noqa: A001 - mirrors the documented spelling `tj.input`
     op = program.add_op(
         kind="input", name=name, domain=domain_t, inputs=(), outputs=(spec,), source=source
     )
-    return RecurrentTensor(TensorMeta(program, op.id, 0, None, domain_t, spec.shape, spec.dtype,
-                                      source))
+    return RecurrentTensor(
+        TensorMeta(program, op.id, 0, None, domain_t, spec.shape, spec.dtype, source)
+    )
 
 
 def placeholder(
@@ -54,8 +55,9 @@ def placeholder(
     op = program.add_op(
         kind="merge", name=name, domain=domain_t, inputs=(), outputs=(spec,), source=source
     )
-    return RecurrentTensor(TensorMeta(program, op.id, 0, None, domain_t, spec.shape, spec.dtype,
-                                      source))
+    return RecurrentTensor(
+        TensorMeta(program, op.id, 0, None, domain_t, spec.shape, spec.dtype, source)
+    )
 
 
 def const(value: Any, dtype: Any = None) -> RecurrentTensor:

@@ -54,7 +54,10 @@ def index_tensor(rt: RecurrentTensor, key: Any, source: SourceInfo) -> Recurrent
     new_dims = view.ndim - rt.ndim
     full_key = (_KEEP,) * new_dims + spatial_key
     return record(
-        lambda v, k: v[k], (view, full_key), {}, name=f"getitem[{_key_text(spatial_key)}]",
+        lambda v, k: v[k],
+        (view, full_key),
+        {},
+        name=f"getitem[{_key_text(spatial_key)}]",
         source=source,
     )
 
@@ -87,7 +90,9 @@ def _domain_view(
     for item in index:
         for sym in symbols_of(item):
             program.check_symbol(sym, f"`{rt.name}[{format_index(index)}]`", source)
-    point = {d: item for d, item in zip(rt.domain, index, strict=True) if not isinstance(item, Slice)}
+    point = {
+        d: item for d, item in zip(rt.domain, index, strict=True) if not isinstance(item, Slice)
+    }
     sliced = [d for d, item in zip(rt.domain, index, strict=True) if isinstance(item, Slice)]
     shape = []
     for d in rt.shape:
@@ -192,8 +197,10 @@ def define_branch(rt: RecurrentTensor, key: Any, value: Any, source: SourceInfo)
     edge = dataclasses.replace(edge, index=index, cond=cond, source=source)
     got = read_spec(program.op(edge.src), edge)
     want = TensorSpec(rt.shape, rt.dtype)
-    if got.dtype != want.dtype or len(got.shape) != len(want.shape) or not all(
-        _same_size(a, b) for a, b in zip(got.shape, want.shape, strict=True)
+    if (
+        got.dtype != want.dtype
+        or len(got.shape) != len(want.shape)
+        or not all(_same_size(a, b) for a, b in zip(got.shape, want.shape, strict=True))
     ):
         raise BranchMismatchError(
             f"{text}: the value is {got}, but `{rt.name}` holds {want}. Every branch must give "
@@ -265,7 +272,9 @@ def _own_dims_only(rt: RecurrentTensor, cond: Expr, where: str) -> Expr:
     return cond
 
 
-def _branch_value(rt: RecurrentTensor, value: Any, text: str, source: SourceInfo) -> RecurrentTensor:
+def _branch_value(
+    rt: RecurrentTensor, value: Any, text: str, source: SourceInfo
+) -> RecurrentTensor:
     if isinstance(value, RecurrentTensor | Expr):
         return as_tensor(value, rt.program, source)
     try:  # constants broadcast to the placeholder's spec, as NumPy assignment does

@@ -177,7 +177,7 @@ def _all_index_like(args: tuple[Any, ...]) -> bool:
     return builtins.all(index_like) and builtins.any(isinstance(a, Expr) for a in args)
 
 
-def max(*args: Any, **kwargs: Any) -> Any:  # noqa: A001
+def max(*args: Any, **kwargs: Any) -> Any:
     """Symbolic max of index expressions, or the ``jax.numpy.max`` reduction of a tensor.
 
     ``tj.max(0, t - w + 1)`` is an index expression; ``tj.max(x, axis=-1)`` reduces ``x``.
@@ -187,7 +187,7 @@ def max(*args: Any, **kwargs: Any) -> Any:  # noqa: A001
     return _max_reduce(*args, **kwargs)
 
 
-def min(*args: Any, **kwargs: Any) -> Any:  # noqa: A001
+def min(*args: Any, **kwargs: Any) -> Any:
     """Symbolic min of index expressions, or the ``jax.numpy.min`` reduction of a tensor.
 
     ``tj.min(t + 10, T - 1)`` is an index expression; ``tj.min(x, axis=-1)`` reduces ``x``.

@@ -35,8 +35,14 @@ def _fold(key: Any, domain: Sequence[Symbol], source: SourceInfo) -> RecurrentTe
         return k
 
     return record(
-        fold, (key_rt,), {}, name="fold_in", source=source, extra_domain=frozenset(domain),
-        uses_point=True, program=program,
+        fold,
+        (key_rt,),
+        {},
+        name="fold_in",
+        source=source,
+        extra_domain=frozenset(domain),
+        uses_point=True,
+        program=program,
     )
 
 
@@ -61,7 +67,10 @@ def uniform(
     source = capture_source()
     k = _fold(key, domain, source)
     return record(
-        jax.random.uniform, (k, tuple(shape), dtype, minval, maxval), {}, name="uniform",
+        jax.random.uniform,
+        (k, tuple(shape), dtype, minval, maxval),
+        {},
+        name="uniform",
         source=source,
     )
 
@@ -98,6 +107,9 @@ def randint(
     source = capture_source()
     k = _fold(key, domain, source)
     return record(
-        jax.random.randint, (k, tuple(shape), minval, maxval, dtype), {}, name="randint",
+        jax.random.randint,
+        (k, tuple(shape), minval, maxval, dtype),
+        {},
+        name="randint",
         source=source,
     )

@@ -410,9 +410,7 @@ def as_tensor(
     if isinstance(value, Expr):
         return symbol_value(value, program, source)
     array = np.asarray(value) if not isinstance(value, jax.Array) else value
-    return record(
-        lambda: array, (), {}, name="const", source=source, program=program
-    )
+    return record(lambda: array, (), {}, name="const", source=source, program=program)
 
 
 def symbol_value(expr: Expr, program: Program, source: SourceInfo) -> RecurrentTensor:
@@ -467,8 +465,7 @@ def infer_specs(
     for base, step in _SENTINELS[: 2 if symbolic else 1]:
         probe = {d: base + step * k for k, d in enumerate(symbolic)}
         structs = [
-            jax.ShapeDtypeStruct(tuple(probe.get(d, d) for d in s.shape), s.dtype)
-            for s in in_specs
+            jax.ShapeDtypeStruct(tuple(probe.get(d, d) for d in s.shape), s.dtype) for s in in_specs
         ]
         try:
             out = jax.eval_shape(
@@ -489,7 +486,7 @@ def infer_specs(
     specs = []
     for k, leaf in enumerate(first_leaves):
         dims: list[Dim] = []
-        for axis, size in enumerate(leaf.shape):
+        for axis, _size in enumerate(leaf.shape):
             sizes = [run[1][k].shape[axis] for run in runs]
             dims.append(_match_size(sizes, [run[0] for run in runs], symbolic, name, source))
         specs.append(TensorSpec(tuple(dims), leaf.dtype))
@@ -497,7 +494,10 @@ def infer_specs(
 
 
 def _match_size(
-    sizes: list[int], probes: list[dict[Expr, int]], symbolic: list[Expr], name: str,
+    sizes: list[int],
+    probes: list[dict[Expr, int]],
+    symbolic: list[Expr],
+    name: str,
     source: SourceInfo,
 ) -> Dim:
     if all(s == sizes[0] for s in sizes):

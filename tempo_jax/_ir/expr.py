@@ -545,7 +545,7 @@ class Slice:
         return str(self)
 
 
-IndexItem = Union[Expr, Slice]
+IndexItem = Expr | Slice
 
 
 # ---------------------------------------------------------------------------------------------

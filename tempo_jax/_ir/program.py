@@ -177,8 +177,7 @@ class Program:
         lines = []
         for op in self.ops:
             reads = ", ".join(
-                edge.describe(f"%{edge.src}")
-                + ("" if edge.cond == TRUE else f" if {edge.cond}")
+                edge.describe(f"%{edge.src}") + ("" if edge.cond == TRUE else f" if {edge.cond}")
                 for edge in op.inputs
             )
             lines.append(f"{op}({reads})")

@@ -204,7 +204,13 @@ def _simplify_cmp(op: str, a: Expr, b: Expr) -> Expr:
     lead = sorted(terms.items(), key=lambda kv: _sort_key(kv[0]))[0][1]
     if lead < 0:
         terms, const, op = {k: -v for k, v in terms.items()}, -const, _FLIP[op]
-    return Cmp(op, _from_linear((terms, 0)), Const(-const))
+    # Dims (and compound atoms) on the left, bounds and the constant on the right:
+    # t - T + 1 <= 0  ->  t <= T - 1.
+    left = {a: c for a, c in terms.items() if not (isinstance(a, Symbol) and a.is_bound)}
+    if not left:
+        return Cmp(op, _from_linear((terms, 0)), Const(-const))
+    right = {a: -c for a, c in terms.items() if a not in left}
+    return Cmp(op, _from_linear((left, 0)), _from_linear((right, -const)))
 
 
 def _simplify_junction(expr: And | Or) -> Expr:

@@ -56,8 +56,10 @@ def resolve_bounds(program: Program, bounds: Mapping[Any, int]) -> dict[Symbol, 
     env: dict[Symbol, int] = {}
     for key, value in bounds.items():
         name = key if isinstance(key, str) else getattr(key, "name", None)
-        if not isinstance(name, str) or name not in by_name or (
-            isinstance(key, Symbol) and key not in program.bounds and key not in program.dims
+        if (
+            not isinstance(name, str)
+            or name not in by_name
+            or (isinstance(key, Symbol) and key not in program.bounds and key not in program.dims)
         ):
             known = ", ".join(sorted(b.name for b in program.bounds))
             raise MissingBoundError(f"`{key}` is not a bound of this program (bounds: {known})")
@@ -189,9 +191,7 @@ class _Interpreter:
             f"default, or change the read."
         )
 
-    def _reads(
-        self, edge: Edge, env: dict[Symbol, int], reader: str, op: Op | None
-    ) -> list[Key]:
+    def _reads(self, edge: Edge, env: dict[Symbol, int], reader: str, op: Op | None) -> list[Key]:
         """Producer points one consumer point reads through ``edge`` (bounds-checked)."""
         producer = self.program.op(edge.src)
         ranges = []
@@ -215,10 +215,7 @@ class _Interpreter:
             return (self._gather(edge, env, op.name),)
         values = [self._gather(edge, env, op.name) for edge in op.inputs]
         assert op.payload is not None
-        if op.payload.uses_point:
-            result = op.payload.fn(env, *values)
-        else:
-            result = op.payload.fn(*values)
+        result = op.payload.fn(env, *values) if op.payload.uses_point else op.payload.fn(*values)
         return tuple(self._checked(op, k, r, env) for k, r in enumerate(result))
 
     def _gather(self, edge: Edge, env: dict[Symbol, int], reader: str) -> Any:
@@ -252,8 +249,14 @@ class _Interpreter:
 
     # -- errors ------------------------------------------------------------------------------------
     def _bounds_error(
-        self, edge: Edge, producer: Op, dim: Symbol, item: Any, value: int,
-        env: dict[Symbol, int], reader: str,
+        self,
+        edge: Edge,
+        producer: Op,
+        dim: Symbol,
+        item: Any,
+        value: int,
+        env: dict[Symbol, int],
+        reader: str,
     ) -> TempoError:
         at = ", ".join(f"{s.name}={v}" for s, v in env.items() if not s.is_bound)
         bound = self.bounds[dim.bound]

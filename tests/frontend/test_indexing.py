@@ -1,4 +1,4 @@
-"""Every row of shared/INDEXING.md: spatial shape and domain after indexing, and the values.
+"""Every row of docs/indexing.md: spatial shape and domain after indexing, and the values.
 
 ``x`` has domain ``(a, b)`` with bounds ``(A, B) = (6, 10)`` and spatial shape
 ``(C, D) = (2, 3)``; values are checked through the reference interpreter against NumPy
@@ -112,7 +112,7 @@ def test_spatial_entries_follow_the_domain_entries() -> None:
 
 
 def test_indexing_an_indexed_tensor() -> None:
-    p, a, b, x = _program()
+    p, _a, b, x = _program()
     with p:
         first_row = x[0]  # domain (b,)
         y = first_row[b.bound - 2]  # domain ()
@@ -121,7 +121,7 @@ def test_indexing_an_indexed_tensor() -> None:
 
 
 def test_indexing_an_expression_result() -> None:
-    p, a, b, x = _program()
+    p, a, _b, x = _program()
     with p:
         doubled = x * 2.0
         y = doubled[a, 0:3]
