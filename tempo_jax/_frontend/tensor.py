@@ -409,7 +409,7 @@ def as_tensor(
     program = program or active_program("tj.const")
     if isinstance(value, Expr):
         return symbol_value(value, program, source)
-    array = np.asarray(value) if not isinstance(value, jax.Array) else value
+    array = jnp.asarray(value)
     return record(lambda: array, (), {}, name="const", source=source, program=program)
 
 
