@@ -14,6 +14,7 @@ conditions are built with :func:`eq` / :func:`ne`. Simplification lives in
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import operator
 from collections.abc import Callable, Iterator, Mapping
 from typing import Union
@@ -255,13 +256,13 @@ class _Binary(Expr):
 
 
 def _floordiv(a: int, b: int) -> int:
-    if isinstance(b, int) and b == 0:
+    if isinstance(b, numbers.Integral) and b == 0:
         raise IndexExprError("division by zero in an index expression")
     return a // b
 
 
 def _mod(a: int, b: int) -> int:
-    if isinstance(b, int) and b == 0:
+    if isinstance(b, numbers.Integral) and b == 0:
         raise IndexExprError("modulo by zero in an index expression")
     return a % b
 
@@ -555,7 +556,7 @@ IndexItem = Expr | Slice
 
 def walk(item: IndexItem) -> Iterator[Expr]:
     """All nodes of an expression (or both ends of a slice), pre-order."""
-    stack: list[Expr] = list(item.children()) if isinstance(item, Slice) else [item]
+    stack: list[Expr] = list(reversed(item.children())) if isinstance(item, Slice) else [item]
     while stack:
         node = stack.pop()
         yield node

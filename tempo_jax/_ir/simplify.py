@@ -130,9 +130,9 @@ def _linear_minmax(expr: Min | Max) -> Linear:
 
 def _sort_key(expr: Expr) -> tuple[int, str]:
     # Dims before bounds before compound atoms; then by text: a deterministic canonical order.
-    if isinstance(expr, Symbol):
-        return (1 if expr.is_bound else 0, expr.name)
-    return (2, str(expr))
+    if isinstance(expr, Symbol):  # same-named symbols of different programs differ
+        return (1 if expr.is_bound else 0, expr.name, expr.program)
+    return (2, str(expr), 0)
 
 
 def _from_linear(lin: Linear) -> Expr:
@@ -285,9 +285,10 @@ def to_sympy(expr: Expr) -> sympy.Basic:
     if isinstance(expr, Const):
         return sympy.Integer(expr.value)
     if isinstance(expr, Symbol):
+        name = f"{expr.name}#{expr.program}"  # `#` keeps programs apart and names unique
         if expr.is_bound:
-            return sympy.Symbol(expr.name, integer=True, positive=True)
-        return sympy.Symbol(expr.name, integer=True, nonnegative=True)
+            return sympy.Symbol(name, integer=True, positive=True)
+        return sympy.Symbol(name, integer=True, nonnegative=True)
     a, b = (to_sympy(c) for c in expr.children())
     if isinstance(expr, Add):
         return a + b
