@@ -66,29 +66,31 @@ def const(value: Any, dtype: Any = None) -> RecurrentTensor:
     return as_tensor(array, active_program("tj.const"), capture_source())
 
 
-def full(shape: Sequence[int], fill_value: Any, dtype: Any = None) -> RecurrentTensor:
+def full(shape: int | Sequence[int], fill_value: Any, dtype: Any = None) -> RecurrentTensor:
     """A constant tensor of ``shape`` filled with ``fill_value``."""
-    return const(jnp.full(tuple(shape), fill_value, dtype=dtype))
+    return const(jnp.full(shape, fill_value, dtype=dtype))
 
 
-def zeros(shape: Sequence[int], dtype: Any = jnp.float32) -> RecurrentTensor:
+def zeros(shape: int | Sequence[int], dtype: Any = jnp.float32) -> RecurrentTensor:
     """A constant tensor of zeros."""
-    return const(jnp.zeros(tuple(shape), dtype=dtype))
+    return const(jnp.zeros(shape, dtype=dtype))
 
 
-def ones(shape: Sequence[int], dtype: Any = jnp.float32) -> RecurrentTensor:
+def ones(shape: int | Sequence[int], dtype: Any = jnp.float32) -> RecurrentTensor:
     """A constant tensor of ones."""
-    return const(jnp.ones(tuple(shape), dtype=dtype))
+    return const(jnp.ones(shape, dtype=dtype))
 
 
-def zeros_like(x: RecurrentTensor) -> RecurrentTensor:
-    """Zeros with the shape and dtype of ``x`` (and its domain)."""
-    return record(jnp.zeros_like, (x,), {}, name="zeros_like", source=capture_source())
+def zeros_like(x: RecurrentTensor, dtype: Any = None) -> RecurrentTensor:
+    """Zeros with the shape (and domain) of ``x``, and its dtype unless ``dtype`` is given."""
+    return record(
+        jnp.zeros_like, (x,), {"dtype": dtype}, name="zeros_like", source=capture_source()
+    )
 
 
-def ones_like(x: RecurrentTensor) -> RecurrentTensor:
-    """Ones with the shape and dtype of ``x`` (and its domain)."""
-    return record(jnp.ones_like, (x,), {}, name="ones_like", source=capture_source())
+def ones_like(x: RecurrentTensor, dtype: Any = None) -> RecurrentTensor:
+    """Ones with the shape (and domain) of ``x``, and its dtype unless ``dtype`` is given."""
+    return record(jnp.ones_like, (x,), {"dtype": dtype}, name="ones_like", source=capture_source())
 
 
 def _declare(

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._ir.errors import ForeignSymbolError, ShapeError, TempoError
 from .._ir.expr import Expr, IndexItem, Symbol, dims_of, format_index, symbols_of
-from .._ir.program import Dim, Edge, Payload, TensorSpec
+from .._ir.program import Dim, Edge, Payload, TensorSpec, static_dim
 from .._ir.source import SourceInfo, capture_source, describe
 from .program import Program, active_program
 
@@ -197,6 +197,27 @@ class RecurrentTensor:
     def __xor__(self, o: Any) -> RecurrentTensor:
         return apply(jnp.bitwise_xor, self, o)
 
+    def __rxor__(self, o: Any) -> RecurrentTensor:
+        return apply(jnp.bitwise_xor, o, self)
+
+    def __lshift__(self, o: Any) -> RecurrentTensor:
+        return apply(jnp.left_shift, self, o)
+
+    def __rlshift__(self, o: Any) -> RecurrentTensor:
+        return apply(jnp.left_shift, o, self)
+
+    def __rshift__(self, o: Any) -> RecurrentTensor:
+        return apply(jnp.right_shift, self, o)
+
+    def __rrshift__(self, o: Any) -> RecurrentTensor:
+        return apply(jnp.right_shift, o, self)
+
+    def __divmod__(self, o: Any) -> tuple[RecurrentTensor, RecurrentTensor]:
+        return apply(jnp.divmod, self, o)
+
+    def __rdivmod__(self, o: Any) -> tuple[RecurrentTensor, RecurrentTensor]:
+        return apply(jnp.divmod, o, self)
+
     def __lt__(self, o: Any) -> RecurrentTensor:
         return apply(jnp.less, self, o)
 
@@ -216,41 +237,61 @@ class RecurrentTensor:
         return apply(jnp.not_equal, self, o)
 
     # -- methods (mirror jax.Array) ------------------------------------------------------------
-    def sum(self, axis: Any = None, keepdims: bool = False) -> RecurrentTensor:
-        return apply(jnp.sum, self, axis=axis, keepdims=keepdims)
+    def sum(self, axis: Any = None, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.sum, self, axis=axis, **kwargs)
 
-    def mean(self, axis: Any = None, keepdims: bool = False) -> RecurrentTensor:
-        return apply(jnp.mean, self, axis=axis, keepdims=keepdims)
+    def mean(self, axis: Any = None, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.mean, self, axis=axis, **kwargs)
 
-    def max(self, axis: Any = None, keepdims: bool = False) -> RecurrentTensor:
-        return apply(jnp.max, self, axis=axis, keepdims=keepdims)
+    def max(self, axis: Any = None, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.max, self, axis=axis, **kwargs)
 
-    def min(self, axis: Any = None, keepdims: bool = False) -> RecurrentTensor:
-        return apply(jnp.min, self, axis=axis, keepdims=keepdims)
+    def min(self, axis: Any = None, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.min, self, axis=axis, **kwargs)
 
-    def prod(self, axis: Any = None, keepdims: bool = False) -> RecurrentTensor:
-        return apply(jnp.prod, self, axis=axis, keepdims=keepdims)
+    def prod(self, axis: Any = None, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.prod, self, axis=axis, **kwargs)
 
-    def std(self, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> RecurrentTensor:
-        return apply(jnp.std, self, axis=axis, keepdims=keepdims, ddof=ddof)
+    def std(self, axis: Any = None, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.std, self, axis=axis, **kwargs)
 
-    def var(self, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> RecurrentTensor:
-        return apply(jnp.var, self, axis=axis, keepdims=keepdims, ddof=ddof)
+    def var(self, axis: Any = None, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.var, self, axis=axis, **kwargs)
 
-    def argmax(self, axis: Any = None, keepdims: bool = False) -> RecurrentTensor:
-        return apply(jnp.argmax, self, axis=axis, keepdims=keepdims)
+    def argmax(self, axis: Any = None, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.argmax, self, axis=axis, **kwargs)
 
-    def argmin(self, axis: Any = None, keepdims: bool = False) -> RecurrentTensor:
-        return apply(jnp.argmin, self, axis=axis, keepdims=keepdims)
+    def argmin(self, axis: Any = None, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.argmin, self, axis=axis, **kwargs)
 
-    def any(self, axis: Any = None, keepdims: bool = False) -> RecurrentTensor:
-        return apply(jnp.any, self, axis=axis, keepdims=keepdims)
+    def any(self, axis: Any = None, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.any, self, axis=axis, **kwargs)
 
-    def all(self, axis: Any = None, keepdims: bool = False) -> RecurrentTensor:
-        return apply(jnp.all, self, axis=axis, keepdims=keepdims)
+    def all(self, axis: Any = None, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.all, self, axis=axis, **kwargs)
 
-    def cumsum(self, axis: Any = None) -> RecurrentTensor:
-        return apply(jnp.cumsum, self, axis=axis)
+    def cumsum(self, axis: Any = None, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.cumsum, self, axis=axis, **kwargs)
+
+    def cumprod(self, axis: Any = None, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.cumprod, self, axis=axis, **kwargs)
+
+    def sort(self, axis: int | None = -1, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.sort, self, axis=axis, **kwargs)
+
+    def argsort(self, axis: int | None = -1, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.argsort, self, axis=axis, **kwargs)
+
+    def dot(self, other: Any, **kwargs: Any) -> RecurrentTensor:
+        return apply(jnp.dot, self, other, **kwargs)
+
+    @property
+    def size(self) -> Dim:
+        """The number of elements of one point (symbolic when a size is)."""
+        total: Dim = 1
+        for d in self.shape:
+            total = total * d
+        return static_dim(total) if isinstance(total, Expr) else total
 
     def reshape(self, *shape: Any) -> RecurrentTensor:
         target = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple | list) else shape
@@ -354,7 +395,7 @@ def record(
         call_args, call_kwargs = jax.tree_util.tree_unflatten(treedef, filled)
         return fn(env, *call_args, **call_kwargs) if uses_point else fn(*call_args, **call_kwargs)
 
-    in_specs = [TensorSpec(rt.shape, rt.dtype) for rt in inputs]
+    in_specs = [TensorSpec(rt.shape, rt.dtype, _weak(rt)) for rt in inputs]
     out_specs, out_tree = infer_specs(call, in_specs, domain_t, program, name, source)
 
     def payload_fn(*values: Any) -> tuple[Any, ...]:
@@ -376,6 +417,11 @@ def record(
         for k, s in enumerate(out_specs)
     ]
     return jax.tree_util.tree_unflatten(out_tree, results)
+
+
+def _weak(rt: RecurrentTensor) -> bool:
+    """Whether the producer's output is weakly typed (it then adopts its partner's dtype)."""
+    return rt.program.op(rt._m.op).outputs[rt._m.out].weak_type
 
 
 def _common_program(
@@ -465,7 +511,10 @@ def infer_specs(
     for base, step in _SENTINELS[: 2 if symbolic else 1]:
         probe = {d: base + step * k for k, d in enumerate(symbolic)}
         structs = [
-            jax.ShapeDtypeStruct(tuple(probe.get(d, d) for d in s.shape), s.dtype) for s in in_specs
+            jax.ShapeDtypeStruct(
+                tuple(probe.get(d, d) for d in s.shape), s.dtype, weak_type=s.weak_type
+            )
+            for s in in_specs
         ]
         try:
             out = jax.eval_shape(
@@ -489,7 +538,7 @@ def infer_specs(
         for axis, _size in enumerate(leaf.shape):
             sizes = [run[1][k].shape[axis] for run in runs]
             dims.append(_match_size(sizes, [run[0] for run in runs], symbolic, name, source))
-        specs.append(TensorSpec(tuple(dims), leaf.dtype))
+        specs.append(TensorSpec(tuple(dims), leaf.dtype, bool(leaf.weak_type)))
     return specs, out_tree
 
 

@@ -45,6 +45,7 @@ class TensorSpec:
 
     shape: tuple[Dim, ...]
     dtype: np.dtype
+    weak_type: bool = False  # JAX weak typing: a Python-scalar constant adopts its partner's dtype
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
