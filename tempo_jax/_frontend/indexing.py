@@ -232,34 +232,41 @@ def _definition_key(
     cond: Expr = TRUE
     shifts: dict[Symbol, Expr] = {}
     for dim, item in zip(rt.domain, items, strict=False):
-        if isinstance(item, slice):
-            if item != _KEEP:
-                raise DefinitionError(
-                    f"{where}: ranges cannot be defined at once; define one point "
-                    f"`{rt.name}[{dim.name}] = ...` written for a generic `{dim.name}`."
-                )
-            continue
-        expr = _bound_relative(dim, item, where)
-        for sym in symbols_of(expr):
-            rt.program.check_symbol(sym, where, source)
-        if expr.is_bool:
-            cond = cond & expr
-            continue
-        offset = simplify(expr - dim)
-        if not dims_of(expr):  # a constant point: x[0] = v
-            cond = cond & eq(dim, expr)
-        elif isinstance(offset, Const):  # a shift: x[t+1] = f(x[t]) defines x[t] for t >= 1
-            shifts[dim] = simplify(dim - offset)
-            if offset.value > 0:
-                cond = cond & (dim >= offset)
-            elif offset.value < 0:
-                cond = cond & (dim < dim.bound + offset)
-        else:
+        if isinstance(item, slice) and item != _KEEP:
             raise DefinitionError(
-                f"{where}: the index `{expr}` of dim `{dim.name}` must be `{dim.name}`, a shift "
-                f"such as `{dim.name} + 1`, or a constant."
+                f"{where}: ranges cannot be defined at once; define one point "
+                f"`{rt.name}[{dim.name}] = ...` written for a generic `{dim.name}`."
             )
+        if not isinstance(item, slice):
+            item_cond, shift = _definition_item(rt, dim, item, where, source)
+            cond = cond & item_cond
+            if shift is not None:
+                shifts[dim] = shift
     return _own_dims_only(rt, simplify(cond), where), shifts
+
+
+def _definition_item(
+    rt: RecurrentTensor, dim: Symbol, item: Any, where: str, source: SourceInfo
+) -> tuple[Expr, Expr | None]:
+    """The condition one key item puts on ``dim``, and the shift it implies (if any)."""
+    expr = _bound_relative(dim, item, where)
+    for sym in symbols_of(expr):
+        rt.program.check_symbol(sym, where, source)
+    if expr.is_bool:
+        return expr, None
+    offset = simplify(expr - dim)
+    if not dims_of(expr):  # a constant point: x[0] = v
+        return eq(dim, expr), None
+    if isinstance(offset, Const):  # a shift: x[t+1] = f(x[t]) defines x[t] for t >= 1
+        if offset.value > 0:
+            return dim >= offset, simplify(dim - offset)
+        if offset.value < 0:
+            return dim < dim.bound + offset, simplify(dim - offset)
+        return TRUE, None
+    raise DefinitionError(
+        f"{where}: the index `{expr}` of dim `{dim.name}` must be `{dim.name}`, a shift "
+        f"such as `{dim.name} + 1`, or a constant."
+    )
 
 
 def _own_dims_only(rt: RecurrentTensor, cond: Expr, where: str) -> Expr:

@@ -403,20 +403,32 @@ def record(
         out = call(env, *(values[1:] if uses_point else values))
         return tuple(jax.tree_util.tree_leaves(out))
 
+    payload = Payload(payload_fn, name, uses_point)
+    results = _add_apply_op(program, payload, inputs, domain_t, out_specs, source)
+    return jax.tree_util.tree_unflatten(out_tree, results)
+
+
+def _add_apply_op(
+    program: Program,
+    payload: Payload,
+    inputs: list[RecurrentTensor],
+    domain: tuple[Symbol, ...],
+    out_specs: list[TensorSpec],
+    source: SourceInfo,
+) -> list[RecurrentTensor]:
     op = program.add_op(
         kind="apply",
-        name=name,
-        domain=domain_t,
+        name=payload.name,
+        domain=domain,
         inputs=tuple(rt.edge() for rt in inputs),
         outputs=tuple(out_specs),
-        payload=Payload(payload_fn, name, uses_point),
+        payload=payload,
         source=source,
     )
-    results = [
-        RecurrentTensor(TensorMeta(program, op.id, k, None, domain_t, s.shape, s.dtype, source))
+    return [
+        RecurrentTensor(TensorMeta(program, op.id, k, None, domain, s.shape, s.dtype, source))
         for k, s in enumerate(out_specs)
     ]
-    return jax.tree_util.tree_unflatten(out_tree, results)
 
 
 def _weak(rt: RecurrentTensor) -> bool:
@@ -510,26 +522,7 @@ def infer_specs(
     runs = []
     for base, step in _SENTINELS[: 2 if symbolic else 1]:
         probe = {d: base + step * k for k, d in enumerate(symbolic)}
-        structs = [
-            jax.ShapeDtypeStruct(
-                tuple(probe.get(d, d) for d in s.shape), s.dtype, weak_type=s.weak_type
-            )
-            for s in in_specs
-        ]
-        try:
-            out = jax.eval_shape(
-                lambda env_values, *xs: call(dict(zip(env, env_values, strict=True)), *xs),
-                tuple(env.values()),
-                *structs,
-            )
-        except TempoError:
-            raise
-        except Exception as err:
-            shapes = ", ".join(str(s) for s in in_specs)
-            raise ShapeError(
-                f"`{name}`{describe(source)} cannot be applied to inputs {shapes}: "
-                f"{type(err).__name__}: {err}"
-            ) from err
+        out = _probe(call, env, in_specs, probe, name, source)
         runs.append((probe, *jax.tree_util.tree_flatten(out)))
     _, first_leaves, out_tree = runs[0]
     specs = []
@@ -540,6 +533,37 @@ def infer_specs(
             dims.append(_match_size(sizes, [run[0] for run in runs], symbolic, name, source))
         specs.append(TensorSpec(tuple(dims), leaf.dtype, bool(leaf.weak_type)))
     return specs, out_tree
+
+
+def _probe(
+    call: Callable[..., Any],
+    env: dict[Symbol, jax.ShapeDtypeStruct],
+    in_specs: list[TensorSpec],
+    probe: dict[Expr, int],
+    name: str,
+    source: SourceInfo,
+) -> Any:
+    """Abstract evaluation of ``call`` with the symbolic sizes set to ``probe``."""
+    structs = [
+        jax.ShapeDtypeStruct(
+            tuple(probe.get(d, d) for d in s.shape), s.dtype, weak_type=s.weak_type
+        )
+        for s in in_specs
+    ]
+    try:
+        return jax.eval_shape(
+            lambda env_values, *xs: call(dict(zip(env, env_values, strict=True)), *xs),
+            tuple(env.values()),
+            *structs,
+        )
+    except TempoError:
+        raise
+    except Exception as err:
+        shapes = ", ".join(str(s) for s in in_specs)
+        raise ShapeError(
+            f"`{name}`{describe(source)} cannot be applied to inputs {shapes}: "
+            f"{type(err).__name__}: {err}"
+        ) from err
 
 
 def _match_size(
