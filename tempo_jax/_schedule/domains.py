@@ -1,0 +1,192 @@
+"""Defined domains: the points of each op that can actually be computed.
+
+Recorded ops have full-box domains, but not every point of the box is defined: a merge point
+that no branch covers has no value, and a point whose reads leave the producer's defined
+points cannot be computed (the body of ``s[t+1] = s[t] + x[t+1]`` at ``t = T-1`` reads
+``x[T]``). Such points are harmless while nobody reads them; the reference interpreter never
+evaluates them, and neither should compiled code.
+
+:func:`defined_domains` computes, per op, the box minus every point that (transitively) reads
+an undefined or out-of-bounds point, by iterating to a fixpoint over isl sets.
+:func:`check_reads` then raises, at compile time, the error the reference interpreter would
+raise at run time when an output (transitively) reads an undefined point, naming the root
+cause: the read that leaves a domain, or the point no branch defines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import islpy as isl
+
+from .._ir.errors import OutOfBoundsError, TempoError, UndefinedPointError
+from .._ir.program import Edge, Op, Program
+from .._ir.source import describe
+from .isl_convert import (
+    PRIME,
+    access_map,
+    branch_conditions,
+    domain_set,
+    fix_params,
+    read_conditions,
+    sample_values,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DefinedDomains:
+    """Per op id, the isl set of its defined points; ``exact`` when the fixpoint was reached.
+
+    A non-exact result over-approximates (it may keep points whose undefinedness propagates
+    along an unbounded chain, e.g. every odd ``t`` of ``x[t+2] = f(x[t])`` without ``x[1]``).
+    """
+
+    sets: dict[int, isl.Set]
+    exact: bool
+
+
+def defined_domains(program: Program, ctx: isl.Context, max_rounds: int = 0) -> DefinedDomains:
+    """Iterate ``defined = box - points reading undefined points`` to a fixpoint.
+
+    The sets only shrink; ``max_rounds`` (default: twice the number of ops, plus 4) caps the
+    iteration for chains that remove one point per round.
+    """
+    rounds = max_rounds or 2 * len(program.ops) + 4
+    sets = {op.id: _optimistic(program, op, ctx) for op in program.ops}
+    for _ in range(rounds):
+        changed = False
+        for op in program.ops:
+            new = _defined(program, op, sets, ctx)
+            if not new.is_equal(sets[op.id]):
+                sets[op.id], changed = new, True
+        if not changed:
+            return DefinedDomains(sets, exact=True)
+    return DefinedDomains(sets, exact=False)
+
+
+def _optimistic(program: Program, op: Op, ctx: isl.Context) -> isl.Set:
+    box = domain_set(program, op, ctx)
+    if op.kind != "merge":
+        return box
+    covered = isl.Set.empty(box.get_space())
+    for where in branch_conditions(program, op, ctx):
+        covered = covered.union(where)
+    return covered.coalesce()
+
+
+def _defined(program: Program, op: Op, sets: dict[int, isl.Set], ctx: isl.Context) -> isl.Set:
+    box = domain_set(program, op, ctx)
+    if op.kind == "input":
+        return box
+    parts = isl.Set.empty(box.get_space())
+    result = box
+    for edge, where in zip(op.inputs, read_conditions(program, op, ctx), strict=True):
+        bad = _bad_reads(program, op, edge, where, sets[edge.src], ctx)
+        if op.kind == "merge":
+            parts = parts.union(where.subtract(bad))
+        else:
+            result = result.subtract(bad)
+    return (parts if op.kind == "merge" else result).coalesce()
+
+
+def _bad_reads(
+    program: Program, op: Op, edge: Edge, where: isl.Set, defined: isl.Set, ctx: isl.Context
+) -> isl.Set:
+    """The points of ``where`` at which ``edge`` reads some point outside ``defined``."""
+    access = access_map(program, op, edge, ctx).intersect_domain(where)
+    return access.subtract_range(defined).domain()
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile-time check of every output read
+# ---------------------------------------------------------------------------------------------
+
+
+def check_reads(program: Program, ctx: isl.Context, domains: DefinedDomains) -> None:
+    """Raise the interpreter's error, at compile time, for an output reading undefined points."""
+    for k, out in enumerate(program.outputs):
+        reader = _output_op(program, out.domain, out.name, k)
+        where = domain_set(program, reader, ctx)
+        bad = _bad_reads(program, reader, out.edge, where, domains.sets[out.edge.src], ctx)
+        example = sample_values(bad)
+        if example is not None:
+            params = {b.name: example[b.name] for b in program.bounds}
+            _explain(program, reader, out.edge, bad, params, domains, ctx, f"output {out.name!r}")
+
+
+def _output_op(program: Program, domain: tuple, name: str, k: int) -> Op:
+    # A stand-in consumer for an output read (its tuple name must be a fresh isl identifier).
+    fresh = max((op.id for op in program.ops), default=0) + 1 + k
+    return Op(id=fresh, kind="apply", name=f"output {name!r}", domain=domain, inputs=(), outputs=())
+
+
+def _explain(
+    program: Program,
+    reader: Op,
+    edge: Edge,
+    bad: isl.Set,
+    params: dict[str, int],
+    domains: DefinedDomains,
+    ctx: isl.Context,
+    reader_name: str,
+) -> None:
+    """Walk from a bad read to its root cause and raise the matching error."""
+    point = sample_values(fix_params(bad, params))
+    assert point is not None
+    single = fix_params(bad, params)
+    for name, value in point.items():
+        pos = single.find_dim_by_name(isl.dim_type.set, name)
+        if pos >= 0:
+            single = single.fix_val(isl.dim_type.set, pos, value)
+    producer = program.op(edge.src)
+    reads = access_map(program, reader, edge, ctx).intersect_domain(single).range()
+    reads = fix_params(reads, params)
+    outside_box = reads.subtract(fix_params(domain_set(program, producer, ctx), params))
+    at = _at(reader, point, params)
+    if not outside_box.is_empty():
+        raise OutOfBoundsError(
+            f"`{edge.describe(producer.name)}`{describe(edge.source)}, read by {reader_name}, "
+            f"reads outside the domain of `{producer.name}` at {at}. Guard the read with a "
+            "branch condition, or clamp the index with `tj.min`/`tj.max`."
+        )
+    undefined = reads.subtract(fix_params(domains.sets[producer.id], params))
+    _explain_point(program, producer, undefined, params, domains, ctx, edge)
+
+
+def _explain_point(
+    program: Program,
+    op: Op,
+    points: isl.Set,
+    params: dict[str, int],
+    domains: DefinedDomains,
+    ctx: isl.Context,
+    read_by: Edge,
+) -> None:
+    """``points`` of ``op`` are not defined: find which read (or missing branch) is why."""
+    conditions = [fix_params(w, params) for w in read_conditions(program, op, ctx)]
+    for edge, where in zip(op.inputs, conditions, strict=True):
+        hit = points.intersect(where)
+        if hit.is_empty():
+            continue
+        bad = _bad_reads(program, op, edge, where, domains.sets[edge.src], ctx)
+        bad = fix_params(bad, params).intersect(hit)
+        if not bad.is_empty():
+            _explain(program, op, edge, bad, params, domains, ctx, f"`{op.name}`")
+    if op.kind == "merge":
+        example = sample_values(points)
+        assert example is not None
+        conds = " | ".join(str(e.cond) for e in op.inputs) or "nothing"
+        raise UndefinedPointError(
+            f"`{op.name}` is read as `{read_by.describe(op.name)}`{describe(read_by.source)}, "
+            f"but no branch defines it at {_at(op, example, params)} (its branches cover "
+            f"{conds}). Add a branch for these points, e.g. `{op.name}[True] = ...` as a "
+            "default, or change the read."
+        )
+    raise TempoError(f"internal: cannot explain why `{op.name}` is undefined at {points}")
+
+
+def _at(op: Op, point: dict[str, int], params: dict[str, int]) -> str:
+    point = {name.rstrip(PRIME): value for name, value in point.items()}  # t' (a read) -> t
+    coords = ", ".join(f"{d.name}={point[d.name]}" for d in op.domain if d.name in point)
+    bounds = ", ".join(f"{name}={value}" for name, value in params.items())
+    return f"{coords or 'its only point'} (for example with {bounds})"

@@ -1,0 +1,127 @@
+"""Defined domains and compile-time read checks, against the reference interpreter.
+
+At concrete bounds, a point is defined exactly when the interpreter can evaluate it.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tempo_jax as tj
+from tempo_jax._ir.program import Edge, Program
+from tempo_jax._reference.interpreter import (
+    _Interpreter,
+    resolve_bounds,
+    resolve_inputs,
+)
+from tempo_jax._schedule.domains import check_reads, defined_domains
+from tempo_jax._schedule.isl_convert import fix_params, isl_context, set_points
+from tests.corpus import CASES
+
+
+def _evaluable(program: Program, bounds: dict, inputs: dict) -> dict[int, set[tuple]]:
+    env = resolve_bounds(program, bounds)
+    interp = _Interpreter(program, env, resolve_inputs(program, env, inputs))
+    found: dict[int, set[tuple]] = {}
+    for op in program.ops:
+        found[op.id] = set()
+        for point in itertools.product(*(range(env[d.bound]) for d in op.domain)):
+            probe = Edge(op.id, 0, tuple(op.domain))
+            try:
+                interp._demand((op.id, point), probe, dict(zip(op.domain, point, strict=True)))
+            except tj.TempoError:
+                continue
+            found[op.id].add(point)
+    return found
+
+
+def _isl_points(program: Program, sets: dict, bounds: dict) -> dict[int, set[tuple]]:
+    named = {getattr(k, "name", k): v for k, v in bounds.items()}
+    out = {}
+    for op in program.ops:
+        pts = set_points(fix_params(sets[op.id], named))
+        out[op.id] = {tuple(p[d.name] for d in op.domain) for p in pts}
+    return out
+
+
+def _undefined_second() -> tuple[tj.Program, dict, dict]:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.placeholder((), jnp.float32, domain=(t,))
+        x[0] = 1.0
+        x[t + 2] = x[t] * 2.0  # x[1] has no branch, so neither have x[3], x[5], ...
+        p.output("x", x[0 : t.bound])
+    return p, {t.bound: 6}, {}
+
+
+def _read_past_end() -> tuple[tj.Program, dict, dict]:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        r = tj.input("r", (), jnp.float32, domain=(t,))
+        nxt = r[t + 1] * 2.0
+        p.output("y", nxt)
+    return p, {t.bound: 4}, {"r": np.zeros(4, np.float32)}
+
+
+PROGRAMS = [(c.name, c.build) for c in CASES] + [
+    ("undefined_second", _undefined_second),
+    ("read_past_end", _read_past_end),
+]
+
+
+@pytest.mark.parametrize(("name", "build"), PROGRAMS, ids=[n for n, _ in PROGRAMS])
+def test_defined_points_are_the_evaluable_points(name: str, build) -> None:
+    program, bounds, inputs = build()
+    ir = program.to_ir()
+    domains = defined_domains(ir, isl_context())
+    assert _isl_points(ir, domains.sets, bounds) == _evaluable(ir, bounds, inputs)
+
+
+def test_shifted_branch_body_is_undefined_at_the_last_step() -> None:
+    program, _, _ = CASES[0].build()  # running sum: s[t+1] = s[t] + x[t+1]
+    ir = program.to_ir()
+    domains = defined_domains(ir, isl_context())
+    assert domains.exact
+    body = next(op for op in ir.ops if op.name == "add")
+    for steps in (1, 2, 7):
+        points = _isl_points(ir, domains.sets, {"T": steps})[body.id]
+        assert points == {(k,) for k in range(steps - 1)}  # not at t = T-1: it reads x[T]
+
+
+def test_unbounded_chain_of_undefined_points_is_not_exact() -> None:
+    program, _, _ = _undefined_second()
+    assert not defined_domains(program.to_ir(), isl_context(), max_rounds=3).exact
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_well_formed_programs_pass_the_compile_time_check(case) -> None:
+    ir = case.build()[0].to_ir()
+    ctx = isl_context()
+    check_reads(ir, ctx, defined_domains(ir, ctx))
+
+
+def test_compile_time_undefined_point() -> None:
+    ir = _undefined_second()[0].to_ir()
+    ctx = isl_context()
+    with pytest.raises(
+        tj.UndefinedPointError,
+        match=r"`x` is read as `x\[0:T\]` at test_domains\.py:\d+: `p\.output\(\"x\", x\[0 : "
+        r"t\.bound\]\)`, but no branch defines it at t=1 \(for example with T=\d+\) \(its "
+        r"branches cover t == 0 \| t >= 2\)",
+    ):
+        check_reads(ir, ctx, defined_domains(ir, ctx))
+
+
+def test_compile_time_read_past_the_end() -> None:
+    ir = _read_past_end()[0].to_ir()
+    ctx = isl_context()
+    with pytest.raises(
+        tj.OutOfBoundsError,
+        match=r"`r\[t \+ 1\]` at test_domains\.py:\d+: `nxt = r\[t \+ 1\] \* 2\.0`, read by "
+        r"`multiply`, reads outside the domain of `r` at t=\d+ \(for example with T=\d+\)",
+    ):
+        check_reads(ir, ctx, defined_domains(ir, ctx))
