@@ -147,6 +147,7 @@ from ._ir.errors import InputError as InputError
 from ._ir.errors import MissingBoundError as MissingBoundError
 from ._ir.errors import OutOfBoundsError as OutOfBoundsError
 from ._ir.errors import OutputError as OutputError
+from ._ir.errors import ScheduleInfeasibleError as ScheduleInfeasibleError
 from ._ir.errors import ShapeError as ShapeError
 from ._ir.errors import SliceStepError as SliceStepError
 from ._ir.errors import TempoError as TempoError

@@ -64,3 +64,7 @@ class OutputError(TempoError):
 
 class VerificationError(TempoError):
     """The dependence graph breaks one of its structural invariants."""
+
+
+class ScheduleInfeasibleError(TempoError):
+    """No schedule respects every dependence (some point depends on itself)."""

@@ -1,5 +1,9 @@
-"""Polyhedral scheduling of the SDG; all islpy use in the project lives behind this package.
+"""Scheduling: all islpy use lives here; later stages see only the typed schedule tree.
 
-:mod:`tempo_jax._schedule.isl_convert` converts the IR (domains, index expressions, edges,
-first-match merge branches) to isl sets and maps.
+- :mod:`.isl_convert`: the one converter from the SDG to isl (domains, access maps,
+  first-match branch conditions, dependences).
+- :mod:`.domains`: the defined points of each op (an isl fixpoint) and compile-time checks
+  of reads of undefined or out-of-bounds points.
+- :mod:`.scheduler`: isl scheduling of the dependences, and the AST converted to a tree.
+- :mod:`.tree`: the typed schedule tree (loops, sequences, guards, op executions).
 """

@@ -1,0 +1,372 @@
+"""Polyhedral scheduling of a program into a typed schedule tree (:mod:`.tree`).
+
+:func:`schedule` hands isl every op's iteration domain, the point-level dependences of
+:func:`~tempo_jax._schedule.isl_convert.dependences` as validity constraints (a producer point
+runs strictly before its consumers) and the same dependences as proximity constraints (keep
+producer and consumer close, i.e. fuse loops and prefer small dependence distances), under
+the parameter context ``every bound >= 1``. isl's schedule tree is turned into an AST with
+:class:`isl.AstBuild` and the AST into our own tree, whose expressions are
+:mod:`tempo_jax._ir.expr` nodes; loops are named after the domain dim they walk.
+
+isl options, set on the private context of each call:
+
+- ``schedule_algorithm = ISL`` (Pluto-like, proximity driven) rather than Feautrier: it fuses
+  a recurrence and everything it reads into one loop, the shape later stages want.
+- ``schedule_serialize_sccs = 0``: do not force each strongly connected component into its
+  own loop nest; fusing across components is what makes ``s[t]`` and ``add[t]`` one loop.
+- ``schedule_outer_coincidence = 0`` and ``schedule_maximize_coincidence = 0``: we pass no
+  coincidence (parallelism) constraints; we only need a legal, fused sequential order.
+- ``schedule_maximize_band_depth = 1``: prefer deep permutable bands (one band ``(i, t)``
+  rather than splitting), which gives the plain nested loops of multi-dim programs.
+- ``schedule_separate_components = 1``: independent components (e.g. an input no one in a
+  recurrence reads) get their own loops in a sequence instead of being arbitrarily fused.
+- ``schedule_max_coefficient = -1`` (no limit): a reversal (coefficient -1) or a skew may be
+  needed for legality; limiting coefficients could make a legal program unschedulable.
+- ``ast_build_detect_min_max = 1``: loop bounds come as ``min``/``max`` expressions rather
+  than duplicated loops or guards.
+- ``ast_build_atomic_upper_bound = 1``: a loop's upper bound is one expression (a ``min``),
+  so every loop condition is ``iterator <= e`` or ``iterator < e``.
+- ``ast_build_prefer_pdiv = 1``: divisions with a provably non-negative dividend print as
+  ``pdiv``, which we translate to Python's ``//`` and ``%`` (equal on those operands).
+- ``ast_build_allow_else = 1`` and ``ast_build_allow_or = 1``: the AST may use ``else`` and
+  ``||``; both map to :class:`~tempo_jax._schedule.tree.Guard` with ``~`` / ``|``.
+
+isl never emits a negative loop increment: a backward recurrence comes out as
+``for (c0 = -T + 1; c0 <= 0; c0 += 1) S(-c0)``. When every statement coordinate that uses a
+loop's variable decreases with it, the loop is flipped to ``Loop(t, 0, T, S(t),
+reverse=True)`` (same order, readable points); loops with a constant stride ``s > 1`` become
+stride-1 loops over ``k`` with the iterator ``init + s * k``.
+
+When no schedule exists (a point depends on itself, directly or through other ops), isl's
+scheduler fails and :class:`~tempo_jax._ir.errors.ScheduleInfeasibleError` names the ops on
+the cycle with their source lines. Every computed schedule is also checked against the
+dependences before use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import islpy as isl
+
+from .._ir.errors import ScheduleInfeasibleError, TempoError
+from .._ir.expr import (
+    Add,
+    And,
+    Cmp,
+    Const,
+    Expr,
+    FloorDiv,
+    Max,
+    Min,
+    Mod,
+    Mul,
+    Not,
+    Or,
+    Sub,
+    Symbol,
+    symbols_of,
+)
+from .._ir.program import Program
+from .._ir.simplify import simplify
+from . import isl_convert as ic
+from .tree import Exec, Guard, Loop, Node, ScheduleTree, Sequence, execs, loop_var, substitute_tree
+
+_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("schedule_algorithm", 0),  # ISL_SCHEDULE_ALGORITHM_ISL
+    ("schedule_serialize_sccs", 0),
+    ("schedule_outer_coincidence", 0),
+    ("schedule_maximize_coincidence", 0),
+    ("schedule_maximize_band_depth", 1),
+    ("schedule_separate_components", 1),
+    ("schedule_max_coefficient", -1),
+    ("ast_build_detect_min_max", 1),
+    ("ast_build_atomic_upper_bound", 1),
+    ("ast_build_prefer_pdiv", 1),
+    ("ast_build_allow_else", 1),
+    ("ast_build_allow_or", 1),
+)
+
+
+def scheduling_context() -> isl.Context:
+    """A fresh isl context with the options described in the module docstring."""
+    ctx = ic.isl_context()
+    for name, value in _OPTIONS:
+        getattr(ctx, f"set_{name}")(value)
+    return ctx
+
+
+def schedule(program: Program) -> ScheduleTree:
+    """A loop tree that runs every point of every op once, producers before consumers.
+
+    Valid for every value ``>= 1`` of the program's bounds. Raises
+    :class:`ScheduleInfeasibleError` when the dependences have a cycle.
+    """
+    ctx = scheduling_context()
+    domain = _domain(program, ctx)
+    deps = ic.dependences(program, ctx)
+    context = ic.param_context(program, ctx)
+    sched = _compute(program, domain, deps, context)
+    build = isl.AstBuild.from_context(context)
+    return ast_to_tree(build.node_from_schedule(sched), program)
+
+
+def _domain(program: Program, ctx: isl.Context) -> isl.UnionSet:
+    """The union of every op's iteration domain."""
+    domain = isl.UnionSet.empty(ic.param_space(program, ctx))
+    for op in program.ops:
+        domain = domain.union(isl.UnionSet.from_set(ic.domain_set(program, op, ctx)))
+    return domain
+
+
+def _compute(
+    program: Program, domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set
+) -> isl.Schedule:
+    """isl's schedule for ``domain`` under ``deps``; raises when there is none."""
+    constraints = (
+        isl.ScheduleConstraints.on_domain(domain)
+        .set_context(context)
+        .set_validity(deps)
+        .set_proximity(deps)
+    )
+    try:
+        sched = constraints.compute_schedule()
+    except isl.Error:
+        sched = None
+    if sched is None or not _respects(sched.get_map(), deps):
+        raise ScheduleInfeasibleError(_cycle_message(program, domain, deps))
+    return sched
+
+
+def _respects(sched_map: isl.UnionMap, deps: isl.UnionMap) -> bool:
+    """Whether every dependence goes from an earlier to a strictly later schedule time."""
+    return deps.is_subset(sched_map.lex_lt_union_map(sched_map))
+
+
+def _cycle_message(program: Program, domain: isl.UnionSet, deps: isl.UnionMap) -> str:
+    """An error message naming the ops whose points depend on themselves."""
+    ids = _cyclic_ops(domain, deps)
+    ops = [program.op(op_id) for op_id in sorted(ids)] or list(program.ops)
+    listing = "\n".join(f"  - `{op.name}` (%{op.id}) at {op.source}" for op in ops)
+    return (
+        "no execution order exists: some points depend on themselves, directly or through "
+        f"other tensors. Ops on the dependence cycle:\n{listing}\n"
+        "Read an earlier point (e.g. `x[t - 1]`) or guard the recursive branch."
+    )
+
+
+def _cyclic_ops(domain: isl.UnionSet, deps: isl.UnionMap) -> set[int]:
+    """Ids of the ops with a point that (transitively) depends on itself."""
+    try:
+        closure, _exact = deps.transitive_closure()
+        on_cycle = closure.intersect(domain.identity()).domain()
+    except isl.Error:  # pragma: no cover - closure too hard; name every op instead
+        return set()
+    ids: set[int] = set()
+    on_cycle.foreach_set(lambda s: ids.add(int(s.get_tuple_name()[1:])))
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# isl AST -> schedule tree
+# ---------------------------------------------------------------------------------------------
+
+_TEMP = "__"  # prefix of isl's iterators (c0, c1, ...) until loops get their final names
+_Env = Mapping[str, Expr]
+
+
+def ast_to_tree(node: isl.AstNode, program: Program) -> ScheduleTree:
+    """Our tree for isl's AST ``node``, with loops named after the dims they walk."""
+    env = {bound.name: bound for bound in program.bounds}
+    return _name_loops(_node(node, env, program), program, frozenset())
+
+
+def _node(node: isl.AstNode, env: _Env, program: Program) -> Node:
+    kind = node.get_type()
+    if kind == isl.ast_node_type.block:
+        items = node.block_get_children()
+        return Sequence(
+            tuple(_node(items.get_at(k), env, program) for k in range(items.n_ast_node()))
+        )
+    if kind == isl.ast_node_type.mark:
+        return _node(node.mark_get_node(), env, program)
+    if kind == isl.ast_node_type.user:
+        return _user(node.user_get_expr(), env, program)
+    if kind == isl.ast_node_type.if_:
+        return _if(node, env, program)
+    if kind == isl.ast_node_type.for_:
+        return _for(node, env, program)
+    raise ValueError(f"unsupported isl AST node:\n{node.to_C_str()}")
+
+
+def _user(call: isl.AstExpr, env: _Env, program: Program) -> Exec:
+    """``S3(c0, c1 - 1)``: op 3 at the point given by the call's arguments."""
+    name = call.op_get_arg(0).id_get_id().get_name()
+    op_id = int(name.removeprefix("S"))
+    args = [_expr(call.op_get_arg(k), env) for k in range(1, call.op_get_n_arg())]
+    if len(args) != len(program.op(op_id).domain):
+        raise ValueError(f"isl statement {call.to_C_str()} does not match op %{op_id}")
+    return Exec(op_id, tuple(simplify(a) for a in args))
+
+
+def _if(node: isl.AstNode, env: _Env, program: Program) -> Node:
+    cond = simplify(_expr(node.if_get_cond(), env))
+    then = Guard(cond, _node(node.if_get_then_node(), env, program))
+    if not node.if_has_else_node():
+        return then
+    other = Guard(simplify(Not(cond)), _node(node.if_get_else_node(), env, program))
+    return Sequence((then, other))
+
+
+def _for(node: isl.AstNode, env: _Env, program: Program) -> Loop:
+    """A loop over a fresh variable; a stride ``s > 1`` becomes ``c = init + s * k``."""
+    name = node.for_get_iterator().id_get_id().get_name()
+    var = loop_var(_TEMP + name)
+    init = _expr(node.for_get_init(), env)
+    if node.for_is_degenerate():
+        body = _node(node.for_get_body(), {**env, name: var}, program)
+        return Loop(var.name, simplify(init), simplify(init + 1), body)
+    stop = _stop(node.for_get_cond(), name, env)
+    step = node.for_get_inc().int_get_val().to_python()
+    if step == 1:
+        body = _node(node.for_get_body(), {**env, name: var}, program)
+        return Loop(var.name, simplify(init), simplify(stop), body)
+    if step < 1:  # pragma: no cover - isl only emits positive increments
+        raise ValueError(f"unsupported loop increment {step}")
+    body = _node(node.for_get_body(), {**env, name: init + Const(step) * var}, program)
+    count = FloorDiv(stop - init + Const(step - 1), Const(step))
+    return Loop(var.name, Const(0), simplify(count), body)
+
+
+def _stop(cond: isl.AstExpr, name: str, env: _Env) -> Expr:
+    """The exclusive upper bound of the iterator ``name`` in a loop condition."""
+    op = cond.op_get_type()
+    if op in (isl.ast_expr_op_type.and_, isl.ast_expr_op_type.and_then):
+        return Min(_stop(cond.op_get_arg(0), name, env), _stop(cond.op_get_arg(1), name, env))
+    a, b = cond.op_get_arg(0), cond.op_get_arg(1)
+    if _is_id(a, name) and op in (isl.ast_expr_op_type.lt, isl.ast_expr_op_type.le):
+        bound = _expr(b, env)
+        return bound if op == isl.ast_expr_op_type.lt else bound + 1
+    if _is_id(b, name) and op in (isl.ast_expr_op_type.gt, isl.ast_expr_op_type.ge):
+        bound = _expr(a, env)
+        return bound if op == isl.ast_expr_op_type.gt else bound + 1
+    raise ValueError(f"unsupported loop condition `{cond.to_C_str()}`")
+
+
+def _is_id(expr: isl.AstExpr, name: str) -> bool:
+    return expr.get_type() == isl.ast_expr_type.id and expr.id_get_id().get_name() == name
+
+
+def _floordiv(a: Expr, b: Expr) -> Expr:
+    return FloorDiv(a, b)
+
+
+_T = isl.ast_expr_op_type
+_BINARY: dict[isl.ast_expr_op_type, Callable[[Expr, Expr], Expr]] = {
+    _T.add: Add,
+    _T.sub: Sub,
+    _T.mul: Mul,
+    _T.fdiv_q: _floordiv,  # floor division: Python's //
+    _T.pdiv_q: _floordiv,  # dividend >= 0: // agrees
+    _T.div: _floordiv,  # exact division: // agrees
+    _T.pdiv_r: Mod,  # dividend >= 0: % agrees
+    _T.zdiv_r: Mod,  # only ever compared with 0, where C's and Python's remainders agree
+    _T.min: Min,
+    _T.max: Max,
+    _T.and_: And,
+    _T.and_then: And,
+    _T.or_: Or,
+    _T.or_else: Or,
+    _T.eq: lambda a, b: Cmp("==", a, b),
+    _T.le: lambda a, b: Cmp("<=", a, b),
+    _T.lt: lambda a, b: Cmp("<", a, b),
+    _T.ge: lambda a, b: Cmp(">=", a, b),
+    _T.gt: lambda a, b: Cmp(">", a, b),
+}
+
+
+def _expr(expr: isl.AstExpr, env: _Env) -> Expr:
+    """Our expression for an isl AST expression; ids are looked up in ``env``."""
+    kind = expr.get_type()
+    if kind == isl.ast_expr_type.int:
+        return Const(expr.int_get_val().to_python())
+    if kind == isl.ast_expr_type.id:
+        return env[expr.id_get_id().get_name()]
+    op = expr.op_get_type()
+    args = [_expr(expr.op_get_arg(k), env) for k in range(expr.op_get_n_arg())]
+    if op == _T.minus:
+        return Mul(Const(-1), args[0])
+    if op in _BINARY:
+        result = args[0]
+        for arg in args[1:]:  # min, max, and, or may be n-ary
+            result = _BINARY[op](result, arg)
+        return result
+    raise ValueError(f"unsupported isl AST expression `{expr.to_C_str()}`")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loop names
+# ---------------------------------------------------------------------------------------------
+
+
+def _name_loops(node: Node, program: Program, used: frozenset[str]) -> Node:
+    """Rename isl's iterators top-down: after the one dim a loop walks, else ``c<depth>``."""
+    if isinstance(node, Exec):
+        return node
+    if isinstance(node, Guard):
+        return Guard(node.cond, _name_loops(node.body, program, used))
+    if isinstance(node, Sequence):
+        return Sequence(tuple(_name_loops(c, program, used) for c in node.children))
+    node = _descending(node)
+    name = _loop_name(node, program, used)
+    body = substitute_tree(node.body, {node.var: loop_var(name)})
+    return Loop(
+        name, node.start, node.stop, _name_loops(body, program, used | {name}), node.reverse
+    )
+
+
+def _descending(loop: Loop) -> Loop:
+    """``for c in a..b-1: S(-c)`` as the descending ``for c in reversed(1-b..-a): S(c)``.
+
+    Applied when every statement coordinate using the variable decreases as it grows.
+    """
+    slopes = [
+        _slope(coord, loop.var)
+        for ex in execs(loop.body)
+        for coord in ex.point
+        if loop.var in symbols_of(coord)
+    ]
+    if loop.reverse or not slopes or any(slope >= 0 for slope in slopes):
+        return loop
+    body = substitute_tree(loop.body, {loop.var: Mul(Const(-1), loop.var)})
+    start, stop = simplify(Const(1) - loop.stop), simplify(Const(1) - loop.start)
+    return Loop(loop.dim, start, stop, body, reverse=True)
+
+
+def _slope(coord: Expr, var: Symbol) -> int:
+    """How much ``coord`` grows when ``var`` goes from 0 to 1 (other symbols at 0)."""
+    env = dict.fromkeys(symbols_of(coord), 0)
+    try:
+        at_zero = coord.evaluate(env)
+        env[var] = 1
+        return coord.evaluate(env) - at_zero
+    except TempoError:
+        return 0
+
+
+def _loop_name(loop: Loop, program: Program, used: frozenset[str]) -> str:
+    """The dim name that ``loop``'s variable stands for in every statement, when unique."""
+    taken = used | {b.name for b in program.bounds}
+    dims = {
+        dim.name
+        for ex in execs(loop.body)
+        for dim, coord in zip(program.op(ex.op).domain, ex.point, strict=True)
+        if loop.var in symbols_of(coord)
+    }
+    if len(dims) == 1 and (name := next(iter(dims))) not in taken:
+        return name
+    all_names = taken | {d.name for d in program.dims}
+    depth = len(used)
+    while f"c{depth}" in all_names:
+        depth += 1
+    return f"c{depth}"

@@ -1,0 +1,205 @@
+"""A small typed schedule tree: loops, sequences, guards and op executions.
+
+The scheduler (:mod:`tempo_jax._schedule.scheduler`) turns isl's AST into this tree, so later
+stages never touch isl. Every expression is one of our own index expressions
+(:mod:`tempo_jax._ir.expr`) over the program's bounds and the enclosing loop variables.
+
+- :class:`Loop` runs ``body`` with its variable taking ``start, start + 1, ..., stop - 1``
+  (``stop - 1`` down to ``start`` when ``reverse``).
+- :class:`Sequence` runs its children in order.
+- :class:`Guard` runs ``body`` where ``cond`` holds.
+- :class:`Exec` computes op ``op`` at ``point`` (one expression per dim of the op's domain).
+
+A loop variable is :func:`loop_var` of the loop's ``dim`` name: a symbol of its own scope
+(:data:`LOOP_SCOPE`), so it never equals a program dim or bound even when it is named after
+one (``for t in 0..T-1: S1[t - 1]`` means "op 1 at domain point ``t = loop t - 1``").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+
+from .._ir.expr import Const, Expr, Symbol, substitute
+from .._ir.program import Program
+from .._ir.simplify import simplify
+
+#: The ``program`` field of every loop variable symbol.
+LOOP_SCOPE = -1
+
+
+def loop_var(name: str) -> Symbol:
+    """The symbol of the loop variable called ``name``."""
+    return Symbol(name, LOOP_SCOPE, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Loop:
+    """``for dim in start..stop-1: body`` (in reverse order when ``reverse``)."""
+
+    dim: str
+    start: Expr
+    stop: Expr
+    body: Node
+    reverse: bool = False
+
+    @property
+    def var(self) -> Symbol:
+        """The loop variable, as used by expressions in ``body``."""
+        return loop_var(self.dim)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sequence:
+    """Run ``children`` one after the other."""
+
+    children: tuple[Node, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Guard:
+    """Run ``body`` only where the condition ``cond`` holds."""
+
+    cond: Expr
+    body: Node
+
+
+@dataclasses.dataclass(frozen=True)
+class Exec:
+    """Compute op ``op`` at ``point`` (one expression per op domain dim)."""
+
+    op: int
+    point: tuple[Expr, ...]
+
+
+Node = Loop | Sequence | Guard | Exec
+ScheduleTree = Node
+
+
+# ---------------------------------------------------------------------------------------------
+# Traversals
+# ---------------------------------------------------------------------------------------------
+
+
+def children(node: Node) -> tuple[Node, ...]:
+    """The direct sub-nodes of ``node``."""
+    if isinstance(node, Sequence):
+        return node.children
+    if isinstance(node, Loop | Guard):
+        return (node.body,)
+    return ()
+
+
+def walk(tree: Node) -> Iterator[Node]:
+    """Every node of ``tree``, pre-order (a node before its sub-nodes, children in order)."""
+    stack: list[Node] = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(children(node)))
+
+
+def execs(tree: Node) -> list[Exec]:
+    """The :class:`Exec` leaves of ``tree``, in program order."""
+    return [node for node in walk(tree) if isinstance(node, Exec)]
+
+
+def loops(tree: Node) -> list[Loop]:
+    """The :class:`Loop` nodes of ``tree``, pre-order."""
+    return [node for node in walk(tree) if isinstance(node, Loop)]
+
+
+def substitute_tree(tree: Node, mapping: Mapping[Symbol, Expr]) -> Node:
+    """``tree`` with symbols replaced in every expression (loops do not shadow: names are
+    unique along any path of a tree built by the scheduler)."""
+
+    def sub(expr: Expr) -> Expr:
+        return simplify(substitute(expr, mapping))
+
+    if isinstance(tree, Exec):
+        return Exec(tree.op, tuple(sub(x) for x in tree.point))
+    if isinstance(tree, Guard):
+        return Guard(sub(tree.cond), substitute_tree(tree.body, mapping))
+    if isinstance(tree, Sequence):
+        return Sequence(tuple(substitute_tree(c, mapping) for c in tree.children))
+    body = substitute_tree(tree.body, mapping)
+    return Loop(tree.dim, sub(tree.start), sub(tree.stop), body, tree.reverse)
+
+
+# ---------------------------------------------------------------------------------------------
+# Concrete execution
+# ---------------------------------------------------------------------------------------------
+
+
+class _Env(dict):
+    """Symbol -> value; bounds are found by name (``{"T": 5}`` or ``{T: 5}``)."""
+
+    def __init__(self, by_name: Mapping[str, int]) -> None:
+        super().__init__()
+        self.by_name = dict(by_name)
+
+    def __missing__(self, key: Symbol) -> int:
+        if key.program != LOOP_SCOPE and key.name in self.by_name:
+            return self.by_name[key.name]
+        raise KeyError(key)
+
+
+def points(tree: Node, bounds: Mapping[Symbol | str, int]) -> list[tuple[int, tuple[int, ...]]]:
+    """Every ``(op id, domain point)`` that ``tree`` executes, in order, for concrete bounds."""
+    env = _Env({getattr(k, "name", k): int(v) for k, v in bounds.items()})
+    found: list[tuple[int, tuple[int, ...]]] = []
+    _run(tree, env, found)
+    return found
+
+
+def _run(node: Node, env: _Env, found: list[tuple[int, tuple[int, ...]]]) -> None:
+    if isinstance(node, Exec):
+        found.append((node.op, tuple(int(x.evaluate(env)) for x in node.point)))
+    elif isinstance(node, Sequence):
+        for child in node.children:
+            _run(child, env, found)
+    elif isinstance(node, Guard):
+        if node.cond.evaluate(env):
+            _run(node.body, env, found)
+    else:
+        values = range(node.start.evaluate(env), node.stop.evaluate(env))
+        for value in reversed(values) if node.reverse else values:
+            env[node.var] = value
+            _run(node.body, env, found)
+        env.pop(node.var, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Printing
+# ---------------------------------------------------------------------------------------------
+
+
+def render(tree: Node, program: Program) -> str:
+    """Readable loop code, one statement per line::
+
+    for t in 0..T-1:
+        S1[t]  # s at corpus.py:39
+    """
+    lines: list[str] = []
+    _render(tree, program, 0, lines)
+    return "\n".join(lines)
+
+
+def _render(node: Node, program: Program, depth: int, lines: list[str]) -> None:
+    pad = "    " * depth
+    if isinstance(node, Exec):
+        op = program.op(node.op)
+        point = ", ".join(str(x) for x in node.point)
+        lines.append(f"{pad}S{op.id}[{point}]  # {op.name} ({op.kind}) at {op.source}")
+    elif isinstance(node, Sequence):
+        for child in node.children:
+            _render(child, program, depth, lines)
+    elif isinstance(node, Guard):
+        lines.append(f"{pad}if {node.cond}:")
+        _render(node.body, program, depth + 1, lines)
+    else:
+        last = simplify(node.stop - Const(1))
+        span = f"{node.start}..{last}"
+        span = f"reversed({span})" if node.reverse else span
+        lines.append(f"{pad}for {node.dim} in {span}:")
+        _render(node.body, program, depth + 1, lines)
