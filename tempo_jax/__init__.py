@@ -152,6 +152,7 @@ from ._ir.errors import ShapeError as ShapeError
 from ._ir.errors import SliceStepError as SliceStepError
 from ._ir.errors import TempoError as TempoError
 from ._ir.errors import UndefinedPointError as UndefinedPointError
+from ._ir.errors import UnsupportedError as UnsupportedError
 from ._ir.errors import VerificationError as VerificationError
 from ._ir.expr import Symbol as Symbol
 from ._ir.expr import eq as eq

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._ir.errors import DefinitionError, ForeignSymbolError, OutputError, TempoError
@@ -143,6 +143,16 @@ class Program:
                 "`p.output(name, tensor)`."
             )
         return verify(IRProgram(tuple(self._dims), ops, tuple(self._outputs)))
+
+    def compile(self, bounds: Mapping[Any, int]) -> Any:
+        """Schedule the program and lower it to one pure JAX function (a ``Compiled``).
+
+        Example: ``f = p.compile(bounds={T: 100}); out = f(x0=x0)`` gives the outputs of
+        ``tj.reference.run(p, bounds={T: 100}, inputs={"x0": x0})``.
+        """
+        from .._lower.compiled import compile_program  # the back end sits below the front end
+
+        return compile_program(self.to_ir(), bounds)
 
     def __repr__(self) -> str:
         dims = " ".join(d.name for d in self._dims)

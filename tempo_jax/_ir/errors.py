@@ -68,3 +68,7 @@ class VerificationError(TempoError):
 
 class ScheduleInfeasibleError(TempoError):
     """No schedule respects every dependence (some point depends on itself)."""
+
+
+class UnsupportedError(TempoError):
+    """The program uses a feature the compiler does not lower yet."""

@@ -267,6 +267,27 @@ def _mod(a: int, b: int) -> int:
     return a % b
 
 
+def _jnp():  # jax.numpy, imported lazily: only traced (compiled) evaluation needs it
+    import jax.numpy as jnp
+
+    return jnp
+
+
+def _is_python(value: object) -> bool:
+    return isinstance(value, numbers.Integral | bool)
+
+
+def _truth(value: object) -> object:
+    """A condition's value: 0/1 for Python operands, a traced bool under JAX."""
+    return int(value) if isinstance(value, bool | numbers.Integral) else value
+
+
+def _logical(name: str, a: object, b: object) -> object:
+    if _is_python(a) and _is_python(b):
+        return int(bool(a) and bool(b)) if name == "logical_and" else int(bool(a) or bool(b))
+    return getattr(_jnp(), name)(a, b)
+
+
 def _min(a: int, b: int) -> int:
     # Also evaluated on traced JAX scalars (point-valued payloads), hence jnp off the fast path.
     if isinstance(a, int) and isinstance(b, int):
@@ -443,7 +464,7 @@ class Cmp(_BoolExpr):
         return Cmp(self.op, *children)
 
     def evaluate(self, env: Mapping[Symbol, int]) -> int:
-        return int(_CMP_FNS[self.op](self.a.evaluate(env), self.b.evaluate(env)))
+        return _truth(_CMP_FNS[self.op](self.a.evaluate(env), self.b.evaluate(env)))
 
     def render(self, precedence: int) -> str:
         text = f"{self.a.render(1)} {self.op} {self.b.render(1)}"
@@ -472,7 +493,7 @@ class And(_BoolExpr):
         return And(*children)
 
     def evaluate(self, env: Mapping[Symbol, int]) -> int:
-        return int(bool(self.a.evaluate(env)) and bool(self.b.evaluate(env)))
+        return _logical("logical_and", self.a.evaluate(env), self.b.evaluate(env))
 
     def render(self, precedence: int) -> str:
         text = f"{self.a.render(2)} & {self.b.render(2)}"
@@ -491,7 +512,7 @@ class Or(_BoolExpr):
         return Or(*children)
 
     def evaluate(self, env: Mapping[Symbol, int]) -> int:
-        return int(bool(self.a.evaluate(env)) or bool(self.b.evaluate(env)))
+        return _logical("logical_or", self.a.evaluate(env), self.b.evaluate(env))
 
     def render(self, precedence: int) -> str:
         text = f"{self.a.render(2)} | {self.b.render(2)}"
@@ -509,7 +530,8 @@ class Not(_BoolExpr):
         return Not(*children)
 
     def evaluate(self, env: Mapping[Symbol, int]) -> int:
-        return int(not self.a.evaluate(env))
+        value = self.a.evaluate(env)
+        return _truth(not value) if _is_python(value) else _jnp().logical_not(value)
 
     def render(self, precedence: int) -> str:
         return f"~{self.a.render(3)}"

@@ -1,0 +1,1 @@
+"""Lowering: the schedule tree becomes one pure, jittable JAX function."""

@@ -1,0 +1,118 @@
+"""Compiled programs against the reference interpreter, and the structure of their jaxprs."""
+
+from __future__ import annotations
+
+import jax
+import jax.extend.core as jex
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tempo_jax as tj
+from tests.corpus import CASES, Case
+
+STATIC = [c for c in CASES if c.name not in {"returns_suffix", "window_sum", "attention"}]
+GROWING = [c for c in CASES if c not in STATIC]
+
+
+@pytest.mark.parametrize("case", STATIC, ids=lambda c: c.name)
+def test_compiled_matches_the_reference(case: Case) -> None:
+    program, bounds, inputs = case.build()
+    got = program.compile(bounds=bounds)(**inputs)
+    want = tj.reference.run(program, bounds=bounds, inputs=inputs)
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name].shape == want[name].shape and got[name].dtype == want[name].dtype
+        np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", GROWING, ids=lambda c: c.name)
+def test_growing_ranges_are_not_compiled_yet(case: Case) -> None:
+    program, bounds, _ = case.build()
+    with pytest.raises(tj.UnsupportedError, match=r"at corpus\.py:\d+: .*tj\.reference\.run"):
+        program.compile(bounds=bounds)
+
+
+def _loops(jaxpr: jex.Jaxpr, depth: int = 0) -> list[tuple[int, str]]:
+    """(nesting depth, primitive) of every loop in a jaxpr and its sub-jaxprs, pre-order."""
+    found = []
+    for eqn in jaxpr.eqns:
+        is_loop = eqn.primitive.name in ("scan", "while")
+        if is_loop:
+            found.append((depth, eqn.primitive.name))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                if isinstance(sub, jex.ClosedJaxpr):
+                    sub = sub.jaxpr
+                if isinstance(sub, jex.Jaxpr):
+                    found += _loops(sub, depth + is_loop)
+    return found
+
+
+def _recurrence(steps_name: str = "t") -> tj.Program:
+    with tj.Program() as p:
+        (t,) = p.dims(steps_name)
+        x = tj.placeholder((), jnp.float32, domain=(t,))
+        x[0] = 1.0
+        x[t + 1] = x[t] * 0.5 + 1.0
+        p.output("x", x[0 : t.bound])
+    return p
+
+
+def test_a_recurrence_is_one_loop() -> None:
+    compiled = _recurrence().compile(bounds={"T": 50})
+    loops = _loops(compiled.jaxpr().jaxpr)
+    assert len(loops) == 1 and loops[0][0] == 0
+    assert "for t in" in compiled.schedule
+
+
+def test_two_dims_are_two_nested_loops() -> None:
+    program, bounds, inputs = CASES[[c.name for c in CASES].index("linear_regression")].build()
+    compiled = program.compile(bounds=bounds)
+    loops = _loops(compiled.jaxpr(**inputs).jaxpr)
+    assert max(depth for depth, _ in loops) == 1  # a t loop inside the i loop
+    assert "for i in" in compiled.schedule and "    for t in" in compiled.schedule
+
+
+def test_a_backward_recurrence_runs_in_reverse() -> None:
+    program, bounds, inputs = CASES[[c.name for c in CASES].index("returns_backward")].build()
+    compiled = program.compile(bounds=bounds)
+    assert "reversed(" in compiled.schedule
+    assert len(_loops(compiled.jaxpr(**inputs).jaxpr)) == 1
+
+
+def test_compiled_is_pure_jittable_and_vmappable() -> None:
+    program, bounds, inputs = CASES[[c.name for c in CASES].index("running_sum")].build()
+    compiled = program.compile(bounds=bounds)
+    batch = np.stack([inputs["x"], 2 * inputs["x"]])
+    batched = jax.vmap(lambda x: compiled(x=x)["s"])(batch)
+    np.testing.assert_allclose(batched[1], 2 * batched[0], rtol=1e-5)
+    jitted = jax.jit(lambda x: compiled(x=x)["s"].sum())(inputs["x"])
+    np.testing.assert_allclose(jitted, inputs["x"].cumsum().sum(), rtol=1e-5)
+
+
+def test_lowering_exposes_xla_memory_analysis() -> None:
+    compiled = _recurrence().compile(bounds={"T": 16})
+    assert compiled.lower().compile().memory_analysis() is not None
+    assert set(compiled.stage_seconds) == {"check", "schedule"}
+
+
+def test_a_long_recurrence_compiles() -> None:
+    compiled = _recurrence().compile(bounds={"T": 100_000})
+    x = compiled()["x"]
+    assert x.shape == (100_000,) and float(x[-1]) == pytest.approx(2.0)
+
+
+def test_compile_errors() -> None:
+    with pytest.raises(tj.MissingBoundError, match=r"no value for the bound\(s\) T"):
+        _recurrence().compile(bounds={})
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.placeholder((), jnp.float32, domain=(t,))
+        x[0] = 1.0
+        x[t + 2] = x[t] * 2.0
+        p.output("x", x[0 : t.bound])
+    with pytest.raises(tj.UndefinedPointError, match=r"no branch defines it at t=1"):
+        p.compile(bounds={"T": 5})
+    with pytest.raises(tj.InputError, match=r"input 'x' .* was not given"):
+        CASES[0].build()[0].compile(bounds={"T": 4})()
