@@ -97,14 +97,14 @@ def scheduling_context() -> isl.Context:
 
 
 def schedule(program: Program) -> ScheduleTree:
-    """A loop tree that runs every point of every op once, producers before consumers.
+    """A loop tree that runs every point of every computed op once, producers first.
 
     Valid for every value ``>= 1`` of the program's bounds. Raises
     :class:`ScheduleInfeasibleError` when the dependences have a cycle.
     """
     ctx = scheduling_context()
     domain = _domain(program, ctx)
-    deps = ic.dependences(program, ctx)
+    deps = ic.dependences(program, ctx).intersect_domain(domain)  # inputs exist up front
     context = ic.param_context(program, ctx)
     sched = _compute(program, domain, deps, context)
     build = isl.AstBuild.from_context(context)
@@ -112,9 +112,15 @@ def schedule(program: Program) -> ScheduleTree:
 
 
 def _domain(program: Program, ctx: isl.Context) -> isl.UnionSet:
-    """The union of every op's iteration domain."""
+    """The union of the iteration domains of every computed op.
+
+    Inputs are left out: they exist before the program runs, so scheduling them would only
+    constrain (and skew) the loops around their readers.
+    """
     domain = isl.UnionSet.empty(ic.param_space(program, ctx))
     for op in program.ops:
+        if op.kind == "input":
+            continue
         domain = domain.union(isl.UnionSet.from_set(ic.domain_set(program, op, ctx)))
     return domain
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.extend.core as jex
 import jax.numpy as jnp
@@ -116,3 +118,26 @@ def test_compile_errors() -> None:
         p.compile(bounds={"T": 5})
     with pytest.raises(tj.InputError, match=r"input 'x' .* was not given"):
         CASES[0].build()[0].compile(bounds={"T": 4})()
+
+
+def _carried_buffer_copies(compiled: object, rows: int) -> list[str]:
+    """HLO copies of a buffer-sized loop-carried value (the per-iteration copy trap)."""
+    text = compiled.lower().compile().as_text()
+    return [
+        line.strip()
+        for line in text.splitlines()
+        if re.search(rf"= f32\[{rows},[0-9,]*\]\{{[^}}]*\}} copy\(%get-tuple-element", line)
+    ]
+
+
+def test_no_per_iteration_copy_of_carried_buffers() -> None:
+    """Reading a carried buffer that the loop also updates must not copy it every step."""
+    steps = 64
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (16,), jnp.float32, domain=(t,))
+        m = tj.placeholder((16,), jnp.float32, domain=(t,))
+        m[0] = x[0]
+        m[t + 1] = 0.9 * m[t] + 0.1 * x[t + 1]
+        p.output("last", m[t.bound - 1])
+    assert _carried_buffer_copies(p.compile(bounds={"T": steps}), steps) == []
