@@ -1,0 +1,181 @@
+"""Benchmark: recurrences compiled by tempo_jax against hand-written ``lax.scan``.
+
+Times each workload of ``configs/bench/loops.yaml`` with both systems in one run (both
+jitted, compilation excluded, the median of several calls), checks that they agree, and
+writes ``results/bench_loops.json`` rows ``{name, system, seconds_median, ratio_vs_scan}``
+plus a bar plot ``results/bench_loops.png``.
+
+    python -m scripts.bench_loops [--config configs/bench/loops.yaml] [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+import tempo_jax as tj
+
+Workload = tuple[Callable[..., Any], Callable[..., Any], dict[str, np.ndarray]]
+
+
+def running_sum(steps: int, rng: np.random.Generator) -> Workload:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (), jnp.float32, domain=(t,))
+        s = tj.placeholder((), jnp.float32, domain=(t,))
+        s[0] = x[0]
+        s[t + 1] = s[t] + x[t + 1]
+        p.output("last", s[t.bound - 1])
+    compiled = p.compile(bounds={t.bound: steps})
+
+    def scan(x: jax.Array) -> jax.Array:
+        return jax.lax.scan(lambda c, xi: (c + xi, None), x[0], x[1:])[0]
+
+    return (lambda x: compiled(x=x)["last"]), scan, {"x": rng.normal(size=steps)}
+
+
+def ema(steps: int, rng: np.random.Generator, width: int, decay: float) -> Workload:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (width,), jnp.float32, domain=(t,))
+        m = tj.placeholder((width,), jnp.float32, domain=(t,))
+        m[0] = x[0]
+        m[t + 1] = decay * m[t] + (1 - decay) * x[t + 1]
+        p.output("last", m[t.bound - 1])
+    compiled = p.compile(bounds={t.bound: steps})
+
+    def scan(x: jax.Array) -> jax.Array:
+        step = lambda c, xi: (decay * c + (1 - decay) * xi, None)  # noqa: E731
+        return jax.lax.scan(step, x[0], x[1:])[0]
+
+    return (lambda x: compiled(x=x)["last"]), scan, {"x": rng.normal(size=(steps, width))}
+
+
+def rnn(steps: int, rng: np.random.Generator, layers: int, hidden: int) -> Workload:
+    scale = hidden**-0.5
+    weights = {
+        f"{kind}{k}": (rng.normal(size=(hidden, hidden)) * scale).astype(np.float32)
+        for k in range(layers)
+        for kind in "wu"
+    }
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (hidden,), jnp.float32, domain=(t,))
+        below = x
+        for k in range(layers):
+            w, u = (tj.input(f"{kind}{k}", (hidden, hidden), jnp.float32) for kind in "wu")
+            h = tj.placeholder((hidden,), jnp.float32, domain=(t,), name=f"h{k}")
+            h[0] = tj.tanh(below[0] @ w)
+            h[t + 1] = tj.tanh(below[t + 1] @ w + h[t] @ u)
+            below = h
+        p.output("last", below[t.bound - 1])
+    compiled = p.compile(bounds={t.bound: steps})
+
+    def scan(x: jax.Array, **ws: jax.Array) -> jax.Array:
+        def step(hs: tuple[jax.Array, ...], xi: jax.Array) -> tuple[tuple[jax.Array, ...], None]:
+            below, new = xi, []
+            for k, h in enumerate(hs):
+                below = jnp.tanh(below @ ws[f"w{k}"] + h @ ws[f"u{k}"])
+                new.append(below)
+            return tuple(new), None
+
+        return jax.lax.scan(step, (jnp.zeros(hidden),) * layers, x)[0][-1]
+
+    data = {"x": rng.normal(size=(steps, hidden)), **weights}
+    return (lambda **kw: compiled(**kw)["last"]), scan, data
+
+
+WORKLOADS = {"running_sum": running_sum, "ema": ema, "rnn": rnn}
+
+
+def median_seconds(fn: Callable[..., Any], inputs: dict[str, Any], repeats: int) -> float:
+    jax.block_until_ready(fn(**inputs))  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(**inputs))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def run(config: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, options in config["workloads"].items():
+        rng = np.random.default_rng(0)
+        tempo, scan, data = WORKLOADS[name](config["steps"], rng, **(options or {}))
+        inputs = {k: jnp.asarray(v, jnp.float32) for k, v in data.items()}
+        tempo_j, scan_j = jax.jit(tempo), jax.jit(scan)
+        diff = float(jnp.max(jnp.abs(tempo_j(**inputs) - scan_j(**inputs))))
+        assert diff < 1e-3, f"{name}: tempo_jax and lax.scan disagree by {diff}"
+        base = median_seconds(scan_j, inputs, config["repeats"])
+        mine = median_seconds(tempo_j, inputs, config["repeats"])
+        for system, seconds in (("lax.scan", base), ("tempo_jax", mine)):
+            rows.append(
+                {
+                    "name": name,
+                    "system": system,
+                    "seconds_median": seconds,
+                    "ratio_vs_scan": seconds / base,
+                }
+            )
+            print(f"{name:12s} {system:10s} {seconds * 1e3:9.2f} ms  x{seconds / base:.2f}")
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    ratios = [
+        next(r["ratio_vs_scan"] for r in rows if r["name"] == n and r["system"] == "tempo_jax")
+        for n in names
+    ]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(names, ratios, color="tab:blue")
+    ax.axhline(1.0, color="black", linewidth=0.8, label="lax.scan")
+    ax.axhline(1.2, color="tab:red", linestyle="--", linewidth=0.8, label="target 1.2x")
+    ax.set_ylabel("time / lax.scan time")
+    ax.set_title("tempo_jax vs hand-written lax.scan")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/bench/loops.yaml")
+    parser.add_argument("--steps", type=int, help="override the config's T")
+    parser.add_argument("--out", default="results")
+    args = parser.parse_args()
+    config = yaml.safe_load(pathlib.Path(args.config).read_text())
+    if args.steps:
+        config["steps"] = args.steps
+    rows = run(config)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "devices": str(jax.devices()),
+        "steps": config["steps"],
+        "jax": jax.__version__,
+    }
+    (out / "bench_loops.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    plot(rows, out / "bench_loops.png")
+    print(f"wrote {out / 'bench_loops.json'} and {out / 'bench_loops.png'}")
+
+
+if __name__ == "__main__":
+    main()
