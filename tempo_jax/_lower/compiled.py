@@ -36,7 +36,7 @@ class Compiled:
         self._jitted = jax.jit(self._run)
 
     def _run(self, inputs: dict[str, Any]) -> dict[str, jax.Array]:
-        lowering = TreeLowering(self.program, self.bounds, inputs)
+        lowering = TreeLowering(self.program, self.bounds, inputs, self.tree)
         buffers = lowering.run(self.tree, dict(self.bounds), lowering.allocate())
         return {out.name: lowering.output(out, buffers) for out in self.program.outputs}
 

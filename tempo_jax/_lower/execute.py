@@ -24,18 +24,23 @@ from jax import lax
 from .._ir.expr import Slice, Symbol
 from .._ir.program import Edge, Op, Output, Program
 from .._schedule.tree import Exec, Guard, Loop, Node, Sequence
+from .storage import plan_storage
 
-Buffers = dict[tuple[int, int], jax.Array]  # (op id, output) -> full buffer
+Buffers = dict[tuple, jax.Array]  # (op id, output) -> full buffer; (op, output, RING) -> window
+RING = 1  # third key element of a window ring carried by a loop
 Env = Mapping[Symbol, Any]  # symbol -> Python int (bounds) or traced int32 (dims, loop vars)
 
 
 class TreeLowering:
     """Runs a schedule tree inside one JAX trace, for fixed bounds and input arrays."""
 
-    def __init__(self, program: Program, bounds: dict[Symbol, int], inputs: dict[str, Any]):
+    def __init__(
+        self, program: Program, bounds: dict[Symbol, int], inputs: dict[str, Any], tree: Node
+    ):
         self.program = program
         self.bounds = bounds
         self.inputs = {op.id: inputs[op.name] for op in program.ops if op.kind == "input"}
+        self.plan = plan_storage(program, tree)
 
     # -- buffers ---------------------------------------------------------------------------------
     def allocate(self) -> Buffers:
@@ -46,6 +51,8 @@ class TreeLowering:
                 continue
             lead = tuple(self.bounds[d.bound] for d in op.domain)
             for k, spec in enumerate(op.outputs):
+                if (op.id, k) not in self.plan.buffered:
+                    continue  # point or window storage: never stored in full
                 shape = lead + spec.concrete_shape(self.bounds)
                 buffers[(op.id, k)] = jnp.zeros(shape, spec.dtype)
         return buffers
@@ -59,8 +66,12 @@ class TreeLowering:
     def run(self, node: Node, env: Env, buffers: Buffers) -> Buffers:
         """Execute ``node`` with the loop variables of ``env``; return the updated buffers."""
         if isinstance(node, Sequence):
+            local: dict[int, tuple[Any, ...]] = {}  # values computed at this level's points
             for child in node.children:
-                buffers = self.run(child, env, buffers)
+                if isinstance(child, Exec):
+                    buffers = self._exec(child, env, buffers, local)
+                else:
+                    buffers = self.run(child, env, buffers)
             return buffers
         if isinstance(node, Loop):
             return self._loop(node, env, buffers)
@@ -70,7 +81,7 @@ class TreeLowering:
                 return self.run(node.body, env, buffers) if cond else buffers
             return lax.cond(cond, lambda b: self.run(node.body, env, b), lambda b: b, buffers)
         if isinstance(node, Exec):
-            return self._exec(node, env, buffers)
+            return self._exec(node, env, buffers, {})
         raise TypeError(f"unknown schedule node {type(node).__name__}")
 
     def _loop(self, node: Loop, env: Env, buffers: Buffers) -> Buffers:
@@ -81,17 +92,33 @@ class TreeLowering:
             value = start + stop - 1 - k if node.reverse else k
             return self.run(node.body, {**env, var: value}, b)
 
-        return lax.fori_loop(start, stop, body, buffers)
+        rings = self.plan.rings.get(node, {})
+        carried = dict(buffers)
+        for (op_id, out), depth in rings.items():  # the last `depth` values, newest first
+            spec = self.program.op(op_id).outputs[out]
+            shape = (depth, *spec.concrete_shape(self.bounds))
+            carried[(op_id, out, RING)] = jnp.zeros(shape, spec.dtype)
+        carried = lax.fori_loop(start, stop, body, carried)
+        return {key: value for key, value in carried.items() if len(key) == 2}
 
-    def _exec(self, node: Exec, env: Env, buffers: Buffers) -> Buffers:
+    def _exec(
+        self, node: Exec, env: Env, buffers: Buffers, local: dict[int, tuple[Any, ...]]
+    ) -> Buffers:
         op = self.program.op(node.op)
         if op.kind == "input":
             return buffers
         point = [jnp.asarray(e.evaluate(env), jnp.int32) for e in node.point]
         op_env = {**self.bounds, **dict(zip(op.domain, point, strict=True))}
-        values = self.compute(op, op_env, buffers)
+        values = self.compute(op, op_env, self._inputs(node, op, op_env, buffers, local))
+        local[op.id] = tuple(values)
         buffers = dict(buffers)
         for k, value in enumerate(values):
+            ring = (op.id, k, RING)
+            if ring in buffers:  # newest first: shift the window by one
+                value_ = jnp.asarray(value, buffers[ring].dtype)[None]
+                buffers[ring] = jnp.concatenate([value_, buffers[ring][:-1]])
+            if (op.id, k) not in self.plan.buffered:
+                continue
             buf = buffers[(op.id, k)]
             update = jnp.asarray(value, buf.dtype).reshape(
                 (1,) * len(point) + buf.shape[len(point) :]
@@ -101,9 +128,21 @@ class TreeLowering:
         return buffers
 
     # -- one point -----------------------------------------------------------------------------
-    def compute(self, op: Op, env: Env, buffers: Buffers) -> tuple[Any, ...]:
-        """The outputs of ``op`` at the point of ``env``."""
-        values = [self.read(edge, env, buffers) for edge in op.inputs]
+    def _inputs(
+        self, node: Exec, op: Op, env: Env, buffers: Buffers, local: dict[int, tuple[Any, ...]]
+    ) -> list[Any]:
+        values = []
+        for k, edge in enumerate(op.inputs):
+            if (node, k) in self.plan.local:
+                values.append(local[edge.src][edge.out])
+            elif (node, k) in self.plan.window:
+                values.append(buffers[(edge.src, edge.out, RING)][self.plan.window[(node, k)]])
+            else:
+                values.append(self.read(edge, env, buffers))
+        return values
+
+    def compute(self, op: Op, env: Env, values: list[Any]) -> tuple[Any, ...]:
+        """The outputs of ``op`` at the point of ``env``, from its inputs' ``values``."""
         if op.kind == "merge":
             spec = op.outputs[0]
             result = jnp.zeros(spec.concrete_shape(self.bounds), spec.dtype)

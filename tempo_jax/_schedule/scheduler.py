@@ -20,6 +20,8 @@ isl options, set on the private context of each call:
   rather than splitting), which gives the plain nested loops of multi-dim programs.
 - ``schedule_separate_components = 1``: independent components (e.g. an input no one in a
   recurrence reads) get their own loops in a sequence instead of being arbitrarily fused.
+- ``schedule_max_constant_term = 0`` first, then ``-1`` (no limit) if that is infeasible:
+  unshifted loops keep all ops of one point in one iteration (see ``_compute_unshifted``).
 - ``schedule_max_coefficient = -1`` (no limit): a reversal (coefficient -1) or a skew may be
   needed for legality; limiting coefficients could make a legal program unschedulable.
 - ``ast_build_detect_min_max = 1``: loop bounds come as ``min``/``max`` expressions rather
@@ -106,9 +108,27 @@ def schedule(program: Program) -> ScheduleTree:
     domain = _domain(program, ctx)
     deps = ic.dependences(program, ctx).intersect_domain(domain)  # inputs exist up front
     context = ic.param_context(program, ctx)
-    sched = _compute(program, domain, deps, context)
+    sched = _compute_unshifted(program, domain, deps, context)
     build = isl.AstBuild.from_context(context)
     return ast_to_tree(build.node_from_schedule(sched), program)
+
+
+def _compute_unshifted(
+    program: Program, domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set
+) -> isl.Schedule:
+    """Prefer a schedule without constant shifts, then allow them.
+
+    Proximity alone may shift a recurrence against its body (``S0[t - 1]`` next to
+    ``S2[t]``), which is legal but guards the loop body; when every dependence points
+    backwards in time, an unshifted schedule exists and keeps each point's ops together.
+    """
+    ctx = domain.get_ctx()
+    ctx.set_schedule_max_constant_term(0)
+    try:
+        return _compute(program, domain, deps, context)
+    except ScheduleInfeasibleError:
+        ctx.set_schedule_max_constant_term(-1)  # no limit: shifts where legality needs them
+        return _compute(program, domain, deps, context)
 
 
 def _domain(program: Program, ctx: isl.Context) -> isl.UnionSet:

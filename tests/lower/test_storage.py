@@ -1,0 +1,81 @@
+"""Storage planning: point, window and full storage chosen from how the schedule reads.
+
+Values are checked against the reference interpreter in test_compile.py; here the plan
+itself is pinned, so a change that silently falls back to full buffers fails.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+import tempo_jax as tj
+from tempo_jax._lower.storage import plan_storage
+from tempo_jax._schedule.scheduler import schedule
+from tests.corpus import CASES
+
+
+def _plan(program: tj.Program):
+    ir = program.to_ir()
+    return ir, plan_storage(ir, schedule(ir))
+
+
+def _ids(ir, name: str) -> set[int]:
+    return {op.id for op in ir.ops if op.name == name}
+
+
+def test_a_recurrence_lives_in_loop_carries() -> None:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (8,), jnp.float32, domain=(t,))
+        m = tj.placeholder((8,), jnp.float32, domain=(t,))
+        m[0] = x[0]
+        m[t + 1] = 0.9 * m[t] + 0.1 * x[t + 1]
+        p.output("last", m[t.bound - 1])
+    ir, plan = _plan(p)
+    assert plan.buffered == {(op, 0) for op in _ids(ir, "m")}  # only what the output reads
+    assert list(plan.window.values()) == [0]  # m[t] reads add[t-1]: one step back
+    (depths,) = plan.rings.values()
+    assert depths == {(op, 0): 1 for op in _ids(ir, "add")}
+    assert len(plan.local) >= 2  # the multiplies read m[t] and add reads them at t
+
+
+def test_two_step_recurrence_keeps_two_values() -> None:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        f = tj.placeholder((), jnp.int32, domain=(t,))
+        f[t < 2] = t
+        f[True] = f[t - 1] + f[t - 2]
+        p.output("f", f[t.bound - 1])
+    ir, plan = _plan(p)
+    (depths,) = plan.rings.values()
+    assert depths == {(op, 0): 2 for op in _ids(ir, "f")}
+    assert int(p.compile(bounds={"T": 20})()["f"]) == 4181
+
+
+def test_backward_recurrence_uses_a_window_of_a_reversed_loop() -> None:
+    program = next(c for c in CASES if c.name == "returns_backward").build()[0]
+    ir, plan = _plan(program)
+    ((loop, depths),) = plan.rings.items()
+    assert loop.reverse and depths == {(op, 0): 1 for op in _ids(ir, "g")}
+
+
+def test_values_read_across_loops_are_stored_in_full() -> None:
+    program = next(c for c in CASES if c.name == "linear_regression").build()[0]
+    ir, plan = _plan(program)
+    subtract = _ids(ir, "subtract")  # err[i, t], read as the range err[i, 0:T]
+    assert {(op, 0) for op in subtract} <= plan.buffered
+
+
+def test_window_storage_gives_the_reference_values() -> None:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (), jnp.float32, domain=(t,))
+        y = tj.placeholder((), jnp.float32, domain=(t,))
+        y[t < 3] = x
+        y[True] = y[t - 1] - 0.5 * y[t - 3] + x[t]  # distances 1 and 3 from one producer
+        p.output("y", y[0 : t.bound])
+    xs = np.random.default_rng(0).normal(size=20).astype(np.float32)
+    got = p.compile(bounds={"T": 20})(x=xs)["y"]
+    want = tj.reference.run(p, bounds={"T": 20}, inputs={"x": xs})["y"]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5)
