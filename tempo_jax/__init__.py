@@ -25,6 +25,7 @@ from ._frontend.creation import input as input
 from ._frontend.creation import ones as ones
 from ._frontend.creation import ones_like as ones_like
 from ._frontend.creation import placeholder as placeholder
+from ._frontend.creation import sink as sink
 from ._frontend.creation import zeros as zeros
 from ._frontend.creation import zeros_like as zeros_like
 from ._frontend.numpy_api import abs as abs

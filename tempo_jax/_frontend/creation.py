@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -11,7 +11,7 @@ import numpy as np
 
 from .._ir.errors import TempoError
 from .._ir.expr import Expr, Symbol, as_expr, dims_of, symbols_of
-from .._ir.program import Dim, TensorSpec, static_dim
+from .._ir.program import Dim, Payload, TensorSpec, static_dim
 from .._ir.source import SourceInfo, capture_source, describe
 from .program import Program, active_program
 from .tensor import RecurrentTensor, TensorMeta, as_tensor, record
@@ -136,3 +136,26 @@ def _declare(
 def _assigned_name(source: SourceInfo) -> str | None:
     match = _ASSIGNED.match(source.code)
     return match.group(1) if match else None
+
+
+def sink(value: RecurrentTensor, fn: Callable[[Any, dict[str, int]], None]) -> None:
+    """Call ``fn(value, point)`` on the host once per point of ``value``'s domain.
+
+    ``point`` maps dim names to ints. For logging metrics per iteration: the compiled program
+    calls ``fn`` in schedule order through an ordered ``jax.debug.callback``; the reference
+    interpreter in lexicographic point order. Example::
+
+        tj.sink(loss, lambda v, pt: print(pt["i"], float(v)))
+    """
+    source = capture_source()
+    if not isinstance(value, RecurrentTensor):
+        raise TempoError(f"`tj.sink`{describe(source)} takes a recurrent tensor, got {value!r}")
+    value.program.add_op(
+        kind="sink",
+        name=f"sink {getattr(fn, '__name__', 'fn')}",
+        domain=value.domain,
+        inputs=(value.edge(),),
+        outputs=(),
+        payload=Payload(fn, "sink", uses_point=True),
+        source=source,
+    )

@@ -7,6 +7,8 @@ which stacks the range along a new leading spatial dim. Op kinds:
 
 - ``"input"``: a program input; its value at a point is one entry of the input array.
 - ``"apply"``: a point-wise JAX payload applied to its inputs' values at a point.
+- ``"sink"``: a side effect: its payload ``fn(value, point)`` runs on the host once per
+  point (logging metrics); it has no outputs.
 - ``"merge"``: a tensor defined by ordered branches; each input edge carries a condition
   over the op's domain, and the first edge whose condition holds defines the point.
 """
@@ -36,7 +38,7 @@ from .source import UNKNOWN_SOURCE, SourceInfo
 
 Dim = int | Expr  # a spatial dim size: static, or symbolic (over bounds and domain dims)
 
-OP_KINDS = ("input", "apply", "merge")
+OP_KINDS = ("input", "apply", "merge", "sink")
 
 
 @dataclasses.dataclass(frozen=True)

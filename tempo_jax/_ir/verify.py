@@ -32,6 +32,8 @@ def check_op_kinds(program: Program) -> None:
             raise VerificationError(f"input {op.name!r} must not read other tensors")
         if op.kind == "apply" and op.payload is None:
             raise VerificationError(f"{_where(op)} is an apply op without a payload")
+        if op.kind == "sink" and (op.outputs or len(op.inputs) != 1 or op.payload is None):
+            raise VerificationError(f"{_where(op)}: a sink reads one tensor and has no outputs")
         if op.kind == "merge" and len(op.outputs) != 1:
             raise VerificationError(f"{_where(op)}: a defined tensor has exactly one output")
 

@@ -143,6 +143,9 @@ class TreeLowering:
 
     def compute(self, op: Op, env: Env, values: list[Any]) -> tuple[Any, ...]:
         """The outputs of ``op`` at the point of ``env``, from its inputs' ``values``."""
+        if op.kind == "sink":
+            self._sink(op, env, values[0])
+            return ()
         if op.kind == "merge":
             spec = op.outputs[0]
             result = jnp.zeros(spec.concrete_shape(self.bounds), spec.dtype)
@@ -153,6 +156,15 @@ class TreeLowering:
         if op.payload.uses_point:
             return op.payload.fn(env, *values)
         return op.payload.fn(*values)
+
+    def _sink(self, op: Op, env: Env, value: Any) -> None:
+        assert op.payload is not None
+        fn, names = op.payload.fn, [d.name for d in op.domain]
+
+        def host(v: Any, *point: Any) -> None:
+            fn(np.asarray(v), {n: int(p) for n, p in zip(names, point, strict=True)})
+
+        jax.debug.callback(host, value, *(env[d] for d in op.domain), ordered=True)
 
     def read(self, edge: Edge, env: Env, buffers: Buffers) -> jax.Array:
         """The value ``edge`` reads at the point of ``env`` (slices stacked in index order)."""

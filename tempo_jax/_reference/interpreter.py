@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
 from .._ir.bind import resolve_bounds, resolve_inputs
 from .._ir.errors import (
@@ -44,7 +45,10 @@ def run(
     ir = program if isinstance(program, Program) else program.to_ir()
     env = resolve_bounds(ir, bounds or {})
     arrays = resolve_inputs(ir, env, inputs or {})
-    return _Interpreter(ir, env, arrays).outputs()
+    interpreter = _Interpreter(ir, env, arrays)
+    results = interpreter.outputs()
+    interpreter.sinks()
+    return results
 
 
 class _Interpreter:
@@ -72,6 +76,20 @@ class _Interpreter:
                 array = jnp.zeros(shape + spatial, out.spec.dtype)
             results[out.name] = array.astype(out.spec.dtype)
         return results
+
+    def sinks(self) -> None:
+        """Call every sink at every point of its domain, in lexicographic point order."""
+        for op in self.program.ops:
+            if op.kind != "sink":
+                continue
+            (edge,) = op.inputs
+            for point in itertools.product(*(range(self.bounds[d.bound]) for d in op.domain)):
+                env = self._env(op.domain, point)
+                for key in self._reads(edge, env, op.name, op):
+                    self._demand(key, edge, env)
+                value = np.asarray(self._gather(edge, env, op.name))
+                assert op.payload is not None
+                op.payload.fn(value, {d.name: v for d, v in zip(op.domain, point, strict=True)})
 
     # -- demand-driven evaluation --------------------------------------------------------------
     def _demand(self, root: Key, edge: Edge, reader_env: dict[Symbol, int]) -> None:

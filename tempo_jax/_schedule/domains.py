@@ -103,7 +103,8 @@ def _bad_reads(
 
 
 def check_reads(program: Program, ctx: isl.Context, domains: DefinedDomains) -> None:
-    """Raise the interpreter's error, at compile time, for an output reading undefined points."""
+    """Raise the interpreter's error, at compile time, for an output or a sink reading
+    undefined points."""
     for k, out in enumerate(program.outputs):
         reader = _output_op(program, out.domain, out.name, k)
         where = domain_set(program, reader, ctx)
@@ -112,6 +113,16 @@ def check_reads(program: Program, ctx: isl.Context, domains: DefinedDomains) -> 
         if example is not None:
             params = {b.name: example[b.name] for b in program.bounds}
             _explain(program, reader, out.edge, bad, params, domains, ctx, f"output {out.name!r}")
+    for op in program.ops:
+        if op.kind != "sink":
+            continue
+        (edge,) = op.inputs
+        where = domain_set(program, op, ctx)
+        bad = _bad_reads(program, op, edge, where, domains.sets[edge.src], ctx)
+        example = sample_values(bad)
+        if example is not None:
+            params = {b.name: example[b.name] for b in program.bounds}
+            _explain(program, op, edge, bad, params, domains, ctx, f"`{op.name}`")
 
 
 def _output_op(program: Program, domain: tuple, name: str, k: int) -> Op:
