@@ -138,6 +138,7 @@ from ._frontend.numpy_api import where as where
 from ._frontend.program import Program as Program
 from ._frontend.tensor import RecurrentTensor as RecurrentTensor
 from ._ir import errors as errors
+from ._ir.bind import dynamic as dynamic
 from ._ir.errors import BranchMismatchError as BranchMismatchError
 from ._ir.errors import DefinitionError as DefinitionError
 from ._ir.errors import DependenceCycleError as DependenceCycleError

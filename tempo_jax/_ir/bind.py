@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +13,37 @@ from .errors import InputError, MissingBoundError
 from .expr import Symbol
 from .program import Program
 from .source import describe
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicBound:
+    """A bound known only at call time, at most ``max`` (see :func:`dynamic`)."""
+
+    max: int
+
+
+def dynamic(max: int) -> DynamicBound:
+    """A bound given at call time: ``p.compile(bounds={T: tj.dynamic(max=4096)})`` compiles
+    once, then ``compiled(T=537, ...)`` runs with ``T = 537``; outputs over ``t`` are padded
+    to ``max`` and the valid lengths come back under ``"lengths"``."""
+    if isinstance(max, bool) or not isinstance(max, int) or max < 1:
+        raise MissingBoundError(f"tj.dynamic(max=...) needs a positive int, got {max!r}")
+    return DynamicBound(max)
+
+
+def split_dynamic(
+    program: Program, bounds: Mapping[Any, Any]
+) -> tuple[dict[Symbol, int], dict[Symbol, int]]:
+    """(every bound at its value, or its max when dynamic; the dynamic bounds' maxima)."""
+    plain = {k: (v.max if isinstance(v, DynamicBound) else v) for k, v in bounds.items()}
+    env = resolve_bounds(program, plain)
+    names = {
+        k if isinstance(k, str) else k.name
+        for k, v in bounds.items()
+        if isinstance(v, DynamicBound)
+    }
+    by_name = {b.name: b for b in program.bounds} | {d.name: d.bound for d in program.dims}
+    return env, {by_name[n]: env[by_name[n]] for n in names}
 
 
 def resolve_bounds(program: Program, bounds: Mapping[Any, int]) -> dict[Symbol, int]:

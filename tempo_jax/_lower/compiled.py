@@ -7,10 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-from .._ir.bind import resolve_bounds, resolve_inputs
-from .._ir.errors import UnsupportedError
-from .._ir.expr import Slice, dims_of
+from .._ir.bind import resolve_inputs, split_dynamic
+from .._ir.errors import MissingBoundError, UnsupportedError
+from .._ir.expr import Slice, dims_of, symbols_of
 from .._ir.program import Program
 from .._ir.source import describe
 from .._schedule.domains import check_reads, defined_domains
@@ -27,32 +29,75 @@ class Compiled:
     ``schedule`` is the loop nest as text; ``stage_seconds`` the compile time per stage.
     """
 
-    def __init__(self, program: Program, bounds: dict, tree: Node, stage_seconds: dict) -> None:
+    def __init__(
+        self,
+        program: Program,
+        bounds: dict,
+        tree: Node,
+        stage_seconds: dict,
+        dynamic: dict | None = None,
+    ) -> None:
         self.program = program
-        self.bounds = bounds
+        self.bounds = bounds  # a dynamic bound at its max
+        self.dynamic = dynamic or {}  # dynamic bound -> max
         self.tree = tree
         self.stage_seconds = stage_seconds
         self.schedule = render(tree, program)
         self._jitted = jax.jit(self._run)
 
-    def _run(self, inputs: dict[str, Any]) -> dict[str, jax.Array]:
-        lowering = TreeLowering(self.program, self.bounds, inputs, self.tree)
-        buffers = lowering.run(self.tree, dict(self.bounds), lowering.allocate())
-        return {out.name: lowering.output(out, buffers) for out in self.program.outputs}
+    def _run(self, inputs: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]:
+        runtime = {**self.bounds, **{b: actual[b.name] for b in self.dynamic}}
+        lowering = TreeLowering(self.program, self.bounds, inputs, self.tree, runtime)
+        buffers = lowering.run(self.tree, dict(runtime), lowering.allocate())
+        results: dict[str, Any] = {
+            out.name: lowering.output(out, buffers) for out in self.program.outputs
+        }
+        if self.dynamic:
+            results["lengths"] = dict(actual)
+        return results
 
-    def _bind(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        return resolve_inputs(self.program, self.bounds, inputs)
+    def _bind(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Split call arguments into inputs and dynamic bounds, checked and padded to max."""
+        given = dict(inputs)
+        actual = {}
+        for bound, most in self.dynamic.items():
+            if bound.name not in given:
+                raise MissingBoundError(
+                    f"the dynamic bound {bound.name} (at most {most}) was not given; call "
+                    f"with `{bound.name}=...`."
+                )
+            value = given.pop(bound.name)
+            if isinstance(value, int | np.integer) and not 1 <= value <= most:
+                raise MissingBoundError(
+                    f"the dynamic bound {bound.name}={value} is outside 1..{most}, the range it "
+                    f"was compiled for; compile with `tj.dynamic(max={value})` or more."
+                )
+            actual[bound.name] = jnp.asarray(value, jnp.int32)
+        return resolve_inputs(self.program, self.bounds, self._padded(given)), actual
 
-    def __call__(self, **inputs: Any) -> dict[str, jax.Array]:
-        return self._jitted(self._bind(inputs))
+    def _padded(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Inputs over a dynamic dim may come at their actual length: pad them to max."""
+        for name, op in self.program.inputs.items():
+            if name not in inputs or not any(d.bound in self.dynamic for d in op.domain):
+                continue
+            value = jnp.asarray(inputs[name])
+            pads = [(0, 0)] * value.ndim
+            for axis, dim in enumerate(op.domain):
+                if dim.bound in self.dynamic and axis < value.ndim:
+                    pads[axis] = (0, max(0, self.dynamic[dim.bound] - value.shape[axis]))
+            inputs[name] = jnp.pad(value, pads)
+        return inputs
+
+    def __call__(self, **inputs: Any) -> dict[str, Any]:
+        return self._jitted(*self._bind(inputs))
 
     def jaxpr(self, **inputs: Any) -> Any:
         """The jaxpr of the whole program (inputs default to zeros of the declared shapes)."""
-        return jax.make_jaxpr(self._run)(self._bind(inputs or self._example_inputs()))
+        return jax.make_jaxpr(self._run)(*self._bind(inputs or self._example_inputs()))
 
     def lower(self, **inputs: Any) -> jax.stages.Lowered:
         """The jitted function's lowering: ``.lower().compile().memory_analysis()`` works."""
-        return self._jitted.lower(self._bind(inputs or self._example_inputs()))
+        return self._jitted.lower(*self._bind(inputs or self._example_inputs()))
 
     def _example_inputs(self) -> dict[str, jax.ShapeDtypeStruct]:
         example = {}
@@ -60,6 +105,7 @@ class Compiled:
             lead = tuple(self.bounds[d.bound] for d in op.domain)
             spec = op.outputs[0]
             example[name] = jax.numpy.zeros(lead + spec.concrete_shape(self.bounds), spec.dtype)
+        example.update({b.name: most for b, most in self.dynamic.items()})
         return example
 
 
@@ -67,22 +113,23 @@ def compile_program(program: Program, bounds: Mapping[Any, int]) -> Compiled:
     """Check, schedule and lower ``program`` for the given static ``bounds``."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    env = resolve_bounds(program, bounds)
-    check_static_sizes(program)
+    env, dynamic = split_dynamic(program, bounds)
+    check_static_sizes(program, set(dynamic))
     ctx = isl_context()
     check_reads(program, ctx, defined_domains(program, ctx))
     seconds["check"] = time.perf_counter() - start
     start = time.perf_counter()
     tree = schedule(program)
     seconds["schedule"] = time.perf_counter() - start
-    return Compiled(program, env, tree, seconds)
+    return Compiled(program, env, tree, seconds, dynamic)
 
 
-def check_static_sizes(program: Program) -> None:
-    """This lowering stores full buffers: every size must be fixed once bounds are known."""
+def check_static_sizes(program: Program, dynamic: set) -> None:
+    """Every size must be fixed once the static bounds are known (outputs may be padded)."""
+    static = set(program.bounds) - dynamic
     for op in program.ops:
         for spec in op.outputs:
-            if spec.symbols() - set(program.bounds):
+            if spec.symbols() - static:
                 raise UnsupportedError(
                     f"`{op.name}`{describe(op.source)} has shape {spec}, which varies over the "
                     "domain; compiling sizes such as `t + 1` (growing ranges like `x[0:t+1]`) "
@@ -90,9 +137,12 @@ def check_static_sizes(program: Program) -> None:
                 )
         for edge in op.inputs:
             for item in edge.index:
-                if isinstance(item, Slice) and dims_of(item.size):
+                if isinstance(item, Slice) and (
+                    dims_of(item.size) or symbols_of(item.size) & dynamic
+                ):
                     raise UnsupportedError(
                         f"`{edge.describe(program.op(edge.src).name)}`{describe(edge.source)} "
-                        f"reads a range of size {item.size}, which varies over the domain; not "
-                        "supported by the compiler yet. `tj.reference.run` runs this program."
+                        f"reads a range of size {item.size}, which varies over the domain or with "
+                        "a dynamic bound; not supported by the compiler yet (compile with static "
+                        "bounds, or run it with `tj.reference.run`)."
                     )

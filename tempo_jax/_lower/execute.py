@@ -35,10 +35,16 @@ class TreeLowering:
     """Runs a schedule tree inside one JAX trace, for fixed bounds and input arrays."""
 
     def __init__(
-        self, program: Program, bounds: dict[Symbol, int], inputs: dict[str, Any], tree: Node
+        self,
+        program: Program,
+        bounds: dict[Symbol, int],
+        inputs: dict[str, Any],
+        tree: Node,
+        runtime: Env | None = None,
     ):
         self.program = program
-        self.bounds = bounds
+        self.bounds = bounds  # static: sizes (a dynamic bound at its max)
+        self.runtime = runtime or bounds  # values: a dynamic bound as a traced scalar
         self.inputs = {op.id: inputs[op.name] for op in program.ops if op.kind == "input"}
         self.plan = plan_storage(program, tree)
 
@@ -108,7 +114,7 @@ class TreeLowering:
         if op.kind == "input":
             return buffers
         point = [jnp.asarray(e.evaluate(env), jnp.int32) for e in node.point]
-        op_env = {**self.bounds, **dict(zip(op.domain, point, strict=True))}
+        op_env = {**self.runtime, **dict(zip(op.domain, point, strict=True))}
         values = self.compute(op, op_env, self._inputs(node, op, op_env, buffers, local))
         local[op.id] = tuple(values)
         buffers = dict(buffers)
@@ -191,11 +197,11 @@ class TreeLowering:
         """An output: its read at every point of its domain, domain dims first."""
         shape = tuple(self.bounds[d.bound] for d in out.domain)
         if not shape:
-            return self.read(out.edge, self.bounds, buffers)
+            return self.read(out.edge, self.runtime, buffers)
         grid = np.indices(shape).reshape(len(shape), -1)
 
         def at(*coords: Any) -> jax.Array:
-            env = {**self.bounds, **dict(zip(out.domain, coords, strict=True))}
+            env = {**self.runtime, **dict(zip(out.domain, coords, strict=True))}
             return self.read(out.edge, env, buffers)
 
         values = jax.vmap(at)(*(jnp.asarray(row, jnp.int32) for row in grid))
