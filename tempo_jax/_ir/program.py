@@ -141,6 +141,17 @@ class Output:
     edge: Edge
     spec: TensorSpec
 
+    def reader(self, op_id: int) -> Op:
+        """A stand-in op for the output's read, to check or analyse it like any consumer."""
+        return Op(
+            id=op_id,
+            kind="apply",
+            name=f"output {self.name!r}",
+            domain=self.domain,
+            inputs=(),
+            outputs=(),
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class Program:

@@ -124,12 +124,8 @@ def verify(program: Program) -> Program:
 
 def _all_edges(program: Program) -> list[tuple[Op, Edge]]:
     pairs = [(op, edge) for op in program.ops for edge in op.inputs]
-    pairs += [(_output_reader(program, out.domain, out.name), out.edge) for out in program.outputs]
+    pairs += [(out.reader(-1), out.edge) for out in program.outputs]
     return pairs
-
-
-def _output_reader(program: Program, domain: tuple[Symbol, ...], name: str) -> Op:
-    return Op(id=-1, kind="apply", name=f"output {name!r}", domain=domain, inputs=(), outputs=())
 
 
 def _check_own_symbol(program: Program, sym: Symbol, where: str) -> None:

@@ -106,7 +106,8 @@ def check_reads(program: Program, ctx: isl.Context, domains: DefinedDomains) -> 
     """Raise the interpreter's error, at compile time, for an output or a sink reading
     undefined points."""
     for k, out in enumerate(program.outputs):
-        reader = _output_op(program, out.domain, out.name, k)
+        # A fresh id: the reader's isl tuple name must differ from every op's.
+        reader = out.reader(max((op.id for op in program.ops), default=0) + 1 + k)
         where = domain_set(program, reader, ctx)
         bad = _bad_reads(program, reader, out.edge, where, domains.sets[out.edge.src], ctx)
         example = sample_values(bad)
@@ -123,12 +124,6 @@ def check_reads(program: Program, ctx: isl.Context, domains: DefinedDomains) -> 
         if example is not None:
             params = {b.name: example[b.name] for b in program.bounds}
             _explain(program, op, edge, bad, params, domains, ctx, f"`{op.name}`")
-
-
-def _output_op(program: Program, domain: tuple, name: str, k: int) -> Op:
-    # A stand-in consumer for an output read (its tuple name must be a fresh isl identifier).
-    fresh = max((op.id for op in program.ops), default=0) + 1 + k
-    return Op(id=fresh, kind="apply", name=f"output {name!r}", domain=domain, inputs=(), outputs=())
 
 
 def _explain(
