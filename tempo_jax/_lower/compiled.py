@@ -132,8 +132,9 @@ def check_static_sizes(program: Program, dynamic: set) -> None:
             if spec.symbols() - static:
                 raise UnsupportedError(
                     f"`{op.name}`{describe(op.source)} has shape {spec}, which varies over the "
-                    "domain; compiling sizes such as `t + 1` (growing ranges like `x[0:t+1]`) "
-                    "is not supported yet. `tj.reference.run` runs this program."
+                    "domain or with a dynamic bound; compiling such sizes (growing ranges like "
+                    "`x[0:t+1]`) is not supported yet (compile with static bounds, or run it "
+                    "with `tj.reference.run`)."
                 )
         for edge in op.inputs:
             for item in edge.index:
