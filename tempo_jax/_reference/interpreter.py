@@ -66,9 +66,7 @@ class _Interpreter:
             values = []
             for point in itertools.product(*(range(n) for n in shape)):
                 env = self._env(out.domain, point)
-                for key in self._reads(out.edge, env, f"output {out.name!r}", None):
-                    self._demand(key, out.edge, env)
-                values.append(self._gather(out.edge, env, f"output {out.name!r}"))
+                values.append(self._value_at(out.edge, env, f"output {out.name!r}"))
             spatial = out.spec.concrete_shape(self.bounds)
             if values:
                 array = jnp.stack(values).reshape(shape + spatial)
@@ -84,12 +82,15 @@ class _Interpreter:
                 continue
             (edge,) = op.inputs
             for point in itertools.product(*(range(self.bounds[d.bound]) for d in op.domain)):
-                env = self._env(op.domain, point)
-                for key in self._reads(edge, env, op.name, op):
-                    self._demand(key, edge, env)
-                value = np.asarray(self._gather(edge, env, op.name))
+                value = np.asarray(self._value_at(edge, self._env(op.domain, point), op.name))
                 assert op.payload is not None
                 op.payload.fn(value, {d.name: v for d, v in zip(op.domain, point, strict=True)})
+
+    def _value_at(self, edge: Edge, env: dict[Symbol, int], reader: str) -> Any:
+        """What ``edge`` reads at the point of ``env``, evaluating every point it needs."""
+        for key in self._reads(edge, env, reader, None):
+            self._demand(key, edge, env)
+        return self._gather(edge, env, reader)
 
     # -- demand-driven evaluation --------------------------------------------------------------
     def _demand(self, root: Key, edge: Edge, reader_env: dict[Symbol, int]) -> None:

@@ -124,11 +124,13 @@ def _compute_unshifted(
     """
     ctx = domain.get_ctx()
     ctx.set_schedule_max_constant_term(0)
-    try:
-        return _compute(program, domain, deps, context)
-    except ScheduleInfeasibleError:
+    sched = _compute(domain, deps, context)
+    if sched is None:
         ctx.set_schedule_max_constant_term(-1)  # no limit: shifts where legality needs them
-        return _compute(program, domain, deps, context)
+        sched = _compute(domain, deps, context)
+    if sched is None:  # only now: naming the cycle needs a transitive closure
+        raise ScheduleInfeasibleError(_cycle_message(program, domain, deps))
+    return sched
 
 
 def _domain(program: Program, ctx: isl.Context) -> isl.UnionSet:
@@ -145,10 +147,8 @@ def _domain(program: Program, ctx: isl.Context) -> isl.UnionSet:
     return domain
 
 
-def _compute(
-    program: Program, domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set
-) -> isl.Schedule:
-    """isl's schedule for ``domain`` under ``deps``; raises when there is none."""
+def _compute(domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set) -> isl.Schedule | None:
+    """isl's schedule for ``domain`` under ``deps``, or ``None`` when it finds none."""
     constraints = (
         isl.ScheduleConstraints.on_domain(domain)
         .set_context(context)
@@ -160,7 +160,7 @@ def _compute(
     except isl.Error:
         sched = None
     if sched is None or not _respects(sched.get_map(), deps):
-        raise ScheduleInfeasibleError(_cycle_message(program, domain, deps))
+        return None
     return sched
 
 
@@ -283,18 +283,14 @@ def _is_id(expr: isl.AstExpr, name: str) -> bool:
     return expr.get_type() == isl.ast_expr_type.id and expr.id_get_id().get_name() == name
 
 
-def _floordiv(a: Expr, b: Expr) -> Expr:
-    return FloorDiv(a, b)
-
-
 _T = isl.ast_expr_op_type
 _BINARY: dict[isl.ast_expr_op_type, Callable[[Expr, Expr], Expr]] = {
     _T.add: Add,
     _T.sub: Sub,
     _T.mul: Mul,
-    _T.fdiv_q: _floordiv,  # floor division: Python's //
-    _T.pdiv_q: _floordiv,  # dividend >= 0: // agrees
-    _T.div: _floordiv,  # exact division: // agrees
+    _T.fdiv_q: FloorDiv,  # floor division: Python's //
+    _T.pdiv_q: FloorDiv,  # dividend >= 0: // agrees
+    _T.div: FloorDiv,  # exact division: // agrees
     _T.pdiv_r: Mod,  # dividend >= 0: % agrees
     _T.zdiv_r: Mod,  # only ever compared with 0, where C's and Python's remainders agree
     _T.min: Min,
