@@ -12,11 +12,11 @@ import numpy as np
 
 from .._ir.bind import resolve_inputs, split_dynamic
 from .._ir.errors import MissingBoundError, UnsupportedError
-from .._ir.expr import Slice, dims_of, symbols_of
+from .._ir.expr import Expr, Symbol, dims_of
 from .._ir.program import Program
 from .._ir.source import describe
 from .._schedule.domains import check_reads, defined_domains
-from .._schedule.isl_convert import isl_context
+from .._schedule.isl_convert import isl_context, max_over_box
 from .._schedule.scheduler import schedule
 from .._schedule.tree import Node, render
 from .execute import TreeLowering
@@ -44,10 +44,23 @@ class Compiled:
         self.stage_seconds = stage_seconds
         self.schedule = render(tree, program)
         self._jitted = jax.jit(self._run)
+        self._sizes: dict[tuple[str, tuple[str, ...]], int] = {}
+        self._ctx = isl_context()
+
+    def _padded_size(self, size: Expr, dims: tuple[Symbol, ...]) -> int:
+        """The largest value of a symbolic size over the box of ``dims`` (bounds at max)."""
+        key = (str(size), tuple(d.name for d in dims))
+        if key not in self._sizes:
+            values = {b.name: v for b, v in self.bounds.items()}
+            found = max_over_box(self.program, size, dims, values, self._ctx)
+            self._sizes[key] = max(found, 1)
+        return self._sizes[key]
 
     def _run(self, inputs: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]:
         runtime = {**self.bounds, **{b: actual[b.name] for b in self.dynamic}}
-        lowering = TreeLowering(self.program, self.bounds, inputs, self.tree, runtime)
+        lowering = TreeLowering(
+            self.program, self.bounds, inputs, self.tree, runtime, self._padded_size
+        )
         buffers = lowering.run(self.tree, dict(runtime), lowering.allocate())
         results: dict[str, Any] = {
             out.name: lowering.output(out, buffers) for out in self.program.outputs
@@ -125,25 +138,13 @@ def compile_program(program: Program, bounds: Mapping[Any, int]) -> Compiled:
 
 
 def check_static_sizes(program: Program, dynamic: set) -> None:
-    """Every size must be fixed once the static bounds are known (outputs may be padded)."""
-    static = set(program.bounds) - dynamic
-    for op in program.ops:
-        for spec in op.outputs:
-            if spec.symbols() - static:
-                raise UnsupportedError(
-                    f"`{op.name}`{describe(op.source)} has shape {spec}, which varies over the "
-                    "domain or with a dynamic bound; compiling such sizes (growing ranges like "
-                    "`x[0:t+1]`) is not supported yet (compile with static bounds, or run it "
-                    "with `tj.reference.run`)."
-                )
-        for edge in op.inputs:
-            for item in edge.index:
-                if isinstance(item, Slice) and (
-                    dims_of(item.size) or symbols_of(item.size) & dynamic
-                ):
-                    raise UnsupportedError(
-                        f"`{edge.describe(program.op(edge.src).name)}`{describe(edge.source)} "
-                        f"reads a range of size {item.size}, which varies over the domain or with "
-                        "a dynamic bound; not supported by the compiler yet (compile with static "
-                        "bounds, or run it with `tj.reference.run`)."
-                    )
+    """An output must have one shape at every point of its domain (it may grow with a dynamic
+    bound: it is then padded to the bound's max)."""
+    for out in program.outputs:
+        shape = out.spec.shape
+        if any(not isinstance(d, int) and dims_of(d) for d in shape):
+            raise UnsupportedError(
+                f"output `{out.name}`{describe(out.edge.source)} has shape {out.spec}, which "
+                "varies over its domain; the compiler returns arrays of one shape per output "
+                "(reduce the growing axis, or read a static range)."
+            )

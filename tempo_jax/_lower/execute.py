@@ -6,6 +6,10 @@ count is static), a guard ``lax.cond``, an op execution reads its inputs with
 ``lax.dynamic_slice`` at the point's indices, runs its payload and writes the result back
 with ``lax.dynamic_update_slice``. A merge op selects its first branch whose condition holds.
 
+A spatial axis of symbolic size (a growing range such as ``x[0:t+1]``, or a range as long as a
+dynamic bound) is stored padded to the largest size it takes over the domain; payloads reading
+it run through :func:`masking.masked_call`, which keeps the padding out of every reduction.
+
 Points scheduled but never demanded (the body of ``x[t+1] = f(x[t], y[t+1])`` at the last
 step) read clamped indices and write values nobody reads; the compile-time read check
 (``_schedule.domains``) guarantees every *demanded* point is defined.
@@ -13,7 +17,7 @@ step) read clamped indices and write values nobody reads; the compile-time read 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -21,14 +25,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._ir.expr import Slice, Symbol
-from .._ir.program import Edge, Op, Output, Program
+from .._ir.expr import Expr, Slice, Symbol, symbols_of
+from .._ir.program import Edge, Op, Output, Program, TensorSpec
+from .._ir.source import describe
 from .._schedule.tree import Exec, Guard, Loop, Node, Sequence
+from .masking import Pads, masked_call
 from .storage import plan_storage
 
 Buffers = dict[tuple, jax.Array]  # (op id, output) -> full buffer; (op, output, RING) -> window
 RING = 1  # third key element of a window ring carried by a loop
 Env = Mapping[Symbol, Any]  # symbol -> Python int (bounds) or traced int32 (dims, loop vars)
+PaddedSize = Callable[[Expr, tuple[Symbol, ...]], int]  # largest value of a size over a box
 
 
 class TreeLowering:
@@ -41,9 +48,11 @@ class TreeLowering:
         inputs: dict[str, Any],
         tree: Node,
         runtime: Env | None = None,
+        padded: PaddedSize | None = None,
     ):
         self.program = program
         self.bounds = bounds  # static: sizes (a dynamic bound at its max)
+        self.padded = padded or (lambda size, dims: size.evaluate(bounds))
         self.runtime = runtime or bounds  # values: a dynamic bound as a traced scalar
         self.inputs = {op.id: inputs[op.name] for op in program.ops if op.kind == "input"}
         self.plan = plan_storage(program, tree)
@@ -59,9 +68,19 @@ class TreeLowering:
             for k, spec in enumerate(op.outputs):
                 if (op.id, k) not in self.plan.buffered:
                     continue  # point or window storage: never stored in full
-                shape = lead + spec.concrete_shape(self.bounds)
+                shape = lead + self.shape(spec, op.domain)
                 buffers[(op.id, k)] = jnp.zeros(shape, spec.dtype)
         return buffers
+
+    def is_static(self, size: int | Expr) -> bool:
+        """Whether a size is the same at every point and for every call."""
+        return isinstance(size, int) or all(
+            isinstance(self.runtime.get(sym), int) for sym in symbols_of(size)
+        )
+
+    def shape(self, spec: TensorSpec, domain: tuple[Symbol, ...]) -> tuple[int, ...]:
+        """The static shape of a value of ``spec`` over ``domain``: symbolic sizes padded."""
+        return tuple(d if isinstance(d, int) else self.padded(d, domain) for d in spec.shape)
 
     def _buffer(self, edge: Edge, buffers: Buffers) -> jax.Array:
         if edge.src in self.inputs:
@@ -101,9 +120,9 @@ class TreeLowering:
         rings = self.plan.rings.get(node, {})
         carried = dict(buffers)
         for (op_id, out), depth in rings.items():  # the last `depth` values, newest first
-            spec = self.program.op(op_id).outputs[out]
-            shape = (depth, *spec.concrete_shape(self.bounds))
-            carried[(op_id, out, RING)] = jnp.zeros(shape, spec.dtype)
+            producer = self.program.op(op_id)
+            shape = (depth, *self.shape(producer.outputs[out], producer.domain))
+            carried[(op_id, out, RING)] = jnp.zeros(shape, producer.outputs[out].dtype)
         carried = lax.fori_loop(start, stop, body, carried)
         return {key: value for key, value in carried.items() if len(key) == 2}
 
@@ -144,7 +163,7 @@ class TreeLowering:
             elif (node, k) in self.plan.window:
                 values.append(buffers[(edge.src, edge.out, RING)][self.plan.window[(node, k)]])
             else:
-                values.append(self.read(edge, env, buffers))
+                values.append(self.read(edge, env, buffers, op.domain))
         return values
 
     def compute(self, op: Op, env: Env, values: list[Any]) -> tuple[Any, ...]:
@@ -154,30 +173,67 @@ class TreeLowering:
             return ()
         if op.kind == "merge":
             spec = op.outputs[0]
-            result = jnp.zeros(spec.concrete_shape(self.bounds), spec.dtype)
+            result = jnp.zeros(self.shape(spec, op.domain), spec.dtype)
             for edge, value in reversed(list(zip(op.inputs, values, strict=True))):
                 result = jnp.where(edge.cond.evaluate(env), value, result)  # first match wins
             return (result,)
         assert op.payload is not None
-        if op.payload.uses_point:
-            return op.payload.fn(env, *values)
-        return op.payload.fn(*values)
+        payload = op.payload
+
+        def fn(*args: Any) -> Any:
+            return payload.fn(env, *args) if payload.uses_point else payload.fn(*args)
+
+        pads, lengths = self._pads(op, env)
+        if not any(pads):
+            return fn(*values)
+        what = f"`{op.name}`{describe(op.source)}"
+        return tuple(masked_call(fn, values, pads, lengths, what))
+
+    def _pads(self, op: Op, env: Env) -> tuple[list[Pads], dict[str, Any]]:
+        """Per input, its padded axes (by size class), and each class's length at the point."""
+        pads: list[Pads] = []
+        lengths: dict[str, Any] = {}
+        for edge in op.inputs:
+            found: Pads = {}
+            for axis, size in enumerate(self.program.read_spec(edge).shape):
+                if not self.is_static(size):
+                    found[axis] = str(size)
+                    lengths[str(size)] = size.evaluate(env)
+            pads.append(found)
+        return pads, lengths
 
     def _sink(self, op: Op, env: Env, value: Any) -> None:
         assert op.payload is not None
         fn, names = op.payload.fn, [d.name for d in op.domain]
+        sizes = [
+            jnp.asarray(d.evaluate(env) if isinstance(d, Expr) else d, jnp.int32)
+            for d in self.program.read_spec(op.inputs[0]).shape
+        ]
 
-        def host(v: Any, *point: Any) -> None:
-            fn(np.asarray(v), {n: int(p) for n, p in zip(names, point, strict=True)})
+        def host(v: Any, sizes: Any, *point: Any) -> None:
+            valid = np.asarray(v)[tuple(slice(0, int(n)) for n in sizes)]  # padding cut off
+            fn(valid, {n: int(p) for n, p in zip(names, point, strict=True)})
 
-        jax.debug.callback(host, value, *(env[d] for d in op.domain), ordered=True)
+        jax.debug.callback(host, value, sizes, *(env[d] for d in op.domain), ordered=True)
 
-    def read(self, edge: Edge, env: Env, buffers: Buffers) -> jax.Array:
-        """The value ``edge`` reads at the point of ``env`` (slices stacked in index order)."""
+    def read(self, edge: Edge, env: Env, buffers: Buffers, domain: tuple[Symbol, ...]) -> jax.Array:
+        """The value ``edge`` reads at the point of ``env`` (slices stacked in index order).
+
+        A range of symbolic size is gathered at its padded size (``domain`` is the reader's),
+        with indices past the buffer clamped: those rows are padding.
+        """
         buf = self._buffer(edge, buffers)
         starts, sizes, keep = [], [], []
-        for item in edge.index:
-            if isinstance(item, Slice):
+        for axis, item in enumerate(edge.index):
+            if isinstance(item, Slice) and not self.is_static(item.size):
+                rows = self.padded(item.size, domain)
+                start = jnp.asarray(item.start.evaluate(env), jnp.int32)
+                index = jnp.clip(start + jnp.arange(rows, dtype=jnp.int32), 0, buf.shape[axis] - 1)
+                buf = jnp.take(buf, index, axis=axis)
+                starts.append(0)
+                sizes.append(rows)
+                keep.append(True)
+            elif isinstance(item, Slice):
                 starts.append(item.start.evaluate(env))
                 sizes.append(item.size.evaluate(self.bounds))
                 keep.append(True)
@@ -197,12 +253,12 @@ class TreeLowering:
         """An output: its read at every point of its domain, domain dims first."""
         shape = tuple(self.bounds[d.bound] for d in out.domain)
         if not shape:
-            return self.read(out.edge, self.runtime, buffers)
+            return self.read(out.edge, self.runtime, buffers, ())
         grid = np.indices(shape).reshape(len(shape), -1)
 
         def at(*coords: Any) -> jax.Array:
             env = {**self.runtime, **dict(zip(out.domain, coords, strict=True))}
-            return self.read(out.edge, env, buffers)
+            return self.read(out.edge, env, buffers, out.domain)
 
         values = jax.vmap(at)(*(jnp.asarray(row, jnp.int32) for row in grid))
         return values.reshape(shape + values.shape[1:]).astype(out.spec.dtype)

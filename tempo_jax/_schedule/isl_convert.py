@@ -436,3 +436,25 @@ def _coordinates(point: isl.Point, names: list[str], dim_type: isl.dim_type) -> 
     return {
         name: point.get_coordinate_val(dim_type, pos).to_python() for pos, name in enumerate(names)
     }
+
+
+def max_over_box(
+    program: Program,
+    expr: Expr,
+    dims: Iterable[Symbol],
+    values: Mapping[str, int],
+    ctx: isl.Context,
+) -> int:
+    """The largest value of ``expr`` over the box ``0 <= d < bound(d)`` of ``dims``.
+
+    ``values`` fixes every bound (a dynamic bound at its max); e.g. ``t + 1`` over ``(t,)``
+    with ``T = 7`` gives 7, ``t - max(0, t - 2)`` gives 2.
+    """
+    dims = tuple(dims)
+    space = _set_space(program, ctx, [dim.name for dim in dims])
+    box = cond_to_set(_all(((dim >= 0) & (dim < dim.bound)) for dim in dims), space)
+    box = fix_params(box.intersect_params(param_context(program, ctx)), values)
+    pwaff = expr_to_pwaff(expr, space).intersect_domain(box)
+    if box.is_empty():
+        return 0
+    return int(pwaff.max_val().to_python())

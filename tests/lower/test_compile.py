@@ -13,11 +13,7 @@ import pytest
 import tempo_jax as tj
 from tests.corpus import CASES, Case
 
-STATIC = [c for c in CASES if c.name not in {"returns_suffix", "window_sum", "attention"}]
-GROWING = [c for c in CASES if c not in STATIC]
-
-
-@pytest.mark.parametrize("case", STATIC, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_compiled_matches_the_reference(case: Case) -> None:
     program, bounds, inputs = case.build()
     got = program.compile(bounds=bounds)(**inputs)
@@ -26,13 +22,6 @@ def test_compiled_matches_the_reference(case: Case) -> None:
     for name in want:
         assert got[name].shape == want[name].shape and got[name].dtype == want[name].dtype
         np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), rtol=1e-5)
-
-
-@pytest.mark.parametrize("case", GROWING, ids=lambda c: c.name)
-def test_growing_ranges_are_not_compiled_yet(case: Case) -> None:
-    program, bounds, _ = case.build()
-    with pytest.raises(tj.UnsupportedError, match=r"at corpus\.py:\d+: .*tj\.reference\.run"):
-        program.compile(bounds=bounds)
 
 
 def _loops(jaxpr: jex.Jaxpr, depth: int = 0) -> list[tuple[int, str]]:
@@ -143,7 +132,7 @@ def test_no_per_iteration_copy_of_carried_buffers() -> None:
     assert _carried_buffer_copies(p.compile(bounds={"T": steps}), steps) == []
 
 
-@pytest.mark.parametrize("case", STATIC, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_compiled_with_dynamic_bounds_matches_the_reference(case: Case) -> None:
     """Each bound made dynamic (max = twice its value) in turn gives the same outputs."""
     program, bounds, inputs = case.build()
