@@ -17,6 +17,7 @@ step) read clamped indices and write values nobody reads; the compile-time read 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,15 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._ir.expr import Expr, Slice, Symbol, symbols_of
+from .._ir.expr import BoolConst, Expr, Slice, Symbol, symbols_of
 from .._ir.program import Edge, Op, Output, Program, TensorSpec
 from .._ir.source import describe
-from .._schedule.tree import Exec, Guard, Loop, Node, Sequence
+from .._schedule.tree import Exec, Guard, Loop, Node, Sequence, execs
 from .masking import Pads, masked_call
 from .storage import plan_storage
 
 Buffers = dict[tuple, jax.Array]  # (op id, output) -> full buffer; (op, output, RING) -> window
 RING = 1  # third key element of a window ring carried by a loop
+MAX_PIECES = 8  # a loop is split at most this many ways to take guards out of its body
 Env = Mapping[Symbol, Any]  # symbol -> Python int (bounds) or traced int32 (dims, loop vars)
 PaddedSize = Callable[[Expr, tuple[Symbol, ...]], int]  # largest value of a size over a box
 
@@ -103,19 +105,32 @@ class TreeLowering:
         if isinstance(node, Guard):
             cond = node.cond.evaluate(env)
             if isinstance(cond, int | bool):
-                return self.run(node.body, env, buffers) if cond else buffers
-            return lax.cond(cond, lambda b: self.run(node.body, env, b), lambda b: b, buffers)
+                return self.run(node.body, env, buffers) if cond else self._skip(node, buffers)
+            return lax.cond(
+                cond,
+                lambda b: self.run(node.body, env, b),
+                lambda b: self._skip(node, b),
+                buffers,
+            )
         if isinstance(node, Exec):
             return self._exec(node, env, buffers, {})
         raise TypeError(f"unknown schedule node {type(node).__name__}")
 
+    def _skip(self, guard: Guard, buffers: Buffers) -> Buffers:
+        """A guard whose condition is false: its execs' rings still shift, in padding."""
+        buffers = dict(buffers)
+        for ex in execs(guard.body):
+            for k, _spec in enumerate(self.program.op(ex.op).outputs):
+                ring = buffers.get((ex.op, k, RING))
+                if ring is not None:
+                    buffers[(ex.op, k, RING)] = jnp.concatenate(
+                        [jnp.zeros_like(ring[:1]), ring[:-1]]
+                    )
+        return buffers
+
     def _loop(self, node: Loop, env: Env, buffers: Buffers) -> Buffers:
         start, stop = node.start.evaluate(env), node.stop.evaluate(env)
         var = node.var
-
-        def body(k: Any, b: Buffers) -> Buffers:
-            value = start + stop - 1 - k if node.reverse else k
-            return self.run(node.body, {**env, var: value}, b)
 
         rings = self.plan.rings.get(node, {})
         carried = dict(buffers)
@@ -123,8 +138,47 @@ class TreeLowering:
             producer = self.program.op(op_id)
             shape = (depth, *self.shape(producer.outputs[out], producer.domain))
             carried[(op_id, out, RING)] = jnp.zeros(shape, producer.outputs[out].dtype)
-        carried = lax.fori_loop(start, stop, body, carried)
-        return {key: value for key, value in carried.items() if len(key) == 2}
+        for lo, hi, piece in self._pieces(node, start, stop):
+
+            def body(
+                k: Any, b: Buffers, lo: Any = lo, hi: Any = hi, piece: Node = piece
+            ) -> Buffers:
+                value = lo + hi - 1 - k if node.reverse else k
+                return self.run(piece, {**env, var: value}, b)
+
+            carried = lax.fori_loop(lo, hi, body, carried)
+        mine = {(op_id, out, RING) for op_id, out in rings}
+        return {key: value for key, value in carried.items() if key not in mine}
+
+    def _pieces(self, node: Loop, start: Any, stop: Any) -> list[tuple[Any, Any, Node]]:
+        """The loop split where the guards of its body change value (peeling), in run order.
+
+        Guards on the loop variable alone (``if t >= 1``, from a schedule shifting one
+        statement against another) become separate loops over the ranges where they are
+        constant, so no iteration branches. Other guards stay (``lax.cond``).
+        """
+        whole = [(start, stop, node.body)]
+        static = {b: v for b, v in self.runtime.items() if isinstance(v, int)}
+        guards = [g for g in _direct_guards(node.body) if symbols_of(g.cond) <= {node.var, *static}]
+        if not guards or not isinstance(start, int) or not isinstance(stop, int) or stop <= start:
+            return whole
+        values = np.arange(start, stop)
+        env = {**static, node.var: values}
+        truth = np.stack(
+            [np.broadcast_to(np.asarray(g.cond.evaluate(env), bool), values.shape) for g in guards]
+        )
+        cuts = [
+            0,
+            *(np.flatnonzero(np.any(truth[:, 1:] != truth[:, :-1], axis=0)) + 1),
+            len(values),
+        ]
+        if len(cuts) - 1 > MAX_PIECES:
+            return whole
+        pieces = []
+        for a, b in itertools.pairwise(cuts):
+            resolved = {id(g): bool(truth[i, a]) for i, g in enumerate(guards)}
+            pieces.append((start + int(a), start + int(b), _resolve(node.body, resolved)))
+        return pieces[::-1] if node.reverse else pieces
 
     def _exec(
         self, node: Exec, env: Env, buffers: Buffers, local: dict[int, tuple[Any, ...]]
@@ -262,3 +316,20 @@ class TreeLowering:
 
         values = jax.vmap(at)(*(jnp.asarray(row, jnp.int32) for row in grid))
         return values.reshape(shape + values.shape[1:]).astype(out.spec.dtype)
+
+
+def _direct_guards(body: Node) -> list[Guard]:
+    if isinstance(body, Guard):
+        return [body]
+    if isinstance(body, Sequence):
+        return [child for child in body.children if isinstance(child, Guard)]
+    return []
+
+
+def _resolve(body: Node, resolved: dict[int, bool]) -> Node:
+    """``body`` with the guards of ``resolved`` given constant conditions (same execs)."""
+    if isinstance(body, Guard) and id(body) in resolved:
+        return Guard(BoolConst(resolved[id(body)]), body.body)
+    if isinstance(body, Sequence):
+        return Sequence(tuple(_resolve(child, resolved) for child in body.children))
+    return body

@@ -41,24 +41,51 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
 
 
 def _plan(program: Program, node: Node, loop: Loop | None, plan: StoragePlan) -> None:
+    """Plan the reads of the execs reached from ``node`` without entering a loop, then plan
+    each loop reached the same way (``loop`` is the loop whose body ``node`` is, if any)."""
     if isinstance(node, Loop):
         _plan(program, node.body, node, plan)
-    elif isinstance(node, Guard):
-        _plan(program, node.body, None, plan)  # guarded points: no carried values across it
-    elif isinstance(node, Exec):
-        _plan_sequence(program, (node,), loop, plan)
-    elif isinstance(node, Sequence):
-        _plan_sequence(program, node.children, loop, plan)
-        for child in node.children:
-            if not isinstance(child, Exec):
-                _plan(program, child, None, plan)
+        return
+    _plan_sequence(program, _flatten(node, ()), loop, plan)
+    for inner in _inner_loops(node):
+        _plan(program, inner, None, plan)
+
+
+Context = tuple[int, ...]  # the guards and sequences around an exec, innermost last
+
+
+def _flatten(node: Node, context: Context) -> list[tuple[Exec, Context]]:
+    """The execs of ``node`` in execution order, through sequences and guards, not loops."""
+    if isinstance(node, Exec):
+        return [(node, context)]
+    if isinstance(node, Guard):
+        return _flatten(node.body, (*context, id(node)))
+    if isinstance(node, Sequence):
+        inner = (*context, id(node))
+        return [item for child in node.children for item in _flatten(child, inner)]
+    return []
+
+
+def _inner_loops(node: Node) -> list[Loop]:
+    if isinstance(node, Loop):
+        return [node]
+    if isinstance(node, Guard):
+        return _inner_loops(node.body)
+    if isinstance(node, Sequence):
+        return [loop for child in node.children for loop in _inner_loops(child)]
+    return []
 
 
 def _plan_sequence(
-    program: Program, children: tuple[Node, ...], loop: Loop | None, plan: StoragePlan
+    program: Program, flat: list[tuple[Exec, Context]], loop: Loop | None, plan: StoragePlan
 ) -> None:
-    """Plan the reads of the execs directly in one sequence (a loop body when ``loop``)."""
-    execs = [child for child in children if isinstance(child, Exec)]
+    """Plan the reads of the execs of one loop body (or of the top level when no ``loop``).
+
+    A guarded exec still shifts its rings once per iteration (the lowering shifts in padding
+    when the guard is false), so a window slot counts iterations, guarded or not.
+    """
+    execs = [ex for ex, _ in flat]
+    contexts = {ex.op: context for ex, context in flat}
     points = {ex.op: tuple(simplify(e) for e in ex.point) for ex in execs}
     position = {ex.op: k for k, ex in enumerate(execs)}
     for k, ex in enumerate(execs):
@@ -68,15 +95,16 @@ def _plan_sequence(
             if program.op(edge.src).kind == "input":
                 continue
             target = tuple(simplify(substitute(item, at)) for item in edge.index)
-            if edge.src in points and position[edge.src] < k and points[edge.src] == target:
+            earlier = edge.src in points and position[edge.src] < k
+            if earlier and points[edge.src] == target and contexts[edge.src] == contexts[ex.op]:
                 plan.local.add((ex, j))
                 continue
-            distance = _distance(loop, points.get(edge.src), target)
+            distance = _distance(loop, points.get(edge.src), target, earlier)
             if distance is None:
                 plan.buffered.add((edge.src, edge.out))
                 continue
             # A producer that already ran this iteration has shifted its ring by one.
-            slot = distance - 1 + (position[edge.src] < k)
+            slot = distance - 1 + earlier
             plan.window[(ex, j)] = slot
             depths = plan.rings.setdefault(loop, {})
             key = (edge.src, edge.out)
@@ -84,11 +112,14 @@ def _plan_sequence(
 
 
 def _distance(
-    loop: Loop | None, produced: tuple[Expr, ...] | None, target: tuple[Expr, ...]
+    loop: Loop | None, produced: tuple[Expr, ...] | None, target: tuple[Expr, ...], earlier: bool
 ) -> int | None:
-    """How many iterations of ``loop`` back ``target`` was produced, if a constant >= 1."""
+    """How many iterations of ``loop`` back ``target`` was produced, if a constant >= 1 (or 0,
+    when the producer ran ``earlier`` in this iteration)."""
     if loop is None or produced is None or len(produced) != len(target):
         return None
+    if produced == target:
+        return 0 if earlier else None
     var: Symbol = loop.var
     for p_item, t_item in zip(produced, target, strict=True):
         gap = simplify(p_item - t_item)

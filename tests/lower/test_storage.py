@@ -63,8 +63,24 @@ def test_backward_recurrence_uses_a_window_of_a_reversed_loop() -> None:
 def test_values_read_across_loops_are_stored_in_full() -> None:
     program = next(c for c in CASES if c.name == "linear_regression").build()[0]
     ir, plan = _plan(program)
-    subtract = _ids(ir, "subtract")  # err[i, t], read as the range err[i, 0:T]
-    assert {(op, 0) for op in subtract} <= plan.buffered
+    (err,) = (op for op in _ids(ir, "subtract") if len(ir.op(op).domain) == 2)
+    assert (err, 0) in plan.buffered  # err[i, t], read as the range err[i, 0:T]
+    (update,) = (op for op in _ids(ir, "subtract") if op != err)  # w[i + 1] = w[i] - ...
+    assert (update, 0) not in plan.buffered  # read at the next i: a ring of the i loop
+
+
+def test_guarded_producers_keep_window_storage() -> None:
+    """fibonacci's schedule guards both statements; the loop is split instead, rings kept."""
+    program, bounds, inputs = next(c for c in CASES if c.name == "fibonacci").build()
+    ir, plan = _plan(program)
+    ((_, depths),) = plan.rings.items()
+    (add,) = _ids(ir, "add")
+    (f,) = _ids(ir, "f")  # an output, hence also stored in full
+    assert depths == {(add, 0): 1, (f, 0): 2} and (add, 0) not in plan.buffered
+    compiled = program.compile(bounds=bounds)
+    assert "if " in compiled.schedule
+    jaxpr = str(compiled.jaxpr(**inputs))
+    assert " cond[" not in jaxpr  # guards on the loop variable became separate loops
 
 
 def test_window_storage_gives_the_reference_values() -> None:
