@@ -144,15 +144,19 @@ class Program:
             )
         return verify(IRProgram(tuple(self._dims), ops, tuple(self._outputs)))
 
-    def compile(self, bounds: Mapping[Any, int]) -> Any:
+    def compile(self, bounds: Mapping[Any, int], *, donate_inputs: bool = False) -> Any:
         """Schedule the program and lower it to one pure JAX function (a ``Compiled``).
 
         Example: ``f = p.compile(bounds={T: 100}); out = f(x0=x0)`` gives the outputs of
         ``tj.reference.run(p, bounds={T: 100}, inputs={"x0": x0})``.
+
+        Every buffer the program needs is allocated inside that one function, once. With
+        ``donate_inputs`` the input arrays are donated to it as well: XLA may reuse their
+        memory for buffers and outputs, and the caller must not use them after the call.
         """
         from .._lower.compiled import compile_program  # the back end sits below the front end
 
-        return compile_program(self.to_ir(), bounds)
+        return compile_program(self.to_ir(), bounds, donate_inputs=donate_inputs)
 
     def __repr__(self) -> str:
         dims = " ".join(d.name for d in self._dims)

@@ -36,6 +36,7 @@ class Compiled:
         tree: Node,
         stage_seconds: dict,
         dynamic: dict | None = None,
+        donate_inputs: bool = False,
     ) -> None:
         self.program = program
         self.bounds = bounds  # a dynamic bound at its max
@@ -43,7 +44,8 @@ class Compiled:
         self.tree = tree
         self.stage_seconds = stage_seconds
         self.schedule = render(tree, program)
-        self._jitted = jax.jit(self._run)
+        self.donate_inputs = donate_inputs
+        self._jitted = jax.jit(self._run, donate_argnums=(0,) if donate_inputs else ())
         self._sizes: dict[tuple[str, tuple[str, ...]], int] = {}
         self._ctx = isl_context()
 
@@ -122,7 +124,9 @@ class Compiled:
         return example
 
 
-def compile_program(program: Program, bounds: Mapping[Any, int]) -> Compiled:
+def compile_program(
+    program: Program, bounds: Mapping[Any, int], *, donate_inputs: bool = False
+) -> Compiled:
     """Check, schedule and lower ``program`` for the given static ``bounds``."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -134,7 +138,7 @@ def compile_program(program: Program, bounds: Mapping[Any, int]) -> Compiled:
     start = time.perf_counter()
     tree = schedule(program)
     seconds["schedule"] = time.perf_counter() - start
-    return Compiled(program, env, tree, seconds, dynamic)
+    return Compiled(program, env, tree, seconds, dynamic, donate_inputs)
 
 
 def check_static_sizes(program: Program, dynamic: set) -> None:

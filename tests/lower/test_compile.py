@@ -13,6 +13,7 @@ import pytest
 import tempo_jax as tj
 from tests.corpus import CASES, Case
 
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_compiled_matches_the_reference(case: Case) -> None:
     program, bounds, inputs = case.build()
@@ -159,3 +160,22 @@ def test_compiled_with_dynamic_bounds_matches_the_reference(case: Case) -> None:
             ]
             index = tuple(slice(None) if n is None else slice(0, n) for n in sizes)
             np.testing.assert_allclose(np.asarray(got[name])[index], expected, rtol=1e-5)
+
+
+def test_donated_inputs_are_reused_by_the_compiled_function() -> None:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (4,), jnp.float32, domain=(t,))
+        s = tj.placeholder((4,), jnp.float32, domain=(t,))
+        s[0] = x[0]
+        s[t + 1] = s[t] + x[t + 1]
+        p.output("s", s[0 : t.bound])
+    donating = p.compile(bounds={"T": 16}, donate_inputs=True)
+    assert "tf.aliasing_output" in donating.lower().as_text()  # x's memory may hold s
+    xs = jnp.ones((16, 4))
+    np.testing.assert_allclose(donating(x=xs)["s"][-1], 16.0)
+    assert xs.is_deleted()
+    keeping = p.compile(bounds={"T": 16})
+    ys = jnp.ones((16, 4))
+    keeping(x=ys)
+    assert not ys.is_deleted() and "tf.aliasing_output" not in keeping.lower().as_text()
