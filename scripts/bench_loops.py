@@ -39,7 +39,7 @@ def running_sum(steps: int, rng: np.random.Generator) -> Workload:
     compiled = p.compile(bounds={t.bound: steps})
 
     def scan(x: jax.Array) -> jax.Array:
-        return jax.lax.scan(lambda c, xi: (c + xi, None), x[0], x[1:])[0]
+        return jax.lax.scan(lambda c, xi: (c + xi, None), jnp.zeros((), x.dtype), x)[0]
 
     return (lambda x: compiled(x=x)["last"]), scan, {"x": rng.normal(size=steps)}
 
@@ -56,7 +56,7 @@ def ema(steps: int, rng: np.random.Generator, width: int, decay: float) -> Workl
 
     def scan(x: jax.Array) -> jax.Array:
         step = lambda c, xi: (decay * c + (1 - decay) * xi, None)  # noqa: E731
-        return jax.lax.scan(step, x[0], x[1:])[0]
+        return jax.lax.scan(step, x[0], x)[0]  # from m = x[0], a first step keeps it x[0]
 
     return (lambda x: compiled(x=x)["last"]), scan, {"x": rng.normal(size=(steps, width))}
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._ir.expr import BoolConst, Expr, Slice, Symbol, symbols_of
+from .._ir.expr import BoolConst, Expr, Slice, Symbol, substitute, symbols_of
 from .._ir.program import Edge, Op, Output, Program, TensorSpec
 from .._ir.source import describe
 from .._schedule.tree import Exec, Guard, Loop, Node, Sequence, execs
@@ -35,7 +35,9 @@ from .storage import plan_storage
 
 Buffers = dict[tuple, jax.Array]  # (op id, output) -> full buffer; (op, output, RING) -> window
 RING = 1  # third key element of a window ring carried by a loop
+CAPTURE = 2  # third key element of the one value of a one-point output
 MAX_PIECES = 8  # a loop is split at most this many ways to take guards out of its body
+Piece = tuple[Any, Any, Node, dict[int, int]]  # start, stop, body, active merge branches
 Env = Mapping[Symbol, Any]  # symbol -> Python int (bounds) or traced int32 (dims, loop vars)
 PaddedSize = Callable[[Expr, tuple[Symbol, ...]], int]  # largest value of a size over a box
 
@@ -58,6 +60,11 @@ class TreeLowering:
         self.runtime = runtime or bounds  # values: a dynamic bound as a traced scalar
         self.inputs = {op.id: inputs[op.name] for op in program.ops if op.kind == "input"}
         self.plan = plan_storage(program, tree)
+        self.captures: dict[tuple[int, int], list[Output]] = {}
+        for out in program.outputs:
+            if out.name in self.plan.captured:
+                self.captures.setdefault((out.edge.src, out.edge.out), []).append(out)
+        self.branches: dict[int, int] = {}  # merge op -> its one active branch (-1: none)
 
     # -- buffers ---------------------------------------------------------------------------------
     def allocate(self) -> Buffers:
@@ -72,6 +79,11 @@ class TreeLowering:
                     continue  # point or window storage: never stored in full
                 shape = lead + self.shape(spec, op.domain)
                 buffers[(op.id, k)] = jnp.zeros(shape, spec.dtype)
+        for out in self.program.outputs:
+            if out.name in self.plan.captured:
+                producer = self.program.op(out.edge.src)
+                spec = producer.outputs[out.edge.out]
+                buffers[_capture(out)] = jnp.zeros(self.shape(spec, producer.domain), spec.dtype)
         return buffers
 
     def is_static(self, size: int | Expr) -> bool:
@@ -138,7 +150,8 @@ class TreeLowering:
             producer = self.program.op(op_id)
             shape = (depth, *self.shape(producer.outputs[out], producer.domain))
             carried[(op_id, out, RING)] = jnp.zeros(shape, producer.outputs[out].dtype)
-        for lo, hi, piece in self._pieces(node, start, stop):
+        outer = self.branches
+        for lo, hi, piece, branches in self._pieces(node, start, stop):
 
             def body(
                 k: Any, b: Buffers, lo: Any = lo, hi: Any = hi, piece: Node = piece
@@ -146,38 +159,63 @@ class TreeLowering:
                 value = lo + hi - 1 - k if node.reverse else k
                 return self.run(piece, {**env, var: value}, b)
 
-            carried = lax.fori_loop(lo, hi, body, carried)
+            self.branches = {**outer, **branches}  # the body is traced inside fori_loop
+            if isinstance(lo, int) and isinstance(hi, int) and hi - lo == 1:
+                carried = body(lo, carried)  # a peeled iteration: no loop
+            else:
+                carried = lax.fori_loop(lo, hi, body, carried)
+        self.branches = outer
         mine = {(op_id, out, RING) for op_id, out in rings}
         return {key: value for key, value in carried.items() if key not in mine}
 
-    def _pieces(self, node: Loop, start: Any, stop: Any) -> list[tuple[Any, Any, Node]]:
-        """The loop split where the guards of its body change value (peeling), in run order.
+    def _pieces(self, node: Loop, start: Any, stop: Any) -> list[Piece]:
+        """The loop split where its body's guards or merge branches change (peeling).
 
         Guards on the loop variable alone (``if t >= 1``, from a schedule shifting one
-        statement against another) become separate loops over the ranges where they are
-        constant, so no iteration branches. Other guards stay (``lax.cond``).
+        statement against another) and merges whose branch conditions depend on it alone
+        (``x[0] = ...; x[t + 1] = ...``) are constant over a few ranges of the loop: each
+        range becomes its own loop, where those guards are resolved and those merges compute
+        only their active branch, so no iteration branches or selects. Anything else stays
+        dynamic (``lax.cond``, ``jnp.where``).
         """
-        whole = [(start, stop, node.body)]
-        static = {b: v for b, v in self.runtime.items() if isinstance(v, int)}
-        guards = [g for g in _direct_guards(node.body) if symbols_of(g.cond) <= {node.var, *static}]
-        if not guards or not isinstance(start, int) or not isinstance(stop, int) or stop <= start:
+        whole: list[Piece] = [(start, stop, node.body, {})]
+        if not isinstance(start, int) or not isinstance(stop, int) or stop <= start:
             return whole
+        static = {b: v for b, v in self.runtime.items() if isinstance(v, int)}
+        known = {node.var, *static}
         values = np.arange(start, stop)
         env = {**static, node.var: values}
-        truth = np.stack(
-            [np.broadcast_to(np.asarray(g.cond.evaluate(env), bool), values.shape) for g in guards]
-        )
-        cuts = [
-            0,
-            *(np.flatnonzero(np.any(truth[:, 1:] != truth[:, :-1], axis=0)) + 1),
-            len(values),
-        ]
+
+        def truth(cond: Expr) -> np.ndarray:
+            return np.broadcast_to(np.asarray(cond.evaluate(env), bool), values.shape)
+
+        guards = [g for g in _direct_guards(node.body) if symbols_of(g.cond) <= known]
+        rows = [truth(g.cond) for g in guards]
+        merges: list[tuple[int, np.ndarray]] = []
+        for ex in _reachable_execs(node.body):
+            op = self.program.op(ex.op)
+            if op.kind != "merge":
+                continue
+            at = dict(zip(op.domain, ex.point, strict=True))
+            conds = [substitute(edge.cond, at) for edge in op.inputs]
+            if all(symbols_of(c) <= known for c in conds):
+                held = np.stack([truth(c) for c in conds])
+                active = np.where(held.any(axis=0), held.argmax(axis=0), -1)  # first match
+                merges.append((op.id, active))
+                rows.append(active)
+        if not rows:
+            return whole
+        table = np.stack(rows)
+        changes = np.flatnonzero(np.any(table[:, 1:] != table[:, :-1], axis=0)) + 1
+        cuts = [0, *changes.tolist(), len(values)]
         if len(cuts) - 1 > MAX_PIECES:
             return whole
-        pieces = []
+        pieces: list[Piece] = []
         for a, b in itertools.pairwise(cuts):
-            resolved = {id(g): bool(truth[i, a]) for i, g in enumerate(guards)}
-            pieces.append((start + int(a), start + int(b), _resolve(node.body, resolved)))
+            resolved = {id(g): bool(row[a]) for g, row in zip(guards, rows, strict=False)}
+            branches = {op_id: int(active[a]) for op_id, active in merges}
+            body = _resolve(node.body, resolved)
+            pieces.append((start + a, start + b, body, branches))
         return pieces[::-1] if node.reverse else pieces
 
     def _exec(
@@ -192,6 +230,13 @@ class TreeLowering:
         local[op.id] = tuple(values)
         buffers = dict(buffers)
         for k, value in enumerate(values):
+            for out in self.captures.get((op.id, k), ()):
+                target = [jnp.asarray(i.evaluate(self.runtime), jnp.int32) for i in out.edge.index]
+                here = jnp.array(True)
+                for p, q in zip(point, target, strict=True):
+                    here = here & (p == q)
+                key = _capture(out)
+                buffers[key] = jnp.where(here, jnp.asarray(value, buffers[key].dtype), buffers[key])
             ring = (op.id, k, RING)
             if ring in buffers:  # newest first: shift the window by one
                 value_ = jnp.asarray(value, buffers[ring].dtype)[None]
@@ -210,9 +255,12 @@ class TreeLowering:
     def _inputs(
         self, node: Exec, op: Op, env: Env, buffers: Buffers, local: dict[int, tuple[Any, ...]]
     ) -> list[Any]:
-        values = []
+        values: list[Any] = []
+        active = self.branches.get(op.id) if op.kind == "merge" else None
         for k, edge in enumerate(op.inputs):
-            if (node, k) in self.plan.local:
+            if active is not None and k != active:
+                values.append(None)  # a branch this piece of the loop never takes
+            elif (node, k) in self.plan.local:
                 values.append(local[edge.src][edge.out])
             elif (node, k) in self.plan.window:
                 values.append(buffers[(edge.src, edge.out, RING)][self.plan.window[(node, k)]])
@@ -228,6 +276,9 @@ class TreeLowering:
         if op.kind == "merge":
             spec = op.outputs[0]
             result = jnp.zeros(self.shape(spec, op.domain), spec.dtype)
+            active = self.branches.get(op.id)
+            if active is not None:  # the same branch over this whole piece of the loop
+                return (result if active < 0 else jnp.asarray(values[active], spec.dtype),)
             for edge, value in reversed(list(zip(op.inputs, values, strict=True))):
                 result = jnp.where(edge.cond.evaluate(env), value, result)  # first match wins
             return (result,)
@@ -305,6 +356,8 @@ class TreeLowering:
     # -- outputs ---------------------------------------------------------------------------------
     def output(self, out: Output, buffers: Buffers) -> jax.Array:
         """An output: its read at every point of its domain, domain dims first."""
+        if out.name in self.plan.captured:
+            return buffers[_capture(out)].astype(out.spec.dtype)
         shape = tuple(self.bounds[d.bound] for d in out.domain)
         if not shape:
             return self.read(out.edge, self.runtime, buffers, ())
@@ -316,6 +369,17 @@ class TreeLowering:
 
         values = jax.vmap(at)(*(jnp.asarray(row, jnp.int32) for row in grid))
         return values.reshape(shape + values.shape[1:]).astype(out.spec.dtype)
+
+
+def _reachable_execs(body: Node) -> list[Exec]:
+    """The execs of one iteration of a loop with this body (not those of inner loops)."""
+    if isinstance(body, Exec):
+        return [body]
+    if isinstance(body, Guard):
+        return _reachable_execs(body.body)
+    if isinstance(body, Sequence):
+        return [ex for child in body.children for ex in _reachable_execs(child)]
+    return []
 
 
 def _direct_guards(body: Node) -> list[Guard]:
@@ -333,3 +397,8 @@ def _resolve(body: Node, resolved: dict[int, bool]) -> Node:
     if isinstance(body, Sequence):
         return Sequence(tuple(_resolve(child, resolved) for child in body.children))
     return body
+
+
+def _capture(out: Output) -> tuple:
+    """The buffers key of a captured one-point output."""
+    return (out.edge.src, out.edge.out, CAPTURE, out.name)

@@ -7,6 +7,11 @@
   of the producer's last values, newest first.
 - *full*: anything else (program outputs, ranges, reads across loops) reads a full buffer
   ``(*domain bounds, *shape)``.
+- *captured*: an output of one point (``m[T - 1]``) keeps just that value, written when the
+  producer runs at that point.
+
+Reads are planned per loop body through its guards: a guarded producer shifts its ring every
+iteration all the same (padding when the guard is false), so a slot counts iterations.
 
 An op output is stored in full only if some read needs it, so recurrences whose values are
 read at the same or a recent step live in loop carries, and full buffers are only written
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .._ir.expr import Const, Expr, Symbol, substitute
+from .._ir.expr import Const, Expr, Slice, Symbol, substitute
 from .._ir.program import Program
 from .._ir.simplify import simplify
 from .._schedule.tree import Exec, Guard, Loop, Node, Sequence
@@ -31,11 +36,18 @@ class StoragePlan:
     window: dict[Read, int] = dataclasses.field(default_factory=dict)  # read -> ring slot
     rings: dict[Loop, dict[tuple[int, int], int]] = dataclasses.field(default_factory=dict)
     buffered: set[tuple[int, int]] = dataclasses.field(default_factory=set)
+    captured: set[str] = dataclasses.field(default_factory=set)  # outputs of one point
 
 
 def plan_storage(program: Program, tree: Node) -> StoragePlan:
     """Classify every read of the tree as point, window or full (see the module docstring)."""
-    plan = StoragePlan(buffered={(out.edge.src, out.edge.out) for out in program.outputs})
+    plan = StoragePlan()
+    for out in program.outputs:
+        one_point = not out.domain and not any(isinstance(i, Slice) for i in out.edge.index)
+        if one_point and program.op(out.edge.src).kind != "input":
+            plan.captured.add(out.name)
+        else:
+            plan.buffered.add((out.edge.src, out.edge.out))
     _plan(program, tree, None, plan)
     return plan
 
