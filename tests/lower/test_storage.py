@@ -33,7 +33,8 @@ def test_a_recurrence_lives_in_loop_carries() -> None:
         m[t + 1] = 0.9 * m[t] + 0.1 * x[t + 1]
         p.output("last", m[t.bound - 1])
     ir, plan = _plan(p)
-    assert plan.buffered == {(op, 0) for op in _ids(ir, "m")}  # only what the output reads
+    assert plan.buffered == set()  # nothing stored in full:
+    assert plan.captured == {"last"}  # the output keeps the one value it reads
     assert list(plan.window.values()) == [0]  # m[t] reads add[t-1]: one step back
     (depths,) = plan.rings.values()
     assert depths == {(op, 0): 1 for op in _ids(ir, "add")}
