@@ -130,6 +130,8 @@ def _distance(
     when the producer ran ``earlier`` in this iteration)."""
     if loop is None or produced is None or len(produced) != len(target):
         return None
+    if any(isinstance(item, Slice) for item in target):
+        return None  # a range: stored in full
     if produced == target:
         return 0 if earlier else None
     var: Symbol = loop.var

@@ -96,3 +96,17 @@ def test_window_storage_gives_the_reference_values() -> None:
     got = p.compile(bounds={"T": 20})(x=xs)["y"]
     want = tj.reference.run(p, bounds={"T": 20}, inputs={"x": xs})["y"]
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5)
+
+
+def test_a_range_of_a_value_computed_in_the_same_loop_is_stored_in_full() -> None:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (3,), jnp.float32, domain=(t,))
+        k = tj.tanh(x * 2.0)  # computed in the loop over t, read as the prefix k[0:t+1]
+        p.output("s", k[0 : t + 1].sum(axis=0))
+    ir, plan = _plan(p)
+    (tanh,) = _ids(ir, "tanh")
+    assert (tanh, 0) in plan.buffered and not plan.window
+    data = np.linspace(-1.0, 1.0, 18, dtype=np.float32).reshape(6, 3)
+    got = p.compile(bounds={"T": 6})(x=data)["s"]
+    np.testing.assert_allclose(got, np.cumsum(np.tanh(data * 2.0), axis=0), rtol=1e-6)
