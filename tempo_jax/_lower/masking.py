@@ -4,24 +4,29 @@ A value with a spatial axis of symbolic size (``x[0:t+1]`` has ``t+1`` rows) is 
 the largest size that axis takes over the domain (``T`` rows); only its first ``L`` rows hold
 data, ``L`` being the size at the point. Element-wise work may run over the padding (garbage
 stays in the padded rows), but an operation that combines rows along a padded axis must not
-see it. :func:`masked_call` traces the payload to a jaxpr and evaluates it primitive by
-primitive, tracking for every value which axes are padded and to what valid length:
+see it. :func:`masked_call` traces the payload to a jaxpr, and again with each class of padded
+axes one and two rows longer. Comparing the traces tells:
 
-- element-wise primitives, and movement that keeps a padded axis whole (broadcast, transpose,
-  reshape, squeeze, concatenation or splitting along *other* axes), pass the padding through;
+- which axes of every value are padded: those growing row for row with the input (so
+  ``jnp.ones_like(v)`` or ``jnp.arange(v.shape[0])`` are padded like ``v``);
+- which scalar literals are sizes: those changing as ``a * rows + b`` (``jnp.mean`` divides by
+  the row count) are replaced by ``a * L + b`` at run time;
+- what cannot be padded: an axis growing other than row for row (a padded axis merged with
+  another), an array constant built from the size, a computation whose structure changes.
+
+The jaxpr is then evaluated primitive by primitive:
+
+- element-wise and layout primitives (broadcast, transpose, reshape, concatenation along
+  other axes, ...) run over the padding;
 - reductions (sum, max, min, prod, and, or, argmax, argmin), contractions (``dot_general``)
   and reverse cumulative scans first replace the padded rows by the operation's neutral
   element (0 for sums and contractions, -inf for max, ...); forward cumulative scans read
   only earlier rows and need nothing;
+- slices, reversals, sorts and pads are fine along the other axes;
 - calls (``jit``, ``custom_jvp``/``custom_vjp`` functions) are evaluated inside by the same
   rules;
-- any other primitive touching a padded axis (a slice, a reversal, a sort, a loop) raises
-  :class:`UnsupportedError` rather than compute with the padding.
-
-Sizes a payload reads from shapes become literals of its jaxpr (``jnp.mean`` divides by the
-row count). The payload is therefore traced again with each class of padded axes one and two
-rows longer: a literal that changes as ``a * rows + b`` is replaced by ``a * L + b`` at run
-time, and one that changes any other way is an :class:`UnsupportedError`.
+- anything else touching a padded axis raises :class:`UnsupportedError` rather than compute
+  with the padding.
 """
 
 from __future__ import annotations
@@ -116,6 +121,9 @@ _ELEMENTWISE = frozenset(
         "xor",
     ]
 )
+_LAYOUT = frozenset(
+    ["broadcast_in_dim", "transpose", "squeeze", "reshape", "concatenate", "split", "iota"]
+)
 _CALLS = {
     "jit": "jaxpr",
     "pjit": "jaxpr",
@@ -156,6 +164,15 @@ class _Affine:
     offset: float
 
 
+@dataclasses.dataclass
+class _Analysis:
+    """What tracing at several sizes showed: size literals, and every value's padded axes."""
+
+    affine: dict[Path, _Affine]
+    pads: dict[Path, Pads]  # a value (eqn output or jaxpr input) -> its padded axes
+    mixed: dict[Path, str]  # a value with an axis that grows other than row for row
+
+
 def masked_call(
     fn: Callable[..., Sequence[Any]],
     args: Sequence[Any],
@@ -170,39 +187,69 @@ def masked_call(
     flat outputs, padded like the inputs they come from.
     """
     closed = jax.make_jaxpr(fn)(*args)
-    affine = _fit_literals(fn, closed, args, pads, what)
-    evaluator = _Evaluator(affine, lengths, what)
-    outs, _ = evaluator.eval(closed.jaxpr, closed.consts, list(args), [dict(p) for p in pads], ())
-    return outs
+    analysis = _analyse(fn, closed, args, pads, what)
+    evaluator = _Evaluator(analysis, lengths, what)
+    return evaluator.eval(closed.jaxpr, closed.consts, list(args), ())
 
 
-# -- literals that are sizes -----------------------------------------------------------------
+# -- tracing at several sizes ------------------------------------------------------------------
 
 
-def _fit_literals(
+@dataclasses.dataclass
+class _Trace:
+    scalars: dict[Path, float]  # scalar literals and constants
+    shapes: dict[Path, tuple[int, ...]]  # every value's shape (and each primitive, as ())
+    arrays: dict[Path, Any]  # non-scalar constants
+
+
+def _analyse(
     fn: Callable[..., Any],
     closed: jex.ClosedJaxpr,
     args: Sequence[Any],
     pads: Sequence[Pads],
     what: str,
-) -> dict[Path, _Affine]:
-    """Which literals of ``closed`` are sizes of a padded axis, and as which affine function."""
+) -> _Analysis:
+    """Trace ``fn`` again with each class of padded axes 1 and 2 rows longer and compare.
+
+    An axis growing row for row with a class is padded (``jnp.ones_like`` of a padded value
+    is padded too); a scalar literal changing as ``a * rows + b`` is a size; anything else that
+    changes (an array constant built from the size, an axis growing 2 rows per row) cannot be
+    computed over padding and raises :class:`UnsupportedError`.
+    """
     rows = {}
     for arg, arg_pads in zip(args, pads, strict=True):
         for axis, klass in arg_pads.items():
             rows[klass] = np.shape(arg)[axis]
-    base = _literals(closed, what)
+    base = _record(closed)
+    analysis = _Analysis({}, {}, {})
     changes: dict[Path, list[tuple[str, float, float]]] = {}
     for klass, size in rows.items():
-        probes = [_literals(_trace_longer(fn, args, pads, klass, extra), what) for extra in (1, 2)]
-        for path, value in base.items():
-            v1, v2 = (probe.get(path) for probe in probes)
-            if v1 is None or v2 is None or any(len(probe) != len(base) for probe in probes):
+        probes = [_record(_trace_longer(fn, args, pads, klass, extra, what)) for extra in (1, 2)]
+        if any(probe.shapes.keys() != base.shapes.keys() for probe in probes):
+            raise _changes_structure(what)
+        for path, shape in base.shapes.items():
+            s1, s2 = (probe.shapes[path] for probe in probes)
+            if len(s1) != len(shape) or len(s2) != len(shape):
+                raise _changes_structure(what)
+            for axis, (n0, n1, n2) in enumerate(zip(shape, s1, s2, strict=True)):
+                if n0 == n1 == n2:
+                    continue
+                if n1 - n0 == 1 and n2 - n1 == 1 and axis not in analysis.pads.get(path, {}):
+                    analysis.pads.setdefault(path, {})[axis] = klass
+                else:
+                    analysis.mixed[path] = f"axis {axis} grows {n1 - n0} per row"
+        for path, array in base.arrays.items():
+            if not all(np.array_equal(array, probe.arrays.get(path)) for probe in probes):
                 raise UnsupportedError(
-                    f"{what} computes differently for different sizes of its growing axis; "
-                    "the compiler can only pad such an axis when the computation is the same "
-                    "for every size (use a static range, or `tj.reference.run`)."
+                    f"{what} uses an array constant computed from the size of its growing "
+                    "axis (e.g. `np.linspace(0, 1, x.shape[0])`); the compiler cannot pad it. "
+                    "Compute it with `jnp` from the shape, read a static range, or run the "
+                    "program with `tj.reference.run`."
                 )
+        for path, value in base.scalars.items():
+            v1, v2 = (probe.scalars.get(path) for probe in probes)
+            if v1 is None or v2 is None:
+                raise _changes_structure(what)
             if np.array_equal([value, v1], [v1, v2], equal_nan=True):
                 continue  # the same for every size
             d1, d2 = v1 - value, v2 - v1
@@ -213,19 +260,31 @@ def _fit_literals(
                     "entering as `a * rows + b` (use a static range, or `tj.reference.run`)."
                 )
             changes.setdefault(path, []).append((klass, d1, value - d1 * size))
-    affine = {}
     for path, found in changes.items():
         if len(found) > 1:
             raise UnsupportedError(
                 f"{what} uses a value combining the sizes of several growing axes; the "
                 "compiler cannot substitute it (use static ranges, or `tj.reference.run`)."
             )
-        affine[path] = _Affine(*found[0])
-    return affine
+        analysis.affine[path] = _Affine(*found[0])
+    return analysis
+
+
+def _changes_structure(what: str) -> UnsupportedError:
+    return UnsupportedError(
+        f"{what} computes differently for different sizes of its growing axis; the compiler "
+        "can only pad such an axis when the computation is the same for every size (use a "
+        "static range, or `tj.reference.run`)."
+    )
 
 
 def _trace_longer(
-    fn: Callable[..., Any], args: Sequence[Any], pads: Sequence[Pads], klass: str, extra: int
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    pads: Sequence[Pads],
+    klass: str,
+    extra: int,
+    what: str,
 ) -> jex.ClosedJaxpr:
     structs = []
     for arg, arg_pads in zip(args, pads, strict=True):
@@ -234,32 +293,47 @@ def _trace_longer(
             n + extra if arg_pads.get(axis) == klass else n for axis, n in enumerate(aval.shape)
         ]
         structs.append(jax.ShapeDtypeStruct(tuple(shape), aval.dtype, weak_type=aval.weak_type))
-    return jax.make_jaxpr(fn)(*structs)
+    try:
+        return jax.make_jaxpr(fn)(*structs)
+    except Exception as err:  # e.g. a shape that only fits the padded size
+        raise _changes_structure(what) from err
 
 
-def _literals(closed: jex.ClosedJaxpr, what: str) -> dict[Path, float]:
-    """Every scalar literal and scalar constant of a jaxpr, by its path."""
-    found: dict[Path, float] = {}
-    for k, const in enumerate(closed.consts):
-        if isinstance(const, np.ndarray | np.generic | int | float) and np.ndim(const) == 0:
-            found[("const", k)] = float(np.asarray(const).real)
-    _jaxpr_literals(closed.jaxpr, (), found)
-    return found
+def _record(closed: jex.ClosedJaxpr) -> _Trace:
+    trace = _Trace({}, {}, {})
+    _record_consts(closed.consts, (), trace)
+    _record_jaxpr(closed.jaxpr, (), trace)
+    return trace
 
 
-def _jaxpr_literals(jaxpr: jex.Jaxpr, path: Path, found: dict[Path, float]) -> None:
+def _record_consts(consts: Sequence[Any], path: Path, trace: _Trace) -> None:
+    for k, const in enumerate(consts):
+        if not isinstance(const, np.ndarray | np.generic | int | float | jax.Array):
+            continue
+        if isinstance(const, jax.core.Tracer):
+            continue  # closed over from the enclosing trace: not computed from the size
+        if np.ndim(const) == 0:
+            trace.scalars[(*path, "const", k)] = float(np.asarray(const).real)
+        else:
+            trace.arrays[(*path, "const", k)] = np.asarray(const)
+            trace.shapes[(*path, "const", k)] = tuple(np.shape(const))
+
+
+def _record_jaxpr(jaxpr: jex.Jaxpr, path: Path, trace: _Trace) -> None:
+    for k, var in enumerate(jaxpr.invars):
+        trace.shapes[(*path, "in", k)] = tuple(var.aval.shape)
     for i, eqn in enumerate(jaxpr.eqns):
-        found[(*path, i, "primitive", eqn.primitive.name)] = 0.0  # structure must match
+        trace.shapes[(*path, i, "primitive", eqn.primitive.name)] = ()  # structure must match
         for pos, var in enumerate(eqn.invars):
             if isinstance(var, jex.Literal) and np.ndim(var.val) == 0:
-                found[(*path, i, "lit", pos)] = float(np.asarray(var.val).real)
+                trace.scalars[(*path, i, "lit", pos)] = float(np.asarray(var.val).real)
+        for k, var in enumerate(eqn.outvars):
+            trace.shapes[(*path, i, "out", k)] = tuple(getattr(var.aval, "shape", ()))
         for key, sub in _subjaxprs(eqn):
             if isinstance(sub, jex.ClosedJaxpr):
-                for k, const in enumerate(sub.consts):
-                    if isinstance(const, np.ndarray | np.generic) and np.ndim(const) == 0:
-                        found[(*path, i, key, "const", k)] = float(np.asarray(const).real)
+                _record_consts(sub.consts, (*path, i, key), trace)
                 sub = sub.jaxpr
-            _jaxpr_literals(sub, (*path, i, key), found)
+            _record_jaxpr(sub, (*path, i, key), trace)
 
 
 def _subjaxprs(eqn: jex.JaxprEqn) -> list[tuple[Any, Any]]:
@@ -277,54 +351,58 @@ def _subjaxprs(eqn: jex.JaxprEqn) -> list[tuple[Any, Any]]:
 
 
 class _Evaluator:
-    def __init__(self, affine: dict[Path, _Affine], lengths: dict[str, Any], what: str) -> None:
-        self.affine = affine
+    def __init__(self, analysis: _Analysis, lengths: dict[str, Any], what: str) -> None:
+        self.analysis = analysis
+        self.affine = analysis.affine
         self.lengths = lengths
         self.what = what
 
-    def eval(
-        self,
-        jaxpr: jex.Jaxpr,
-        consts: Sequence[Any],
-        args: list[Any],
-        pads: list[Pads],
-        path: Path,
-    ) -> tuple[list[Any], list[Pads]]:
-        env: dict[Any, tuple[Any, Pads]] = {}
+    def eval(self, jaxpr: jex.Jaxpr, consts: Sequence[Any], args: list[Any], path: Path) -> list:
+        pads = self.analysis.pads
+        env: dict[Any, Any] = {}
         for k, (var, const) in enumerate(zip(jaxpr.constvars, consts, strict=True)):
-            env[var] = (self._literal((*path, "const", k), const, jnp.result_type(const)), {})
-        for var, arg, arg_pads in zip(jaxpr.invars, args, pads, strict=True):
-            env[var] = (arg, arg_pads)
+            env[var] = self._literal((*path, "const", k), const, jnp.result_type(const))
+        for var, arg in zip(jaxpr.invars, args, strict=True):
+            env[var] = arg
+        var_pads: dict[Any, Pads] = {
+            var: pads.get((*path, "in", k), {}) for k, var in enumerate(jaxpr.invars)
+        }
 
-        def read(var: Any, where: Path) -> tuple[Any, Pads]:
+        def read(var: Any, where: Path) -> Any:
             if isinstance(var, jex.Literal):
-                return self._literal(where, var.val, var.aval.dtype), {}
+                return self._literal(where, var.val, var.aval.dtype)
             return env[var]
 
         for i, eqn in enumerate(jaxpr.eqns):
-            ins = [read(var, (*path, i, "lit", pos)) for pos, var in enumerate(eqn.invars)]
-            values = [v for v, _ in ins]
-            in_pads = [p for _, p in ins]
+            here = (*path, i)
+            values = [read(var, (*here, "lit", pos)) for pos, var in enumerate(eqn.invars)]
+            in_pads = [
+                {} if isinstance(v, jex.Literal) else var_pads.get(v, {}) for v in eqn.invars
+            ]
+            outs_path = [(*here, "out", k) for k in range(len(eqn.outvars))]
+            for out in outs_path:
+                if out in self.analysis.mixed:
+                    raise self._unsupported(
+                        eqn.primitive.name, f"mixes a growing axis ({self.analysis.mixed[out]})"
+                    )
             nested = any(
-                len(p) > len(path) + 1
-                and p[: len(path) + 1] == (*path, i)
-                and p[len(path) + 1] != "lit"
+                len(p) > len(here) + 1 and p[: len(here)] == here and p[len(here)] != "lit"
                 for p in self.affine
             )
             if eqn.primitive.name in _CALLS and (nested or any(in_pads)):
-                outs, out_pads = self._call(eqn, values, in_pads, (*path, i))
+                outs = self._call(eqn, values, here)
             elif nested:
                 raise self._unsupported(
                     eqn.primitive.name, "uses the size of a growing axis inside"
                 )
             elif not any(in_pads):
-                outs, out_pads = _bind(eqn, values), [{} for _ in eqn.outvars]
+                outs = _bind(eqn, values)
             else:
-                outs, out_pads = self._rule(eqn, values, in_pads)
-            for var, value, value_pads in zip(eqn.outvars, outs, out_pads, strict=True):
-                env[var] = (value, value_pads)
-        results = [read(var, (*path, "out", k)) for k, var in enumerate(jaxpr.outvars)]
-        return [v for v, _ in results], [p for _, p in results]
+                outs = self._rule(eqn, values, in_pads)
+            for var, value, out in zip(eqn.outvars, outs, outs_path, strict=True):
+                env[var] = value
+                var_pads[var] = pads.get(out, {})
+        return [read(var, (*path, "out", k)) for k, var in enumerate(jaxpr.outvars)]
 
     def _literal(self, where: Path, value: Any, dtype: Any) -> Any:
         found = self.affine.get(where)
@@ -336,64 +414,54 @@ class _Evaluator:
         return jnp.asarray(scale * length + offset, dtype)
 
     # -- one primitive ---------------------------------------------------------------------------
-    def _call(
-        self, eqn: jex.JaxprEqn, values: list[Any], pads: list[Pads], path: Path
-    ) -> tuple[list[Any], list[Pads]]:
+    def _call(self, eqn: jex.JaxprEqn, values: list[Any], path: Path) -> list[Any]:
         key = _CALLS[eqn.primitive.name]
         sub = eqn.params[key]
         consts = sub.consts if isinstance(sub, jex.ClosedJaxpr) else ()
         inner = sub.jaxpr if isinstance(sub, jex.ClosedJaxpr) else sub
-        return self.eval(inner, consts, values, pads, (*path, (key, 0)))
+        return self.eval(inner, consts, values, (*path, (key, 0)))
 
-    def _rule(
-        self, eqn: jex.JaxprEqn, values: list[Any], pads: list[Pads]
-    ) -> tuple[list[Any], list[Pads]]:
+    def _rule(self, eqn: jex.JaxprEqn, values: list[Any], pads: list[Pads]) -> list[Any]:
+        """Bind one primitive with padded inputs, filling padding where it would be mixed in."""
         name = eqn.primitive.name
         params = eqn.params
-        out_ndim = [len(var.aval.shape) for var in eqn.outvars]
-        if name in _ELEMENTWISE:
-            merged: Pads = {}
-            for value_pads, value in zip(pads, values, strict=True):
-                if np.ndim(value) == out_ndim[0]:
-                    merged.update(value_pads)
-            return _bind(eqn, values), [merged]
-        if name == "broadcast_in_dim":
-            (in_pads,) = pads[:1]
-            dims = params["broadcast_dimensions"]
-            shape = params["shape"]
-            src = np.shape(values[0])
-            out = {dims[a]: c for a, c in in_pads.items() if src[a] == shape[dims[a]]}
-            return _bind(eqn, values), [out]
-        if name == "transpose":
-            perm = params["permutation"]
-            return _bind(eqn, values), [{j: pads[0][a] for j, a in enumerate(perm) if a in pads[0]}]
-        if name == "squeeze":
-            dropped = {d % np.ndim(values[0]) for d in params["dimensions"]}
-            kept = [a for a in range(np.ndim(values[0])) if a not in dropped]
-            return _bind(eqn, values), [{j: pads[0][a] for j, a in enumerate(kept) if a in pads[0]}]
-        if name == "reshape":
-            return _bind(eqn, values), [self._reshape(values[0], pads[0], eqn)]
-        if name in ("concatenate", "split"):
-            axis = params["dimension" if name == "concatenate" else "axis"]
-            if any(axis in p for p in pads):
-                raise self._unsupported(name, "joins or splits along a growing axis")
-            merged = {}
-            for p in pads:
-                merged.update(p)
-            return _bind(eqn, values), [dict(merged) for _ in eqn.outvars]
+        if name in _LAYOUT or name in _ELEMENTWISE:
+            return _bind(eqn, values)  # row for row: shapes were checked by the analysis
         if name in _REDUCE_NEUTRAL:
             axes = tuple(params["axes"])
             value = self._fill(values[0], pads[0], axes, _REDUCE_NEUTRAL[name])
-            kept = [a for a in range(np.ndim(value)) if a not in axes]
-            out = {j: pads[0][a] for j, a in enumerate(kept) if a in pads[0]}
-            return _bind(eqn, [value, *values[1:]]), [out]
+            return _bind(eqn, [value, *values[1:]])
         if name in _CUMULATIVE_NEUTRAL:
             value = values[0]
             if params.get("reverse", False):
                 value = self._fill(value, pads[0], (params["axis"],), _CUMULATIVE_NEUTRAL[name])
-            return _bind(eqn, [value]), [dict(pads[0])]
+            return _bind(eqn, [value])
         if name == "dot_general":
             return self._dot_general(eqn, values, pads)
+        padded = set().union(*(p.keys() for p in pads))
+        if name == "slice":
+            strides = params["strides"] or (1,) * np.ndim(values[0])
+            shape = np.shape(values[0])
+            if all(
+                params["start_indices"][a] == 0
+                and params["limit_indices"][a] == shape[a]
+                and strides[a] == 1
+                for a in pads[0]
+            ):
+                return _bind(eqn, values)
+        elif name == "rev":
+            if not padded & set(params["dimensions"]):
+                return _bind(eqn, values)
+        elif name == "sort":
+            if all(params["dimension"] not in p for p in pads):
+                return _bind(eqn, values)
+        elif name == "pad":
+            if all(tuple(params["padding_config"][a]) == (0, 0, 0) for a in pads[0]):
+                return _bind(eqn, values)
+        elif name == "dynamic_slice":
+            shape = np.shape(values[0])
+            if all(params["slice_sizes"][a] == shape[a] for a in pads[0]):
+                return _bind(eqn, values)  # the whole padded axis: its start clamps to 0
         raise self._unsupported(name, "applies it along a growing axis")
 
     def _fill(self, value: Any, pads: Pads, axes: Sequence[int], neutral: str) -> Any:
@@ -403,24 +471,8 @@ class _Evaluator:
                 value = jnp.where(rows < self.lengths[pads[axis]], value, _neutral(value, neutral))
         return value
 
-    def _reshape(self, value: Any, pads: Pads, eqn: jex.JaxprEqn) -> Pads:
-        src = np.shape(value)
-        dst = tuple(eqn.outvars[0].aval.shape)
-        out = {}
-        for axis, klass in pads.items():
-            before = math.prod(src[:axis])
-            match = [
-                b for b in range(len(dst)) if math.prod(dst[:b]) == before and dst[b] == src[axis]
-            ]
-            if not match:
-                raise self._unsupported("reshape", "merges or splits a growing axis")
-            out[match[0]] = klass
-        return out
-
-    def _dot_general(
-        self, eqn: jex.JaxprEqn, values: list[Any], pads: list[Pads]
-    ) -> tuple[list[Any], list[Pads]]:
-        (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    def _dot_general(self, eqn: jex.JaxprEqn, values: list[Any], pads: list[Pads]) -> list[Any]:
+        (lc, rc), _ = eqn.params["dimension_numbers"]
         lhs, rhs = values[:2]
         lp, rp = pads[:2]
         for a, b in zip(lc, rc, strict=True):
@@ -429,20 +481,7 @@ class _Evaluator:
                 continue
             lhs = self._fill(lhs, {a: klass}, (a,), "zero")
             rhs = self._fill(rhs, {b: klass}, (b,), "zero")
-        out: Pads = {}
-        for j, (a, b) in enumerate(zip(lb, rb, strict=True)):
-            klass = lp.get(a, rp.get(b))
-            if klass is not None:
-                out[j] = klass
-        lfree = [a for a in range(np.ndim(lhs)) if a not in lc and a not in lb]
-        rfree = [b for b in range(np.ndim(rhs)) if b not in rc and b not in rb]
-        for j, a in enumerate(lfree, start=len(lb)):
-            if a in lp:
-                out[j] = lp[a]
-        for j, b in enumerate(rfree, start=len(lb) + len(lfree)):
-            if b in rp:
-                out[j] = rp[b]
-        return _bind(eqn, [lhs, rhs, *values[2:]]), [out]
+        return _bind(eqn, [lhs, rhs, *values[2:]])
 
     def _unsupported(self, primitive: str, doing: str) -> UnsupportedError:
         return UnsupportedError(
