@@ -20,6 +20,7 @@ from .._schedule.isl_convert import isl_context, max_over_box
 from .._schedule.scheduler import schedule
 from .._schedule.tree import Node, render
 from .execute import TreeLowering
+from .storage import place_buffers
 
 
 class Compiled:
@@ -136,7 +137,7 @@ def compile_program(
     check_reads(program, ctx, defined_domains(program, ctx))
     seconds["check"] = time.perf_counter() - start
     start = time.perf_counter()
-    tree = schedule(program)
+    tree = place_buffers(program, schedule(program))
     seconds["schedule"] = time.perf_counter() - start
     return Compiled(program, env, tree, seconds, dynamic, donate_inputs)
 

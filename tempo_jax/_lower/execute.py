@@ -29,7 +29,7 @@ from jax import lax
 from .._ir.expr import BoolConst, Expr, Slice, Symbol, substitute, symbols_of
 from .._ir.program import Edge, Op, Output, Program, TensorSpec
 from .._ir.source import describe
-from .._schedule.tree import Exec, Guard, Loop, Node, Sequence, execs
+from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
 from .masking import Pads, masked_call
 from .storage import plan_storage
 
@@ -60,6 +60,7 @@ class TreeLowering:
         self.runtime = runtime or bounds  # values: a dynamic bound as a traced scalar
         self.inputs = {op.id: inputs[op.name] for op in program.ops if op.kind == "input"}
         self.plan = plan_storage(program, tree)
+        self.placed = {(n.op, n.out) for n in walk(tree) if isinstance(n, Alloc)}
         self.captures: dict[tuple[int, int], list[Output]] = {}
         for out in program.outputs:
             if out.name in self.plan.captured:
@@ -73,18 +74,22 @@ class TreeLowering:
         for op in self.program.ops:
             if op.kind == "input":
                 continue
-            lead = tuple(self.bounds[d.bound] for d in op.domain)
-            for k, spec in enumerate(op.outputs):
-                if (op.id, k) not in self.plan.buffered:
-                    continue  # point or window storage: never stored in full
-                shape = lead + self.shape(spec, op.domain)
-                buffers[(op.id, k)] = jnp.zeros(shape, spec.dtype)
+            for k in range(len(op.outputs)):
+                if (op.id, k) not in self.plan.buffered or (op.id, k) in self.placed:
+                    continue  # point or window storage, or allocated by an Alloc node
+                buffers[(op.id, k)] = self._zeros(op.id, k)
         for out in self.program.outputs:
             if out.name in self.plan.captured:
                 producer = self.program.op(out.edge.src)
                 spec = producer.outputs[out.edge.out]
                 buffers[_capture(out)] = jnp.zeros(self.shape(spec, producer.domain), spec.dtype)
         return buffers
+
+    def _zeros(self, op_id: int, out: int) -> jax.Array:
+        op = self.program.op(op_id)
+        spec = op.outputs[out]
+        lead = tuple(self.bounds[d.bound] for d in op.domain)
+        return jnp.zeros(lead + self.shape(spec, op.domain), spec.dtype)
 
     def is_static(self, size: int | Expr) -> bool:
         """Whether a size is the same at every point and for every call."""
@@ -109,6 +114,10 @@ class TreeLowering:
             for child in node.children:
                 if isinstance(child, Exec):
                     buffers = self._exec(child, env, buffers, local)
+                elif isinstance(child, Alloc):
+                    buffers = {**buffers, (child.op, child.out): self._zeros(child.op, child.out)}
+                elif isinstance(child, Free):
+                    buffers = {k: v for k, v in buffers.items() if k != (child.op, child.out)}
                 else:
                     buffers = self.run(child, env, buffers)
             return buffers

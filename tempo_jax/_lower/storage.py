@@ -25,7 +25,7 @@ import dataclasses
 from .._ir.expr import Const, Expr, Slice, Symbol, substitute
 from .._ir.program import Program
 from .._ir.simplify import simplify
-from .._schedule.tree import Exec, Guard, Loop, Node, Sequence
+from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
 
 Read = tuple[Exec, int]  # (the executing node, the index of the op's input edge)
 
@@ -145,3 +145,30 @@ def _distance(
             shifted = tuple(simplify(substitute(e, {var: step})) for e in produced)
             return distance if shifted == target else None
     return None
+
+
+def place_buffers(program: Program, tree: Node) -> Node:
+    """``tree`` with an :class:`Alloc` before the first top-level step using each full buffer
+    and a :class:`Free` after the last (never for a buffer an output reads): a buffer lives
+    only as long as it is needed, and loops before or after that do not carry it."""
+    if not isinstance(tree, Sequence):
+        return tree
+    plan = plan_storage(program, tree)
+    kept = {(out.edge.src, out.edge.out) for out in program.outputs}
+    users: dict[tuple[int, int], list[int]] = {}
+    for k, child in enumerate(tree.children):
+        ops = {ex.op for ex in execs(child)}
+        for key in plan.buffered:
+            readers = {op.id for op in program.ops if any((e.src, e.out) == key for e in op.inputs)}
+            if key[0] in ops or ops & readers:
+                users.setdefault(key, []).append(k)
+    before: dict[int, list[Node]] = {}
+    after: dict[int, list[Node]] = {}
+    for key, found in sorted(users.items()):
+        before.setdefault(found[0], []).append(Alloc(*key))
+        if key not in kept:
+            after.setdefault(found[-1], []).append(Free(*key))
+    placed: list[Node] = []
+    for k, child in enumerate(tree.children):
+        placed += [*before.get(k, []), child, *after.get(k, [])]
+    return Sequence(tuple(placed))

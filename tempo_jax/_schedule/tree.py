@@ -9,6 +9,8 @@ stages never touch isl. Every expression is one of our own index expressions
 - :class:`Sequence` runs its children in order.
 - :class:`Guard` runs ``body`` where ``cond`` holds.
 - :class:`Exec` computes op ``op`` at ``point`` (one expression per dim of the op's domain).
+- :class:`Alloc` and :class:`Free` bracket the lifetime of the full buffer of an op output
+  (placed by the storage planner, :func:`tempo_jax._lower.storage.place_buffers`).
 
 A loop variable is :func:`loop_var` of the loop's ``dim`` name: a symbol of its own scope
 (:data:`LOOP_SCOPE`), so it never equals a program dim or bound even when it is named after
@@ -72,7 +74,23 @@ class Exec:
     point: tuple[Expr, ...]
 
 
-Node = Loop | Sequence | Guard | Exec
+@dataclasses.dataclass(frozen=True)
+class Alloc:
+    """The full buffer of output ``out`` of op ``op`` comes into existence here."""
+
+    op: int
+    out: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Free:
+    """The full buffer of output ``out`` of op ``op`` is not needed after this point."""
+
+    op: int
+    out: int
+
+
+Node = Loop | Sequence | Guard | Exec | Alloc | Free
 ScheduleTree = Node
 
 
@@ -118,6 +136,8 @@ def substitute_tree(tree: Node, mapping: Mapping[Symbol, Expr]) -> Node:
 
     if isinstance(tree, Exec):
         return Exec(tree.op, tuple(sub(x) for x in tree.point))
+    if isinstance(tree, Alloc | Free):
+        return tree
     if isinstance(tree, Guard):
         return Guard(sub(tree.cond), substitute_tree(tree.body, mapping))
     if isinstance(tree, Sequence):
@@ -161,6 +181,8 @@ def _run(node: Node, env: _Env, found: list[tuple[int, tuple[int, ...]]]) -> Non
     elif isinstance(node, Guard):
         if node.cond.evaluate(env):
             _run(node.body, env, found)
+    elif isinstance(node, Alloc | Free):
+        pass
     else:
         values = range(node.start.evaluate(env), node.stop.evaluate(env))
         for value in reversed(values) if node.reverse else values:
@@ -197,6 +219,9 @@ def _render(node: Node, program: Program, depth: int, lines: list[str]) -> None:
     elif isinstance(node, Guard):
         lines.append(f"{pad}if {node.cond}:")
         _render(node.body, program, depth + 1, lines)
+    elif isinstance(node, Alloc | Free):
+        what = "alloc" if isinstance(node, Alloc) else "free"
+        lines.append(f"{pad}{what} S{node.op}.{node.out}  # buffer of {program.op(node.op).name}")
     else:
         last = simplify(node.stop - Const(1))
         span = f"{node.start}..{last}"

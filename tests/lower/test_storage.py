@@ -110,3 +110,19 @@ def test_a_range_of_a_value_computed_in_the_same_loop_is_stored_in_full() -> Non
     data = np.linspace(-1.0, 1.0, 18, dtype=np.float32).reshape(6, 3)
     got = p.compile(bounds={"T": 6})(x=data)["s"]
     np.testing.assert_allclose(got, np.cumsum(np.tanh(data * 2.0), axis=0), rtol=1e-6)
+
+
+def test_full_buffers_live_from_first_to_last_use() -> None:
+    """random_walk's steps are stored in full by a first loop nest and read by a second."""
+    program, bounds, inputs = next(c for c in CASES if c.name == "random_walk").build()
+    compiled = program.compile(bounds=bounds)
+    lines = [line.split("#")[0].strip() for line in compiled.schedule.splitlines()]
+    ir = program.to_ir()
+    (normal,) = _ids(ir, "normal")
+    (pos,) = _ids(ir, "pos")
+    loops = [k for k, line in enumerate(lines) if line.startswith("for b")]
+    assert lines.index(f"alloc S{normal}.0") < loops[0]
+    assert loops[0] < lines.index(f"alloc S{pos}.0") < loops[1]  # not carried by the first
+    assert lines[-1] == f"free S{normal}.0"  # an output's buffer is never freed
+    want = tj.reference.run(program, bounds=bounds, inputs=inputs)
+    np.testing.assert_allclose(compiled(**inputs)["pos"], want["pos"], rtol=1e-6)
