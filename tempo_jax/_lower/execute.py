@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
+from collections.abc import Sequence as Sequence_
 from typing import Any
 
 import jax
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._ir.expr import BoolConst, Expr, Slice, Symbol, substitute, symbols_of
+from .._ir.expr import BoolConst, Expr, Slice, Symbol, eq, substitute, symbols_of
 from .._ir.program import Edge, Op, Output, Program, TensorSpec
 from .._ir.source import describe
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
@@ -37,7 +38,7 @@ Buffers = dict[tuple, jax.Array]  # (op id, output) -> full buffer; (op, output,
 RING = 1  # third key element of a window ring carried by a loop
 CAPTURE = 2  # third key element of the one value of a one-point output
 MAX_PIECES = 8  # a loop is split at most this many ways to take guards out of its body
-Piece = tuple[Any, Any, Node, dict[int, int]]  # start, stop, body, active merge branches
+Piece = tuple[Any, Any, Node, dict]  # start, stop, body, resolved merge branches and captures
 Env = Mapping[Symbol, Any]  # symbol -> Python int (bounds) or traced int32 (dims, loop vars)
 PaddedSize = Callable[[Expr, tuple[Symbol, ...]], int]  # largest value of a size over a box
 
@@ -65,7 +66,8 @@ class TreeLowering:
         for out in program.outputs:
             if out.name in self.plan.captured:
                 self.captures.setdefault((out.edge.src, out.edge.out), []).append(out)
-        self.branches: dict[int, int] = {}  # merge op -> its one active branch (-1: none)
+        # merge op -> its one active branch (-1: none); captured output name -> 0/1
+        self.branches: dict[int | str, int] = {}
 
     # -- buffers ---------------------------------------------------------------------------------
     def allocate(self) -> Buffers:
@@ -200,7 +202,8 @@ class TreeLowering:
 
         guards = [g for g in _direct_guards(node.body) if symbols_of(g.cond) <= known]
         rows = [truth(g.cond) for g in guards]
-        merges: list[tuple[int, np.ndarray]] = []
+        merges: list[tuple[int, np.ndarray]] = []  # (merge op, or -1 - k for a capture)
+        captured: dict[int, str] = {}
         for ex in _reachable_execs(node.body):
             op = self.program.op(ex.op)
             if op.kind != "merge":
@@ -212,6 +215,13 @@ class TreeLowering:
                 active = np.where(held.any(axis=0), held.argmax(axis=0), -1)  # first match
                 merges.append((op.id, active))
                 rows.append(active)
+            for k in range(len(op.outputs)):
+                for out in self.captures.get((op.id, k), ()):
+                    hit = _same_point(ex.point, [i for i in out.edge.index])
+                    if symbols_of(hit) <= known:  # the captured point: a piece of its own
+                        merges.append((-1 - len(merges), truth(hit).astype(int)))
+                        captured[merges[-1][0]] = out.name
+                        rows.append(merges[-1][1])
         if not rows:
             return whole
         table = np.stack(rows)
@@ -222,7 +232,7 @@ class TreeLowering:
         pieces: list[Piece] = []
         for a, b in itertools.pairwise(cuts):
             resolved = {id(g): bool(row[a]) for g, row in zip(guards, rows, strict=False)}
-            branches = {op_id: int(active[a]) for op_id, active in merges}
+            branches = {captured.get(op_id, op_id): int(active[a]) for op_id, active in merges}
             body = _resolve(node.body, resolved)
             pieces.append((start + a, start + b, body, branches))
         return pieces[::-1] if node.reverse else pieces
@@ -240,12 +250,20 @@ class TreeLowering:
         buffers = dict(buffers)
         for k, value in enumerate(values):
             for out in self.captures.get((op.id, k), ()):
-                target = [jnp.asarray(i.evaluate(self.runtime), jnp.int32) for i in out.edge.index]
-                here = jnp.array(True)
-                for p, q in zip(point, target, strict=True):
-                    here = here & (p == q)
                 key = _capture(out)
-                buffers[key] = jnp.where(here, jnp.asarray(value, buffers[key].dtype), buffers[key])
+                known = self.branches.get(out.name)  # resolved for this piece of the loop
+                if known == 0:
+                    continue
+                new = jnp.asarray(value, buffers[key].dtype)
+                if known is None:
+                    target = [
+                        jnp.asarray(i.evaluate(self.runtime), jnp.int32) for i in out.edge.index
+                    ]
+                    here = jnp.array(True)
+                    for p, q in zip(point, target, strict=True):
+                        here = here & (p == q)
+                    new = jnp.where(here, new, buffers[key])
+                buffers[key] = new
             ring = (op.id, k, RING)
             if ring in buffers:  # newest first: shift the window by one
                 value_ = jnp.asarray(value, buffers[ring].dtype)[None]
@@ -411,3 +429,11 @@ def _resolve(body: Node, resolved: dict[int, bool]) -> Node:
 def _capture(out: Output) -> tuple:
     """The buffers key of a captured one-point output."""
     return (out.edge.src, out.edge.out, CAPTURE, out.name)
+
+
+def _same_point(point: Sequence_[Expr], index: Sequence_[Any]) -> Expr:
+    """The condition that an exec at ``point`` produces the point ``index`` reads."""
+    cond: Expr = BoolConst(True)
+    for p, q in zip(point, index, strict=True):
+        cond = cond & eq(p, q) if cond != BoolConst(True) else eq(p, q)
+    return cond
