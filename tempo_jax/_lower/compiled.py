@@ -132,7 +132,7 @@ def compile_program(
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     env, dynamic = split_dynamic(program, bounds)
-    check_static_sizes(program, set(dynamic))
+    check_static_sizes(program)
     ctx = isl_context()
     check_reads(program, ctx, defined_domains(program, ctx))
     seconds["check"] = time.perf_counter() - start
@@ -142,7 +142,7 @@ def compile_program(
     return Compiled(program, env, tree, seconds, dynamic, donate_inputs)
 
 
-def check_static_sizes(program: Program, dynamic: set) -> None:
+def check_static_sizes(program: Program) -> None:
     """An output must have one shape at every point of its domain (it may grow with a dynamic
     bound: it is then padded to the bound's max)."""
     for out in program.outputs:

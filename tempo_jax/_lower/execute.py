@@ -1,10 +1,12 @@
 """Lowering a schedule tree to JAX: loops, guards and op executions over carried buffers.
 
-This first lowering stores every op output in a *full* buffer ``(*domain bounds, *shape)``
-carried through the loops: a loop becomes ``lax.fori_loop`` (a ``scan`` when its trip
-count is static), a guard ``lax.cond``, an op execution reads its inputs with
-``lax.dynamic_slice`` at the point's indices, runs its payload and writes the result back
-with ``lax.dynamic_update_slice``. A merge op selects its first branch whose condition holds.
+Each value is stored as the storage plan (:mod:`.storage`) says: passed on within an
+iteration, kept in a ring carried by its loop, captured (a one-point output), or written
+with ``lax.dynamic_update_slice`` into a *full* buffer ``(*domain bounds, *shape)`` that the
+loops carry. A loop becomes ``lax.fori_loop`` (a ``scan`` when its trip count is static),
+split first where guards or merge branches on its variable change (:meth:`_pieces`); a
+remaining guard becomes ``lax.cond``; a merge op selects its first branch whose condition
+holds.
 
 A spatial axis of symbolic size (a growing range such as ``x[0:t+1]``, or a range as long as a
 dynamic bound) is stored padded to the largest size it takes over the domain; payloads reading
@@ -32,7 +34,7 @@ from .._ir.program import Edge, Op, Output, Program, TensorSpec
 from .._ir.source import describe
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
 from .masking import Pads, masked_call
-from .storage import plan_storage
+from .storage import iteration_execs, plan_storage
 
 Buffers = dict[tuple, jax.Array]  # (op id, output) -> full buffer; (op, output, RING) -> window
 RING = 1  # third key element of a window ring carried by a loop
@@ -143,12 +145,10 @@ class TreeLowering:
         """A guard whose condition is false: its execs' rings still shift, in padding."""
         buffers = dict(buffers)
         for ex in execs(guard.body):
-            for k, _spec in enumerate(self.program.op(ex.op).outputs):
+            for k in range(len(self.program.op(ex.op).outputs)):
                 ring = buffers.get((ex.op, k, RING))
                 if ring is not None:
-                    buffers[(ex.op, k, RING)] = jnp.concatenate(
-                        [jnp.zeros_like(ring[:1]), ring[:-1]]
-                    )
+                    buffers[(ex.op, k, RING)] = _shift(ring, jnp.zeros_like(ring[0]))
         return buffers
 
     def _loop(self, node: Loop, env: Env, buffers: Buffers) -> Buffers:
@@ -202,9 +202,9 @@ class TreeLowering:
 
         guards = [g for g in _direct_guards(node.body) if symbols_of(g.cond) <= known]
         rows = [truth(g.cond) for g in guards]
-        merges: list[tuple[int, np.ndarray]] = []  # (merge op, or -1 - k for a capture)
-        captured: dict[int, str] = {}
-        for ex in _reachable_execs(node.body):
+        # merge op id -> its active branch; captured output name -> whether it is captured
+        switches: list[tuple[int | str, np.ndarray]] = []
+        for ex in iteration_execs(node.body):
             op = self.program.op(ex.op)
             if op.kind != "merge":
                 continue
@@ -213,15 +213,13 @@ class TreeLowering:
             if all(symbols_of(c) <= known for c in conds):
                 held = np.stack([truth(c) for c in conds])
                 active = np.where(held.any(axis=0), held.argmax(axis=0), -1)  # first match
-                merges.append((op.id, active))
-                rows.append(active)
+                switches.append((op.id, active))
             for k in range(len(op.outputs)):
                 for out in self.captures.get((op.id, k), ()):
-                    hit = _same_point(ex.point, [i for i in out.edge.index])
+                    hit = _same_point(ex.point, out.edge.index)
                     if symbols_of(hit) <= known:  # the captured point: a piece of its own
-                        merges.append((-1 - len(merges), truth(hit).astype(int)))
-                        captured[merges[-1][0]] = out.name
-                        rows.append(merges[-1][1])
+                        switches.append((out.name, truth(hit).astype(int)))
+        rows += [row for _, row in switches]
         if not rows:
             return whole
         table = np.stack(rows)
@@ -232,7 +230,7 @@ class TreeLowering:
         pieces: list[Piece] = []
         for a, b in itertools.pairwise(cuts):
             resolved = {id(g): bool(row[a]) for g, row in zip(guards, rows, strict=False)}
-            branches = {captured.get(op_id, op_id): int(active[a]) for op_id, active in merges}
+            branches = {key: int(row[a]) for key, row in switches}
             body = _resolve(node.body, resolved)
             pieces.append((start + a, start + b, body, branches))
         return pieces[::-1] if node.reverse else pieces
@@ -256,18 +254,12 @@ class TreeLowering:
                     continue
                 new = jnp.asarray(value, buffers[key].dtype)
                 if known is None:
-                    target = [
-                        jnp.asarray(i.evaluate(self.runtime), jnp.int32) for i in out.edge.index
-                    ]
-                    here = jnp.array(True)
-                    for p, q in zip(point, target, strict=True):
-                        here = here & (p == q)
+                    here = _same_point(node.point, out.edge.index).evaluate({**self.runtime, **env})
                     new = jnp.where(here, new, buffers[key])
                 buffers[key] = new
             ring = (op.id, k, RING)
-            if ring in buffers:  # newest first: shift the window by one
-                value_ = jnp.asarray(value, buffers[ring].dtype)[None]
-                buffers[ring] = jnp.concatenate([value_, buffers[ring][:-1]])
+            if ring in buffers:
+                buffers[ring] = _shift(buffers[ring], value)
             if (op.id, k) not in self.plan.buffered:
                 continue
             buf = buffers[(op.id, k)]
@@ -398,17 +390,6 @@ class TreeLowering:
         return values.reshape(shape + values.shape[1:]).astype(out.spec.dtype)
 
 
-def _reachable_execs(body: Node) -> list[Exec]:
-    """The execs of one iteration of a loop with this body (not those of inner loops)."""
-    if isinstance(body, Exec):
-        return [body]
-    if isinstance(body, Guard):
-        return _reachable_execs(body.body)
-    if isinstance(body, Sequence):
-        return [ex for child in body.children for ex in _reachable_execs(child)]
-    return []
-
-
 def _direct_guards(body: Node) -> list[Guard]:
     if isinstance(body, Guard):
         return [body]
@@ -424,6 +405,11 @@ def _resolve(body: Node, resolved: dict[int, bool]) -> Node:
     if isinstance(body, Sequence):
         return Sequence(tuple(_resolve(child, resolved) for child in body.children))
     return body
+
+
+def _shift(ring: jax.Array, value: Any) -> jax.Array:
+    """A ring (newest first) with ``value`` pushed in and its oldest value dropped."""
+    return jnp.concatenate([jnp.asarray(value, ring.dtype)[None], ring[:-1]])
 
 
 def _capture(out: Output) -> tuple:

@@ -78,6 +78,11 @@ def _flatten(node: Node, context: Context) -> list[tuple[Exec, Context]]:
     return []
 
 
+def iteration_execs(body: Node) -> list[Exec]:
+    """The execs one iteration of a loop with this ``body`` runs (not those of inner loops)."""
+    return [ex for ex, _ in _flatten(body, ())]
+
+
 def _inner_loops(node: Node) -> list[Loop]:
     if isinstance(node, Loop):
         return [node]
@@ -155,12 +160,15 @@ def place_buffers(program: Program, tree: Node) -> Node:
         return tree
     plan = plan_storage(program, tree)
     kept = {(out.edge.src, out.edge.out) for out in program.outputs}
+    readers: dict[tuple[int, int], set[int]] = {key: set() for key in plan.buffered}
+    for op in program.ops:
+        for e in op.inputs:
+            readers.get((e.src, e.out), set()).add(op.id)
     users: dict[tuple[int, int], list[int]] = {}
     for k, child in enumerate(tree.children):
         ops = {ex.op for ex in execs(child)}
         for key in plan.buffered:
-            readers = {op.id for op in program.ops if any((e.src, e.out) == key for e in op.inputs)}
-            if key[0] in ops or ops & readers:
+            if key[0] in ops or ops & readers[key]:
                 users.setdefault(key, []).append(k)
     before: dict[int, list[Node]] = {}
     after: dict[int, list[Node]] = {}
