@@ -18,6 +18,7 @@ Example::
 """
 
 from . import _reference as reference  # noqa: F401 - the public `tj.reference` namespace
+from ._frontend import optim as optim
 from ._frontend import random as random
 from ._frontend.creation import const as const
 from ._frontend.creation import full as full
@@ -137,6 +138,8 @@ from ._frontend.numpy_api import vdot as vdot
 from ._frontend.numpy_api import where as where
 from ._frontend.program import Program as Program
 from ._frontend.tensor import RecurrentTensor as RecurrentTensor
+from ._frontend.training import grad as grad
+from ._frontend.training import param as param
 from ._ir import errors as errors
 from ._ir.bind import dynamic as dynamic
 from ._ir.errors import BranchMismatchError as BranchMismatchError

@@ -43,6 +43,8 @@ class Program:
         self._branches: dict[int, list[Edge]] = {}
         self._outputs: list[Output] = []
         self._input_names: set[str] = set()
+        self._params: list[RecurrentTensor] = []  # tj.param leaves, for `loss.backward()`
+        self._grads: dict[tuple[int, int], RecurrentTensor] = {}  # (op, out) -> its gradient
         self._tokens: list[contextvars.Token[Program | None]] = []
 
     # -- context management --------------------------------------------------------------------
@@ -107,6 +109,17 @@ class Program:
 
     def add_branch(self, op_id: int, edge: Edge) -> None:
         self._branches[op_id].append(edge)
+
+    def replace_op(self, op: Op) -> None:
+        """Swap a recorded op for an updated copy (same id)."""
+        self._ops[op.id] = op
+
+    def recorded_ops(self) -> tuple[Op, ...]:
+        """The ops recorded so far, merges with the branches defined so far."""
+        return tuple(
+            op.replace(inputs=tuple(self._branches[op.id])) if op.kind == "merge" else op
+            for op in self._ops
+        )
 
     def register_input(self, name: str, source: SourceInfo) -> None:
         if name in self._input_names:

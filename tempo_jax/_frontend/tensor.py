@@ -336,7 +336,26 @@ class RecurrentTensor:
 
     def detach(self) -> RecurrentTensor:
         """The same value, through which no gradient flows."""
-        return apply(jax.lax.stop_gradient, self, name="detach")
+        from .training import detach
+
+        return detach(self)
+
+    # -- gradients -----------------------------------------------------------------------------
+    def backward(self) -> None:
+        """Add the gradients of this loss for every ``tj.param`` so far; read them as ``w.grad``.
+
+        The loss must be a float scalar at each point; its points are summed (see ``tj.grad``).
+        """
+        from .training import backward
+
+        backward(self)
+
+    @property
+    def grad(self) -> RecurrentTensor:
+        """The gradient ``loss.backward()`` computed for this parameter."""
+        from .training import grad_of
+
+        return grad_of(self)
 
 
 jax.tree_util.register_pytree_node(

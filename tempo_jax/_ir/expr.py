@@ -19,6 +19,8 @@ import operator
 from collections.abc import Callable, Iterator, Mapping
 from typing import Union
 
+import numpy as np
+
 from .errors import IndexExprError
 
 IntLike = Union[int, "Expr"]
@@ -267,8 +269,10 @@ def _mod(a: int, b: int) -> int:
     return a % b
 
 
-def _jnp():  # jax.numpy, imported lazily: only traced (compiled) evaluation needs it
-    import jax.numpy as jnp
+def _jnp(*values: object):  # the array module for ``values``: numpy unless one is a JAX array
+    if all(isinstance(v, np.ndarray | np.generic | numbers.Number) for v in values):
+        return np
+    import jax.numpy as jnp  # imported lazily: only traced (compiled) evaluation needs it
 
     return jnp
 
@@ -285,24 +289,20 @@ def _truth(value: object) -> object:
 def _logical(name: str, a: object, b: object) -> object:
     if _is_python(a) and _is_python(b):
         return int(bool(a) and bool(b)) if name == "logical_and" else int(bool(a) or bool(b))
-    return getattr(_jnp(), name)(a, b)
+    return getattr(_jnp(a, b), name)(a, b)
 
 
 def _min(a: int, b: int) -> int:
     # Also evaluated on traced JAX scalars (point-valued payloads), hence jnp off the fast path.
     if isinstance(a, int) and isinstance(b, int):
         return min(a, b)
-    import jax.numpy as jnp
-
-    return jnp.minimum(a, b)
+    return _jnp(a, b).minimum(a, b)
 
 
 def _max(a: int, b: int) -> int:
     if isinstance(a, int) and isinstance(b, int):
         return max(a, b)
-    import jax.numpy as jnp
-
-    return jnp.maximum(a, b)
+    return _jnp(a, b).maximum(a, b)
 
 
 @dataclasses.dataclass(frozen=True, eq=True, repr=False)
@@ -531,7 +531,7 @@ class Not(_BoolExpr):
 
     def evaluate(self, env: Mapping[Symbol, int]) -> int:
         value = self.a.evaluate(env)
-        return _truth(not value) if _is_python(value) else _jnp().logical_not(value)
+        return _truth(not value) if _is_python(value) else _jnp(value).logical_not(value)
 
     def render(self, precedence: int) -> str:
         return f"~{self.a.render(3)}"

@@ -78,11 +78,18 @@ class Payload:
     Called as ``fn(*input_values)``; with ``uses_point`` as ``fn(env, *input_values)`` where
     ``env`` maps the op's domain dims and every bound to their values at the point.
     Returns a tuple with one array per output.
+
+    ``pads_ok``: the function is exact on inputs whose symbolic-size axes are padded with
+    arbitrary rows past the point's size (it masks them itself), so the compiled program calls
+    it directly rather than through the masked evaluation. ``differentiable``: gradients flow
+    through it (``detach`` clears it).
     """
 
     fn: Callable[..., tuple[Any, ...]]
     name: str
     uses_point: bool = False
+    pads_ok: bool = False
+    differentiable: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

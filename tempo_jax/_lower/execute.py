@@ -308,7 +308,7 @@ class TreeLowering:
             return payload.fn(env, *args) if payload.uses_point else payload.fn(*args)
 
         pads, lengths = self._pads(op, env)
-        if not any(pads):
+        if not any(pads) or payload.pads_ok:
             return fn(*values)
         what = f"`{op.name}`{describe(op.source)}"
         return tuple(masked_call(fn, values, pads, lengths, what))

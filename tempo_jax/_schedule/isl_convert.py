@@ -54,6 +54,7 @@ from .._ir.expr import (
     Slice,
     Sub,
     Symbol,
+    eq,
     symbols_of,
 )
 from .._ir.program import Edge, Op, Program
@@ -458,3 +459,26 @@ def max_over_box(
     if box.is_empty():
         return 0
     return int(pwaff.max_val().to_python())
+
+
+def set_to_conjuncts(program: Program, subset: isl.Set, box: isl.Set) -> list[Expr] | None:
+    """``subset`` of ``box`` as conditions that, with the box, define it: ``[t <= T - 2]``.
+
+    ``[]`` when ``subset`` is the whole box; ``None`` when it is not one convex piece without
+    existential variables (not expressible as a conjunction of affine conditions).
+    """
+    gist = subset.coalesce().gist(box)
+    if gist.plain_is_universe():
+        return []
+    pieces = gist.get_basic_sets()
+    if len(pieces) != 1 or pieces[0].dim(_DT.div):
+        return None
+    conds: list[Expr] = []
+    for constraint in pieces[0].get_constraints():
+        total: Expr = Const(0)
+        for name, val in constraint.get_coefficients_by_name().items():
+            coeff = int(val.to_python())
+            term: Expr = Const(coeff) if name == 1 else symbol_for_name(program, name) * coeff
+            total = total + term
+        conds.append(eq(total, 0) if constraint.is_equality() else total >= 0)
+    return conds

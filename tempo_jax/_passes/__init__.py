@@ -1,0 +1,1 @@
+"""Program passes: autodiff (gradients as recurrences)."""
