@@ -31,7 +31,7 @@ def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-# -- running sum -------------------------------------------------------------------------------
+# -- running sum ----------------------------------------------------------------------------------
 
 
 def running_sum() -> Built:
@@ -54,7 +54,7 @@ def running_sum_oracle(inp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"s": np.array(out)}
 
 
-# -- Fibonacci-style two-step recurrence ------------------------------------------------------
+# -- Fibonacci-style two-step recurrence ----------------------------------------------------------
 
 
 def fibonacci() -> Built:
@@ -75,7 +75,7 @@ def fibonacci_oracle(inp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"f": np.array(f)}
 
 
-# -- exponential moving average over a batch ---------------------------------------------------
+# -- exponential moving average over a batch ------------------------------------------------------
 
 
 def ema() -> Built:
@@ -136,7 +136,7 @@ def returns_oracle(inp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"g": g}
 
 
-# -- sliding-window sum ----------------------------------------------------------------------------
+# -- sliding-window sum ---------------------------------------------------------------------------
 
 WINDOW = 3
 
@@ -154,7 +154,7 @@ def window_sum_oracle(inp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"w": np.stack([x[max(0, k - WINDOW + 1) : k + 1].sum(0) for k in range(len(x))])}
 
 
-# -- parameters over an iteration dim, read by an inner time dim ---------------------------------
+# -- parameters over an iteration dim, read by an inner time dim ----------------------------------
 
 LR = 0.1
 
@@ -190,7 +190,7 @@ def linear_regression_oracle(inp: dict[str, np.ndarray]) -> dict[str, np.ndarray
     return {"w": np.stack(ws), "loss": np.array(losses)}
 
 
-# -- causal attention over the growing prefix 0:t+1 ---------------------------------------------
+# -- causal attention over the growing prefix 0:t+1 -----------------------------------------------
 
 
 def attention() -> Built:
@@ -218,7 +218,7 @@ def attention_oracle(inp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"o": np.stack(outs)}
 
 
-# -- ordered, first-match conditional branches -----------------------------------------------------
+# -- ordered, first-match conditional branches ----------------------------------------------------
 
 
 def branches() -> Built:
@@ -265,6 +265,44 @@ def random_walk_oracle(inp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"pos": np.cumsum(steps, axis=1)}
 
 
+# -- GAE over (env, step): a backward recurrence whose last step is its own op over (b,) ----------
+
+GAE_LAMBDA = 0.8
+
+
+def gae() -> Built:
+    with tj.Program() as p:
+        b, t = p.dims("b t")
+        T = t.bound
+        reward = tj.input("reward", (), jnp.float32, domain=(b, t))
+        value = tj.input("value", (), jnp.float32, domain=(b, t)) * 1.0
+        delta = tj.placeholder((), jnp.float32, domain=(b, t))
+        delta[b, T - 1] = reward[b, T - 1] - value[b, T - 1]
+        delta[True] = reward + GAMMA * value[b, t + 1] - value
+        adv = tj.placeholder((), jnp.float32, domain=(b, t))
+        adv[b, T - 1] = delta[b, T - 1]
+        adv[True] = delta + GAMMA * GAE_LAMBDA * adv[b, t + 1]
+        p.output("adv", adv[0 : b.bound, 0:T])
+    rng = _rng(9)
+    inputs = {
+        "reward": rng.normal(size=(3, 9)).astype(np.float32),
+        "value": rng.normal(size=(3, 9)).astype(np.float32),
+    }
+    return p, {b.bound: 3, T: 9}, inputs
+
+
+def gae_oracle(inp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    r, v = inp["reward"], inp["value"]
+    nxt = np.concatenate([v[:, 1:], np.zeros_like(v[:, :1])], axis=1)
+    delta = r + GAMMA * nxt - v
+    adv = np.zeros_like(r)
+    acc = np.zeros(r.shape[0], np.float32)
+    for k in reversed(range(r.shape[1])):
+        acc = delta[:, k] + GAMMA * GAE_LAMBDA * acc
+        adv[:, k] = acc
+    return {"adv": adv}
+
+
 CASES = [
     Case("running_sum", running_sum, running_sum_oracle),
     Case("fibonacci", fibonacci, fibonacci_oracle),
@@ -276,4 +314,5 @@ CASES = [
     Case("attention", attention, attention_oracle),
     Case("branches", branches, branches_oracle),
     Case("random_walk", random_walk, random_walk_oracle),
+    Case("gae", gae, gae_oracle),
 ]

@@ -7,6 +7,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import jax
+
 from .._ir.errors import DefinitionError, ForeignSymbolError, OutputError, TempoError
 from .._ir.expr import Symbol
 from .._ir.program import Edge, Op, Output, TensorSpec
@@ -46,6 +48,7 @@ class Program:
         self._params: list[RecurrentTensor] = []  # tj.param leaves, for `loss.backward()`
         self._grads: dict[tuple[int, int], RecurrentTensor] = {}  # (op, out) -> its gradient
         self._tokens: list[contextvars.Token[Program | None]] = []
+        self._trees: dict[str, tuple[Any, tuple[str, ...]]] = {}  # pytree outputs
 
     # -- context management --------------------------------------------------------------------
     def __enter__(self) -> Program:
@@ -126,13 +129,33 @@ class Program:
             raise TempoError(f"two inputs are named {name!r}{describe(source)}; names must differ")
         self._input_names.add(name)
 
-    def output(self, name: str, value: RecurrentTensor) -> None:
-        """Name a program output: ``value`` stacked over its domain (domain dims first)."""
-        from .tensor import RecurrentTensor, as_tensor
+    def output(self, name: str, value: Any) -> None:
+        """Name a program output: ``value`` stacked over its domain (domain dims first).
+
+        ``value`` may be a pytree of tensors (e.g. flax params): the output is then the same
+        pytree of arrays.
+        """
+        from .tensor import RecurrentTensor
 
         source = capture_source()
-        if any(out.name == name for out in self._outputs):
+        if any(out.name == name for out in self._outputs) or name in self._trees:
             raise OutputError(f"two outputs are named {name!r}{describe(source)}")
+        if not isinstance(value, RecurrentTensor):
+            paths, treedef = jax.tree_util.tree_flatten_with_path(
+                value, is_leaf=lambda x: isinstance(x, RecurrentTensor)
+            )
+            if not (len(paths) == 1 and not paths[0][0]):  # a pytree, not a single leaf
+                names = []
+                for path, leaf in paths:
+                    names.append(name + jax.tree_util.keystr(path))
+                    self._output_leaf(names[-1], leaf, source)
+                self._trees[name] = (treedef, tuple(names))
+                return
+        self._output_leaf(name, value, source)
+
+    def _output_leaf(self, name: str, value: Any, source: SourceInfo) -> None:
+        from .tensor import RecurrentTensor, as_tensor
+
         if not isinstance(value, RecurrentTensor):
             value = as_tensor(value, program=self)
         if value.program is not self:
@@ -155,7 +178,8 @@ class Program:
                 f"program {self.name!r} has no outputs; name at least one with "
                 "`p.output(name, tensor)`."
             )
-        return verify(IRProgram(tuple(self._dims), ops, tuple(self._outputs)))
+        trees = tuple((name, tree, leaves) for name, (tree, leaves) in self._trees.items())
+        return verify(IRProgram(tuple(self._dims), ops, tuple(self._outputs), trees))
 
     def compile(self, bounds: Mapping[Any, int], *, donate_inputs: bool = False) -> Any:
         """Schedule the program and lower it to one pure JAX function (a ``Compiled``).

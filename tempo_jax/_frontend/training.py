@@ -71,8 +71,9 @@ def grad_of(rt: RecurrentTensor) -> RecurrentTensor:
     found = rt.program._grads.get((rt._m.op, rt._m.out))
     if found is None or rt.is_view:
         raise TempoError(
-            f"`{rt.name}.grad` is not defined: call `loss.backward()` after declaring `{rt.name}` "
-            "with `tj.param(...)`, or use `tj.grad(loss, wrt=[...])`."
+            f"`{rt.name}.grad`{describe(capture_source())} is not defined: call "
+            f"`loss.backward()` after declaring `{rt.name}` with `tj.param(...)`, or use "
+            "`tj.grad(loss, wrt=[...])`."
         )
     return found
 
@@ -110,7 +111,7 @@ def param(
         params = tj.param(model.init(key, x), domain=(i,))   # same pytree, tensor leaves
     """
     source = capture_source()
-    program = active_program("tj.param")
+    active_program("tj.param")
     if isinstance(domain, Symbol):
         domain = (domain,)
     domain = tuple(domain)

@@ -20,6 +20,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 from .expr import (
@@ -162,11 +163,25 @@ class Output:
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-    """An immutable SDG. ``dims`` are the program's domain dims in declaration order."""
+    """An immutable SDG. ``dims`` are the program's domain dims in declaration order.
+
+    ``trees`` names outputs that are pytrees: ``(name, treedef, leaf output names)``.
+    """
 
     dims: tuple[Symbol, ...]
     ops: tuple[Op, ...]
     outputs: tuple[Output, ...]
+    trees: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()
+
+    def assemble(self, results: dict[str, Any]) -> dict[str, Any]:
+        """``results`` with the leaves of each pytree output put back into their pytree."""
+        if not self.trees:
+            return results
+        results = dict(results)
+        for name, treedef, leaves in self.trees:
+            values = [results.pop(leaf) for leaf in leaves]
+            results[name] = jax.tree_util.tree_unflatten(treedef, values)
+        return results
 
     def replace(self, **changes: Any) -> Program:
         return dataclasses.replace(self, **changes)

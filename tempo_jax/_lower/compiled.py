@@ -105,7 +105,7 @@ class Compiled:
         return inputs
 
     def __call__(self, **inputs: Any) -> dict[str, Any]:
-        return self._jitted(*self._bind(inputs))
+        return self.program.assemble(self._jitted(*self._bind(inputs)))
 
     def jaxpr(self, **inputs: Any) -> Any:
         """The jaxpr of the whole program (inputs default to zeros of the declared shapes)."""

@@ -279,10 +279,10 @@ class TreeLowering:
         for k, edge in enumerate(op.inputs):
             if active is not None and k != active:
                 values.append(None)  # a branch this piece of the loop never takes
-            elif (node, k) in self.plan.local:
+            elif (id(node), k) in self.plan.local:
                 values.append(local[edge.src][edge.out])
-            elif (node, k) in self.plan.window:
-                values.append(buffers[(edge.src, edge.out, RING)][self.plan.window[(node, k)]])
+            elif (id(node), k) in self.plan.window:
+                values.append(buffers[(edge.src, edge.out, RING)][self.plan.window[(id(node), k)]])
             else:
                 values.append(self.read(edge, env, buffers, op.domain))
         return values

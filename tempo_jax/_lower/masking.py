@@ -53,6 +53,7 @@ _ELEMENTWISE = frozenset(
         "acos",
         "acosh",
         "add",
+        "add_any",
         "and",
         "asin",
         "asinh",

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from .._ir.expr import Const, Expr, Slice, Symbol, substitute
+from .._ir.expr import Const, Expr, Slice, Symbol, substitute, symbols_of
 from .._ir.program import Program
 from .._ir.simplify import simplify
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
 
-Read = tuple[Exec, int]  # (the executing node, the index of the op's input edge)
+Read = tuple[int, int]  # (id of the executing node: equal execs in two loops differ, input edge)
 
 
 @dataclasses.dataclass
@@ -48,19 +48,35 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
             plan.captured.add(out.name)
         else:
             plan.buffered.add((out.edge.src, out.edge.out))
-    _plan(program, tree, None, plan)
+    seen: dict[int, int] = {}
+    for ex in _all_execs(tree):
+        seen[ex.op] = seen.get(ex.op, 0) + 1
+    split = frozenset(op for op, n in seen.items() if n > 1)  # ops the schedule runs in pieces
+    _plan(program, tree, None, plan, split)
     return plan
 
 
-def _plan(program: Program, node: Node, loop: Loop | None, plan: StoragePlan) -> None:
+def _all_execs(node: Node) -> list[Exec]:
+    if isinstance(node, Exec):
+        return [node]
+    if isinstance(node, Loop | Guard):
+        return _all_execs(node.body)
+    if isinstance(node, Sequence):
+        return [ex for child in node.children for ex in _all_execs(child)]
+    return []
+
+
+def _plan(
+    program: Program, node: Node, loop: Loop | None, plan: StoragePlan, split: frozenset[int]
+) -> None:
     """Plan the reads of the execs reached from ``node`` without entering a loop, then plan
     each loop reached the same way (``loop`` is the loop whose body ``node`` is, if any)."""
     if isinstance(node, Loop):
-        _plan(program, node.body, node, plan)
+        _plan(program, node.body, node, plan, split)
         return
-    _plan_sequence(program, _flatten(node, ()), loop, plan)
+    _plan_sequence(program, _flatten(node, ()), loop, plan, split)
     for inner in _inner_loops(node):
-        _plan(program, inner, None, plan)
+        _plan(program, inner, None, plan, split)
 
 
 Context = tuple[int, ...]  # the guards and sequences around an exec, innermost last
@@ -94,7 +110,11 @@ def _inner_loops(node: Node) -> list[Loop]:
 
 
 def _plan_sequence(
-    program: Program, flat: list[tuple[Exec, Context]], loop: Loop | None, plan: StoragePlan
+    program: Program,
+    flat: list[tuple[Exec, Context]],
+    loop: Loop | None,
+    plan: StoragePlan,
+    split: frozenset[int],
 ) -> None:
     """Plan the reads of the execs of one loop body (or of the top level when no ``loop``).
 
@@ -114,15 +134,15 @@ def _plan_sequence(
             target = tuple(simplify(substitute(item, at)) for item in edge.index)
             earlier = edge.src in points and position[edge.src] < k
             if earlier and points[edge.src] == target and contexts[edge.src] == contexts[ex.op]:
-                plan.local.add((ex, j))
+                plan.local.add((id(ex), j))
                 continue
             distance = _distance(loop, points.get(edge.src), target, earlier)
-            if distance is None:
+            if distance is None or edge.src in split:  # a ring does not cross loops
                 plan.buffered.add((edge.src, edge.out))
                 continue
             # A producer that already ran this iteration has shifted its ring by one.
             slot = distance - 1 + earlier
-            plan.window[(ex, j)] = slot
+            plan.window[(id(ex), j)] = slot
             depths = plan.rings.setdefault(loop, {})
             key = (edge.src, edge.out)
             depths[key] = max(depths.get(key, 0), slot + 1)
@@ -137,9 +157,10 @@ def _distance(
         return None
     if any(isinstance(item, Slice) for item in target):
         return None  # a range: stored in full
-    if produced == target:
-        return 0 if earlier else None
     var: Symbol = loop.var
+    if produced == target:  # this iteration, unless the point is one the loop does not walk
+        walks = any(var in symbols_of(item) for item in produced)
+        return 0 if earlier and walks else None
     for p_item, t_item in zip(produced, target, strict=True):
         gap = simplify(p_item - t_item)
         if isinstance(gap, Const) and gap.value != 0:

@@ -57,10 +57,10 @@ from .._ir.expr import (
 )
 from .._ir.program import Edge, Op, Payload, TensorSpec, read_spec
 from .._ir.program import Program as IRProgram
-from .._schedule.domains import defined_domains
-from .._schedule.isl_convert import domain_set, isl_context, set_to_conjuncts
 from .._ir.simplify import _linear, simplify
 from .._ir.source import SourceInfo, describe
+from .._schedule.domains import defined_domains
+from .._schedule.isl_convert import domain_set, isl_context, set_to_conjuncts
 
 if TYPE_CHECKING:
     from .._frontend.program import Program as FrontProgram
@@ -118,7 +118,10 @@ class _Backward:
         targets: dict[Key, int] = {}
         for k, w in enumerate(self.wrt):
             if not isinstance(w, RecurrentTensor) or w.program is not self.program:
-                raise TempoError(f"{where}: `wrt` must hold tensors of the loss's program")
+                raise TempoError(
+                    f"{where}: `wrt` holds {getattr(w, 'name', repr(w))}, which is not a tensor "
+                    "of the loss's program"
+                )
             if w.is_view:
                 raise TempoError(
                     f"{where}: `{w.name}` is an indexed view; differentiate with respect to the "
@@ -516,7 +519,7 @@ class _Backward:
         """Per consumer point, its range cotangent placed at the producer positions it read."""
         bounds = [producer.domain[pos].bound for pos, _ in embeds]
         slices = [item for _, item in embeds]
-        spec = self.ops[read.ct[0]].outputs[read.ct[1]]
+        spec = self.program.op(read.ct[0]).outputs[read.ct[1]]
         where = f"the gradient of `{read.edge.describe(producer.name)}`{describe(read.edge.source)}"
 
         def embed(env: Any, value: Any) -> tuple[Any]:
@@ -657,7 +660,8 @@ def _conjunction(conds: list[Expr]) -> Expr:
 
 
 def _trivially_true(cond: Expr) -> bool:
-    """Whether every point of a box satisfies ``cond``: ``d >= c`` (c <= 0), ``d <= D - c`` (c >= 1)."""
+    """Whether every point of a box satisfies ``cond``: ``d >= c`` (c <= 0), ``d <= D + c``
+    (c >= -1)."""
     if not isinstance(cond, Cmp) or not isinstance(cond.a, Symbol) or cond.a.is_bound:
         return False
     d = cond.a

@@ -48,7 +48,7 @@ def run(
     interpreter = _Interpreter(ir, env, arrays)
     results = interpreter.outputs()
     interpreter.sinks()
-    return results
+    return ir.assemble(results)
 
 
 class _Interpreter:

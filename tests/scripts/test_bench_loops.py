@@ -15,6 +15,7 @@ def test_workloads_agree_and_rows_are_complete(tmp_path) -> None:
             "running_sum": {},
             "ema": {"width": 8, "decay": 0.5},
             "rnn": {"layers": 2, "hidden": 4},
+            "rnn_grad": {"layers": 2, "hidden": 4},
         },
     }
     rows = bench_loops.run(config)  # asserts agreement of tempo_jax and lax.scan per workload

@@ -1,0 +1,29 @@
+"""The README's training example runs as printed and trains."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pathlib
+import re
+
+import numpy as np
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _block_after(heading: str) -> str:
+    text = README.read_text()
+    section = text[text.index(heading) :]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None
+    return match.group(1)
+
+
+def test_training_example_runs_and_recovers_the_weights() -> None:
+    scope: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(_block_after("## Training"), "README.md", "exec"), scope)
+    out = scope["out"]
+    np.testing.assert_allclose(np.asarray(out["w"]), [2.0, -1.0], atol=1e-2)
+    assert float(out["loss"][-1]) < 1e-3 < float(out["loss"][0])
