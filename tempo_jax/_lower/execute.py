@@ -68,6 +68,13 @@ class TreeLowering:
         for out in program.outputs:
             if out.name in self.plan.captured:
                 self.captures.setdefault((out.edge.src, out.edge.out), []).append(out)
+        # a value read after its loop at one point only: captured like a one-point output
+        self.held: dict[tuple[int, int], Output] = {}
+        for (src, k), index in self.plan.held.items():
+            spec = program.op(src).outputs[k]
+            held = Output(f"@held{src}.{k}", (), Edge(src, k, index), spec)
+            self.held[(src, k)] = held
+            self.captures.setdefault((src, k), []).append(held)
         # merge op -> its one active branch (-1: none); captured output name -> 0/1
         self.branches: dict[int | str, int] = {}
 
@@ -82,11 +89,11 @@ class TreeLowering:
                 if (op.id, k) not in self.plan.buffered or (op.id, k) in self.placed:
                     continue  # point or window storage, or allocated by an Alloc node
                 buffers[(op.id, k)] = self._zeros(op.id, k)
-        for out in self.program.outputs:
-            if out.name in self.plan.captured:
-                producer = self.program.op(out.edge.src)
-                spec = producer.outputs[out.edge.out]
-                buffers[_capture(out)] = jnp.zeros(self.shape(spec, producer.domain), spec.dtype)
+        captured = [o for o in self.program.outputs if o.name in self.plan.captured]
+        for out in captured + list(self.held.values()):
+            producer = self.program.op(out.edge.src)
+            spec = producer.outputs[out.edge.out]
+            buffers[_capture(out)] = jnp.zeros(self.shape(spec, producer.domain), spec.dtype)
         return buffers
 
     def _zeros(self, op_id: int, out: int) -> jax.Array:
@@ -346,6 +353,9 @@ class TreeLowering:
         A range of symbolic size is gathered at its padded size (``domain`` is the reader's),
         with indices past the buffer clamped: those rows are padding.
         """
+        held = self.held.get((edge.src, edge.out))
+        if held is not None:
+            return buffers[_capture(held)]
         buf = self._buffer(edge, buffers)
         starts, sizes, keep = [], [], []
         for axis, item in enumerate(edge.index):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .._ir.expr import Const, Expr, Slice, Symbol, substitute, symbols_of
+from .._ir.expr import Const, Expr, IndexItem, Slice, Symbol, dims_of, substitute, symbols_of
 from .._ir.program import Program
 from .._ir.simplify import simplify
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
@@ -37,6 +37,11 @@ class StoragePlan:
     rings: dict[Loop, dict[tuple[int, int], int]] = dataclasses.field(default_factory=dict)
     buffered: set[tuple[int, int]] = dataclasses.field(default_factory=set)
     captured: set[str] = dataclasses.field(default_factory=set)  # outputs of one point
+    # (op, out) read after its loop at one constant point only: that value alone is kept
+    held: dict[tuple[int, int], tuple[IndexItem, ...]] = dataclasses.field(default_factory=dict)
+    _after: dict[tuple[int, int], set[tuple[IndexItem, ...]]] = dataclasses.field(
+        default_factory=dict
+    )
 
 
 def plan_storage(program: Program, tree: Node) -> StoragePlan:
@@ -53,6 +58,11 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
         seen[ex.op] = seen.get(ex.op, 0) + 1
     split = frozenset(op for op, n in seen.items() if n > 1)  # ops the schedule runs in pieces
     _plan(program, tree, None, plan, split)
+    for key, points in plan._after.items():
+        if len(points) == 1 and key not in plan.buffered:
+            plan.held[key] = next(iter(points))
+        else:
+            plan.buffered.add(key)
     return plan
 
 
@@ -136,6 +146,9 @@ def _plan_sequence(
             if earlier and points[edge.src] == target and contexts[edge.src] == contexts[ex.op]:
                 plan.local.add((id(ex), j))
                 continue
+            if loop is None and edge.src not in points and _constant_point(target):
+                plan._after.setdefault((edge.src, edge.out), set()).add(target)
+                continue  # decided once every read is known: held, or stored in full
             distance = _distance(loop, points.get(edge.src), target, earlier)
             if distance is None or edge.src in split:  # a ring does not cross loops
                 plan.buffered.add((edge.src, edge.out))
@@ -146,6 +159,10 @@ def _plan_sequence(
             depths = plan.rings.setdefault(loop, {})
             key = (edge.src, edge.out)
             depths[key] = max(depths.get(key, 0), slot + 1)
+
+
+def _constant_point(index: tuple[IndexItem, ...]) -> bool:
+    return not any(isinstance(item, Slice) or dims_of(item) for item in index)
 
 
 def _distance(

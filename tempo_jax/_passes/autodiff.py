@@ -433,10 +433,33 @@ class _Backward:
             if narrowed[1] is not None:
                 hi = simplify(Min(hi, narrowed[1] + 1))
             spans[d] = (lo, hi)
+        ct = read.ct
+        spatial = read_spec(producer, edge).shape[len(embeds) :]
+        if embeds:
+            ct = (self._embed(read, producer, embeds, spatial), 0)
+        # Dims summed over a range free of the producer point (a weight read at every (b, t))
+        # are accumulated by a running sum rather than stored and gathered in full.
+        ct_spec = self.program.op(ct[0]).outputs[ct[1]]
+        src_domain, fixed = read.domain, {}
+        if ct_spec.is_static:
+            for d in reversed(read.domain):
+                if d in determined or d in ranged or fresh[d] in dims_of(mask):
+                    continue
+                lo, hi = spans[d]
+                if dims_of(lo) or dims_of(hi):
+                    continue
+                acc_domain = tuple(x for x in src_domain if x not in fixed)
+                own = tuple(fixed.get(x, x) for x in src_domain)
+                ct = (self._running_sum(ct, own, acc_domain, d, hi, ct_spec), 0)
+                if not (lo == Const(0) and hi == d.bound):  # may be empty for small bounds
+                    conds.append(simplify(lo < hi))
+                src_domain, fixed = acc_domain, {d: lo}
         index: list[IndexItem] = []
         stacked: list[tuple[Symbol, Expr, Expr]] = []  # (consumer dim, lo, hi) per stacked axis
-        for d in read.domain:
-            if d in determined:
+        for d in src_domain:
+            if d in fixed:
+                index.append(fixed[d])
+            elif d in determined:
                 value = determined[d]
                 conds += [_check_lower(value), _check_upper(value, d)]
                 index.append(value)
@@ -446,10 +469,6 @@ class _Backward:
                 stacked.append((d, lo, hi))
         cond = simplify(_conjunction(conds))
 
-        ct = read.ct
-        spatial = read_spec(producer, edge).shape[len(embeds) :]
-        if embeds:
-            ct = (self._embed(read, producer, embeds, spatial), 0)
         spec = producer.outputs[edge.out]
         spec = TensorSpec(spec.shape, spec.dtype)
         points = [producer.domain[pos] for pos, _ in embeds]
@@ -484,6 +503,37 @@ class _Backward:
         if cond == TRUE:
             return (gathered, 0)
         return (self._guarded(producer, edge.out, spec, gathered, cond), 0)
+
+    def _running_sum(
+        self,
+        src: Key,
+        own: tuple[IndexItem, ...],
+        domain: tuple[Symbol, ...],
+        d: Symbol,
+        hi: Expr,
+        spec: TensorSpec,
+    ) -> int:
+        """``acc[d] = src[d] + acc[d + 1]`` from ``acc[hi - 1] = src[hi - 1]``, over ``domain``.
+
+        Reverse order: a backward pass produces cotangents from the last step down.
+        """
+        spec = TensorSpec(spec.shape, spec.dtype)
+        acc = self.program.add_op(
+            kind="merge",
+            name=f"sum_over_{d.name}",
+            domain=domain,
+            inputs=(),
+            outputs=(spec,),
+            source=self.source,
+        )
+        here = Edge(src[0], src[1], own, TRUE, self.source)
+        later = Edge(acc.id, 0, tuple(x + 1 if x == d else x for x in domain), TRUE, self.source)
+        add = self._add_apply(
+            f"sum_over_{d.name}", domain, (here, later), (spec,), lambda a, b: (a + b,)
+        )
+        self.program.add_branch(acc.id, dataclasses.replace(here, cond=simplify(eq(d, hi - 1))))
+        self.program.add_branch(acc.id, Edge(add, 0, domain, TRUE, self.source))
+        return acc.id
 
     def _guarded(self, producer: Op, out: int, spec: TensorSpec, op_id: int, cond: Expr) -> int:
         """``op_id``'s value where ``cond`` holds, zeros elsewhere."""

@@ -390,3 +390,29 @@ def test_flax_mlp_trained_with_adam_comes_back_as_its_pytree() -> None:
     for out in _both(p, {i.bound: iters}, {"x": x, "y": y}):
         assert jax.tree_util.tree_structure(out["params"]) == jax.tree_util.tree_structure(prm)
         jax.tree_util.tree_map(lambda a, b: _close(a, b, 1e-5), out["params"], prm)
+
+
+def test_nnx_state_trained_with_sgd_comes_back_as_a_state() -> None:
+    from flax import nnx
+
+    graphdef, state = nnx.split(nnx.Linear(2, 1, rngs=nnx.Rngs(0)))
+    rng = _rng(16)
+    x = rng.normal(size=(16, 2)).astype(np.float32)
+    y = (x @ np.array([[1.0], [-1.0]])).astype(np.float32)
+    iters = 5
+    with tj.Program() as p:
+        (i,) = p.dims("i")
+        xs, ys = tj.input("x", (16, 2)), tj.input("y", (16, 1))
+        params = tj.param(state, domain=(i,))
+        predict = tj.lift(lambda st, inp: nnx.merge(graphdef, st)(inp))
+        loss = ((predict(params, xs) - ys) ** 2).mean()
+        new = tj.optim.step(optax.sgd(0.1), params, tj.grad(loss, params), over=i)
+        p.output("state", jax.tree_util.tree_map(lambda v: v[i.bound - 1], new, is_leaf=_is_tensor))
+
+    want = state
+    for _ in range(iters):
+        g = jax.grad(lambda s: ((nnx.merge(graphdef, s)(x) - y) ** 2).mean())(want)
+        want = jax.tree_util.tree_map(lambda a, b: a - 0.1 * b, want, g)
+    for out in _both(p, {i.bound: iters}, {"x": x, "y": y}):
+        assert isinstance(out["state"], nnx.State)
+        jax.tree_util.tree_map(lambda a, b: _close(a, b), out["state"], want)
