@@ -15,6 +15,7 @@ from .._ir.errors import MissingBoundError, UnsupportedError
 from .._ir.expr import Expr, Symbol, dims_of
 from .._ir.program import Program
 from .._ir.source import describe
+from .._passes.copies import remove_copies
 from .._schedule.domains import check_reads, defined_domains
 from .._schedule.isl_convert import isl_context, max_over_box
 from .._schedule.scheduler import schedule
@@ -131,6 +132,7 @@ def compile_program(
     """Check, schedule and lower ``program`` for the given static ``bounds``."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
+    program = remove_copies(program)
     env, dynamic = split_dynamic(program, bounds)
     check_static_sizes(program)
     ctx = isl_context()

@@ -492,6 +492,16 @@ class _Backward:
             return (value,)
 
         src = Edge(ct[0], ct[1], tuple(simplify(i) for i in index), TRUE, edge.source)
+        source_domain = self.program.op(ct[0]).domain
+        if (
+            not stacked
+            and not points
+            and cond == TRUE
+            and source_domain == producer.domain
+            and src.index == producer.domain
+            and self.program.op(ct[0]).outputs[ct[1]].shape == spec.shape
+        ):
+            return ct  # the consumer read the producer at its own point: its cotangent as is
         gathered = self._add_apply(
             f"transpose[{edge.describe(producer.name)}]",
             producer.domain,

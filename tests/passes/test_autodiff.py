@@ -138,7 +138,7 @@ def test_rnn_forward_and_backward_are_one_loop_each() -> None:
 
 # -- growing ranges: attention over 0:t+1, windows, suffixes, full ranges -------------------------
 
-ATT_T, ATT_D, WINDOW = 11, 4, 3
+ATT_T, ATT_D, WINDOW = 7, 4, 3
 RANGES = {
     "causal": lambda k: (0, k + 1),
     "window": lambda k: (max(0, k - WINDOW + 1), k + 1),
@@ -250,7 +250,7 @@ def test_returns_via_suffix_read_gradient() -> None:
 
 # -- a PPO-style clipped loss over (b, t) with GAE ------------------------------------------------
 
-B, T_PPO, OBS, ACTIONS = 3, 9, 4, 2
+B, T_PPO, OBS, ACTIONS = 2, 6, 4, 2
 LAM, CLIP = 0.95, 0.2
 
 
