@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from .._ir.expr import Const, Expr, IndexItem, Slice, Symbol, dims_of, substitute, symbols_of
+from .._ir.expr import Const, Expr, IndexItem, Slice, Symbol, substitute, symbols_of
 from .._ir.program import Program
 from .._ir.simplify import simplify
-from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
+from .._schedule.tree import LOOP_SCOPE, Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
 
 Read = tuple[int, int]  # (id of the executing node: equal execs in two loops differ, input edge)
 
@@ -146,11 +146,13 @@ def _plan_sequence(
             if earlier and points[edge.src] == target and contexts[edge.src] == contexts[ex.op]:
                 plan.local.add((id(ex), j))
                 continue
-            if loop is None and edge.src not in points and _constant_point(target):
+            if _constant_point(target):  # one point: captured when produced (legality: before)
                 plan._after.setdefault((edge.src, edge.out), set()).add(target)
                 continue  # decided once every read is known: held, or stored in full
             distance = _distance(loop, points.get(edge.src), target, earlier)
-            if distance is None or edge.src in split:  # a ring does not cross loops
+            # a ring does not cross loops: an op run in several loops is stored in full, unless
+            # the read is of the value it produced this very iteration
+            if distance is None or (edge.src in split and distance > 0):
                 plan.buffered.add((edge.src, edge.out))
                 continue
             # A producer that already ran this iteration has shifted its ring by one.
@@ -162,7 +164,12 @@ def _plan_sequence(
 
 
 def _constant_point(index: tuple[IndexItem, ...]) -> bool:
-    return not any(isinstance(item, Slice) or dims_of(item) for item in index)
+    """Whether ``index`` is one point whatever the loop variables (bounds and constants only)."""
+    return not any(
+        isinstance(item, Slice)
+        or any(not s.is_bound or s.program == LOOP_SCOPE for s in symbols_of(item))
+        for item in index
+    )
 
 
 def _distance(
@@ -181,9 +188,9 @@ def _distance(
     for p_item, t_item in zip(produced, target, strict=True):
         gap = simplify(p_item - t_item)
         if isinstance(gap, Const) and gap.value != 0:
-            distance = gap.value if not loop.reverse else -gap.value
-            if distance < 1:
-                return None
+            # the point produced ``distance`` iterations ago (the loop variable may enter the
+            # point with either sign: ``T - t`` walks down as ``t`` walks up)
+            distance = abs(gap.value)
             step = var - distance if not loop.reverse else var + distance
             shifted = tuple(simplify(substitute(e, {var: step})) for e in produced)
             return distance if shifted == target else None

@@ -136,6 +136,36 @@ def test_rnn_forward_and_backward_are_one_loop_each() -> None:
     assert jaxpr.count("scan[") + jaxpr.count("while[") == 2
 
 
+def test_a_weight_gradient_is_accumulated_not_stored_per_step() -> None:
+    """W is read at every t: its gradient is a running sum over t, not a (T, D, D) buffer."""
+    steps, d = 256, 32
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (d,), domain=(t,))
+        w = tj.input("w", (d, d))
+        h = tj.placeholder((d,), domain=(t,))
+        h[0] = tj.tanh(x[0] @ w)
+        h[t + 1] = tj.tanh(x[t + 1] + h[t] @ w)
+        (g,) = tj.grad((h**2).mean(), [w])
+        p.output("g", g)
+    compiled = p.compile({t.bound: steps})
+    temp = compiled.lower().compile().memory_analysis().temp_size_in_bytes
+    assert temp < steps * d * d * 4 / 4, temp  # a quarter of one per-step gradient buffer
+    rng = _rng(17)
+    xs = rng.normal(size=(steps, d)).astype(np.float32)
+    w0 = (rng.normal(size=(d, d)) * d**-0.5).astype(np.float32)
+
+    def oracle(w: Any) -> Any:
+        def step(h: Any, xi: Any) -> Any:
+            h = jnp.tanh(xi + h @ w)
+            return h, (h**2).mean()
+
+        h0 = jnp.tanh(xs[0] @ w)
+        return (h0**2).mean() + jax.lax.scan(step, h0, xs[1:])[1].sum()
+
+    _close(compiled(x=xs, w=w0)["g"], jax.grad(oracle)(w0), 1e-4)
+
+
 # -- growing ranges: attention over 0:t+1, windows, suffixes, full ranges -------------------------
 
 ATT_T, ATT_D, WINDOW = 7, 4, 3
