@@ -83,7 +83,10 @@ class Payload:
     ``pads_ok``: the function is exact on inputs whose symbolic-size axes are padded with
     arbitrary rows past the point's size (it masks them itself), so the compiled program calls
     it directly rather than through the masked evaluation. ``differentiable``: gradients flow
-    through it (``detach`` clears it).
+    through it (``detach`` clears it). ``accumulates``: its one input is a read of a box of
+    points with constant ends that it only sums over the stacked axes (and is exact when given
+    that sum with each stacked axis of size 1), so the compiled program may keep a running
+    sum updated wherever the producer runs instead of storing the points.
     """
 
     fn: Callable[..., tuple[Any, ...]]
@@ -91,6 +94,7 @@ class Payload:
     uses_point: bool = False
     pads_ok: bool = False
     differentiable: bool = True
+    accumulates: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

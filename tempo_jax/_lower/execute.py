@@ -39,6 +39,7 @@ from .storage import iteration_execs, plan_storage
 Buffers = dict[tuple, jax.Array]  # (op id, output) -> full buffer; (op, output, RING) -> window
 RING = 1  # third key element of a window ring carried by a loop
 CAPTURE = 2  # third key element of the one value of a one-point output
+ACCUMULATE = 3  # third key element of the running sum of an accumulated value
 MAX_PIECES = 8  # a loop is split at most this many ways to take guards out of its body
 Piece = tuple[Any, Any, Node, dict]  # start, stop, body, resolved merge branches and captures
 Env = Mapping[Symbol, Any]  # symbol -> Python int (bounds) or traced int32 (dims, loop vars)
@@ -89,6 +90,10 @@ class TreeLowering:
                 if (op.id, k) not in self.plan.buffered or (op.id, k) in self.placed:
                     continue  # point or window storage, or allocated by an Alloc node
                 buffers[(op.id, k)] = self._zeros(op.id, k)
+        for src, k in self.plan.accumulated:
+            spec = self.program.op(src).outputs[k]
+            shape = self.shape(spec, self.program.op(src).domain)
+            buffers[(src, k, ACCUMULATE)] = jnp.zeros(shape, spec.dtype)
         captured = [o for o in self.program.outputs if o.name in self.plan.captured]
         for out in captured + list(self.held.values()):
             producer = self.program.op(out.edge.src)
@@ -264,6 +269,12 @@ class TreeLowering:
                     here = _same_point(node.point, out.edge.index).evaluate({**self.runtime, **env})
                     new = jnp.where(here, new, buffers[key])
                 buffers[key] = new
+            summed = self.plan.accumulated.get((op.id, k))
+            if summed is not None:  # this point counts if the summed box holds it
+                inside = _inside(summed, point, {**self.runtime, **env})
+                acc = (op.id, k, ACCUMULATE)
+                value_in = jnp.where(inside, jnp.asarray(value, buffers[acc].dtype), 0)
+                buffers[acc] = buffers[acc] + value_in
             ring = (op.id, k, RING)
             if ring in buffers:
                 buffers[ring] = _shift(buffers[ring], value)
@@ -286,6 +297,13 @@ class TreeLowering:
         for k, edge in enumerate(op.inputs):
             if active is not None and k != active:
                 values.append(None)  # a branch this piece of the loop never takes
+            elif op.payload is not None and op.payload.accumulates:
+                slices = sum(isinstance(item, Slice) for item in edge.index)
+                if (edge.src, edge.out) in self.plan.accumulated:  # the sum, one row per axis
+                    acc = buffers[(edge.src, edge.out, ACCUMULATE)]
+                    values.append(acc.reshape((1,) * slices + acc.shape))
+                else:
+                    values.append(self.read(edge, env, buffers, op.domain))
             elif (id(node), k) in self.plan.local:
                 values.append(local[edge.src][edge.out])
             elif (id(node), k) in self.plan.window:
@@ -425,6 +443,18 @@ def _shift(ring: jax.Array, value: Any) -> jax.Array:
 def _capture(out: Output) -> tuple:
     """The buffers key of a captured one-point output."""
     return (out.edge.src, out.edge.out, CAPTURE, out.name)
+
+
+def _inside(index: Sequence_[Any], point: Sequence_[Any], env: Env) -> Any:
+    """Whether ``point`` lies in the box ``index`` reads (slices and points, constant ends)."""
+    inside: Any = True
+    for item, p in zip(index, point, strict=True):
+        if isinstance(item, Slice):
+            held = (p >= item.start.evaluate(env)) & (p < item.stop.evaluate(env))
+        else:
+            held = p == item.evaluate(env)
+        inside = inside & held
+    return inside
 
 
 def _same_point(point: Sequence_[Expr], index: Sequence_[Any]) -> Expr:

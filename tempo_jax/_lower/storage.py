@@ -42,6 +42,13 @@ class StoragePlan:
     _after: dict[tuple[int, int], set[tuple[IndexItem, ...]]] = dataclasses.field(
         default_factory=dict
     )
+    # (op, out) whose only full read is summed by an accumulating op: a running sum is kept
+    accumulated: dict[tuple[int, int], tuple[IndexItem, ...]] = dataclasses.field(
+        default_factory=dict
+    )
+    _summed: dict[tuple[int, int], set[tuple[IndexItem, ...]]] = dataclasses.field(
+        default_factory=dict
+    )
 
 
 def plan_storage(program: Program, tree: Node) -> StoragePlan:
@@ -58,6 +65,11 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
         seen[ex.op] = seen.get(ex.op, 0) + 1
     split = frozenset(op for op, n in seen.items() if n > 1)  # ops the schedule runs in pieces
     _plan(program, tree, None, plan, split)
+    for key, reads in plan._summed.items():
+        if len(reads) == 1 and key not in plan.buffered:
+            plan.accumulated[key] = next(iter(reads))
+        else:
+            plan.buffered.add(key)
     for key, points in plan._after.items():
         if len(points) == 1 and key not in plan.buffered:
             plan.held[key] = next(iter(points))
@@ -141,6 +153,9 @@ def _plan_sequence(
         for j, edge in enumerate(op.inputs):
             if program.op(edge.src).kind == "input":
                 continue
+            if op.payload is not None and op.payload.accumulates:
+                plan._summed.setdefault((edge.src, edge.out), set()).add(edge.index)
+                continue  # decided once every read is known: accumulated, or stored in full
             target = tuple(simplify(substitute(item, at)) for item in edge.index)
             earlier = edge.src in points and position[edge.src] < k
             if earlier and points[edge.src] == target and contexts[edge.src] == contexts[ex.op]:

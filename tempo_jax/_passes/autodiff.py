@@ -269,6 +269,7 @@ class _Backward:
         uses_point: bool = False,
         pads_ok: bool = True,
         source: SourceInfo | None = None,
+        accumulates: bool = False,
     ) -> int:
         op = self.program.add_op(
             kind="apply",
@@ -276,7 +277,7 @@ class _Backward:
             domain=domain,
             inputs=inputs,
             outputs=outputs,
-            payload=Payload(fn, name, uses_point, pads_ok=pads_ok),
+            payload=Payload(fn, name, uses_point, pads_ok=pads_ok, accumulates=accumulates),
             source=source or self.source,
         )
         return op.id
@@ -441,7 +442,17 @@ class _Backward:
         # are accumulated by a running sum rather than stored and gathered in full.
         ct_spec = self.program.op(ct[0]).outputs[ct[1]]
         src_domain, fixed = read.domain, {}
-        if ct_spec.is_static:
+        # A read of one constant box of consumer points, only summed (the usual weight
+        # gradient): the compiled program keeps one accumulator, added to wherever the
+        # producer runs, instead of a scheduled recurrence (see ``Payload.accumulates``).
+        accumulates = (
+            ct_spec.is_static
+            and mask == TRUE
+            and all(not dims_of(v) for v in determined.values())
+            and all(not dims_of(lo) and not dims_of(hi) for lo, hi in spans.values())
+            and any(d not in determined for d in read.domain)
+        )
+        if ct_spec.is_static and not accumulates:
             for d in reversed(read.domain):
                 if d in determined or d in ranged or fresh[d] in dims_of(mask):
                     continue
@@ -509,6 +520,7 @@ class _Backward:
             (spec,),
             gather,
             uses_point=True,
+            accumulates=accumulates,
         )
         if cond == TRUE:
             return (gathered, 0)

@@ -136,34 +136,45 @@ def test_rnn_forward_and_backward_are_one_loop_each() -> None:
     assert jaxpr.count("scan[") + jaxpr.count("while[") == 2
 
 
-def test_a_weight_gradient_is_accumulated_not_stored_per_step() -> None:
-    """W is read at every t: its gradient is a running sum over t, not a (T, D, D) buffer."""
+def test_weight_gradients_are_accumulated_not_stored_per_step() -> None:
+    """Two stacked RNN layers: each weight is read at every t; its gradient is summed as the
+    backward pass runs, never kept as a (T, D, D) buffer of per-step cotangents."""
     steps, d = 256, 32
     with tj.Program() as p:
         (t,) = p.dims("t")
         x = tj.input("x", (d,), domain=(t,))
-        w = tj.input("w", (d, d))
-        h = tj.placeholder((d,), domain=(t,))
-        h[0] = tj.tanh(x[0] @ w)
-        h[t + 1] = tj.tanh(x[t + 1] + h[t] @ w)
-        (g,) = tj.grad((h**2).mean(), [w])
-        p.output("g", g)
+        ws = [tj.input(f"w{k}", (d, d)) for k in range(4)]  # input and recurrent, per layer
+        below = x
+        for w, u in (ws[:2], ws[2:]):
+            h = tj.placeholder((d,), domain=(t,))
+            h[0] = tj.tanh(below[0] @ w)
+            h[t + 1] = tj.tanh(below[t + 1] @ w + h[t] @ u)
+            below = h
+        for k, g in enumerate(tj.grad((below**2).mean(), ws)):
+            p.output(f"g{k}", g)
     compiled = p.compile({t.bound: steps})
     temp = compiled.lower().compile().memory_analysis().temp_size_in_bytes
     assert temp < steps * d * d * 4 / 4, temp  # a quarter of one per-step gradient buffer
     rng = _rng(17)
     xs = rng.normal(size=(steps, d)).astype(np.float32)
-    w0 = (rng.normal(size=(d, d)) * d**-0.5).astype(np.float32)
+    w0 = [(rng.normal(size=(d, d)) * d**-0.5).astype(np.float32) for _ in range(4)]
 
-    def oracle(w: Any) -> Any:
-        def step(h: Any, xi: Any) -> Any:
-            h = jnp.tanh(xi + h @ w)
-            return h, (h**2).mean()
+    def oracle(ws: list) -> Any:
+        below = xs
+        for w, u in (ws[:2], ws[2:]):
 
-        h0 = jnp.tanh(xs[0] @ w)
-        return (h0**2).mean() + jax.lax.scan(step, h0, xs[1:])[1].sum()
+            def step(h: Any, xi: Any, w: Any = w, u: Any = u) -> Any:
+                h = jnp.tanh(xi @ w + h @ u)
+                return h, h
 
-    _close(compiled(x=xs, w=w0)["g"], jax.grad(oracle)(w0), 1e-4)
+            h0 = jnp.tanh(below[0] @ w)
+            below = jnp.concatenate([h0[None], jax.lax.scan(step, h0, below[1:])[1]])
+        return (below**2).mean(axis=1).sum()
+
+    want = jax.grad(oracle)(w0)
+    out = compiled(x=xs, **{f"w{k}": w0[k] for k in range(4)})
+    for k in range(4):
+        _close(out[f"g{k}"], want[k], 1e-4)
 
 
 # -- growing ranges: attention over 0:t+1, windows, suffixes, full ranges -------------------------
