@@ -162,6 +162,7 @@ from ._ir.errors import VerificationError as VerificationError
 from ._ir.expr import Symbol as Symbol
 from ._ir.expr import eq as eq
 from ._ir.expr import ne as ne
+from ._passes.pipeline import Pipeline as Pipeline
 
 RT = RecurrentTensor
 __version__ = "0.1.0"

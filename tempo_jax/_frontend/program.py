@@ -181,7 +181,9 @@ class Program:
         trees = tuple((name, tree, leaves) for name, (tree, leaves) in self._trees.items())
         return verify(IRProgram(tuple(self._dims), ops, tuple(self._outputs), trees))
 
-    def compile(self, bounds: Mapping[Any, int], *, donate_inputs: bool = False) -> Any:
+    def compile(
+        self, bounds: Mapping[Any, int], *, donate_inputs: bool = False, pipeline: Any = None
+    ) -> Any:
         """Schedule the program and lower it to one pure JAX function (a ``Compiled``).
 
         Example: ``f = p.compile(bounds={T: 100}); out = f(x0=x0)`` gives the outputs of
@@ -190,10 +192,13 @@ class Program:
         Every buffer the program needs is allocated inside that one function, once. With
         ``donate_inputs`` the input arrays are donated to it as well: XLA may reuse their
         memory for buffers and outputs, and the caller must not use them after the call.
+
+        ``pipeline`` (a ``tj.Pipeline``) chooses the passes run before scheduling; the
+        default removes dead ops and copies.
         """
         from .._lower.compiled import compile_program  # the back end sits below the front end
 
-        return compile_program(self.to_ir(), bounds, donate_inputs=donate_inputs)
+        return compile_program(self.to_ir(), bounds, donate_inputs=donate_inputs, pipeline=pipeline)
 
     def __repr__(self) -> str:
         dims = " ".join(d.name for d in self._dims)

@@ -15,7 +15,7 @@ from .._ir.errors import MissingBoundError, UnsupportedError
 from .._ir.expr import Expr, Symbol, dims_of
 from .._ir.program import Program
 from .._ir.source import describe
-from .._passes.copies import remove_copies
+from .._passes.pipeline import PassStat, Pipeline
 from .._schedule.domains import check_reads, defined_domains
 from .._schedule.isl_convert import isl_context, max_over_box
 from .._schedule.scheduler import schedule
@@ -28,7 +28,8 @@ class Compiled:
     """A compiled program: a pure function of its inputs returning a dict of arrays.
 
     Call it as ``compiled(**inputs)``, also inside ``jax.jit``, ``jax.vmap`` or any JAX code.
-    ``schedule`` is the loop nest as text; ``stage_seconds`` the compile time per stage.
+    ``schedule`` is the loop nest as text; ``stage_seconds`` the compile time per stage;
+    ``stats`` what each pass of the pipeline did.
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class Compiled:
         self.dynamic = dynamic or {}  # dynamic bound -> max
         self.tree = tree
         self.stage_seconds = stage_seconds
+        self.stats: list[PassStat] = []  # per pass of the pipeline: ops before/after, seconds
         self.schedule = render(tree, program)
         self.donate_inputs = donate_inputs
         self._jitted = jax.jit(self._run, donate_argnums=(0,) if donate_inputs else ())
@@ -127,12 +129,18 @@ class Compiled:
 
 
 def compile_program(
-    program: Program, bounds: Mapping[Any, int], *, donate_inputs: bool = False
+    program: Program,
+    bounds: Mapping[Any, int],
+    *,
+    donate_inputs: bool = False,
+    pipeline: Pipeline | None = None,
 ) -> Compiled:
-    """Check, schedule and lower ``program`` for the given static ``bounds``."""
+    """Run the pass pipeline, then check, schedule and lower ``program`` for ``bounds``."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    program = remove_copies(program)
+    program, stats = (pipeline or Pipeline()).run(program)
+    seconds["passes"] = time.perf_counter() - start
+    start = time.perf_counter()
     env, dynamic = split_dynamic(program, bounds)
     check_static_sizes(program)
     ctx = isl_context()
@@ -141,7 +149,9 @@ def compile_program(
     start = time.perf_counter()
     tree = place_buffers(program, schedule(program))
     seconds["schedule"] = time.perf_counter() - start
-    return Compiled(program, env, tree, seconds, dynamic, donate_inputs)
+    compiled = Compiled(program, env, tree, seconds, dynamic, donate_inputs)
+    compiled.stats = stats
+    return compiled
 
 
 def check_static_sizes(program: Program) -> None:
