@@ -103,6 +103,7 @@ class _Backward:
         self.ops = {op.id: op for op in self.program.recorded_ops()}
         self.contributions: dict[Key, list[Key]] = {}
         self._defined_sets: Any = None
+        self._zeros: dict[TensorSpec, int] = {}
 
     # -- which ops to differentiate ----------------------------------------------------------------
     def run(self) -> list[RecurrentTensor]:
@@ -559,10 +560,11 @@ class _Backward:
 
     def _guarded(self, producer: Op, out: int, spec: TensorSpec, op_id: int, cond: Expr) -> int:
         """``op_id``'s value where ``cond`` holds, zeros elsewhere."""
-        if spec.is_static:
-            zero = np.zeros(spec.shape, spec.dtype)
-            zeros = self._add_apply("zeros", (), (), (spec,), lambda z=zero: (z,))
-            default = Edge(zeros, 0, (), TRUE, self.source)
+        if spec.is_static:  # one zeros op per spec, shared by every guarded contribution
+            if spec not in self._zeros:
+                zero = np.zeros(spec.shape, spec.dtype)
+                self._zeros[spec] = self._add_apply("zeros", (), (), (spec,), lambda z=zero: (z,))
+            default = Edge(self._zeros[spec], 0, (), TRUE, self.source)
         else:  # shaped like the producer's value at the point
             like = Edge(producer.id, out, producer.domain, TRUE, self.source)
             zeros = self._add_apply(
