@@ -69,7 +69,7 @@ class TreeLowering:
         for out in program.outputs:
             if out.name in self.plan.captured:
                 self.captures.setdefault((out.edge.src, out.edge.out), []).append(out)
-        # a value read after its loop at one point only: captured like a one-point output
+        # a value read elsewhere at one constant point only: captured like a one-point output
         self.held: dict[tuple[int, int], Output] = {}
         for (src, k), index in self.plan.held.items():
             spec = program.op(src).outputs[k]

@@ -37,7 +37,8 @@ class StoragePlan:
     rings: dict[Loop, dict[tuple[int, int], int]] = dataclasses.field(default_factory=dict)
     buffered: set[tuple[int, int]] = dataclasses.field(default_factory=set)
     captured: set[str] = dataclasses.field(default_factory=set)  # outputs of one point
-    # (op, out) read after its loop at one constant point only: that value alone is kept
+    # (op, out) read at one constant point only (ring and local reads aside): that value alone
+    # is kept, captured when produced
     held: dict[tuple[int, int], tuple[IndexItem, ...]] = dataclasses.field(default_factory=dict)
     _after: dict[tuple[int, int], set[tuple[IndexItem, ...]]] = dataclasses.field(
         default_factory=dict

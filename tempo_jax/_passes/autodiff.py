@@ -137,7 +137,7 @@ class _Backward:
 
         # placeholders for the gradient of every differentiated tensor
         self.grad_ops: dict[Key, int] = {}
-        for key in sorted(self.needed):
+        for key in sorted(self.needed | set(targets)):  # a target off every path: zero
             op = self.ops[key[0]]
             spec = op.outputs[key[1]]
             name = op.name if len(op.outputs) == 1 else f"{op.name}.{key[1]}"
@@ -174,22 +174,11 @@ class _Backward:
             key = (read.edge.src, read.edge.out)
             self.contributions.setdefault(key, []).append(self._transpose(read))
         for key, grad_op in self.grad_ops.items():
-            total = self._total(key, self.contributions.get(key, []))
-            op = self.ops[key[0]]
-            self.program.add_branch(grad_op, Edge(total, 0, op.domain, TRUE, self.source))
+            self.program.add_branch(grad_op, self._total(key, self.contributions.get(key, [])))
 
         results = []
         for w in self.wrt:
-            key = (w._m.op, w._m.out)
-            if key in self.grad_ops:
-                op_id = self.grad_ops[key]
-            else:  # the loss does not depend on it
-                if not all(isinstance(d, int) for d in w.shape):
-                    raise TempoError(f"{where}: the loss does not depend on `{w.name}`")
-                zeros = np.zeros(w.shape, w.dtype)
-                op_id = self._add_apply(
-                    "zeros", w.domain, (), (TensorSpec(w.shape, w.dtype),), lambda z=zeros: (z,)
-                )
+            op_id = self.grad_ops[(w._m.op, w._m.out)]
             meta = TensorMeta(self.program, op_id, 0, None, w.domain, w.shape, w.dtype, self.source)
             results.append(RecurrentTensor(meta))
         return results
@@ -342,12 +331,15 @@ class _Backward:
             for n, k in enumerate(diff)
         ]
 
-    def _total(self, key: Key, parts: list[Key]) -> int:
+    def _total(self, key: Key, parts: list[Key]) -> Edge:
+        """The sum of a tensor's gradient contributions, read at its own point (zeros: none)."""
         op = self.ops[key[0]]
         spec = op.outputs[key[1]]
         spec = TensorSpec(spec.shape, spec.dtype)
+        if not parts:  # e.g. read on the path only by non-float outputs, or a target off it
+            return self._zeros_edge(op, key[1], spec)
         if len(parts) == 1:
-            return parts[0][0] if parts[0][1] == 0 else self._copy(parts[0], op, spec)
+            return Edge(parts[0][0], parts[0][1], op.domain, TRUE, self.source)
         edges = tuple(Edge(p, o, op.domain, TRUE, self.source) for p, o in parts)
 
         def add_all(*values: Any) -> tuple[Any]:
@@ -356,11 +348,8 @@ class _Backward:
                 total = total + v
             return (total,)
 
-        return self._add_apply(f"sum_grads[{op.name}]", op.domain, edges, (spec,), add_all)
-
-    def _copy(self, part: Key, op: Op, spec: TensorSpec) -> int:
-        edge = Edge(part[0], part[1], op.domain, TRUE, self.source)
-        return self._add_apply("grad", op.domain, (edge,), (spec,), lambda v: (v,))
+        total = self._add_apply(f"sum_grads[{op.name}]", op.domain, edges, (spec,), add_all)
+        return Edge(total, 0, op.domain, TRUE, self.source)
 
     # -- inverting a read ----------------------------------------------------------------------
     def _transpose(self, read: _Read) -> Key:
@@ -560,17 +549,6 @@ class _Backward:
 
     def _guarded(self, producer: Op, out: int, spec: TensorSpec, op_id: int, cond: Expr) -> int:
         """``op_id``'s value where ``cond`` holds, zeros elsewhere."""
-        if spec.is_static:  # one zeros op per spec, shared by every guarded contribution
-            if spec not in self._zeros:
-                zero = np.zeros(spec.shape, spec.dtype)
-                self._zeros[spec] = self._add_apply("zeros", (), (), (spec,), lambda z=zero: (z,))
-            default = Edge(self._zeros[spec], 0, (), TRUE, self.source)
-        else:  # shaped like the producer's value at the point
-            like = Edge(producer.id, out, producer.domain, TRUE, self.source)
-            zeros = self._add_apply(
-                "zeros_like", producer.domain, (like,), (spec,), lambda v: (jnp.zeros_like(v),)
-            )
-            default = Edge(zeros, 0, producer.domain, TRUE, self.source)
         merge = self.program.add_op(
             kind="merge",
             name="grad_part",
@@ -580,8 +558,21 @@ class _Backward:
             source=self.source,
         )
         self.program.add_branch(merge.id, Edge(op_id, 0, producer.domain, cond, self.source))
-        self.program.add_branch(merge.id, default)
+        self.program.add_branch(merge.id, self._zeros_edge(producer, out, spec))
         return merge.id
+
+    def _zeros_edge(self, producer: Op, out: int, spec: TensorSpec) -> Edge:
+        """Zeros like ``producer``'s output ``out``, read at a point of its domain."""
+        if spec.is_static:  # one zeros op per spec, shared by every reader
+            if spec not in self._zeros:
+                zero = np.zeros(spec.shape, spec.dtype)
+                self._zeros[spec] = self._add_apply("zeros", (), (), (spec,), lambda z=zero: (z,))
+            return Edge(self._zeros[spec], 0, (), TRUE, self.source)
+        like = Edge(producer.id, out, producer.domain, TRUE, self.source)  # its shape there
+        zeros = self._add_apply(
+            "zeros_like", producer.domain, (like,), (spec,), lambda v: (jnp.zeros_like(v),)
+        )
+        return Edge(zeros, 0, producer.domain, TRUE, self.source)
 
     def _embed(
         self,

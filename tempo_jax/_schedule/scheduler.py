@@ -125,9 +125,6 @@ def _compute_unshifted(
     ctx = domain.get_ctx()
     ctx.set_schedule_max_constant_term(0)
     sched = _compute(domain, deps, context)
-    if sched is None:  # shifts by one (or by a bound, e.g. a boundary op at T - 1)
-        ctx.set_schedule_max_constant_term(1)
-        sched = _compute(domain, deps, context)
     if sched is None:
         ctx.set_schedule_max_constant_term(-1)  # no limit: shifts where legality needs them
         sched = _compute(domain, deps, context)

@@ -457,3 +457,28 @@ def test_nnx_state_trained_with_sgd_comes_back_as_a_state() -> None:
     for out in _both(p, {i.bound: iters}, {"x": x, "y": y}):
         assert isinstance(out["state"], nnx.State)
         jax.tree_util.tree_map(lambda a, b: _close(a, b), out["state"], want)
+
+
+def test_zero_gradients_off_the_path_and_through_integer_outputs() -> None:
+    """``v`` is not read by the loss; ``w`` reaches it only through an argmax (no derivative)."""
+    steps = 4
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (3,), domain=(t,))
+        w = tj.param(jnp.asarray([0.5, -1.0, 2.0]))
+        v = tj.param(jnp.asarray([1.0, 1.0]))
+        pick = tj.argmax(x * w)
+        loss = (x * tj.one_hot(pick, 3)).sum() ** 2
+        gw, gv = tj.grad(loss, [w, v])
+        p.output("gw", gw)
+        p.output("gv", gv)
+    xs = _rng(18).normal(size=(steps, 3)).astype(np.float32)
+
+    def oracle(w: Any, v: Any) -> Any:
+        pick = jnp.argmax(xs * w, axis=1)
+        return ((xs * jax.nn.one_hot(pick, 3)).sum(1) ** 2).sum() + 0.0 * v.sum()
+
+    want = jax.grad(oracle, argnums=(0, 1))(jnp.asarray([0.5, -1.0, 2.0]), jnp.ones(2))
+    for out in _both(p, {t.bound: steps}, {"x": xs}):
+        _close(out["gw"], want[0])
+        _close(out["gv"], want[1])
