@@ -146,12 +146,21 @@ class Op:
 
 @dataclasses.dataclass(frozen=True)
 class Output:
-    """A named program output: the read ``edge`` stacked over ``domain`` (dims first)."""
+    """A named program output: the read ``edge`` stacked over ``domain`` (dims first).
+
+    ``perm``, when set, transposes the stacked array (a pass that turned a domain dim into an
+    array axis puts that axis back where the user's output had it).
+    """
 
     name: str
     domain: tuple[Symbol, ...]
     edge: Edge
     spec: TensorSpec
+    perm: tuple[int, ...] | None = None
+
+    def arrange(self, array: Any) -> Any:
+        """The stacked array in the output's layout (``perm`` applied)."""
+        return array if self.perm is None else array.transpose(self.perm)
 
     def reader(self, op_id: int) -> Op:
         """A stand-in op for the output's read, to check or analyse it like any consumer."""
@@ -170,12 +179,15 @@ class Program:
     """An immutable SDG. ``dims`` are the program's domain dims in declaration order.
 
     ``trees`` names outputs that are pytrees: ``(name, treedef, leaf output names)``.
+    ``dynamic`` holds the bounds given per call (``tj.dynamic``), set when compiling: passes
+    that need a bound's value at trace time leave their dims alone.
     """
 
     dims: tuple[Symbol, ...]
     ops: tuple[Op, ...]
     outputs: tuple[Output, ...]
     trees: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()
+    dynamic: frozenset[Symbol] = frozenset()
 
     def assemble(self, results: dict[str, Any]) -> dict[str, Any]:
         """``results`` with the leaves of each pytree output put back into their pytree."""

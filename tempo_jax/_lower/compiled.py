@@ -138,10 +138,11 @@ def compile_program(
     """Run the pass pipeline, then check, schedule and lower ``program`` for ``bounds``."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
+    env, dynamic = split_dynamic(program, bounds)
+    program = program.replace(dynamic=frozenset(dynamic))
     program, stats = (pipeline or Pipeline()).run(program)
     seconds["passes"] = time.perf_counter() - start
     start = time.perf_counter()
-    env, dynamic = split_dynamic(program, bounds)
     check_static_sizes(program)
     ctx = isl_context()
     check_reads(program, ctx, defined_domains(program, ctx))

@@ -322,7 +322,10 @@ class TreeLowering:
             result = jnp.zeros(self.shape(spec, op.domain), spec.dtype)
             active = self.branches.get(op.id)
             if active is not None:  # the same branch over this whole piece of the loop
-                return (result if active < 0 else jnp.asarray(values[active], spec.dtype),)
+                if active < 0:
+                    return (result,)
+                value = jnp.asarray(values[active], spec.dtype)
+                return (jnp.broadcast_to(value, result.shape),)  # a vectorised merge broadcasts
             for edge, value in reversed(list(zip(op.inputs, values, strict=True))):
                 result = jnp.where(edge.cond.evaluate(env), value, result)  # first match wins
             return (result,)
@@ -404,10 +407,10 @@ class TreeLowering:
     def output(self, out: Output, buffers: Buffers) -> jax.Array:
         """An output: its read at every point of its domain, domain dims first."""
         if out.name in self.plan.captured:
-            return buffers[_capture(out)].astype(out.spec.dtype)
+            return out.arrange(buffers[_capture(out)].astype(out.spec.dtype))
         shape = tuple(self.bounds[d.bound] for d in out.domain)
         if not shape:
-            return self.read(out.edge, self.runtime, buffers, ())
+            return out.arrange(self.read(out.edge, self.runtime, buffers, ()))
         grid = np.indices(shape).reshape(len(shape), -1)
 
         def at(*coords: Any) -> jax.Array:
@@ -415,7 +418,7 @@ class TreeLowering:
             return self.read(out.edge, env, buffers, out.domain)
 
         values = jax.vmap(at)(*(jnp.asarray(row, jnp.int32) for row in grid))
-        return values.reshape(shape + values.shape[1:]).astype(out.spec.dtype)
+        return out.arrange(values.reshape(shape + values.shape[1:]).astype(out.spec.dtype))
 
 
 def _direct_guards(body: Node) -> list[Guard]:

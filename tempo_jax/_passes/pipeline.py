@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from .._ir.program import Program
 from .copies import remove_copies
+from .vectorize import vectorize
 
 Pass = Callable[[Program], Program]
 
@@ -47,7 +48,7 @@ class PassStat:
     seconds: float
 
 
-DEFAULT_PASSES: tuple[Pass, ...] = (dead_ops, remove_copies)
+DEFAULT_PASSES: tuple[Pass, ...] = (dead_ops, remove_copies, vectorize)
 
 
 @dataclasses.dataclass(frozen=True)

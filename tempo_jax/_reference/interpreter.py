@@ -72,7 +72,7 @@ class _Interpreter:
                 array = jnp.stack(values).reshape(shape + spatial)
             else:
                 array = jnp.zeros(shape + spatial, out.spec.dtype)
-            results[out.name] = array.astype(out.spec.dtype)
+            results[out.name] = out.arrange(array.astype(out.spec.dtype))
         return results
 
     def sinks(self) -> None:
@@ -168,7 +168,8 @@ class _Interpreter:
             return (self.arrays[op.name][point],)
         if op.kind == "merge":
             edge = next(e for e in op.inputs if e.cond.evaluate(env))
-            return (self._gather(edge, env, op.name),)
+            value = self._gather(edge, env, op.name)  # a branch may broadcast (vectorised merge)
+            return (jnp.broadcast_to(value, op.outputs[0].concrete_shape(env)),)
         values = [self._gather(edge, env, op.name) for edge in op.inputs]
         assert op.payload is not None
         result = op.payload.fn(env, *values) if op.payload.uses_point else op.payload.fn(*values)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import tempo_jax as tj
+from tempo_jax._passes.vectorize import vectorize
 from tests.corpus import CASES, Case
 
 
@@ -60,10 +61,14 @@ def test_a_recurrence_is_one_loop() -> None:
 
 def test_two_dims_are_two_nested_loops() -> None:
     program, bounds, inputs = CASES[[c.name for c in CASES].index("linear_regression")].build()
-    compiled = program.compile(bounds=bounds)
+    unvectorised = tj.Pipeline(passes=tuple(p for p in tj.Pipeline().passes if p is not vectorize))
+    compiled = program.compile(bounds=bounds, pipeline=unvectorised)
     loops = _loops(compiled.jaxpr(**inputs).jaxpr)
     assert max(depth for depth, _ in loops) == 1  # a t loop inside the i loop
     assert "for i in" in compiled.schedule and "    for t in" in compiled.schedule
+    vectorised = program.compile(bounds=bounds)  # t carries no dependence: an array axis
+    assert [depth for depth, _ in _loops(vectorised.jaxpr(**inputs).jaxpr)] == [0]
+    assert "for t in" not in vectorised.schedule
 
 
 def test_a_backward_recurrence_runs_in_reverse() -> None:

@@ -1,0 +1,364 @@
+"""Vectorisation: a domain dim with no dependence along it becomes an array axis.
+
+For each dim ``d`` of the program (in declaration order) the pass picks the group of ops that
+can compute all of ``d`` at once, and rewrites them: ``d`` leaves their domain, their values
+gain a leading axis of size ``d.bound``, and their payloads run under ``jax.vmap``. The loop
+over ``d`` disappears for the group (``x[b, t] = f(x[b, t-1])`` becomes a recurrence over
+``t`` of ``(B, ...)`` values).
+
+An op belongs to the group when
+
+- it is an ``apply`` or ``merge`` op over ``d`` whose values have a fixed shape over the
+  domain (no range that grows with a dim), and not an accumulating transpose;
+- every read it makes of an op over ``d`` is at ``d`` itself (``x[b, t-1]``: yes;
+  ``x[b-1, t]``, ``x[0:b, t]``: a dependence along ``d``, no), and no other index item or
+  condition mentions ``d``; a merge reads no range of an op over ``d``;
+- nothing reads a part of its ``d`` axis other than a point or the whole (``x[0:b]``);
+- no op of its dependence cycle (strongly connected component of the op graph) fails these
+  conditions: a recurrence along ``d`` keeps its whole cycle a loop.
+
+Reads are rewritten to match: a group op reading a group op at ``d`` drops the index item; a
+group op reading another op over ``d`` reads the whole range ``0:d.bound`` instead; an op
+outside the group (or a sink) reading a point of a group op reads the whole axis through a
+*pick* op; a program output puts the axis back in place with ``Output.perm``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._ir.expr import TRUE, Const, IndexItem, Slice, Symbol, dims_of, symbols_of
+from .._ir.program import Edge, Op, Output, Payload, Program, TensorSpec, read_spec
+from .._ir.simplify import simplify
+from .picks import next_id, pick_payload
+
+
+def vectorize(program: Program) -> Program:
+    """``program`` with every dim it can vectorise turned into array axes (module docstring)."""
+    for dim in program.dims:
+        if dim.bound not in program.dynamic:  # the axis size must be known when tracing
+            program = _vectorize_dim(program, dim)
+    return program
+
+
+def _vectorize_dim(program: Program, d: Symbol) -> Program:
+    group = _group(program, d)
+    if not group:
+        return program
+    return _Rewrite(program, d, group).run()
+
+
+# -- which ops ------------------------------------------------------------------------------------
+
+
+def _group(program: Program, d: Symbol) -> set[int]:
+    """The ops that compute all of ``d`` at once (see the module docstring)."""
+    over = {op.id for op in program.ops if d in op.domain}
+    partial = _partially_read(program, d)
+    bad = {op.id for op in program.ops if op.id in over and not _eligible(program, op, d)}
+    bad |= partial & over
+    group = over - bad
+    components = _components(program)
+    for component in components:
+        if component & bad:
+            group -= component
+    return _useful(program, d, group, components)
+
+
+def _useful(program: Program, d: Symbol, group: set[int], components: list[set[int]]) -> set[int]:
+    """``group`` without the ops whose every read is a point of ``d`` taken outside the group:
+    those readers loop over ``d`` anyway, and would only pick from the vector."""
+    readers: dict[int, list[tuple[int | None, Edge]]] = {op.id: [] for op in program.ops}
+    for op in program.ops:
+        for edge in op.inputs:
+            readers[edge.src].append((op.id, edge))
+    for out in program.outputs:
+        readers[out.edge.src].append((None, out.edge))
+    of = {member: component for component in components for member in component}
+    changed = True
+    while changed:
+        changed = False
+        for op_id in sorted(group):
+            if op_id not in group:
+                continue
+            at = program.op(op_id).domain.index(d)
+            needed = any(
+                reader in group or reader is None or isinstance(edge.index[at], Slice)
+                for reader, edge in readers[op_id]
+            )
+            if not needed:
+                group -= of.get(op_id, {op_id})
+                changed = True
+    return group
+
+
+def _eligible(program: Program, op: Op, d: Symbol) -> bool:
+    if op.kind not in ("apply", "merge") or not _fixed(op.outputs):
+        return False
+    if op.payload is not None and op.payload.accumulates:
+        return False
+    for edge in op.inputs:
+        producer = program.op(edge.src)
+        if d in symbols_of(edge.cond) or not _fixed((program.read_spec(edge),)):
+            return False
+        for dim, item in zip(producer.domain, edge.index, strict=True):
+            if dim == d and d in symbols_of(item) and item != d:
+                return False  # a dependence along d (or a range over it)
+            if dim != d and d in symbols_of(item):
+                return False
+        if op.kind == "merge" and d in producer.domain and edge.slices:
+            return False  # the branch's d axis would not lead
+    return True
+
+
+def _fixed(specs: tuple[TensorSpec, ...]) -> bool:
+    """Whether every size is the same at every point (bounds allowed, dims not)."""
+    return all(isinstance(n, int) or not dims_of(n) for s in specs for n in s.shape)
+
+
+def _partially_read(program: Program, d: Symbol) -> set[int]:
+    """Ops over ``d`` some reader reads a part of ``d`` of other than a point or the whole."""
+    found = set()
+    reads = [e for op in program.ops for e in op.inputs] + [o.edge for o in program.outputs]
+    for edge in reads:
+        producer = program.op(edge.src)
+        if d in producer.domain:
+            item = edge.index[producer.domain.index(d)]
+            if isinstance(item, Slice) and not _whole(item, d):
+                found.add(edge.src)
+    return found
+
+
+def _whole(item: IndexItem, d: Symbol) -> bool:
+    return (
+        isinstance(item, Slice)
+        and simplify(item.start) == Const(0)
+        and simplify(item.stop - d.bound) == Const(0)
+    )
+
+
+def _components(program: Program) -> list[set[int]]:
+    """The strongly connected components of the op graph with more than one op or a self-read
+    (Tarjan's algorithm, iterative)."""
+    succ: dict[int, list[int]] = {op.id: [] for op in program.ops}
+    for op in program.ops:
+        for edge in op.inputs:
+            succ[edge.src].append(op.id)
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    stack: list[int] = []
+    on: set[int] = set()
+    found: list[set[int]] = []
+    for root in succ:
+        if root in index:
+            continue
+        work = [(root, iter(succ[root]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = set()
+                    while True:
+                        member = stack.pop()
+                        on.discard(member)
+                        component.add(member)
+                        if member == node:
+                            break
+                    if len(component) > 1 or node in succ[node]:
+                        found.append(component)
+            elif child not in index:
+                index[child] = low[child] = len(index)
+                stack.append(child)
+                on.add(child)
+                work.append((child, iter(succ[child])))
+            elif child in on:
+                low[node] = min(low[node], index[child])
+    return found
+
+
+# -- rewriting ------------------------------------------------------------------------------------
+
+
+class _Rewrite:
+    """Rewrites the group's ops and every read of them (one dim)."""
+
+    def __init__(self, program: Program, d: Symbol, group: set[int]) -> None:
+        self.program = program
+        self.d = d
+        self.group = group
+        self.fresh = next_id(program)
+        self.added: list[Op] = []
+
+    def run(self) -> Program:
+        ops = [self._op(op) for op in self.program.ops]
+        outputs = tuple(self._output(out) for out in self.program.outputs)
+        return self.program.replace(ops=tuple(ops + self.added), outputs=outputs)
+
+    def _op(self, op: Op) -> Op:
+        if op.id not in self.group and op.payload is not None and op.payload.accumulates:
+            return self._summing(op)
+        if op.id not in self.group:
+            inputs = tuple(self._outside_read(edge, op.domain, op.source) for edge in op.inputs)
+            return op.replace(inputs=inputs)
+        axes: list[int | None] = []
+        inputs = []
+        for edge in op.inputs:
+            new, axis = self._inside_read(edge, op)
+            inputs.append(new)
+            axes.append(axis)
+        domain = tuple(s for s in op.domain if s != self.d)
+        size = self.d.bound
+        outputs = tuple(dataclasses.replace(s, shape=(size, *s.shape)) for s in op.outputs)
+        payload = op.payload
+        if payload is not None:
+            payload = _vmapped(payload, axes, self.d)
+        return op.replace(domain=domain, inputs=tuple(inputs), outputs=outputs, payload=payload)
+
+    def _inside_read(self, edge: Edge, op: Op) -> tuple[Edge, int | None]:
+        """A group op's read, and where the ``d`` axis of the value it reads is (or None)."""
+        producer = self.program.op(edge.src)
+        if self.d not in producer.domain:
+            return edge, None
+        at = producer.domain.index(self.d)
+        item = edge.index[at]
+        before = sum(isinstance(i, Slice) for i in edge.index[:at])
+        if edge.src in self.group and item == self.d:
+            index = edge.index[:at] + edge.index[at + 1 :]
+            return dataclasses.replace(edge, index=index), len(edge.slices)
+        if edge.src in self.group:  # a point not along d: picked once, outside the group
+            domain = tuple(s for s in op.domain if s != self.d)
+            return self._picked(edge, domain, op.source), None
+        if item != self.d:  # the same point of the producer for every point of d
+            return edge, None
+        whole = Slice(Const(0), self.d.bound)
+        index = (*edge.index[:at], whole, *edge.index[at + 1 :])
+        return dataclasses.replace(edge, index=index), before
+
+    def _summing(self, op: Op) -> Op:
+        """An accumulating op (it only sums its read over the stacked axes) reading the whole
+        ``d`` axis of a group op: it sums the vector axis first, keeping one row in place."""
+        (edge,) = op.inputs
+        if edge.src not in self.group:
+            return op
+        at = self.program.op(edge.src).domain.index(self.d)
+        index = edge.index[:at] + edge.index[at + 1 :]
+        axis = sum(isinstance(i, Slice) for i in index)
+        row = sum(isinstance(i, Slice) for i in edge.index[:at])
+        assert op.payload is not None
+        inner = op.payload.fn
+
+        def fn(*args: Any) -> Any:
+            *env, value = args
+            return inner(*env, jnp.expand_dims(jnp.sum(value, axis=axis), row))
+
+        payload = dataclasses.replace(op.payload, fn=fn)
+        return op.replace(inputs=(dataclasses.replace(edge, index=index),), payload=payload)
+
+    def _outside_read(self, edge: Edge, domain: tuple[Symbol, ...], source: Any) -> Edge:
+        """A read by an op outside the group: a point of a group op goes through a pick op."""
+        if edge.src not in self.group:
+            return edge
+        return self._picked(edge, domain, source)
+
+    def _picked(self, edge: Edge, domain: tuple[Symbol, ...], source: Any) -> Edge:
+        """A read of the pick (over ``domain``) of a group op's point or whole ``d`` axis."""
+        producer = self.program.op(edge.src)
+        at = producer.domain.index(self.d)
+        item = edge.index[at]
+        spec = read_spec(producer, edge)
+        index = edge.index[:at] + edge.index[at + 1 :]
+        inner = dataclasses.replace(edge, index=index, cond=TRUE)
+        m = sum(isinstance(i, Slice) for i in index)
+        if isinstance(item, Slice):  # the whole axis: moved to where the range had it
+            before = sum(isinstance(i, Slice) for i in edge.index[:at])
+            if before == m:  # already in place
+                return dataclasses.replace(edge, index=index)
+            payload = _moveaxis_payload(m, before)
+        else:
+            payload = pick_payload(item, m)
+        pick = Op(
+            id=self.fresh,
+            kind="apply",
+            name=f"pick {producer.name}",
+            domain=domain,
+            inputs=(inner,),
+            outputs=(spec,),
+            payload=dataclasses.replace(payload, differentiable=True),
+            source=source,
+        )
+        self.fresh += 1
+        self.added.append(pick)
+        return Edge(pick.id, 0, domain, edge.cond, edge.source)
+
+    def _output(self, out: Output) -> Output:
+        edge = out.edge
+        if edge.src not in self.group:
+            return out
+        producer = self.program.op(edge.src)
+        at = producer.domain.index(self.d)
+        item = edge.index[at]
+        index = edge.index[:at] + edge.index[at + 1 :]
+        if item == self.d and self.d in out.domain:
+            domain = tuple(s for s in out.domain if s != self.d)
+            src = len(domain) + sum(isinstance(i, Slice) for i in index)
+            dst = out.domain.index(self.d)
+        elif _whole(item, self.d):
+            domain = out.domain
+            src = len(domain) + sum(isinstance(i, Slice) for i in index)
+            dst = len(domain) + sum(isinstance(i, Slice) for i in edge.index[:at])
+        else:
+            picked = self._picked(edge, out.domain, edge.source)
+            spec = self.program.read_spec(edge)
+            return dataclasses.replace(out, edge=picked, spec=spec)
+        new = dataclasses.replace(edge, index=index)
+        spec = read_spec(_vectorised(producer, self.d), new)
+        moved = list(range(len(domain) + len(spec.shape)))
+        moved.insert(dst, moved.pop(src))
+        perm = moved if out.perm is None else [moved[k] for k in out.perm]
+        return dataclasses.replace(out, domain=domain, edge=new, spec=spec, perm=tuple(perm))
+
+
+def _vectorised(producer: Op, d: Symbol) -> Op:
+    """``producer`` with ``d`` turned into a leading array axis (for read specs)."""
+    domain = tuple(s for s in producer.domain if s != d)
+    outputs = tuple(dataclasses.replace(s, shape=(d.bound, *s.shape)) for s in producer.outputs)
+    return producer.replace(domain=domain, outputs=outputs)
+
+
+def _moveaxis_payload(source: int, destination: int) -> Payload:
+    def fn(value: Any) -> tuple[Any, ...]:
+        return (jnp.moveaxis(value, source, destination),)
+
+    return Payload(fn, "moveaxis")
+
+
+def _vmapped(payload: Payload, axes: list[int | None], d: Symbol) -> Payload:
+    """``payload`` computing every point of ``d`` at once: inputs mapped along ``axes``."""
+    inner: Callable[..., Any] = payload.fn
+
+    def fn(env: Any, *values: Any) -> tuple[Any, ...]:
+        sizes = [np.shape(v)[a] for v, a in zip(values, axes, strict=True) if a is not None]
+        size = sizes[0] if sizes else env[d.bound]  # static: dynamic bounds are not vectorised
+
+        def one(point: Any, *row: Any) -> tuple[Any, ...]:
+            if payload.uses_point:
+                return tuple(inner({**env, d: point}, *row))
+            return tuple(inner(*row))
+
+        points = jnp.arange(int(size), dtype=jnp.int32)
+        return jax.vmap(one, in_axes=(0, *axes))(points, *values)
+
+    return dataclasses.replace(payload, fn=fn, uses_point=True)
