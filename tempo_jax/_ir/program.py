@@ -86,7 +86,10 @@ class Payload:
     through it (``detach`` clears it). ``accumulates``: its one input is a read of a box of
     points with constant ends that it only sums over the stacked axes (and is exact when given
     that sum with each stacked axis of size 1), so the compiled program may keep a running
-    sum updated wherever the producer runs instead of storing the points.
+    sum updated wherever the producer runs instead of storing the points. ``block``: the
+    compiled program computes it over tiles of this many rows of its growing ranges, visiting
+    only the tiles that hold data (0: a size chosen from the range's largest size; None: the
+    whole padded range at once).
     """
 
     fn: Callable[..., tuple[Any, ...]]
@@ -95,6 +98,7 @@ class Payload:
     pads_ok: bool = False
     differentiable: bool = True
     accumulates: bool = False
+    block: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,6 +35,7 @@ from .._ir.source import describe
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
 from .masking import Pads, masked_call
 from .storage import iteration_execs, plan_storage
+from .tiling import auto_block, tiled_call
 
 Buffers = dict[tuple, jax.Array]  # (op id, output) -> full buffer; (op, output, RING) -> window
 RING = 1  # third key element of a window ring carried by a loop
@@ -255,7 +256,9 @@ class TreeLowering:
             return buffers
         point = [jnp.asarray(e.evaluate(env), jnp.int32) for e in node.point]
         op_env = {**self.runtime, **dict(zip(op.domain, point, strict=True))}
-        values = self.compute(op, op_env, self._inputs(node, op, op_env, buffers, local))
+        values = self._tiled(node, op, op_env, buffers, local)
+        if values is None:
+            values = self.compute(op, op_env, self._inputs(node, op, op_env, buffers, local))
         local[op.id] = tuple(values)
         buffers = dict(buffers)
         for k, value in enumerate(values):
@@ -290,12 +293,18 @@ class TreeLowering:
 
     # -- one point -----------------------------------------------------------------------------
     def _inputs(
-        self, node: Exec, op: Op, env: Env, buffers: Buffers, local: dict[int, tuple[Any, ...]]
+        self,
+        node: Exec,
+        op: Op,
+        env: Env,
+        buffers: Buffers,
+        local: dict[int, tuple[Any, ...]],
+        skip: frozenset[int] = frozenset(),
     ) -> list[Any]:
         values: list[Any] = []
         active = self.branches.get(op.id) if op.kind == "merge" else None
         for k, edge in enumerate(op.inputs):
-            if active is not None and k != active:
+            if k in skip or (active is not None and k != active):
                 values.append(None)  # a branch this piece of the loop never takes
             elif op.payload is not None and op.payload.accumulates:
                 slices = sum(isinstance(item, Slice) for item in edge.index)
@@ -311,6 +320,58 @@ class TreeLowering:
             else:
                 values.append(self.read(edge, env, buffers, op.domain))
         return values
+
+    def _tiled(
+        self, node: Exec, op: Op, env: Env, buffers: Buffers, local: dict[int, tuple[Any, ...]]
+    ) -> list[Any] | None:
+        """``op``'s outputs computed over the live tiles of its growing ranges, or None when it
+        is not marked for tiling or its payload is not a map-then-reduce over them."""
+        payload = op.payload
+        if payload is None or payload.block is None:
+            return None
+        ranges: dict[int, tuple[int, Slice]] = {}  # input -> (stacked axis, the range)
+        for k, edge in enumerate(op.inputs):
+            growing = [
+                (sum(isinstance(i, Slice) for i in edge.index[:a]), item)
+                for a, item in enumerate(edge.index)
+                if isinstance(item, Slice) and not self.is_static(item.size)
+            ]
+            shape = self.program.read_spec(edge).shape
+            if len(growing) > 1 or (edge.src, edge.out) in self.held:
+                return None
+            if not growing and not all(self.is_static(n) for n in shape):
+                return None  # a padded value computed elsewhere: not read in tiles
+            ranges.update({k: growing[0]} if growing else {})
+        sizes = {str(item.size) for _, item in ranges.values()}
+        if len(sizes) != 1:
+            return None
+        size = next(iter(ranges.values()))[1].size
+        padded = self.padded(size, op.domain)
+        block = payload.block or auto_block(padded)
+        if block >= padded:
+            return None
+        values = self._inputs(node, op, env, buffers, local, skip=frozenset(ranges))
+        readers: list[Any] = []
+        axes: list[int | None] = []
+        for k, edge in enumerate(op.inputs):
+            if k not in ranges:
+                readers.append(None)
+                axes.append(None)
+                continue
+            axis = ranges[k][0]
+            spec = self.program.read_spec(edge)
+            shape = list(self.shape(spec, op.domain))
+            shape[axis] = block
+            values[k] = jax.ShapeDtypeStruct(tuple(shape), spec.dtype)
+            readers.append(lambda i, e=edge: self.read(e, env, buffers, op.domain, tile=(i, block)))
+            axes.append(axis)
+
+        def fn(*args: Any) -> Any:
+            return payload.fn(env, *args) if payload.uses_point else payload.fn(*args)
+
+        what = f"`{op.name}`{describe(op.source)}"
+        length = size.evaluate(env)
+        return tiled_call(fn, values, readers, axes, length, block, str(size), what)
 
     def compute(self, op: Op, env: Env, values: list[Any]) -> tuple[Any, ...]:
         """The outputs of ``op`` at the point of ``env``, from its inputs' ``values``."""
@@ -368,11 +429,19 @@ class TreeLowering:
 
         jax.debug.callback(host, value, sizes, *(env[d] for d in op.domain), ordered=True)
 
-    def read(self, edge: Edge, env: Env, buffers: Buffers, domain: tuple[Symbol, ...]) -> jax.Array:
+    def read(
+        self,
+        edge: Edge,
+        env: Env,
+        buffers: Buffers,
+        domain: tuple[Symbol, ...],
+        tile: tuple[Any, int] | None = None,
+    ) -> jax.Array:
         """The value ``edge`` reads at the point of ``env`` (slices stacked in index order).
 
         A range of symbolic size is gathered at its padded size (``domain`` is the reader's),
-        with indices past the buffer clamped: those rows are padding.
+        with indices past the buffer clamped: those rows are padding. With ``tile = (i, n)``,
+        only its rows ``i*n .. i*n + n - 1`` are gathered.
         """
         held = self.held.get((edge.src, edge.out))
         if held is not None:
@@ -381,8 +450,10 @@ class TreeLowering:
         starts, sizes, keep = [], [], []
         for axis, item in enumerate(edge.index):
             if isinstance(item, Slice) and not self.is_static(item.size):
-                rows = self.padded(item.size, domain)
+                rows = self.padded(item.size, domain) if tile is None else tile[1]
                 start = jnp.asarray(item.start.evaluate(env), jnp.int32)
+                if tile is not None:
+                    start = start + tile[0] * tile[1]
                 index = jnp.clip(start + jnp.arange(rows, dtype=jnp.int32), 0, buf.shape[axis] - 1)
                 buf = jnp.take(buf, index, axis=axis)
                 starts.append(0)

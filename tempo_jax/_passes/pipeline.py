@@ -15,7 +15,10 @@ import time
 from collections.abc import Callable
 
 from .._ir.program import Program
+from .cleanup import eliminate_common_ops, fold_constants, hoist_invariants
 from .copies import remove_copies
+from .rewrite import rewrite
+from .tiling import tile_dynamic_ranges
 from .vectorize import vectorize
 
 Pass = Callable[[Program], Program]
@@ -48,7 +51,18 @@ class PassStat:
     seconds: float
 
 
-DEFAULT_PASSES: tuple[Pass, ...] = (dead_ops, remove_copies, vectorize)
+DEFAULT_PASSES: tuple[Pass, ...] = (
+    dead_ops,
+    remove_copies,
+    eliminate_common_ops,
+    hoist_invariants,  # before vectorize: an invariant value is computed once, not per row
+    fold_constants,
+    eliminate_common_ops,  # hoisting and folding make more ops equal
+    rewrite,  # before vectorize: its rules match ops over their own points
+    dead_ops,  # what folding and rewriting left unread
+    vectorize,
+    tile_dynamic_ranges,  # after vectorize: ops over growing ranges keep their loop dim
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +79,7 @@ class Pipeline:
             start = time.perf_counter()
             before = len(program.ops)
             program = step(program)
-            name = getattr(step, "__name__", type(step).__name__)
+            name = getattr(getattr(step, "func", step), "__name__", type(step).__name__)
             stats.append(PassStat(name, before, len(program.ops), time.perf_counter() - start))
             if debug:
                 print(f"-- tempo_jax: program after {name} ({len(program.ops)} ops)\n{program}")

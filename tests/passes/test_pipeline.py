@@ -10,6 +10,7 @@ import tempo_jax as tj
 from tempo_jax._passes.copies import remove_copies
 from tempo_jax._passes.pipeline import dead_ops
 from tests.corpus import CASES, Case
+from tests.lower.test_compile import _loops
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -86,3 +87,12 @@ def test_a_loss_that_only_feeds_gradients_is_dead() -> None:
     np.testing.assert_allclose(
         compiled(x=xs)["g"], tj.reference.run(p, {t.bound: 4}, {"x": xs})["g"], rtol=1e-6
     )
+
+
+def test_the_default_pipeline_lifts_an_accumulator_out_of_any_loop() -> None:
+    """rewrite lifts the running sum to a cumsum; vectorize makes the pick over t an array op."""
+    program, bounds, inputs = next(c for c in CASES if c.name == "running_sum").build()
+    compiled = program.compile(bounds)
+    assert "for t" not in compiled.schedule
+    assert _loops(compiled.jaxpr(**inputs).jaxpr) == []
+    np.testing.assert_allclose(compiled(**inputs)["s"], np.cumsum(inputs["x"]), rtol=1e-5)

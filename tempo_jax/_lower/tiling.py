@@ -1,0 +1,562 @@
+"""Calling a payload over the tiles of a growing range: only the tiles that hold data.
+
+A read like ``k[0:t+1]`` is stored padded to its largest size; :mod:`.masking` computes over
+the whole padded range. When the payload only maps rows and reduces them (sums, max, min,
+contractions: attention, means, windows), :func:`tiled_call` instead visits tiles of
+``block`` rows, ``ceil(L / block)`` of them for ``L`` valid rows (a ``fori_loop`` over a
+traced tile count), masks the boundary tile, and combines the partial reductions across
+tiles. A reduction whose rows depend on an earlier reduction (softmax: ``exp(x - max x)``)
+runs in a later sweep over the tiles, except when it can be rescaled online: the rows of a
+sum that depend on a running max ``m`` only through a factor ``exp(x - m)`` are summed in the
+same sweep as ``m``, the running sums rescaled by ``exp(m_old - m_new)`` whenever the max
+grows (single-pass softmax attention).
+
+The payload's jaxpr is flattened (calls inlined) and classified per equation:
+
+- *row*: its output has the tiled axis; it must treat rows independently (element-wise,
+  layout, reductions over other axes, contractions that keep the axis);
+- *reduce*: its input has the tiled axis and its output does not (``reduce_sum``,
+  ``reduce_max``, ``reduce_min``, ``dot_general`` contracting the axis);
+- *after*: neither has it (runs once, after the reductions it needs).
+
+Anything else (a cumulative sum along the range, an index built from the range's size, an
+output that keeps the range) returns None: the caller falls back to the padded evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.extend.core as jex
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .masking import _CALLS, _ELEMENTWISE, _LAYOUT, Pads, _analyse, _bind, _neutral
+
+TileReader = Callable[[Any], Any]  # tile index -> the tile's rows of one range input
+_COMBINE = {"reduce_sum": "add", "dot_general": "add", "reduce_max": "max", "reduce_min": "min"}
+_FILL = {
+    "reduce_sum": "zero",
+    "dot_general": "zero",
+    "reduce_max": "lowest",
+    "reduce_min": "highest",
+}
+_ROW_SAFE = _ELEMENTWISE | (_LAYOUT - {"iota", "concatenate", "split"})
+
+
+@dataclasses.dataclass
+class _Plan:
+    """The flat jaxpr, which axis of each value is tiled, and each equation's sweep."""
+
+    closed: jex.ClosedJaxpr
+    axis: dict[Any, int]  # var -> its tiled axis
+    level: dict[Any, int]  # var -> the sweep after which it is known (0: before any)
+    kinds: list[str]  # per eqn: "row", "reduce" or "after"
+    affine: dict[Any, Any]  # literal path -> size-affine substitution
+    online: dict[int, int]  # reduce eqn -> the max reduce eqn it is rescaled against
+    scales: dict[int, tuple[int, ...]]  # reduce eqn -> where the max's axes are in its output
+    divisors: dict[int, tuple[tuple[int, tuple[int, ...]], ...]]  # divided at the end by
+
+
+def auto_block(rows: int) -> int:
+    """A tile size for a range of at most ``rows`` rows: about a sixteenth of it, a power of
+    two between 16 and 1024."""
+    target = max(1, -(-rows // 16))
+    return int(min(1024, max(16, 1 << (target - 1).bit_length())))
+
+
+def tiled_call(
+    fn: Callable[..., Sequence[Any]],
+    args: Sequence[Any],
+    readers: Sequence[TileReader | None],
+    axis: Sequence[int | None],
+    length: Any,
+    block: int,
+    klass: str,
+    what: str,
+) -> list[Any] | None:
+    """``fn`` over every valid row of its range inputs, computed tile by tile; or None.
+
+    ``args[k]`` is a plain value when ``readers[k]`` is None; otherwise ``readers[k](i)``
+    returns tile ``i`` (``block`` rows along ``axis[k]``) and ``args[k]`` is an example tile
+    (a ``jax.ShapeDtypeStruct``). ``length`` is the number of valid rows (traced);
+    ``klass`` names the size class in :mod:`.masking`.
+    """
+    plan = _plan(fn, args, axis, klass, what)
+    if plan is None:
+        return None
+    return _Sweeps(plan, readers, length, block, klass).run(list(args))
+
+
+# -- planning ------------------------------------------------------------------------------------
+
+
+def _flat(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with every call (jit, custom_jvp, ...) inlined: one flat jaxpr."""
+
+    def run(*args: Any) -> list[Any]:
+        closed = jax.make_jaxpr(fn)(*args)
+        return _inline(closed.jaxpr, closed.consts, list(args))
+
+    return run
+
+
+def _inline(jaxpr: jex.Jaxpr, consts: Sequence[Any], args: list[Any]) -> list[Any]:
+    env: dict[Any, Any] = dict(zip(jaxpr.constvars, consts, strict=True))
+    env.update(zip(jaxpr.invars, args, strict=True))
+
+    def read(var: Any) -> Any:
+        return var.val if isinstance(var, jex.Literal) else env[var]
+
+    for eqn in jaxpr.eqns:
+        values = [read(v) for v in eqn.invars]
+        key = _CALLS.get(eqn.primitive.name)
+        if key is not None and key in eqn.params:
+            sub = eqn.params[key]
+            inner, sub_consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, ())
+            outs = _inline(inner, sub_consts, values)
+        else:
+            outs = _bind(eqn, values)
+        env.update(zip(eqn.outvars, outs, strict=True))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _plan(
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    axis: Sequence[int | None],
+    klass: str,
+    what: str,
+) -> _Plan | None:
+    flat = _flat(fn)
+    closed = jax.make_jaxpr(flat)(*args)
+    pads: list[Pads] = [{} if a is None else {a: klass} for a in axis]
+    analysis = _analyse(flat, closed, args, pads, what)
+    if analysis.mixed:
+        return None
+    jaxpr = closed.jaxpr
+    tiled: dict[Any, int] = {}
+    for k, var in enumerate(jaxpr.invars):
+        found = analysis.pads.get(("in", k), {})
+        if len(found) > 1:
+            return None
+        for a in found:
+            tiled[var] = a
+    level: dict[Any, int] = {}
+    kinds: list[str] = []
+    for i, eqn in enumerate(jaxpr.eqns):
+        kind = _classify(eqn, i, tiled, analysis.pads)
+        if kind is None:
+            return None
+        kinds.append(kind)
+        deps = [level.get(v, 0) for v in eqn.invars if not isinstance(v, jex.Literal)]
+        known = max(deps, default=0) + (kind == "reduce")
+        for k, var in enumerate(eqn.outvars):
+            level[var] = known
+            found = analysis.pads.get((i, "out", k), {})
+            for a in found:
+                tiled[var] = a
+    if any(v in tiled for v in jaxpr.outvars if not isinstance(v, jex.Literal)):
+        return None  # an output keeps the range
+    plan = _Plan(closed, tiled, level, kinds, analysis.affine, {}, {}, {})
+    _rescale_online(plan)
+    return plan
+
+
+def _classify(eqn: jex.JaxprEqn, i: int, tiled: dict[Any, int], pads: dict) -> str | None:
+    name = eqn.primitive.name
+    ins = [v for v in eqn.invars if not isinstance(v, jex.Literal) and v in tiled]
+    outs = [pads.get((i, "out", k), {}) for k in range(len(eqn.outvars))]
+    if any(len(p) > 1 for p in outs):
+        return None
+    if any(outs):
+        if not ins:
+            return None  # built from the size (an iota over the range): not tile-local
+        if name in _ROW_SAFE or name in ("reduce_sum", "reduce_max", "reduce_min"):
+            return "row"
+        if name == "dot_general":
+            (lc, rc), _ = eqn.params["dimension_numbers"]
+            lhs, rhs = eqn.invars[:2]
+            contracted = (lhs in tiled and tiled[lhs] in lc) or (rhs in tiled and tiled[rhs] in rc)
+            return None if contracted else "row"
+        return None
+    if not ins:
+        return "after"
+    if name in ("reduce_sum", "reduce_max", "reduce_min"):
+        return "reduce" if tiled[ins[0]] in eqn.params["axes"] else None
+    if name == "dot_general":
+        return "reduce"
+    return None
+
+
+def _rescale_online(plan: _Plan) -> None:
+    """Move sums that depend on a max only through ``exp(x - max)`` into the max's sweep.
+
+    A forward walk gives every value that waits for a max's sweep the positions of the max's
+    axes in it (``exp(rows - broadcast(m))`` starts one); products with values free of that
+    sweep, layout changes and contractions carry the positions; a division by a sum already
+    rescaled in the sweep is deferred to the end (``softmax(s) @ v``: the sum of ``e * v``,
+    divided by the sum of ``e``). Anything else loses them, and the sum keeps its own sweep.
+    """
+    eqns = plan.closed.jaxpr.eqns
+    producer = {var: i for i, eqn in enumerate(eqns) for var in eqn.outvars}
+    for i, eqn in enumerate(eqns):
+        if plan.kinds[i] != "reduce" or eqn.primitive.name not in ("reduce_sum", "dot_general"):
+            continue
+        _relevel(plan)
+        found = _Factors(plan, eqns, producer, plan.level[eqn.outvars[0]] - 1).at_reduce(i)
+        if found is not None:
+            plan.online[i] = found.max
+            plan.scales[i] = found.positions
+            plan.divisors[i] = found.divisors
+    _relevel(plan)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Factor:
+    """A value equal to (terms free of the sweep) * exp(-max) / divisors, with the positions
+    of the max's axes and of each divisor's axes in the value."""
+
+    max: int
+    positions: tuple[int, ...]
+    divisors: tuple[tuple[int, tuple[int, ...]], ...] = ()
+
+    def moved(self, move: Callable[[tuple[int, ...]], tuple[int, ...] | None]) -> _Factor | None:
+        positions = move(self.positions)
+        divisors = tuple((j, move(pos)) for j, pos in self.divisors)
+        if positions is None or any(pos is None for _, pos in divisors):
+            return None
+        return _Factor(self.max, positions, divisors)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Divisor:
+    """A rescaled sum of the sweep (reduce eqn), broadcast: its axes' positions."""
+
+    reduce: int
+    positions: tuple[int, ...]
+
+
+_PASS = ("convert_element_type", "copy", "copy_p", "stop_gradient")
+
+
+class _Factors:
+    """The forward walk of :func:`_rescale_online` for one sweep (memoised per value)."""
+
+    def __init__(self, plan: _Plan, eqns: list, producer: dict, target: int) -> None:
+        self.plan, self.eqns, self.producer, self.target = plan, eqns, producer, target
+        self.memo: dict[Any, Any] = {}
+
+    def at_reduce(self, i: int) -> _Factor | None:
+        found = self._carry(i, at_reduce=True)
+        return found if isinstance(found, _Factor) else None
+
+    def of(self, var: Any) -> Any:  # "free": does not wait for the sweep
+        if isinstance(var, jex.Literal) or var not in self.producer:
+            return "free"
+        if self.plan.level[var] < self.target:
+            return "free"
+        if var not in self.memo:
+            self.memo[var] = self._carry(self.producer[var])
+        return self.memo[var]
+
+    def _carry(self, j: int, at_reduce: bool = False) -> Any:
+        eqn = self.eqns[j]
+        name = eqn.primitive.name
+        if self.plan.kinds[j] == "reduce" and not at_reduce:
+            rank = len(eqn.outvars[0].aval.shape)
+            return _Divisor(j, tuple(range(rank))) if j in self.plan.online else None
+        ins = [self.of(v) for v in eqn.invars]
+        mapped = [(k, f) for k, f in enumerate(ins) if f != "free"]
+        if not mapped:
+            return "free"
+        if name == "exp":
+            return _exp_of_difference(self.plan, self.eqns, self.producer, eqn)
+        if name == "div" and len(mapped) == 2 and isinstance(ins[1], _Divisor):
+            a, b = ins
+            if not isinstance(a, _Factor) or self.plan.online[b.reduce] != a.max:
+                return None
+            return _Factor(a.max, a.positions, (*a.divisors, (b.reduce, b.positions)))
+        if len(mapped) > 1 or mapped[0][1] is None:
+            return None
+        k, found = mapped[0]
+        if isinstance(found, _Divisor):  # only laid out, then divided by
+            if name in _PASS or (name == "broadcast_in_dim" and k == 0):
+                pos = _move(eqn, k, found.positions)
+                return None if pos is None else _Divisor(found.reduce, pos)
+            return None
+        if name == "div" and k == 1:
+            return None
+        if name in ("mul", "div", "neg", *_PASS):
+            return found
+        return found.moved(lambda pos: _move(eqn, k, pos))
+
+
+def _move(eqn: Any, k: int, pos: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Where axes at ``pos`` of input ``k`` land in ``eqn``'s output (None: they do not)."""
+    name = eqn.primitive.name
+    if name in _PASS:
+        return pos
+    if name == "transpose":
+        perm = eqn.params["permutation"]
+        return tuple(perm.index(p) for p in pos)
+    if name == "broadcast_in_dim":
+        dims = eqn.params["broadcast_dimensions"]
+        return tuple(dims[p] for p in pos)
+    if name == "reduce_sum":
+        axes = eqn.params["axes"]
+        if set(pos) & set(axes):
+            return None
+        return tuple(p - sum(a < p for a in axes) for p in pos)
+    if name == "dot_general":
+        return _through_dot(eqn, k, pos)
+    return None
+
+
+def _through_dot(eqn: Any, k: int, pos: tuple[int, ...]) -> tuple[int, ...] | None:
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    contract, batch = (lc, lb) if k == 0 else (rc, rb)
+    ndims = [len(v.aval.shape) for v in eqn.invars[:2]]
+    free = [a for a in range(ndims[k]) if a not in contract and a not in batch]
+    offset = len(lb) + (0 if k == 0 else ndims[0] - len(lc) - len(lb))
+    out = []
+    for p in pos:
+        if p in contract:
+            return None
+        out.append(batch.index(p) if p in batch else offset + free.index(p))
+    return tuple(out)
+
+
+def _exp_of_difference(plan: _Plan, eqns: list, producer: dict, exp: Any) -> _Factor | None:
+    """The factor when ``exp``'s input is ``rows - broadcast(max of those rows)``."""
+    (arg,) = exp.invars
+    if arg not in producer or eqns[producer[arg]].primitive.name != "sub":
+        return None
+    rows, sub = eqns[producer[arg]].invars
+    if isinstance(sub, jex.Literal) or rows not in plan.axis:
+        return None
+    positions: tuple[int, ...] | None = None  # where the max's axes sit in ``sub``
+    while sub in producer and plan.kinds[producer[sub]] == "after":
+        eqn = eqns[producer[sub]]
+        name = eqn.primitive.name
+        kept: Sequence[int] | None = None
+        if name == "broadcast_in_dim":
+            kept = eqn.params["broadcast_dimensions"]
+        elif name == "reshape":
+            kept = _unit_axes_added(eqn)
+            if kept is None:
+                return None
+        elif name == "max" and _is_lowest(eqn.invars[0]):  # max(-inf, m): softmax's guard
+            sub = eqn.invars[1]
+            continue
+        elif name not in _PASS:
+            return None
+        if kept is not None:
+            positions = tuple(kept) if positions is None else tuple(positions[d] for d in kept)
+        sub = eqn.invars[0]
+    j = producer.get(sub)
+    if j is None or eqns[j].primitive.name != "reduce_max" or plan.kinds[j] != "reduce":
+        return None
+    if eqns[j].invars[0] != rows:
+        return None  # the max of other rows than those it is subtracted from
+    rank = len(eqns[j].outvars[0].aval.shape)
+    return _Factor(j, tuple(range(rank)) if positions is None else positions)
+
+
+def _is_lowest(var: Any) -> bool:
+    return isinstance(var, jex.Literal) and np.ndim(var.val) == 0 and np.isneginf(var.val)
+
+
+def _unit_axes_added(eqn: Any) -> list[int] | None:
+    """For a reshape that only inserts size-1 axes: where each input axis lands."""
+    old, new = eqn.invars[0].aval.shape, eqn.params["new_sizes"]
+    out, k = [], 0
+    for a, n in enumerate(new):
+        if k < len(old) and n == old[k]:
+            out.append(a)
+            k += 1
+        elif n != 1:
+            return None
+    return out if k == len(old) else None
+
+
+def _relevel(plan: _Plan) -> None:
+    """The sweep each value waits for, with rescaled sums in their max's sweep."""
+    for i, eqn in enumerate(plan.closed.jaxpr.eqns):
+        if i in plan.online:
+            known = plan.level[plan.closed.jaxpr.eqns[plan.online[i]].outvars[0]]
+        else:
+            deps = [plan.level.get(v, 0) for v in eqn.invars if not isinstance(v, jex.Literal)]
+            known = max(deps, default=0) + (plan.kinds[i] == "reduce")
+        for var in eqn.outvars:
+            plan.level[var] = known
+
+
+# -- running the sweeps --------------------------------------------------------------------------
+
+
+class _Sweeps:
+    def __init__(
+        self, plan: _Plan, readers: Sequence[TileReader | None], length: Any, block: int, klass: str
+    ) -> None:
+        self.plan = plan
+        self.readers = readers
+        self.length = length
+        self.block = block
+        self.klass = klass
+        self.eqns = plan.closed.jaxpr.eqns
+
+    def run(self, args: list[Any]) -> list[Any]:
+        jaxpr = self.plan.closed.jaxpr
+        env: dict[Any, Any] = {}
+        for k, (var, const) in enumerate(
+            zip(jaxpr.constvars, self.plan.closed.consts, strict=True)
+        ):
+            env[var] = self._literal(("const", k), const, jnp.result_type(const))
+        for var, arg, reader in zip(jaxpr.invars, args, self.readers, strict=True):
+            if reader is None:
+                env[var] = arg
+        sweeps = sorted(
+            {
+                self.plan.level[e.outvars[0]]
+                for i, e in enumerate(self.eqns)
+                if self.plan.kinds[i] == "reduce"
+            }
+        )
+        self._after(env)
+        for sweep in sweeps:
+            reduces = [
+                i
+                for i, e in enumerate(self.eqns)
+                if self.plan.kinds[i] == "reduce" and self.plan.level[e.outvars[0]] == sweep
+            ]
+            env.update(self._sweep(reduces, env, sweep))
+            self._after(env)
+        return [self._read(v, env, ("out",)) for v in jaxpr.outvars]
+
+    def _read(self, var: Any, env: dict, where: Any) -> Any:
+        if isinstance(var, jex.Literal):
+            return self._literal(where, var.val, var.aval.dtype)
+        return env[var]
+
+    def _literal(self, where: Any, value: Any, dtype: Any) -> Any:
+        found = self.plan.affine.get(where)
+        if found is None:
+            return value
+        scale = int(found.scale) if np.issubdtype(dtype, np.integer) else found.scale
+        offset = int(found.offset) if np.issubdtype(dtype, np.integer) else found.offset
+        return jnp.asarray(scale * self.length + offset, dtype)
+
+    def _after(self, env: dict) -> None:
+        """Evaluate every 'after' equation whose inputs are known."""
+        for i, eqn in enumerate(self.eqns):
+            if self.plan.kinds[i] != "after" or eqn.outvars[0] in env:
+                continue
+            if all(isinstance(v, jex.Literal) or v in env for v in eqn.invars):
+                values = [self._read(v, env, (i, "lit", p)) for p, v in enumerate(eqn.invars)]
+                env.update(zip(eqn.outvars, _bind(eqn, values), strict=True))
+
+    def _needed(self, reduces: list[int], sweep: int) -> list[int]:
+        """The equations run per tile for ``reduces``, in order: their rows, and what those
+        read of this sweep's running maxes."""
+        producer = {var: i for i, eqn in enumerate(self.eqns) for var in eqn.outvars}
+        need: set[int] = set()
+        stack = [v for i in reduces for v in self.eqns[i].invars]
+        while stack:
+            var = stack.pop()
+            j = producer.get(var) if not isinstance(var, jex.Literal) else None
+            if j is None or j in need:
+                continue
+            kind = self.plan.kinds[j]
+            if kind == "row" or (kind == "after" and self.plan.level[var] >= sweep):
+                need.add(j)
+                stack.extend(self.eqns[j].invars)
+        return sorted(need)
+
+    def _sweep(self, reduces: list[int], env: dict, sweep: int) -> dict:
+        """One fori_loop over the live tiles computing ``reduces`` (and their online maxes)."""
+        jaxpr = self.plan.closed.jaxpr
+        init = {}
+        for i in reduces:
+            aval = self.eqns[i].outvars[0].aval
+            fill = _neutral(jnp.zeros((), aval.dtype), _FILL[self.eqns[i].primitive.name])
+            init[i] = jnp.full(aval.shape, fill, aval.dtype)
+
+        online = [i for i in reduces if i in self.plan.online]
+        maxes = sorted({self.plan.online[i] for i in online})
+        plain = [i for i in reduces if i not in online and i not in maxes]
+        first = self._needed(maxes + plain, sweep)  # rows that do not read a running max
+        then = [j for j in self._needed(online, sweep) if j not in first]
+
+        def body(tile: Any, carry: dict) -> dict:
+            local = dict(env)
+            for var, reader in zip(jaxpr.invars, self.readers, strict=True):
+                if reader is not None:
+                    local[var] = reader(tile)
+            self._rows(first, local)
+            out = {i: self._plain(i, carry[i], local, tile) for i in plain}
+            for i in maxes:  # the rows of online sums are computed against the running max
+                out[i] = jnp.maximum(carry[i], self._partial(i, local, tile))
+                local[self.eqns[i].outvars[0]] = out[i]
+            for i in online:  # divisions by rescaled sums wait for the end of the sweep
+                for j, _ in self.plan.divisors[i]:
+                    aval = self.eqns[j].outvars[0].aval
+                    local[self.eqns[j].outvars[0]] = jnp.ones(aval.shape, aval.dtype)
+            self._rows(then, local)
+            for i in online:
+                m = self.plan.online[i]
+                scale = self._scale(i, carry[m], out[m])
+                out[i] = carry[i] * scale + self._partial(i, local, tile)
+            return out
+
+        tiles = (self.length + self.block - 1) // self.block
+        final = lax.fori_loop(0, tiles, body, init)
+        for i in online:
+            shape = self.eqns[i].outvars[0].aval.shape
+            for j, positions in self.plan.divisors[i]:
+                final[i] = final[i] / lax.broadcast_in_dim(final[j], shape, positions)
+        return {self.eqns[i].outvars[0]: final[i] for i in reduces}
+
+    def _plain(self, i: int, acc: Any, local: dict, tile: Any) -> Any:
+        return _combine(self.eqns[i], acc, self._partial(i, local, tile))
+
+    def _rows(self, eqns: list[int], local: dict) -> None:
+        for j in eqns:
+            eqn = self.eqns[j]
+            values = [self._read(v, local, (j, "lit", p)) for p, v in enumerate(eqn.invars)]
+            local.update(zip(eqn.outvars, _bind(eqn, values), strict=True))
+
+    def _partial(self, i: int, local: dict, tile: Any) -> Any:
+        """Reduce ``i`` over one tile, its rows past the valid length filled neutral."""
+        eqn = self.eqns[i]
+        values = [self._read(v, local, (i, "lit", p)) for p, v in enumerate(eqn.invars)]
+        fill = _FILL[eqn.primitive.name]
+        start = tile * self.block
+        for k, var in enumerate(eqn.invars[:2]):
+            if isinstance(var, jex.Literal) or var not in self.plan.axis:
+                continue
+            axis = self.plan.axis[var]
+            index = lax.broadcasted_iota(jnp.int32, np.shape(values[k]), axis) + start
+            neutral = _neutral(values[k], fill)
+            values[k] = jnp.where(index < self.length, values[k], neutral)
+            if eqn.primitive.name != "dot_general":
+                break
+        return _bind(eqn, values)[0]
+
+    def _scale(self, i: int, old: Any, new: Any) -> Any:
+        """``exp(old - new)`` of max ``m`` laid out like reduce ``i``'s output."""
+        factor = jnp.exp(jnp.where(jnp.isneginf(old), -jnp.inf, old - new))
+        factor = jnp.where(jnp.isneginf(new), 1.0, factor)
+        shape = self.eqns[i].outvars[0].aval.shape
+        return lax.broadcast_in_dim(factor, shape, self.plan.scales[i])
+
+
+def _combine(eqn: Any, acc: Any, part: Any) -> Any:
+    kind = _COMBINE[eqn.primitive.name]
+    return (
+        acc + part if kind == "add" else (jnp.maximum if kind == "max" else jnp.minimum)(acc, part)
+    )
