@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 
 import tempo_jax as tj
+from tempo_jax._passes.tiling import tile_dynamic_ranges
 from tempo_jax._passes.vectorize import vectorize
 
 Workload = tuple[Callable[..., Any], Callable[..., Any], dict[str, np.ndarray]]
@@ -169,6 +170,52 @@ def batched_rnn(steps: int, rng: np.random.Generator, batch: int, hidden: int) -
     return (lambda **kw: compiled(**kw)["last"]), scan, data, extra
 
 
+def causal_attention(steps: int, rng: np.random.Generator, heads: int, width: int) -> Workload:
+    """Decoding-style causal attention: the key of step ``t`` depends on the output of step
+    ``t``, which attends over the keys ``k[0:t+1]`` so far (a cache growing inside the loop).
+
+    tempo_jax visits the cache's live tiles only (one sweep, online max rescaling); the extra
+    system turns tiling off (the whole padded range, masked); the baseline scans over ``t``
+    carrying the cache and attends over all ``T`` rows with a mask."""
+    scale = width**-0.5
+
+    def attend(q: jax.Array, ks: jax.Array) -> jax.Array:
+        scores = jnp.einsum("hd,phd->hp", q, ks) * scale
+        return jnp.einsum("hp,phd->hd", jax.nn.softmax(scores, axis=-1), ks)
+
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (heads, width), jnp.float32, domain=(t,))
+        o = tj.placeholder((heads, width), jnp.float32, domain=(t,))
+        k = tj.tanh(x + o)  # the cache entry of step t
+        o[0] = x[0]
+        o[t + 1] = tj.lift(attend)(x[t + 1], k[0 : t + 1])
+        p.output("o", o)
+    bounds = {t.bound: steps}
+    compiled = p.compile(bounds=bounds)
+    padded = p.compile(bounds=bounds, pipeline=_without(tile_dynamic_ranges))
+
+    def scan(x: jax.Array) -> jax.Array:
+        rows = jnp.arange(steps)
+
+        def step(carry: tuple, at: tuple) -> tuple[tuple, jax.Array]:
+            cache, o = carry
+            xt, xn, i = at
+            cache = jax.lax.dynamic_update_index_in_dim(cache, jnp.tanh(xt + o), i, 0)
+            scores = jnp.einsum("hd,phd->hp", xn, cache) * scale
+            scores = jnp.where(rows[None, :] <= i, scores, -jnp.inf)
+            nxt = jnp.einsum("hp,phd->hd", jax.nn.softmax(scores, axis=-1), cache)
+            return (cache, nxt), o
+
+        cache = jnp.zeros((steps, heads, width), x.dtype)
+        following = jnp.concatenate([x[1:], x[:1]])
+        return jax.lax.scan(step, (cache, x[0]), (x, following, rows))[1]
+
+    data = {"x": rng.normal(size=(steps, heads, width))}
+    extra = {"tempo_jax, tiling off": lambda **kw: padded(**kw)["o"]}
+    return (lambda **kw: compiled(**kw)["o"]), scan, data, extra
+
+
 def _without(step: Callable[..., Any]) -> tj.Pipeline:
     """The default pipeline with one pass turned off."""
     return tj.Pipeline(passes=tuple(p for p in tj.Pipeline().passes if p is not step))
@@ -180,6 +227,7 @@ WORKLOADS = {
     "rnn": rnn,
     "rnn_grad": rnn_grad,
     "batched_rnn": batched_rnn,
+    "causal_attention": causal_attention,
 }
 
 

@@ -35,7 +35,7 @@ from .._ir.source import describe
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
 from .masking import Pads, masked_call
 from .storage import iteration_execs, plan_storage
-from .tiling import auto_block, tiled_call
+from .tiling import Tiles, auto_block, tiled_call
 
 Buffers = dict[tuple, jax.Array]  # (op id, output) -> full buffer; (op, output, RING) -> window
 RING = 1  # third key element of a window ring carried by a loop
@@ -329,10 +329,53 @@ class TreeLowering:
         payload = op.payload
         if payload is None or payload.block is None:
             return None
-        ranges: dict[int, tuple[int, Slice]] = {}  # input -> (stacked axis, the range)
+        ranges = self._ranges(op)
+        if ranges is None:
+            return None
+        item = next(iter(ranges.values()))[1]
+        rows = {self._buffer(op.inputs[k], buffers).shape[a] for k, (_, _, a) in ranges.items()}
+        block = payload.block or auto_block(self.padded(item.size, op.domain))
+        if len(rows) != 1 or block >= min(rows) or block >= self.padded(item.size, op.domain):
+            return None
+        (total,) = rows
+        start = jnp.asarray(item.start.evaluate(env), jnp.int32)
+        stop = jnp.asarray(item.stop.evaluate(env), jnp.int32)
+
+        def first(tile: Any) -> Any:  # the tile's first row in the buffer (clamped to fit)
+            return jnp.minimum(tile * block, total - block)
+
+        def valid(tile: Any) -> Any:
+            at = first(tile) + jnp.arange(block, dtype=jnp.int32)
+            return (at >= tile * block) & (at >= start) & (at < stop)  # no row counted twice
+
+        values = self._inputs(node, op, env, buffers, local, skip=frozenset(ranges))
+        readers: list[Any] = [None] * len(op.inputs)
+        axes: list[int | None] = [None] * len(op.inputs)
+        for k, (axis, _, _) in ranges.items():
+            edge = op.inputs[k]
+            spec = self.program.read_spec(edge)
+            shape = list(self.shape(spec, op.domain))
+            shape[axis] = block
+            values[k] = jax.ShapeDtypeStruct(tuple(shape), spec.dtype)
+            readers[k] = lambda i, e=edge: self.read(
+                e, env, buffers, op.domain, tile=(first(i), block)
+            )
+            axes[k] = axis
+
+        def fn(*args: Any) -> Any:
+            return payload.fn(env, *args) if payload.uses_point else payload.fn(*args)
+
+        tiles = Tiles(start // block, (stop + block - 1) // block, valid, stop - start)
+        what = f"`{op.name}`{describe(op.source)}"
+        return tiled_call(fn, values, readers, axes, tiles, str(item.size), what)
+
+    def _ranges(self, op: Op) -> dict[int, tuple[int, Slice, int]] | None:
+        """Per input reading a growing range: (its stacked axis, the range, the buffer axis);
+        None unless every growing read is one such range, all of them the same."""
+        ranges: dict[int, tuple[int, Slice, int]] = {}
         for k, edge in enumerate(op.inputs):
             growing = [
-                (sum(isinstance(i, Slice) for i in edge.index[:a]), item)
+                (sum(isinstance(i, Slice) for i in edge.index[:a]), item, a)
                 for a, item in enumerate(edge.index)
                 if isinstance(item, Slice) and not self.is_static(item.size)
             ]
@@ -341,37 +384,11 @@ class TreeLowering:
                 return None
             if not growing and not all(self.is_static(n) for n in shape):
                 return None  # a padded value computed elsewhere: not read in tiles
-            ranges.update({k: growing[0]} if growing else {})
-        sizes = {str(item.size) for _, item in ranges.values()}
-        if len(sizes) != 1:
+            if growing:
+                ranges[k] = growing[0]
+        if len({(str(item.start), str(item.stop)) for _, item, _ in ranges.values()}) != 1:
             return None
-        size = next(iter(ranges.values()))[1].size
-        padded = self.padded(size, op.domain)
-        block = payload.block or auto_block(padded)
-        if block >= padded:
-            return None
-        values = self._inputs(node, op, env, buffers, local, skip=frozenset(ranges))
-        readers: list[Any] = []
-        axes: list[int | None] = []
-        for k, edge in enumerate(op.inputs):
-            if k not in ranges:
-                readers.append(None)
-                axes.append(None)
-                continue
-            axis = ranges[k][0]
-            spec = self.program.read_spec(edge)
-            shape = list(self.shape(spec, op.domain))
-            shape[axis] = block
-            values[k] = jax.ShapeDtypeStruct(tuple(shape), spec.dtype)
-            readers.append(lambda i, e=edge: self.read(e, env, buffers, op.domain, tile=(i, block)))
-            axes.append(axis)
-
-        def fn(*args: Any) -> Any:
-            return payload.fn(env, *args) if payload.uses_point else payload.fn(*args)
-
-        what = f"`{op.name}`{describe(op.source)}"
-        length = size.evaluate(env)
-        return tiled_call(fn, values, readers, axes, length, block, str(size), what)
+        return ranges
 
     def compute(self, op: Op, env: Env, values: list[Any]) -> tuple[Any, ...]:
         """The outputs of ``op`` at the point of ``env``, from its inputs' ``values``."""
@@ -441,7 +458,7 @@ class TreeLowering:
 
         A range of symbolic size is gathered at its padded size (``domain`` is the reader's),
         with indices past the buffer clamped: those rows are padding. With ``tile = (i, n)``,
-        only its rows ``i*n .. i*n + n - 1`` are gathered.
+        the growing range's axis is read as the ``n`` buffer rows from ``i`` instead.
         """
         held = self.held.get((edge.src, edge.out))
         if held is not None:
@@ -449,11 +466,14 @@ class TreeLowering:
         buf = self._buffer(edge, buffers)
         starts, sizes, keep = [], [], []
         for axis, item in enumerate(edge.index):
-            if isinstance(item, Slice) and not self.is_static(item.size):
-                rows = self.padded(item.size, domain) if tile is None else tile[1]
+            growing = isinstance(item, Slice) and not self.is_static(item.size)
+            if growing and tile is not None:  # the tile's rows of the buffer
+                starts.append(tile[0])
+                sizes.append(tile[1])
+                keep.append(True)
+            elif growing:
+                rows = self.padded(item.size, domain)
                 start = jnp.asarray(item.start.evaluate(env), jnp.int32)
-                if tile is not None:
-                    start = start + tile[0] * tile[1]
                 index = jnp.clip(start + jnp.arange(rows, dtype=jnp.int32), 0, buf.shape[axis] - 1)
                 buf = jnp.take(buf, index, axis=axis)
                 starts.append(0)

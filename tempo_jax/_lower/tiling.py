@@ -2,11 +2,13 @@
 
 A read like ``k[0:t+1]`` is stored padded to its largest size; :mod:`.masking` computes over
 the whole padded range. When the payload only maps rows and reduces them (sums, max, min,
-contractions: attention, means, windows), :func:`tiled_call` instead visits tiles of
-``block`` rows, ``ceil(L / block)`` of them for ``L`` valid rows (a ``fori_loop`` over a
-traced tile count), masks the boundary tile, and combines the partial reductions across
-tiles. A reduction whose rows depend on an earlier reduction (softmax: ``exp(x - max x)``)
-runs in a later sweep over the tiles, except when it can be rescaled online: the rows of a
+contractions: attention, means, windows), :func:`tiled_call` instead visits the tiles of
+the stored buffer (``block`` rows each, aligned to the buffer) that hold rows of the range:
+``ceil(L / block)`` of them for a prefix of ``L`` rows, at most ``ceil(w / block) + 1`` for a
+window of ``w`` (a ``fori_loop`` over a traced tile range). It masks the rows of the boundary
+tiles outside the range and combines the partial reductions across tiles. A reduction whose
+rows depend on an earlier reduction (softmax: ``exp(x - max x)``) runs in a later sweep over
+the tiles, except when it can be rescaled online: the rows of a
 sum that depend on a running max ``m`` only through a factor ``exp(x - m)`` are summed in the
 same sweep as ``m``, the running sums rescaled by ``exp(m_old - m_new)`` whenever the max
 grows (single-pass softmax attention).
@@ -69,27 +71,37 @@ def auto_block(rows: int) -> int:
     return int(min(1024, max(16, 1 << (target - 1).bit_length())))
 
 
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+    """Which tiles hold data: tile ``i`` for ``lo <= i < hi``; ``valid(i)`` marks its rows that
+    belong to the range (a boolean vector of the tile's length); ``length`` is the number of
+    rows of the range (what a mean divides by)."""
+
+    lo: Any
+    hi: Any
+    valid: Callable[[Any], Any]
+    length: Any
+
+
 def tiled_call(
     fn: Callable[..., Sequence[Any]],
     args: Sequence[Any],
     readers: Sequence[TileReader | None],
     axis: Sequence[int | None],
-    length: Any,
-    block: int,
+    tiles: Tiles,
     klass: str,
     what: str,
 ) -> list[Any] | None:
-    """``fn`` over every valid row of its range inputs, computed tile by tile; or None.
+    """``fn`` over every row of its range inputs, computed tile by tile; or None.
 
     ``args[k]`` is a plain value when ``readers[k]`` is None; otherwise ``readers[k](i)``
-    returns tile ``i`` (``block`` rows along ``axis[k]``) and ``args[k]`` is an example tile
-    (a ``jax.ShapeDtypeStruct``). ``length`` is the number of valid rows (traced);
-    ``klass`` names the size class in :mod:`.masking`.
+    returns tile ``i`` (its rows along ``axis[k]``) and ``args[k]`` is an example tile (a
+    ``jax.ShapeDtypeStruct``). ``klass`` names the size class in :mod:`.masking`.
     """
     plan = _plan(fn, args, axis, klass, what)
     if plan is None:
         return None
-    return _Sweeps(plan, readers, length, block, klass).run(list(args))
+    return _Sweeps(plan, readers, tiles).run(list(args))
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -400,14 +412,11 @@ def _relevel(plan: _Plan) -> None:
 
 
 class _Sweeps:
-    def __init__(
-        self, plan: _Plan, readers: Sequence[TileReader | None], length: Any, block: int, klass: str
-    ) -> None:
+    def __init__(self, plan: _Plan, readers: Sequence[TileReader | None], tiles: Tiles) -> None:
         self.plan = plan
         self.readers = readers
-        self.length = length
-        self.block = block
-        self.klass = klass
+        self.tiles = tiles
+        self.length = tiles.length
         self.eqns = plan.closed.jaxpr.eqns
 
     def run(self, args: list[Any]) -> list[Any]:
@@ -513,8 +522,7 @@ class _Sweeps:
                 out[i] = carry[i] * scale + self._partial(i, local, tile)
             return out
 
-        tiles = (self.length + self.block - 1) // self.block
-        final = lax.fori_loop(0, tiles, body, init)
+        final = lax.fori_loop(self.tiles.lo, self.tiles.hi, body, init)
         for i in online:
             shape = self.eqns[i].outvars[0].aval.shape
             for j, positions in self.plan.divisors[i]:
@@ -531,18 +539,18 @@ class _Sweeps:
             local.update(zip(eqn.outvars, _bind(eqn, values), strict=True))
 
     def _partial(self, i: int, local: dict, tile: Any) -> Any:
-        """Reduce ``i`` over one tile, its rows past the valid length filled neutral."""
+        """Reduce ``i`` over one tile, its rows outside the range filled neutral."""
         eqn = self.eqns[i]
         values = [self._read(v, local, (i, "lit", p)) for p, v in enumerate(eqn.invars)]
         fill = _FILL[eqn.primitive.name]
-        start = tile * self.block
+        valid = self.tiles.valid(tile)
         for k, var in enumerate(eqn.invars[:2]):
             if isinstance(var, jex.Literal) or var not in self.plan.axis:
                 continue
             axis = self.plan.axis[var]
-            index = lax.broadcasted_iota(jnp.int32, np.shape(values[k]), axis) + start
-            neutral = _neutral(values[k], fill)
-            values[k] = jnp.where(index < self.length, values[k], neutral)
+            shape = np.shape(values[k])
+            mask = lax.broadcast_in_dim(valid, shape, (axis,))
+            values[k] = jnp.where(mask, values[k], _neutral(values[k], fill))
             if eqn.primitive.name != "dot_general":
                 break
         return _bind(eqn, values)[0]
