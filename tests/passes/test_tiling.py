@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tempo_jax as tj
-from tempo_jax._lower.tiling import auto_block, tiled_call
+from tempo_jax._lower.tiling import Tiles, auto_block, tiled_call
 from tempo_jax._passes.tiling import tile_dynamic_ranges
 from tests.corpus import CASES, Case
 from tests.lower.test_compile import _loops
@@ -100,7 +100,11 @@ def _visits(fn: Any, rows: np.ndarray, length: int, block: int) -> tuple[list, l
 
     @jax.jit
     def run(n: jax.Array) -> list:
-        out = tiled_call(fn, [q, example], [None, reader], [None, 0], n, block, "L", "test")
+        def valid(tile: Any) -> jax.Array:
+            return tile * block + jnp.arange(block) < n
+
+        tiles = Tiles(0, (n + block - 1) // block, valid, n)
+        out = tiled_call(fn, [q, example], [None, reader], [None, 0], tiles, "L", "test")
         assert out is not None
         return out
 
@@ -156,7 +160,8 @@ def test_payloads_that_are_not_map_then_reduce_fall_back() -> None:
         lambda q, ks: (jnp.cumsum(ks, axis=0).sum(0),),
         lambda q, ks: (ks * q,),  # the output keeps the range
     ):
-        got = tiled_call(fn, [q, example], [None, lambda i: None], [None, 0], 3, 4, "L", "x")
+        tiles = Tiles(0, 1, lambda i: jnp.arange(4) < 3, 3)
+        got = tiled_call(fn, [q, example], [None, lambda i: None], [None, 0], tiles, "L", "x")
         assert got is None
     # the same payloads compile (padded, unmasked where the masking allows) with equal values
     p = next(c for c in CASES if c.name == "returns_suffix")
