@@ -163,6 +163,7 @@ from ._ir.expr import Symbol as Symbol
 from ._ir.expr import eq as eq
 from ._ir.expr import ne as ne
 from ._passes.pipeline import Pipeline as Pipeline
+from ._passes.tiling import tile_dynamic_ranges as tile_dynamic_ranges
 
 RT = RecurrentTensor
 __version__ = "0.1.0"

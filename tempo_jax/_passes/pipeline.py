@@ -71,6 +71,22 @@ class Pipeline:
 
     passes: tuple[Pass, ...] = DEFAULT_PASSES
 
+    def without(self, *names: str) -> Pipeline:
+        """This pipeline with the passes of these names left out, e.g.
+        ``tj.Pipeline().without("vectorize")``."""
+        unknown = set(names) - {_name(step) for step in self.passes}
+        if unknown:
+            known = ", ".join(dict.fromkeys(_name(step) for step in self.passes))
+            raise ValueError(f"no pass named {sorted(unknown)} in this pipeline ({known})")
+        return Pipeline(tuple(step for step in self.passes if _name(step) not in names))
+
+    def replacing(self, name: str, step: Pass) -> Pipeline:
+        """This pipeline with the pass of this name replaced, e.g. tiles of 128 rows:
+        ``tj.Pipeline().replacing("tile_dynamic_ranges", partial(tj.tile_dynamic_ranges,
+        block=128))``."""
+        self.without(name)  # checks the name
+        return Pipeline(tuple(step if _name(old) == name else old for old in self.passes))
+
     def run(self, program: Program) -> tuple[Program, list[PassStat]]:
         """``program`` after every pass, and what each pass did."""
         stats = []
@@ -79,8 +95,13 @@ class Pipeline:
             start = time.perf_counter()
             before = len(program.ops)
             program = step(program)
-            name = getattr(getattr(step, "func", step), "__name__", type(step).__name__)
+            name = _name(step)
             stats.append(PassStat(name, before, len(program.ops), time.perf_counter() - start))
             if debug:
                 print(f"-- tempo_jax: program after {name} ({len(program.ops)} ops)\n{program}")
         return program, stats
+
+
+def _name(step: Pass) -> str:
+    """A pass's name (a ``functools.partial`` is named after its function)."""
+    return getattr(getattr(step, "func", step), "__name__", type(step).__name__)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -96,3 +98,40 @@ def test_the_default_pipeline_lifts_an_accumulator_out_of_any_loop() -> None:
     assert "for t" not in compiled.schedule
     assert _loops(compiled.jaxpr(**inputs).jaxpr) == []
     np.testing.assert_allclose(compiled(**inputs)["s"], np.cumsum(inputs["x"]), rtol=1e-5)
+
+
+def _returns() -> tj.Program:
+    with tj.Program() as p:
+        b, t = p.dims("b t")
+        T = t.bound
+        r = tj.input("r", (), jnp.float32, domain=(b, t))
+        g = tj.placeholder((), jnp.float32, domain=(b, t))
+        g[b, T - 1] = r[b, T - 1]
+        g[True] = r[b, t] + 0.99 * g[b, t + 1]
+        p.output("g", g)
+    return p
+
+
+def test_passes_are_left_out_or_replaced_by_name() -> None:
+    """The README's compile example: lifted to a scan by default; a reversed loop over t with
+    b vectorised without the rewrite; loops over both without vectorisation too."""
+    p = _returns()
+    bounds = {"B": 4, "T": 50}
+    ones = {"r": np.ones((4, 50), np.float32)}
+    lifted = p.compile(bounds)
+    assert "for" not in lifted.schedule
+    looped = p.compile(bounds, pipeline=tj.Pipeline().without("rewrite"))
+    assert "for t in reversed" in looped.schedule and "for b" not in looped.schedule
+    both = p.compile(bounds, pipeline=tj.Pipeline().without("rewrite", "vectorize"))
+    assert "for b" in both.schedule
+    want = np.cumsum(0.99 ** np.arange(50))[::-1]
+    for f in (lifted, looped, both):
+        np.testing.assert_allclose(f(**ones)["g"], np.broadcast_to(want, (4, 50)), rtol=1e-5)
+    with pytest.raises(ValueError, match="no pass named"):
+        tj.Pipeline().without("vectorise")
+    tiles = functools.partial(tj.tile_dynamic_ranges, block=3)
+    replaced = tj.Pipeline().replacing("tile_dynamic_ranges", tiles)
+    assert [s.__name__ if hasattr(s, "__name__") else s.func.__name__ for s in replaced.passes] == [
+        s.__name__ for s in tj.Pipeline().passes
+    ]
+    assert replaced.passes[-1] is tiles
