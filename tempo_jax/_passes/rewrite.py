@@ -32,7 +32,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._ir.expr import TRUE, Const, Expr, IndexItem, Slice, Symbol, eq, substitute, symbols_of
+from .._ir.expr import (
+    TRUE,
+    BoolConst,
+    Const,
+    Expr,
+    IndexItem,
+    Slice,
+    Symbol,
+    eq,
+    substitute,
+    symbols_of,
+)
 from .._ir.program import Edge, Op, Payload, Program, TensorSpec
 from .._ir.simplify import simplify
 from .picks import next_id, pick_payload
@@ -195,17 +206,77 @@ def _forward(ctx: Context, op: Op, to: Edge) -> Program | None:
     return _drop_orphans(program, [op.id])
 
 
-def _reaches(program: Program, start: int, target: int) -> bool:
-    """Whether op ``start`` reads op ``target``, directly or through other ops."""
+At = tuple[tuple[str, int] | None, ...]  # per tracked dim: ("rel", offset), ("abs", c), or any
+
+
+def _reaches_same(program: Program, edge: Edge, target: int, dims: tuple[Symbol, ...]) -> bool:
+    """Whether what ``edge`` reads depends on ``target`` at the same point of ``dims``.
+
+    Reads are followed with where they lead on each of ``dims``: an offset from the start
+    (``x[i-1]``: -1), a constant point (``x[0]``, whose merge branches that cannot hold there
+    are skipped), or anywhere (a range, an op without the dim). Reaching ``target`` at offset
+    0, at a constant or anywhere is a dependence. When no read of the program looks ahead
+    along a dim (no ``x[i+1]``), a path that stepped back along it never returns, and is cut:
+    a sum over ``b`` and ``t`` at iteration ``i`` may then be lifted although iteration
+    ``i + 1`` reads it. Otherwise every path counts.
+    """
+    ahead = [_looks_ahead(program, d) for d in dims]
+    start = (edge.src, _follow(program, edge, dims, (("rel", 0),) * len(dims)))
     stack, seen = [start], set()
     while stack:
-        op_id = stack.pop()
-        if op_id == target:
+        op_id, at = stack.pop()
+        behind = any(
+            a is not None and a[1] < 0 and not far for a, far in zip(at, ahead, strict=True)
+        )
+        if behind or (op_id, at) in seen:
+            continue
+        if op_id == target and all(a is None or a[0] == "abs" or a[1] == 0 for a in at):
             return True
-        if op_id not in seen:
-            seen.add(op_id)
-            stack.extend(edge.src for edge in program.op(op_id).inputs)
+        seen.add((op_id, at))
+        fixed = {d: Const(a[1]) for d, a in zip(dims, at, strict=True) if a and a[0] == "abs"}
+        for read in program.op(op_id).inputs:
+            if fixed and simplify(substitute(read.cond, fixed)) == BoolConst(False):
+                continue  # a branch that does not hold at this constant point
+            stack.append((read.src, _follow(program, read, dims, at)))
     return False
+
+
+def _looks_ahead(program: Program, d: Symbol) -> bool:
+    """Whether some read reaches a later point along ``d`` (``x[d+1]``) or one not a shift."""
+    for op in program.ops:
+        for read in op.inputs:
+            producer = program.op(read.src)
+            if d not in producer.domain or d not in op.domain:
+                continue
+            item = read.index[producer.domain.index(d)]
+            if isinstance(item, Slice):
+                return True
+            if isinstance(simplify(item), Const):
+                continue  # a constant point: followed with its merge branches pruned
+            offset = simplify(item - d)
+            if not isinstance(offset, Const) or offset.value > 0:
+                return True
+    return False
+
+
+def _follow(program: Program, edge: Edge, dims: tuple[Symbol, ...], at: At) -> At:
+    """Where ``edge`` leads on each of ``dims`` from ``at``."""
+    producer = program.op(edge.src)
+    out: list[tuple[str, int] | None] = []
+    for d, a in zip(dims, at, strict=True):
+        if d not in producer.domain:
+            out.append(None)
+            continue
+        item = edge.index[producer.domain.index(d)]
+        here = None if isinstance(item, Slice) else simplify(item)
+        offset = None if here is None else simplify(here - d)
+        if isinstance(here, Const):
+            out.append(("abs", here.value))
+        elif a is not None and isinstance(offset, Const):
+            out.append((a[0], a[1] + offset.value))
+        else:
+            out.append(None)
+    return tuple(out)
 
 
 # -- algebraic identities ------------------------------------------------------------------------
@@ -389,7 +460,8 @@ def _valid_ends(program: Program, rec: _Recurrence) -> bool:
         return False
     if not _same_spec(program.read_spec(rec.init), rec.acc.outputs[0]):
         return False
-    return not any(_reaches(program, e.src, rec.acc.id) for e in (rec.init, rec.x))
+    others = tuple(d for d in rec.acc.domain if d != rec.t)
+    return not any(_reaches_same(program, e, rec.acc.id, others) for e in (rec.init, rec.x))
 
 
 def _adds_inputs(closed: jex.ClosedJaxpr) -> bool:
@@ -457,6 +529,22 @@ def _discounted(ctx: Context, acc: Op, t: Symbol) -> _Recurrence | None:
     return None
 
 
+def _suffix_sum(ctx: Context, acc: Op, t: Symbol) -> _Recurrence | None:
+    """``acc[T-1] = a; acc[t] = x[t] + acc[t+1]`` (operands in any order), or ``None``: the
+    discounted sum with ``c = 1`` (autodiff's sums of cotangents over a dim take this form)."""
+    last = simplify(t.bound - 1)
+    found = _branches(acc, t, last, t <= t.bound - 2)
+    reads = None if found is None else _sum_reads(ctx, found[1])
+    own = [k for k, r in enumerate(reads or ()) if r.src == acc.id]
+    if reads is None or len(own) != 1 or reads[own[0]].index != _shifted(acc, t, 1):
+        return None
+    x = _ranged(reads[1 - own[0]], t, Const(0), last, range(0, 2))
+    if x is None or not _same_spec(ctx.program.read_spec(found[1]), acc.outputs[0]):
+        return None
+    init = _boundary(found[0], t, last)
+    return _Recurrence(acc, t, init, x, (found[1].src,), 1.0)
+
+
 def _recurrence(
     ctx: Context, op: Op, parse: Callable[[Context, Op, Symbol], _Recurrence | None]
 ) -> _Recurrence | None:
@@ -495,17 +583,31 @@ def _lift(program: Program, rec: _Recurrence, payload: Payload) -> Program:
 def _lift_total(ctx: Context, op: Op) -> Program | None:
     """Rule: a running sum only read at its last point: its readers read one sum."""
     rec = _recurrence(ctx, op, _running_sum)
-    if rec is None:
-        return None
-    program, pos, last = ctx.program, op.domain.index(rec.t), simplify(rec.t.bound - 1)
+    return None if rec is None else _total_of(ctx, op, rec, simplify(rec.t.bound - 1))
+
+
+def _lift_suffix_total(ctx: Context, op: Op) -> Program | None:
+    """Rule: a suffix sum only read at its first point: its readers read one sum."""
+    rec = _recurrence(ctx, op, _suffix_sum)
+    return None if rec is None else _total_of(ctx, op, rec, Const(0))
+
+
+def _total_of(ctx: Context, op: Op, rec: _Recurrence, last: Expr) -> Program | None:
+    """The sum of a running or suffix sum ``op`` for readers that only read its end ``last``."""
+    program, pos = ctx.program, op.domain.index(rec.t)
     if any(_readers(program, s) - {op.id, *rec.steps} for s in rec.steps):
         return None
     reads = [e for o in program.ops if o.id not in rec.steps for e in o.inputs if e.src == op.id]
     reads += [out.edge for out in program.outputs if out.edge.src == op.id]
     if not reads or any(simplify(e.index[pos]) != last for e in reads):
         return None
-    payload = Payload(functools.partial(_total, op.outputs[0].dtype), "sum")
-    total = _closed_form(program, rec, payload, op.outputs[0])
+    whole = _whole_range(program, rec)
+    if whole is None:
+        payload = Payload(functools.partial(_total, op.outputs[0].dtype), "sum")
+        total = _closed_form(program, rec, payload, op.outputs[0])
+    else:  # the init is the range's missing end: one read of the whole range
+        payload = Payload(functools.partial(_sum, op.outputs[0].dtype), "sum")
+        total = _closed_form(program, rec, payload, op.outputs[0]).replace(inputs=(whole,))
     ops = tuple(total if o.id == op.id else o for o in program.ops if o.id not in rec.steps)
 
     def read(edge: Edge) -> Edge:  # the sum is the value at t = T-1
@@ -513,6 +615,29 @@ def _lift_total(ctx: Context, op: Op) -> Program | None:
         return dataclasses.replace(edge, src=total.id, index=index)
 
     return _replace_reads(program.replace(ops=ops), op.id, read)
+
+
+def _whole_range(program: Program, rec: _Recurrence) -> Edge | None:
+    """``x[0:T]`` when the init reads ``x`` at the one point its range leaves out (the sums
+    autodiff builds: ``acc[T-1] = x[T-1]; acc[t] = x[t] + acc[t+1]``), else None."""
+    x, init = rec.x, rec.init
+    if (x.src, x.out) != (init.src, init.out) or x.cond != TRUE or init.cond != TRUE:
+        return None
+    (pos,) = x.slices
+    span = x.index[pos]
+    assert isinstance(span, Slice)
+    missing = {simplify(span.start - 1), simplify(span.stop)}
+    rest = x.index[:pos] + x.index[pos + 1 :]
+    if rest != init.index[:pos] + init.index[pos + 1 :] or simplify(init.index[pos]) not in missing:
+        return None
+    size = program.op(x.src).domain[pos].bound
+    start = simplify(
+        Const(0) if simplify(init.index[pos]) == simplify(span.stop) else init.index[pos]
+    )
+    whole = Slice(start, simplify(start + (span.stop - span.start) + 1))
+    if simplify(whole.start) != Const(0) or simplify(whole.stop - size) != Const(0):
+        return None
+    return dataclasses.replace(x, index=(*x.index[:pos], whole, *x.index[pos + 1 :]))
 
 
 def _lift_running_sum(ctx: Context, op: Op) -> Program | None:
@@ -526,7 +651,7 @@ def _lift_running_sum(ctx: Context, op: Op) -> Program | None:
 
 def _lift_discounted(ctx: Context, op: Op) -> Program | None:
     """Rule: a suffix discounted sum becomes a reverse associative scan over its ``t`` axis."""
-    rec = _recurrence(ctx, op, _discounted)
+    rec = _recurrence(ctx, op, _discounted) or _recurrence(ctx, op, _suffix_sum)
     if rec is None:
         return None
     size, dtype = simplify(rec.t.bound - 1), op.outputs[0].dtype
@@ -540,6 +665,11 @@ def _lift_discounted(ctx: Context, op: Op) -> Program | None:
 def _total(dtype: np.dtype, init: Any, xs: Any) -> tuple[Any, ...]:
     """``a + x.sum(0)`` of the init ``a`` and the stacked steps ``x``."""
     return ((init + xs.sum(axis=0)).astype(dtype),)
+
+
+def _sum(dtype: np.dtype, xs: Any) -> tuple[Any, ...]:
+    """``x.sum(0)`` of the stacked points ``x``."""
+    return (xs.sum(axis=0).astype(dtype),)
 
 
 def _cumsum(dtype: np.dtype, init: Any, xs: Any) -> tuple[Any, ...]:
@@ -591,6 +721,7 @@ MOVEMENT = (
 LIFTS = (
     Rule("total", _lift_total),  # s[0]=a; s[t]=s[t-1]+x[t]; only s[T-1] read -> a + sum(x[1:T])
     Rule("running_sum", _lift_running_sum),  # s[0]=a; s[t]=s[t-1]+x[t] -> cumsum(a, x[1:T])[t]
+    Rule("suffix_total", _lift_suffix_total),  # g[T-1]=a; g[t]=x[t]+g[t+1]; only g[0] -> sum
     Rule("discounted", _lift_discounted),  # g[T-1]=a; g[t]=x[t]+c*g[t+1] -> rev. scan of x, a
 )
 

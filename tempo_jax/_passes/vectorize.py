@@ -64,7 +64,7 @@ def _group(program: Program, d: Symbol) -> set[int]:
     bad = {op.id for op in program.ops if op.id in over and not _eligible(program, op, d)}
     bad |= partial & over
     group = over - bad
-    components = _components(program)
+    components = _components(program, d)
     for component in components:
         if component & bad:
             group -= component
@@ -143,13 +143,19 @@ def _whole(item: IndexItem, d: Symbol) -> bool:
     )
 
 
-def _components(program: Program) -> list[set[int]]:
+def _components(program: Program, d: Symbol) -> list[set[int]]:
     """The strongly connected components of the op graph with more than one op or a self-read
-    (Tarjan's algorithm, iterative)."""
+    (Tarjan's algorithm, iterative).
+
+    A read shifted along another dim (``w[i-1]``: the previous iteration) leaves the points of
+    that dim it starts from, so it closes no cycle that matters for ``d``: a learner over ``t``
+    inside a training loop over ``i`` is not one cycle with the rollout over ``t``.
+    """
     succ: dict[int, list[int]] = {op.id: [] for op in program.ops}
     for op in program.ops:
         for edge in op.inputs:
-            succ[edge.src].append(op.id)
+            if not _shifted_elsewhere(program, op, edge, d):
+                succ[edge.src].append(op.id)
     index: dict[int, int] = {}
     low: dict[int, int] = {}
     stack: list[int] = []
@@ -187,6 +193,18 @@ def _components(program: Program) -> list[set[int]]:
             elif child in on:
                 low[node] = min(low[node], index[child])
     return found
+
+
+def _shifted_elsewhere(program: Program, reader: Op, edge: Edge, d: Symbol) -> bool:
+    """Whether ``edge`` reads another dim than ``d`` (one both ops have) at a constant shift."""
+    producer = program.op(edge.src)
+    for dim, item in zip(producer.domain, edge.index, strict=True):
+        if dim == d or dim not in reader.domain or isinstance(item, Slice):
+            continue
+        shift = simplify(item - dim)
+        if isinstance(shift, Const) and shift.value != 0:
+            return True
+    return False
 
 
 # -- rewriting ------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -468,3 +469,32 @@ def test_a_plain_pick_of_a_dynamic_axis_compiles() -> None:
     compiled = compile_program(out, {T: tj.dynamic(max=16)}, pipeline=tj.Pipeline(passes=()))
     got = compiled(x=inputs["x"][:5], T=5)["s"]
     _close(np.asarray(got)[:5], np.cumsum(inputs["x"][:5]))
+
+
+def test_gradient_sums_over_batch_and_steps_become_one_sum_per_iteration() -> None:
+    """A weight over ``(i,)`` read at every ``(i, b, t)``: autodiff sums its cotangents by suffix
+    sums over ``t`` then ``b``. Iteration ``i + 1`` reads the result through the optimiser,
+    but not at the same ``i``, so both lift to one sum of the whole range; with vectorisation
+    nothing loops over ``b`` or ``t``."""
+    import optax
+
+    rng = np.random.default_rng(5)
+    xs = rng.normal(size=(4, 6, 3)).astype(np.float32)
+    w0 = np.array([0.5, -0.3, 0.2], np.float32)
+    with tj.Program() as p:
+        i, b, t = p.dims("i b t")
+        x = tj.input("x", (3,), jnp.float32, domain=(b, t))
+        w = tj.param(jnp.asarray(w0), domain=(i,))
+        loss = tj.tanh(x @ w) ** 2
+        (g,) = tj.grad(loss, [w])
+        new = tj.optim.step(optax.sgd(0.1), w, g, over=i)
+        p.output("w", new[i.bound - 1])
+    lifted = rewrite(p.to_ir())
+    assert not [op for op in lifted.ops if op.kind == "merge" and op.name.startswith("sum_over")]
+    compiled = p.compile({"I": 3, "B": 4, "T": 6})
+    assert "for b" not in compiled.schedule and "for t" not in compiled.schedule
+
+    want = jnp.asarray(w0)
+    for _ in range(3):
+        want = want - 0.1 * jax.grad(lambda v: (jnp.tanh(xs @ v) ** 2).sum())(want)
+    _close(compiled(x=xs)["w"], want)

@@ -80,10 +80,30 @@ def test_independent_batch_dim_has_no_loop() -> None:
 
 
 def test_a_dependence_along_the_dim_keeps_it_a_loop() -> None:
+    xs = np.random.default_rng(4).normal(size=(6, 3)).astype(np.float32)
+    with tj.Program() as p:
+        (b,) = p.dims("b")
+        x = tj.input("x", (3,), jnp.float32, domain=(b,))
+        s = tj.placeholder((3,), jnp.float32, domain=(b,))
+        s[0] = x[0]
+        s[b + 1] = tj.tanh(s[b]) + x[b + 1]  # each env from the previous one: a loop over b
+        p.output("s", s)
+    ir = vectorize(p.to_ir())
+    assert all(op.domain == (b,) for op in ir.ops if op.kind != "input" and op.name != "const")
+    compiled = p.compile({"B": 6})
+    assert "for b" in compiled.schedule
+    _close(compiled(x=xs), tj.reference.run(p, {"B": 6}, {"x": xs}))
+
+
+def test_a_dependence_along_the_dim_carried_by_another_dim() -> None:
+    """``h[b-1, t]`` read inside the step of ``t``: that op keeps ``b`` a loop, but the cycle
+    through ``h`` runs through ``t - 1``, so ``h`` itself computes all ``b`` at once."""
     p, bounds, inputs, _ = _batched_rnn(b_dependence=True)
     ir = vectorize(p.to_ir())
     (h,) = [op for op in ir.ops if op.name == "h"]
-    assert [d.name for d in h.domain] == ["b", "t"]  # the whole recurrence keeps b
+    picks = [o for o in ir.ops if o.name == "pick h" and any(e.src == h.id for e in o.inputs)]
+    assert [d.name for d in h.domain] == ["t"] and picks
+    assert any("b" in [d.name for d in o.domain] for o in picks)  # h[max(b-1, 0), t]: a loop
     _close(p.compile(bounds)(**inputs), tj.reference.run(p, bounds, inputs))
 
 

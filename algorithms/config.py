@@ -1,0 +1,41 @@
+"""Configs of the RL algorithms: frozen dataclasses loaded from ``configs/rl/*.yaml``."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import yaml
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """One training run. ``iterations`` x ``envs`` x ``steps`` env steps in all."""
+
+    algo: str = "ppo"  # ppo | reinforce | a2c
+    env: str = "CartPole-v1"
+    env_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    iterations: int = 100
+    envs: int = 8  # B: environments run side by side
+    steps: int = 128  # T: steps per environment per iteration
+    width: int = 64
+    layers: int = 2
+    cnn: bool = False
+    lr: float = 2.5e-4
+    max_grad_norm: float = 0.5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    value_coef: float = 0.5
+    entropy_coef: float = 0.01
+    epochs: int = 1
+    minibatches: int = 1
+    n_step: int = 0  # REINFORCE with n-step TD returns when > 0
+    seed: int = 0
+
+
+def load(path: str | pathlib.Path, **overrides: Any) -> RLConfig:
+    """The config in a YAML file, with ``overrides`` applied."""
+    data = yaml.safe_load(pathlib.Path(path).read_text()) or {}
+    return dataclasses.replace(RLConfig(**data), **overrides)

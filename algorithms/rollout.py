@@ -1,0 +1,106 @@
+"""The acting half of every algorithm: environments stepped by a policy, as recurrences.
+
+:func:`rollout` records, inside an active ``tj.Program`` over dims ``(i, b, t)`` (iteration,
+environment, step), the recurrences of one rollout per iteration:
+
+- ``state[i, b, 0]``: a reset at ``i = 0``, then the state where iteration ``i - 1`` left
+  off (episodes run on across iterations, as in CleanRL);
+- ``state[i, b, t + 1] = env.step(state[i, b, t], action[i, b, t])`` (the environment resets
+  an episode that ends);
+- the policy's outputs at every ``(i, b, t)``, the reward and ``done``, and each finished
+  episode's return.
+
+The whole rollout is one set of recurrences: tempo_jax vectorises ``b`` and schedules ``t``
+inside ``i``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import tempo_jax as tj
+
+from .envs import Env
+
+
+def _is_rt(value: Any) -> bool:
+    return isinstance(value, tj.RT)
+
+
+def placeholders(example: Any, domain: tuple[tj.Symbol, ...], name: str) -> Any:
+    """A pytree of placeholders shaped like ``example`` (arrays or shape structs), one per
+    leaf."""
+    return jax.tree_util.tree_map(
+        lambda a: tj.placeholder(a.shape, a.dtype, domain=domain, name=name),
+        example,
+    )
+
+
+def define(target: Any, index: Any, value: Any) -> None:
+    """``leaf[index] = value leaf`` for every leaf of two pytrees of the same structure."""
+    leaves = jax.tree_util.tree_leaves(target, is_leaf=_is_rt)
+    values = jax.tree_util.tree_leaves(value, is_leaf=_is_rt)
+    for leaf, v in zip(leaves, values, strict=True):
+        leaf[index] = v
+
+
+def read(tree: Any, index: Any) -> Any:
+    """Every leaf of a pytree of tensors read at ``index``."""
+    return jax.tree_util.tree_map(lambda x: x[index], tree, is_leaf=_is_rt)
+
+
+@dataclasses.dataclass
+class Rollout:
+    """The tensors of a rollout over ``(i, b, t)``; ``acted`` is the policy's output pytree."""
+
+    obs: tj.RT
+    acted: Any
+    action: tj.RT
+    reward: tj.RT
+    done: tj.RT
+    next_obs: tj.RT
+    episode_return: tj.RT  # at a step that ends an episode, that episode's return
+
+
+def rollout(
+    env: Env,
+    act: Callable[[jax.Array, jax.Array], tuple[jax.Array, Any]],
+    dims: tuple[tj.Symbol, tj.Symbol, tj.Symbol],
+    key: jax.Array,
+) -> Rollout:
+    """Record the rollout recurrences (module docstring).
+
+    ``act(key, obs) -> (action, outputs)`` is the policy at one point, already closed over
+    its parameters' tensors (call it through ``tj.lift``-ed functions); the action is
+    detached before it reaches the environment.
+    """
+    i, b, t = dims
+    T = t.bound
+    reset_key, act_key, step_key = jax.random.split(key, 3)
+    obs0, state0 = jax.eval_shape(env.reset, jax.random.PRNGKey(0))
+    state = placeholders(state0, (i, b, t), "state")
+    obs = tj.placeholder(obs0.shape, obs0.dtype, domain=(i, b, t), name="obs")
+    first_obs, first_state = tj.lift(env.reset, name="reset")(tj.random.key_at(reset_key, (b,)))
+    action, acted = act(tj.random.key_at(act_key, (i, b, t)), obs)
+    step = tj.lift(env.step, name="env_step")
+    next_obs, next_state, reward, done = step(
+        tj.random.key_at(step_key, (i, b, t)), state, action.detach()
+    )
+    define(state, (0, b, 0), read(first_state, b))
+    obs[0, b, 0] = first_obs[b]
+    define(state, (i + 1, b, 0), read(next_state, (i, b, T - 1)))
+    obs[i + 1, b, 0] = next_obs[i, b, T - 1]
+    define(state, (i, b, t + 1), next_state)
+    obs[i, b, t + 1] = next_obs
+    running = tj.placeholder((), jnp.float32, domain=(i, b, t), name="running")
+    ended = running + reward  # the return so far, this step included
+    after = tj.where(done, 0.0, ended)
+    running[0, b, 0] = 0.0
+    running[i + 1, b, 0] = after[i, b, T - 1]
+    running[i, b, t + 1] = after
+    return Rollout(obs, acted, action, reward, done, next_obs, ended)
