@@ -134,21 +134,22 @@ def test_single_jit_is_one_scan_over_iterations() -> None:
     assert inner.count(CARTPOLE.steps) == 2  # the rollout and GAE's reverse scan
 
 
-@pytest.mark.slow
-def test_tempo_jax_ppo_matches_the_single_jit_baseline() -> None:
-    """Same keys, same semantics: the tempo_jax program's run is the baseline's (~25 s to
-    compile)."""
+@pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1"])
+def test_tempo_jax_ppo_matches_the_single_jit_baseline(env: str) -> None:
+    """Same keys, same semantics: the tempo_jax program's run (rollout, GAE, loss, gradients,
+    Adam) is the hand-written baseline's, over 3 iterations."""
     from algorithms import ppo
 
-    want = ppo_jax.make_train(CARTPOLE)()
-    got = ppo.make_train(CARTPOLE)()
+    config = dataclasses.replace(CARTPOLE, env=env)
+    want = ppo_jax.make_train(config)()
+    got = ppo.make_train(config)()
     for name in ("mean_return", "episodes"):
-        np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]))
-    np.testing.assert_allclose(np.asarray(got["loss"]), np.asarray(want["loss"]), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(got["loss"]), np.asarray(want["loss"]), rtol=1e-4)
     leaves = zip(
         jax.tree_util.tree_leaves(got["params"]),
         jax.tree_util.tree_leaves(want["params"]),
         strict=True,
     )
     for a, b in leaves:
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
