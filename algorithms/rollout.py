@@ -54,6 +54,13 @@ def read(tree: Any, index: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: x[index], tree, is_leaf=_is_rt)
 
 
+def _last(tree: Any, i: tj.Symbol, b: tj.Symbol, T: Any) -> Any:
+    """Each leaf's value at the last step, as a tensor over ``(i, b)``."""
+    keep = tj.lift(lambda *leaves: leaves, name="last_step")
+    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_is_rt)
+    return jax.tree_util.tree_unflatten(treedef, keep(*(x[i, b, T - 1] for x in leaves)))
+
+
 @dataclasses.dataclass
 class Rollout:
     """The tensors of a rollout over ``(i, b, t)``; ``acted`` is the policy's output pytree."""
@@ -91,16 +98,19 @@ def rollout(
     next_obs, next_state, reward, done = step(
         tj.random.key_at(step_key, (i, b, t)), state, action.detach()
     )
+    # where iteration i leaves off, as values of iteration i: the steps' buffers are then only
+    # read within their own iteration, and the compiled program keeps one iteration of them
+    final_obs, final_state = _last(next_obs, i, b, T), _last(next_state, i, b, T)
     define(state, (0, b, 0), read(first_state, b))
     obs[0, b, 0] = first_obs[b]
-    define(state, (i + 1, b, 0), read(next_state, (i, b, T - 1)))
-    obs[i + 1, b, 0] = next_obs[i, b, T - 1]
+    define(state, (i + 1, b, 0), final_state)
+    obs[i + 1, b, 0] = final_obs
     define(state, (i, b, t + 1), next_state)
     obs[i, b, t + 1] = next_obs
     running = tj.placeholder((), jnp.float32, domain=(i, b, t), name="running")
     ended = running + reward  # the return so far, this step included
     after = tj.where(done, 0.0, ended)
     running[0, b, 0] = 0.0
-    running[i + 1, b, 0] = after[i, b, T - 1]
+    running[i + 1, b, 0] = _last(after, i, b, T)
     running[i, b, t + 1] = after
     return Rollout(obs, acted, action, reward, done, next_obs, ended)

@@ -105,7 +105,8 @@ class TreeLowering:
     def _zeros(self, op_id: int, out: int) -> jax.Array:
         op = self.program.op(op_id)
         spec = op.outputs[out]
-        lead = tuple(self.bounds[d.bound] for d in op.domain)
+        dropped = self.plan.scoped.get((op_id, out), frozenset())
+        lead = tuple(self.bounds[d.bound] for k, d in enumerate(op.domain) if k not in dropped)
         return jnp.zeros(lead + self.shape(spec, op.domain), spec.dtype)
 
     def is_static(self, size: int | Expr) -> bool:
@@ -284,11 +285,11 @@ class TreeLowering:
             if (op.id, k) not in self.plan.buffered:
                 continue
             buf = buffers[(op.id, k)]
-            update = jnp.asarray(value, buf.dtype).reshape(
-                (1,) * len(point) + buf.shape[len(point) :]
-            )
-            zeros = [jnp.int32(0)] * (buf.ndim - len(point))
-            buffers[(op.id, k)] = lax.dynamic_update_slice(buf, update, [*point, *zeros])
+            dropped = self.plan.scoped.get((op.id, k), frozenset())
+            at = [p for n, p in enumerate(point) if n not in dropped]  # scoped: this iteration's
+            update = jnp.asarray(value, buf.dtype).reshape((1,) * len(at) + buf.shape[len(at) :])
+            zeros = [jnp.int32(0)] * (buf.ndim - len(at))
+            buffers[(op.id, k)] = lax.dynamic_update_slice(buf, update, [*at, *zeros])
         return buffers
 
     # -- one point -----------------------------------------------------------------------------
@@ -333,7 +334,10 @@ class TreeLowering:
         if ranges is None:
             return None
         item = next(iter(ranges.values()))[1]
-        rows = {self._buffer(op.inputs[k], buffers).shape[a] for k, (_, _, a) in ranges.items()}
+        rows = {
+            self._buffer(op.inputs[k], buffers).shape[self._buffer_axis(op.inputs[k], a)]
+            for k, (_, _, a) in ranges.items()
+        }
         block = payload.block or auto_block(self.padded(item.size, op.domain))
         if len(rows) != 1 or block >= min(rows) or block >= self.padded(item.size, op.domain):
             return None
@@ -465,7 +469,7 @@ class TreeLowering:
             return buffers[_capture(held)]
         buf = self._buffer(edge, buffers)
         starts, sizes, keep = [], [], []
-        for axis, item in enumerate(edge.index):
+        for axis, item in enumerate(self._stored_index(edge)):
             growing = isinstance(item, Slice) and not self.is_static(item.size)
             if growing and tile is not None:  # the tile's rows of the buffer
                 starts.append(tile[0])
@@ -487,12 +491,27 @@ class TreeLowering:
                 starts.append(item.evaluate(env))
                 sizes.append(1)
                 keep.append(False)
-        spatial = buf.shape[len(edge.index) :]
+        spatial = buf.shape[len(self._stored_index(edge)) :]
         starts += [0] * len(spatial)
         starts = [jnp.asarray(s, jnp.int32) for s in starts]
         window = lax.dynamic_slice(buf, starts, [*sizes, *spatial])
         shape = [s for s, k in zip(sizes, keep, strict=True) if k] + list(spatial)
         return window.reshape(shape)
+
+    def _buffer_axis(self, edge: Edge, position: int) -> int:
+        """The buffer axis of index position ``position`` of ``edge``."""
+        dropped = self.plan.scoped.get((edge.src, edge.out), frozenset())
+        if edge.src in self.inputs:
+            return position
+        return position - sum(1 for k in dropped if k < position)
+
+    def _stored_index(self, edge: Edge) -> tuple[Any, ...]:
+        """The index items of ``edge`` for the axes its producer's buffer has (a scoped buffer
+        leaves out the positions its loop walks)."""
+        dropped = self.plan.scoped.get((edge.src, edge.out))
+        if not dropped or edge.src in self.inputs:
+            return edge.index
+        return tuple(item for k, item in enumerate(edge.index) if k not in dropped)
 
     # -- outputs ---------------------------------------------------------------------------------
     def output(self, out: Output, buffers: Buffers) -> jax.Array:

@@ -9,6 +9,9 @@
   ``(*domain bounds, *shape)``.
 - *captured*: an output of one point (``m[T - 1]``) keeps just that value, written when the
   producer runs at that point.
+- *scoped*: a full buffer whose every read is of the iteration of an enclosing loop that
+  wrote it (a rollout's steps, read by the learner of the same training iteration) leaves
+  out the dim that loop walks: it holds one iteration and is rewritten by the next.
 
 Reads are planned per loop body through its guards: a guarded producer shifts its ring every
 iteration all the same (padding when the guard is false), so a slot counts iterations.
@@ -23,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 
 from .._ir.expr import Const, Expr, IndexItem, Slice, Symbol, substitute, symbols_of
-from .._ir.program import Program
+from .._ir.program import Edge, Program
 from .._ir.simplify import simplify
 from .._schedule.tree import LOOP_SCOPE, Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
 
@@ -47,6 +50,9 @@ class StoragePlan:
     accumulated: dict[tuple[int, int], tuple[IndexItem, ...]] = dataclasses.field(
         default_factory=dict
     )
+    # (op, out) stored in full but only read in the iteration of an enclosing loop that wrote
+    # it: the buffer leaves out the domain positions that loop walks (reused each iteration)
+    scoped: dict[tuple[int, int], frozenset[int]] = dataclasses.field(default_factory=dict)
     _summed: dict[tuple[int, int], set[tuple[IndexItem, ...]]] = dataclasses.field(
         default_factory=dict
     )
@@ -76,7 +82,91 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
             plan.held[key] = next(iter(points))
         else:
             plan.buffered.add(key)
+    plan.scoped = _scoped(program, tree, plan)
     return plan
+
+
+def _scoped(
+    program: Program, tree: Node, plan: StoragePlan
+) -> dict[tuple[int, int], frozenset[int]]:
+    """Full buffers whose every read is of the iteration of an enclosing loop that wrote them
+    (a rollout's values read by the learner of the same training iteration): per buffer, the
+    domain positions those loops walk, which the buffer leaves out."""
+    where: dict[int, list[tuple[Exec, tuple[Loop, ...]]]] = {}
+    for ex, loops in _execs_in_loops(tree, ()):
+        where.setdefault(ex.op, []).append((ex, loops))
+    kept = {(out.edge.src, out.edge.out) for out in program.outputs}
+    readers: dict[tuple[int, int], list[tuple[int, Edge]]] = {}
+    for op in program.ops:
+        for edge in op.inputs:
+            readers.setdefault((edge.src, edge.out), []).append((op.id, edge))
+    found: dict[tuple[int, int], frozenset[int]] = {}
+    for key in plan.buffered:
+        if key in kept or key in plan.accumulated or key in plan.held or key[0] not in where:
+            continue
+        produced = where[key[0]]
+        shared = set.intersection(*({id(lp) for lp in ls} for _, ls in produced))
+        drop = set()
+        for loop in (lp for lp in produced[0][1] if id(lp) in shared):
+            pos = _walked(produced, loop)
+            if pos is not None and _read_in_iteration(
+                program, readers.get(key, []), where, loop, pos, produced[0][0]
+            ):
+                drop.add(pos)
+        if drop:
+            found[key] = frozenset(drop)
+    return found
+
+
+def _execs_in_loops(node: Node, loops: tuple[Loop, ...]) -> list[tuple[Exec, tuple[Loop, ...]]]:
+    if isinstance(node, Exec):
+        return [(node, loops)]
+    if isinstance(node, Loop):
+        return _execs_in_loops(node.body, (*loops, node))
+    if isinstance(node, Guard):
+        return _execs_in_loops(node.body, loops)
+    if isinstance(node, Sequence):
+        return [found for child in node.children for found in _execs_in_loops(child, loops)]
+    return []
+
+
+def _walked(produced: list[tuple[Exec, tuple[Loop, ...]]], loop: Loop) -> int | None:
+    """The one domain position whose point the loop's variable sets, the same in every exec."""
+    positions = set()
+    for ex, _ in produced:
+        hits = [k for k, item in enumerate(ex.point) if loop.var in symbols_of(item)]
+        if len(hits) != 1:
+            return None
+        positions.add((hits[0], simplify(ex.point[hits[0]])))
+    return positions.pop()[0] if len(positions) == 1 else None
+
+
+def _read_in_iteration(
+    program: Program,
+    reads: list[tuple[int, Edge]],
+    where: dict[int, list[tuple[Exec, tuple[Loop, ...]]]],
+    loop: Loop,
+    pos: int,
+    producer: Exec,
+) -> bool:
+    """Whether every read is inside ``loop`` and reads position ``pos`` at the point the
+    producer writes in the same iteration."""
+    if not reads:
+        return False
+    written = simplify(producer.point[pos])
+    for reader_id, edge in reads:
+        reader = program.op(reader_id)
+        if reader.payload is not None and reader.payload.accumulates:
+            return False
+        if isinstance(edge.index[pos], Slice) or reader_id not in where:
+            return False
+        for ex, loops in where[reader_id]:
+            if not any(lp is loop for lp in loops):
+                return False
+            at = dict(zip(reader.domain, ex.point, strict=True))
+            if simplify(substitute(edge.index[pos], at)) != written:
+                return False
+    return True
 
 
 def _all_execs(node: Node) -> list[Exec]:

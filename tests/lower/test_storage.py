@@ -131,3 +131,34 @@ def test_full_buffers_live_from_first_to_last_use() -> None:
     assert lines[-1] == f"free S{normal}.0"  # an output's buffer is never freed
     want = tj.reference.run(program, bounds=bounds, inputs=inputs)
     np.testing.assert_allclose(compiled(**inputs)["pos"], want["pos"], rtol=1e-6)
+
+
+def _iterations() -> tj.Program:
+    """An inner loop over t per iteration i, whose values the same iteration sums."""
+    with tj.Program() as p:
+        i, t = p.dims("i t")
+        x = tj.input("x", (4,), jnp.float32, domain=(t,))
+        w = tj.placeholder((4,), jnp.float32, domain=(i,))
+        h = tj.placeholder((4,), jnp.float32, domain=(i, t))
+        h[i, 0] = tj.tanh(w + x[0])
+        h[i, t + 1] = tj.tanh(h[i, t] * w + x[t + 1])  # a loop over t inside each i
+        w[0] = tj.ones(4) * 0.5
+        w[i + 1] = w + 0.01 * h[i, 0 : t.bound].sum(axis=0)  # read in the same iteration only
+        p.output("w", w[i.bound - 1])
+    return p
+
+
+def test_a_buffer_read_only_in_its_own_iteration_leaves_out_the_iteration() -> None:
+    p = _iterations()
+    xs = np.random.default_rng(3).normal(size=(12, 4)).astype(np.float32)
+    temps = []
+    for iterations in (5, 40):
+        compiled = p.compile({"I": iterations, "T": 12})
+        plan = plan_storage(compiled.program, compiled.tree)
+        (h,) = [op.id for op in compiled.program.ops if op.name == "h"]
+        assert plan.scoped.get((h, 0)) == frozenset({0})  # no i axis: one iteration's rows
+        want = tj.reference.run(p, {"I": iterations, "T": 12}, {"x": xs})["w"]
+        np.testing.assert_allclose(compiled(x=xs)["w"], want, rtol=1e-5)
+        temps.append(compiled.lower(x=xs).compile().memory_analysis().temp_size_in_bytes)
+    # an (I, T, 4) buffer of h would grow by 35 * 12 * 16 bytes; only (I, 4) values may grow
+    assert temps[1] - temps[0] < (40 - 5) * 12 * 16 // 4
