@@ -6,6 +6,7 @@ import dataclasses
 import pathlib
 from typing import Any
 
+import optax
 import yaml
 
 
@@ -33,6 +34,12 @@ class RLConfig:
     minibatches: int = 1
     n_step: int = 0  # REINFORCE with n-step TD returns when > 0
     seed: int = 0
+
+    def optimiser(self) -> optax.GradientTransformation:
+        """Global-norm clipping, then Adam (``eps=1e-5``): every algorithm and baseline."""
+        return optax.chain(
+            optax.clip_by_global_norm(self.max_grad_norm), optax.adam(self.lr, eps=1e-5)
+        )
 
 
 def load(path: str | pathlib.Path, **overrides: Any) -> RLConfig:

@@ -7,6 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .config import RLConfig
+from .envs import Env
+
 
 class ActorCritic(nn.Module):
     """An MLP torso (or a small CNN for image observations) with a policy and a value head.
@@ -44,3 +47,15 @@ class ActorCritic(nn.Module):
 
 def _ortho(scale: float) -> nn.initializers.Initializer:
     return nn.initializers.orthogonal(scale)
+
+
+def actor_critic(config: RLConfig, env: Env) -> ActorCritic:
+    """The actor-critic ``config`` asks for, with ``env``'s action heads (used by every
+    algorithm and baseline)."""
+    return ActorCritic(
+        actions=env.actions,
+        action_dim=env.action_dim,
+        width=config.width,
+        layers=config.layers,
+        cnn=config.cnn,
+    )

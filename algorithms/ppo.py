@@ -21,30 +21,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 import tempo_jax as tj
 
 from . import envs, policy
 from .config import RLConfig
-from .networks import ActorCritic
+from .networks import actor_critic
 from .rollout import Rollout, rollout
-
-
-def network(config: RLConfig, env: envs.Env) -> ActorCritic:
-    return ActorCritic(
-        actions=env.actions,
-        action_dim=env.action_dim,
-        width=config.width,
-        layers=config.layers,
-        cnn=config.cnn,
-    )
-
-
-def optimiser(config: RLConfig) -> optax.GradientTransformation:
-    return optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.lr, eps=1e-5)
-    )
 
 
 @dataclasses.dataclass
@@ -99,7 +82,7 @@ def build(config: RLConfig, log: Callable[[int, dict[str, float]], None] | None 
     if config.epochs != 1 or config.minibatches != 1:
         raise NotImplementedError("PPO with several epochs or minibatches is not built yet")
     env = envs.make(config.env, **config.env_options)
-    net = network(config, env)
+    net = actor_critic(config, env)
     key = jax.random.PRNGKey(config.seed)
     init_key, run_key = jax.random.split(key)
     obs0, _ = env.reset(jax.random.PRNGKey(0))
@@ -115,7 +98,7 @@ def build(config: RLConfig, log: Callable[[int, dict[str, float]], None] | None 
         adv, ret = gae(roll, value.detach(), last_value, config, dims)
         _, total = ppo_loss(log_prob, value, entropy, adv, ret, config, dims)
         grads = tj.grad(total, params)
-        new = tj.optim.step(optimiser(config), params, grads, over=i)
+        new = tj.optim.step(config.optimiser(), params, grads, over=i)
         ended = roll.done.astype(jnp.float32)[i, 0 : b.bound, 0 : t.bound]
         returns = tj.where(roll.done, roll.episode_return, 0.0)[i, 0 : b.bound, 0 : t.bound]
         mean_return = returns.sum() / tj.maximum(ended.sum(), 1.0)

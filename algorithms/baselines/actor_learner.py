@@ -24,14 +24,15 @@ import jax.numpy as jnp
 
 from .. import envs, policy
 from ..config import RLConfig
-from .ppo_jax import Trajectory, episode_stats, init, keys, learn, network, optimiser, point_keys
+from ..networks import actor_critic
+from .ppo_jax import Trajectory, episode_stats, init, keys, learn, point_keys
 
 
 def make_train(config: RLConfig) -> Callable[[], dict[str, Any]]:
     """The training run as a Python loop over iterations and steps (module docstring)."""
     env = envs.make(config.env, **config.env_options)
-    net = network(config, env)
-    tx = optimiser(config)
+    net = actor_critic(config, env)
+    tx = config.optimiser()
     ks = keys(config)
     policy_act = jax.vmap(functools.partial(policy.act, net), in_axes=(None, 0, 0))
 

@@ -29,7 +29,7 @@ import optax
 
 from .. import envs, policy
 from ..config import RLConfig
-from ..networks import ActorCritic
+from ..networks import ActorCritic, actor_critic
 
 
 class Keys(NamedTuple):
@@ -65,24 +65,6 @@ def point_keys(key: jax.Array, i: jax.Array, t: jax.Array, count: int) -> jax.Ar
     """The keys at ``(i, b, t)`` for the ``count`` envs ``b``: ``key`` folded with ``i, b, t``."""
     at_i = jax.random.fold_in(key, i)
     return jax.vmap(lambda b: jax.random.fold_in(jax.random.fold_in(at_i, b), t))(jnp.arange(count))
-
-
-def network(config: RLConfig, env: envs.Env) -> ActorCritic:
-    """The actor-critic of :func:`algorithms.ppo.network`."""
-    return ActorCritic(
-        actions=env.actions,
-        action_dim=env.action_dim,
-        width=config.width,
-        layers=config.layers,
-        cnn=config.cnn,
-    )
-
-
-def optimiser(config: RLConfig) -> optax.GradientTransformation:
-    """Global-norm clipping, then Adam (``eps=1e-5``), as in :func:`algorithms.ppo.optimiser`."""
-    return optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.lr, eps=1e-5)
-    )
 
 
 def init(config: RLConfig, env: envs.Env, net: ActorCritic, ks: Keys) -> tuple:
@@ -220,8 +202,8 @@ def episode_stats(traj: Trajectory) -> tuple[jax.Array, jax.Array]:
 def make_train(config: RLConfig) -> Callable[[], dict[str, Any]]:
     """The whole training run as one jitted function of no arguments (module docstring)."""
     env = envs.make(config.env, **config.env_options)
-    net = network(config, env)
-    tx = optimiser(config)
+    net = actor_critic(config, env)
+    tx = config.optimiser()
     ks = keys(config)
     act = jax.vmap(functools.partial(policy.act, net), in_axes=(None, 0, 0))
     env_step = jax.vmap(env.step)

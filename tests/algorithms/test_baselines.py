@@ -14,6 +14,7 @@ import pytest
 from algorithms import envs, policy
 from algorithms.baselines import actor_learner, ppo_jax
 from algorithms.config import RLConfig
+from algorithms.networks import actor_critic
 
 CARTPOLE = RLConfig(env="CartPole-v1", iterations=3, envs=4, steps=16)
 
@@ -49,7 +50,7 @@ def test_ppo_loss_at_the_acting_policy() -> None:
     """With the acting log-probs, ratio = 1: the policy loss is minus the mean normalised
     advantage (0) and the gradient of the policy term is that of ``-mean(norm * log_prob)``."""
     env = envs.make("CartPole-v1")
-    net = ppo_jax.network(CARTPOLE, env)
+    net = actor_critic(CARTPOLE, env)
     params = net.init(jax.random.PRNGKey(0), env.reset(jax.random.PRNGKey(0))[0])
     obs = jax.random.normal(jax.random.PRNGKey(1), (5, 3, *env.obs_shape))
     actions = jax.random.randint(jax.random.PRNGKey(2), (5, 3), 0, env.actions)

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import tempo_jax as tj
@@ -476,8 +477,6 @@ def test_gradient_sums_over_batch_and_steps_become_one_sum_per_iteration() -> No
     sums over ``t`` then ``b``. Iteration ``i + 1`` reads the result through the optimiser,
     but not at the same ``i``, so both lift to one sum of the whole range; with vectorisation
     nothing loops over ``b`` or ``t``."""
-    import optax
-
     rng = np.random.default_rng(5)
     xs = rng.normal(size=(4, 6, 3)).astype(np.float32)
     w0 = np.array([0.5, -0.3, 0.2], np.float32)
