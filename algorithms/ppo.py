@@ -3,8 +3,11 @@
 With ``epochs = minibatches = 1`` the loss is computed from the rollout's own forward pass:
 the log-probabilities and values the policy produced while acting are the ones
 differentiated (their old values are the same tensors, detached), so there is no second
-forward pass. Advantages come from GAE, a backward recurrence over ``t``:
-``adv[t] = delta[t] + gamma * lambda * (1 - done[t]) * adv[t+1]``.
+forward pass. Otherwise the parameters are a recurrence over ``(i, e, m)`` (iteration,
+epoch, minibatch), stepped by one optimiser carried through all of them; minibatch ``m`` of
+epoch ``e`` gathers its rows of iteration ``i``'s rollout through a permutation drawn per
+``(i, e)`` and evaluates the policy on them again. Advantages come from GAE, a backward
+recurrence over ``t``: ``adv[t] = delta[t] + gamma * lambda * (1 - done[t]) * adv[t+1]``.
 
 Example::
 
@@ -27,7 +30,7 @@ import tempo_jax as tj
 from . import envs, policy
 from .config import RLConfig
 from .networks import actor_critic
-from .rollout import Rollout, rollout
+from .rollout import Rollout, read, rollout
 
 
 @dataclasses.dataclass
@@ -60,69 +63,126 @@ def ppo_loss(
     log_prob: tj.RT,
     value: tj.RT,
     entropy: tj.RT,
+    old_log_prob: tj.RT,
     adv: tj.RT,
     ret: tj.RT,
     config: RLConfig,
-    dims: tuple,
-) -> tuple[tj.RT, tj.RT]:
-    """The clipped PPO objective at every ``(i, b, t)`` and its mean per iteration."""
-    i, b, t = dims
-    rows = adv[i, 0 : b.bound, 0 : t.bound]
-    norm = (adv - rows.mean()) / (rows.std() + 1e-8)
-    ratio = tj.exp(log_prob - log_prob.detach())
+    rows: Callable[[tj.RT], tj.RT],
+) -> tj.RT:
+    """The clipped PPO objective, averaged over a batch; ``rows(x)`` is ``x``'s whole batch as
+    one tensor (a range read over ``(b, t)``, or a minibatch already gathered into an array).
+    Advantages are normalised over that batch."""
+    batch = rows(adv)
+    norm = (adv - batch.mean()) / (batch.std() + 1e-8)
+    ratio = tj.exp(log_prob - old_log_prob)
     clipped = tj.clip(ratio, 1.0 - config.clip, 1.0 + config.clip)
     policy_loss = tj.maximum(-norm * ratio, -norm * clipped)
     value_loss = 0.5 * (value - ret) ** 2
     loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy
-    return loss, loss[i, 0 : b.bound, 0 : t.bound].mean()
+    return rows(loss).mean()
 
 
 def build(config: RLConfig, log: Callable[[int, dict[str, float]], None] | None = None) -> Program:
-    """Record PPO (``epochs = minibatches = 1``) for ``config`` (module docstring)."""
-    if config.epochs != 1 or config.minibatches != 1:
-        raise NotImplementedError("PPO with several epochs or minibatches is not built yet")
+    """Record PPO for ``config`` (module docstring)."""
+    reuse = config.epochs == 1 and config.minibatches == 1
+    size = config.envs * config.steps
+    if config.epochs < 1 or config.minibatches < 1 or size % config.minibatches:
+        raise ValueError(
+            f"PPO needs epochs >= 1 and minibatches >= 1 dividing envs * steps = {size}; got "
+            f"epochs = {config.epochs}, minibatches = {config.minibatches}"
+        )
     env = envs.make(config.env, **config.env_options)
     net = actor_critic(config, env)
     key = jax.random.PRNGKey(config.seed)
     init_key, run_key = jax.random.split(key)
     obs0, _ = env.reset(jax.random.PRNGKey(0))
     with tj.Program("ppo") as p:
-        dims = p.dims("i b t")
-        i, b, t = dims
-        params = tj.param(net.init(init_key, obs0), domain=(i,))
+        i, b, t, e, m = p.dims("i b t e m")
+        dims = (i, b, t)
+        B, T = b.bound, t.bound
+        steps = (i,) if reuse else (i, e, m)  # the optimiser steps over these, nested
+        params = tj.param(net.init(init_key, obs0), domain=steps, over=steps)
+        acting_params = params if reuse else read(params, (i, 0, 0))
         acting = tj.lift(functools.partial(policy.act, net), name="policy")
-        roll = rollout(env, lambda k, obs: _split(acting(params, k, obs)), dims, run_key)
+        roll = rollout(env, lambda k, obs: _split(acting(acting_params, k, obs)), dims, run_key)
         log_prob, value, entropy = roll.acted
         critic = tj.lift(functools.partial(policy.value, net), name="value")
-        last_value = critic(params, roll.next_obs[i, b, t.bound - 1]).detach()
+        last_value = critic(acting_params, roll.next_obs[i, b, T - 1]).detach()
         adv, ret = gae(roll, value.detach(), last_value, config, dims)
-        _, total = ppo_loss(log_prob, value, entropy, adv, ret, config, dims)
+        if reuse:  # differentiate the rollout's own forward pass
+            total = ppo_loss(
+                log_prob, value, entropy, log_prob.detach(), adv, ret, config,
+                rows=lambda x: x[i, 0:B, 0:T],
+            )  # fmt: skip
+            loss = total
+        else:
+            batch = _minibatch(
+                (roll.obs, roll.action, log_prob.detach(), adv, ret),
+                tj.random.key_at(jax.random.fold_in(run_key, 3), (i, e)),
+                m,
+                config,
+                dims,
+            )
+            evaluate = tj.lift(
+                jax.vmap(functools.partial(policy.evaluate, net), in_axes=(None, 0, 0)),
+                name="evaluate",
+            )
+            mb_obs, mb_action, mb_old, mb_adv, mb_ret = batch
+            mb_log_prob, mb_value, mb_entropy = evaluate(params, mb_obs, mb_action)
+            total = ppo_loss(
+                mb_log_prob, mb_value, mb_entropy, mb_old, mb_adv, mb_ret, config,
+                rows=lambda x: x,
+            )  # fmt: skip
+            loss = total[i, 0 : e.bound, 0 : m.bound].mean()
         grads = tj.grad(total, params)
-        new = tj.optim.step(config.optimiser(), params, grads, over=i)
-        ended = roll.done.astype(jnp.float32)[i, 0 : b.bound, 0 : t.bound]
-        returns = tj.where(roll.done, roll.episode_return, 0.0)[i, 0 : b.bound, 0 : t.bound]
+        new = tj.optim.step(config.optimiser(), params, grads, over=steps)
+        ended = roll.done.astype(jnp.float32)[i, 0:B, 0:T]
+        returns = tj.where(roll.done, roll.episode_return, 0.0)[i, 0:B, 0:T]
         mean_return = returns.sum() / tj.maximum(ended.sum(), 1.0)
         I = i.bound
-        p.output("params", jax.tree_util.tree_map(lambda x: x[I - 1], new, is_leaf=_is_rt))
+        last = (I - 1,) if reuse else (I - 1, e.bound - 1, m.bound - 1)
+        p.output("params", read(new, last))
         p.output("mean_return", mean_return[0:I])
         p.output("episodes", ended.sum()[0:I])
-        p.output("loss", total[0:I])
+        p.output("loss", loss[0:I])
         if log is not None:
-            stats = tj.stack([mean_return, total])
+            stats = tj.stack([mean_return, loss])
             tj.sink(
                 stats, lambda v, at: log(at["i"], {"mean_return": float(v[0]), "loss": float(v[1])})
             )
-    bounds = {i.bound: config.iterations, b.bound: config.envs, t.bound: config.steps}
+    bounds = {
+        i.bound: config.iterations,
+        B: config.envs,
+        T: config.steps,
+        e.bound: config.epochs,
+        m.bound: config.minibatches,
+    }
     return Program(p, dims, bounds)
+
+
+def _minibatch(
+    tensors: tuple[tj.RT, ...], key: tj.RT, m: tj.Symbol, config: RLConfig, dims: tuple
+) -> tuple[tj.RT, ...]:
+    """Minibatch ``m`` of each tensor over ``(i, b, t)``: its ``B * T`` rows of iteration ``i``,
+    flattened time-major, permuted by ``key`` (one permutation per epoch) and cut into
+    ``minibatches`` parts (the single-jit baseline's order)."""
+    i, b, t = dims
+    size = config.envs * config.steps
+    order = tj.lift(lambda k: jax.random.permutation(k, size), name="shuffle")(key)
+
+    rows = size // config.minibatches
+
+    def pick(x: jax.Array, order: jax.Array, part: jax.Array) -> jax.Array:
+        flat = jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])  # row t * B + b
+        return flat[jax.lax.dynamic_slice(order, (part * rows,), (rows,))]
+
+    gather = tj.lift(pick, name="minibatch")
+    return tuple(gather(x[i, 0 : b.bound, 0 : t.bound], order, m) for x in tensors)
 
 
 def _split(out: Any) -> tuple[tj.RT, tuple[tj.RT, tj.RT, tj.RT]]:
     action, log_prob, value, entropy = out
     return action, (log_prob, value, entropy)
-
-
-def _is_rt(value: Any) -> bool:
-    return isinstance(value, tj.RT)
 
 
 def make_train(

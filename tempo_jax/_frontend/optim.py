@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -18,7 +19,13 @@ def _is_rt(x: Any) -> bool:
     return isinstance(x, RecurrentTensor)
 
 
-def step(tx: optax.GradientTransformation, params: Any, grads: Any, *, over: Symbol) -> Any:
+def step(
+    tx: optax.GradientTransformation,
+    params: Any,
+    grads: Any,
+    *,
+    over: Symbol | Sequence[Symbol],
+) -> Any:
     """One optimiser step per point of ``over``: defines ``params[over + 1]``, returns it.
 
     ``params`` is a tensor or a pytree of them (placeholders over ``over``, e.g. from
@@ -28,6 +35,11 @@ def step(tx: optax.GradientTransformation, params: Any, grads: Any, *, over: Sym
     ``params[i + 1] = optax.apply_updates(params[i], updates)``. Gradient clipping, schedules
     and any other optax chain work unchanged.
 
+    ``over`` may be several nested dims, outermost first: ``over=(i, e, m)`` steps like a
+    counter, ``params[i, e, m + 1]`` inside a sweep of ``m``, then ``params[i, e + 1, 0]`` from
+    ``m = M - 1`` and ``params[i + 1, 0, 0]`` from ``(e, m) = (E - 1, M - 1)``, with one optimiser
+    state carried through all of them (e.g. PPO's epochs and minibatches inside iterations).
+
     Example::
 
         w = tj.param(jnp.zeros(3), domain=(i,))
@@ -36,6 +48,9 @@ def step(tx: optax.GradientTransformation, params: Any, grads: Any, *, over: Sym
     """
     source = capture_source()
     where = f"`tj.optim.step`{describe(source)}"
+    dims = (over,) if isinstance(over, Symbol) else tuple(over)
+    if not dims:
+        raise TempoError(f"{where}: `over` names no dim to step over")
     p_leaves, tree = jax.tree_util.tree_flatten(params, is_leaf=_is_rt)
     try:
         tree.flatten_up_to(grads)
@@ -47,13 +62,23 @@ def step(tx: optax.GradientTransformation, params: Any, grads: Any, *, over: Sym
                 f"{where}: parameters must be placeholders (from `tj.param`), got "
                 f"{getattr(p, 'name', p)!r}"
             )
-        if over not in p.domain:
-            raise TempoError(f"{where}: `{p.name}` has no dim `{over}` to step over")
+        for dim in dims:
+            if dim not in p.domain:
+                raise TempoError(f"{where}: `{p.name}` has no dim `{dim}` to step over")
+    if len(set(dims)) != len(dims):
+        raise TempoError(f"{where}: `over` names a dim twice: {', '.join(map(str, dims))}")
     domain = p_leaves[0].domain
     if any(p.domain != domain for p in p_leaves):
         raise TempoError(f"{where}: every parameter must have the same domain")
-    first = tuple(0 if d == over else d for d in domain)
-    following = tuple(over + 1 if d == over else d for d in domain)
+    first = tuple(0 if d in dims else d for d in domain)
+    # (where a step's result is defined, where it is read): the innermost dim steps by one;
+    # an outer one steps when every dim inside it is at its last point
+    carries = []
+    for level, dim in enumerate(dims):
+        inner = dims[level + 1 :]
+        define_at = tuple(dim + 1 if d == dim else 0 if d in inner else d for d in domain)
+        read_at = tuple(d.bound - 1 if d in inner else d for d in domain)
+        carries.append((define_at, read_at))
 
     initial = [p[first] for p in p_leaves]
     state0 = record(
@@ -82,8 +107,10 @@ def step(tx: optax.GradientTransformation, params: Any, grads: Any, *, over: Sym
         source=source,
     )
     for s, new in zip(state, jax.tree_util.tree_leaves(new_state, is_leaf=_is_rt), strict=True):
-        s[following] = new
+        for define_at, read_at in carries:
+            s[define_at] = new[read_at]
     for p, new in zip(p_leaves, tree.flatten_up_to(new_params), strict=True):
         if len(p.program._branches[p._m.op]) == 1:  # only its start is defined so far
-            p[following] = new
+            for define_at, read_at in carries:
+                p[define_at] = new[read_at]
     return new_params

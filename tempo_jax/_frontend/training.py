@@ -94,7 +94,7 @@ def param(
     init: Any,
     domain: Sequence[Symbol] | Symbol = (),
     *,
-    over: Symbol | None = None,
+    over: Symbol | Sequence[Symbol] | None = None,
     name: str | None = None,
 ) -> Any:
     """A trainable parameter (or a pytree of them, e.g. flax params) starting at ``init``.
@@ -103,12 +103,15 @@ def param(
     a recurrent tensor (e.g. an input), or a function returning one of those. With a domain,
     the parameter is a placeholder over it with its first iteration defined: ``w[0] = init``
     along ``over`` (default: the only dim); define the next with an optimiser,
-    ``tj.optim.step(tx, w, g, over=i)``. Without a domain it is constant.
+    ``tj.optim.step(tx, w, g, over=i)``. ``over`` may be several nested dims, outermost
+    first (``over=(i, e, m)``: updates counted like digits): ``w[0, 0, 0] = init``. Without a
+    domain it is constant.
 
     Example::
 
         w = tj.param(jnp.zeros((3,)), domain=(i,))
         params = tj.param(model.init(key, x), domain=(i,))   # same pytree, tensor leaves
+        nested = tj.param(w0, domain=(i, e, m), over=(i, e, m))  # E*M updates per iteration
     """
     source = capture_source()
     active_program("tj.param")
@@ -124,19 +127,30 @@ def param(
                 "iteration dim along which the optimiser updates it."
             )
         over = domain[0]
-    if over is not None and over not in domain:
-        raise TempoError(f"`tj.param`{describe(source)}: `over={over}` is not in its domain")
+    over_dims = _over_dims(over)
+    for dim in over_dims:
+        if dim not in domain:
+            raise TempoError(
+                f"`tj.param`{describe(source)}: `over` dim `{dim}` is not in its domain"
+            )
     paths, tree = jax.tree_util.tree_flatten_with_path(init, is_leaf=_is_rt)
     base = name or _param_name(source)
     leaves = []
     for path, value in paths:
         label = base + jax.tree_util.keystr(path) if path else base
-        leaves.append(_param_leaf(value, domain, over, label, source))
+        leaves.append(_param_leaf(value, domain, over_dims, label, source))
     return jax.tree_util.tree_unflatten(tree, leaves)
 
 
+def _over_dims(over: Symbol | Sequence[Symbol] | None) -> tuple[Symbol, ...]:
+    """``over`` as a tuple of dims (none for a constant parameter)."""
+    if over is None:
+        return ()
+    return (over,) if isinstance(over, Symbol) else tuple(over)
+
+
 def _param_leaf(
-    value: Any, domain: tuple[Symbol, ...], over: Symbol | None, name: str, source: SourceInfo
+    value: Any, domain: tuple[Symbol, ...], over: tuple[Symbol, ...], name: str, source: SourceInfo
 ) -> RecurrentTensor:
     program = active_program("tj.param")
     if not _is_rt(value):
@@ -146,17 +160,17 @@ def _param_leaf(
     value_rt = as_tensor(value, program, source)
     if not all(isinstance(d, int) for d in value_rt.shape):
         raise TempoError(f"`tj.param`{describe(source)}: `{name}` must have a static shape")
-    stray = set(value_rt.domain) - (set(domain) - ({over} if over is not None else set()))
+    stray = set(value_rt.domain) - (set(domain) - set(over))
     if stray:
         raise TempoError(
             f"`tj.param`{describe(source)}: the initial value of `{name}` varies over "
             f"{', '.join(s.name for s in stray)}, which it may not (the iteration dim included)."
         )
     rt = placeholder(value_rt.shape, value_rt.dtype, domain, name=name)
-    if over is None:
+    if not over:
         rt[True] = value_rt
     else:
-        rt[tuple(0 if d == over else d for d in domain)] = value_rt
+        rt[tuple(0 if d in over else d for d in domain)] = value_rt
     program._params.append(rt)
     return rt
 

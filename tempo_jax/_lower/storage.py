@@ -12,6 +12,10 @@
 - *scoped*: a full buffer whose every read is of the iteration of an enclosing loop that
   wrote it (a rollout's steps, read by the learner of the same training iteration) leaves
   out the dim that loop walks: it holds one iteration and is rewritten by the next.
+- *latest* (a scoped buffer with every dim left out): a producer whose domain its loop nest
+  walks, every read of which is of the value it produced last (parameters stepped over
+  nested ``(i, e, m)``: ``w[i, e, m + 1]``, ``w[i, e + 1, 0]`` from ``w[i, e, M - 1]``,
+  ``w[i + 1, 0, 0]``, and reads of ``w[i, 0, 0]`` at ``e = m = 0``), keeps one value.
 
 Reads are planned per loop body through its guards: a guarded producer shifts its ring every
 iteration all the same (padding when the guard is false), so a slot counts iterations.
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .._ir.expr import Const, Expr, IndexItem, Slice, Symbol, substitute, symbols_of
+from .._ir.expr import And, Cmp, Const, Expr, IndexItem, Slice, Symbol, substitute, symbols_of
 from .._ir.program import Edge, Program
 from .._ir.simplify import simplify
 from .._schedule.tree import LOOP_SCOPE, Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
@@ -82,8 +86,156 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
             plan.held[key] = next(iter(points))
         else:
             plan.buffered.add(key)
-    plan.scoped = _scoped(program, tree, plan)
+    plan.scoped = {**_scoped(program, tree, plan), **_latest(program, tree, plan)}
     return plan
+
+
+@dataclasses.dataclass(frozen=True)
+class _Site:
+    """Where an exec sits: its loops (outermost first), the guards around it, its order."""
+
+    loops: tuple[Loop, ...]
+    guards: tuple[Expr, ...]
+    order: int
+
+
+def _sites(node: Node, loops: tuple[Loop, ...], guards: tuple[Expr, ...], out: list) -> list:
+    """Every exec with its :class:`_Site`, in execution order within an iteration."""
+    if isinstance(node, Exec):
+        out.append((node, _Site(loops, guards, len(out))))
+    elif isinstance(node, Loop):
+        _sites(node.body, (*loops, node), guards, out)
+    elif isinstance(node, Guard):
+        _sites(node.body, loops, (*guards, node.cond), out)
+    elif isinstance(node, Sequence):
+        for child in node.children:
+            _sites(child, loops, guards, out)
+    return out
+
+
+def _equalities(cond: Expr, found: dict[Symbol, Expr]) -> None:
+    """The ``symbol == value`` facts of a conjunction."""
+    if isinstance(cond, And):
+        _equalities(cond.a, found)
+        _equalities(cond.b, found)
+    elif isinstance(cond, Cmp) and cond.op == "==":
+        for a, b in ((cond.a, cond.b), (cond.b, cond.a)):
+            if isinstance(a, Symbol) and not symbols_of(b) & {a}:
+                found[a] = b
+                return
+
+
+def _latest(
+    program: Program, tree: Node, plan: StoragePlan
+) -> dict[tuple[int, int], frozenset[int]]:
+    """Full buffers that can keep one value: the producer runs once per point of a forward
+    loop nest walking its whole domain (one loop per dim, from 0, no guard inside the nest),
+    and every read is of the point it produced last, at the time of the read (module
+    docstring). The executor keeps them as scoped buffers with every position left out."""
+    sites = _sites(tree, (), (), [])
+    where: dict[int, list[tuple[Exec, _Site]]] = {}
+    for ex, site in sites:
+        where.setdefault(ex.op, []).append((ex, site))
+    # outputs read the buffer (one-point outputs are captured apart from it)
+    kept = {(o.edge.src, o.edge.out) for o in program.outputs if o.name not in plan.captured}
+    readers: dict[tuple[int, int], list[tuple[int, Edge]]] = {}
+    for op in program.ops:
+        for edge in op.inputs:
+            readers.setdefault((edge.src, edge.out), []).append((op.id, edge))
+    found: dict[tuple[int, int], frozenset[int]] = {}
+    for key in plan.buffered:
+        if key in kept or key in plan.accumulated or key in plan.held:
+            continue
+        nest = _walking_nest(program, key[0], where)
+        if nest is None or not readers.get(key):
+            continue
+        producer_site, loops, bounds = nest
+        if all(
+            _reads_latest(program, reader_id, edge, where, producer_site, loops, bounds)
+            for reader_id, edge in readers[key]
+        ):
+            found[key] = frozenset(range(len(loops)))
+    return found
+
+
+def _walking_nest(
+    program: Program, op_id: int, where: dict[int, list[tuple[Exec, _Site]]]
+) -> tuple[_Site, tuple[Loop, ...], tuple[Expr, ...]] | None:
+    """``(site, loops, bounds)`` when ``op_id`` runs once per point of a forward nest whose
+    loops walk its domain dims in order, from 0 to their bounds, unguarded inside the nest."""
+    produced = where.get(op_id, [])
+    if len(produced) != 1:
+        return None
+    ex, site = produced[0]
+    domain = program.op(op_id).domain
+    if not domain or len(site.loops) != len(domain) or site.guards:
+        return None  # a guarded producer's last value is not a predecessor's
+    loops = site.loops
+    for loop, item, dim in zip(loops, ex.point, domain, strict=True):
+        if loop.reverse or simplify(item) != loop.var:
+            return None
+        if simplify(loop.start) != Const(0) or simplify(loop.stop) != dim.bound:
+            return None
+    return site, loops, tuple(dim.bound for dim in domain)
+
+
+def _reads_latest(
+    program: Program,
+    reader_id: int,
+    edge: Edge,
+    where: dict[int, list[tuple[Exec, _Site]]],
+    producer: _Site,
+    loops: tuple[Loop, ...],
+    bounds: tuple[Expr, ...],
+) -> bool:
+    """Whether every exec of the reader reads, through ``edge``, the point the producer
+    (at ``producer``, in ``loops``) ran at last."""
+    reader = program.op(reader_id)
+    if reader.payload is not None and reader.payload.accumulates:
+        return False
+    if any(isinstance(item, Slice) for item in edge.index) or reader_id not in where:
+        return False
+    for ex, site in where[reader_id]:
+        shared = 0
+        while (
+            shared < len(loops) and shared < len(site.loops) and site.loops[shared] is loops[shared]
+        ):
+            shared += 1
+        at = dict(zip(reader.domain, ex.point, strict=True))
+        facts: dict[Symbol, Expr] = {}
+        for cond in (*site.guards, substitute(edge.cond, at)):
+            _equalities(cond, facts)
+        target = tuple(simplify(substitute(substitute(item, at), facts)) for item in edge.index)
+        if not _is_latest(target, loops, bounds, shared, site.order > producer.order, facts):
+            return False
+    return True
+
+
+def _is_latest(
+    target: tuple[Expr, ...],
+    loops: tuple[Loop, ...],
+    bounds: tuple[Expr, ...],
+    shared: int,
+    after: bool,
+    facts: dict[Symbol, Expr],
+) -> bool:
+    """Whether ``target`` is the last point of the nest run before a read inside its first
+    ``shared`` loops, ``after`` the producer's exec in execution order or before it."""
+
+    def same(candidate: list[Expr]) -> bool:
+        cand = tuple(simplify(substitute(c, facts)) for c in candidate)
+        return cand == target
+
+    current = [loop.var for loop in loops[:shared]]
+    last = [bound - 1 for bound in bounds[shared:]]
+    if after:  # this iteration's point of the shared loops, the inner ones finished
+        return same(current + last)
+    # before: the predecessor of (current, 0, ...): one level steps back, the inner ones last
+    for level in range(shared - 1, -1, -1):
+        candidate = current[:level] + [current[level] - 1] + [b - 1 for b in bounds[level + 1 :]]
+        if same(candidate):
+            return all(simplify(substitute(v, facts)) == Const(0) for v in current[level + 1 :])
+    return False
 
 
 def _scoped(

@@ -135,13 +135,19 @@ def test_single_jit_is_one_scan_over_iterations() -> None:
     assert inner.count(CARTPOLE.steps) == 2  # the rollout and GAE's reverse scan
 
 
-@pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1"])
-def test_tempo_jax_ppo_matches_the_single_jit_baseline(env: str) -> None:
+@pytest.mark.parametrize(
+    ("env", "epochs", "minibatches"),
+    [("CartPole-v1", 1, 1), ("Pendulum-v1", 1, 1), ("CartPole-v1", 2, 2)],
+)
+def test_tempo_jax_ppo_matches_the_single_jit_baseline(
+    env: str, epochs: int, minibatches: int
+) -> None:
     """Same keys, same semantics: the tempo_jax program's run (rollout, GAE, loss, gradients,
-    Adam) is the hand-written baseline's, over 3 iterations."""
+    Adam) is the hand-written baseline's, over 3 iterations; with several epochs and
+    minibatches, the same shuffled minibatches and one Adam state through every update."""
     from algorithms import ppo
 
-    config = dataclasses.replace(CARTPOLE, env=env)
+    config = dataclasses.replace(CARTPOLE, env=env, epochs=epochs, minibatches=minibatches)
     want = ppo_jax.make_train(config)()
     got = ppo.make_train(config)()
     for name in ("mean_return", "episodes"):

@@ -162,3 +162,45 @@ def test_a_buffer_read_only_in_its_own_iteration_leaves_out_the_iteration() -> N
         temps.append(compiled.lower(x=xs).compile().memory_analysis().temp_size_in_bytes)
     # an (I, T, 4) buffer of h would grow by 35 * 12 * 16 bytes; only (I, 4) values may grow
     assert temps[1] - temps[0] < (40 - 5) * 12 * 16 // 4
+
+
+def _nested_steps() -> tj.Program:
+    """A parameter stepped over nested ``(i, e, m)`` (epochs of minibatches per iteration),
+    also read at ``(i, 0, 0)`` by a loop over ``t`` (an actor using each iteration's start)."""
+    with tj.Program() as p:
+        i, e, m, t = p.dims("i e m t")
+        x = tj.input("x", (4,), jnp.float32, domain=(m,))
+        w = tj.placeholder((64,), jnp.float32, domain=(i, e, m))
+        act = tj.placeholder((64,), jnp.float32, domain=(i, t))
+        act[i, 0] = w[i, 0, 0] * 0.5
+        act[i, t + 1] = tj.tanh(act[i, t] + w[i, 0, 0])
+        new = w - 0.01 * tj.tanh(w * x[m].sum()) + 0.001 * act[i, t.bound - 1]
+        w[0, 0, 0] = tj.ones(64)
+        w[i, e, m + 1] = new[i, e, m]
+        w[i, e + 1, 0] = new[i, e, m.bound - 1]
+        w[i + 1, 0, 0] = new[i, e.bound - 1, m.bound - 1]
+        p.output("w", new[i.bound - 1, e.bound - 1, m.bound - 1])
+    return p
+
+
+def test_a_value_read_only_where_last_produced_keeps_one_value() -> None:
+    """Every read of ``w`` and ``new`` is of the point produced last (the next minibatch, the
+    next epoch's first, the next iteration's first, the actor at ``(i, 0, 0)``): neither
+    keeps an ``(I, E, M)`` buffer, so memory does not grow with the iterations."""
+    p = _nested_steps()
+    xs = np.random.default_rng(4).normal(size=(3, 4)).astype(np.float32)
+    temps = []
+    for iterations in (4, 40):
+        bounds = {"I": iterations, "E": 2, "M": 3, "T": 5}
+        compiled = p.compile(bounds)
+        plan = plan_storage(compiled.program, compiled.tree)
+        nested = [op for op in compiled.program.ops if len(op.domain) == 3]
+        stored = [op for op in nested if (op.id, 0) in plan.buffered]
+        assert "w" in {op.name for op in stored}
+        for op in stored:
+            assert plan.scoped.get((op.id, 0)) == frozenset({0, 1, 2}), op.name
+        want = tj.reference.run(p, bounds, {"x": xs})["w"]
+        np.testing.assert_allclose(compiled(x=xs)["w"], want, rtol=1e-5)
+        temps.append(compiled.lower(x=xs).compile().memory_analysis().temp_size_in_bytes)
+    # an (I, E, M, 64) float32 buffer would grow by 36 * 6 * 256 bytes
+    assert temps[1] - temps[0] < 36 * 6 * 256 // 4

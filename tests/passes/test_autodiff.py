@@ -72,6 +72,47 @@ def test_linear_regression_with_adam_matches_an_optax_loop() -> None:
         _close(out["loss"], np.array(losses), tol=1e-4)
 
 
+def test_minibatched_adam_over_nested_dims_carries_one_state_like_an_optax_loop() -> None:
+    """``over=(i, e, m)``: E epochs of M minibatch steps per iteration, one Adam state carried
+    through every step and across iterations, as in a nested optax loop."""
+    n, d, iters, epochs, mbs = 12, 3, 4, 2, 3
+    rng = _rng(1)
+    x = rng.normal(size=(iters, n, d)).astype(np.float32)
+    y = rng.normal(size=(iters, n)).astype(np.float32)
+    tx = optax.adam(0.05)
+    with tj.Program() as p:
+        i, e, m = p.dims("i e m")
+        xs, ys = tj.input("x", (n, d), domain=(i,)), tj.input("y", (n,), domain=(i,))
+        params = tj.param({"w": jnp.zeros(d), "b": jnp.zeros(())}, domain=(i, e, m), over=(i, e, m))
+        rows = tj.lift(lambda a, k: a.reshape(mbs, -1, *a.shape[1:])[k])
+        xb, yb = rows(xs[i], m), rows(ys[i], m)
+        loss = ((xb @ params["w"] + params["b"] - yb) ** 2).mean()
+        new = tj.optim.step(tx, params, tj.grad(loss, params), over=(i, e, m))
+        last = (i.bound - 1, e.bound - 1, m.bound - 1)
+        p.output("w", new["w"][last])
+        p.output("b", new["b"][last])
+        p.output("loss", loss[0 : i.bound, 0 : e.bound, 0 : m.bound])
+
+    def loss_fn(prm: dict, xb: np.ndarray, yb: np.ndarray) -> jax.Array:
+        return ((xb @ prm["w"] + prm["b"] - yb) ** 2).mean()
+
+    prm = {"w": jnp.zeros(d), "b": jnp.zeros(())}
+    state, losses = tx.init(prm), []
+    for it in range(iters):
+        for _ in range(epochs):
+            for k in range(mbs):
+                part = slice(k * n // mbs, (k + 1) * n // mbs)
+                value, g = jax.value_and_grad(loss_fn)(prm, x[it, part], y[it, part])
+                updates, state = tx.update(g, state, prm)
+                prm = optax.apply_updates(prm, updates)
+                losses.append(value)
+    bounds = {i.bound: iters, e.bound: epochs, m.bound: mbs}
+    for out in _both(p, bounds, {"x": x, "y": y}):
+        _close(out["w"], prm["w"])
+        _close(out["b"], prm["b"])
+        _close(out["loss"], np.array(losses).reshape(iters, epochs, mbs), tol=1e-4)
+
+
 # -- a tanh RNN over T = 64: backpropagation through time -----------------------------------------
 
 RNN_T, RNN_D = 64, 8
