@@ -136,20 +136,9 @@ def build(config: RLConfig, log: Callable[[int, dict[str, float]], None] | None 
             loss = total[i, 0 : e.bound, 0 : m.bound].mean()
         grads = tj.grad(total, params)
         new = tj.optim.step(config.optimiser(), params, grads, over=steps)
-        ended = roll.done.astype(jnp.float32)[i, 0:B, 0:T]
-        returns = tj.where(roll.done, roll.episode_return, 0.0)[i, 0:B, 0:T]
-        mean_return = returns.sum() / tj.maximum(ended.sum(), 1.0)
         I = i.bound
-        last = (I - 1,) if reuse else (I - 1, e.bound - 1, m.bound - 1)
-        p.output("params", read(new, last))
-        p.output("mean_return", mean_return[0:I])
-        p.output("episodes", ended.sum()[0:I])
-        p.output("loss", loss[0:I])
-        if log is not None:
-            stats = tj.stack([mean_return, loss])
-            tj.sink(
-                stats, lambda v, at: log(at["i"], {"mean_return": float(v[0]), "loss": float(v[1])})
-            )
+        p.output("params", read(new, (I - 1,) if reuse else (I - 1, e.bound - 1, m.bound - 1)))
+        output_metrics(p, roll, loss, dims, log)
     bounds = {
         i.bound: config.iterations,
         B: config.envs,
@@ -178,6 +167,33 @@ def _minibatch(
 
     gather = tj.lift(pick, name="minibatch")
     return tuple(gather(x[i, 0 : b.bound, 0 : t.bound], order, m) for x in tensors)
+
+
+def output_metrics(
+    p: tj.Program,
+    roll: Rollout,
+    loss: tj.RT,
+    dims: tuple,
+    log: Callable[[int, dict[str, float]], None] | None,
+) -> None:
+    """The outputs ``mean_return`` and ``episodes`` (of the episodes that ended in each
+    iteration) and ``loss`` (a tensor over ``i``); with ``log``, a sink calling
+    ``log(i, {"mean_return", "loss", "episodes"})`` once per iteration."""
+    i, b, t = dims
+    ended = roll.done.astype(jnp.float32)[i, 0 : b.bound, 0 : t.bound].sum()
+    finished = tj.where(roll.done, roll.episode_return, 0.0)[i, 0 : b.bound, 0 : t.bound]
+    mean_return = finished.sum() / tj.maximum(ended, 1.0)
+    p.output("mean_return", mean_return[0 : i.bound])
+    p.output("episodes", ended[0 : i.bound])
+    p.output("loss", loss[0 : i.bound])
+    if log is None:
+        return
+    names = ("mean_return", "loss", "episodes")
+
+    def send(values: Any, at: dict[str, int]) -> None:
+        log(at["i"], {name: float(v) for name, v in zip(names, values, strict=True)})
+
+    tj.sink(tj.stack([mean_return, loss, ended]), send)
 
 
 def _split(out: Any) -> tuple[tj.RT, tuple[tj.RT, tj.RT, tj.RT]]:

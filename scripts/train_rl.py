@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from algorithms import a2c, ppo, reinforce
 from algorithms import config as rl_config
-from algorithms import ppo
 
-ALGORITHMS = {"ppo": ppo.make_train}
+ALGORITHMS = {"ppo": ppo.make_train, "reinforce": reinforce.make_train, "a2c": a2c.make_train}
 
 
 def train(config: rl_config.RLConfig, out: pathlib.Path) -> dict[str, Any]:
@@ -32,7 +32,8 @@ def train(config: rl_config.RLConfig, out: pathlib.Path) -> dict[str, Any]:
     bar = tqdm(total=config.iterations, desc=f"{config.algo} {config.env}", unit="it")
 
     def log(iteration: int, metrics: dict[str, float]) -> None:
-        bar.set_postfix(mean_return=f"{metrics['mean_return']:.1f}")
+        if metrics["episodes"] > 0:  # the return of the episodes that ended this iteration
+            bar.set_postfix(mean_return=f"{metrics['mean_return']:.1f}", refresh=False)
         bar.update(1)
 
     start = time.perf_counter()
@@ -113,7 +114,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", default="results/rl")
     args = parser.parse_args()
-    overrides = {k: v for k, v in (("iterations", args.iterations), ("seed", args.seed)) if v}
+    overrides = {
+        k: v for k, v in (("iterations", args.iterations), ("seed", args.seed)) if v is not None
+    }
     config = rl_config.load(args.config, **overrides)
     run = f"{config.algo}_{config.env}_seed{config.seed}"
     summary = train(config, pathlib.Path(args.out) / run)

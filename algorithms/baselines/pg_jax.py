@@ -1,0 +1,199 @@
+"""REINFORCE and A2C as one jitted JAX computation each (purejaxrl style): the plain-JAX twins
+of :mod:`algorithms.reinforce` and :mod:`algorithms.a2c`.
+
+The whole run is one ``jax.jit``: a ``lax.scan`` over iterations; inside it the rollout of
+:mod:`algorithms.baselines.ppo_jax` (a ``lax.scan`` over steps, ``jax.vmap`` over the ``B``
+environments, the same keys), the returns, and one full-batch gradient step on
+
+    ``-log_prob * adv + value_coef * 0.5 * (value - ret)^2 - entropy_coef * entropy``
+
+with the forward pass recomputed by :func:`algorithms.policy.evaluate` on the stored
+observations and actions. The returns are, on time-major ``(T, B)`` arrays:
+
+- REINFORCE, ``n_step = 0``: :func:`mc_returns` (a reverse ``lax.scan``), ``adv = ret - value``;
+- REINFORCE, ``n_step = n``: :func:`n_step_returns` (a ``fori_loop`` over the ``n`` offsets in
+  the window), ``adv = ret - value``;
+- A2C: GAE (:func:`algorithms.baselines.ppo_jax.gae`).
+
+Example::
+
+    train = make_train(RLConfig(env="CartPole-v1", algo="a2c", iterations=10))
+    out = train()   # {"params", "mean_return", "loss", "episodes"}, one XLA call
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .. import envs, policy
+from ..config import RLConfig
+from ..networks import ActorCritic, actor_critic
+from .ppo_jax import Keys, Trajectory, episode_stats, gae, init, keys, point_keys
+
+ALGOS = ("reinforce", "a2c")
+Rollout = Callable[[Any, tuple, jax.Array], tuple[tuple, Trajectory]]
+
+
+def mc_returns(
+    rewards: jax.Array, dones: jax.Array, last_value: jax.Array, gamma: float
+) -> jax.Array:
+    """Discounted returns on time-major ``(T, B)`` arrays, reset at episode ends:
+    ``G[t] = r[t] + gamma * (1 - done[t]) * G[t + 1]`` with ``G[T] = last_value`` (``(B,)``)."""
+    alive = 1.0 - dones.astype(jnp.float32)
+
+    def back(following: jax.Array, x: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        reward, a = x
+        ret = reward + gamma * a * following
+        return ret, ret
+
+    _, ret = jax.lax.scan(back, last_value, (rewards, alive), reverse=True)
+    return ret
+
+
+def n_step_returns(
+    rewards: jax.Array,
+    dones: jax.Array,
+    values: jax.Array,
+    last_value: jax.Array,
+    gamma: float,
+    n: int,
+) -> jax.Array:
+    """n-step TD returns on time-major ``(T, B)`` arrays (``last_value``: ``(B,)``, the value of
+    the observation after the last step).
+
+    ``G[t] = sum_{k < L} gamma^k r[t + k] + gamma^L v[t + L]`` with ``L = min(n, T - t)`` and
+    ``v[T] = last_value``, cut after the first done: neither later rewards nor the bootstrap
+    count once an episode ended. Built as a sum over the offsets ``k`` of the window.
+    """
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    steps = rewards.shape[0]
+    width = min(n, steps)
+    alive = 1.0 - dones.astype(jnp.float32)
+    next_values = jnp.concatenate([values[1:], last_value[None]], axis=0)
+    padding = jnp.zeros((width, *rewards.shape[1:]), rewards.dtype)
+    r, a, v = (jnp.concatenate([x, padding]) for x in (rewards, alive, next_values))
+    t = jnp.arange(steps).reshape(steps, *(1,) * (rewards.ndim - 1))
+
+    def add(k: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        ret, weight = carry  # weight: gamma^k, or 0 once an episode ended before t + k
+
+        def at(x: jax.Array) -> jax.Array:
+            return jax.lax.dynamic_slice_in_dim(x, k, steps)
+
+        inside = t + k < steps
+        last = inside & ((k == width - 1) | (t + k == steps - 1))
+        ret = ret + jnp.where(inside, weight * (at(r) + gamma * at(a) * at(v) * last), 0.0)
+        return ret, weight * gamma * at(a)
+
+    start = (jnp.zeros_like(rewards), jnp.ones_like(rewards))
+    ret, _ = jax.lax.fori_loop(0, width, add, start)
+    return ret
+
+
+def targets(
+    config: RLConfig, traj: Trajectory, last_value: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``(advantages, returns)`` of one rollout for ``config.algo`` (module docstring)."""
+    if config.algo == "a2c":
+        return gae(traj.reward, traj.value, traj.done, last_value, config.gamma, config.gae_lambda)
+    if config.n_step == 0:
+        ret = mc_returns(traj.reward, traj.done, last_value, config.gamma)
+    else:
+        ret = n_step_returns(
+            traj.reward, traj.done, traj.value, last_value, config.gamma, config.n_step
+        )
+    return ret - traj.value, ret
+
+
+def pg_loss(
+    params: Any,
+    net: ActorCritic,
+    traj: Trajectory,
+    adv: jax.Array,
+    ret: jax.Array,
+    config: RLConfig,
+) -> jax.Array:
+    """The actor-critic loss of a ``(T, B)`` rollout, averaged (``adv`` and ``ret`` are
+    constants here: the forward pass is recomputed from ``traj.obs`` and ``traj.action``)."""
+    evaluate = functools.partial(policy.evaluate, net, params)
+    for _ in range(adv.ndim):
+        evaluate = jax.vmap(evaluate)
+    log_prob, value, entropy = evaluate(traj.obs, traj.action)
+    value_loss = 0.5 * (value - ret) ** 2
+    loss = -log_prob * adv + config.value_coef * value_loss - config.entropy_coef * entropy
+    return loss.mean()
+
+
+def make_rollout(config: RLConfig, env: envs.Env, net: ActorCritic, ks: Keys) -> Rollout:
+    """``rollout(params, (obs, env states, running returns), i) -> (carry, Trajectory)``: one
+    iteration's ``T`` steps in the ``B`` environments, as in :func:`ppo_jax.make_train`."""
+    act = jax.vmap(functools.partial(policy.act, net), in_axes=(None, 0, 0))
+    env_step = jax.vmap(env.step)
+
+    def rollout(params: Any, carry: tuple, i: jax.Array) -> tuple[tuple, Trajectory]:
+        def step(carry: tuple, t: jax.Array) -> tuple[tuple, Trajectory]:
+            obs, state, running = carry
+            action, log_prob, value, _ = act(params, point_keys(ks.act, i, t, config.envs), obs)
+            step_keys = point_keys(ks.step, i, t, config.envs)
+            next_obs, state, reward, done = env_step(step_keys, state, action)
+            ended = running + reward
+            traj = Trajectory(obs, action, log_prob, value, reward, done, ended)
+            return (next_obs, state, jnp.where(done, 0.0, ended)), traj
+
+        return jax.lax.scan(step, carry, jnp.arange(config.steps))
+
+    return rollout
+
+
+def check(config: RLConfig) -> None:
+    """Raise ``ValueError`` unless ``config`` is a REINFORCE or A2C run these twins can do."""
+    if config.algo not in ALGOS:
+        raise ValueError(f"config.algo must be one of {', '.join(ALGOS)}, got {config.algo!r}")
+    if config.epochs != 1 or config.minibatches != 1:
+        raise ValueError(
+            f"{config.algo} takes one full-batch step per iteration: epochs and minibatches "
+            f"must be 1, got {config.epochs} and {config.minibatches}"
+        )
+    if config.n_step < 0:
+        raise ValueError(f"n_step must be 0 (Monte-Carlo returns) or positive, got {config.n_step}")
+    if config.algo == "a2c" and config.n_step:
+        raise ValueError("n_step is REINFORCE's; a2c uses GAE (gae_lambda): set n_step to 0")
+
+
+def make_train(config: RLConfig) -> Callable[[], dict[str, Any]]:
+    """The whole training run as one jitted function of no arguments (module docstring)."""
+    check(config)
+    env = envs.make(config.env, **config.env_options)
+    net = actor_critic(config, env)
+    tx = config.optimiser()
+    ks = keys(config)
+    rollout = make_rollout(config, env, net, ks)
+    value = jax.vmap(functools.partial(policy.value, net), in_axes=(None, 0))
+    grad_fn = jax.value_and_grad(pg_loss)
+
+    def iteration(carry: tuple, i: jax.Array) -> tuple[tuple, tuple]:
+        params, opt_state, env_carry = carry
+        env_carry, traj = rollout(params, env_carry, i)
+        adv, ret = targets(config, traj, value(params, env_carry[0]))
+        loss, grads = grad_fn(params, net, traj, adv, ret, config)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        mean_return, episodes = episode_stats(traj)
+        return (params, opt_state, env_carry), (mean_return, loss, episodes)
+
+    def train() -> dict[str, Any]:
+        params, obs, state, running = init(config, env, net, ks)
+        carry = (params, tx.init(params), (obs, state, running))
+        (params, _, _), (mean_return, loss, episodes) = jax.lax.scan(
+            iteration, carry, jnp.arange(config.iterations)
+        )
+        return {"params": params, "mean_return": mean_return, "loss": loss, "episodes": episodes}
+
+    return jax.jit(train)

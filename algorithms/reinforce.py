@@ -1,0 +1,173 @@
+"""REINFORCE with a learned value baseline as one tempo_jax program over ``(i, b, t)``.
+
+Each iteration acts for ``T`` steps in ``B`` environments (:func:`algorithms.rollout.rollout`),
+computes a return ``G`` at every step, and takes one full-batch gradient step on
+
+    ``-log_prob * (G - value) + value_coef * 0.5 * (value - G)^2 - entropy_coef * entropy``
+
+averaged over ``(b, t)`` (``G`` and the advantage's ``value`` detached). As in
+:mod:`algorithms.ppo`, the log-probabilities, values and entropies differentiated are the
+rollout's own: there is no second forward pass. The returns are, with ``config.n_step``:
+
+- ``0``: Monte-Carlo returns, a backward recurrence over ``t`` reset at episode ends and
+  bootstrapped at the rollout's end with the critic's value of the next observation:
+  ``G[t] = r[t] + gamma * (1 - done[t]) * G[t + 1]``, ``G[T] = V(next_obs[T - 1])``;
+- ``n > 0``: n-step TD returns, a window read ``r[t : min(t + n, T)]`` at every step:
+  ``G[t] = sum_{k < L} gamma^k r[t + k] + gamma^L V(s[t + L])`` with ``L = min(n, T - t)``,
+  cut after the first ``done`` in the window (no reward or bootstrap beyond it).
+
+:func:`build_actor_critic` is the skeleton shared with :mod:`algorithms.a2c`: everything but
+the loss (parameters, rollout, the value of the last observation, gradient, optimiser step,
+metrics, outputs and sink), which a caller passes as an ``objective``.
+
+Example::
+
+    train = make_train(config)      # config.algo == "reinforce"; compiles the whole run
+    out = train()                   # {"params", "mean_return", "episodes", "loss"}, one XLA call
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import tempo_jax as tj
+
+from . import envs, policy, ppo
+from .config import RLConfig
+from .networks import actor_critic
+from .rollout import Rollout, read, rollout
+
+Dims = tuple[tj.Symbol, tj.Symbol, tj.Symbol]
+Log = Callable[[int, dict[str, float]], None]
+# (rollout, V(next_obs[i, b, T - 1]) detached over (i, b), dims) -> the loss at every (i, b, t)
+Objective = Callable[[Rollout, tj.RT, Dims], tj.RT]
+
+
+def check(config: RLConfig, algo: str) -> None:
+    """Raise ``ValueError`` unless ``config`` describes a run of ``algo`` (reinforce | a2c)."""
+    if config.algo != algo:
+        raise ValueError(f"config.algo is {config.algo!r}; this module trains {algo!r}")
+    if config.epochs != 1 or config.minibatches != 1:
+        raise ValueError(
+            f"{algo} takes one full-batch step per iteration: epochs and minibatches must be 1, "
+            f"got {config.epochs} and {config.minibatches}"
+        )
+    if config.n_step < 0:
+        raise ValueError(f"n_step must be 0 (Monte-Carlo returns) or positive, got {config.n_step}")
+    if algo != "reinforce" and config.n_step:
+        raise ValueError(f"n_step is REINFORCE's; {algo} uses GAE (gae_lambda): set n_step to 0")
+
+
+def next_values(value: tj.RT, last_value: tj.RT, dims: Dims) -> tj.RT:
+    """The critic's value of the observation after each step: ``value[i, b, t + 1]``, and
+    ``last_value[i, b]`` at the rollout's last step."""
+    i, b, t = dims
+    T = t.bound
+    after = tj.placeholder((), jnp.float32, domain=(i, b, t), name="next_value")
+    after[i, b, T - 1] = last_value[i, b]
+    after[True] = value[i, b, t + 1]
+    return after
+
+
+def mc_returns(roll: Rollout, last_value: tj.RT, config: RLConfig, dims: Dims) -> tj.RT:
+    """Discounted returns within the rollout, reset at episode ends, bootstrapped at its end:
+    ``G[t] = r[t] + gamma * (1 - done[t]) * G[t + 1]`` and ``G[T] = last_value``."""
+    i, b, t = dims
+    T = t.bound
+    alive = 1.0 - roll.done.astype(jnp.float32)
+    ret = tj.placeholder((), jnp.float32, domain=(i, b, t), name="mc_return")
+    ret[i, b, T - 1] = (roll.reward + config.gamma * alive * last_value[i, b])[i, b, T - 1]
+    ret[True] = roll.reward + config.gamma * alive * ret[i, b, t + 1]
+    return ret
+
+
+def n_step_returns(
+    roll: Rollout, value: tj.RT, last_value: tj.RT, config: RLConfig, dims: Dims
+) -> tj.RT:
+    """n-step TD returns (``n = config.n_step``) from a window read of the rewards.
+
+    At ``(i, b, t)`` the window is ``r[i, b, t : end]`` with ``end = min(t + n, T)``, of
+    ``L = end - t`` rows; ``k`` counts its rows. A reward counts if no episode ended earlier
+    in the window; the bootstrap ``gamma^L * V(next_obs[end - 1])`` counts if none ended in
+    it, which is the product of ``gamma * (1 - done)`` over the window.
+    """
+    i, b, t = dims
+    end = tj.min(t + config.n_step, t.bound)
+    rewards = roll.reward[i, b, t:end]
+    dones = roll.done[i, b, t:end].astype(jnp.float32)
+    k = tj.cumsum(tj.ones_like(rewards)) - 1.0
+    ended_before = tj.cumsum(dones) - dones  # dones in the window before row k
+    discounted = tj.where(ended_before == 0.0, config.gamma**k * rewards, 0.0).sum()
+    bootstrap = (config.gamma * (1.0 - dones)).prod()
+    return discounted + bootstrap * next_values(value, last_value, dims)[i, b, end - 1]
+
+
+def returns(roll: Rollout, value: tj.RT, last_value: tj.RT, config: RLConfig, dims: Dims) -> tj.RT:
+    """The returns ``config.n_step`` asks for (``value`` and ``last_value`` detached)."""
+    if config.n_step == 0:
+        return mc_returns(roll, last_value, config, dims)
+    return n_step_returns(roll, value, last_value, config, dims)
+
+
+def actor_critic_loss(
+    log_prob: tj.RT, value: tj.RT, entropy: tj.RT, adv: tj.RT, ret: tj.RT, config: RLConfig
+) -> tj.RT:
+    """``-log_prob * adv + value_coef * 0.5 * (value - ret)^2 - entropy_coef * entropy`` at
+    every point (``adv`` and ``ret`` detached; REINFORCE's and A2C's loss)."""
+    value_loss = 0.5 * (value - ret) ** 2
+    return -log_prob * adv + config.value_coef * value_loss - config.entropy_coef * entropy
+
+
+def objective(config: RLConfig) -> Objective:
+    """REINFORCE's loss at every point: returns, advantages ``G - value`` (module docstring)."""
+
+    def loss(roll: Rollout, last_value: tj.RT, dims: Dims) -> tj.RT:
+        log_prob, value, entropy = roll.acted
+        ret = returns(roll, value.detach(), last_value, config, dims)
+        return actor_critic_loss(log_prob, value, entropy, ret - value.detach(), ret, config)
+
+    return loss
+
+
+def build_actor_critic(
+    name: str, config: RLConfig, objective: Objective, log: Log | None = None
+) -> ppo.Program:
+    """Record an on-policy actor-critic run whose loss at every ``(i, b, t)`` is ``objective``:
+    one full-batch step on its mean over ``(b, t)`` per iteration, with the outputs and the
+    sink of :func:`algorithms.ppo.build`."""
+    env = envs.make(config.env, **config.env_options)
+    net = actor_critic(config, env)
+    init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    obs0, _ = env.reset(jax.random.PRNGKey(0))
+    with tj.Program(name) as p:
+        dims = p.dims("i b t")
+        i, b, t = dims
+        params = tj.param(net.init(init_key, obs0), domain=(i,))
+        acting = tj.lift(functools.partial(policy.act, net), name="policy")
+        roll = rollout(env, lambda k, obs: ppo._split(acting(params, k, obs)), dims, run_key)
+        critic = tj.lift(functools.partial(policy.value, net), name="value")
+        last_value = critic(params, roll.next_obs[i, b, t.bound - 1]).detach()
+        total = objective(roll, last_value, dims)[i, 0 : b.bound, 0 : t.bound].mean()
+        grads = tj.grad(total, params)
+        new = tj.optim.step(config.optimiser(), params, grads, over=i)
+        p.output("params", read(new, i.bound - 1))
+        ppo.output_metrics(p, roll, total, dims, log)
+    bounds = {i.bound: config.iterations, b.bound: config.envs, t.bound: config.steps}
+    return ppo.Program(p, dims, bounds)
+
+
+def build(config: RLConfig, log: Log | None = None) -> ppo.Program:
+    """Record REINFORCE for ``config`` (module docstring)."""
+    check(config, "reinforce")
+    return build_actor_critic("reinforce", config, objective(config), log)
+
+
+def make_train(config: RLConfig, log: Log | None = None) -> Callable[[], dict[str, Any]]:
+    """The whole training run, compiled: a function of no arguments returning its outputs."""
+    built = build(config, log)
+    return built.program.compile(built.bounds)

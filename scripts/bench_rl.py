@@ -1,0 +1,216 @@
+"""Benchmark: RL training as one tempo_jax program against the two JAX baselines.
+
+For each point of a sweep (one factor at a time around a base: network layers and width,
+episode length, number of environments; ``configs/bench/rl_cpu_small.yaml`` here,
+``configs/bench/rl_paper.yaml`` for the paper's sizes), every system trains the same
+algorithm with the same config and keys, side by side in one run:
+
+- ``tempo_jax``: the whole run is one compiled tempo_jax program (:mod:`algorithms.ppo`);
+- ``single_jit``: hand-written ``lax.scan`` PPO under one ``jax.jit``
+  (:mod:`algorithms.baselines.ppo_jax`);
+- ``actor_learner``: a Python loop over a jitted policy and env step, then a jitted learner
+  that recomputes the forward pass (:mod:`algorithms.baselines.actor_learner`).
+
+Each system is built and called once (compilation), then timed over ``repeats`` calls (the
+median). Rows go to ``results/rl/bench.json``: ``{algo, system, factor, value,
+seconds_per_iteration, steps_per_second, compile_seconds, ratio_vs_single_jit}``, with a plot
+``results/rl/bench.png`` (one panel per factor).
+
+    python -m scripts.bench_rl [--config configs/bench/rl_cpu_small.yaml] [--only base]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import yaml
+
+from algorithms import ppo
+from algorithms.baselines import actor_learner, ppo_jax
+from algorithms.config import RLConfig
+
+SYSTEMS: dict[str, dict[str, Callable[[RLConfig], Callable[[], dict[str, Any]]]]] = {
+    "ppo": {
+        "tempo_jax": ppo.make_train,
+        "single_jit": ppo_jax.make_train,
+        "actor_learner": actor_learner.make_train,
+    },
+}
+
+FACTORS = ("layers", "width", "steps", "envs")  # ``steps`` is the episode length
+
+
+def point_config(base: dict[str, Any], factor: str, value: Any) -> RLConfig:
+    """The config of one sweep point: ``base`` with ``factor`` set to ``value`` (an episode
+    length sets the trivial environment's episode too)."""
+    fields = {**base, "env_options": dict(base.get("env_options", {}))}
+    if factor != "base":
+        fields[factor] = value
+    if fields.get("env") == "trivial":
+        fields["env_options"]["episode"] = fields["steps"]
+        if "obs_shape" in fields["env_options"]:
+            fields["env_options"]["obs_shape"] = tuple(fields["env_options"]["obs_shape"])
+    return RLConfig(**fields)
+
+
+def _wait(out: dict[str, Any]) -> dict[str, Any]:
+    jax.block_until_ready(out)
+    return out
+
+
+def time_system(
+    make: Callable[[RLConfig], Callable[[], dict[str, Any]]], config: RLConfig, repeats: int
+) -> tuple[float, float, dict[str, Any]]:
+    """``(compile seconds, median seconds of a run, outputs)``: built and called once first."""
+    start = time.perf_counter()
+    run = make(config)
+    out = _wait(run())
+    compile_seconds = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = _wait(run())
+        times.append(time.perf_counter() - start)
+    return compile_seconds, statistics.median(times), out
+
+
+def bench_point(
+    algo: str, factor: str, value: Any, config: RLConfig, settings: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One sweep point, every system side by side; ``actor_learner`` runs fewer iterations
+    (``settings["actor_learner_iterations"]``): its time per iteration does not depend on
+    how many it runs."""
+    rows = []
+    outputs = {}
+    for system, make in SYSTEMS[algo].items():
+        if system in settings.get("skip", []):
+            continue
+        cfg = config
+        if system == "actor_learner":
+            cfg = dataclasses.replace(config, iterations=settings["actor_learner_iterations"])
+        compile_s, seconds, out = time_system(make, cfg, settings["repeats"])
+        outputs[system] = out
+        steps = cfg.iterations * cfg.envs * cfg.steps
+        rows.append(
+            {
+                "algo": algo,
+                "system": system,
+                "factor": factor,
+                "value": value,
+                "iterations": cfg.iterations,
+                "seconds_per_iteration": seconds / cfg.iterations,
+                "steps_per_second": steps / seconds,
+                "compile_seconds": compile_s,
+            }
+        )
+    base = next((r for r in rows if r["system"] == "single_jit"), None)
+    for row in rows:
+        if base is not None:
+            row["ratio_vs_single_jit"] = (
+                row["seconds_per_iteration"] / base["seconds_per_iteration"]
+            )
+    if "tempo_jax" in outputs and "single_jit" in outputs:  # the same run, computed twice
+        got, want = (np.asarray(outputs[s]["loss"]) for s in ("tempo_jax", "single_jit"))
+        diff = float(np.max(np.abs(got - want) / (np.abs(want) + 1e-6)))
+        for row in rows:
+            row["loss_rel_diff_vs_single_jit"] = diff
+    return rows
+
+
+def sweep(config: dict[str, Any], only: str | None = None) -> list[dict[str, Any]]:
+    """Every (algo, factor, value) point of ``config``: the base, then each factor's values."""
+    settings = {
+        "repeats": config.get("repeats", 3),
+        "actor_learner_iterations": config.get("actor_learner_iterations", 2),
+        "skip": config.get("skip", []),
+    }
+    base = config["base"]
+    points: list[tuple[str, Any]] = [("base", None)]
+    for factor in FACTORS:
+        points += [
+            (factor, v) for v in config.get("sweep", {}).get(factor, []) if v != base[factor]
+        ]
+    rows = []
+    for algo in config.get("algos", ["ppo"]):
+        for factor, value in points:
+            if only is not None and factor != only:
+                continue
+            cfg = point_config({**base, "algo": algo}, factor, value)
+            shown = value if factor != "base" else "-"
+            print(f"{algo} {factor}={shown}: B={cfg.envs} T={cfg.steps} {cfg.layers}x{cfg.width}")
+            for row in bench_point(algo, factor, value, cfg, settings):
+                rows.append(row)
+                print(
+                    f"  {row['system']:>13}: {row['seconds_per_iteration'] * 1e3:9.2f} ms/it "
+                    f"{row['steps_per_second']:12.0f} steps/s "
+                    f"x{row.get('ratio_vs_single_jit', float('nan')):.2f} vs single_jit"
+                )
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], base: dict[str, Any], path: pathlib.Path) -> None:
+    """One panel per factor: seconds per iteration against the factor's value, per system
+    (the base point is on every panel)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(FACTORS), figsize=(4 * len(FACTORS), 3.2))
+    systems = sorted({r["system"] for r in rows})
+    for ax, factor in zip(axes, FACTORS, strict=True):
+        for system in systems:
+            points = [
+                (base[factor] if r["factor"] == "base" else r["value"], r["seconds_per_iteration"])
+                for r in rows
+                if r["system"] == system and r["factor"] in ("base", factor)
+            ]
+            if not points:
+                continue
+            xs, ys = zip(*sorted(points), strict=True)
+            ax.plot(xs, ys, marker="o", label=system)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel({"steps": "episode length"}.get(factor, factor))
+        ax.set_ylabel("seconds per iteration")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("RL training: one iteration (rollout, returns, update), lower is better")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/bench/rl_cpu_small.yaml")
+    parser.add_argument("--only", help="run one factor of the sweep (e.g. base)")
+    parser.add_argument("--out", default="results/rl")
+    args = parser.parse_args()
+    config = yaml.safe_load(pathlib.Path(args.config).read_text())
+    rows = sweep(config, args.only)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "config": args.config,
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "device": str(jax.devices()[0]),
+        "jax": jax.__version__,
+    }
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    plot(rows, config["base"], out / "bench.png")
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+
+
+if __name__ == "__main__":
+    main()
