@@ -259,12 +259,18 @@ def _scoped(
         produced = where[key[0]]
         shared = set.intersection(*({id(lp) for lp in ls} for _, ls in produced))
         drop = set()
+        # a loop's dim may be left out only if the reads are of the same iteration of it and
+        # of every loop around it: each outer iteration runs the loop again, rewriting the
+        # buffer (a window over an outer dim would read rows the inner loop overwrote)
+        outer_ok = True
         for loop in (lp for lp in produced[0][1] if id(lp) in shared):
             pos = _walked(produced, loop)
-            if pos is not None and _read_in_iteration(
+            same = pos is not None and _read_in_iteration(
                 program, readers.get(key, []), where, loop, pos, produced[0][0]
-            ):
+            )
+            if same and outer_ok:
                 drop.add(pos)
+            outer_ok = outer_ok and (same or pos is None)
         if drop:
             found[key] = frozenset(drop)
     return found

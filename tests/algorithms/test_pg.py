@@ -302,14 +302,10 @@ def test_n_step_returns_need_a_positive_n() -> None:
 # -- a tempo_jax bug found on the way ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tempo_jax bug: `_lower/storage._scoped` leaves the dim `b` out of the buffer of "
-    "`x * 2` (written in a loop over b inside the reversed loop over t), though the window "
-    "read `[b, t:min(t + 3, T)]` also reads values written in earlier iterations of t; the "
-    "compiled result differs from the reference (correct without scoped buffers).",
-)
 def test_window_read_of_a_value_computed_in_a_loop_inside_the_window_loop() -> None:
+    """A value written in a loop over ``b`` inside the reversed loop over ``t`` and read
+    through the window ``[b, t:min(t + 3, T)]`` keeps its ``b`` axis: each iteration of ``t``
+    runs the ``b`` loop again, so a buffer without it would hold only the last ``b``'s rows."""
     with tj.Program() as p:
         b, t = p.dims("b t")
         x = tj.input("x", (), jnp.float32, domain=(b, t))

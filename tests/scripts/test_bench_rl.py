@@ -1,0 +1,40 @@
+"""The RL benchmark's rows and plot on a tiny sweep (not a timing test: the figures come from
+``python -m scripts.bench_rl``)."""
+
+from __future__ import annotations
+
+from scripts import bench_rl
+
+TINY = {
+    "repeats": 1,
+    "actor_learner_iterations": 1,
+    "algos": ["ppo"],
+    "base": {
+        "env": "trivial",
+        "env_options": {"obs_shape": [3, 2, 2]},
+        "iterations": 2,
+        "envs": 4,
+        "steps": 8,
+        "layers": 1,
+        "width": 8,
+    },
+    "sweep": {"envs": [4, 2]},  # 4 is the base: only envs = 2 is added
+}
+
+
+def test_each_point_times_every_system_on_the_same_run(tmp_path) -> None:
+    rows = bench_rl.sweep(TINY)
+    assert [(r["factor"], r["value"]) for r in rows] == [("base", None)] * 3 + [("envs", 2)] * 3
+    assert [r["system"] for r in rows[:3]] == ["tempo_jax", "single_jit", "actor_learner"]
+    for row in rows:
+        assert row["seconds_per_iteration"] > 0 and row["steps_per_second"] > 0
+        assert row["loss_rel_diff_vs_single_jit"] < 1e-3  # tempo_jax computed the same run
+    assert all(r["ratio_vs_single_jit"] == 1.0 for r in rows if r["system"] == "single_jit")
+    assert rows[2]["iterations"] == 1 and rows[0]["iterations"] == 2
+    bench_rl.plot(rows, TINY["base"], tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_an_episode_length_sets_the_trivial_envs_episode() -> None:
+    config = bench_rl.point_config(TINY["base"], "steps", 16)
+    assert config.steps == 16 and config.env_options == {"obs_shape": (3, 2, 2), "episode": 16}
