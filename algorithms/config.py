@@ -42,6 +42,20 @@ class RLConfig:
         )
 
 
+def check_one_step(config: RLConfig, algo: str) -> None:
+    """Raise ``ValueError`` unless ``config`` fits ``algo``, a one-full-batch-step-per-iteration
+    algorithm (reinforce | a2c): one epoch and minibatch, and ``n_step`` for REINFORCE only."""
+    if config.epochs != 1 or config.minibatches != 1:
+        raise ValueError(
+            f"{algo} takes one full-batch step per iteration: epochs and minibatches must be 1, "
+            f"got {config.epochs} and {config.minibatches}"
+        )
+    if config.n_step < 0:
+        raise ValueError(f"n_step must be 0 (Monte-Carlo returns) or positive, got {config.n_step}")
+    if algo != "reinforce" and config.n_step:
+        raise ValueError(f"n_step is REINFORCE's; {algo} uses GAE (gae_lambda): set n_step to 0")
+
+
 def load(path: str | pathlib.Path, **overrides: Any) -> RLConfig:
     """The config in a YAML file, with ``overrides`` applied."""
     data = yaml.safe_load(pathlib.Path(path).read_text()) or {}

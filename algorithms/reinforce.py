@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import tempo_jax as tj
 
 from . import envs, policy, ppo
-from .config import RLConfig
+from .config import RLConfig, check_one_step
 from .networks import actor_critic
 from .rollout import Rollout, read, rollout
 
@@ -52,15 +52,7 @@ def check(config: RLConfig, algo: str) -> None:
     """Raise ``ValueError`` unless ``config`` describes a run of ``algo`` (reinforce | a2c)."""
     if config.algo != algo:
         raise ValueError(f"config.algo is {config.algo!r}; this module trains {algo!r}")
-    if config.epochs != 1 or config.minibatches != 1:
-        raise ValueError(
-            f"{algo} takes one full-batch step per iteration: epochs and minibatches must be 1, "
-            f"got {config.epochs} and {config.minibatches}"
-        )
-    if config.n_step < 0:
-        raise ValueError(f"n_step must be 0 (Monte-Carlo returns) or positive, got {config.n_step}")
-    if algo != "reinforce" and config.n_step:
-        raise ValueError(f"n_step is REINFORCE's; {algo} uses GAE (gae_lambda): set n_step to 0")
+    check_one_step(config, algo)
 
 
 def next_values(value: tj.RT, last_value: tj.RT, dims: Dims) -> tj.RT:

@@ -32,12 +32,11 @@ import jax.numpy as jnp
 import optax
 
 from .. import envs, policy
-from ..config import RLConfig
+from ..config import RLConfig, check_one_step
 from ..networks import ActorCritic, actor_critic
-from .ppo_jax import Keys, Trajectory, episode_stats, gae, init, keys, point_keys
+from .ppo_jax import Trajectory, episode_stats, gae, init, keys, make_rollout
 
 ALGOS = ("reinforce", "a2c")
-Rollout = Callable[[Any, tuple, jax.Array], tuple[tuple, Trajectory]]
 
 
 def mc_returns(
@@ -131,40 +130,11 @@ def pg_loss(
     return loss.mean()
 
 
-def make_rollout(config: RLConfig, env: envs.Env, net: ActorCritic, ks: Keys) -> Rollout:
-    """``rollout(params, (obs, env states, running returns), i) -> (carry, Trajectory)``: one
-    iteration's ``T`` steps in the ``B`` environments, as in :func:`ppo_jax.make_train`."""
-    act = jax.vmap(functools.partial(policy.act, net), in_axes=(None, 0, 0))
-    env_step = jax.vmap(env.step)
-
-    def rollout(params: Any, carry: tuple, i: jax.Array) -> tuple[tuple, Trajectory]:
-        def step(carry: tuple, t: jax.Array) -> tuple[tuple, Trajectory]:
-            obs, state, running = carry
-            action, log_prob, value, _ = act(params, point_keys(ks.act, i, t, config.envs), obs)
-            step_keys = point_keys(ks.step, i, t, config.envs)
-            next_obs, state, reward, done = env_step(step_keys, state, action)
-            ended = running + reward
-            traj = Trajectory(obs, action, log_prob, value, reward, done, ended)
-            return (next_obs, state, jnp.where(done, 0.0, ended)), traj
-
-        return jax.lax.scan(step, carry, jnp.arange(config.steps))
-
-    return rollout
-
-
 def check(config: RLConfig) -> None:
     """Raise ``ValueError`` unless ``config`` is a REINFORCE or A2C run these twins can do."""
     if config.algo not in ALGOS:
         raise ValueError(f"config.algo must be one of {', '.join(ALGOS)}, got {config.algo!r}")
-    if config.epochs != 1 or config.minibatches != 1:
-        raise ValueError(
-            f"{config.algo} takes one full-batch step per iteration: epochs and minibatches "
-            f"must be 1, got {config.epochs} and {config.minibatches}"
-        )
-    if config.n_step < 0:
-        raise ValueError(f"n_step must be 0 (Monte-Carlo returns) or positive, got {config.n_step}")
-    if config.algo == "a2c" and config.n_step:
-        raise ValueError("n_step is REINFORCE's; a2c uses GAE (gae_lambda): set n_step to 0")
+    check_one_step(config, config.algo)
 
 
 def make_train(config: RLConfig) -> Callable[[], dict[str, Any]]:

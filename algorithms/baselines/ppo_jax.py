@@ -199,12 +199,12 @@ def episode_stats(traj: Trajectory) -> tuple[jax.Array, jax.Array]:
     return returns.sum() / jnp.maximum(ended.sum(), 1.0), ended.sum()
 
 
-def make_train(config: RLConfig) -> Callable[[], dict[str, Any]]:
-    """The whole training run as one jitted function of no arguments (module docstring)."""
-    env = envs.make(config.env, **config.env_options)
-    net = actor_critic(config, env)
-    tx = config.optimiser()
-    ks = keys(config)
+Rollout = Callable[[Any, tuple, jax.Array], tuple[tuple, Trajectory]]
+
+
+def make_rollout(config: RLConfig, env: envs.Env, net: ActorCritic, ks: Keys) -> Rollout:
+    """``rollout(params, (obs, env states, running returns), i) -> (carry, Trajectory)``: one
+    iteration's ``T`` steps in the ``B`` environments (every baseline's rollout)."""
     act = jax.vmap(functools.partial(policy.act, net), in_axes=(None, 0, 0))
     env_step = jax.vmap(env.step)
 
@@ -219,6 +219,17 @@ def make_train(config: RLConfig) -> Callable[[], dict[str, Any]]:
             return (next_obs, state, jnp.where(done, 0.0, ended)), traj
 
         return jax.lax.scan(step, carry, jnp.arange(config.steps))
+
+    return rollout
+
+
+def make_train(config: RLConfig) -> Callable[[], dict[str, Any]]:
+    """The whole training run as one jitted function of no arguments (module docstring)."""
+    env = envs.make(config.env, **config.env_options)
+    net = actor_critic(config, env)
+    tx = config.optimiser()
+    ks = keys(config)
+    rollout = make_rollout(config, env, net, ks)
 
     def iteration(carry: tuple, i: jax.Array) -> tuple[tuple, tuple]:
         params, opt_state, env_carry = carry

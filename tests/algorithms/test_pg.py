@@ -21,6 +21,7 @@ from algorithms.baselines import pg_jax, ppo_jax
 from algorithms.config import RLConfig
 from algorithms.networks import actor_critic
 from algorithms.rollout import Rollout
+from tests.algorithms.runs import assert_same_run
 
 CARTPOLE = RLConfig(env="CartPole-v1", iterations=3, envs=4, steps=16)
 GAMMA = 0.9
@@ -130,19 +131,6 @@ def test_tempo_jax_returns_match_the_loops_compiled_and_in_the_reference(n_step:
 # -- the programs against their single-jit twins -------------------------------------------------
 
 
-def _assert_same_run(got: dict[str, Any], want: dict[str, Any]) -> None:
-    for name in ("mean_return", "episodes"):
-        np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(got["loss"]), np.asarray(want["loss"]), rtol=1e-4)
-    leaves = zip(
-        jax.tree_util.tree_leaves(got["params"]),
-        jax.tree_util.tree_leaves(want["params"]),
-        strict=True,
-    )
-    for a, b in leaves:
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
-
-
 TWINS = [
     pytest.param("reinforce", 3, "CartPole-v1", id="reinforce-n3-CartPole"),
     pytest.param("a2c", 0, "CartPole-v1", id="a2c-CartPole"),
@@ -161,7 +149,7 @@ def test_tempo_jax_program_matches_the_single_jit_twin(algo: str, n_step: int, e
     got = module.make_train(cfg, lambda i, metrics: logged.update({i: metrics}))()
     want = pg_jax.make_train(cfg)()
     assert float(np.asarray(want["episodes"]).sum()) > 0 or env == "Pendulum-v1"
-    _assert_same_run(got, want)
+    assert_same_run(got, want)
     jax.effects_barrier()
     assert sorted(logged) == list(range(cfg.iterations))
     for name in ("mean_return", "loss"):

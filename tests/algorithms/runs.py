@@ -1,0 +1,22 @@
+"""Comparing two training runs' outputs (``params``, ``mean_return``, ``episodes``, ``loss``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def assert_same_run(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """Episode returns and counts to 1e-5, losses and every parameter leaf to 1e-4."""
+    for name in ("mean_return", "episodes"):
+        np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(got["loss"]), np.asarray(want["loss"]), rtol=1e-4)
+    leaves = zip(
+        jax.tree_util.tree_leaves(got["params"]),
+        jax.tree_util.tree_leaves(want["params"]),
+        strict=True,
+    )
+    for a, b in leaves:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
