@@ -43,6 +43,7 @@ import numpy as np
 from jax import lax
 
 from .._ir.errors import UnsupportedError
+from .._ir.jaxprs import CALLS, bind
 
 Pads = dict[int, str]  # padded axis -> its size class (the symbolic size, as text)
 Path = tuple[Any, ...]  # where a literal sits: eqn indices and param names from the root
@@ -125,17 +126,6 @@ _ELEMENTWISE = frozenset(
 _LAYOUT = frozenset(
     ["broadcast_in_dim", "transpose", "squeeze", "reshape", "concatenate", "split", "iota"]
 )
-_CALLS = {
-    "jit": "jaxpr",
-    "pjit": "jaxpr",
-    "closed_call": "call_jaxpr",
-    "core_call": "call_jaxpr",
-    "custom_jvp_call": "call_jaxpr",
-    "custom_vjp_call": "call_jaxpr",
-    "custom_vjp_call_jaxpr": "fun_jaxpr",
-    "remat": "jaxpr",
-    "checkpoint": "jaxpr",
-}
 _REDUCE_NEUTRAL = {
     "reduce_sum": "zero",
     "reduce_prod": "one",
@@ -390,14 +380,14 @@ class _Evaluator:
                 len(p) > len(here) + 1 and p[: len(here)] == here and p[len(here)] != "lit"
                 for p in self.affine
             )
-            if eqn.primitive.name in _CALLS and (nested or any(in_pads)):
+            if eqn.primitive.name in CALLS and (nested or any(in_pads)):
                 outs = self._call(eqn, values, here)
             elif nested:
                 raise self._unsupported(
                     eqn.primitive.name, "uses the size of a growing axis inside"
                 )
             elif not any(in_pads):
-                outs = _bind(eqn, values)
+                outs = bind(eqn, values)
             else:
                 outs = self._rule(eqn, values, in_pads)
             for var, value, out in zip(eqn.outvars, outs, outs_path, strict=True):
@@ -416,7 +406,7 @@ class _Evaluator:
 
     # -- one primitive ---------------------------------------------------------------------------
     def _call(self, eqn: jex.JaxprEqn, values: list[Any], path: Path) -> list[Any]:
-        key = _CALLS[eqn.primitive.name]
+        key = CALLS[eqn.primitive.name]
         sub = eqn.params[key]
         consts = sub.consts if isinstance(sub, jex.ClosedJaxpr) else ()
         inner = sub.jaxpr if isinstance(sub, jex.ClosedJaxpr) else sub
@@ -427,16 +417,16 @@ class _Evaluator:
         name = eqn.primitive.name
         params = eqn.params
         if name in _LAYOUT or name in _ELEMENTWISE:
-            return _bind(eqn, values)  # row for row: shapes were checked by the analysis
+            return bind(eqn, values)  # row for row: shapes were checked by the analysis
         if name in _REDUCE_NEUTRAL:
             axes = tuple(params["axes"])
             value = self._fill(values[0], pads[0], axes, _REDUCE_NEUTRAL[name])
-            return _bind(eqn, [value, *values[1:]])
+            return bind(eqn, [value, *values[1:]])
         if name in _CUMULATIVE_NEUTRAL:
             value = values[0]
             if params.get("reverse", False):
                 value = self._fill(value, pads[0], (params["axis"],), _CUMULATIVE_NEUTRAL[name])
-            return _bind(eqn, [value])
+            return bind(eqn, [value])
         if name == "dot_general":
             return self._dot_general(eqn, values, pads)
         padded = set().union(*(p.keys() for p in pads))
@@ -449,20 +439,20 @@ class _Evaluator:
                 and strides[a] == 1
                 for a in pads[0]
             ):
-                return _bind(eqn, values)
+                return bind(eqn, values)
         elif name == "rev":
             if not padded & set(params["dimensions"]):
-                return _bind(eqn, values)
+                return bind(eqn, values)
         elif name == "sort":
             if all(params["dimension"] not in p for p in pads):
-                return _bind(eqn, values)
+                return bind(eqn, values)
         elif name == "pad":
             if all(tuple(params["padding_config"][a]) == (0, 0, 0) for a in pads[0]):
-                return _bind(eqn, values)
+                return bind(eqn, values)
         elif name == "dynamic_slice":
             shape = np.shape(values[0])
             if all(params["slice_sizes"][a] == shape[a] for a in pads[0]):
-                return _bind(eqn, values)  # the whole padded axis: its start clamps to 0
+                return bind(eqn, values)  # the whole padded axis: its start clamps to 0
         raise self._unsupported(name, "applies it along a growing axis")
 
     def _fill(self, value: Any, pads: Pads, axes: Sequence[int], neutral: str) -> Any:
@@ -482,7 +472,7 @@ class _Evaluator:
                 continue
             lhs = self._fill(lhs, {a: klass}, (a,), "zero")
             rhs = self._fill(rhs, {b: klass}, (b,), "zero")
-        return _bind(eqn, [lhs, rhs, *values[2:]])
+        return bind(eqn, [lhs, rhs, *values[2:]])
 
     def _unsupported(self, primitive: str, doing: str) -> UnsupportedError:
         return UnsupportedError(
@@ -505,10 +495,3 @@ def _neutral(value: Any, kind: str) -> Any:
         return jnp.asarray(-jnp.inf if kind == "lowest" else jnp.inf, dtype)
     info = jnp.iinfo(dtype)
     return jnp.asarray(info.min if kind == "lowest" else info.max, dtype)
-
-
-def _bind(eqn: jex.JaxprEqn, values: Sequence[Any]) -> list[Any]:
-    params = eqn.primitive.get_bind_params(eqn.params)
-    with eqn.ctx.manager:
-        out = eqn.primitive.bind(*values, **params)
-    return list(out) if eqn.primitive.multiple_results else [out]

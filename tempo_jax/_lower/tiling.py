@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .masking import _CALLS, _ELEMENTWISE, _LAYOUT, Pads, _analyse, _bind, _neutral
+from .._ir.jaxprs import CALLS, bind
+from .masking import _ELEMENTWISE, _LAYOUT, Pads, _analyse, _neutral
 
 TileReader = Callable[[Any], Any]  # tile index -> the tile's rows of one range input
 _COMBINE = {"reduce_sum": "add", "dot_general": "add", "reduce_max": "max", "reduce_min": "min"}
@@ -126,13 +127,13 @@ def _inline(jaxpr: jex.Jaxpr, consts: Sequence[Any], args: list[Any]) -> list[An
 
     for eqn in jaxpr.eqns:
         values = [read(v) for v in eqn.invars]
-        key = _CALLS.get(eqn.primitive.name)
+        key = CALLS.get(eqn.primitive.name)
         if key is not None and key in eqn.params:
             sub = eqn.params[key]
             inner, sub_consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, ())
             outs = _inline(inner, sub_consts, values)
         else:
-            outs = _bind(eqn, values)
+            outs = bind(eqn, values)
         env.update(zip(eqn.outvars, outs, strict=True))
     return [read(v) for v in jaxpr.outvars]
 
@@ -467,7 +468,7 @@ class _Sweeps:
                 continue
             if all(isinstance(v, jex.Literal) or v in env for v in eqn.invars):
                 values = [self._read(v, env, (i, "lit", p)) for p, v in enumerate(eqn.invars)]
-                env.update(zip(eqn.outvars, _bind(eqn, values), strict=True))
+                env.update(zip(eqn.outvars, bind(eqn, values), strict=True))
 
     def _needed(self, reduces: list[int], sweep: int) -> list[int]:
         """The equations run per tile for ``reduces``, in order: their rows, and what those
@@ -536,7 +537,7 @@ class _Sweeps:
         for j in eqns:
             eqn = self.eqns[j]
             values = [self._read(v, local, (j, "lit", p)) for p, v in enumerate(eqn.invars)]
-            local.update(zip(eqn.outvars, _bind(eqn, values), strict=True))
+            local.update(zip(eqn.outvars, bind(eqn, values), strict=True))
 
     def _partial(self, i: int, local: dict, tile: Any) -> Any:
         """Reduce ``i`` over one tile, its rows outside the range filled neutral."""
@@ -553,7 +554,7 @@ class _Sweeps:
             values[k] = jnp.where(mask, values[k], _neutral(values[k], fill))
             if eqn.primitive.name != "dot_general":
                 break
-        return _bind(eqn, values)[0]
+        return bind(eqn, values)[0]
 
     def _scale(self, i: int, old: Any, new: Any) -> Any:
         """``exp(old - new)`` of max ``m`` laid out like reduce ``i``'s output."""

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from .._ir.program import Program
 from .cleanup import eliminate_common_ops, fold_constants, hoist_invariants
+from .contract import contract_sums
 from .copies import remove_copies
 from .rewrite import rewrite
 from .tiling import tile_dynamic_ranges
@@ -61,6 +62,7 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     rewrite,  # before vectorize: its rules match ops over their own points
     dead_ops,  # what folding and rewriting left unread
     vectorize,
+    contract_sums,  # after vectorize: the sums of vectorised products become contractions
     tile_dynamic_ranges,  # after vectorize: ops over growing ranges keep their loop dim
 )
 
