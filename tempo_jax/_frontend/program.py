@@ -11,7 +11,7 @@ import jax
 
 from .._ir.errors import DefinitionError, ForeignSymbolError, OutputError, TempoError
 from .._ir.expr import Symbol
-from .._ir.program import Edge, Op, Output, TensorSpec
+from .._ir.program import STOP, Edge, Op, Output, TensorSpec
 from .._ir.program import Program as IRProgram
 from .._ir.source import SourceInfo, capture_source, describe
 from .._ir.verify import verify
@@ -138,6 +138,8 @@ class Program:
         from .tensor import RecurrentTensor
 
         source = capture_source()
+        if name == STOP:
+            raise OutputError(f"the output name {STOP!r}{describe(source)} is reserved")
         if any(out.name == name for out in self._outputs) or name in self._trees:
             raise OutputError(f"two outputs are named {name!r}{describe(source)}")
         if not isinstance(value, RecurrentTensor):
@@ -152,6 +154,34 @@ class Program:
                 self._trees[name] = (treedef, tuple(names))
                 return
         self._output_leaf(name, value, source)
+
+    def stop_when(self, cond: Any) -> None:
+        """End the loop over a dim after the first point where ``cond`` holds.
+
+        ``cond`` is a boolean scalar over exactly one dim, e.g. ``p.stop_when(tj.all(done))``
+        with ``done`` over ``t``: the program then runs ``t = 0, 1, ...`` only until ``cond[t]``
+        is true (or ``t`` reaches its bound), a data-dependent trip count (``lax.while_loop``
+        when compiled). Points past the stop are not computed: outputs over ``t`` hold zeros
+        there, and the results' ``lengths`` give the number of points of ``t`` that ran.
+        """
+        from .tensor import RecurrentTensor
+
+        source = capture_source()
+        if not isinstance(cond, RecurrentTensor) or cond.program is not self:
+            raise DefinitionError(
+                f"`p.stop_when`{describe(source)} needs a recurrent tensor of this program, "
+                f"not {type(cond).__name__}"
+            )
+        if cond.shape != () or cond.dtype != jax.numpy.bool_ or len(cond.domain) != 1:
+            dims = ", ".join(d.name for d in cond.domain)
+            raise DefinitionError(
+                f"`p.stop_when`{describe(source)} needs a boolean scalar over one dim, not a "
+                f"{cond.dtype} of shape {cond.shape} over ({dims}); reduce it, e.g. "
+                "`p.stop_when(tj.all(done))`."
+            )
+        if any(out.name == STOP for out in self._outputs):
+            raise DefinitionError(f"`p.stop_when`{describe(source)}: a program stops once only")
+        self._output_leaf(STOP, cond, source)
 
     def _output_leaf(self, name: str, value: Any, source: SourceInfo) -> None:
         from .tensor import RecurrentTensor, as_tensor

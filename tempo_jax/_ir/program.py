@@ -178,6 +178,9 @@ class Output:
         )
 
 
+STOP = "@stop"  # the output holding a program's stop condition (``p.stop_when``)
+
+
 @dataclasses.dataclass(frozen=True)
 class Program:
     """An immutable SDG. ``dims`` are the program's domain dims in declaration order.
@@ -212,6 +215,11 @@ class Program:
 
     def op(self, op_id: int) -> Op:
         return self._by_id[op_id]
+
+    @property
+    def stop(self) -> Output | None:
+        """The stop condition of ``p.stop_when``: an output over one dim, or None."""
+        return next((out for out in self.outputs if out.name == STOP), None)
 
     @property
     def inputs(self) -> dict[str, Op]:

@@ -13,14 +13,14 @@ import numpy as np
 from .._ir.bind import resolve_inputs, split_dynamic
 from .._ir.errors import MissingBoundError, UnsupportedError
 from .._ir.expr import Expr, Symbol, dims_of
-from .._ir.program import Program
+from .._ir.program import STOP, Program
 from .._ir.source import describe
 from .._passes.pipeline import PassStat, Pipeline
 from .._schedule.domains import check_reads, defined_domains
 from .._schedule.isl_convert import isl_context, max_over_box
 from .._schedule.scheduler import schedule
 from .._schedule.tree import Node, render
-from .execute import TreeLowering
+from .execute import RAN, TreeLowering
 from .storage import place_buffers
 
 
@@ -69,10 +69,15 @@ class Compiled:
         )
         buffers = lowering.run(self.tree, dict(runtime), lowering.allocate())
         results: dict[str, Any] = {
-            out.name: lowering.output(out, buffers) for out in self.program.outputs
+            out.name: lowering.output(out, buffers)
+            for out in self.program.outputs
+            if out.name != STOP
         }
-        if self.dynamic:
-            results["lengths"] = dict(actual)
+        lengths = dict(actual)
+        if self.program.stop is not None:
+            lengths[self.program.stop.domain[0].bound.name] = buffers[RAN]
+        if lengths:
+            results["lengths"] = lengths
         return results
 
     def _bind(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

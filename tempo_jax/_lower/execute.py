@@ -30,6 +30,7 @@ import numpy as np
 from jax import lax
 
 from .._ir.expr import BoolConst, Expr, Slice, Symbol, eq, substitute, symbols_of
+from .._ir.errors import UnsupportedError
 from .._ir.program import Edge, Op, Output, Program, TensorSpec
 from .._ir.source import describe
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
@@ -41,6 +42,8 @@ Buffers = dict[tuple, jax.Array]  # (op id, output) -> full buffer; (op, output,
 RING = 1  # third key element of a window ring carried by a loop
 CAPTURE = 2  # third key element of the one value of a one-point output
 ACCUMULATE = 3  # third key element of the running sum of an accumulated value
+STOPPED = (-1, 0)  # whether the stop condition of `p.stop_when` has held
+RAN = (-2, 0)  # how many points of the stopped dim have run
 MAX_PIECES = 8  # a loop is split at most this many ways to take guards out of its body
 Piece = tuple[Any, Any, Node, dict]  # start, stop, body, resolved merge branches and captures
 Env = Mapping[Symbol, Any]  # symbol -> Python int (bounds) or traced int32 (dims, loop vars)
@@ -79,6 +82,55 @@ class TreeLowering:
             self.captures.setdefault((src, k), []).append(held)
         # merge op -> its one active branch (-1: none); captured output name -> 0/1
         self.branches: dict[int | str, int] = {}
+        self.stop_loop = self._stop_loop(tree)  # the loop `p.stop_when` ends, or None
+
+    def _stop_loop(self, tree: Node) -> Loop | None:
+        """The loop over the dim of ``p.stop_when`` whose iterations compute its condition.
+
+        Every op over that dim inside the loop must run the loop's own point (no skew), so the
+        points before the stop are exactly the iterations run; a sink over it must run inside.
+        """
+        stop = self.program.stop
+        if stop is None:
+            return None
+        (dim,) = stop.domain
+        producer = self.program.op(stop.edge.src)
+        where = f"the stop condition{describe(stop.edge.source)}"
+        if producer.domain != (dim,) or tuple(stop.edge.index) != (dim,):
+            raise UnsupportedError(
+                f"{where} must be computed at each point of `{dim.name}` by the loop over it "
+                "(a value of the recurrence, e.g. `tj.all(done)` with `done[t]` the state at "
+                f"`{dim.name}`); this one is not, so the loop cannot end early."
+            )
+        for node in walk(tree):
+            if not isinstance(node, Loop):
+                continue
+            mine = [ex for ex in iteration_execs(node.body) if ex.op == producer.id]
+            if not mine or mine[0].point[0] != node.var:
+                continue
+            if node.reverse:
+                raise UnsupportedError(f"{where}: the loop over `{dim.name}` runs backwards")
+            for ex in execs(node.body):
+                op = self.program.op(ex.op)
+                if dim in op.domain and ex.point[op.domain.index(dim)] != node.var:
+                    raise UnsupportedError(
+                        f"{where}: `{op.name}`{describe(op.source)} runs a shifted point of "
+                        f"`{dim.name}` in the loop over it, so stopping would skip points "
+                        "before the stop."
+                    )
+            inside = {ex.op for ex in execs(node.body)}
+            for op in self.program.ops:
+                if op.kind == "sink" and dim in op.domain and op.id not in inside:
+                    raise UnsupportedError(
+                        f"the sink `{op.name}`{describe(op.source)} over `{dim.name}` runs "
+                        f"outside the loop that {where} ends; it would log points past it."
+                    )
+            return node
+        raise UnsupportedError(
+            f"{where} is not computed inside a loop over `{dim.name}` (it does not depend on "
+            "the recurrence), so there is no loop to end: compute it from a value carried "
+            f"from one `{dim.name}` to the next."
+        )
 
     # -- buffers ---------------------------------------------------------------------------------
     def allocate(self) -> Buffers:
@@ -95,6 +147,10 @@ class TreeLowering:
             spec = self.program.op(src).outputs[k]
             shape = self.shape(spec, self.program.op(src).domain)
             buffers[(src, k, ACCUMULATE)] = jnp.zeros(shape, spec.dtype)
+        if self.stop_loop is not None:
+            (dim,) = self.program.stop.domain
+            buffers[STOPPED] = jnp.bool_(False)
+            buffers[RAN] = jnp.asarray(self.runtime[dim.bound], jnp.int32)
         captured = [o for o in self.program.outputs if o.name in self.plan.captured]
         for out in captured + list(self.held.values()):
             producer = self.program.op(out.edge.src)
@@ -185,7 +241,10 @@ class TreeLowering:
                 return self.run(piece, {**env, var: value}, b)
 
             self.branches = {**outer, **branches}  # the body is traced inside fori_loop
-            if isinstance(lo, int) and isinstance(hi, int) and hi - lo == 1:
+            peeled = isinstance(lo, int) and isinstance(hi, int) and hi - lo == 1
+            if node is self.stop_loop:
+                carried = _stoppable(body, lo, hi, carried, peeled)
+            elif peeled:
                 carried = body(lo, carried)  # a peeled iteration: no loop
             else:
                 carried = lax.fori_loop(lo, hi, body, carried)
@@ -262,6 +321,11 @@ class TreeLowering:
             values = self.compute(op, op_env, self._inputs(node, op, op_env, buffers, local))
         local[op.id] = tuple(values)
         buffers = dict(buffers)
+        stop = self.program.stop
+        if stop is not None and op.id == stop.edge.src and STOPPED in buffers:
+            now = jnp.asarray(values[stop.edge.out], bool) & ~buffers[STOPPED]
+            buffers[RAN] = jnp.where(now, point[0] + 1, buffers[RAN])
+            buffers[STOPPED] = buffers[STOPPED] | now
         for k, value in enumerate(values):
             for out in self.captures.get((op.id, k), ()):
                 key = _capture(out)
@@ -528,7 +592,29 @@ class TreeLowering:
             return self.read(out.edge, env, buffers, out.domain)
 
         values = jax.vmap(at)(*(jnp.asarray(row, jnp.int32) for row in grid))
-        return out.arrange(values.reshape(shape + values.shape[1:]).astype(out.spec.dtype))
+        values = values.reshape(shape + values.shape[1:]).astype(out.spec.dtype)
+        stop = self.program.stop
+        if stop is not None and stop.domain[0] in out.domain:  # points past the stop: zeros
+            axis = out.domain.index(stop.domain[0])
+            ran = jnp.arange(shape[axis]) < buffers[RAN]
+            values = jnp.where(ran.reshape((-1,) + (1,) * (values.ndim - axis - 1)), values, 0)
+        return out.arrange(values)
+
+
+def _stoppable(body: Callable, lo: Any, hi: Any, carried: Buffers, peeled: bool) -> Buffers:
+    """Iterations ``lo .. hi - 1`` of ``body`` up to the one where the stop condition held."""
+    if peeled:
+        return lax.cond(carried[STOPPED], lambda b: b, lambda b: body(lo, b), carried)
+
+    def more(state: tuple[Any, Buffers]) -> Any:
+        k, b = state
+        return (k < hi) & ~b[STOPPED]
+
+    def step(state: tuple[Any, Buffers]) -> tuple[Any, Buffers]:
+        k, b = state
+        return k + 1, body(k, b)
+
+    return lax.while_loop(more, step, (jnp.asarray(lo, jnp.int32), carried))[1]
 
 
 def _direct_guards(body: Node) -> list[Guard]:

@@ -14,6 +14,7 @@ An op belongs to the group when
   ``x[b-1, t]``, ``x[0:b, t]``: a dependence along ``d``, no), and no other index item or
   condition mentions ``d``; a merge reads no range of an op over ``d``;
 - nothing reads a part of its ``d`` axis other than a point or the whole (``x[0:b]``);
+- it does not compute the stop condition of ``p.stop_when`` over ``d`` (the loop it ends);
 - no op of its dependence cycle (strongly connected component of the op graph) fails these
   conditions: a recurrence along ``d`` keeps its whole cycle a loop.
 
@@ -63,6 +64,9 @@ def _group(program: Program, d: Symbol) -> set[int]:
     partial = _partially_read(program, d)
     bad = {op.id for op in program.ops if op.id in over and not _eligible(program, op, d)}
     bad |= partial & over
+    stop = program.stop
+    if stop is not None and stop.domain == (d,):
+        bad.add(stop.edge.src)  # `p.stop_when` ends the loop over d: its condition stays in it
     group = over - bad
     components = _components(program, d)
     for component in components:

@@ -24,7 +24,7 @@ from .._ir.errors import (
     VerificationError,
 )
 from .._ir.expr import Slice, Symbol
-from .._ir.program import Edge, Op, Program, TensorSpec
+from .._ir.program import STOP, Edge, Op, Program, TensorSpec
 from .._ir.source import describe
 
 Point = tuple[int, ...]
@@ -48,6 +48,9 @@ def run(
     interpreter = _Interpreter(ir, env, arrays)
     results = interpreter.outputs()
     interpreter.sinks()
+    if ir.stop is not None:
+        (dim,) = ir.stop.domain
+        results["lengths"] = {dim.bound.name: interpreter.stopped[1]}
     return ir.assemble(results)
 
 
@@ -57,17 +60,41 @@ class _Interpreter:
         self.bounds = bounds
         self.arrays = arrays
         self.cache: dict[Key, tuple[Any, ...]] = {}
+        self.stopped = self._stop()  # (dim, points run) of `p.stop_when`, else None
+
+    def _stop(self) -> tuple[Symbol, int] | None:
+        """Run the stop condition in order until it holds: how many points of its dim run."""
+        stop = self.program.stop
+        if stop is None:
+            return None
+        (dim,) = stop.domain
+        for i in range(self.bounds[dim.bound]):
+            if bool(self._value_at(stop.edge, self._env(stop.domain, (i,)), "p.stop_when")):
+                return dim, i + 1
+        return dim, self.bounds[dim.bound]
+
+    def _past_stop(self, domain: tuple[Symbol, ...], point: Point) -> bool:
+        """Whether ``point`` lies past the stop of ``p.stop_when`` (it never runs)."""
+        if self.stopped is None or self.stopped[0] not in domain:
+            return False
+        dim, run = self.stopped
+        return point[domain.index(dim)] >= run
 
     # -- outputs -----------------------------------------------------------------------------
     def outputs(self) -> dict[str, jnp.ndarray]:
         results = {}
         for out in self.program.outputs:
+            if out.name == STOP:
+                continue
             shape = tuple(self.bounds[d.bound] for d in out.domain)
             values = []
+            spatial = out.spec.concrete_shape(self.bounds)
             for point in itertools.product(*(range(n) for n in shape)):
+                if self._past_stop(out.domain, point):
+                    values.append(jnp.zeros(spatial, out.spec.dtype))
+                    continue
                 env = self._env(out.domain, point)
                 values.append(self._value_at(out.edge, env, f"output {out.name!r}"))
-            spatial = out.spec.concrete_shape(self.bounds)
             if values:
                 array = jnp.stack(values).reshape(shape + spatial)
             else:
@@ -82,6 +109,8 @@ class _Interpreter:
                 continue
             (edge,) = op.inputs
             for point in itertools.product(*(range(self.bounds[d.bound]) for d in op.domain)):
+                if self._past_stop(op.domain, point):
+                    continue
                 value = np.asarray(self._value_at(edge, self._env(op.domain, point), op.name))
                 assert op.payload is not None
                 op.payload.fn(value, {d.name: v for d, v in zip(op.domain, point, strict=True)})
