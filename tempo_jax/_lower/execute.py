@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._ir.expr import BoolConst, Expr, Slice, Symbol, eq, substitute, symbols_of
 from .._ir.errors import UnsupportedError
+from .._ir.expr import BoolConst, Expr, Slice, Symbol, eq, substitute, symbols_of
 from .._ir.program import Edge, Op, Output, Program, TensorSpec
 from .._ir.source import describe
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
