@@ -40,6 +40,8 @@ from .config import DecoderConfig
 from .params import Params, param_shapes
 from .sampling import sample, step_key
 
+UNROLL_LAYERS = 32  # up to this many layers, the layer loop is unrolled (static weight slices)
+
 
 def attend_tiles(cfg: DecoderConfig, q: jax.Array, ks: jax.Array, vs: jax.Array) -> jax.Array:
     """Attention of ``q`` ``[B, H, hd]`` over rows ``ks`` / ``vs`` ``[S, B, KV, hd]`` (rows
@@ -187,7 +189,8 @@ def _compiled(
     )
     tiling = functools.partial(tj.tile_dynamic_ranges, block=block)
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
-    return program.compile({"T": positions, "L": cfg.layers}, pipeline=pipeline)
+    unroll = ("l",) if cfg.layers <= UNROLL_LAYERS else ()
+    return program.compile({"T": positions, "L": cfg.layers}, pipeline=pipeline, unroll=unroll)
 
 
 class TempoDecoder:

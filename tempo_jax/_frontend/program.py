@@ -212,7 +212,12 @@ class Program:
         return verify(IRProgram(tuple(self._dims), ops, tuple(self._outputs), trees))
 
     def compile(
-        self, bounds: Mapping[Any, int], *, donate_inputs: bool = False, pipeline: Any = None
+        self,
+        bounds: Mapping[Any, int],
+        *,
+        donate_inputs: bool = False,
+        pipeline: Any = None,
+        unroll: Sequence[Any] = (),
     ) -> Any:
         """Schedule the program and lower it to one pure JAX function (a ``Compiled``).
 
@@ -225,10 +230,25 @@ class Program:
 
         ``pipeline`` (a ``tj.Pipeline``) chooses the passes run before scheduling; the
         default removes dead ops and copies.
+
+        ``unroll`` names dims (or gives their symbols) whose loops are unrolled when their trip
+        count is static: each iteration is traced with its index a constant, so reads of
+        per-layer weights ``w[l]`` become static slices (no copy) at the cost of a larger
+        program, e.g. ``unroll=("l",)`` for a short loop over layers.
         """
         from .._lower.compiled import compile_program  # the back end sits below the front end
 
-        return compile_program(self.to_ir(), bounds, donate_inputs=donate_inputs, pipeline=pipeline)
+        names = {d.name for d in self._dims}
+        dims = tuple(d.name if isinstance(d, Symbol) else d for d in unroll)
+        unknown = [d for d in dims if d not in names]
+        if unknown:
+            raise DefinitionError(
+                f"`unroll` names {unknown}, which are not dims of program {self.name!r} "
+                f"(its dims: {sorted(names)})"
+            )
+        return compile_program(
+            self.to_ir(), bounds, donate_inputs=donate_inputs, pipeline=pipeline, unroll=dims
+        )
 
     def __repr__(self) -> str:
         dims = " ".join(d.name for d in self._dims)

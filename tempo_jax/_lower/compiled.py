@@ -40,6 +40,7 @@ class Compiled:
         stage_seconds: dict,
         dynamic: dict | None = None,
         donate_inputs: bool = False,
+        unroll: tuple[str, ...] = (),
     ) -> None:
         self.program = program
         self.bounds = bounds  # a dynamic bound at its max
@@ -49,6 +50,7 @@ class Compiled:
         self.stats: list[PassStat] = []  # per pass of the pipeline: ops before/after, seconds
         self.schedule = render(tree, program)
         self.donate_inputs = donate_inputs
+        self.unroll = unroll
         self._jitted = jax.jit(self._run, donate_argnums=(0,) if donate_inputs else ())
         self._sizes: dict[tuple[str, tuple[str, ...]], int] = {}
         self._ctx = isl_context()
@@ -65,7 +67,7 @@ class Compiled:
     def _run(self, inputs: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]:
         runtime = {**self.bounds, **{b: actual[b.name] for b in self.dynamic}}
         lowering = TreeLowering(
-            self.program, self.bounds, inputs, self.tree, runtime, self._padded_size
+            self.program, self.bounds, inputs, self.tree, runtime, self._padded_size, self.unroll
         )
         buffers = lowering.run(self.tree, dict(runtime), lowering.allocate())
         results: dict[str, Any] = {
@@ -139,6 +141,7 @@ def compile_program(
     *,
     donate_inputs: bool = False,
     pipeline: Pipeline | None = None,
+    unroll: tuple[str, ...] = (),
 ) -> Compiled:
     """Run the pass pipeline, then check, schedule and lower ``program`` for ``bounds``."""
     seconds: dict[str, float] = {}
@@ -155,7 +158,7 @@ def compile_program(
     start = time.perf_counter()
     tree = place_buffers(program, schedule(program))
     seconds["schedule"] = time.perf_counter() - start
-    compiled = Compiled(program, env, tree, seconds, dynamic, donate_inputs)
+    compiled = Compiled(program, env, tree, seconds, dynamic, donate_inputs, unroll)
     compiled.stats = stats
     return compiled
 

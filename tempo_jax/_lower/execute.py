@@ -61,8 +61,10 @@ class TreeLowering:
         tree: Node,
         runtime: Env | None = None,
         padded: PaddedSize | None = None,
+        unroll: tuple[str, ...] = (),
     ):
         self.program = program
+        self.unroll = frozenset(unroll)  # dims whose loops run unrolled (static trip counts)
         self.bounds = bounds  # static: sizes (a dynamic bound at its max)
         self.padded = padded or (lambda size, dims: size.evaluate(bounds))
         self.runtime = runtime or bounds  # values: a dynamic bound as a traced scalar
@@ -246,6 +248,9 @@ class TreeLowering:
                 carried = _stoppable(body, lo, hi, carried, peeled)
             elif peeled:
                 carried = body(lo, carried)  # a peeled iteration: no loop
+            elif node.dim in self.unroll and isinstance(lo, int) and isinstance(hi, int):
+                for k in range(lo, hi):  # each iteration traced with its index a constant
+                    carried = body(k, carried)
             else:
                 carried = lax.fori_loop(lo, hi, body, carried)
         self.branches = outer

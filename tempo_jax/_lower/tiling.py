@@ -187,8 +187,8 @@ def _classify(eqn: jex.JaxprEqn, i: int, tiled: dict[Any, int], pads: dict) -> s
     if any(len(p) > 1 for p in outs):
         return None
     if any(outs):
-        if not ins:
-            return None  # built from the size (an iota over the range): not tile-local
+        if not ins:  # a value broadcast along the range is the same in every tile
+            return "row" if name == "broadcast_in_dim" else None  # an iota is not
         if name in _ROW_SAFE or name in ("reduce_sum", "reduce_max", "reduce_min"):
             return "row"
         if name == "dot_general":
