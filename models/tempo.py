@@ -45,13 +45,18 @@ UNROLL_LAYERS = 32  # up to this many layers, the layer loop is unrolled (static
 
 def attend_tiles(cfg: DecoderConfig, q: jax.Array, ks: jax.Array, vs: jax.Array) -> jax.Array:
     """Attention of ``q`` ``[B, H, hd]`` over rows ``ks`` / ``vs`` ``[S, B, KV, hd]`` (rows
-    first: the axis the compiler tiles), as ``[B, H, hd]``. A softmax over the rows and a
-    weighted sum: a map-then-reduce the compiler evaluates tile by tile (online softmax)."""
+    first: the axis the compiler tiles), as ``[B, H, hd]``: a softmax over the rows and a
+    weighted sum, a map-then-reduce the compiler evaluates tile by tile (online softmax).
+
+    The rows move next to ``hd`` first (``[B, KV, S, hd]``, the layout the compiler stores a
+    tiled buffer in), so both contractions read each tile as stored.
+    """
+    ks, vs = jnp.moveaxis(ks, 0, 2), jnp.moveaxis(vs, 0, 2)
     b = q.shape[0]
     grouped = q.reshape(b, cfg.kv_heads, cfg.groups, cfg.head_dim)
-    s = jnp.einsum("bkgd,sbkd->bkgs", grouped, ks, preferred_element_type=jnp.float32)
+    s = jnp.einsum("bkgd,bksd->bkgs", grouped, ks, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(s * (1.0 / math.sqrt(cfg.head_dim)), axis=-1)
-    o = jnp.einsum("bkgs,sbkd->bkgd", probs.astype(vs.dtype), vs)
+    o = jnp.einsum("bkgs,bksd->bkgd", probs.astype(vs.dtype), vs)
     return o.reshape(b, cfg.heads, cfg.head_dim)
 
 

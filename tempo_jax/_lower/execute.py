@@ -85,6 +85,42 @@ class TreeLowering:
         # merge op -> its one active branch (-1: none); captured output name -> 0/1
         self.branches: dict[int | str, int] = {}
         self.stop_loop = self._stop_loop(tree)  # the loop `p.stop_when` ends, or None
+        self.layouts = self._layouts()  # (op, output) -> the axis order its buffer is stored in
+
+    def _layouts(self) -> dict[tuple[int, int], tuple[int, ...]]:
+        """Buffers read in tiles keep their range axis next to their last axis.
+
+        A buffer ``k`` over ``(t, l)`` of ``(B, H, d)`` values is stored ``(L, B, H, T, d)``
+        when an op reads ``k[0:t+1, l]`` in tiles: a tile is then ``(B, H, block, d)`` in
+        memory, the layout a batched contraction over ``d`` (attention scores) or over the
+        rows (weighted values) reads as it is. Stored in domain order, every tile would be
+        transposed first: a copy of the rows visited per point.
+        """
+        wanted: dict[tuple[int, int], set[tuple[int, ...]]] = {}
+        for op in self.program.ops:
+            if op.payload is None or op.payload.block is None:
+                continue
+            ranges = self._ranges(op)
+            for k, (_, _, position) in (ranges or {}).items():
+                edge = op.inputs[k]
+                key = (edge.src, edge.out)
+                if edge.src in self.inputs or key not in self.plan.buffered:
+                    continue
+                axis = self._buffer_axis(edge, position)
+                rank = len(self._logical_shape(*key))
+                if rank - axis < 3:  # already next to the last axis
+                    continue
+                order = [a for a in range(rank) if a != axis]
+                wanted.setdefault(key, set()).add(tuple(order[:-1] + [axis, order[-1]]))
+        return {key: orders.pop() for key, orders in wanted.items() if len(orders) == 1}
+
+    def _logical_shape(self, op_id: int, out: int) -> tuple[int, ...]:
+        """The shape of ``op_id``'s buffer in domain order: kept domain dims, then the value's."""
+        op = self.program.op(op_id)
+        spec = op.outputs[out]
+        dropped = self.plan.scoped.get((op_id, out), frozenset())
+        lead = tuple(self.bounds[d.bound] for k, d in enumerate(op.domain) if k not in dropped)
+        return lead + self.shape(spec, op.domain)
 
     def _stop_loop(self, tree: Node) -> Loop | None:
         """The loop over the dim of ``p.stop_when`` whose iterations compute its condition.
@@ -161,11 +197,11 @@ class TreeLowering:
         return buffers
 
     def _zeros(self, op_id: int, out: int) -> jax.Array:
-        op = self.program.op(op_id)
-        spec = op.outputs[out]
-        dropped = self.plan.scoped.get((op_id, out), frozenset())
-        lead = tuple(self.bounds[d.bound] for k, d in enumerate(op.domain) if k not in dropped)
-        return jnp.zeros(lead + self.shape(spec, op.domain), spec.dtype)
+        shape = self._logical_shape(op_id, out)
+        order = self.layouts.get((op_id, out))
+        if order is not None:
+            shape = tuple(shape[a] for a in order)
+        return jnp.zeros(shape, self.program.op(op_id).outputs[out].dtype)
 
     def is_static(self, size: int | Expr) -> bool:
         """Whether a size is the same at every point and for every call."""
@@ -356,9 +392,14 @@ class TreeLowering:
             buf = buffers[(op.id, k)]
             dropped = self.plan.scoped.get((op.id, k), frozenset())
             at = [p for n, p in enumerate(point) if n not in dropped]  # scoped: this iteration's
-            update = jnp.asarray(value, buf.dtype).reshape((1,) * len(at) + buf.shape[len(at) :])
-            zeros = [jnp.int32(0)] * (buf.ndim - len(at))
-            buffers[(op.id, k)] = lax.dynamic_update_slice(buf, update, [*at, *zeros])
+            logical = self._logical_shape(op.id, k)
+            update = jnp.asarray(value, buf.dtype).reshape((1,) * len(at) + logical[len(at) :])
+            starts = [*at, *([jnp.int32(0)] * (buf.ndim - len(at)))]
+            order = self.layouts.get((op.id, k))
+            if order is not None:
+                update = jnp.transpose(update, order)
+                starts = [starts[a] for a in order]
+            buffers[(op.id, k)] = lax.dynamic_update_slice(buf, update, starts)
         return buffers
 
     # -- one point -----------------------------------------------------------------------------
@@ -404,7 +445,7 @@ class TreeLowering:
             return None
         item = next(iter(ranges.values()))[1]
         rows = {
-            self._buffer(op.inputs[k], buffers).shape[self._buffer_axis(op.inputs[k], a)]
+            self._stored_shape(op.inputs[k], buffers)[self._buffer_axis(op.inputs[k], a)]
             for k, (_, _, a) in ranges.items()
         }
         block = payload.block or auto_block(self.padded(item.size, op.domain))
@@ -537,6 +578,10 @@ class TreeLowering:
         if held is not None:
             return buffers[_capture(held)]
         buf = self._buffer(edge, buffers)
+        order = None if edge.src in self.inputs else self.layouts.get((edge.src, edge.out))
+        if order is not None and tile is None:  # a whole read: back to domain order first
+            buf = jnp.transpose(buf, np.argsort(order))
+            order = None
         starts, sizes, keep = [], [], []
         for axis, item in enumerate(self._stored_index(edge)):
             growing = isinstance(item, Slice) and not self.is_static(item.size)
@@ -560,12 +605,24 @@ class TreeLowering:
                 starts.append(item.evaluate(env))
                 sizes.append(1)
                 keep.append(False)
-        spatial = buf.shape[len(self._stored_index(edge)) :]
+        logical = self._stored_shape(edge, buffers) if order is not None else buf.shape
+        spatial = logical[len(self._stored_index(edge)) :]
         starts += [0] * len(spatial)
         starts = [jnp.asarray(s, jnp.int32) for s in starts]
-        window = lax.dynamic_slice(buf, starts, [*sizes, *spatial])
+        every = [*sizes, *spatial]
+        if order is None:
+            window = lax.dynamic_slice(buf, starts, every)
+        else:  # sliced as stored, then viewed in domain order (a layout XLA can keep)
+            stored = lax.dynamic_slice(buf, [starts[a] for a in order], [every[a] for a in order])
+            window = jnp.transpose(stored, np.argsort(order))
         shape = [s for s, k in zip(sizes, keep, strict=True) if k] + list(spatial)
         return window.reshape(shape)
+
+    def _stored_shape(self, edge: Edge, buffers: Buffers) -> tuple[int, ...]:
+        """The shape of the buffer ``edge`` reads, in domain order."""
+        if edge.src in self.inputs:
+            return tuple(self.inputs[edge.src].shape)
+        return self._logical_shape(edge.src, edge.out)
 
     def _buffer_axis(self, edge: Edge, position: int) -> int:
         """The buffer axis of index position ``position`` of ``edge``."""
