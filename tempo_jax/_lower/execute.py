@@ -111,7 +111,7 @@ class TreeLowering:
                 if rank - axis < 3:  # already next to the last axis
                     continue
                 order = [a for a in range(rank) if a != axis]
-                wanted.setdefault(key, set()).add(tuple(order[:-1] + [axis, order[-1]]))
+                wanted.setdefault(key, set()).add((*order[:-1], axis, order[-1]))
         return {key: orders.pop() for key, orders in wanted.items() if len(orders) == 1}
 
     def _logical_shape(self, op_id: int, out: int) -> tuple[int, ...]:
