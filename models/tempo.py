@@ -271,3 +271,41 @@ class TempoDecoder:
 def param_bytes(params: Params) -> int:
     """Bytes of every parameter array."""
     return int(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(params)))
+
+
+class TempoModel:
+    """A decoder config and its parameters, decoding with tempo_jax (one compiled program per
+    shape of work, cached): ``TempoModel(cfg, params).generate(prompt, steps)``."""
+
+    def __init__(self, cfg: DecoderConfig, params: Params) -> None:
+        self.cfg = cfg
+        self.params = params
+
+    def generate(
+        self,
+        prompt: Any,
+        steps: int,
+        *,
+        key: jax.Array | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        end_token: int | None = None,
+        block: int = 64,
+    ) -> dict[str, jax.Array]:
+        """Decode ``steps`` tokens after ``prompt`` ``[B, P]``; the dict of
+        :mod:`models.baselines` (``tokens``, ``length``, ``logits``, ``steps_run``)."""
+        prompt = jnp.asarray(prompt, jnp.int32)
+        if prompt.ndim != 2:
+            raise ValueError(f"prompt must be [B, P], got shape {prompt.shape}")
+        decoder = TempoDecoder(
+            self.cfg,
+            prompt.shape[0],
+            prompt.shape[1],
+            steps,
+            temperature=temperature,
+            top_p=top_p,
+            end_token=end_token,
+            block=block,
+            dtype=jax.tree_util.tree_leaves(self.params)[0].dtype,
+        )
+        return decoder.generate(self.params, prompt, key)

@@ -23,10 +23,14 @@ row) and, on average over the ``seq_len`` positions, the key and value rows the 
 ``rows * layers * batch * kv_heads * head_dim * 2 * 4`` bytes: ``padded`` and ``scan`` read the
 whole cache (``seq_len`` rows); ``tiled`` and ``tempo_jax`` the tiles holding the live rows
 (``0 .. pos``, or the last ``window`` of them), whole tiles. ``bandwidth_gbs`` is that over the
-time per token, next to the machine's copy bandwidth (a jitted ``x + 1`` over 256 MB, bytes
-read and written) in the header. ``cache_copies`` counts ``copy`` / ``transpose`` instructions
-of the compiled HLO with at least one layer's cache of elements (``seq_len - 1`` rows): 0 when
-the cache is updated in place and read as laid out.
+time per token, next to the machine's copy bandwidth (a jitted in-place ``x + 1`` over 256 MB,
+bytes read and written) in the header.
+
+``cache_copies`` counts the buffers of at least one layer's cache of elements (``seq_len - 1``
+rows) that the compiled HLO fills by a ``copy`` or ``transpose``: 0 when the cache is updated
+in place and read as laid out (``tempo_jax`` warns otherwise). Weight- and logits-shaped
+buffers, fills of a broadcast (a zero cache) and copies fused into a loop fusion (not stored)
+are not counted; ``cache_copy_shapes`` lists the shapes found.
 
 Rows go to ``results/decode/<config stem>.json``: ``{"machine", "copy_bandwidth_gbs",
 "rows": [{model, sweep, system, attn, batch, seq_len, block, seconds_per_token, temp_bytes,
@@ -43,6 +47,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import platform
@@ -169,26 +174,73 @@ def time_calls(run: Callable[[], jax.Array], repeats: int) -> float:
     return statistics.median(times)
 
 
-# An HLO instruction's result type and opcode: `%copy.3 = f32[8,4,64]{2,1,0} copy(%x)`,
-# `ROOT %t = (f32[2,3]{1,0}, u32[]) copy-start(%y)`.
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+([\w\-]+)\(")
+# A computation's first line, `%region_1.2 (p: f32[2]) -> f32[2] {` (`ENTRY %main ...`), and an
+# instruction: `%copy.3 = f32[8,4,64]{2,1,0} copy(%x), ...` (a result may be a tuple:
+# `(f32[2,3]{1,0}, u32[]) copy-start(%y)`), with `calls=%f` for a fusion's computation.
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\{\s*$")
+_INSTRUCTION = re.compile(r"^\s+(ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((%?[\w.\-]*)")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _SHAPE = re.compile(r"\b[a-z]+\d*\[([\d,]*)\]")
 _COPIES = ("copy", "copy-start", "transpose")
+_FILLS = ("broadcast", "constant", "iota")  # a copy of one of these fills a buffer, copies none
+
+
+@dataclasses.dataclass
+class _Instruction:
+    name: str
+    shapes: list[tuple[int, ...]]
+    opcode: str
+    operand: str
+    calls: str | None
+
+
+def parse_hlo(hlo: str) -> tuple[dict[str, list[_Instruction]], dict[str, str]]:
+    """The instructions of every computation of ``hlo`` (its text form), and the opcode of
+    every computation's root."""
+    computations: dict[str, list[_Instruction]] = {}
+    roots: dict[str, str] = {}
+    current: list[_Instruction] = []
+    name = ""
+    for line in hlo.splitlines():
+        header = _COMPUTATION.match(line)
+        if header is not None:
+            name = header.group(1)
+            current = computations.setdefault(name, [])
+            continue
+        match = _INSTRUCTION.match(line)
+        if match is None:
+            continue
+        root, inst, result, opcode, operand = match.groups()
+        shapes = [tuple(int(d) for d in dims.split(",") if d) for dims in _SHAPE.findall(result)]
+        calls = _CALLS.search(line) if opcode == "fusion" else None
+        current.append(
+            _Instruction(inst, shapes, opcode, operand.lstrip("%"), calls and calls.group(1))
+        )
+        if root:
+            roots[name] = opcode
+    return computations, roots
 
 
 def large_copies(hlo: str, elements: int, ignore: set[tuple[int, ...]]) -> list[tuple[int, ...]]:
-    """The result shapes of ``copy`` / ``transpose`` instructions in ``hlo`` with at least
-    ``elements`` elements, except shapes whose sorted dims are in ``ignore``."""
+    """The result shapes of the buffers ``hlo`` fills by a ``copy`` or ``transpose`` (one
+    instruction, or a fusion whose root is one) with at least ``elements`` elements, except
+    shapes whose sorted dims are in ``ignore`` and copies of a broadcast or constant (a fill,
+    not a copy). A copy inside a fusion is not counted: it is fused into the fusion's loop,
+    not stored."""
+    computations, roots = parse_hlo(hlo)
+    fused = {i.calls for body in computations.values() for i in body if i.calls is not None}
     found = []
-    for line in hlo.splitlines():
-        match = _INSTRUCTION.match(line)
-        if match is None or match.group(2) not in _COPIES:
+    for name, body in computations.items():
+        if name in fused:
             continue
-        for dims in _SHAPE.findall(match.group(1)):
-            shape = tuple(int(d) for d in dims.split(",") if d)
-            if int(np.prod(shape)) >= elements and tuple(sorted(shape)) not in ignore:
-                found.append(shape)
-                break
+        ops = {i.name: roots.get(i.calls, i.opcode) if i.calls else i.opcode for i in body}
+        for inst in body:
+            if ops[inst.name] not in _COPIES or ops.get(inst.operand) in _FILLS:
+                continue
+            for shape in inst.shapes:
+                if math.prod(shape) >= elements and tuple(sorted(shape)) not in ignore:
+                    found.append(shape)
+                    break
     return found
 
 
@@ -247,13 +299,18 @@ def bytes_per_token(
 
 
 def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
-    """The machine's copy bandwidth in GB/s: a jitted ``x + 1`` over ``megabytes`` of float32
-    (bytes read plus written over the median time)."""
+    """The machine's copy bandwidth in GB/s: a jitted ``x + 1`` over ``megabytes`` of float32,
+    in place (the input donated: no fresh output buffer to fault in), bytes read plus written
+    over the median time."""
     x = jnp.zeros(megabytes * 2**20 // FLOAT_BYTES, jnp.float32)
-    add = jax.jit(lambda v: v + 1.0).lower(x).compile()
-    jax.block_until_ready(add(x))
-    seconds = time_calls(lambda: add(x), repeats)
-    return 2 * x.nbytes / seconds / 1e9
+    add = jax.jit(lambda v: v + 1.0, donate_argnums=0).lower(x).compile()
+    x = jax.block_until_ready(add(x))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x = jax.block_until_ready(add(x))
+        times.append(time.perf_counter() - start)
+    return 2 * x.nbytes / statistics.median(times) / 1e9
 
 
 def points(config: dict[str, Any], only: str | None = None) -> list[tuple[str, Point]]:

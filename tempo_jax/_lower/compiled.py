@@ -51,6 +51,7 @@ class Compiled:
         self.schedule = render(tree, program)
         self.donate_inputs = donate_inputs
         self.unroll = unroll
+        self.stop_axes: dict[str, int] = {}  # output -> its axis over the dim p.stop_when ends
         self._jitted = jax.jit(self._run, donate_argnums=(0,) if donate_inputs else ())
         self._sizes: dict[tuple[str, tuple[str, ...]], int] = {}
         self._ctx = isl_context()
@@ -77,7 +78,14 @@ class Compiled:
         }
         lengths = dict(actual)
         if self.program.stop is not None:
-            lengths[self.program.stop.domain[0].bound.name] = buffers[RAN]
+            ran = buffers[RAN]
+            lengths[self.program.stop.domain[0].bound.name] = ran
+            for name, axis in self.stop_axes.items():  # points past the stop: zeros
+                value = results[name]
+                shape = (-1,) + (1,) * (value.ndim - axis - 1)
+                results[name] = jnp.where(
+                    (jnp.arange(value.shape[axis]) < ran).reshape(shape), value, 0
+                )
         if lengths:
             results["lengths"] = lengths
         return results
@@ -146,6 +154,7 @@ def compile_program(
     """Run the pass pipeline, then check, schedule and lower ``program`` for ``bounds``."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
+    user = program
     env, dynamic = split_dynamic(program, bounds)
     program = program.replace(dynamic=frozenset(dynamic))
     program, stats = (pipeline or Pipeline()).run(program)
@@ -159,6 +168,13 @@ def compile_program(
     tree = place_buffers(program, schedule(program))
     seconds["schedule"] = time.perf_counter() - start
     compiled = Compiled(program, env, tree, seconds, dynamic, donate_inputs, unroll)
+    if user.stop is not None:  # outputs in the user's layout: domain dims first, as declared
+        (dim,) = user.stop.domain
+        compiled.stop_axes = {
+            out.name: out.domain.index(dim)
+            for out in user.outputs
+            if dim in out.domain and out.name != STOP
+        }
     compiled.stats = stats
     return compiled
 

@@ -654,13 +654,7 @@ class TreeLowering:
             return self.read(out.edge, env, buffers, out.domain)
 
         values = jax.vmap(at)(*(jnp.asarray(row, jnp.int32) for row in grid))
-        values = values.reshape(shape + values.shape[1:]).astype(out.spec.dtype)
-        stop = self.program.stop
-        if stop is not None and stop.domain[0] in out.domain:  # points past the stop: zeros
-            axis = out.domain.index(stop.domain[0])
-            ran = jnp.arange(shape[axis]) < buffers[RAN]
-            values = jnp.where(ran.reshape((-1,) + (1,) * (values.ndim - axis - 1)), values, 0)
-        return out.arrange(values)
+        return out.arrange(values.reshape(shape + values.shape[1:]).astype(out.spec.dtype))
 
 
 def _stoppable(body: Callable, lo: Any, hi: Any, carried: Buffers, peeled: bool) -> Buffers:

@@ -11,7 +11,7 @@ import numpy as np
 
 from models import layers
 from models.config import DecoderConfig
-from models.flax_modules import from_params
+from models.flax import from_params
 from models.params import Params, layer
 
 

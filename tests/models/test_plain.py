@@ -14,7 +14,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from models import config, layers, sampling
-from models.flax_modules import GPT2, Llama, from_params, to_params
+from models.flax import GPT2, Llama, from_params, to_params
 from models.params import init_params, layer, param_shapes
 from models.safetensors_io import load_hf_llama, save_hf_llama
 from tests.models.reference import flax_logits, reference_logits

@@ -3,7 +3,12 @@ decoders are checked against.
 
 ``GPT2(cfg)(tokens)`` / ``Llama(cfg)(tokens)`` map ``[B, S]`` tokens to ``[B, S, V]`` logits
 with causal (or, with ``cfg.window``, sliding-window) attention. :func:`to_params` and
-:func:`from_params` convert to and from the stacked layout of :mod:`models.params`.
+:func:`from_params` convert to and from the stacked layout of :mod:`models.params`;
+:func:`from_flax` gives the tempo_jax decoder driven by a module's parameters::
+
+    module = Llama(cfg)
+    model = from_flax(module)
+    out = model.generate(prompt, steps=32, temperature=0.8, key=jax.random.PRNGKey(0))
 """
 
 from __future__ import annotations
@@ -227,3 +232,13 @@ def from_params(cfg: DecoderConfig, params: Params) -> Decoder:
         _assign_tree(block, layer(params, l))
     _assign_tree(variables, {k: v for k, v in params.items() if k != "layers"})
     return module
+
+
+def from_flax(module: Decoder) -> Any:
+    """The tempo_jax decoder (:class:`models.tempo.TempoModel`) holding ``module``'s
+    parameters: its logits equal the module's forward on the same tokens."""
+    from .tempo import TempoModel  # the tempo_jax program sits above the flax modules
+
+    if not isinstance(module, Decoder):
+        raise TypeError(f"from_flax needs a GPT2 or Llama module, got {type(module).__name__}")
+    return TempoModel(module.cfg, to_params(module))

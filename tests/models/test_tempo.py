@@ -1,0 +1,119 @@
+"""The tempo_jax decoder against the flax module (logits to 1e-5), the hand-written scan
+decoder (identical tokens, greedy and sampled, and the same early stop), and the reference
+interpreter; its compiled loop copies no cache and reads tiles as stored."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tempo_jax as tj
+from models import config
+from models.baselines import scan
+from models.flax import GPT2, Llama, from_flax
+from models.params import init_params
+from models.tempo import TempoDecoder, build_program
+from tests.models.reference import flax_logits
+
+CONFIGS = {
+    "gpt2": config.tiny_gpt2(),
+    "gpt2-window": dataclasses.replace(config.tiny_gpt2(), window=5),
+    "llama": config.tiny_llama(),
+    "llama-window": dataclasses.replace(config.tiny_llama(), window=5),
+}
+PROMPT, STEPS, BLOCK = 9, 6, 4  # the prompt spans three tiles
+
+
+@functools.cache
+def _setup(name: str, batch: int = 2) -> tuple:
+    cfg = CONFIGS[name]
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    tokens = np.random.default_rng(1).integers(0, cfg.vocab, (batch, PROMPT))
+    return cfg, params, jnp.asarray(tokens, jnp.int32)
+
+
+def _same(out: dict, want: dict) -> None:
+    np.testing.assert_array_equal(out["tokens"], want["tokens"])
+    np.testing.assert_array_equal(out["length"], want["length"])
+    assert int(out["steps_run"]) == int(want["steps_run"])
+    np.testing.assert_allclose(out["logits"], want["logits"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_greedy_decode_matches_flax_and_scan(name: str) -> None:
+    cfg, params, prompt = _setup(name)
+    out = TempoDecoder(cfg, 2, PROMPT, STEPS, block=BLOCK).generate(params, prompt)
+    _same(out, scan.generate(cfg, params, prompt, STEPS))
+    want = flax_logits(cfg, params, out["tokens"])[:, :-1]
+    np.testing.assert_allclose(out["logits"], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out["tokens"][:, PROMPT:], want[:, PROMPT - 1 :].argmax(-1))
+
+
+def test_sampled_tokens_match_scan() -> None:
+    cfg, params, prompt = _setup("llama-window")
+    key, kw = jax.random.PRNGKey(7), {"temperature": 0.8, "top_p": 0.9}
+    out = TempoDecoder(cfg, 2, PROMPT, STEPS, block=BLOCK, **kw).generate(params, prompt, key)
+    _same(out, scan.generate(cfg, params, prompt, STEPS, key=key, **kw))
+    greedy = TempoDecoder(cfg, 2, PROMPT, STEPS, block=BLOCK).generate(params, prompt)
+    assert not np.array_equal(out["tokens"], greedy["tokens"])  # sampling did something
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-window"])
+def test_end_token_stops_the_loop_like_scan(name: str) -> None:
+    cfg, params, prompt = _setup(name)
+    steps = 20
+    free = np.asarray(scan.generate(cfg, params, prompt, steps)["tokens"])
+    end = int(free[0, PROMPT + 2])  # row 0 stops within 3 new tokens
+    dec = TempoDecoder(cfg, 2, PROMPT, steps, block=BLOCK, end_token=end)
+    out = dec.generate(params, prompt)
+    want = scan.generate(cfg, params, prompt, steps, end_token=end)
+    _same(out, want)
+    assert int(out["steps_run"]) < PROMPT + steps - 1 or not (free[1, PROMPT:] == end).any()
+    first = int(np.argmax(free[0, PROMPT:] == end))  # row 0's first end token
+    assert int(out["length"][0]) == PROMPT + first + 1 <= PROMPT + 3
+
+
+def test_from_flax_module_logits_equal_its_forward() -> None:
+    for cls, cfg in ((GPT2, CONFIGS["gpt2"]), (Llama, CONFIGS["llama-window"])):
+        module = cls(cfg)
+        prompt = jnp.asarray(np.random.default_rng(2).integers(0, cfg.vocab, (3, 5)), jnp.int32)
+        out = from_flax(module).generate(prompt, 7, block=4)
+        want = module(out["tokens"])[:, :-1]
+        np.testing.assert_allclose(out["logits"], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="GPT2 or Llama"):
+        from_flax(object())
+
+
+def test_program_equals_the_reference_interpreter() -> None:
+    cfg = dataclasses.replace(config.tiny_llama(), layers=1, window=3)
+    params = init_params(cfg, jax.random.PRNGKey(3))
+    prompt = jnp.asarray([[5, 9]], jnp.int32)
+    dec = TempoDecoder(cfg, 1, 2, 4, block=2, end_token=7)
+    inputs = dec.inputs(params, prompt)
+    program = build_program(cfg, 1, 2, end_token=7)
+    ref = tj.reference.run(program, {"T": 5, "L": 1}, inputs)
+    got = dec.compiled(**inputs)
+    np.testing.assert_array_equal(got["tokens"], ref["tokens"])
+    np.testing.assert_allclose(got["logits"], ref["logits"], rtol=1e-5, atol=1e-5)
+    assert int(got["lengths"]["T"]) == int(ref["lengths"]["T"])
+
+
+def test_decode_loop_reads_cache_tiles_without_copies() -> None:
+    """The KV buffers are stored rows-next-to-head-dim and no copy as large as a layer's cache
+    is made (XLA would copy a buffer it could not update in place)."""
+    cfg = dataclasses.replace(config.tiny_gpt2(), max_len=128)
+    dec = TempoDecoder(cfg, 2, 1, 127, block=16)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    text = dec.compiled.lower(**dec.inputs(params, jnp.zeros((2, 1), jnp.int32))).compile()
+    hlo = text.as_text()
+    cache = 127 * 2 * cfg.kv_heads * cfg.head_dim  # rows x batch x heads x head dim
+    kv = f"f32[{cfg.layers},2,{cfg.kv_heads},127,{cfg.head_dim}]"
+    assert kv in hlo  # (L, B, KV, T, hd)
+    for shape in re.findall(r"= f32\[([0-9,]*)\]\{[0-9,]*\} (?:copy|transpose)\(", hlo):
+        assert np.prod([int(n) for n in shape.split(",") if n]) < cache, shape
