@@ -42,24 +42,31 @@ class Env:
         return self.actions > 0
 
 
-def gymnax_env(name: str) -> Env:
+def gymnax_env(name: str, channels_last: bool = False) -> Env:
     """A gymnax environment, its default parameters bound; ``done`` is terminated or
-    truncated (gymnax resets the episode itself)."""
+    truncated (gymnax resets the episode itself). Image observations given ``(H, W, C)``
+    (``channels_last``, MinAtar) come out ``(C, H, W)``, the layout the CNN takes."""
     import gymnax
 
     env, params = gymnax.make(name)
 
+    def observe(obs: jax.Array) -> jax.Array:
+        obs = obs.astype(jnp.float32)
+        return jnp.moveaxis(obs, -1, 0) if channels_last else obs
+
     def reset(key: jax.Array) -> tuple[jax.Array, Any]:
         obs, state = env.reset(key, params)
-        return obs.astype(jnp.float32), state
+        return observe(obs), state
 
     def step(key: jax.Array, state: Any, action: jax.Array) -> tuple:
         obs, state, reward, terminated, truncated, _ = env.step(key, state, action, params)
         done = jnp.logical_or(terminated, truncated)
-        return obs.astype(jnp.float32), state, reward.astype(jnp.float32), done
+        return observe(obs), state, reward.astype(jnp.float32), done
 
     space = env.action_space(params)
     shape = tuple(env.observation_space(params).shape)
+    if channels_last:
+        shape = (shape[-1], *shape[:-1])
     if hasattr(space, "n"):
         return Env(name, reset, step, shape, actions=int(space.n))
     low, high = float(jnp.min(space.low)), float(jnp.max(space.high))
@@ -103,7 +110,7 @@ REGISTRY: dict[str, Callable[..., Env]] = {
     "CartPole-v1": lambda: gymnax_env("CartPole-v1"),
     "Acrobot-v1": lambda: gymnax_env("Acrobot-v1"),
     "Pendulum-v1": lambda: gymnax_env("Pendulum-v1"),
-    "Breakout-MinAtar": lambda: gymnax_env("Breakout-MinAtar"),
+    "Breakout-MinAtar": lambda: gymnax_env("Breakout-MinAtar", channels_last=True),
     "trivial": trivial,
 }
 

@@ -138,7 +138,12 @@ def test_single_jit_is_one_scan_over_iterations() -> None:
 
 @pytest.mark.parametrize(
     ("env", "epochs", "minibatches"),
-    [("CartPole-v1", 1, 1), ("Pendulum-v1", 1, 1), ("CartPole-v1", 2, 2)],
+    [
+        ("CartPole-v1", 1, 1),
+        ("Pendulum-v1", 1, 1),
+        ("CartPole-v1", 2, 2),
+        ("Breakout-MinAtar", 1, 1),  # image observations through the CNN
+    ],
 )
 def test_tempo_jax_ppo_matches_the_single_jit_baseline(
     env: str, epochs: int, minibatches: int
@@ -148,6 +153,8 @@ def test_tempo_jax_ppo_matches_the_single_jit_baseline(
     minibatches, the same shuffled minibatches and one Adam state through every update."""
     from algorithms import ppo
 
-    config = dataclasses.replace(CARTPOLE, env=env, epochs=epochs, minibatches=minibatches)
+    config = dataclasses.replace(
+        CARTPOLE, env=env, epochs=epochs, minibatches=minibatches, cnn="MinAtar" in env
+    )
     want = ppo_jax.make_train(config)()
     assert_same_run(ppo.make_train(config)(), want)
