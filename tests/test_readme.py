@@ -27,3 +27,18 @@ def test_training_example_runs_and_recovers_the_weights() -> None:
     out = scope["out"]
     np.testing.assert_allclose(np.asarray(out["w"]), [2.0, -1.0], atol=1e-2)
     assert float(out["loss"][-1]) < 1e-3 < float(out["loss"][0])
+
+
+def test_decoding_example_runs_and_matches_the_scan_decoder() -> None:
+    import jax
+
+    from models.baselines import scan
+    from models.params import init_params
+
+    scope: dict = {}
+    exec(compile(_block_after("## LLM decoding"), "README.md", "exec"), scope)
+    out, greedy, cfg = scope["out"], scope["greedy"], scope["cfg"]
+    assert out["tokens"].shape == (2, 16) and out["logits"].shape == (2, 15, cfg.vocab)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    want = scan.generate(cfg, params, scope["prompt"], 12)
+    np.testing.assert_array_equal(greedy["tokens"], want["tokens"])
