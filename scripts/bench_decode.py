@@ -30,7 +30,9 @@ bytes read and written) in the header.
 rows) that the compiled HLO fills by a ``copy`` or ``transpose``: 0 when the cache is updated
 in place and read as laid out (``tempo_jax`` warns otherwise). Weight- and logits-shaped
 buffers, fills of a broadcast (a zero cache) and copies fused into a loop fusion (not stored)
-are not counted; ``cache_copy_shapes`` lists the shapes found.
+are not counted; ``cache_copy_shapes`` lists the shapes found. For ``padded``, ``temp_bytes``,
+``compile_seconds`` and the copies are its step's (the cache is the step's argument, not a
+temporary).
 
 Rows go to ``results/decode/<config stem>.json``: ``{"machine", "copy_bandwidth_gbs",
 "rows": [{model, sweep, system, attn, batch, seq_len, block, seconds_per_token, temp_bytes,
@@ -90,12 +92,14 @@ class Point:
 
 @dataclasses.dataclass
 class Built:
-    """A compiled system: ``run()`` decodes and returns the tokens ``[B, seq_len]``."""
+    """A compiled system: ``run()`` decodes (the call timed), ``tokens(run())`` are its tokens
+    ``[B, seq_len]``."""
 
-    run: Callable[[], jax.Array]
+    run: Callable[[], Any]
     compile_seconds: float
     temp_bytes: int | None
     hlo: str | None
+    tokens: Callable[[Any], jax.Array] = lambda out: out
 
 
 def model_config(model: dict[str, Any], attn: str, window: int, seq_len: int) -> DecoderConfig:
@@ -111,7 +115,7 @@ def model_name(cfg: DecoderConfig) -> str:
     return f"{cfg.arch}-{cfg.layers}x{cfg.dim}"
 
 
-def _tempo_tokens(out: dict[str, Any], prompt: jax.Array) -> jax.Array:
+def _tempo_tokens(out: jax.Array, prompt: jax.Array) -> jax.Array:
     """tempo_jax's ``tokens`` output ``[T, B]`` (the token at ``t + 1``) as ``[B, T + 1]``."""
     return jnp.concatenate([prompt[:, :1], jnp.swapaxes(out, 0, 1)], axis=1)
 
@@ -122,7 +126,7 @@ def build(
     """Compile ``system`` for one point (timed: ``compile_seconds``)."""
     start = time.perf_counter()
     if system == "tempo_jax":
-        cache_clear = getattr(tempo._compiled, "cache_clear", None)
+        cache_clear = getattr(getattr(tempo, "_compiled", None), "cache_clear", None)
         if cache_clear is not None:  # compile from scratch, not from an earlier point
             cache_clear()
         decoder = tempo.TempoDecoder(cfg, prompt.shape[0], prompt.shape[1], steps, block=block)
@@ -131,10 +135,11 @@ def build(
         compiled = fn.lower(inputs).compile()
         seconds = time.perf_counter() - start
         return Built(
-            lambda: _tempo_tokens(compiled(inputs), prompt),
+            lambda: compiled(inputs),
             seconds,
             compiled.memory_analysis().temp_size_in_bytes,
             compiled.as_text(),
+            lambda out: _tempo_tokens(out, prompt),
         )
     if system == "padded":  # the step's compilation; the loop runs it seq_len - 1 times
         sampling = Sampling()
@@ -164,7 +169,7 @@ def build(
     )
 
 
-def time_calls(run: Callable[[], jax.Array], repeats: int) -> float:
+def time_calls(run: Callable[[], Any], repeats: int) -> float:
     """The median seconds of ``repeats`` calls of ``run`` (already called once)."""
     times = []
     for _ in range(repeats):
@@ -282,7 +287,7 @@ def kv_rows_read(system: str, cfg: DecoderConfig, seq_len: int, block: int) -> f
 def param_bytes_per_token(cfg: DecoderConfig, params: Params) -> int:
     """Weight bytes a position reads: all of them, but one row of the position table (and of
     an untied embedding)."""
-    total = tempo.param_bytes(params)
+    total = sum(int(x.nbytes) for x in jax.tree_util.tree_leaves(params))
     one_row = {"pos"} | (set() if cfg.tie_embeddings else {"embed"})
     for name in one_row & set(params):
         total -= int(params[name].nbytes) - cfg.dim * FLOAT_BYTES
@@ -354,7 +359,7 @@ def bench_point(
     built, outputs = {}, {}
     for system in systems:
         built[system] = build(system, cfg, params, prompt, steps, point.block)
-        outputs[system] = np.asarray(jax.block_until_ready(built[system].run()))
+        outputs[system] = np.asarray(built[system].tokens(built[system].run()))
     if check and "tempo_jax" in outputs:
         want = outputs.get("scan")
         if want is None:
@@ -494,25 +499,25 @@ def plot(rows: list[dict[str, Any]], name: str, path: pathlib.Path) -> None:
     panels = sorted({r["attn"] for r in rows}) if name == "seq_len" else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
     for ax, attn in zip(axes[0], panels, strict=True):
+        shown = [r for r in rows if attn in (None, r["attn"])]
         for system in SYSTEMS:
             found = sorted(
-                (r[x], r["seconds_per_token"] * 1e3)
-                for r in rows
-                if r["system"] == system and attn in (None, r["attn"])
+                (r[x], r["seconds_per_token"] * 1e3) for r in shown if r["system"] == system
             )
             if found:
                 xs, ys = zip(*found, strict=True)
                 ax.plot(xs, ys, marker="o", label=system)
+        ticks = sorted({r[x] for r in shown})
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_yscale("log")
         ax.set_xlabel("sequence length" if x == "seq_len" else "tile size (rows)")
         ax.set_ylabel("ms per token")
-        first = rows[0]
-        if attn is not None:
-            window = f" {first['window']}" if attn == "window" else ""
-            ax.set_title(f"{attn}{window} attention", fontsize=9)
-        else:
-            ax.set_title(f"{first['attn']} attention, seq_len {first['seq_len']}", fontsize=9)
+        first = shown[0]
+        kind = f"window {first['window']}" if first["attn"] == "window" else first["attn"]
+        at = "" if attn is not None else f", {first['seq_len']} positions"
+        ax.set_title(f"{kind} attention{at}", fontsize=9)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"Decoding {rows[0]['model']}, batch {rows[0]['batch']}: lower is better")
     fig.tight_layout()
