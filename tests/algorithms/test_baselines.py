@@ -142,7 +142,7 @@ def test_single_jit_is_one_scan_over_iterations() -> None:
         ("CartPole-v1", 1, 1),
         ("Pendulum-v1", 1, 1),
         ("CartPole-v1", 2, 2),
-        ("Breakout-MinAtar", 1, 1),  # image observations through the CNN
+        pytest.param("Breakout-MinAtar", 1, 1, marks=pytest.mark.slow),  # images, the CNN
     ],
 )
 def test_tempo_jax_ppo_matches_the_single_jit_baseline(

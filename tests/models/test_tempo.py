@@ -45,7 +45,15 @@ def _same(out: dict, want: dict) -> None:
     np.testing.assert_allclose(out["logits"], want["logits"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gpt2",
+        "llama-window",
+        pytest.param("gpt2-window", marks=pytest.mark.slow),
+        pytest.param("llama", marks=pytest.mark.slow),
+    ],
+)
 def test_greedy_decode_matches_flax_and_scan(name: str) -> None:
     cfg, params, prompt = _setup(name)
     out = TempoDecoder(cfg, 2, PROMPT, STEPS, block=BLOCK).generate(params, prompt)
@@ -64,7 +72,7 @@ def test_sampled_tokens_match_scan() -> None:
     assert not np.array_equal(out["tokens"], greedy["tokens"])  # sampling did something
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama-window"])
+@pytest.mark.parametrize("name", ["gpt2", pytest.param("llama-window", marks=pytest.mark.slow)])
 def test_end_token_stops_the_loop_like_scan(name: str) -> None:
     cfg, params, prompt = _setup(name)
     steps = 20

@@ -33,6 +33,7 @@ FIELDS = {
 }
 
 
+@pytest.mark.slow
 def test_the_tiny_sweep_times_every_system_at_every_point(tmp_path) -> None:
     config = yaml.safe_load(CONFIG.read_text())
     bench_decode.run(config, tmp_path, "decode_tiny")
