@@ -218,3 +218,19 @@ def test_automatic_tile_sizes_and_bad_ones() -> None:
     data = {n: np.random.default_rng(3).normal(size=(40, 1, D)).astype(np.float32) for n in "qkv"}
     untiled = p.compile({"T": 40}, pipeline=UNTILED)
     _close(p.compile({"T": 40})(**data)["o"], untiled(**data)["o"])
+
+
+@pytest.mark.parametrize("length", [3, 8, 21])
+def test_a_value_broadcast_along_the_range_is_tiled(length: int) -> None:
+    """``broadcast_to(q, rows.shape)`` makes the range axis from a value without it: every
+    tile holds the same broadcast, and its padding rows are kept out of the sums."""
+    rows = np.random.default_rng(length).normal(size=(40, D)).astype(np.float32)
+
+    def fn(q: jax.Array, ks: jax.Array) -> tuple[jax.Array]:
+        wide = jnp.broadcast_to(q, ks.shape)
+        return (jnp.sum(wide * ks, axis=0) + jnp.sum(wide, axis=0),)
+
+    (got,), seen = _visits(fn, rows, length, block=8)
+    assert seen == list(range(-(-length // 8)))
+    want = fn(jnp.ones(D), jnp.asarray(rows[:length]))[0]
+    _close(got, want)
