@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from scripts import bench_rl
 
 TINY = {
@@ -22,6 +24,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow
 def test_each_point_times_every_system_on_the_same_run(tmp_path) -> None:
     rows = bench_rl.sweep(TINY)
     assert [(r["factor"], r["value"]) for r in rows] == [("base", None)] * 3 + [("envs", 2)] * 3
