@@ -31,11 +31,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import tempo_jax as tj
 
 from . import layers
+from .baselines.decode_loop import Sampling, prepare
 from .config import DecoderConfig
 from .params import Params, param_shapes
 from .sampling import sample, step_key
@@ -268,11 +268,6 @@ class TempoDecoder:
         return {"tokens": tokens, "length": length, "logits": logits, "steps_run": run}
 
 
-def param_bytes(params: Params) -> int:
-    """Bytes of every parameter array."""
-    return int(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(params)))
-
-
 class TempoModel:
     """A decoder config and its parameters, decoding with tempo_jax (one compiled program per
     shape of work, cached): ``TempoModel(cfg, params).generate(prompt, steps)``."""
@@ -294,9 +289,8 @@ class TempoModel:
     ) -> dict[str, jax.Array]:
         """Decode ``steps`` tokens after ``prompt`` ``[B, P]``; the dict of
         :mod:`models.baselines` (``tokens``, ``length``, ``logits``, ``steps_run``)."""
-        prompt = jnp.asarray(prompt, jnp.int32)
-        if prompt.ndim != 2:
-            raise ValueError(f"prompt must be [B, P], got shape {prompt.shape}")
+        sampling = Sampling(temperature, top_p, end_token)
+        prompt, key = prepare(self.cfg, prompt, steps, key, sampling)  # the baselines' checks
         decoder = TempoDecoder(
             self.cfg,
             prompt.shape[0],
