@@ -69,6 +69,13 @@ class TreeLowering:
         self.padded = padded or (lambda size, dims: size.evaluate(bounds))
         self.runtime = runtime or bounds  # values: a dynamic bound as a traced scalar
         self.inputs = {op.id: inputs[op.name] for op in program.ops if op.kind == "input"}
+        # an input over an unrolled dim (stacked layer weights) is read at constant indices:
+        # each index's slice is taken once here, outside every loop, not per iteration
+        self.pieces: dict[int, list[jax.Array]] = {}
+        for op in program.ops:
+            if op.kind == "input" and op.domain and op.domain[0].name in self.unroll:
+                array = self.inputs[op.id]
+                self.pieces[op.id] = [array[i] for i in range(array.shape[0])]
         self.plan = plan_storage(program, tree)
         self.placed = {(n.op, n.out) for n in walk(tree) if isinstance(n, Alloc)}
         self.captures: dict[tuple[int, int], list[Output]] = {}
@@ -355,7 +362,7 @@ class TreeLowering:
         op = self.program.op(node.op)
         if op.kind == "input":
             return buffers
-        point = [jnp.asarray(e.evaluate(env), jnp.int32) for e in node.point]
+        point = [_index(e.evaluate(env)) for e in node.point]  # a constant stays a Python int
         op_env = {**self.runtime, **dict(zip(op.domain, point, strict=True))}
         values = self._tiled(node, op, op_env, buffers, local)
         if values is None:
@@ -578,12 +585,17 @@ class TreeLowering:
         if held is not None:
             return buffers[_capture(held)]
         buf = self._buffer(edge, buffers)
+        items = self._stored_index(edge)
+        if edge.src in self.pieces and not isinstance(items[0], Slice):
+            first = _constant(items[0].evaluate(env))
+            if first is not None:  # a slice taken up front
+                buf, items = self.pieces[edge.src][first], items[1:]
         order = None if edge.src in self.inputs else self.layouts.get((edge.src, edge.out))
         if order is not None and tile is None:  # a whole read: back to domain order first
             buf = jnp.transpose(buf, np.argsort(order))
             order = None
         starts, sizes, keep = [], [], []
-        for axis, item in enumerate(self._stored_index(edge)):
+        for axis, item in enumerate(items):
             growing = isinstance(item, Slice) and not self.is_static(item.size)
             if growing and tile is not None:  # the tile's rows of the buffer
                 starts.append(tile[0])
@@ -606,7 +618,7 @@ class TreeLowering:
                 sizes.append(1)
                 keep.append(False)
         logical = self._stored_shape(edge, buffers) if order is not None else buf.shape
-        spatial = logical[len(self._stored_index(edge)) :]
+        spatial = logical[len(items) :]
         starts += [0] * len(spatial)
         starts = [jnp.asarray(s, jnp.int32) for s in starts]
         every = [*sizes, *spatial]
@@ -718,3 +730,18 @@ def _same_point(point: Sequence_[Expr], index: Sequence_[Any]) -> Expr:
     for p, q in zip(point, index, strict=True):
         cond = cond & eq(p, q) if cond != BoolConst(True) else eq(p, q)
     return cond
+
+
+def _constant(value: Any) -> int | None:
+    """``value`` as a Python int when it is known while tracing (not a tracer), else None."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _index(value: Any) -> Any:
+    """A point's coordinate: a Python int as it is (reads at it stay static), else int32."""
+    return value if isinstance(value, int) else jnp.asarray(value, jnp.int32)

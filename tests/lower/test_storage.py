@@ -204,3 +204,48 @@ def test_a_value_read_only_where_last_produced_keeps_one_value() -> None:
         temps.append(compiled.lower(x=xs).compile().memory_analysis().temp_size_in_bytes)
     # an (I, E, M, 64) float32 buffer would grow by 36 * 6 * 256 bytes
     assert temps[1] - temps[0] < 36 * 6 * 256 // 4
+
+
+def _sliced_in_loops(jaxpr, shape: tuple[int, ...], inside: bool = False) -> int:
+    """How many slices of an array of ``shape`` run inside a loop body of ``jaxpr``."""
+    found = 0
+    for eqn in jaxpr.eqns:
+        if inside and eqn.primitive.name in ("slice", "dynamic_slice", "gather", "squeeze"):
+            found += any(getattr(v.aval, "shape", None) == shape for v in eqn.invars)
+        looped = inside or eqn.primitive.name in ("while", "scan")
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += _sliced_in_loops(inner, shape, looped)
+    return found
+
+
+def test_unrolled_layer_weights_are_sliced_once_outside_the_time_loop() -> None:
+    """Stacked weights ``w[l]`` read in a loop over ``t`` with ``l`` unrolled: each layer's
+    slice is taken once before the loop (a loop-invariant copy per iteration otherwise)."""
+    steps, layers, d = 6, 3, 4
+    with tj.Program() as p:
+        t, l = p.dims("t l")
+        x = tj.input("x", (d,), jnp.float32, domain=(t,))
+        w = tj.input("w", (d, d), jnp.float32, domain=(l,))
+        h = tj.placeholder((d,), jnp.float32, domain=(t, l))
+        h[0, 0] = x[0]
+        y = tj.tanh(h @ w)
+        h[t + 1, 0] = x[t + 1] + y[t, l.bound - 1]  # a recurrence over t: a loop
+        h[t, l + 1] = y[t, l]
+        p.output("y", y[t, l.bound - 1])
+    compiled = p.compile({t.bound: steps, l.bound: layers}, unroll=("l",))
+    xs = np.random.default_rng(0).normal(size=(steps, d)).astype(np.float32)
+    ws = np.random.default_rng(1).normal(size=(layers, d, d)).astype(np.float32)
+    out = np.asarray(compiled(x=xs, w=ws)["y"])
+    expected, last = [], np.zeros(d, np.float32)
+    for step in range(steps):
+        last = xs[step] + last
+        for k in range(layers):
+            last = np.tanh(last @ ws[k])
+        expected.append(last)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    jaxpr = compiled.jaxpr(x=xs, w=ws).jaxpr
+    assert "scan[" in str(jaxpr) or "while[" in str(jaxpr)  # the loop over t
+    assert _sliced_in_loops(jaxpr, (layers, d, d)) == 0
