@@ -19,10 +19,10 @@ demo: $(STAMP)
 	$(PY) -m scripts.train_rl
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -n 2 -m "slow or not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
