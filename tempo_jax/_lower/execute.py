@@ -20,6 +20,7 @@ step) read clamped indices and write values nobody reads; the compile-time read 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Mapping
 from collections.abc import Sequence as Sequence_
 from typing import Any
@@ -35,6 +36,7 @@ from .._ir.program import Edge, Op, Output, Program, TensorSpec
 from .._ir.source import describe
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
 from .masking import Pads, masked_call
+from .split import MAX_SPLIT, Split, _constant
 from .storage import iteration_execs, plan_storage
 from .tiling import Tiles, auto_block, tiled_call
 
@@ -93,6 +95,7 @@ class TreeLowering:
         self.branches: dict[int | str, int] = {}
         self.stop_loop = self._stop_loop(tree)  # the loop `p.stop_when` ends, or None
         self.layouts = self._layouts()  # (op, output) -> the axis order its buffer is stored in
+        self.splits = self._splits()  # (op, output) -> how its buffer is cut into arrays
 
     def _layouts(self) -> dict[tuple[int, int], tuple[int, ...]]:
         """Buffers read in tiles keep their range axis next to their last axis.
@@ -120,6 +123,39 @@ class TreeLowering:
                 order = [a for a in range(rank) if a != axis]
                 wanted.setdefault(key, set()).add((*order[:-1], axis, order[-1]))
         return {key: orders.pop() for key, orders in wanted.items() if len(orders) == 1}
+
+    def _splits(self) -> dict[tuple[int, int], Split]:
+        """Buffers read in tiles, stored one array per tile and per index of an unrolled dim
+        (:mod:`.split`): every tiled read of the buffer cuts the same axis into tiles of the
+        same size, and the pieces number at most ``MAX_SPLIT``."""
+        found: dict[tuple[int, int], set[tuple[int, int]]] = {}
+        for op in self.program.ops:
+            if op.payload is None or op.payload.block is None:
+                continue
+            for k, (_, item, position) in (self._ranges(op) or {}).items():
+                edge = op.inputs[k]
+                key = (edge.src, edge.out)
+                if edge.src in self.inputs or key not in self.plan.buffered:
+                    continue
+                if self.plan.scoped.get(key) or key in self.plan.accumulated:
+                    continue
+                block = op.payload.block or auto_block(self.padded(item.size, op.domain))
+                found.setdefault(key, set()).add((self._buffer_axis(edge, position), block))
+        splits = {}
+        for key, uses in found.items():
+            if len(uses) != 1:
+                continue
+            ((axis, block),) = uses
+            shape = self._logical_shape(*key)
+            domain = self.program.op(key[0]).domain
+            unrolled = tuple(a for a, d in enumerate(domain) if d.name in self.unroll and a != axis)
+            count = -(-shape[axis] // block)
+            pieces = count * math.prod(shape[a] for a in unrolled)
+            if block >= shape[axis] or pieces > MAX_SPLIT:
+                continue
+            order = self.layouts.get(key, tuple(range(len(shape))))
+            splits[key] = Split(shape, order, unrolled, axis, block, count)
+        return splits
 
     def _logical_shape(self, op_id: int, out: int) -> tuple[int, ...]:
         """The shape of ``op_id``'s buffer in domain order: kept domain dims, then the value's."""
@@ -203,7 +239,10 @@ class TreeLowering:
             buffers[_capture(out)] = jnp.zeros(self.shape(spec, producer.domain), spec.dtype)
         return buffers
 
-    def _zeros(self, op_id: int, out: int) -> jax.Array:
+    def _zeros(self, op_id: int, out: int) -> Any:
+        split = self.splits.get((op_id, out))
+        if split is not None:
+            return split.zeros(self.program.op(op_id).outputs[out].dtype)
         shape = self._logical_shape(op_id, out)
         order = self.layouts.get((op_id, out))
         if order is not None:
@@ -400,6 +439,11 @@ class TreeLowering:
             dropped = self.plan.scoped.get((op.id, k), frozenset())
             at = [p for n, p in enumerate(point) if n not in dropped]  # scoped: this iteration's
             logical = self._logical_shape(op.id, k)
+            split = self.splits.get((op.id, k))
+            if split is not None:
+                update = jnp.asarray(value).reshape((1,) * len(at) + logical[len(at) :])
+                buffers[(op.id, k)] = split.write(buf, update, at)
+                continue
             update = jnp.asarray(value, buf.dtype).reshape((1,) * len(at) + logical[len(at) :])
             starts = [*at, *([jnp.int32(0)] * (buf.ndim - len(at)))]
             order = self.layouts.get((op.id, k))
@@ -461,9 +505,14 @@ class TreeLowering:
         (total,) = rows
         start = jnp.asarray(item.start.evaluate(env), jnp.int32)
         stop = jnp.asarray(item.stop.evaluate(env), jnp.int32)
+        splits = {self.splits.get((op.inputs[k].src, op.inputs[k].out)) for k in ranges}
+        split = splits.pop() if len(splits) == 1 else None
+        count = None  # split storage: tiles are whole arrays, visited by an unrolled loop
+        if split is not None and split.block == block:
+            count, total = split.count, split.count * block
 
         def first(tile: Any) -> Any:  # the tile's first row in the buffer (clamped to fit)
-            return jnp.minimum(tile * block, total - block)
+            return tile * block if count is not None else jnp.minimum(tile * block, total - block)
 
         def valid(tile: Any) -> Any:
             at = first(tile) + jnp.arange(block, dtype=jnp.int32)
@@ -486,7 +535,7 @@ class TreeLowering:
         def fn(*args: Any) -> Any:
             return payload.fn(env, *args) if payload.uses_point else payload.fn(*args)
 
-        tiles = Tiles(start // block, (stop + block - 1) // block, valid, stop - start)
+        tiles = Tiles(start // block, (stop + block - 1) // block, valid, stop - start, count)
         what = f"`{op.name}`{describe(op.source)}"
         return tiled_call(fn, values, readers, axes, tiles, str(item.size), what)
 
@@ -591,6 +640,19 @@ class TreeLowering:
             if first is not None:  # a slice taken up front
                 buf, items = self.pieces[edge.src][first], items[1:]
         order = None if edge.src in self.inputs else self.layouts.get((edge.src, edge.out))
+        split = self.splits.get((edge.src, edge.out))
+        logical: tuple[int, ...] | None = None
+        if split is not None:
+            piece = None
+            if tile is not None:
+                coords = [items[a].evaluate(env) for a in split.unrolled]
+                piece = split.tile(buf, coords, tile[0])
+            if piece is not None:  # one whole tile: its own array, read as it is
+                buf, order, logical = piece, split.piece_order, split.piece_shape
+                items = tuple(item for a, item in enumerate(items) if a not in split.unrolled)
+                tile = (0, tile[1])
+            else:
+                buf, order = split.assemble(buf), split.order
         if order is not None and tile is None:  # a whole read: back to domain order first
             buf = jnp.transpose(buf, np.argsort(order))
             order = None
@@ -617,7 +679,8 @@ class TreeLowering:
                 starts.append(item.evaluate(env))
                 sizes.append(1)
                 keep.append(False)
-        logical = self._stored_shape(edge, buffers) if order is not None else buf.shape
+        if logical is None:
+            logical = self._stored_shape(edge, buffers) if order is not None else buf.shape
         spatial = logical[len(items) :]
         starts += [0] * len(spatial)
         starts = [jnp.asarray(s, jnp.int32) for s in starts]
@@ -730,16 +793,6 @@ def _same_point(point: Sequence_[Expr], index: Sequence_[Any]) -> Expr:
     for p, q in zip(point, index, strict=True):
         cond = cond & eq(p, q) if cond != BoolConst(True) else eq(p, q)
     return cond
-
-
-def _constant(value: Any) -> int | None:
-    """``value`` as a Python int when it is known while tracing (not a tracer), else None."""
-    if isinstance(value, jax.core.Tracer):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _index(value: Any) -> Any:

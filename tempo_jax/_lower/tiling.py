@@ -28,6 +28,7 @@ output that keeps the range) returns None: the caller falls back to the padded e
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -82,6 +83,7 @@ class Tiles:
     hi: Any
     valid: Callable[[Any], Any]
     length: Any
+    count: int | None = None  # every tile's index, when tiles are visited by an unrolled loop
 
 
 def tiled_call(
@@ -502,15 +504,15 @@ class _Sweeps:
         first = self._needed(maxes + plain, sweep)  # rows that do not read a running max
         then = [j for j in self._needed(online, sweep) if j not in first]
 
-        def body(tile: Any, carry: dict) -> dict:
+        def body(tile: Any, carry: dict, masked: bool = True) -> dict:
             local = dict(env)
             for var, reader in zip(jaxpr.invars, self.readers, strict=True):
                 if reader is not None:
                     local[var] = reader(tile)
             self._rows(first, local)
-            out = {i: self._plain(i, carry[i], local, tile) for i in plain}
+            out = {i: self._plain(i, carry[i], local, tile, masked) for i in plain}
             for i in maxes:  # the rows of online sums are computed against the running max
-                out[i] = jnp.maximum(carry[i], self._partial(i, local, tile))
+                out[i] = jnp.maximum(carry[i], self._partial(i, local, tile, masked))
                 local[self.eqns[i].outvars[0]] = out[i]
             for i in online:  # divisions by rescaled sums wait for the end of the sweep
                 for j, _ in self.plan.divisors[i]:
@@ -520,18 +522,30 @@ class _Sweeps:
             for i in online:
                 m = self.plan.online[i]
                 scale = self._scale(i, carry[m], out[m])
-                out[i] = carry[i] * scale + self._partial(i, local, tile)
+                out[i] = carry[i] * scale + self._partial(i, local, tile, masked)
             return out
 
-        final = lax.fori_loop(self.tiles.lo, self.tiles.hi, body, init)
+        if self.tiles.count is None:
+            final = lax.fori_loop(self.tiles.lo, self.tiles.hi, body, init)
+        else:  # unrolled: per tile, skip it, read it whole, or mask the rows outside the range
+            final = init
+            for tile in range(self.tiles.count):
+                live = (tile >= self.tiles.lo) & (tile < self.tiles.hi)
+                kind = jnp.where(live, jnp.where(jnp.all(self.tiles.valid(tile)), 1, 2), 0)
+                branches = [
+                    lambda carry: carry,
+                    functools.partial(body, tile, masked=False),
+                    functools.partial(body, tile),
+                ]
+                final = lax.switch(kind, branches, final)
         for i in online:
             shape = self.eqns[i].outvars[0].aval.shape
             for j, positions in self.plan.divisors[i]:
                 final[i] = final[i] / lax.broadcast_in_dim(final[j], shape, positions)
         return {self.eqns[i].outvars[0]: final[i] for i in reduces}
 
-    def _plain(self, i: int, acc: Any, local: dict, tile: Any) -> Any:
-        return _combine(self.eqns[i], acc, self._partial(i, local, tile))
+    def _plain(self, i: int, acc: Any, local: dict, tile: Any, masked: bool = True) -> Any:
+        return _combine(self.eqns[i], acc, self._partial(i, local, tile, masked))
 
     def _rows(self, eqns: list[int], local: dict) -> None:
         for j in eqns:
@@ -539,10 +553,13 @@ class _Sweeps:
             values = [self._read(v, local, (j, "lit", p)) for p, v in enumerate(eqn.invars)]
             local.update(zip(eqn.outvars, bind(eqn, values), strict=True))
 
-    def _partial(self, i: int, local: dict, tile: Any) -> Any:
-        """Reduce ``i`` over one tile, its rows outside the range filled neutral."""
+    def _partial(self, i: int, local: dict, tile: Any, masked: bool = True) -> Any:
+        """Reduce ``i`` over one tile, its rows outside the range filled neutral (unless the
+        range covers the whole tile: not ``masked``)."""
         eqn = self.eqns[i]
         values = [self._read(v, local, (i, "lit", p)) for p, v in enumerate(eqn.invars)]
+        if not masked:
+            return bind(eqn, values)[0]
         fill = _FILL[eqn.primitive.name]
         valid = self.tiles.valid(tile)
         for k, var in enumerate(eqn.invars[:2]):
