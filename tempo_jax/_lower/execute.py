@@ -38,7 +38,7 @@ from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, exe
 from .masking import Pads, masked_call
 from .split import MAX_SPLIT, Split, _constant
 from .storage import iteration_execs, plan_storage
-from .tiling import Tiles, auto_block, tiled_call
+from .tiling import Tiles, auto_block, plan_tiles, tiled_call
 
 Buffers = dict[tuple, jax.Array]  # (op id, output) -> full buffer; (op, output, RING) -> window
 RING = 1  # third key element of a window ring carried by a loop
@@ -129,21 +129,24 @@ class TreeLowering:
         (:mod:`.split`): every tiled read of the buffer cuts the same axis into tiles of the
         same size, and the pieces number at most ``MAX_SPLIT``."""
         found: dict[tuple[int, int], set[tuple[int, int]]] = {}
+        other: set[tuple[int, int]] = set()  # read some other way by an op: kept whole
         for op in self.program.ops:
-            if op.payload is None or op.payload.block is None:
-                continue
-            for k, (_, item, position) in (self._ranges(op) or {}).items():
-                edge = op.inputs[k]
+            tiling = self._tileable(op)
+            ranges, block = tiling if tiling is not None else ({}, 0)
+            for k, edge in enumerate(op.inputs):
                 key = (edge.src, edge.out)
+                if k not in ranges:
+                    other.add(key)
+                    continue
                 if edge.src in self.inputs or key not in self.plan.buffered:
                     continue
                 if self.plan.scoped.get(key) or key in self.plan.accumulated:
                     continue
-                block = op.payload.block or auto_block(self.padded(item.size, op.domain))
-                found.setdefault(key, set()).add((self._buffer_axis(edge, position), block))
+                axis = self._buffer_axis(edge, ranges[k][2])
+                found.setdefault(key, set()).add((axis, block))
         splits = {}
         for key, uses in found.items():
-            if len(uses) != 1:
+            if len(uses) != 1 or key in other:
                 continue
             ((axis, block),) = uses
             shape = self._logical_shape(*key)
@@ -156,6 +159,56 @@ class TreeLowering:
             order = self.layouts.get(key, tuple(range(len(shape))))
             splits[key] = Split(shape, order, unrolled, axis, block, count)
         return splits
+
+    def _tile_shape(self, op: Op) -> tuple[dict[int, tuple[int, Slice, int]], int, int] | None:
+        """``op``'s growing ranges (see :meth:`_ranges`), tile size and buffer rows, when it
+        is marked for tiling and a tile is shorter than both its range and its buffer."""
+        payload = op.payload
+        if payload is None or payload.block is None:
+            return None
+        ranges = self._ranges(op)
+        if not ranges:
+            return None
+        item = next(iter(ranges.values()))[1]
+        rows = {
+            self._stored_shape(op.inputs[k], {})[self._buffer_axis(op.inputs[k], a)]
+            for k, (_, _, a) in ranges.items()
+        }
+        padded = self.padded(item.size, op.domain)
+        block = payload.block or auto_block(padded)
+        if len(rows) != 1 or block >= min(rows) or block >= padded:
+            return None
+        return ranges, block, rows.pop()
+
+    def _tileable(self, op: Op) -> tuple[dict[int, tuple[int, Slice, int]], int] | None:
+        """``op``'s ranges and tile size when :meth:`_tiled` will take it in tiles: its
+        payload is a map-then-reduce over them (planned here on abstract values)."""
+        shape = self._tile_shape(op)
+        if shape is None:
+            return None
+        ranges, block, _ = shape
+        assert op.payload is not None
+        payload = op.payload
+        args, axes = [], []
+        for k, edge in enumerate(op.inputs):
+            spec = self.program.read_spec(edge)
+            dims = list(self.shape(spec, op.domain))
+            if k in ranges:
+                dims[ranges[k][0]] = block
+            args.append(jax.ShapeDtypeStruct(tuple(dims), spec.dtype))
+            axes.append(ranges[k][0] if k in ranges else None)
+        point = {d: jnp.int32(0) for d in op.domain}
+
+        def fn(*values: Any) -> Any:
+            env = {**self.runtime, **point}
+            return payload.fn(env, *values) if payload.uses_point else payload.fn(*values)
+
+        item = next(iter(ranges.values()))[1]
+        try:
+            planned = plan_tiles(fn, args, axes, str(item.size), op.name)
+        except Exception:  # the real trace reports what is wrong with the payload
+            return None
+        return (ranges, block) if planned else None
 
     def _logical_shape(self, op_id: int, out: int) -> tuple[int, ...]:
         """The shape of ``op_id``'s buffer in domain order: kept domain dims, then the value's."""
@@ -488,21 +541,13 @@ class TreeLowering:
     ) -> list[Any] | None:
         """``op``'s outputs computed over the live tiles of its growing ranges, or None when it
         is not marked for tiling or its payload is not a map-then-reduce over them."""
+        shape = self._tile_shape(op)
+        if shape is None:
+            return None
+        ranges, block, total = shape
         payload = op.payload
-        if payload is None or payload.block is None:
-            return None
-        ranges = self._ranges(op)
-        if ranges is None:
-            return None
+        assert payload is not None
         item = next(iter(ranges.values()))[1]
-        rows = {
-            self._stored_shape(op.inputs[k], buffers)[self._buffer_axis(op.inputs[k], a)]
-            for k, (_, _, a) in ranges.items()
-        }
-        block = payload.block or auto_block(self.padded(item.size, op.domain))
-        if len(rows) != 1 or block >= min(rows) or block >= self.padded(item.size, op.domain):
-            return None
-        (total,) = rows
         start = jnp.asarray(item.start.evaluate(env), jnp.int32)
         stop = jnp.asarray(item.stop.evaluate(env), jnp.int32)
         splits = {self.splits.get((op.inputs[k].src, op.inputs[k].out)) for k in ranges}

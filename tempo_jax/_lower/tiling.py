@@ -107,6 +107,17 @@ def tiled_call(
     return _Sweeps(plan, readers, tiles).run(list(args))
 
 
+def plan_tiles(
+    fn: Callable[..., Sequence[Any]],
+    args: Sequence[Any],
+    axis: Sequence[int | None],
+    klass: str,
+    what: str,
+) -> bool:
+    """Whether :func:`tiled_call` takes ``fn`` in tiles (``args`` may all be abstract)."""
+    return _plan(fn, args, axis, klass, what) is not None
+
+
 # -- planning ------------------------------------------------------------------------------------
 
 

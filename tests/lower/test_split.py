@@ -19,7 +19,7 @@ from tempo_jax._lower.split import Split
 D, STEPS, LAYERS, BLOCK = 4, 7, 2, 3
 
 
-def _program(kind: str) -> tj.Program:
+def _program(kind: str, window: int = 5) -> tj.Program:
     with tj.Program() as p:
         t, l = p.dims("t l")
         x = tj.input("x", (D,), jnp.float32, domain=(t,))
@@ -29,7 +29,7 @@ def _program(kind: str) -> tj.Program:
         h[0, 0] = x[0]
         k = tj.tanh(h @ wk)  # computed keys and values over (t, l): buffers read in tiles
         v = tj.sin(h @ wv)
-        rows = slice(0, t + 1) if kind == "causal" else slice(tj.max(0, t - 2), t + 1)
+        rows = slice(0, t + 1) if kind == "causal" else slice(tj.max(0, t - window + 1), t + 1)
 
         def attend(q: jax.Array, ks: jax.Array, vs: jax.Array) -> jax.Array:
             weights = jax.nn.softmax(ks @ q, axis=0)
@@ -53,10 +53,9 @@ def _inputs() -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("unroll", [("l",), ()], ids=["unrolled", "looped"])
-@pytest.mark.parametrize("kind", ["causal", "window"])
-def test_split_buffers_equal_the_reference(kind: str, unroll: tuple[str, ...]) -> None:
-    program, inputs = _program(kind), _inputs()
+def _run(program: tj.Program, unroll: tuple[str, ...]) -> tuple[dict, dict, list[Split]]:
+    """The compiled outputs, the reference interpreter's, and the splits the lowering made."""
+    inputs = _inputs()
     bounds = {"T": STEPS, "L": LAYERS}
     tiling = functools.partial(tj.tile_dynamic_ranges, block=BLOCK)
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
@@ -73,10 +72,25 @@ def test_split_buffers_equal_the_reference(kind: str, unroll: tuple[str, ...]) -
         got = compiled(**inputs)
     finally:
         Split.zeros = original  # type: ignore[method-assign]
-    want = tj.reference.run(program.to_ir(), bounds, inputs)
+    return got, tj.reference.run(program.to_ir(), bounds, inputs), built
+
+
+@pytest.mark.parametrize("unroll", [("l",), ()], ids=["unrolled", "looped"])
+@pytest.mark.parametrize("kind", ["causal", "window"])
+def test_split_buffers_equal_the_reference(kind: str, unroll: tuple[str, ...]) -> None:
+    got, want, built = _run(_program(kind), unroll)
     for name in ("y", "keys"):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
     assert len(built) == 2  # keys and values, each split
     for split in built:
         assert (split.block, split.count) == (BLOCK, 3)  # 7 rows: tiles of 3, the last padded
         assert split.unrolled == ((1,) if unroll else ())
+
+
+def test_a_window_no_longer_than_a_tile_is_not_split() -> None:
+    """A window of ``BLOCK`` rows is read whole (not in tiles): its buffer stays one array,
+    as splitting it would assemble the whole buffer at every read."""
+    got, want, built = _run(_program("window", window=BLOCK), ("l",))
+    for name in ("y", "keys"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+    assert built == []
