@@ -8,6 +8,10 @@ split first where guards or merge branches on its variable change (:meth:`_piece
 remaining guard becomes ``lax.cond``; a merge op selects its first branch whose condition
 holds.
 
+A buffer every reader takes in tiles is stored split, one array per tile (and per index of an
+unrolled dim), so that each tile is read as stored (:mod:`.split`); stacked inputs over an
+unrolled dim are sliced once per index before the loops.
+
 A spatial axis of symbolic size (a growing range such as ``x[0:t+1]``, or a range as long as a
 dynamic bound) is stored padded to the largest size it takes over the domain; payloads reading
 it run through :func:`masking.masked_call`, which keeps the padding out of every reduction.
