@@ -94,3 +94,54 @@ def test_a_window_no_longer_than_a_tile_is_not_split() -> None:
     for name in ("y", "keys"):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
     assert built == []
+
+
+def test_a_payload_not_taken_in_tiles_keeps_its_buffer_whole() -> None:
+    """A cumulative sum along the range is not a map-then-reduce: the op reads the padded
+    range, so the buffer it reads is not split (the plan is checked before storage)."""
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (D,), jnp.float32, domain=(t,))
+        k = tj.tanh(x * 2.0)
+        c = tj.lift(lambda ks: jnp.cumsum(ks, axis=0).sum(0), name="cum")(k[0 : t + 1])
+        p.output("c", c)
+    tiling = functools.partial(tj.tile_dynamic_ranges, block=BLOCK)
+    pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
+    compiled = p.compile({"T": STEPS}, pipeline=pipeline)
+    built: list[Split] = []
+    original = Split.zeros
+    Split.zeros = lambda self, dtype: built.append(self) or original(self, dtype)  # type: ignore[method-assign]
+    try:
+        got = compiled(x=_inputs()["x"])
+    finally:
+        Split.zeros = original  # type: ignore[method-assign]
+    xs = _inputs()["x"]
+    ks = np.tanh(xs * 2.0)
+    want = [np.cumsum(ks[: n + 1], axis=0).sum(0) for n in range(STEPS)]
+    np.testing.assert_allclose(got["c"], want, rtol=1e-5, atol=1e-5)
+    assert built == []
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["constant", "traced"])
+def test_split_writes_and_assembles_like_one_array(traced: bool) -> None:
+    """``Split`` alone: points written at constant or traced coordinates, then assembled,
+    equal the same writes into one array (logical (T, L, W), stored (L, W, T))."""
+    rows, layers, width = 7, 2, 3
+    split = Split((rows, layers, width), (1, 2, 0), (1,), 0, 3, 3)
+    rng = np.random.default_rng(2)
+    picks = zip(rng.integers(0, rows, 9), rng.integers(0, layers, 9), strict=True)
+    points = [(int(r), int(g)) for r, g in picks]
+    values = rng.normal(size=(len(points), width)).astype(np.float32)
+
+    def run(coords: jax.Array, updates: jax.Array) -> jax.Array:
+        pieces = split.zeros(jnp.float32)
+        for n in range(len(points)):
+            at = coords[n] if traced else points[n]
+            pieces = split.write(pieces, updates[n].reshape(1, 1, width), (at[0], at[1]))
+        return split.assemble(pieces)
+
+    got = jax.jit(run)(jnp.asarray(points, jnp.int32), jnp.asarray(values))
+    want = np.zeros((rows, layers, width), np.float32)
+    for (r, g), v in zip(points, values, strict=True):
+        want[r, g] = v
+    np.testing.assert_array_equal(np.asarray(got), want.transpose(1, 2, 0))
