@@ -40,7 +40,7 @@ from .._ir.program import Edge, Op, Output, Program, TensorSpec
 from .._ir.source import describe
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
 from .masking import Pads, masked_call
-from .split import MAX_SPLIT, Split, _constant
+from .split import MAX_SPLIT, Split, constant
 from .storage import iteration_execs, plan_storage
 from .tiling import Tiles, auto_block, plan_tiles, tiled_call
 
@@ -77,11 +77,11 @@ class TreeLowering:
         self.inputs = {op.id: inputs[op.name] for op in program.ops if op.kind == "input"}
         # an input over an unrolled dim (stacked layer weights) is read at constant indices:
         # each index's slice is taken once here, outside every loop, not per iteration
-        self.pieces: dict[int, list[jax.Array]] = {}
+        self.unstacked: dict[int, list[jax.Array]] = {}
         for op in program.ops:
             if op.kind == "input" and op.domain and op.domain[0].name in self.unroll:
                 array = self.inputs[op.id]
-                self.pieces[op.id] = [array[i] for i in range(array.shape[0])]
+                self.unstacked[op.id] = [array[i] for i in range(array.shape[0])]
         self.plan = plan_storage(program, tree)
         self.placed = {(n.op, n.out) for n in walk(tree) if isinstance(n, Alloc)}
         self.captures: dict[tuple[int, int], list[Output]] = {}
@@ -496,12 +496,12 @@ class TreeLowering:
             dropped = self.plan.scoped.get((op.id, k), frozenset())
             at = [p for n, p in enumerate(point) if n not in dropped]  # scoped: this iteration's
             logical = self._logical_shape(op.id, k)
+            update = jnp.asarray(value, op.outputs[k].dtype)  # the buffer's dtype (see _zeros)
+            update = update.reshape((1,) * len(at) + logical[len(at) :])
             split = self.splits.get((op.id, k))
             if split is not None:
-                update = jnp.asarray(value).reshape((1,) * len(at) + logical[len(at) :])
                 buffers[(op.id, k)] = split.write(buf, update, at)
                 continue
-            update = jnp.asarray(value, buf.dtype).reshape((1,) * len(at) + logical[len(at) :])
             starts = [*at, *([jnp.int32(0)] * (buf.ndim - len(at)))]
             order = self.layouts.get((op.id, k))
             if order is not None:
@@ -684,10 +684,10 @@ class TreeLowering:
             return buffers[_capture(held)]
         buf = self._buffer(edge, buffers)
         items = self._stored_index(edge)
-        if edge.src in self.pieces and not isinstance(items[0], Slice):
-            first = _constant(items[0].evaluate(env))
+        if edge.src in self.unstacked and not isinstance(items[0], Slice):
+            first = constant(items[0].evaluate(env))
             if first is not None:  # a slice taken up front
-                buf, items = self.pieces[edge.src][first], items[1:]
+                buf, items = self.unstacked[edge.src][first], items[1:]
         order = None if edge.src in self.inputs else self.layouts.get((edge.src, edge.out))
         split = self.splits.get((edge.src, edge.out))
         logical: tuple[int, ...] | None = None

@@ -76,8 +76,8 @@ class Split:
     def tile(self, pieces: tuple[jax.Array, ...], coords: Sequence[Any], start: Any) -> Any:
         """The piece holding rows ``start ..`` at ``coords`` (values of the unrolled axes), or
         None unless all of them are constants and ``start`` is a tile's first row."""
-        group = [_constant(c) for c in coords]
-        first = _constant(start)
+        group = [constant(c) for c in coords]
+        first = constant(start)
         if any(g is None for g in group) or first is None or first % self.block:
             return None
         return pieces[self._index(group, first // self.block)]  # type: ignore[arg-type]
@@ -103,13 +103,13 @@ class Split:
         update = update.reshape(tuple(update.shape[a] for a in self.remaining))
         update = jnp.transpose(update, self.piece_order)
         row = at[self.axis]
-        known = _constant(row)
+        known = constant(row)
         tiles = [known // self.block] if known is not None else range(self.count)
         out = list(pieces)
         for group in itertools.product(*(range(n) for n in self.grid)):
             conds = []
             for axis, g in zip(self.unrolled, group, strict=True):
-                coord = _constant(at[axis])
+                coord = constant(at[axis])
                 if coord is None:
                     conds.append(at[axis] == g)
                 elif coord != g:
@@ -117,16 +117,23 @@ class Split:
             else:
                 for j in tiles:
                     k = self._index(group, j)
-                    out[k] = self._write_tile(out[k], update, at, j, conds)
+                    out[k] = self._write_tile(out[k], update, at, known, j, conds)
         return tuple(out)
 
     def _write_tile(
-        self, piece: jax.Array, update: jax.Array, at: Sequence[Any], j: int, conds: list[Any]
+        self,
+        piece: jax.Array,
+        update: jax.Array,
+        at: Sequence[Any],
+        known: int | None,
+        j: int,
+        conds: list[Any],
     ) -> jax.Array:
+        """Tile ``j`` with the point written (``known``: its row, when a constant)."""
         row = at[self.axis]
-        known = _constant(row)
-        local = known - j * self.block if known is not None else None
-        if local is None:
+        if known is not None:
+            local: Any = known - j * self.block
+        else:
             local = jnp.clip(jnp.asarray(row, jnp.int32) - j * self.block, 0, self.block - 1)
             conds = [*conds, (row >= j * self.block) & (row < (j + 1) * self.block)]
         logical = [
@@ -139,7 +146,7 @@ class Split:
         return lax.dynamic_update_slice(piece, update.astype(piece.dtype), starts)
 
 
-def _constant(value: Any) -> int | None:
+def constant(value: Any) -> int | None:
     """``value`` as a Python int when it is known while tracing (not a tracer), else None."""
     if isinstance(value, jax.core.Tracer):
         return None

@@ -6,7 +6,9 @@ length, and with the buffer also read whole (an output: the pieces assembled).""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -53,13 +55,9 @@ def _inputs() -> dict[str, np.ndarray]:
     }
 
 
-def _run(program: tj.Program, unroll: tuple[str, ...]) -> tuple[dict, dict, list[Split]]:
-    """The compiled outputs, the reference interpreter's, and the splits the lowering made."""
-    inputs = _inputs()
-    bounds = {"T": STEPS, "L": LAYERS}
-    tiling = functools.partial(tj.tile_dynamic_ranges, block=BLOCK)
-    pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
-    compiled = program.compile(bounds, pipeline=pipeline, unroll=unroll)
+@contextlib.contextmanager
+def _recording_splits() -> Iterator[list[Split]]:
+    """The splits the lowering makes while the block runs (``Split.zeros`` recorded)."""
     built: list[Split] = []
     original = Split.zeros
 
@@ -69,9 +67,20 @@ def _run(program: tj.Program, unroll: tuple[str, ...]) -> tuple[dict, dict, list
 
     Split.zeros = zeros  # type: ignore[method-assign]
     try:
-        got = compiled(**inputs)
+        yield built
     finally:
         Split.zeros = original  # type: ignore[method-assign]
+
+
+def _run(program: tj.Program, unroll: tuple[str, ...]) -> tuple[dict, dict, list[Split]]:
+    """The compiled outputs, the reference interpreter's, and the splits the lowering made."""
+    inputs = _inputs()
+    bounds = {"T": STEPS, "L": LAYERS}
+    tiling = functools.partial(tj.tile_dynamic_ranges, block=BLOCK)
+    pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
+    compiled = program.compile(bounds, pipeline=pipeline, unroll=unroll)
+    with _recording_splits() as built:
+        got = compiled(**inputs)
     return got, tj.reference.run(program.to_ir(), bounds, inputs), built
 
 
@@ -108,13 +117,8 @@ def test_a_payload_not_taken_in_tiles_keeps_its_buffer_whole() -> None:
     tiling = functools.partial(tj.tile_dynamic_ranges, block=BLOCK)
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
     compiled = p.compile({"T": STEPS}, pipeline=pipeline)
-    built: list[Split] = []
-    original = Split.zeros
-    Split.zeros = lambda self, dtype: built.append(self) or original(self, dtype)  # type: ignore[method-assign]
-    try:
+    with _recording_splits() as built:
         got = compiled(x=_inputs()["x"])
-    finally:
-        Split.zeros = original  # type: ignore[method-assign]
     xs = _inputs()["x"]
     ks = np.tanh(xs * 2.0)
     want = [np.cumsum(ks[: n + 1], axis=0).sum(0) for n in range(STEPS)]
