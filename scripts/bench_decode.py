@@ -22,9 +22,11 @@ system is compiled and called once, then timed over ``repeats`` calls (the media
 row) and, on average over the ``seq_len`` positions, the key and value rows the system reads,
 ``rows * layers * batch * kv_heads * head_dim * 2 * 4`` bytes: ``padded`` and ``scan`` read the
 whole cache (``seq_len`` rows); ``tiled`` and ``tempo_jax`` the tiles holding the live rows
-(``0 .. pos``, or the last ``window`` of them), whole tiles. ``bandwidth_gbs`` is that over the
-time per token, next to the machine's copy bandwidth (a jitted in-place ``x + 1`` over 256 MB,
-bytes read and written) in the header.
+(``0 .. pos``, or the last ``window`` of them), whole tiles; with a window, tempo_jax keeps the
+last ``window`` rows only, a cycle of tiles of at most ``block`` rows, and reads the tiles of it
+that hold rows of the window (all of them once ``window`` positions are in). ``bandwidth_gbs``
+is that over the time per token, next to the machine's copy bandwidth (a jitted in-place
+``x + 1`` over 256 MB, bytes read and written) in the header.
 
 ``cache_copies`` counts the buffers of at least one layer's cache of elements (``seq_len - 1``
 rows) that the compiled HLO fills by a ``copy`` or ``transpose``: 0 when the cache is updated
@@ -279,6 +281,14 @@ def kv_rows_read(system: str, cfg: DecoderConfig, seq_len: int, block: int) -> f
     if system in BLOCK_FREE:
         return float(seq_len)
     lo = np.zeros_like(pos) if cfg.window is None else np.maximum(pos - cfg.window + 1, 0)
+    if system == "tempo_jax" and cfg.window is not None and cfg.window < seq_len:
+        # a cycle of the last `window` rows in tiles of at most `block`: every tile holding a
+        # row of the window (all of them once `window` positions are in)
+        size = min(block, cfg.window)
+        rows = -(-cfg.window // size) * size
+        slot = pos[:, None] - np.mod(pos[:, None] - np.arange(rows)[None, :], rows)
+        live = (slot >= lo[:, None]).reshape(seq_len, rows // size, size).any(axis=2)
+        return float(np.mean(live.sum(axis=1) * size))
     if system in ("tiled", "tempo_jax"):
         return float(np.mean((pos // block + 1 - lo // block) * block))
     return float(np.mean(pos + 1 - lo))

@@ -23,6 +23,7 @@ step) read clamped indices and write values nobody reads; the compile-time read 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Mapping
@@ -37,11 +38,12 @@ from jax import lax
 from .._ir.errors import UnsupportedError
 from .._ir.expr import BoolConst, Expr, Slice, Symbol, eq, substitute, symbols_of
 from .._ir.program import Edge, Op, Output, Program, TensorSpec
+from .._ir.simplify import simplify
 from .._ir.source import describe
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
 from .masking import Pads, masked_call
 from .split import MAX_SPLIT, Split, constant
-from .storage import iteration_execs, plan_storage
+from .storage import CyclicCandidate, cyclic_candidates, iteration_execs, plan_storage
 from .tiling import Tiles, auto_block, plan_tiles, tiled_call
 
 Buffers = dict[tuple, jax.Array]  # (op id, output) -> full buffer; (op, output, RING) -> window
@@ -54,6 +56,18 @@ MAX_PIECES = 8  # a loop is split at most this many ways to take guards out of i
 Piece = tuple[Any, Any, Node, dict]  # start, stop, body, resolved merge branches and captures
 Env = Mapping[Symbol, Any]  # symbol -> Python int (bounds) or traced int32 (dims, loop vars)
 PaddedSize = Callable[[Expr, tuple[Symbol, ...]], int]  # largest value of a size over a box
+
+
+@dataclasses.dataclass(frozen=True)
+class Cycle:
+    """A buffer kept cyclic along its logical ``axis``: row ``p`` lives at slot ``p mod rows``,
+    so the buffer holds only the last ``rows`` rows. Every read takes it in tiles of ``block``
+    rows (``rows`` is a multiple of it), its ``readers`` (op ids)."""
+
+    axis: int
+    rows: int
+    block: int
+    readers: tuple[int, ...]
 
 
 class TreeLowering:
@@ -98,8 +112,87 @@ class TreeLowering:
         # merge op -> its one active branch (-1: none); captured output name -> 0/1
         self.branches: dict[int | str, int] = {}
         self.stop_loop = self._stop_loop(tree)  # the loop `p.stop_when` ends, or None
+        self.cycles = self._cycles(cyclic_candidates(program, tree, self.plan))
         self.layouts = self._layouts()  # (op, output) -> the axis order its buffer is stored in
         self.splits = self._splits()  # (op, output) -> how its buffer is cut into arrays
+
+    def _cycles(self, candidates: dict[tuple[int, int], CyclicCandidate]) -> dict:
+        """Buffers kept cyclic (:class:`Cycle`): windows read by a map-then-reduce.
+
+        A candidate (:func:`storage.cyclic_candidates`) is read only through growing ranges
+        whose rows lie within the last ``need`` rows up to the read's ``latest`` (for
+        ``k[max(0, t-w+1):t+1]`` at ``t``, ``need = w``), by ops marked for tiling. Its buffer
+        keeps ``need`` rows (the most any read needs), rounded up to the tile size (the
+        smallest of the ops' ``block``, each at most its ``need``: one tile of ``need`` rows when
+        the size is left to the compiler), when that is shorter
+        than the dim. The rows of a cyclic buffer come in rotated order, so every op reading it
+        must take them in tiles as a map-then-reduce (planned on abstract values here), with
+        all its ranges read from cyclic buffers of the same length and tile size.
+        """
+        cycles: dict[tuple[int, int], Cycle] = {}
+        for key, candidate in candidates.items():
+            producer = self.program.op(key[0])
+            length = self.bounds[producer.domain[candidate.position].bound]
+            needs, blocks = [], []
+            for read in candidate.reads:
+                op = self.program.op(read.op)
+                item = op.inputs[read.input].index[candidate.position]
+                assert op.payload is not None and isinstance(item, Slice)
+                if op.payload.block is None or self.is_static(item.size):
+                    break
+                try:
+                    need = self.padded(simplify(read.latest - item.start + 1), op.domain)
+                except Exception:  # no bound found: the buffer stays whole
+                    break
+                needs.append(need)
+                blocks.append(min(op.payload.block or need, need))
+            else:
+                block = min(blocks)
+                rows = -(-max(needs) // block) * block
+                if rows >= length:
+                    continue
+                axis = candidate.position  # not scoped: the buffer keeps every domain axis
+                readers = tuple(read.op for read in candidate.reads)
+                cycles[key] = Cycle(axis, rows, block, readers)
+        readers = {op for cycle in cycles.values() for op in cycle.readers}
+        changed = True
+        while changed:  # drop buffers whose readers cannot take every range cyclically
+            changed = False
+            for op_id in sorted(readers):
+                op = self.program.op(op_id)
+                keys = {(e.src, e.out) for e in op.inputs} & set(cycles)
+                if keys and not self._reads_cyclic(op, cycles):
+                    for key in keys:
+                        del cycles[key]
+                    changed = True
+        return cycles
+
+    def _reads_cyclic(self, op: Op, cycles: dict[tuple[int, int], Cycle]) -> bool:
+        """Whether ``op`` reads all its growing ranges from ``cycles`` alike, in tiles."""
+        ranges = self._ranges(op)
+        if not ranges:
+            return False
+        found = set()
+        for k, edge in enumerate(op.inputs):
+            cycle = cycles.get((edge.src, edge.out))
+            if cycle is not None and k not in ranges:
+                return False
+            if k in ranges:
+                if cycle is None or cycle.axis != self._buffer_axis(edge, ranges[k][2]):
+                    return False
+                found.add((cycle.rows, cycle.block))
+        if len(found) != 1:
+            return False
+        ((_, block),) = found
+        return self._plannable(op, ranges, block)
+
+    def _cycle_of(self, op: Op) -> Cycle | None:
+        """The cyclic buffer layout ``op`` reads its ranges from, if any."""
+        for edge in op.inputs:
+            cycle = self.cycles.get((edge.src, edge.out))
+            if cycle is not None:
+                return cycle
+        return None
 
     def _layouts(self) -> dict[tuple[int, int], tuple[int, ...]]:
         """Buffers read in tiles keep their range axis next to their last axis.
@@ -158,7 +251,7 @@ class TreeLowering:
             unrolled = tuple(a for a, d in enumerate(domain) if d.name in self.unroll and a != axis)
             count = -(-shape[axis] // block)
             pieces = count * math.prod(shape[a] for a in unrolled)
-            if block >= shape[axis] or pieces > MAX_SPLIT:
+            if (count == 1 and not unrolled) or pieces > MAX_SPLIT:
                 continue
             order = self.layouts.get(key, tuple(range(len(shape))))
             splits[key] = Split(shape, order, unrolled, axis, block, count)
@@ -173,6 +266,9 @@ class TreeLowering:
         ranges = self._ranges(op)
         if not ranges:
             return None
+        cyclic = self._cycle_of(op)
+        if cyclic is not None:  # all ranges read from cyclic buffers: tiles of the cycle
+            return ranges, cyclic.block, cyclic.rows
         item = next(iter(ranges.values()))[1]
         rows = {
             self._stored_shape(op.inputs[k], {})[self._buffer_axis(op.inputs[k], a)]
@@ -191,6 +287,11 @@ class TreeLowering:
         if shape is None:
             return None
         ranges, block, _ = shape
+        return (ranges, block) if self._plannable(op, ranges, block) else None
+
+    def _plannable(self, op: Op, ranges: dict[int, tuple[int, Slice, int]], block: int) -> bool:
+        """Whether ``op``'s payload is a map-then-reduce over tiles of ``block`` rows of its
+        ``ranges`` (planned on abstract values)."""
         assert op.payload is not None
         payload = op.payload
         args, axes = [], []
@@ -209,10 +310,9 @@ class TreeLowering:
 
         item = next(iter(ranges.values()))[1]
         try:
-            planned = plan_tiles(fn, args, axes, str(item.size), op.name)
+            return plan_tiles(fn, args, axes, str(item.size), op.name)
         except Exception:  # the real trace reports what is wrong with the payload
-            return None
-        return (ranges, block) if planned else None
+            return False
 
     def _logical_shape(self, op_id: int, out: int) -> tuple[int, ...]:
         """The shape of ``op_id``'s buffer in domain order: kept domain dims, then the value's."""
@@ -220,6 +320,9 @@ class TreeLowering:
         spec = op.outputs[out]
         dropped = self.plan.scoped.get((op_id, out), frozenset())
         lead = tuple(self.bounds[d.bound] for k, d in enumerate(op.domain) if k not in dropped)
+        cycle = self.cycles.get((op_id, out))
+        if cycle is not None:  # the last rows only
+            lead = tuple(cycle.rows if a == cycle.axis else n for a, n in enumerate(lead))
         return lead + self.shape(spec, op.domain)
 
     def _stop_loop(self, tree: Node) -> Loop | None:
@@ -495,6 +598,9 @@ class TreeLowering:
             buf = buffers[(op.id, k)]
             dropped = self.plan.scoped.get((op.id, k), frozenset())
             at = [p for n, p in enumerate(point) if n not in dropped]  # scoped: this iteration's
+            cycle = self.cycles.get((op.id, k))
+            if cycle is not None:  # row p at slot p mod rows
+                at[cycle.axis] = at[cycle.axis] % cycle.rows
             logical = self._logical_shape(op.id, k)
             update = jnp.asarray(value, op.outputs[k].dtype)  # the buffer's dtype (see _zeros)
             update = update.reshape((1,) * len(at) + logical[len(at) :])
@@ -559,12 +665,18 @@ class TreeLowering:
         count = None  # split storage: tiles are whole arrays, visited by an unrolled loop
         if split is not None and split.block == block:
             count, total = split.count, split.count * block
+        cyclic = self._cycle_of(op)
+        if cyclic is not None:  # every tile of the cycle may hold rows of the range
+            count = total // block
 
         def first(tile: Any) -> Any:  # the tile's first row in the buffer (clamped to fit)
             return tile * block if count is not None else jnp.minimum(tile * block, total - block)
 
         def valid(tile: Any) -> Any:
             at = first(tile) + jnp.arange(block, dtype=jnp.int32)
+            if cyclic is not None:  # slot -> its row among the `total` rows up to the last read
+                at = stop - 1 - jnp.remainder(stop - 1 - at, total)
+                return (at >= start) & (at < stop)
             return (at >= tile * block) & (at >= start) & (at < stop)  # no row counted twice
 
         values = self._inputs(node, op, env, buffers, local, skip=frozenset(ranges))
@@ -584,7 +696,10 @@ class TreeLowering:
         def fn(*args: Any) -> Any:
             return payload.fn(env, *args) if payload.uses_point else payload.fn(*args)
 
-        tiles = Tiles(start // block, (stop + block - 1) // block, valid, stop - start, count)
+        if cyclic is not None:
+            tiles = Tiles(0, count, valid, stop - start, count)
+        else:
+            tiles = Tiles(start // block, (stop + block - 1) // block, valid, stop - start, count)
         what = f"`{op.name}`{describe(op.source)}"
         return tiled_call(fn, values, readers, axes, tiles, str(item.size), what)
 
@@ -682,6 +797,8 @@ class TreeLowering:
         held = self.held.get((edge.src, edge.out))
         if held is not None:
             return buffers[_capture(held)]
+        if tile is None and (edge.src, edge.out) in self.cycles:
+            raise AssertionError(f"a cyclic buffer read whole by {edge}")  # planned away
         buf = self._buffer(edge, buffers)
         items = self._stored_index(edge)
         if edge.src in self.unstacked and not isinstance(items[0], Slice):

@@ -489,3 +489,96 @@ def place_buffers(program: Program, tree: Node) -> Node:
     for k, child in enumerate(tree.children):
         placed += [*before.get(k, []), child, *after.get(k, [])]
     return Sequence(tuple(placed))
+
+
+@dataclasses.dataclass(frozen=True)
+class CyclicRead:
+    """A read that may take its rows from a cyclic buffer: ``op``'s input ``input`` reads a
+    range at the buffer's cyclic position; ``latest`` is the reader's domain dim whose value is
+    the loop's iteration (no row past it has been written when the read runs)."""
+
+    op: int
+    input: int
+    latest: Symbol
+
+
+@dataclasses.dataclass(frozen=True)
+class CyclicCandidate:
+    """A full buffer whose producer writes the point ``position`` = the iteration of a forward
+    loop, every read of which is a range read inside that loop (see :func:`cyclic_candidates`)."""
+
+    position: int
+    reads: tuple[CyclicRead, ...]
+
+
+def cyclic_candidates(program: Program, tree: Node, plan: StoragePlan) -> dict:
+    """Full buffers that may keep only their last rows along one domain position, modulo a
+    length the lowering chooses (a window's keys: ``k[t-w+1:t+1]`` needs the last ``w`` rows).
+
+    The producer runs once in the schedule, inside a forward loop whose variable is exactly
+    the producer's point at ``position``; so when that loop is at iteration ``i``, no row past
+    ``i`` has been written and row ``p <= i`` was written at iteration ``p`` of the current
+    walk. Every read of the buffer is a range at ``position``, by an op whose every exec runs
+    inside that loop, at a point with one coordinate equal to the loop's variable (the read's
+    ``latest``). A range whose rows lie within the last ``R`` positions up to ``latest`` then
+    finds each of its rows at slot ``row mod R``, not yet overwritten. Outputs, accumulated,
+    held and scoped buffers are left out. The lowering decides the length ``R`` and whether
+    each reader's payload can take its rows in any order (a map-then-reduce).
+    """
+    where: dict[int, list[tuple[Exec, tuple[Loop, ...]]]] = {}
+    for ex, loops in _execs_in_loops(tree, ()):
+        where.setdefault(ex.op, []).append((ex, loops))
+    kept = {(out.edge.src, out.edge.out) for out in program.outputs}
+    readers: dict[tuple[int, int], list[tuple[int, int, Edge]]] = {}
+    for op in program.ops:
+        for k, edge in enumerate(op.inputs):
+            readers.setdefault((edge.src, edge.out), []).append((op.id, k, edge))
+    found: dict[tuple[int, int], CyclicCandidate] = {}
+    for key in sorted(plan.buffered):
+        skip = key in kept or key in plan.accumulated or key in plan.held or key in plan.scoped
+        produced = where.get(key[0], [])
+        if skip or len(produced) != 1 or not readers.get(key):
+            continue
+        ex, loops = produced[0]
+        for loop in loops:
+            hits = [j for j, item in enumerate(ex.point) if loop.var in symbols_of(item)]
+            if loop.reverse or len(hits) != 1 or simplify(ex.point[hits[0]]) != loop.var:
+                continue
+            reads = _cyclic_reads(program, readers[key], where, loop, hits[0])
+            if reads is not None:
+                found[key] = CyclicCandidate(hits[0], reads)
+                break
+    return found
+
+
+def _cyclic_reads(
+    program: Program,
+    reads: list[tuple[int, int, Edge]],
+    where: dict[int, list[tuple[Exec, tuple[Loop, ...]]]],
+    loop: Loop,
+    position: int,
+) -> tuple[CyclicRead, ...] | None:
+    """The reads of :func:`cyclic_candidates`, or None when one of them is not such a read."""
+    found = []
+    for reader_id, k, edge in reads:
+        reader = program.op(reader_id)
+        if reader.payload is None or reader.payload.accumulates or reader_id not in where:
+            return None
+        if not isinstance(edge.index[position], Slice):
+            return None
+        latest = set()
+        for ex, loops in where[reader_id]:
+            if not any(lp is loop for lp in loops):
+                return None
+            dims = [
+                d
+                for d, item in zip(reader.domain, ex.point, strict=True)
+                if simplify(item) == loop.var
+            ]
+            if len(dims) != 1:
+                return None
+            latest.add(dims[0])
+        if len(latest) != 1:
+            return None
+        found.append(CyclicRead(reader_id, k, latest.pop()))
+    return tuple(found)

@@ -542,7 +542,8 @@ class _Sweeps:
             final = init
             for tile in range(self.tiles.count):
                 live = (tile >= self.tiles.lo) & (tile < self.tiles.hi)
-                kind = jnp.where(live, jnp.where(jnp.all(self.tiles.valid(tile)), 1, 2), 0)
+                rows = self.tiles.valid(tile)
+                kind = jnp.where(live & jnp.any(rows), jnp.where(jnp.all(rows), 1, 2), 0)
                 branches = [
                     lambda carry: carry,
                     functools.partial(body, tile, masked=False),

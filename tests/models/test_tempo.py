@@ -128,3 +128,27 @@ def test_decode_loop_reads_cache_tiles_without_copies() -> None:
     for shape, operand in re.findall(copies, hlo):
         if "broadcast" not in operand:  # a zero tile filled once, before the loop
             assert np.prod([int(n) for n in shape.split(",") if n]) < tile, shape
+
+
+def test_window_decoder_keeps_the_last_window_rows_only() -> None:
+    """With a window of 16 rows, each layer's keys and values are a cycle of 16 rows (one tile
+    per layer), not the 127 positions: the decode's temporary memory is smaller than the
+    causal decoder's by about the rows left out, and its tokens equal the scan decoder's."""
+    causal = dataclasses.replace(config.tiny_gpt2(), max_len=128)
+    window = dataclasses.replace(causal, window=16)
+    params = init_params(causal, jax.random.PRNGKey(0))
+    prompt = jnp.zeros((2, 1), jnp.int32)
+    compiled = {}
+    for cfg in (causal, window):
+        dec = TempoDecoder(cfg, 2, 1, 127, block=16)
+        compiled[cfg.window] = dec.compiled.lower(**dec.inputs(params, prompt)).compile()
+    hlo = compiled[16].as_text()
+    assert f"f32[2,{window.kv_heads},16,{window.head_dim}]" in hlo
+    assert not re.search(rf"f32\[[0-9,]*,127,{window.head_dim}\]", hlo)  # no whole cache
+    temp = {w: c.memory_analysis().temp_size_in_bytes for w, c in compiled.items()}
+    rows = 2 * window.kv_heads * window.head_dim * 4  # bytes of a key row
+    assert temp[None] - temp[16] >= 0.9 * (127 - 16) * rows * 2 * window.layers  # keys, values
+    out = TempoDecoder(window, 2, 1, 127, block=16).generate(params, prompt)
+    np.testing.assert_array_equal(
+        out["tokens"], scan.generate(window, params, prompt, 127)["tokens"]
+    )

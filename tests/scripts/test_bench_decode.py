@@ -74,7 +74,12 @@ def test_tiles_round_the_rows_read_up() -> None:
     assert bench_decode.kv_rows_read("tiled", cfg, 8, 4) == 6  # 4 rows, then 8
     window = dataclasses.replace(cfg, window=3)
     # positions 0..7 read rows max(0, p - 2)..p, in tiles [0] x 4, [0, 1] x 2, [1] x 2
-    assert bench_decode.kv_rows_read("tempo_jax", window, 8, 4) == 5
+    assert bench_decode.kv_rows_read("tiled", window, 8, 4) == 5
+    # tempo_jax keeps the last 3 rows, one tile of 3 read at every position
+    assert bench_decode.kv_rows_read("tempo_jax", window, 8, 4) == 3
+    # the last 4 rows in tiles of 2: positions 0 and 1 fill the first tile only
+    four = dataclasses.replace(cfg, window=4)
+    assert bench_decode.kv_rows_read("tempo_jax", four, 8, 2) == (2 + 2 + 6 * 4) / 8
     assert bench_decode.kv_rows_read("padded", window, 8, 4) == 8
 
 

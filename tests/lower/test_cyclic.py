@@ -1,0 +1,163 @@
+"""Cyclic storage: a buffer read only through windows (``k[max(0, t-w+1):t+1]``) by
+map-then-reduce payloads keeps its last rows only, row ``p`` at slot ``p mod rows``, and each
+read takes the whole cycle in tiles with the rows outside the window masked. Checked against
+the reference interpreter: windows shorter and longer than a tile, a tile size that does not
+divide the window, a window that leaves out the newest row, two windows of one buffer, layers
+unrolled and looped; and the buffers that must stay whole (an output, a payload that is not a
+map-then-reduce)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tempo_jax as tj
+from tempo_jax._lower import execute
+
+D, STEPS, LAYERS = 4, 11, 2
+
+
+def _attend(q: jax.Array, ks: jax.Array, vs: jax.Array) -> jax.Array:
+    return jax.nn.softmax(ks @ q, axis=0) @ vs
+
+
+def _program(
+    window: int, *, newest: bool = True, keys_out: bool = False, second: int | None = None
+) -> tj.Program:
+    """Layers over ``(t, l)`` attending over a window of computed keys and values: the last
+    ``window`` rows up to ``t`` (before ``t`` unless ``newest``); with ``second``, a second op
+    attends over another window of the same buffers."""
+    with tj.Program() as p:
+        t, l = p.dims("t l")
+        x = tj.input("x", (D,), jnp.float32, domain=(t,))
+        wk = tj.input("wk", (D, D), jnp.float32, domain=(l,))
+        wv = tj.input("wv", (D, D), jnp.float32, domain=(l,))
+        h = tj.placeholder((D,), jnp.float32, domain=(t, l))
+        h[0, 0] = x[0]
+        k = tj.tanh(h @ wk)
+        v = tj.sin(h @ wv)
+        stop = t + 1 if newest else t
+        rows = slice(tj.max(0, stop - window), stop)
+        a = tj.lift(_attend, name="attend")(h, k[rows, l], v[rows, l])
+        if not newest:  # at t = 0 the window is empty
+            a = tj.where(t > 0, a, tj.cos(h))
+        if second is not None:
+            wide = slice(tj.max(0, t + 1 - second), t + 1)
+            a = a + tj.lift(_attend, name="attend2")(h, k[wide, l], v[wide, l])
+        y = h + a
+        h[t, l + 1] = y[t, l]
+        h[t + 1, 0] = x[t + 1] + 0.5 * y[t, l.bound - 1]
+        p.output("y", y[t, l.bound - 1])
+        if keys_out:
+            p.output("keys", k[t, l])
+    return p
+
+
+def _inputs() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "x": rng.normal(size=(STEPS, D)).astype(np.float32),
+        "wk": rng.normal(size=(LAYERS, D, D)).astype(np.float32),
+        "wv": rng.normal(size=(LAYERS, D, D)).astype(np.float32),
+    }
+
+
+@contextlib.contextmanager
+def _recording_cycles() -> Iterator[list[dict]]:
+    """The cyclic buffers each lowering made while the block runs."""
+    made: list[dict] = []
+    original = execute.TreeLowering._cycles
+
+    def cycles(self: execute.TreeLowering, candidates: dict) -> dict:
+        found = original(self, candidates)
+        made.append(found)
+        return found
+
+    execute.TreeLowering._cycles = cycles  # type: ignore[method-assign]
+    try:
+        yield made
+    finally:
+        execute.TreeLowering._cycles = original  # type: ignore[method-assign]
+
+
+def _run(program: tj.Program, block: int, unroll: tuple[str, ...] = ("l",)) -> tuple:
+    """The compiled outputs, the reference interpreter's, and the cycles of the lowering."""
+    inputs = _inputs()
+    bounds = {"T": STEPS, "L": LAYERS}
+    tiling = functools.partial(tj.tile_dynamic_ranges, block=block)
+    pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
+    compiled = program.compile(bounds, pipeline=pipeline, unroll=unroll)
+    with _recording_cycles() as made:
+        got = compiled(**inputs)
+    want = tj.reference.run(program.to_ir(), bounds, inputs)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+    (cycles,) = made
+    return list(cycles.values())
+
+
+@pytest.mark.parametrize("unroll", [("l",), ()], ids=["unrolled", "looped"])
+@pytest.mark.parametrize(
+    ("window", "block", "rows", "tile"),
+    [
+        (3, 3, 3, 3),  # a window of one tile
+        (3, 8, 3, 3),  # a tile longer than the window: one tile of the window's rows
+        (3, 0, 3, 3),  # the size left to the compiler: one tile
+        (4, 2, 4, 2),  # two tiles
+        (5, 2, 6, 2),  # a tile size that does not divide the window: rows rounded up
+    ],
+)
+def test_window_buffers_keep_their_last_rows(
+    window: int, block: int, rows: int, tile: int, unroll: tuple[str, ...]
+) -> None:
+    cycles = _run(_program(window), block, unroll)
+    assert len(cycles) == 2  # keys and values
+    for cycle in cycles:
+        assert (cycle.axis, cycle.rows, cycle.block) == (0, rows, tile)
+
+
+def test_a_window_before_the_newest_row_keeps_room_for_it() -> None:
+    """``k[t-3:t]`` at ``t`` reads 3 rows, but row ``t`` is written before the read: the cycle
+    holds 4 rows, or row ``t`` would overwrite row ``t - 3`` first."""
+    cycles = _run(_program(3, newest=False), 0)
+    assert {(c.rows, c.block) for c in cycles} == {(4, 4)}
+
+
+def test_two_windows_of_one_buffer_share_the_longest_cycle() -> None:
+    """Windows of 3 and 5 rows: the cycle holds 5 rows, in tiles of the smaller size."""
+    cycles = _run(_program(3, second=5), 8)
+    assert {(c.rows, c.block) for c in cycles} == {(6, 3)}
+    cycles = _run(_program(3, second=5), 2)
+    assert {(c.rows, c.block) for c in cycles} == {(6, 2)}
+
+
+def test_buffers_read_whole_or_in_order_stay_whole() -> None:
+    """An output reads every row of the keys: both buffers stay whole, since the op reading
+    them takes all its ranges the same way. A cumulative sum over the window depends on the
+    rows' order, which a cycle does not keep."""
+    assert _run(_program(3, keys_out=True), 3) == []
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (D,), jnp.float32, domain=(t,))
+        k = tj.tanh(x * 2.0)
+        cum = tj.lift(lambda ks: jnp.cumsum(ks, axis=0)[:, 0].sum(0), name="cum")
+        p.output("c", cum(k[tj.max(0, t - 2) : t + 1]))
+    tiling = functools.partial(tj.tile_dynamic_ranges, block=3)
+    pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
+    inputs = {"x": _inputs()["x"]}
+    with _recording_cycles() as made:
+        got = p.compile({"T": STEPS}, pipeline=pipeline)(**inputs)
+    xs = np.tanh(inputs["x"] * 2.0)
+    want = [np.cumsum(xs[max(0, i - 2) : i + 1], axis=0)[:, 0].sum() for i in range(STEPS)]
+    np.testing.assert_allclose(got["c"], want, rtol=1e-5)
+    assert made == [{}]
+
+
+def test_a_window_as_long_as_the_dim_stays_whole() -> None:
+    assert _run(_program(STEPS), 4) == []
