@@ -10,7 +10,8 @@ holds.
 
 A buffer every reader takes in tiles is stored split, one array per tile (and per index of an
 unrolled dim), so that each tile is read as stored (:mod:`.split`); stacked inputs over an
-unrolled dim are sliced once per index before the loops.
+unrolled dim are sliced once per index before the loops. A buffer read only through windows,
+in tiles, inside the loop writing it keeps its last rows only (:class:`Cycle`).
 
 A spatial axis of symbolic size (a growing range such as ``x[0:t+1]``, or a range as long as a
 dynamic bound) is stored padded to the largest size it takes over the domain; payloads reading
@@ -112,6 +113,7 @@ class TreeLowering:
         # merge op -> its one active branch (-1: none); captured output name -> 0/1
         self.branches: dict[int | str, int] = {}
         self.stop_loop = self._stop_loop(tree)  # the loop `p.stop_when` ends, or None
+        self._planned: dict[tuple[int, int], bool] = {}  # (op, tile size) -> takes tiles
         self.cycles = self._cycles(cyclic_candidates(program, tree, self.plan))
         self.layouts = self._layouts()  # (op, output) -> the axis order its buffer is stored in
         self.splits = self._splits()  # (op, output) -> how its buffer is cut into arrays
@@ -291,7 +293,12 @@ class TreeLowering:
 
     def _plannable(self, op: Op, ranges: dict[int, tuple[int, Slice, int]], block: int) -> bool:
         """Whether ``op``'s payload is a map-then-reduce over tiles of ``block`` rows of its
-        ``ranges`` (planned on abstract values)."""
+        ``ranges`` (planned on abstract values, once per op and tile size)."""
+        if (op.id, block) not in self._planned:
+            self._planned[(op.id, block)] = self._plan_abstract(op, ranges, block)
+        return self._planned[(op.id, block)]
+
+    def _plan_abstract(self, op: Op, ranges: dict[int, tuple[int, Slice, int]], block: int) -> bool:
         assert op.payload is not None
         payload = op.payload
         args, axes = [], []
