@@ -125,11 +125,11 @@ class TreeLowering:
         whose rows lie within the last ``need`` rows up to the read's ``latest`` (for
         ``k[max(0, t-w+1):t+1]`` at ``t``, ``need = w``), by ops marked for tiling. Its buffer
         keeps ``need`` rows (the most any read needs), rounded up to the tile size (the
-        smallest of the ops' ``block``, each at most its ``need``: one tile of ``need`` rows when
-        the size is left to the compiler), when that is shorter
-        than the dim. The rows of a cyclic buffer come in rotated order, so every op reading it
-        must take them in tiles as a map-then-reduce (planned on abstract values here), with
-        all its ranges read from cyclic buffers of the same length and tile size.
+        smallest of the ops' ``block``, each at most its ``need``: one tile of ``need`` rows
+        when the size is left to the compiler), when that is shorter than the dim. The rows of
+        a cyclic buffer come in rotated order, so every op reading it must take them in tiles
+        as a map-then-reduce (planned on abstract values here), with all its ranges read from
+        cyclic buffers of the same length and tile size.
         """
         cycles: dict[tuple[int, int], Cycle] = {}
         for key, candidate in candidates.items():
@@ -203,14 +203,15 @@ class TreeLowering:
         when an op reads ``k[0:t+1, l]`` in tiles: a tile is then ``(B, H, block, d)`` in
         memory, the layout a batched contraction over ``d`` (attention scores) or over the
         rows (weighted values) reads as it is. Stored in domain order, every tile would be
-        transposed first: a copy of the rows visited per point.
+        transposed first: a copy of the rows visited per point. A buffer some op reads whole
+        (a range it does not take in tiles) gets the layout only when another op takes it in
+        tiles; the whole read is transposed back.
         """
         wanted: dict[tuple[int, int], set[tuple[int, ...]]] = {}
         for op in self.program.ops:
-            if op.payload is None or op.payload.block is None:
-                continue
-            ranges = self._ranges(op)
-            for k, (_, _, position) in (ranges or {}).items():
+            tiling = self._tileable(op)  # a range read whole is read in domain order
+            ranges = tiling[0] if tiling is not None else {}
+            for k, (_, _, position) in ranges.items():
                 edge = op.inputs[k]
                 key = (edge.src, edge.out)
                 if edge.src in self.inputs or key not in self.plan.buffered:
