@@ -115,6 +115,7 @@ class TreeLowering:
         self.stop_loop = self._stop_loop(tree)  # the loop `p.stop_when` ends, or None
         self._planned: dict[tuple[int, int], bool] = {}  # (op, tile size) -> takes tiles
         self.cycles = self._cycles(cyclic_candidates(program, tree, self.plan))
+        self._reads_in_tiles = self._tiled_reads()
         self.layouts = self._layouts()  # (op, output) -> the axis order its buffer is stored in
         self.splits = self._splits()  # (op, output) -> how its buffer is cut into arrays
 
@@ -196,6 +197,23 @@ class TreeLowering:
                 return cycle
         return None
 
+    def _tiled_reads(self) -> tuple[dict[tuple[int, int], set[tuple[int, int]]], set]:
+        """Per computed buffer, the ``(axis, block)`` of every read that takes it in tiles;
+        and the buffers some op reads another way (whole, a point, an input's range)."""
+        tiled: dict[tuple[int, int], set[tuple[int, int]]] = {}
+        other: set[tuple[int, int]] = set()
+        for op in self.program.ops:
+            tiling = self._tileable(op)
+            ranges, block = tiling if tiling is not None else ({}, 0)
+            for k, edge in enumerate(op.inputs):
+                key = (edge.src, edge.out)
+                if k not in ranges:
+                    other.add(key)
+                elif edge.src not in self.inputs and key in self.plan.buffered:
+                    axis = self._buffer_axis(edge, ranges[k][2])
+                    tiled.setdefault(key, set()).add((axis, block))
+        return tiled, other
+
     def _layouts(self) -> dict[tuple[int, int], tuple[int, ...]]:
         """Buffers read in tiles keep their range axis next to their last axis.
 
@@ -207,46 +225,27 @@ class TreeLowering:
         (a range it does not take in tiles) gets the layout only when another op takes it in
         tiles; the whole read is transposed back.
         """
-        wanted: dict[tuple[int, int], set[tuple[int, ...]]] = {}
-        for op in self.program.ops:
-            tiling = self._tileable(op)  # a range read whole is read in domain order
-            ranges = tiling[0] if tiling is not None else {}
-            for k, (_, _, position) in ranges.items():
-                edge = op.inputs[k]
-                key = (edge.src, edge.out)
-                if edge.src in self.inputs or key not in self.plan.buffered:
-                    continue
-                axis = self._buffer_axis(edge, position)
-                rank = len(self._logical_shape(*key))
-                if rank - axis < 3:  # already next to the last axis
-                    continue
-                order = [a for a in range(rank) if a != axis]
-                wanted.setdefault(key, set()).add((*order[:-1], axis, order[-1]))
-        return {key: orders.pop() for key, orders in wanted.items() if len(orders) == 1}
+        layouts = {}
+        for key, uses in self._reads_in_tiles[0].items():
+            axes = {axis for axis, _ in uses}
+            rank = len(self._logical_shape(*key))
+            if len(axes) != 1 or rank - min(axes) < 3:  # already next to the last axis
+                continue
+            (axis,) = axes
+            order = [a for a in range(rank) if a != axis]
+            layouts[key] = (*order[:-1], axis, order[-1])
+        return layouts
 
     def _splits(self) -> dict[tuple[int, int], Split]:
         """Buffers read in tiles, stored one array per tile and per index of an unrolled dim
-        (:mod:`.split`): every tiled read of the buffer cuts the same axis into tiles of the
-        same size, and the pieces number at most ``MAX_SPLIT``."""
-        found: dict[tuple[int, int], set[tuple[int, int]]] = {}
-        other: set[tuple[int, int]] = set()  # read some other way by an op: kept whole
-        for op in self.program.ops:
-            tiling = self._tileable(op)
-            ranges, block = tiling if tiling is not None else ({}, 0)
-            for k, edge in enumerate(op.inputs):
-                key = (edge.src, edge.out)
-                if k not in ranges:
-                    other.add(key)
-                    continue
-                if edge.src in self.inputs or key not in self.plan.buffered:
-                    continue
-                if self.plan.scoped.get(key) or key in self.plan.accumulated:
-                    continue
-                axis = self._buffer_axis(edge, ranges[k][2])
-                found.setdefault(key, set()).add((axis, block))
+        (:mod:`.split`): every read of the buffer takes it in tiles, all cutting the same
+        axis into tiles of the same size, and the pieces number at most ``MAX_SPLIT``."""
+        tiled, other = self._reads_in_tiles
         splits = {}
-        for key, uses in found.items():
+        for key, uses in tiled.items():
             if len(uses) != 1 or key in other:
+                continue
+            if self.plan.scoped.get(key) or key in self.plan.accumulated:
                 continue
             ((axis, block),) = uses
             shape = self._logical_shape(*key)
