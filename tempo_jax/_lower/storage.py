@@ -7,6 +7,9 @@
   of the producer's last values, newest first.
 - *full*: anything else (program outputs, ranges, reads across loops) reads a full buffer
   ``(*domain bounds, *shape)``.
+- *cyclic* (decided by the lowering from :func:`cyclic_candidates`): a full buffer read only
+  through windows inside the loop that writes it keeps its last rows, row ``p`` at slot
+  ``p mod rows``.
 - *captured*: an output of one point (``m[T - 1]``) keeps just that value, written when the
   producer runs at that point.
 - *scoped*: a full buffer whose every read is of the iteration of an enclosing loop that
