@@ -521,7 +521,8 @@ def cyclic_candidates(program: Program, tree: Node, plan: StoragePlan) -> dict:
     The producer runs once in the schedule, inside a forward loop whose variable is exactly
     the producer's point at ``position``; so when that loop is at iteration ``i``, no row past
     ``i`` has been written and row ``p <= i`` was written at iteration ``p`` of the current
-    walk. Every read of the buffer is a range at ``position``, by an op whose every exec runs
+    walk. Every read of the buffer (those served by loop carries aside: point and window
+    storage) is a range at ``position``, by an op whose every exec runs
     inside that loop, at a point with one coordinate equal to the loop's variable (the read's
     ``latest``). A range whose rows lie within the last ``R`` positions up to ``latest`` then
     finds each of its rows at slot ``row mod R``, not yet overwritten. Outputs, accumulated,
@@ -547,7 +548,7 @@ def cyclic_candidates(program: Program, tree: Node, plan: StoragePlan) -> dict:
             hits = [j for j, item in enumerate(ex.point) if loop.var in symbols_of(item)]
             if loop.reverse or len(hits) != 1 or simplify(ex.point[hits[0]]) != loop.var:
                 continue
-            reads = _cyclic_reads(program, readers[key], where, loop, hits[0])
+            reads = _cyclic_reads(program, plan, readers[key], where, loop, hits[0])
             if reads is not None:
                 found[key] = CyclicCandidate(hits[0], reads)
                 break
@@ -556,6 +557,7 @@ def cyclic_candidates(program: Program, tree: Node, plan: StoragePlan) -> dict:
 
 def _cyclic_reads(
     program: Program,
+    plan: StoragePlan,
     reads: list[tuple[int, int, Edge]],
     where: dict[int, list[tuple[Exec, tuple[Loop, ...]]]],
     loop: Loop,
@@ -564,6 +566,12 @@ def _cyclic_reads(
     """The reads of :func:`cyclic_candidates`, or None when one of them is not such a read."""
     found = []
     for reader_id, k, edge in reads:
+        served = [
+            (id(ex), k) in plan.local or (id(ex), k) in plan.window
+            for ex, _ in where.get(reader_id, [])
+        ]
+        if served and all(served):  # taken from the loop's carries, never from the buffer
+            continue
         reader = program.op(reader_id)
         if reader.payload is None or reader.payload.accumulates or reader_id not in where:
             return None

@@ -161,3 +161,32 @@ def test_buffers_read_whole_or_in_order_stay_whole() -> None:
 
 def test_a_window_as_long_as_the_dim_stays_whole() -> None:
     assert _run(_program(STEPS), 4) == []
+
+
+@pytest.mark.parametrize("block", [2, 0])
+def test_window_means_and_maxes_fed_back_into_a_recurrence(block: int) -> None:
+    """``s[t + 1] = s[t] / 2 + x[t + 1] + m[t] / 10``, ``m`` the mean plus the max of the last 4
+    values of ``s``: the mean divides by the window's length (fewer rows at the start), not by
+    the cycle's; ``s[t]`` itself is read from the loop's carry, not from the cycle."""
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (D,), jnp.float32, domain=(t,))
+        s = tj.placeholder((D,), jnp.float32, domain=(t,))
+        stats = tj.lift(lambda r: jnp.mean(r, axis=0) + jnp.max(r, axis=0), name="stats")
+        m = stats(s[tj.max(0, t - 3) : t + 1])
+        s[0] = x[0]
+        s[t + 1] = 0.5 * s[t] + x[t + 1] + 0.1 * m[t]
+        p.output("m", m)
+    tiling = functools.partial(tj.tile_dynamic_ranges, block=block)
+    pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
+    xs = _inputs()["x"]
+    with _recording_cycles() as made:
+        got = p.compile({"T": STEPS}, pipeline=pipeline)(x=xs)
+    s_np, want = np.zeros((STEPS, D), np.float32), np.zeros((STEPS, D), np.float32)
+    for i in range(STEPS):
+        s_np[i] = xs[i] + (0.5 * s_np[i - 1] + 0.1 * want[i - 1] if i else 0)
+        rows = s_np[max(0, i - 3) : i + 1]
+        want[i] = rows.mean(0) + rows.max(0)
+    np.testing.assert_allclose(got["m"], want, rtol=1e-5, atol=1e-6)
+    ((cycle,),) = (list(c.values()) for c in made)
+    assert (cycle.rows, cycle.block) == ((4, 2) if block else (4, 4))
