@@ -574,16 +574,36 @@ class _Sweeps:
             return bind(eqn, values)[0]
         fill = _FILL[eqn.primitive.name]
         valid = self.tiles.valid(tile)
-        for k, var in enumerate(eqn.invars[:2]):
-            if isinstance(var, jex.Literal) or var not in self.plan.axis:
-                continue
-            axis = self.plan.axis[var]
-            shape = np.shape(values[k])
-            mask = lax.broadcast_in_dim(valid, shape, (axis,))
-            values[k] = jnp.where(mask, values[k], _neutral(values[k], fill))
-            if eqn.primitive.name != "dot_general":
-                break
-        return bind(eqn, values)[0]
+        tiled = [
+            k
+            for k, var in enumerate(eqn.invars[:2])
+            if not isinstance(var, jex.Literal) and var in self.plan.axis
+        ]
+        if eqn.primitive.name != "dot_general":
+            tiled = tiled[:1]
+
+        def mask(vals: list[Any], operands: list[int]) -> list[Any]:
+            vals = list(vals)
+            for k in operands:
+                shape = np.shape(vals[k])
+                where = lax.broadcast_in_dim(valid, shape, (self.plan.axis[eqn.invars[k]],))
+                vals[k] = jnp.where(where, vals[k], _neutral(vals[k], fill))
+            return vals
+
+        if len(tiled) < 2:
+            return bind(eqn, mask(values, tiled))[0]
+        # a product of two tiled operands (weights @ rows of values): zeroing the rows of the
+        # smaller one is enough where the larger one's masked rows are finite (0 * x = 0), and
+        # saves a masked copy of the larger one; otherwise both are masked, as the result shows
+        small = min(tiled, key=lambda k: np.size(values[k]))
+        fast = bind(eqn, mask(values, [small]))[0]
+        if not jnp.issubdtype(fast.dtype, jnp.inexact):
+            return fast
+        return lax.cond(
+            jnp.all(jnp.isfinite(fast)),
+            lambda: fast,
+            lambda: bind(eqn, mask(values, tiled))[0],
+        )
 
     def _scale(self, i: int, old: Any, new: Any) -> Any:
         """``exp(old - new)`` of max ``m`` laid out like reduce ``i``'s output."""

@@ -190,3 +190,41 @@ def test_window_means_and_maxes_fed_back_into_a_recurrence(block: int) -> None:
     np.testing.assert_allclose(got["m"], want, rtol=1e-5, atol=1e-6)
     ((cycle,),) = (list(c.values()) for c in made)
     assert (cycle.rows, cycle.block) == ((4, 2) if block else (4, 4))
+
+
+@pytest.mark.parametrize("keys_out", [False, True], ids=["cyclic", "whole"])
+def test_an_infinite_row_outside_the_window_does_not_reach_the_product(keys_out: bool) -> None:
+    """Rows outside the window are masked out of ``weights @ values``. Zeroing only the
+    weights' rows would give ``0 * inf = nan`` for an infinite value row masked out (row 0,
+    outside the window from ``t = 3`` on, in a tile still read): the product is then taken
+    with both operands masked, and equals the reference."""
+    with tj.Program() as p:
+        t, l = p.dims("t l")
+        x = tj.input("x", (D,), jnp.float32, domain=(t,))
+        bad = tj.input("bad", (D,), jnp.float32, domain=(t,))
+        wk = tj.input("wk", (D, D), jnp.float32, domain=(l,))
+        wv = tj.input("wv", (D, D), jnp.float32, domain=(l,))
+        h = tj.placeholder((D,), jnp.float32, domain=(t, l))
+        h[0, 0] = x[0]
+        k = tj.tanh(h @ wk)
+        v = tj.sin(h @ wv) + bad[t]
+        rows = slice(tj.max(0, t - 2), t + 1)
+        a = tj.lift(_attend, name="attend")(h, k[rows, l], v[rows, l])
+        y = h + tj.where(t >= 3, a, 0.0)  # positions 0..2 attend to the infinite row
+        h[t, l + 1] = y[t, l]
+        h[t + 1, 0] = x[t + 1] + 0.5 * y[t, l.bound - 1]
+        p.output("y", y[t, l.bound - 1])
+        if keys_out:
+            p.output("keys", k[t, l])
+    inputs = _inputs()
+    inputs["bad"] = np.zeros((STEPS, D), np.float32)
+    inputs["bad"][0, 1] = np.inf
+    bounds = {"T": STEPS, "L": LAYERS}
+    tiling = functools.partial(tj.tile_dynamic_ranges, block=2)
+    pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
+    with _recording_cycles() as made:
+        got = p.compile(bounds, pipeline=pipeline, unroll=("l",))(**inputs)
+    want = tj.reference.run(p.to_ir(), bounds, inputs)
+    assert np.isfinite(want["y"]).all()
+    np.testing.assert_allclose(got["y"], want["y"], rtol=1e-5, atol=1e-5)
+    assert bool(made[0]) != keys_out
