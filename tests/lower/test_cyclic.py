@@ -19,6 +19,8 @@ import pytest
 
 import tempo_jax as tj
 from tempo_jax._lower import execute
+from tempo_jax._lower.execute import Cycle
+from tests.lower.helpers import layer_inputs, recording
 
 D, STEPS, LAYERS = 4, 11, 2
 
@@ -28,11 +30,17 @@ def _attend(q: jax.Array, ks: jax.Array, vs: jax.Array) -> jax.Array:
 
 
 def _program(
-    window: int, *, newest: bool = True, keys_out: bool = False, second: int | None = None
+    window: int,
+    *,
+    newest: bool = True,
+    keys_out: bool = False,
+    second: int | None = None,
+    bad: bool = False,
 ) -> tj.Program:
     """Layers over ``(t, l)`` attending over a window of computed keys and values: the last
     ``window`` rows up to ``t`` (before ``t`` unless ``newest``); with ``second``, a second op
-    attends over another window of the same buffers."""
+    attends over another window of the same buffers; with ``bad``, an input ``bad[t]`` is
+    added to the values, and positions before ``window`` do not use the attention."""
     with tj.Program() as p:
         t, l = p.dims("t l")
         x = tj.input("x", (D,), jnp.float32, domain=(t,))
@@ -42,11 +50,15 @@ def _program(
         h[0, 0] = x[0]
         k = tj.tanh(h @ wk)
         v = tj.sin(h @ wv)
+        if bad:
+            v = v + tj.input("bad", (D,), jnp.float32, domain=(t,))[t]
         stop = t + 1 if newest else t
         rows = slice(tj.max(0, stop - window), stop)
         a = tj.lift(_attend, name="attend")(h, k[rows, l], v[rows, l])
         if not newest:  # at t = 0 the window is empty
             a = tj.where(t > 0, a, tj.cos(h))
+        if bad:
+            a = tj.where(t >= window, a, 0.0)
         if second is not None:
             wide = slice(tj.max(0, t + 1 - second), t + 1)
             a = a + tj.lift(_attend, name="attend2")(h, k[wide, l], v[wide, l])
@@ -60,35 +72,23 @@ def _program(
 
 
 def _inputs() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return {
-        "x": rng.normal(size=(STEPS, D)).astype(np.float32),
-        "wk": rng.normal(size=(LAYERS, D, D)).astype(np.float32),
-        "wv": rng.normal(size=(LAYERS, D, D)).astype(np.float32),
-    }
+    return layer_inputs(STEPS, LAYERS, D)
 
 
 @contextlib.contextmanager
 def _recording_cycles() -> Iterator[list[dict]]:
     """The cyclic buffers each lowering made while the block runs."""
     made: list[dict] = []
-    original = execute.TreeLowering._cycles
-
-    def cycles(self: execute.TreeLowering, candidates: dict) -> dict:
-        found = original(self, candidates)
-        made.append(found)
-        return found
-
-    execute.TreeLowering._cycles = cycles  # type: ignore[method-assign]
-    try:
+    with recording(execute.TreeLowering, "_cycles") as calls:
         yield made
-    finally:
-        execute.TreeLowering._cycles = original  # type: ignore[method-assign]
+        made.extend(cycles for _, cycles in calls)
 
 
-def _run(program: tj.Program, block: int, unroll: tuple[str, ...] = ("l",)) -> tuple:
-    """The compiled outputs, the reference interpreter's, and the cycles of the lowering."""
-    inputs = _inputs()
+def _run(
+    program: tj.Program, block: int, unroll: tuple[str, ...] = ("l",), **extra: np.ndarray
+) -> list[Cycle]:
+    """The cycles of the lowering, once the compiled outputs equal the reference's (finite)."""
+    inputs = {**_inputs(), **extra}
     bounds = {"T": STEPS, "L": LAYERS}
     tiling = functools.partial(tj.tile_dynamic_ranges, block=block)
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
@@ -97,6 +97,7 @@ def _run(program: tj.Program, block: int, unroll: tuple[str, ...] = ("l",)) -> t
         got = compiled(**inputs)
     want = tj.reference.run(program.to_ir(), bounds, inputs)
     for name in want:
+        assert np.isfinite(want[name]).all()
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
     (cycles,) = made
     return list(cycles.values())
@@ -198,33 +199,7 @@ def test_an_infinite_row_outside_the_window_does_not_reach_the_product(keys_out:
     weights' rows would give ``0 * inf = nan`` for an infinite value row masked out (row 0,
     outside the window from ``t = 3`` on, in a tile still read): the product is then taken
     with both operands masked, and equals the reference."""
-    with tj.Program() as p:
-        t, l = p.dims("t l")
-        x = tj.input("x", (D,), jnp.float32, domain=(t,))
-        bad = tj.input("bad", (D,), jnp.float32, domain=(t,))
-        wk = tj.input("wk", (D, D), jnp.float32, domain=(l,))
-        wv = tj.input("wv", (D, D), jnp.float32, domain=(l,))
-        h = tj.placeholder((D,), jnp.float32, domain=(t, l))
-        h[0, 0] = x[0]
-        k = tj.tanh(h @ wk)
-        v = tj.sin(h @ wv) + bad[t]
-        rows = slice(tj.max(0, t - 2), t + 1)
-        a = tj.lift(_attend, name="attend")(h, k[rows, l], v[rows, l])
-        y = h + tj.where(t >= 3, a, 0.0)  # positions 0..2 attend to the infinite row
-        h[t, l + 1] = y[t, l]
-        h[t + 1, 0] = x[t + 1] + 0.5 * y[t, l.bound - 1]
-        p.output("y", y[t, l.bound - 1])
-        if keys_out:
-            p.output("keys", k[t, l])
-    inputs = _inputs()
-    inputs["bad"] = np.zeros((STEPS, D), np.float32)
-    inputs["bad"][0, 1] = np.inf
-    bounds = {"T": STEPS, "L": LAYERS}
-    tiling = functools.partial(tj.tile_dynamic_ranges, block=2)
-    pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
-    with _recording_cycles() as made:
-        got = p.compile(bounds, pipeline=pipeline, unroll=("l",))(**inputs)
-    want = tj.reference.run(p.to_ir(), bounds, inputs)
-    assert np.isfinite(want["y"]).all()
-    np.testing.assert_allclose(got["y"], want["y"], rtol=1e-5, atol=1e-5)
-    assert bool(made[0]) != keys_out
+    bad = np.zeros((STEPS, D), np.float32)
+    bad[0, 1] = np.inf  # positions 0..2 read it, and do not use their attention
+    cycles = _run(_program(3, keys_out=keys_out, bad=True), 2, bad=bad)
+    assert bool(cycles) != keys_out

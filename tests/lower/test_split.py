@@ -17,6 +17,7 @@ import pytest
 
 import tempo_jax as tj
 from tempo_jax._lower.split import Split
+from tests.lower.helpers import layer_inputs, recording
 
 D, STEPS, LAYERS, BLOCK = 4, 7, 2, 3
 
@@ -47,29 +48,16 @@ def _program(kind: str, window: int = 5) -> tj.Program:
 
 
 def _inputs() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return {
-        "x": rng.normal(size=(STEPS, D)).astype(np.float32),
-        "wk": rng.normal(size=(LAYERS, D, D)).astype(np.float32),
-        "wv": rng.normal(size=(LAYERS, D, D)).astype(np.float32),
-    }
+    return layer_inputs(STEPS, LAYERS, D)
 
 
 @contextlib.contextmanager
 def _recording_splits() -> Iterator[list[Split]]:
     """The splits the lowering makes while the block runs (``Split.zeros`` recorded)."""
     built: list[Split] = []
-    original = Split.zeros
-
-    def zeros(self: Split, dtype: object) -> tuple[jax.Array, ...]:
-        built.append(self)
-        return original(self, dtype)
-
-    Split.zeros = zeros  # type: ignore[method-assign]
-    try:
+    with recording(Split, "zeros") as calls:
         yield built
-    finally:
-        Split.zeros = original  # type: ignore[method-assign]
+        built.extend(split for split, _ in calls)
 
 
 def _run(program: tj.Program, unroll: tuple[str, ...]) -> tuple[dict, dict, list[Split]]:

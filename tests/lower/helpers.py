@@ -1,0 +1,39 @@
+"""Shared by the storage tests: recording what the lowering builds, and layer inputs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def recording(owner: type, name: str) -> Iterator[list[tuple[Any, Any]]]:
+    """Every call of the method ``name`` of ``owner`` while the block runs, as
+    ``(self, result)`` pairs in call order."""
+    calls: list[tuple[Any, Any]] = []
+    original = getattr(owner, name)
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        calls.append((self, result))
+        return result
+
+    setattr(owner, name, wrapper)
+    try:
+        yield calls
+    finally:
+        setattr(owner, name, original)
+
+
+def layer_inputs(steps: int, layers: int, width: int) -> dict[str, np.ndarray]:
+    """Inputs ``x`` ``[steps, width]`` and per-layer ``wk``, ``wv`` ``[layers, width, width]``
+    of the attention-over-layers test programs (fixed seed)."""
+    rng = np.random.default_rng(0)
+    return {
+        "x": rng.normal(size=(steps, width)).astype(np.float32),
+        "wk": rng.normal(size=(layers, width, width)).astype(np.float32),
+        "wv": rng.normal(size=(layers, width, width)).astype(np.float32),
+    }
