@@ -115,7 +115,9 @@ class TreeLowering:
         self.stop_loop = self._stop_loop(tree)  # the loop `p.stop_when` ends, or None
         self._planned: dict[tuple[int, int], bool] = {}  # (op, tile size) -> takes tiles
         self.cycles = self._cycles(cyclic_candidates(program, tree, self.plan))
-        self._reads_in_tiles = self._tiled_reads()
+        # buffers -> the (axis, tile size) of each read taking them in tiles; buffers read
+        # some other way by some op
+        self._tile_reads, self._whole_reads = self._tiled_reads()
         self.layouts = self._layouts()  # (op, output) -> the axis order its buffer is stored in
         self.splits = self._splits()  # (op, output) -> how its buffer is cut into arrays
 
@@ -155,13 +157,12 @@ class TreeLowering:
                 if rows >= length:
                     continue
                 axis = candidate.position  # not scoped: the buffer keeps every domain axis
-                readers = tuple(read.op for read in candidate.reads)
-                cycles[key] = Cycle(axis, rows, block, readers)
-        readers = {op for cycle in cycles.values() for op in cycle.readers}
+                cycles[key] = Cycle(axis, rows, block, tuple(read.op for read in candidate.reads))
+        reading = sorted({op for cycle in cycles.values() for op in cycle.readers})
         changed = True
         while changed:  # drop buffers whose readers cannot take every range cyclically
             changed = False
-            for op_id in sorted(readers):
+            for op_id in reading:
                 op = self.program.op(op_id)
                 keys = {(e.src, e.out) for e in op.inputs} & set(cycles)
                 if keys and not self._reads_cyclic(op, cycles):
@@ -226,7 +227,7 @@ class TreeLowering:
         tiles; the whole read is transposed back.
         """
         layouts = {}
-        for key, uses in self._reads_in_tiles[0].items():
+        for key, uses in self._tile_reads.items():
             axes = {axis for axis, _ in uses}
             rank = len(self._logical_shape(*key))
             if len(axes) != 1 or rank - min(axes) < 3:  # already next to the last axis
@@ -240,10 +241,9 @@ class TreeLowering:
         """Buffers read in tiles, stored one array per tile and per index of an unrolled dim
         (:mod:`.split`): every read of the buffer takes it in tiles, all cutting the same
         axis into tiles of the same size, and the pieces number at most ``MAX_SPLIT``."""
-        tiled, other = self._reads_in_tiles
         splits = {}
-        for key, uses in tiled.items():
-            if len(uses) != 1 or key in other:
+        for key, uses in self._tile_reads.items():
+            if len(uses) != 1 or key in self._whole_reads:
                 continue
             if self.plan.scoped.get(key) or key in self.plan.accumulated:
                 continue

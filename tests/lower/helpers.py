@@ -10,15 +10,15 @@ import numpy as np
 
 
 @contextlib.contextmanager
-def recording(owner: type, name: str) -> Iterator[list[tuple[Any, Any]]]:
-    """Every call of the method ``name`` of ``owner`` while the block runs, as
-    ``(self, result)`` pairs in call order."""
-    calls: list[tuple[Any, Any]] = []
+def recording(owner: type, name: str, keep: str = "result") -> Iterator[list[Any]]:
+    """Every call of the method ``name`` of ``owner`` while the block runs, in call order:
+    what it returned (``keep="result"``) or the object it was called on (``keep="self"``)."""
+    calls: list[Any] = []
     original = getattr(owner, name)
 
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = original(self, *args, **kwargs)
-        calls.append((self, result))
+        calls.append(self if keep == "self" else result)
         return result
 
     setattr(owner, name, wrapper)

@@ -8,9 +8,7 @@ map-then-reduce)."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -75,15 +73,6 @@ def _inputs() -> dict[str, np.ndarray]:
     return layer_inputs(STEPS, LAYERS, D)
 
 
-@contextlib.contextmanager
-def _recording_cycles() -> Iterator[list[dict]]:
-    """The cyclic buffers each lowering made while the block runs."""
-    made: list[dict] = []
-    with recording(execute.TreeLowering, "_cycles") as calls:
-        yield made
-        made.extend(cycles for _, cycles in calls)
-
-
 def _run(
     program: tj.Program, block: int, unroll: tuple[str, ...] = ("l",), **extra: np.ndarray
 ) -> list[Cycle]:
@@ -93,7 +82,7 @@ def _run(
     tiling = functools.partial(tj.tile_dynamic_ranges, block=block)
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
     compiled = program.compile(bounds, pipeline=pipeline, unroll=unroll)
-    with _recording_cycles() as made:
+    with recording(execute.TreeLowering, "_cycles") as made:
         got = compiled(**inputs)
     want = tj.reference.run(program.to_ir(), bounds, inputs)
     for name in want:
@@ -152,7 +141,7 @@ def test_buffers_read_whole_or_in_order_stay_whole() -> None:
     tiling = functools.partial(tj.tile_dynamic_ranges, block=3)
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
     inputs = {"x": _inputs()["x"]}
-    with _recording_cycles() as made:
+    with recording(execute.TreeLowering, "_cycles") as made:
         got = p.compile({"T": STEPS}, pipeline=pipeline)(**inputs)
     xs = np.tanh(inputs["x"] * 2.0)
     want = [np.cumsum(xs[max(0, i - 2) : i + 1], axis=0)[:, 0].sum() for i in range(STEPS)]
@@ -181,7 +170,7 @@ def test_window_means_and_maxes_fed_back_into_a_recurrence(block: int) -> None:
     tiling = functools.partial(tj.tile_dynamic_ranges, block=block)
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
     xs = _inputs()["x"]
-    with _recording_cycles() as made:
+    with recording(execute.TreeLowering, "_cycles") as made:
         got = p.compile({"T": STEPS}, pipeline=pipeline)(x=xs)
     s_np, want = np.zeros((STEPS, D), np.float32), np.zeros((STEPS, D), np.float32)
     for i in range(STEPS):

@@ -6,9 +6,7 @@ length, and with the buffer also read whole (an output: the pieces assembled).""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -51,15 +49,6 @@ def _inputs() -> dict[str, np.ndarray]:
     return layer_inputs(STEPS, LAYERS, D)
 
 
-@contextlib.contextmanager
-def _recording_splits() -> Iterator[list[Split]]:
-    """The splits the lowering makes while the block runs (``Split.zeros`` recorded)."""
-    built: list[Split] = []
-    with recording(Split, "zeros") as calls:
-        yield built
-        built.extend(split for split, _ in calls)
-
-
 def _run(program: tj.Program, unroll: tuple[str, ...]) -> tuple[dict, dict, list[Split]]:
     """The compiled outputs, the reference interpreter's, and the splits the lowering made."""
     inputs = _inputs()
@@ -67,7 +56,7 @@ def _run(program: tj.Program, unroll: tuple[str, ...]) -> tuple[dict, dict, list
     tiling = functools.partial(tj.tile_dynamic_ranges, block=BLOCK)
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
     compiled = program.compile(bounds, pipeline=pipeline, unroll=unroll)
-    with _recording_splits() as built:
+    with recording(Split, "zeros", keep="self") as built:
         got = compiled(**inputs)
     return got, tj.reference.run(program.to_ir(), bounds, inputs), built
 
@@ -105,7 +94,7 @@ def test_a_payload_not_taken_in_tiles_keeps_its_buffer_whole() -> None:
     tiling = functools.partial(tj.tile_dynamic_ranges, block=BLOCK)
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
     compiled = p.compile({"T": STEPS}, pipeline=pipeline)
-    with _recording_splits() as built:
+    with recording(Split, "zeros", keep="self") as built:
         got = compiled(x=_inputs()["x"])
     xs = _inputs()["x"]
     ks = np.tanh(xs * 2.0)
