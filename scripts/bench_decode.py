@@ -352,6 +352,18 @@ def points(config: dict[str, Any], only: str | None = None) -> list[tuple[str, P
     return found
 
 
+def point_inputs(
+    config: dict[str, Any], attn: str, seq_len: int
+) -> tuple[DecoderConfig, Params, jax.Array]:
+    """The model, weights (``init_params(cfg, PRNGKey(0))``) and prompt ``[batch, prompt_len]``
+    (seeded) that every system decodes at the point ``(attn, seq_len)`` of ``config``."""
+    cfg = model_config(config["model"], attn, config.get("window", 512), seq_len)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    shape = (config["batch"], config.get("prompt_len", 1))
+    tokens = np.random.default_rng(1).integers(0, cfg.vocab, shape)
+    return cfg, params, jnp.asarray(tokens, jnp.int32)
+
+
 def bench_point(
     point: Point,
     config: dict[str, Any],
@@ -360,12 +372,8 @@ def bench_point(
 ) -> list[dict[str, Any]]:
     """One point, every system in ``systems``: compiled and called once each (with the token
     check when ``check``), then timed."""
-    cfg = model_config(config["model"], point.attn, config.get("window", 512), point.seq_len)
-    batch, prompt_len = config["batch"], config.get("prompt_len", 1)
-    steps = point.seq_len - prompt_len
-    params = init_params(cfg, jax.random.PRNGKey(0))
-    tokens = np.random.default_rng(1).integers(0, cfg.vocab, (batch, prompt_len))
-    prompt = jnp.asarray(tokens, jnp.int32)
+    cfg, params, prompt = point_inputs(config, point.attn, point.seq_len)
+    batch, steps = prompt.shape[0], point.seq_len - prompt.shape[1]
     built, outputs = {}, {}
     for system in systems:
         built[system] = build(system, cfg, params, prompt, steps, point.block)

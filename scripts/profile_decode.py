@@ -31,12 +31,9 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import yaml
 
-from models.params import init_params
-from scripts.bench_decode import SYSTEMS, build, model_config
+from scripts.bench_decode import SYSTEMS, build, point_inputs
 
 EXECUTOR_THREAD = "XLAEigen"  # the XLA CPU executor's threads; the kernels run on them
 # Runtime events, not HLO ops: the executor's and thread pools' own spans (``ThunkExecutor::
@@ -111,11 +108,8 @@ def profile(
     config: dict[str, Any], systems: list[str], attn: str, seq_len: int, block: int
 ) -> list[dict[str, Any]]:
     """One row per system and op kind of the point ``(attn, seq_len, block)``."""
-    cfg = model_config(config["model"], attn, config.get("window", 512), seq_len)
-    batch, prompt_len = config["batch"], config.get("prompt_len", 1)
-    params = init_params(cfg, jax.random.PRNGKey(0))
-    tokens = np.random.default_rng(1).integers(0, cfg.vocab, (batch, prompt_len))
-    prompt = jnp.asarray(tokens, jnp.int32)
+    cfg, params, prompt = point_inputs(config, attn, seq_len)
+    batch, prompt_len = prompt.shape
     rows = []
     for system in systems:
         built = build(system, cfg, params, prompt, seq_len - prompt_len, block)
@@ -166,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     path = pathlib.Path(args.config)
     config = yaml.safe_load(path.read_text())
-    block = args.block or config.get("block", 64)
+    block = args.block or config["block"]
     rows = profile(config, args.systems.split(","), args.attn, args.seq_len, block)
     print(table(rows))
     out = pathlib.Path(args.out)
