@@ -3,6 +3,8 @@ the user's source line and how to fix it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -88,6 +90,144 @@ def test_cycle_through_two_tensors() -> None:
         p.output("a", a)
     with pytest.raises(tj.DependenceCycleError, match=r"`a` depends on itself: .*`b`\[t=0\]"):
         tj.reference.run(p, bounds={"T": 2})
+
+
+def _self_cycle() -> tj.Program:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.placeholder((), jnp.float32, domain=(t,))
+        x[True] = x[t] + 1.0
+        p.output("x", x)
+    return p
+
+
+def _two_tensor_cycle() -> tj.Program:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        a = tj.placeholder((), jnp.float32, domain=(t,))
+        b = tj.placeholder((), jnp.float32, domain=(t,))
+        a[True] = b * 2.0
+        b[True] = a[t] + 1.0
+        p.output("a", a)
+    return p
+
+
+FIX = r"A point can only read other points: read an earlier one \(e\.g\. `x\[t - 1\]`\)"
+
+
+@pytest.mark.parametrize(
+    ("build", "name", "steps"),
+    [
+        (
+            _self_cycle,
+            "x",
+            rf"`x` at {SRC}: .* -> `add` at {SRC}: `x\[True\] = x\[t\] \+ 1.0` -> `x`",
+        ),
+        (
+            _two_tensor_cycle,
+            "a",
+            rf"`a` at {SRC}: .* -> `multiply` at {SRC}: `a\[True\] = b \* 2.0` -> `b` at {SRC}: "
+            rf".* -> `add` at {SRC}: `b\[True\] = a\[t\] \+ 1.0` -> `a`",
+        ),
+    ],
+)
+def test_cycle_is_one_error_compiled_and_interpreted(build: Any, name: str, steps: str) -> None:
+    """The compiler's ScheduleInfeasibleError is a DependenceCycleError naming the user's
+    tensors (not the ops left after the passes), their lines, a point and the fix."""
+    program = build()
+    with pytest.raises(tj.DependenceCycleError, match=rf"`{name}` depends on itself: .*{FIX}"):
+        tj.reference.run(program, bounds={"T": 3})
+    with pytest.raises(
+        tj.DependenceCycleError,
+        match=rf"`{name}` depends on itself at t=0 \(T=3\), so no execution order exists: "
+        rf"{steps}\. {FIX}",
+    ) as info:
+        program.compile(bounds={"T": 3})
+    assert isinstance(info.value, tj.ScheduleInfeasibleError)
+
+
+def test_equality_on_a_symbol_is_not_a_condition() -> None:
+    """`t == 0` is structural equality (a Python False), so `x[t == 0] = v` never fires."""
+    with tj.Program() as p:
+        b, t = p.dims("b t")
+        x = tj.placeholder((), jnp.float32, domain=(t,))
+        y = tj.placeholder((), jnp.float32, domain=(b, t))
+        with pytest.raises(
+            tj.DefinitionError,
+            match=rf"`x\[False\] = \.\.\.` at {SRC}: `x\[t == 0\] = 1.0`: the condition is "
+            r"always false, so this branch never fires\. `==` and `!=` on symbols .*: write "
+            r"`x\[0\] = \.\.\.` for one point, or use the conditions `tj\.eq\(t, 0\)`",
+        ):
+            x[t == 0] = 1.0
+        with pytest.raises(tj.DefinitionError, match=r"`y\[b, False\] = .* never fires"):
+            y[b, t == 0] = 1.0
+        with pytest.raises(tj.IndexingError, match=r"to read one point, write `x\[0\]`"):
+            x[t == 0]
+        x[tj.eq(t, 0)] = 1.0  # the condition the user meant
+        x[True] = 2.0
+        p.output("x", x)
+    np.testing.assert_array_equal(tj.reference.run(p, bounds={"T": 3, "B": 1})["x"], [1, 2, 2])
+
+
+def test_branch_after_the_default_never_fires() -> None:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.placeholder((), jnp.float32, domain=(t,))
+        x[True] = 2.0
+        with pytest.raises(
+            tj.DefinitionError,
+            match=rf"`x\[0\] = \.\.\.` at {SRC}: `x\[0\] = 1.0`: this branch never fires: `x` "
+            rf"is already defined at every point by its default branch at {SRC}: `x\[True\] = "
+            r"2.0` .* Define this branch before the default\.",
+        ):
+            x[0] = 1.0
+
+
+def test_branch_repeating_a_condition_never_fires() -> None:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.placeholder((), jnp.float32, domain=(t,))
+        x[0] = 1.0
+        x[t + 1] = x[t] * 2.0
+        with pytest.raises(
+            tj.DefinitionError,
+            match=rf"`x\[t \+ 1\] = \.\.\.` at {SRC}: .*: this branch never fires: the branch "
+            rf"at {SRC}: `x\[t \+ 1\] = x\[t\] \* 2.0` has the same condition `t >= 1`",
+        ):
+            x[t + 1] = x[t] * 3.0
+
+
+def test_integer_input_that_does_not_fit_its_dtype() -> None:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        n = tj.input("n", (), jnp.int32, domain=(t,))
+        p.output("y", n + 1)
+    big = np.array([1, 2**31, 3], np.int64)
+    message = (
+        rf"input 'n' \(declared at {SRC}: .*\) holds 2147483648, outside the range of its "
+        r"declared int32 \(-2147483648\.\.2147483647\); it would wrap around\. Pass values"
+    )
+    with pytest.raises(tj.InputError, match=message):
+        tj.reference.run(p, bounds={"T": 3}, inputs={"n": big})
+    compiled = p.compile(bounds={"T": 3})
+    with pytest.raises(tj.InputError, match=message):
+        compiled(n=big)
+    with pytest.raises(tj.InputError, match=r"holds 1099511627776, outside"):
+        compiled(n=[1, 2, 2**40])  # a Python int JAX would refuse with an OverflowError
+    np.testing.assert_array_equal(compiled(n=big - 2**31)["y"], big - 2**31 + 1)
+
+
+def test_negative_size_in_a_declared_shape() -> None:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        with pytest.raises(
+            tj.ShapeError,
+            match=rf"the shape of input 'x' at {SRC}: .* is \(3, -1\): axis 1 has the negative "
+            r"size -1\. Every size must be >= 0",
+        ):
+            tj.input("x", (3, -1))
+        with pytest.raises(tj.ShapeError, match=r"placeholder 'h' .* the negative size -2"):
+            h = tj.placeholder((-2,), jnp.float32, domain=(t,))  # noqa: F841
 
 
 def test_branches_of_different_shape() -> None:

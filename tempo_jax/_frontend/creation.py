@@ -9,7 +9,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from .._ir.errors import TempoError
+from .._ir.errors import ShapeError, TempoError
 from .._ir.expr import Expr, Symbol, as_expr, dims_of, symbols_of
 from .._ir.program import Dim, Payload, TensorSpec, static_dim
 from .._ir.source import SourceInfo, capture_source, describe
@@ -120,7 +120,8 @@ def _declare(
             f"declared by `p.dims`: ({names})."
         )
     dims: list[Dim] = []
-    for size in (shape,) if isinstance(shape, int | Expr) else tuple(shape):
+    sizes = (shape,) if isinstance(shape, int | Expr) else tuple(shape)
+    for size in sizes:
         expr = as_expr(size)
         for sym in symbols_of(expr):
             program.check_symbol(sym, what, source)
@@ -129,7 +130,14 @@ def _declare(
                 f"the shape of {what}{describe(source)} uses dims ({expr}); declared shapes may "
                 "use constants and bounds only."
             )
-        dims.append(static_dim(expr))
+        dim = static_dim(expr)
+        if isinstance(dim, int) and dim < 0:
+            raise ShapeError(
+                f"the shape of {what}{describe(source)} is {sizes}: axis {len(dims)} has "
+                f"the negative size {dim}. Every size must be >= 0 (there is no `-1` to infer a "
+                "size from): give the size itself."
+            )
+        dims.append(dim)
     return ordered, TensorSpec(tuple(dims), np.dtype(dtype))
 
 
@@ -142,8 +150,10 @@ def sink(value: RecurrentTensor, fn: Callable[[Any, dict[str, int]], None]) -> N
     """Call ``fn(value, point)`` on the host once per point of ``value``'s domain.
 
     ``point`` maps dim names to ints. For logging metrics per iteration: the compiled program
-    calls ``fn`` in schedule order through an ordered ``jax.debug.callback``; the reference
-    interpreter in lexicographic point order. Example::
+    calls ``fn`` in schedule order through an ordered ``jax.debug.callback``, and its call
+    returns once every sink call has run; the reference interpreter calls ``fn`` in
+    lexicographic point order. An exception ``fn`` raises stops the run and is raised by the
+    call as itself, with a note naming the sink's line and the point. Example::
 
         tj.sink(loss, lambda v, pt: print(pt["i"], float(v)))
     """

@@ -20,6 +20,7 @@ from .._ir.errors import (
     SliceStepError,
 )
 from .._ir.expr import (
+    FALSE,
     TRUE,
     Const,
     Expr,
@@ -145,9 +146,14 @@ def _domain_item(rt: RecurrentTensor, dim: Symbol, item: Any, source: SourceInfo
         )
     expr = _bound_relative(dim, item, where)
     if expr.is_bool:
+        hint = (
+            " (`t == 0` on a symbol is the Python bool False: to read one point, write `x[0]`)"
+            if isinstance(item, bool | np.bool_)
+            else ""
+        )
         raise IndexingError(
             f"{where}: the condition `{expr}` can only select the points of a definition "
-            "(`x[t < 5] = ...`); to read, use an index such as `t - 1`."
+            f"(`x[t < 5] = ...`); to read, use an index such as `t - 1`{hint}."
         )
     return simplify(expr)
 
@@ -184,6 +190,7 @@ def define_branch(rt: RecurrentTensor, key: Any, value: Any, source: SourceInfo)
         )
     cond, shifts = _definition_key(rt, key, source)
     text = f"`{rt.name}[{_key_text(key)}] = ...`{describe(source)}"
+    _check_reachable(rt, cond, text)
     value_rt = _branch_value(rt, value, text, source)
     stray = set(value_rt.domain) - set(rt.domain)
     if stray:
@@ -210,13 +217,58 @@ def define_branch(rt: RecurrentTensor, key: Any, value: Any, source: SourceInfo)
     program.add_branch(op.id, edge)
 
 
+def _check_reachable(rt: RecurrentTensor, cond: Expr, text: str) -> None:
+    """A branch that can never fire is an error: after a default, or repeating a condition.
+
+    Branches are first-match: ``x[True] = a`` defines every point not defined before it, so
+    a later branch of ``x`` defines none.
+    """
+    for earlier in rt.program.branches(rt._m.op):
+        if earlier.cond == TRUE:
+            raise DefinitionError(
+                f"{text}: this branch never fires: `{rt.name}` is already defined at every point "
+                f"by its default branch{describe(earlier.source)} (the first branch whose "
+                f"condition holds defines a point). Define this branch before the default."
+            )
+        if earlier.cond == cond:
+            raise DefinitionError(
+                f"{text}: this branch never fires: the branch{describe(earlier.source)} has the "
+                f"same condition `{cond}` and comes first. Remove one of them, or combine their "
+                "values with `tj.where(...)`."
+            )
+
+
 def _definition_key(
     rt: RecurrentTensor, key: Any, source: SourceInfo
 ) -> tuple[Expr, dict[Symbol, Expr]]:
     """The branch condition and the substitution that re-expresses the value at the point."""
     where = f"`{rt.name}[{_key_text(key)}] = ...`{describe(source)}"
-    if key is True or (isinstance(key, Expr) and key.is_bool):
-        cond = as_expr(key)
+    cond, shifts = _definition_cond(rt, key, where, source)
+    if cond == FALSE:
+        hint = (
+            " `==` and `!=` on symbols compare the symbols themselves and give a Python bool "
+            f"(`t == 0` is False): write `{rt.name}[0] = ...` for one point, or use the "
+            "conditions `tj.eq(t, 0)` and `tj.ne(t, 0)`."
+            if _has_false(key)
+            else ""
+        )
+        raise DefinitionError(
+            f"{where}: the condition is always false, so this branch never fires.{hint}"
+        )
+    return cond, shifts
+
+
+def _has_false(key: Any) -> bool:
+    """Whether a definition key holds a plain ``False`` (what ``t == 0`` evaluates to)."""
+    items = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(item, bool | np.bool_) and not item for item in items)
+
+
+def _definition_cond(
+    rt: RecurrentTensor, key: Any, where: str, source: SourceInfo
+) -> tuple[Expr, dict[Symbol, Expr]]:
+    if isinstance(key, bool | np.bool_) or (isinstance(key, Expr) and key.is_bool):
+        cond = as_expr(bool(key)) if isinstance(key, np.bool_) else as_expr(key)
         for sym in symbols_of(cond):
             rt.program.check_symbol(sym, where, source)
         return _own_dims_only(rt, simplify(cond), where), {}

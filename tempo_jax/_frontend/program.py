@@ -113,6 +113,10 @@ class Program:
     def add_branch(self, op_id: int, edge: Edge) -> None:
         self._branches[op_id].append(edge)
 
+    def branches(self, op_id: int) -> tuple[Edge, ...]:
+        """The branches of a placeholder defined so far, in definition order."""
+        return tuple(self._branches[op_id])
+
     def replace_op(self, op: Op) -> None:
         """Swap a recorded op for an updated copy (same id)."""
         self._ops[op.id] = op
@@ -161,8 +165,19 @@ class Program:
         ``cond`` is a boolean scalar over exactly one dim, e.g. ``p.stop_when(tj.all(done))``
         with ``done`` over ``t``: the program then runs ``t = 0, 1, ...`` only until ``cond[t]``
         is true (or ``t`` reaches its bound), a data-dependent trip count (``lax.while_loop``
-        when compiled). Points past the stop are not computed: outputs over ``t`` hold zeros
-        there, and the results' ``lengths`` give the number of points of ``t`` that ran.
+        when compiled). What it guarantees, compiled and interpreted alike:
+
+        - ``n``, the results' ``lengths[T]``, is ``1 +`` the first ``t`` where ``cond`` holds,
+          or ``T``. Every op over ``t`` (sinks included) runs inside the one loop over ``t``
+          the stop ends, at points ``t < n`` only; ops not over ``t`` run before it (those it
+          reads) or after it (those reading it).
+        - A point of a computed tensor at ``t >= n`` is never computed and reads as zeros,
+          wherever it is read: outputs over ``t`` hold zeros there, ``s[T-1]`` is zeros when
+          the loop stopped earlier, ``s[0:T]`` has its rows from ``n`` on zeroed (the same rule
+          as padding; inputs read as given). Sinks are not called past the stop.
+        - Compiling raises ``UnsupportedError`` when the ops over ``t`` cannot all run in that
+          loop: one reads a later point of ``t`` (``x[t+1]``, ``r[t:T]``), or an op not over
+          ``t`` reads values over ``t`` and is read by ops over ``t``.
         """
         from .tensor import RecurrentTensor
 

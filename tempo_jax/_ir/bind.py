@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -17,33 +18,40 @@ from .source import describe
 
 @dataclasses.dataclass(frozen=True)
 class DynamicBound:
-    """A bound known only at call time, at most ``max`` (see :func:`dynamic`)."""
+    """A bound known only at call time, in ``min..max`` (see :func:`dynamic`)."""
 
     max: int
+    min: int = 1
 
 
-def dynamic(max: int) -> DynamicBound:
+def dynamic(max: int, min: int = 1) -> DynamicBound:
     """A bound given at call time: ``p.compile(bounds={T: tj.dynamic(max=4096)})`` compiles
     once, then ``compiled(T=537, ...)`` runs with ``T = 537``; outputs over ``t`` are padded
-    to ``max`` and the valid lengths come back under ``"lengths"``."""
-    if isinstance(max, bool) or not isinstance(max, int) or max < 1:
-        raise MissingBoundError(f"tj.dynamic(max=...) needs a positive int, got {max!r}")
-    return DynamicBound(max)
+    to ``max`` and the valid lengths come back under ``"lengths"``.
+
+    Every read is checked at compile time for every value in ``min..max``: a program that
+    reads ``x[3]`` needs ``T >= 4``, i.e. ``tj.dynamic(max=4096, min=4)``.
+    """
+    for name, value in (("max", max), ("min", min)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise MissingBoundError(f"tj.dynamic({name}=...) needs a positive int, got {value!r}")
+    if min > max:
+        raise MissingBoundError(f"tj.dynamic(max={max}, min={min}): min is above max")
+    return DynamicBound(int(max), int(min))
 
 
 def split_dynamic(
     program: Program, bounds: Mapping[Any, Any]
-) -> tuple[dict[Symbol, int], dict[Symbol, int]]:
-    """(every bound at its value, or its max when dynamic; the dynamic bounds' maxima)."""
+) -> tuple[dict[Symbol, int], dict[Symbol, DynamicBound]]:
+    """(every bound at its value, or its max when dynamic; the dynamic bounds)."""
     plain = {k: (v.max if isinstance(v, DynamicBound) else v) for k, v in bounds.items()}
     env = resolve_bounds(program, plain)
-    names = {
-        k if isinstance(k, str) else k.name
+    by_name = {b.name: b for b in program.bounds} | {d.name: d.bound for d in program.dims}
+    return env, {
+        by_name[k if isinstance(k, str) else k.name]: v
         for k, v in bounds.items()
         if isinstance(v, DynamicBound)
     }
-    by_name = {b.name: b for b in program.bounds} | {d.name: d.bound for d in program.dims}
-    return env, {by_name[n]: env[by_name[n]] for n in names}
 
 
 def resolve_bounds(program: Program, bounds: Mapping[Any, int]) -> dict[Symbol, int]:
@@ -90,6 +98,7 @@ def resolve_inputs(
         if name not in given:
             raise InputError(f"input {name!r} (declared{where}) was not given")
         want = tuple(env[d.bound] for d in op.domain) + op.outputs[0].concrete_shape(env)
+        check_fits(name, where, given[name], op.outputs[0].dtype)
         value = jnp.asarray(given[name])
         if tuple(value.shape) != want:
             raise InputError(
@@ -105,3 +114,29 @@ def resolve_inputs(
             )
         arrays[name] = value.astype(spec_dtype)
     return arrays
+
+
+def check_fits(name: str, where: str, value: Any, dtype: np.dtype) -> None:
+    """An integer input's values must fit its declared integer ``dtype`` (no silent wrap).
+
+    Checked on concrete values only (not under ``jax.jit``), and only when the dtypes differ:
+    a value already of ``dtype`` fits, and needs no device round trip.
+    """
+    if dtype.kind not in "iu" or isinstance(value, jax.core.Tracer):
+        return
+    given = getattr(value, "dtype", None)
+    if given is not None and (given == dtype or np.dtype(given).kind not in "iu"):
+        return
+    array = np.asarray(value)
+    if array.dtype.kind not in "iu" or array.size == 0:
+        return  # floats and bools: the dtype check of `resolve_inputs` decides
+    info = np.iinfo(dtype)
+    low, high = array.min(), array.max()
+    if low < info.min or high > info.max:
+        bad = high if high > info.max else low
+        raise InputError(
+            f"input {name!r} (declared{where}) holds {bad}, outside the range of its declared "
+            f"{dtype.name} ({info.min}..{info.max}); it would wrap around. Pass values in that "
+            f"range, or declare the input with a wider dtype (64-bit ones need "
+            "`jax.config.update('jax_enable_x64', True)`)."
+        )

@@ -66,8 +66,11 @@ class VerificationError(TempoError):
     """The dependence graph breaks one of its structural invariants."""
 
 
-class ScheduleInfeasibleError(TempoError):
-    """No schedule respects every dependence (some point depends on itself)."""
+class ScheduleInfeasibleError(DependenceCycleError):
+    """No schedule respects every dependence: the compiler's :class:`DependenceCycleError`.
+
+    ``except tj.DependenceCycleError`` catches it, as it catches the reference interpreter's.
+    """
 
 
 class UnsupportedError(TempoError):

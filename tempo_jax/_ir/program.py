@@ -35,7 +35,7 @@ from .expr import (
     symbols_of,
 )
 from .simplify import simplify
-from .source import UNKNOWN_SOURCE, SourceInfo
+from .source import UNKNOWN_SOURCE, SourceInfo, describe
 
 Dim = int | Expr  # a spatial dim size: static, or symbolic (over bounds and domain dims)
 
@@ -148,6 +148,12 @@ class Op:
         return f"%{self.id} {self.name}[{dom}] : {outs} = {self.kind}"
 
 
+def sink_note(op: Op, point: Mapping[str, int]) -> str:
+    """The note added to an exception a sink's function raised: which sink, which point."""
+    at = ", ".join(f"{name}={value}" for name, value in point.items()) or "its only point"
+    return f"raised by the sink `{op.name}`{describe(op.source)}, called for {at}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Output:
     """A named program output: the read ``edge`` stacked over ``domain`` (dims first).
@@ -220,6 +226,13 @@ class Program:
     def stop(self) -> Output | None:
         """The stop condition of ``p.stop_when``: an output over one dim, or None."""
         return next((out for out in self.outputs if out.name == STOP), None)
+
+    @property
+    def stopped(self) -> Symbol | None:
+        """The dim ``p.stop_when`` ends, or None. Every op over it runs inside the one loop the
+        stop ends, so no pass turns it into an array axis or drops it from an op's domain."""
+        stop = self.stop
+        return None if stop is None else stop.domain[0]
 
     @property
     def inputs(self) -> dict[str, Op]:

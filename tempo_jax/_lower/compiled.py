@@ -8,19 +8,22 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from .._ir.bind import resolve_inputs, split_dynamic
-from .._ir.errors import MissingBoundError, UnsupportedError
+from .._ir.bind import DynamicBound, resolve_inputs, split_dynamic
+from .._ir.errors import ScheduleInfeasibleError, UnsupportedError
 from .._ir.expr import Expr, Symbol, dims_of
 from .._ir.program import STOP, Program
 from .._ir.source import describe
 from .._passes.pipeline import PassStat, Pipeline
 from .._schedule.domains import check_reads, defined_domains
 from .._schedule.isl_convert import isl_context, max_over_box
-from .._schedule.scheduler import schedule
+from .._schedule.scheduler import cycle_error, schedule
 from .._schedule.tree import Node, render
+from .._schedule.trips import bound_trips
+from .binding import bind_dynamic
 from .execute import RAN, TreeLowering
+from .sinks import SinkErrors
+from .stopping import pin_stop, stop_loop
 from .storage import place_buffers
 
 
@@ -38,13 +41,13 @@ class Compiled:
         bounds: dict,
         tree: Node,
         stage_seconds: dict,
-        dynamic: dict | None = None,
+        dynamic: dict[Symbol, DynamicBound] | None = None,
         donate_inputs: bool = False,
         unroll: tuple[str, ...] = (),
     ) -> None:
         self.program = program
         self.bounds = bounds  # a dynamic bound at its max
-        self.dynamic = dynamic or {}  # dynamic bound -> max
+        self.dynamic = dynamic or {}  # dynamic bound -> its range
         self.tree = tree
         self.stage_seconds = stage_seconds
         self.stats: list[PassStat] = []  # per pass of the pipeline: ops before/after, seconds
@@ -55,6 +58,7 @@ class Compiled:
         self._jitted = jax.jit(self._run, donate_argnums=(0,) if donate_inputs else ())
         self._sizes: dict[tuple[str, tuple[str, ...]], int] = {}
         self._ctx = isl_context()
+        self._sink_errors = SinkErrors(program)  # what a sink's function raised, for `__call__`
 
     def _padded_size(self, size: Expr, dims: tuple[Symbol, ...]) -> int:
         """The largest value of a symbolic size over the box of ``dims`` (bounds at max)."""
@@ -68,7 +72,14 @@ class Compiled:
     def _run(self, inputs: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]:
         runtime = {**self.bounds, **{b: actual[b.name] for b in self.dynamic}}
         lowering = TreeLowering(
-            self.program, self.bounds, inputs, self.tree, runtime, self._padded_size, self.unroll
+            self.program,
+            self.bounds,
+            inputs,
+            self.tree,
+            runtime,
+            self._padded_size,
+            self.unroll,
+            self._sink_errors,
         )
         buffers = lowering.run(self.tree, dict(runtime), lowering.allocate())
         results: dict[str, Any] = {
@@ -91,39 +102,15 @@ class Compiled:
         return results
 
     def _bind(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split call arguments into inputs and dynamic bounds, checked and padded to max."""
+        """Split call arguments into inputs and dynamic bounds, checked and padded to max
+        (see :mod:`.binding`)."""
         given = dict(inputs)
-        actual = {}
-        for bound, most in self.dynamic.items():
-            if bound.name not in given:
-                raise MissingBoundError(
-                    f"the dynamic bound {bound.name} (at most {most}) was not given; call "
-                    f"with `{bound.name}=...`."
-                )
-            value = given.pop(bound.name)
-            if isinstance(value, int | np.integer) and not 1 <= value <= most:
-                raise MissingBoundError(
-                    f"the dynamic bound {bound.name}={value} is outside 1..{most}, the range it "
-                    f"was compiled for; compile with `tj.dynamic(max={value})` or more."
-                )
-            actual[bound.name] = jnp.asarray(value, jnp.int32)
-        return resolve_inputs(self.program, self.bounds, self._padded(given)), actual
-
-    def _padded(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """Inputs over a dynamic dim may come at their actual length: pad them to max."""
-        for name, op in self.program.inputs.items():
-            if name not in inputs or not any(d.bound in self.dynamic for d in op.domain):
-                continue
-            value = jnp.asarray(inputs[name])
-            pads = [(0, 0)] * value.ndim
-            for axis, dim in enumerate(op.domain):
-                if dim.bound in self.dynamic and axis < value.ndim:
-                    pads[axis] = (0, max(0, self.dynamic[dim.bound] - value.shape[axis]))
-            inputs[name] = jnp.pad(value, pads)
-        return inputs
+        actual = bind_dynamic(self.program, self.bounds, self.dynamic, given)
+        return resolve_inputs(self.program, self.bounds, given), actual
 
     def __call__(self, **inputs: Any) -> dict[str, Any]:
-        return self.program.assemble(self._jitted(*self._bind(inputs)))
+        # a sink's exception is raised as itself, not as JAX's INTERNAL error
+        return self.program.assemble(self._sink_errors.run(self._jitted, *self._bind(inputs)))
 
     def jaxpr(self, **inputs: Any) -> Any:
         """The jaxpr of the whole program (inputs default to zeros of the declared shapes)."""
@@ -139,7 +126,7 @@ class Compiled:
             lead = tuple(self.bounds[d.bound] for d in op.domain)
             spec = op.outputs[0]
             example[name] = jax.numpy.zeros(lead + spec.concrete_shape(self.bounds), spec.dtype)
-        example.update({b.name: most for b, most in self.dynamic.items()})
+        example.update({b.name: spec.max for b, spec in self.dynamic.items()})
         return example
 
 
@@ -158,14 +145,22 @@ def compile_program(
     env, dynamic = split_dynamic(program, bounds)
     program = program.replace(dynamic=frozenset(dynamic))
     program, stats = (pipeline or Pipeline()).run(program)
+    program = pin_stop(program)  # the stop condition read from an op over its dim
     seconds["passes"] = time.perf_counter() - start
     start = time.perf_counter()
     check_static_sizes(program)
     ctx = isl_context()
-    check_reads(program, ctx, defined_domains(program, ctx))
+    ranges = {b.name: (v, v) for b, v in env.items()}
+    ranges.update({b.name: (spec.min, spec.max) for b, spec in dynamic.items()})
+    check_reads(program, ctx, defined_domains(program, ctx, ranges=ranges))
     seconds["check"] = time.perf_counter() - start
     start = time.perf_counter()
-    tree = place_buffers(program, schedule(program))
+    try:
+        scheduled = schedule(program)
+    except ScheduleInfeasibleError as err:  # name the cycle by the user's tensors
+        raise cycle_error(user, {b.name: v for b, v in env.items()}) or err from None
+    tree = place_buffers(program, bound_trips(scheduled, program, ranges))
+    stop_loop(program, tree)  # a stop that cannot end its loop fails here, not at the first call
     seconds["schedule"] = time.perf_counter() - start
     compiled = Compiled(program, env, tree, seconds, dynamic, donate_inputs, unroll)
     if user.stop is not None:  # outputs in the user's layout: domain dims first, as declared

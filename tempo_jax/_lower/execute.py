@@ -36,14 +36,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._ir.errors import UnsupportedError
 from .._ir.expr import BoolConst, Expr, Slice, Symbol, eq, substitute, symbols_of
 from .._ir.program import Edge, Op, Output, Program, TensorSpec
 from .._ir.simplify import simplify
 from .._ir.source import describe
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
 from .masking import Pads, masked_call
+from .sinks import SinkErrors
 from .split import MAX_SPLIT, Split, constant
+from .stopping import stop_loop
 from .storage import CyclicCandidate, cyclic_candidates, iteration_execs, plan_storage
 from .tiling import Tiles, auto_block, plan_tiles, tiled_call
 
@@ -83,8 +84,10 @@ class TreeLowering:
         runtime: Env | None = None,
         padded: PaddedSize | None = None,
         unroll: tuple[str, ...] = (),
+        sink_errors: SinkErrors | None = None,
     ):
         self.program = program
+        self.sink_errors = sink_errors or SinkErrors(program)  # what sink functions raised
         self.unroll = frozenset(unroll)  # dims whose loops run unrolled (static trip counts)
         self.bounds = bounds  # static: sizes (a dynamic bound at its max)
         self.padded = padded or (lambda size, dims: size.evaluate(bounds))
@@ -112,7 +115,7 @@ class TreeLowering:
             self.captures.setdefault((src, k), []).append(held)
         # merge op -> its one active branch (-1: none); captured output name -> 0/1
         self.branches: dict[int | str, int] = {}
-        self.stop_loop = self._stop_loop(tree)  # the loop `p.stop_when` ends, or None
+        self.stop_loop = stop_loop(program, tree)  # the loop `p.stop_when` ends, or None
         self._planned: dict[tuple[int, int], bool] = {}  # (op, tile size) -> takes tiles
         self.cycles = self._cycles(cyclic_candidates(program, tree, self.plan))
         # buffers -> the (axis, tile size) of each read taking them in tiles; buffers read
@@ -332,54 +335,6 @@ class TreeLowering:
             lead = tuple(cycle.rows if a == cycle.axis else n for a, n in enumerate(lead))
         return lead + self.shape(spec, op.domain)
 
-    def _stop_loop(self, tree: Node) -> Loop | None:
-        """The loop over the dim of ``p.stop_when`` whose iterations compute its condition.
-
-        Every op over that dim inside the loop must run the loop's own point (no skew), so the
-        points before the stop are exactly the iterations run; a sink over it must run inside.
-        """
-        stop = self.program.stop
-        if stop is None:
-            return None
-        (dim,) = stop.domain
-        producer = self.program.op(stop.edge.src)
-        where = f"the stop condition{describe(stop.edge.source)}"
-        if producer.domain != (dim,) or tuple(stop.edge.index) != (dim,):
-            raise UnsupportedError(
-                f"{where} must be computed at each point of `{dim.name}` by the loop over it "
-                "(a value of the recurrence, e.g. `tj.all(done)` with `done[t]` the state at "
-                f"`{dim.name}`); this one is not, so the loop cannot end early."
-            )
-        for node in walk(tree):
-            if not isinstance(node, Loop):
-                continue
-            mine = [ex for ex in iteration_execs(node.body) if ex.op == producer.id]
-            if not mine or mine[0].point[0] != node.var:
-                continue
-            if node.reverse:
-                raise UnsupportedError(f"{where}: the loop over `{dim.name}` runs backwards")
-            for ex in execs(node.body):
-                op = self.program.op(ex.op)
-                if dim in op.domain and ex.point[op.domain.index(dim)] != node.var:
-                    raise UnsupportedError(
-                        f"{where}: `{op.name}`{describe(op.source)} runs a shifted point of "
-                        f"`{dim.name}` in the loop over it, so stopping would skip points "
-                        "before the stop."
-                    )
-            inside = {ex.op for ex in execs(node.body)}
-            for op in self.program.ops:
-                if op.kind == "sink" and dim in op.domain and op.id not in inside:
-                    raise UnsupportedError(
-                        f"the sink `{op.name}`{describe(op.source)} over `{dim.name}` runs "
-                        f"outside the loop that {where} ends; it would log points past it."
-                    )
-            return node
-        raise UnsupportedError(
-            f"{where} is not computed inside a loop over `{dim.name}` (it does not depend on "
-            "the recurrence), so there is no loop to end: compute it from a value carried "
-            f"from one `{dim.name}` to the next."
-        )
-
     # -- buffers ---------------------------------------------------------------------------------
     def allocate(self) -> Buffers:
         """A zero-filled full buffer per output of every computed op."""
@@ -501,7 +456,7 @@ class TreeLowering:
                 for k in range(lo, hi):  # each iteration traced with its index a constant
                     carried = body(k, carried)
             else:
-                carried = lax.fori_loop(lo, hi, body, carried)
+                carried = _fori(lo, hi, body, carried, node.trips)
         self.branches = outer
         mine = {(op_id, out, RING) for op_id, out in rings}
         return {key: value for key, value in carried.items() if key not in mine}
@@ -783,7 +738,8 @@ class TreeLowering:
 
         def host(v: Any, sizes: Any, *point: Any) -> None:
             valid = np.asarray(v)[tuple(slice(0, int(n)) for n in sizes)]  # padding cut off
-            fn(valid, {n: int(p) for n, p in zip(names, point, strict=True)})
+            at = {n: int(p) for n, p in zip(names, point, strict=True)}
+            self.sink_errors.call(op, fn, valid, at)  # the user's exception, kept for the caller
 
         jax.debug.callback(host, value, sizes, *(env[d] for d in op.domain), ordered=True)
 
@@ -903,6 +859,20 @@ class TreeLowering:
 
         values = jax.vmap(at)(*(jnp.asarray(row, jnp.int32) for row in grid))
         return out.arrange(values.reshape(shape + values.shape[1:]).astype(out.spec.dtype))
+
+
+def _fori(lo: Any, hi: Any, body: Callable, carried: Buffers, trips: int | None) -> Buffers:
+    """``fori_loop(lo, hi, body)``; a range known only at run time, with at most ``trips``
+    iterations, runs as ``trips`` steps that skip past ``hi``: a static-length loop, which
+    reverse-mode autodiff can go through (a ``while_loop`` cannot)."""
+    if trips is None or (isinstance(lo, int) and isinstance(hi, int)):
+        return lax.fori_loop(lo, hi, body, carried)
+
+    def step(j: Any, b: Buffers) -> Buffers:
+        k = lo + j
+        return lax.cond(k < hi, lambda b: body(k, b), lambda b: b, b)
+
+    return lax.fori_loop(0, trips, step, carried)
 
 
 def _stoppable(body: Callable, lo: Any, hi: Any, carried: Buffers, peeled: bool) -> Buffers:

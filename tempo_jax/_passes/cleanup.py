@@ -176,7 +176,9 @@ def hoist_invariants(program: Program) -> Program:
     edge (index or condition) and no output size mentions it, and every read of the op (op
     inputs, outputs) reads one point of it, not a range; those reads drop their index item.
     Repeats until nothing changes: a hoisted producer can make its readers invariant. Example:
-    ``y[True] = tj.tanh(w)`` over ``(t,)`` with ``w`` over ``()`` runs once.
+    ``y[True] = tj.tanh(w)`` over ``(t,)`` with ``w`` over ``()`` runs once. The dim
+    ``p.stop_when`` ends is never dropped: points past the stop are not computed, and read as
+    zeros.
     """
     current = program
     while True:
@@ -193,7 +195,9 @@ def _invariant_dims(program: Program) -> dict[int, frozenset[Symbol]]:
         reads.setdefault(edge.src, []).append(edge)
     found = {}
     for op in program.ops:
-        dims = frozenset(d for d in op.domain if _invariant(op, d, reads.get(op.id, [])))
+        dims = frozenset(
+            d for d in op.domain if d != program.stopped and _invariant(op, d, reads.get(op.id, []))
+        )
         if dims:
             found[op.id] = dims
     return found

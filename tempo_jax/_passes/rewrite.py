@@ -13,7 +13,8 @@ other payloads are opaque. Every rule keeps the program's values:
   :mod:`.picks`): its readers are unchanged, the recurrence is gone.
   ``s[0] = a; s[t] = s[t-1] + x[t]`` is a cumulative sum of ``a, x[1:T]`` (a plain sum when
   only ``s[T-1]`` is read); ``g[T-1] = a; g[t] = x[t] + c * g[t+1]`` (``c`` a constant) a
-  reverse discounted sum, computed by an associative scan.
+  reverse discounted sum, computed by an associative scan. No recurrence along the dim
+  ``p.stop_when`` ends is lifted: it runs inside the loop the stop ends, up to the stop.
 
 Example: ``p.compile(bounds, pipeline=tj.Pipeline(passes=(..., rewrite)))``. Surviving ops keep
 their ids; new ops take fresh ids and the source line of the op they replace.
@@ -552,6 +553,8 @@ def _recurrence(
     if op.kind != "merge":
         return None
     for t in op.domain:
+        if t == ctx.program.stopped:  # computed only up to the stop, inside its loop
+            continue
         rec = parse(ctx, op, t)
         if rec is not None and _valid_ends(ctx.program, rec):
             return rec

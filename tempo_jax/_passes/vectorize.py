@@ -14,7 +14,6 @@ An op belongs to the group when
   ``x[b-1, t]``, ``x[0:b, t]``: a dependence along ``d``, no), and no other index item or
   condition mentions ``d``; a merge reads no range of an op over ``d``;
 - nothing reads a part of its ``d`` axis other than a point or the whole (``x[0:b]``);
-- it does not compute the stop condition of ``p.stop_when`` over ``d`` (the loop it ends);
 - no op of its dependence cycle (strongly connected component of the op graph) fails these
   conditions: a recurrence along ``d`` keeps its whole cycle a loop.
 
@@ -22,6 +21,10 @@ Reads are rewritten to match: a group op reading a group op at ``d`` drops the i
 group op reading another op over ``d`` reads the whole range ``0:d.bound`` instead; an op
 outside the group (or a sink) reading a point of a group op reads the whole axis through a
 *pick* op; a program output puts the axis back in place with ``Output.perm``.
+
+Dims with a dynamic bound stay loops (an axis size must be known when tracing), and so does the
+dim ``p.stop_when`` ends: every op over it runs inside the one loop the stop ends, so that no
+point past the stop is computed (:mod:`tempo_jax._schedule.stopped`).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from .picks import next_id, pick_payload
 def vectorize(program: Program) -> Program:
     """``program`` with every dim it can vectorise turned into array axes (module docstring)."""
     for dim in program.dims:
-        if dim.bound not in program.dynamic:  # the axis size must be known when tracing
+        if dim.bound not in program.dynamic and dim != program.stopped:
             program = _vectorize_dim(program, dim)
     return program
 
@@ -64,9 +67,6 @@ def _group(program: Program, d: Symbol) -> set[int]:
     partial = _partially_read(program, d)
     bad = {op.id for op in program.ops if op.id in over and not _eligible(program, op, d)}
     bad |= partial & over
-    stop = program.stop
-    if stop is not None and stop.domain == (d,):
-        bad.add(stop.edge.src)  # `p.stop_when` ends the loop over d: its condition stays in it
     group = over - bad
     components = _components(program, d)
     for component in components:

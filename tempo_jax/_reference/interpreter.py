@@ -4,6 +4,12 @@ No scheduling cleverness: each output point is demanded, and every point it read
 evaluated first, depth-first with an explicit stack (so long recurrences do not hit the
 recursion limit), memoised per ``(op, point)``. Points that depend on later points
 (``r[t:T]``, backward recurrences) simply get evaluated in the order demand reaches them.
+
+With ``p.stop_when(cond)``, ``cond`` over ``t``, the condition is evaluated first, at
+``t = 0, 1, ...`` until it holds: ``n`` points run. A point of a computed op at ``t >= n`` is
+never computed: every read of it (by an op, a sink or an output, e.g. ``s[T-1]`` or
+``s[0:T]``) sees zeros, outputs over ``t`` hold zeros at ``t >= n`` and sinks are not called
+there. Inputs read as given.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from .._ir.errors import (
     VerificationError,
 )
 from .._ir.expr import Slice, Symbol
-from .._ir.program import STOP, Edge, Op, Program, TensorSpec
+from .._ir.program import STOP, Edge, Op, Program, TensorSpec, sink_note
 from .._ir.source import describe
 
 Point = tuple[int, ...]
@@ -60,6 +66,7 @@ class _Interpreter:
         self.bounds = bounds
         self.arrays = arrays
         self.cache: dict[Key, tuple[Any, ...]] = {}
+        self.stopped: tuple[Symbol, int] | None = None
         self.stopped = self._stop()  # (dim, points run) of `p.stop_when`, else None
 
     def _stop(self) -> tuple[Symbol, int] | None:
@@ -79,6 +86,12 @@ class _Interpreter:
             return False
         dim, run = self.stopped
         return point[domain.index(dim)] >= run
+
+    def _never_run(self, key: Key) -> bool:
+        """Whether ``key`` is a point of a computed op past the stop: never computed, it reads
+        as zeros (inputs read as given)."""
+        op = self.program.op(key[0])
+        return op.kind != "input" and self._past_stop(op.domain, key[1])
 
     # -- outputs -----------------------------------------------------------------------------
     def outputs(self) -> dict[str, jnp.ndarray]:
@@ -113,12 +126,18 @@ class _Interpreter:
                     continue
                 value = np.asarray(self._value_at(edge, self._env(op.domain, point), op.name))
                 assert op.payload is not None
-                op.payload.fn(value, {d.name: v for d, v in zip(op.domain, point, strict=True)})
+                at = {d.name: v for d, v in zip(op.domain, point, strict=True)}
+                try:
+                    op.payload.fn(value, at)
+                except Exception as exc:
+                    exc.add_note(sink_note(op, at))
+                    raise
 
     def _value_at(self, edge: Edge, env: dict[Symbol, int], reader: str) -> Any:
         """What ``edge`` reads at the point of ``env``, evaluating every point it needs."""
         for key in self._reads(edge, env, reader, None):
-            self._demand(key, edge, env)
+            if not self._never_run(key):
+                self._demand(key, edge, env)
         return self._gather(edge, env, reader)
 
     # -- demand-driven evaluation --------------------------------------------------------------
@@ -159,7 +178,8 @@ class _Interpreter:
             edges = (self._branch(op, env, point, demanded_by),)
         deps = []
         for edge in edges:
-            deps.extend((k, edge) for k in self._reads(edge, env, op.name, op))
+            reads = self._reads(edge, env, op.name, op)
+            deps.extend((k, edge) for k in reads if not self._never_run(k))
         return deps
 
     def _branch(self, op: Op, env: dict[Symbol, int], point: Point, demanded_by: Edge) -> Edge:
@@ -207,11 +227,16 @@ class _Interpreter:
     def _gather(self, edge: Edge, env: dict[Symbol, int], reader: str) -> Any:
         producer = self.program.op(edge.src)
         keys = self._reads(edge, env, reader, None)
-        values = [self.cache[k][edge.out] for k in keys]
+        spec = producer.outputs[edge.out]
+        values = [
+            jnp.zeros(spec.concrete_shape(self._env(producer.domain, k[1])), spec.dtype)
+            if self._never_run(k)
+            else self.cache[k][edge.out]
+            for k in keys
+        ]
         sizes = [len(item.evaluate(env)) for item in edge.index if isinstance(item, Slice)]
         if not sizes:
             return values[0]
-        spec = producer.outputs[edge.out]
         if not values:
             return jnp.zeros((*sizes, *spec.concrete_shape(env)), spec.dtype)
         stacked = jnp.stack(values)

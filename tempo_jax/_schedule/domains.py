@@ -11,11 +11,17 @@ an undefined or out-of-bounds point, by iterating to a fixpoint over isl sets.
 :func:`check_reads` then raises, at compile time, the error the reference interpreter would
 raise at run time when an output (transitively) reads an undefined point, naming the root
 cause: the read that leaves a domain, or the point no branch defines.
+
+Both take the bounds a program is compiled for as :class:`BoundRanges`: a static bound is one
+value, a dynamic bound the range ``min..max`` it may take at call time. A read is checked at
+exactly those values, so ``x[3]`` with ``T = 10`` passes (the interpreter runs it), while the
+same read under a dynamic ``T`` in ``1..10`` is rejected, naming ``T = 1``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import islpy as isl
 
@@ -28,9 +34,25 @@ from .isl_convert import (
     branch_conditions,
     domain_set,
     fix_params,
+    param_context,
     read_conditions,
     sample_values,
 )
+
+BoundRanges = Mapping[str, tuple[int, int]]  # bound name -> (least, largest) value
+
+
+def bounds_context(program: Program, ctx: isl.Context, ranges: BoundRanges | None) -> isl.Set:
+    """The parameter set of the compiled bounds (every bound ``>= 1`` when ``ranges`` is None).
+
+    E.g. ``[B, T] -> { : B = 4 and 1 <= T <= 16 }`` for ``B = 4`` and a dynamic ``T``.
+    """
+    context = param_context(program, ctx)
+    for name, (least, largest) in (ranges or {}).items():
+        pos = context.find_dim_by_name(isl.dim_type.param, name)
+        context = context.lower_bound_val(isl.dim_type.param, pos, least)
+        context = context.upper_bound_val(isl.dim_type.param, pos, largest)
+    return context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,25 +65,30 @@ class DefinedDomains:
 
     sets: dict[int, isl.Set]
     exact: bool
+    ranges: BoundRanges | None = None  # the bounds the sets are restricted to, None: any >= 1
 
 
-def defined_domains(program: Program, ctx: isl.Context, max_rounds: int = 0) -> DefinedDomains:
+def defined_domains(
+    program: Program, ctx: isl.Context, max_rounds: int = 0, ranges: BoundRanges | None = None
+) -> DefinedDomains:
     """Iterate ``defined = box - points reading undefined points`` to a fixpoint.
 
     The sets only shrink; ``max_rounds`` (default: twice the number of ops, plus 4) caps the
-    iteration for chains that remove one point per round.
+    iteration for chains that remove one point per round. ``ranges`` restricts the bounds to
+    the values compiled for (every value ``>= 1`` when None).
     """
     rounds = max_rounds or 2 * len(program.ops) + 4
-    sets = {op.id: _optimistic(program, op, ctx) for op in program.ops}
+    within = bounds_context(program, ctx, ranges)
+    sets = {op.id: _optimistic(program, op, ctx).intersect_params(within) for op in program.ops}
     for _ in range(rounds):
         changed = False
         for op in program.ops:
-            new = _defined(program, op, sets, ctx)
+            new = _defined(program, op, sets, ctx).intersect_params(within).coalesce()
             if not new.is_equal(sets[op.id]):
                 sets[op.id], changed = new, True
         if not changed:
-            return DefinedDomains(sets, exact=True)
-    return DefinedDomains(sets, exact=False)
+            return DefinedDomains(sets, exact=True, ranges=ranges)
+    return DefinedDomains(sets, exact=False, ranges=ranges)
 
 
 def _optimistic(program: Program, op: Op, ctx: isl.Context) -> isl.Set:
@@ -104,11 +131,12 @@ def _bad_reads(
 
 def check_reads(program: Program, ctx: isl.Context, domains: DefinedDomains) -> None:
     """Raise the interpreter's error, at compile time, for an output or a sink reading
-    undefined points."""
+    undefined points at some value of the bounds ``domains`` was computed for."""
+    within = bounds_context(program, ctx, domains.ranges)
     for k, out in enumerate(program.outputs):
         # A fresh id: the reader's isl tuple name must differ from every op's.
         reader = out.reader(max((op.id for op in program.ops), default=0) + 1 + k)
-        where = domain_set(program, reader, ctx)
+        where = domain_set(program, reader, ctx).intersect_params(within)
         bad = _bad_reads(program, reader, out.edge, where, domains.sets[out.edge.src], ctx)
         example = sample_values(bad)
         if example is not None:
@@ -118,7 +146,7 @@ def check_reads(program: Program, ctx: isl.Context, domains: DefinedDomains) -> 
         if op.kind != "sink":
             continue
         (edge,) = op.inputs
-        where = domain_set(program, op, ctx)
+        where = domain_set(program, op, ctx).intersect_params(within)
         bad = _bad_reads(program, op, edge, where, domains.sets[edge.src], ctx)
         example = sample_values(bad)
         if example is not None:
@@ -148,7 +176,7 @@ def _explain(
     reads = access_map(program, reader, edge, ctx).intersect_domain(single).range()
     reads = fix_params(reads, params)
     outside_box = reads.subtract(fix_params(domain_set(program, producer, ctx), params))
-    at = _at(reader, point, params)
+    at = _at(reader, point, params, domains.ranges)
     if not outside_box.is_empty():
         raise OutOfBoundsError(
             f"`{edge.describe(producer.name)}`{describe(edge.source)}, read by {reader_name}, "
@@ -184,15 +212,23 @@ def _explain_point(
         conds = " | ".join(str(e.cond) for e in op.inputs) or "nothing"
         raise UndefinedPointError(
             f"`{op.name}` is read as `{read_by.describe(op.name)}`{describe(read_by.source)}, "
-            f"but no branch defines it at {_at(op, example, params)} (its branches cover "
-            f"{conds}). Add a branch for these points, e.g. `{op.name}[True] = ...` as a "
-            "default, or change the read."
+            f"but no branch defines it at {_at(op, example, params, domains.ranges)} (its "
+            f"branches cover {conds}). Add a branch for these points, e.g. "
+            f"`{op.name}[True] = ...` as a default, or change the read."
         )
     raise TempoError(f"internal: cannot explain why `{op.name}` is undefined at {points}")
 
 
-def _at(op: Op, point: dict[str, int], params: dict[str, int]) -> str:
+def _at(op: Op, point: dict[str, int], params: dict[str, int], ranges: BoundRanges | None) -> str:
+    """``t=3 (with T=10)``: the point, then the bounds it was found at and how they were set."""
     point = {name.rstrip(PRIME): value for name, value in point.items()}  # t' (a read) -> t
     coords = ", ".join(f"{d.name}={point[d.name]}" for d in op.domain if d.name in point)
     bounds = ", ".join(f"{name}={value}" for name, value in params.items())
-    return f"{coords or 'its only point'} (for example with {bounds})"
+    if ranges is None:
+        return f"{coords or 'its only point'} (for example with {bounds})"
+    dynamic = [
+        f"{name} is dynamic, compiled for {least}..{largest}"
+        for name, (least, largest) in ranges.items()
+        if least != largest
+    ]
+    return f"{coords or 'its only point'} (with {'; '.join([bounds, *dynamic])})"

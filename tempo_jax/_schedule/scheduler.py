@@ -33,6 +33,10 @@ isl options, set on the private context of each call:
 - ``ast_build_allow_else = 1`` and ``ast_build_allow_or = 1``: the AST may use ``else`` and
   ``||``; both map to :class:`~tempo_jax._schedule.tree.Guard` with ``~`` / ``|``.
 
+A program with ``p.stop_when`` is scheduled in three parts around one outermost loop over the
+dim the stop ends, which holds every op over it (:mod:`.stopped`): the ops it reads, the loop
+(isl schedules its body with that dim a parameter), the ops reading it.
+
 isl never emits a negative loop increment: a backward recurrence comes out as
 ``for (c0 = -T + 1; c0 <= 0; c0 += 1) S(-c0)``. When every statement coordinate that uses a
 loop's variable decreases with it, the loop is flipped to ``Loop(t, 0, T, S(t),
@@ -40,9 +44,10 @@ reverse=True)`` (same order, readable points); loops with a constant stride ``s 
 stride-1 loops over ``k`` with the iterator ``init + s * k``.
 
 When no schedule exists (a point depends on itself, directly or through other ops), isl's
-scheduler fails and :class:`~tempo_jax._ir.errors.ScheduleInfeasibleError` names the ops on
-the cycle with their source lines. Every computed schedule is also checked against the
-dependences before use.
+scheduler fails and :class:`~tempo_jax._ir.errors.ScheduleInfeasibleError` (a
+:class:`~tempo_jax._ir.errors.DependenceCycleError`) names the ops of a cycle in read order with
+their source lines; :func:`cycle_error` does the same for the user's program, before passes.
+Every computed schedule is also checked against the dependences before use.
 """
 
 from __future__ import annotations
@@ -69,9 +74,11 @@ from .._ir.expr import (
     Symbol,
     symbols_of,
 )
-from .._ir.program import Program
+from .._ir.program import Op, Program
 from .._ir.simplify import simplify
+from .._ir.source import describe
 from . import isl_convert as ic
+from .stopped import StopSplit, inner_view, split_at_stop, with_stopped_dim
 from .tree import Exec, Guard, Loop, Node, ScheduleTree, Sequence, execs, loop_var, substitute_tree
 
 _OPTIONS: tuple[tuple[str, int], ...] = (
@@ -108,9 +115,41 @@ def schedule(program: Program) -> ScheduleTree:
     domain = _domain(program, ctx)
     deps = ic.dependences(program, ctx).intersect_domain(domain)  # inputs exist up front
     context = ic.param_context(program, ctx)
+    if program.stopped is not None:
+        return _stopped_tree(program, split_at_stop(program, domain, deps), context)
     sched = _compute_unshifted(program, domain, deps, context)
     build = isl.AstBuild.from_context(context)
     return ast_to_tree(build.node_from_schedule(sched), program)
+
+
+def _stopped_tree(program: Program, split: StopSplit, context: isl.Set) -> ScheduleTree:
+    """The ops before the loop over the dim ``p.stop_when`` ends, the loop (outermost, every
+    op over the dim inside, scheduled within one of its points), the ops after
+    (:mod:`.stopped`)."""
+    dim = program.stopped
+    assert dim is not None
+    view = inner_view(program)
+    sched = _compute_unshifted(view, split.inner, split.inner_deps, split.inner_context)
+    node = isl.AstBuild.from_context(split.inner_context).node_from_schedule(sched)
+    env = {**{bound.name: bound for bound in program.bounds}, dim.name: loop_var(dim.name)}
+    body = _name_loops(_node(node, env, view), view, frozenset({dim.name}))
+    body = with_stopped_dim(body, split.positions, loop_var(dim.name))
+    loop = Loop(dim.name, Const(0), dim.bound, body)
+    before = _part(program, split.before, split.before_deps, context)
+    after = _part(program, split.after, split.after_deps, context)
+    children = (*before, loop, *after)
+    return Sequence(children) if len(children) > 1 else loop
+
+
+def _part(
+    program: Program, domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set
+) -> tuple[Node, ...]:
+    """The nodes of the schedule of the ops of ``domain`` alone (none when it is empty)."""
+    if domain.is_empty():
+        return ()
+    sched = _compute_unshifted(program, domain, deps, context)
+    tree = ast_to_tree(isl.AstBuild.from_context(context).node_from_schedule(sched), program)
+    return tree.children if isinstance(tree, Sequence) else (tree,)
 
 
 def _compute_unshifted(
@@ -129,7 +168,7 @@ def _compute_unshifted(
         ctx.set_schedule_max_constant_term(-1)  # no limit: shifts where legality needs them
         sched = _compute(domain, deps, context)
     if sched is None:  # only now: naming the cycle needs a transitive closure
-        raise ScheduleInfeasibleError(_cycle_message(program, domain, deps))
+        raise ScheduleInfeasibleError(_cycle_message(program, *_on_cycle(domain, deps), {}))
     return sched
 
 
@@ -169,28 +208,98 @@ def _respects(sched_map: isl.UnionMap, deps: isl.UnionMap) -> bool:
     return deps.is_subset(sched_map.lex_lt_union_map(sched_map))
 
 
-def _cycle_message(program: Program, domain: isl.UnionSet, deps: isl.UnionMap) -> str:
-    """An error message naming the ops whose points depend on themselves."""
-    ids = _cyclic_ops(domain, deps)
-    ops = [program.op(op_id) for op_id in sorted(ids)] or list(program.ops)
-    listing = "\n".join(f"  - `{op.name}` (%{op.id}) at {op.source}" for op in ops)
+def cycle_error(program: Program, bounds: Mapping[str, int]) -> ScheduleInfeasibleError | None:
+    """The error naming the tensors of ``program`` on a dependence cycle, or ``None`` if none.
+
+    For the user's program when the pass pipeline's output has no schedule: its ops are the
+    tensors the user wrote (passes drop copies such as ``x[True] = add``). ``bounds`` (bound
+    name -> value) choose the example point the message quotes.
+    """
+    ctx = scheduling_context()
+    domain = _domain(program, ctx)
+    deps = ic.dependences(program, ctx).intersect_domain(domain)
+    points, exact = _on_cycle(domain, deps)
+    if points is None or points.is_empty():
+        return None
+    return ScheduleInfeasibleError(_cycle_message(program, points, exact, bounds))
+
+
+def _cycle_message(
+    program: Program, points: isl.UnionSet | None, exact: bool, bounds: Mapping[str, int]
+) -> str:
+    """``x`` depends on itself: the ops of one cycle in read order, their lines, and the fix.
+
+    ``points`` are the points on a cycle (see :func:`_on_cycle`).
+    """
+    fix = (
+        "A point can only read other points: read an earlier one (e.g. `x[t - 1]`) and define "
+        "the first points by their own branch (`x[0] = ...`)."
+    )
+    ids: set[int] = set()
+    if points is not None:
+        points.foreach_set(lambda s: ids.add(int(s.get_tuple_name()[1:])))
+    if points is None or not ids:  # pragma: no cover - the closure failed: name every op
+        listing = ", ".join(f"`{op.name}`{describe(op.source)}" for op in program.ops)
+        return f"some point depends on itself through the ops {listing}, so no order exists. {fix}"
+    path = _cycle_path(program, ids)
+    first = program.op(path[0])
+    at = _example_point(program, first, points, bounds) if exact else ""
+    steps = " -> ".join(f"`{program.op(i).name}`{describe(program.op(i).source)}" for i in path)
+    others = ", ".join(f"`{program.op(i).name}`" for i in sorted(ids - set(path)))
     return (
-        "no execution order exists: some points depend on themselves, directly or through "
-        f"other tensors. Ops on the dependence cycle:\n{listing}\n"
-        "Read an earlier point (e.g. `x[t - 1]`) or guard the recursive branch."
+        f"`{first.name}` depends on itself{at}, so no execution order exists: {steps} -> "
+        f"`{first.name}`" + (f" (also on a cycle: {others})" if others else "") + f". {fix}"
     )
 
 
-def _cyclic_ops(domain: isl.UnionSet, deps: isl.UnionMap) -> set[int]:
-    """Ids of the ops with a point that (transitively) depends on itself."""
+def _on_cycle(domain: isl.UnionSet, deps: isl.UnionMap) -> tuple[isl.UnionSet | None, bool]:
+    """The points that (transitively) depend on themselves, a superset unless exact.
+
+    ``(None, False)`` when isl cannot compute the transitive closure.
+    """
     try:
-        closure, _exact = deps.transitive_closure()
-        on_cycle = closure.intersect(domain.identity()).domain()
-    except isl.Error:  # pragma: no cover - closure too hard; name every op instead
-        return set()
-    ids: set[int] = set()
-    on_cycle.foreach_set(lambda s: ids.add(int(s.get_tuple_name()[1:])))
-    return ids
+        closure, exact = deps.transitive_closure()
+    except isl.Error:  # pragma: no cover - closure too hard
+        return None, False
+    return closure.intersect(domain.identity()).domain(), bool(exact)
+
+
+def _cycle_path(program: Program, ids: set[int]) -> list[int]:
+    """Op ids of one cycle among ``ids``, each reading the next, from a defined tensor."""
+    start = min(ids, key=lambda i: (program.op(i).kind != "merge", i))
+    reads = {i: [e.src for e in program.op(i).inputs if e.src in ids] for i in ids}
+    stack, seen = [[start]], {start}
+    while stack:
+        path = stack.pop()
+        for src in reads[path[-1]]:
+            if src == start:
+                return path
+            if src not in seen:
+                seen.add(src)
+                stack.append([*path, src])
+    return [start]  # pragma: no cover - every op on a cycle reaches itself
+
+
+def _example_point(
+    program: Program, op: Op, points: isl.UnionSet, bounds: Mapping[str, int]
+) -> str:
+    """`` at t=0 (T=3)``: the first point of ``op`` on the cycle at ``bounds``, or ``""``."""
+    if not op.domain or not bounds:
+        return ""
+    try:
+        here = points.extract_set(ic.domain_space(program, op, points.get_ctx()))
+        here = ic.fix_params(here, bounds).lexmin()
+        if here.is_empty():
+            return ""
+        point = here.sample_point()
+    except (isl.Error, KeyError):  # pragma: no cover - no example: the names suffice
+        return ""
+    values = [
+        point.get_coordinate_val(isl.dim_type.set, k).to_python() for k in range(len(op.domain))
+    ]
+    at = ", ".join(f"{d.name}={v}" for d, v in zip(op.domain, values, strict=True))
+    given = ", ".join(f"{b.name}={bounds[b.name]}" for b in program.bounds if b.name in bounds)
+    return f" at {at} ({given})"
 
 
 # ---------------------------------------------------------------------------------------------

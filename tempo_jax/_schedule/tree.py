@@ -37,13 +37,18 @@ def loop_var(name: str) -> Symbol:
 
 @dataclasses.dataclass(frozen=True)
 class Loop:
-    """``for dim in start..stop-1: body`` (in reverse order when ``reverse``)."""
+    """``for dim in start..stop-1: body`` (in reverse order when ``reverse``).
+
+    ``trips``, set when the range depends on a dynamic bound, is the most iterations it takes
+    over the bounds compiled for (:func:`tempo_jax._schedule.trips.bound_trips`).
+    """
 
     dim: str
     start: Expr
     stop: Expr
     body: Node
     reverse: bool = False
+    trips: int | None = None
 
     @property
     def var(self) -> Symbol:
@@ -143,7 +148,7 @@ def substitute_tree(tree: Node, mapping: Mapping[Symbol, Expr]) -> Node:
     if isinstance(tree, Sequence):
         return Sequence(tuple(substitute_tree(c, mapping) for c in tree.children))
     body = substitute_tree(tree.body, mapping)
-    return Loop(tree.dim, sub(tree.start), sub(tree.stop), body, tree.reverse)
+    return Loop(tree.dim, sub(tree.start), sub(tree.stop), body, tree.reverse, tree.trips)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -81,3 +82,53 @@ def test_sink_reading_an_undefined_point_fails_at_compile_time() -> None:
 def test_sink_needs_a_tensor() -> None:
     with tj.Program(), pytest.raises(tj.TempoError, match=r"takes a recurrent tensor"):
         tj.sink(3.0, print)
+
+
+class _Logged(Exception):
+    pass
+
+
+def _failing_sink(calls: list[int], failing: set[int]) -> tj.Program:
+    def log(value: Any, point: dict[str, int]) -> None:
+        calls.append(point["t"])
+        if point["t"] in failing:
+            raise _Logged(f"cannot log {float(value)}")
+
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.placeholder((), jnp.float32, domain=(t,))
+        x[0] = 1.0
+        x[t + 1] = x[t] * 0.5 + 1.0
+        tj.sink(x, log)
+        p.output("x", x[0 : t.bound])
+    return p
+
+
+NOTE = r"raised by the sink `sink log` at test_sinks\.py:\d+: `tj\.sink\(x, log\)`, called for t=2"
+
+
+def test_a_sink_that_raises_raises_the_users_exception() -> None:
+    """Compiled, the user's own exception comes out of the call (not JAX's INTERNAL error),
+    with its traceback and a note naming the sink's line and point, as from the interpreter."""
+    for run in (
+        lambda p: tj.reference.run(p, bounds={"T": 5}),
+        lambda p: p.compile(bounds={"T": 5})(),
+    ):
+        calls: list[int] = []
+        with pytest.raises(_Logged, match=r"cannot log 1\.75") as info:
+            run(_failing_sink(calls, {2}))
+        assert re.fullmatch(NOTE, "\n".join(info.value.__notes__))
+        assert info.traceback[-1].name == "log"  # raised where the user's function raised it
+        assert calls == [0, 1, 2]  # no sink call after the failing one
+
+
+def test_a_compiled_program_runs_again_after_a_sink_raised() -> None:
+    calls: list[int] = []
+    failing = {2}
+    compiled = _failing_sink(calls, failing).compile(bounds={"T": 4})
+    with pytest.raises(_Logged):
+        compiled()
+    failing.clear()
+    compiled()
+    jax.effects_barrier()
+    assert calls == [0, 1, 2, 0, 1, 2, 3]

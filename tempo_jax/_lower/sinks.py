@@ -1,0 +1,54 @@
+"""Exceptions raised by ``tj.sink`` functions in compiled code reach the caller as themselves.
+
+A sink runs as an ordered ``jax.debug.callback``. An exception its function raises there stops
+the computation, but JAX reports it to the caller as ``JaxRuntimeError: INTERNAL`` with the
+traceback flattened to text. :class:`SinkErrors` (one per compiled program) keeps the
+exception object raised on the host, with a note naming the sink's source line and point, and
+:meth:`SinkErrors.run` raises that object from the compiled call instead: same type, its own
+traceback. The reference interpreter calls the function directly and adds the same note.
+
+A call of a program with sinks returns once its computation (every sink call included) has
+finished, so that a sink's exception is raised by the call on every backend. Under a caller's
+own ``jax.jit`` around the compiled function, the computation runs after the call has
+returned, so the caller sees JAX's error (whose text holds the same note).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from .._ir.program import Op, Program, sink_note
+
+
+class SinkErrors:
+    """The exception a sink raised during the current compiled call, to raise it from there."""
+
+    def __init__(self, program: Program) -> None:
+        self.has_sinks = any(op.kind == "sink" for op in program.ops)
+        self._raised: list[Exception] = []
+
+    def call(self, op: Op, fn: Callable[..., Any], value: Any, point: dict[str, int]) -> None:
+        """``fn(value, point)`` on the host: an exception is noted, kept and raised on."""
+        try:
+            fn(value, point)
+        except Exception as exc:
+            exc.add_note(sink_note(op, point))
+            self._raised.append(exc)
+            raise
+
+    def run(self, jitted: Callable[..., Any], *args: Any) -> Any:
+        """``jitted(*args)``, finished when there are sinks; a sink's exception is raised as
+        itself rather than as JAX's runtime error."""
+        self._raised.clear()
+        try:
+            result = jitted(*args)
+            return jax.block_until_ready(result) if self.has_sinks else result
+        except jax.errors.JaxRuntimeError:
+            if not self._raised:
+                raise
+            raised = self._raised[0]
+            self._raised.clear()
+            raise raised from None
