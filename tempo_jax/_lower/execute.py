@@ -41,6 +41,7 @@ from .._ir.program import Edge, Op, Output, Program, TensorSpec
 from .._ir.simplify import simplify
 from .._ir.source import describe
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
+from .blocks import plan_nests, run_nest
 from .masking import Pads, masked_call
 from .sinks import SinkErrors
 from .split import MAX_SPLIT, Split, constant
@@ -123,6 +124,9 @@ class TreeLowering:
         self._tile_reads, self._whole_reads = self._tiled_reads()
         self.layouts = self._layouts()  # (op, output) -> the axis order its buffer is stored in
         self.splits = self._splits()  # (op, output) -> how its buffer is cut into arrays
+        static = {b: v for b, v in self.runtime.items() if isinstance(v, int)}
+        # loop nests around one op with independent points: computed at once
+        self.nests = plan_nests(program, tree, self._nest_tiles, self._own_buffers, static)
 
     def _cycles(self, candidates: dict[tuple[int, int], CyclicCandidate]) -> dict:
         """Buffers kept cyclic (:class:`Cycle`): windows read by a map-then-reduce.
@@ -261,6 +265,27 @@ class TreeLowering:
             order = self.layouts.get(key, tuple(range(len(shape))))
             splits[key] = Split(shape, order, unrolled, axis, block, count)
         return splits
+
+    def _nest_tiles(self, op_id: int) -> int | None:
+        """The tile size of ``op_id`` when it is taken in tiles of a computed layout."""
+        op = self.program.op(op_id)
+        tiling = self._tileable(op)
+        return tiling[1] if tiling is not None and self._cycle_of(op) is None else None
+
+    def _own_buffers(self, op_id: int) -> bool:
+        """Whether every output of ``op_id`` is a full buffer in domain order, written only by
+        its own points (no ring, capture, sum, cycle, split or layout of its own)."""
+        for k in range(len(self.program.op(op_id).outputs)):
+            key = (op_id, k)
+            if key not in self.plan.buffered or key in self.captures or key in self.held:
+                return False
+            if key in self.plan.accumulated or self.plan.scoped.get(key):
+                return False
+            if key in self.cycles or key in self.splits or key in self.layouts:
+                return False
+            if any(key in rings for rings in self.plan.rings.values()):
+                return False
+        return True
 
     def _tile_shape(self, op: Op) -> tuple[dict[int, tuple[int, Slice, int]], int, int] | None:
         """``op``'s growing ranges (see :meth:`_ranges`), tile size and buffer rows, when it
@@ -402,6 +427,9 @@ class TreeLowering:
                     buffers = self.run(child, env, buffers)
             return buffers
         if isinstance(node, Loop):
+            nest = self.nests.get(node)
+            if nest is not None:
+                return run_nest(self, nest, env, buffers)
             return self._loop(node, env, buffers)
         if isinstance(node, Guard):
             cond = node.cond.evaluate(env)
@@ -609,10 +637,20 @@ class TreeLowering:
         return values
 
     def _tiled(
-        self, node: Exec, op: Op, env: Env, buffers: Buffers, local: dict[int, tuple[Any, ...]]
+        self,
+        node: Exec,
+        op: Op,
+        env: Env,
+        buffers: Buffers,
+        local: dict[int, tuple[Any, ...]],
+        span: tuple[Any, Any] | None = None,
+        shared: tuple[str, ...] = (),
     ) -> list[Any] | None:
         """``op``'s outputs computed over the live tiles of its growing ranges, or None when it
-        is not marked for tiling or its payload is not a map-then-reduce over them."""
+        is not marked for tiling or its payload is not a map-then-reduce over them. ``span``,
+        the tiles to visit, is given for a block of queries (:mod:`.blocks`): their ranges'
+        tiles together, the rows outside this point's range masked; ``shared`` names the vmap
+        axes of the block."""
         shape = self._tile_shape(op)
         if shape is None:
             return None
@@ -661,7 +699,8 @@ class TreeLowering:
         if cyclic is not None:
             tiles = Tiles(0, count, valid, stop - start, count)
         else:
-            tiles = Tiles(start // block, (stop + block - 1) // block, valid, stop - start, count)
+            lo, hi = span or (start // block, (stop + block - 1) // block)
+            tiles = Tiles(lo, hi, valid, stop - start, count, shared)
         what = f"`{op.name}`{describe(op.source)}"
         return tiled_call(fn, values, readers, axes, tiles, str(item.size), what)
 

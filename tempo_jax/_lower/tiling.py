@@ -84,6 +84,7 @@ class Tiles:
     valid: Callable[[Any], Any]
     length: Any
     count: int | None = None  # every tile's index, when tiles are visited by an unrolled loop
+    shared: tuple[str, ...] = ()  # vmap axes whose points visit the same tiles (query blocks)
 
 
 def tiled_call(
@@ -599,8 +600,11 @@ class _Sweeps:
         fast = bind(eqn, mask(values, [small]))[0]
         if not jnp.issubdtype(fast.dtype, jnp.inexact):
             return fast
+        finite = jnp.all(jnp.isfinite(fast))
+        if self.tiles.shared:  # one decision for the whole block: a branch, not a select
+            finite = lax.pmin(finite.astype(jnp.int32), self.tiles.shared) > 0
         return lax.cond(
-            jnp.all(jnp.isfinite(fast)),
+            finite,
             lambda: fast,
             lambda: bind(eqn, mask(values, tiled))[0],
         )

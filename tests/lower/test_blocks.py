@@ -1,0 +1,129 @@
+"""Query blocks: an op over growing ranges with independent points, computed at once.
+
+``o[b, t] = attend(q[b, t], k[b, 0:t+1], v[b, 0:t+1])`` has no dependence along ``b`` or ``t``:
+the compiled program computes it in blocks of queries over shared key tiles (block-causal),
+with no loop over ``b`` or per query. Oracles: the reference interpreter and a dense masked
+NumPy formulation, for prefix, window and suffix ranges, at sizes that are not a multiple of
+the tile.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tempo_jax as tj
+
+D = 8
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    return jax.nn.softmax(k @ q) @ v
+
+
+def _pool(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    return k.mean(0) * q + v.max(0)  # two reductions of different kinds, no softmax
+
+
+def _ranges(kind: str, t: tj.Symbol, T: tj.Symbol) -> slice:
+    if kind == "prefix":
+        return slice(0, t + 1)
+    if kind == "window":
+        return slice(tj.max(0, t - 4), t + 1)
+    return slice(t, T)  # suffix
+
+
+def build(kind: str, payload: Callable) -> tj.Program:
+    with tj.Program() as p:
+        b, t = p.dims("b t")
+        q = tj.input("q", (D,), jnp.float32, domain=(b, t))
+        k = tj.input("k", (D,), jnp.float32, domain=(b, t))
+        v = tj.input("v", (D,), jnp.float32, domain=(b, t))
+        rows = _ranges(kind, t, t.bound)
+        p.output("o", tj.lift(payload, name="attend")(q, k[b, rows], v[b, rows]))
+    return p
+
+
+def dense(kind: str, payload: Callable, q: np.ndarray, k: np.ndarray, v: np.ndarray):
+    """Every point by NumPy slicing: the range rows of k and v, then the payload."""
+    steps = q.shape[1]
+    out = np.zeros_like(q)
+    for bi in range(q.shape[0]):
+        for ti in range(steps):
+            lo, hi = {"prefix": (0, ti + 1), "window": (max(0, ti - 4), ti + 1)}.get(
+                kind, (ti, steps)
+            )
+            out[bi, ti] = payload(q[bi, ti], k[bi, lo:hi], v[bi, lo:hi])
+    return out
+
+
+def _compiled(program: tj.Program, block: int, bounds: dict) -> tj.Compiled:
+    tile = functools.partial(tj.tile_dynamic_ranges, block=block)
+    return program.compile(bounds, pipeline=tj.Pipeline().replacing("tile_dynamic_ranges", tile))
+
+
+def _data(steps: int, batch: int = 3) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(steps)
+    return {n: rng.normal(size=(batch, steps, D)).astype(np.float32) for n in "qkv"}
+
+
+@pytest.mark.parametrize("kind", ["prefix", "window", "suffix"])
+@pytest.mark.parametrize("payload", [_attend, _pool], ids=["attend", "pool"])
+@pytest.mark.parametrize(("steps", "block"), [(37, 8), (16, 4), (5, 8)])
+def test_query_blocks_equal_the_dense_oracle(kind: str, payload, steps: int, block: int) -> None:
+    """Sizes that are not a multiple of the tile, a last block overlapping the one before, and
+    a tile longer than the range (not taken in tiles: the padded evaluation)."""
+    data = _data(steps)
+    got = _compiled(build(kind, payload), block, {"B": 3, "T": steps})(**data)["o"]
+    want = dense(kind, payload, data["q"], data["k"], data["v"])
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("kind", ["prefix", "window", "suffix"])
+def test_query_blocks_equal_the_interpreter(kind: str) -> None:
+    program = build(kind, _attend)
+    data = _data(11, batch=2)
+    want = tj.reference.run(program, {"B": 2, "T": 11}, data)["o"]
+    got = _compiled(program, 4, {"B": 2, "T": 11})(**data)["o"]
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_no_loop_over_the_independent_dims_and_no_square_buffer() -> None:
+    """The batch and the queries are vmapped: one loop over query blocks, one over the tiles
+    of a block; no value holds a score per (query, key) pair of the whole range."""
+    steps, block = 256, 32
+    compiled = _compiled(build("prefix", _attend), block, {"B": 4, "T": steps})
+    data = _data(steps, batch=4)
+    text = str(compiled.jaxpr(**data))
+    assert f"{steps},{steps}" not in text.replace(" ", "")
+    # a scan over the blocks of queries, a while loop over the tiles of one block
+    assert text.count("while[") == 1 and text.count("scan[") == 1
+    assert f"length={steps // block}" in text.replace(" ", "")
+    memory = compiled.lower(**data).compile().memory_analysis()
+    assert memory.temp_size_in_bytes < 4 * steps * steps  # a (T, T) float32 would not fit
+    np.testing.assert_allclose(
+        compiled(**data)["o"],
+        dense("prefix", _attend, data["q"], data["k"], data["v"]),
+        rtol=2e-5,
+        atol=2e-5,
+    )
+
+
+def test_an_op_reading_its_own_values_keeps_its_loop() -> None:
+    """``h[t] = f(h[0:t], x[t])`` depends along ``t``: no query blocks, same values."""
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (D,), jnp.float32, domain=(t,))
+        h = tj.placeholder((D,), jnp.float32, domain=(t,))
+        h[0] = x[0]
+        h[True] = tj.lift(lambda hs, xi: jnp.tanh(hs.mean(0) + xi), name="mix")(h[0:t], x)
+        p.output("h", h)
+    xs = np.random.default_rng(0).normal(size=(20, D)).astype(np.float32)
+    want = tj.reference.run(p, {"T": 20}, {"x": xs})["h"]
+    got = _compiled(p, 4, {"T": 20})(x=xs)["h"]
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
