@@ -99,6 +99,7 @@ class Payload:
     differentiable: bool = True
     accumulates: bool = False
     block: int | None = None
+    fused: tuple[tuple[str, SourceInfo], ...] = ()  # ops folded into this one: name, source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +147,16 @@ class Op:
         dom = ", ".join(s.name for s in self.domain)
         outs = ", ".join(str(o) for o in self.outputs)
         return f"%{self.id} {self.name}[{dom}] : {outs} = {self.kind}"
+
+
+def describe_op(op: Op) -> str:
+    """``op`` for a message: its name and source line, and the ops fused into it."""
+    text = f"`{op.name}`{describe(op.source)}"
+    fused = op.payload.fused if op.payload is not None else ()
+    if fused:
+        parts = ", ".join(f"`{name}`{describe(source)}" for name, source in fused)
+        text += f" (computing {parts} with it)"
+    return text
 
 
 def sink_note(op: Op, point: Mapping[str, int]) -> str:

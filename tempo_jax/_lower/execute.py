@@ -37,9 +37,8 @@ import numpy as np
 from jax import lax
 
 from .._ir.expr import BoolConst, Expr, Slice, Symbol, eq, substitute, symbols_of
-from .._ir.program import Edge, Op, Output, Program, TensorSpec
+from .._ir.program import Edge, Op, Output, Program, TensorSpec, describe_op
 from .._ir.simplify import simplify
-from .._ir.source import describe
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
 from .blocks import plan_nests, run_nest
 from .masking import Pads, masked_call
@@ -701,7 +700,7 @@ class TreeLowering:
         else:
             lo, hi = span or (start // block, (stop + block - 1) // block)
             tiles = Tiles(lo, hi, valid, stop - start, count, shared)
-        what = f"`{op.name}`{describe(op.source)}"
+        what = describe_op(op)
         return tiled_call(fn, values, readers, axes, tiles, str(item.size), what)
 
     def _ranges(self, op: Op) -> dict[int, tuple[int, Slice, int]] | None:
@@ -751,7 +750,7 @@ class TreeLowering:
         pads, lengths = self._pads(op, env)
         if not any(pads) or payload.pads_ok:
             return fn(*values)
-        what = f"`{op.name}`{describe(op.source)}"
+        what = describe_op(op)
         return tuple(masked_call(fn, values, pads, lengths, what))
 
     def _pads(self, op: Op, env: Env) -> tuple[list[Pads], dict[str, Any]]:

@@ -18,6 +18,7 @@ from .._ir.program import Program
 from .cleanup import eliminate_common_ops, fold_constants, hoist_invariants
 from .contract import contract_sums
 from .copies import remove_copies
+from .fusion import fuse_growing
 from .rewrite import rewrite
 from .tiling import tile_dynamic_ranges
 from .vectorize import vectorize
@@ -63,6 +64,7 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     dead_ops,  # what folding and rewriting left unread
     vectorize,
     contract_sums,  # after vectorize: the sums of vectorised products become contractions
+    fuse_growing,  # a value growing with a dim computed by its one reader: a tileable payload
     tile_dynamic_ranges,  # after vectorize: ops over growing ranges keep their loop dim
 )
 
