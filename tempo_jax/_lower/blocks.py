@@ -129,7 +129,6 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
     extent = {d: lowering.bounds[d.bound] for d in op.domain}
     query = nest.query
     rows = min(nest.rows, extent[query]) if query is not None else 0
-    names = tuple(f"@{d.name}" for d in op.domain)  # the vmap axes, for one tile decision
 
     def points(first: Any) -> tuple[Any, ...]:
         """The op's outputs at every point of the nest (queries ``first .. first+rows-1``)."""
@@ -140,22 +139,13 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
             for d in op.domain
         }
         span = _span(lowering, op, nest, coords, env) if query is not None else None
-
-        def one(*point: Any) -> tuple[Any, ...]:
-            op_env = {**lowering.runtime, **env, **dict(zip(op.domain, point, strict=True))}
-            values = lowering._tiled(nest.exec, op, op_env, buffers, {}, span, names)
-            if values is None:
-                values = lowering.compute(
-                    op, op_env, lowering._inputs(nest.exec, op, op_env, buffers, {})
-                )
-            return tuple(values)
-
-        fn = one
-        rank = len(op.domain)
-        for axis in reversed(range(rank)):  # a grid over the coordinates, in domain order
-            spread = tuple(0 if a == axis else None for a in range(rank))
-            fn = jax.vmap(fn, in_axes=spread, axis_name=names[axis])
-        return fn(*(coords[d] for d in op.domain))
+        fast = _grid(lambda *point: _point(lowering, nest, env, buffers, point, span), coords, op)
+        if span is None:
+            return fast
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in fast]))
+        return lax.cond(
+            finite, lambda: fast, lambda: _one_by_one(lowering, nest, env, buffers, coords)
+        )
 
     def write(carried: dict, first: Any) -> dict:
         carried = dict(carried)
@@ -176,6 +166,40 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
             0, count, lambda j, c: write(c, jnp.minimum(j * rows, total - rows)), own
         )
     return {**buffers, **own}
+
+
+def _point(
+    lowering: TreeLowering, nest: Nest, env: dict, buffers: dict, point: tuple, span: Any
+) -> tuple[Any, ...]:
+    """The op's outputs at one point (its own tiles, or the block's ``span``)."""
+    op = lowering.program.op(nest.exec.op)
+    op_env = {**lowering.runtime, **env, **dict(zip(op.domain, point, strict=True))}
+    values = lowering._tiled(nest.exec, op, op_env, buffers, {}, span)
+    if values is None:
+        values = lowering.compute(op, op_env, lowering._inputs(nest.exec, op, op_env, buffers, {}))
+    return tuple(values)
+
+
+def _grid(fn: Callable[..., Any], coords: dict, op: Any) -> tuple[Any, ...]:
+    """``fn`` at every point of the grid of ``coords`` (one vector per dim), in domain order."""
+    rank = len(op.domain)
+    for axis in reversed(range(rank)):
+        fn = jax.vmap(fn, in_axes=tuple(0 if a == axis else None for a in range(rank)))
+    return fn(*(coords[d] for d in op.domain))
+
+
+def _one_by_one(
+    lowering: TreeLowering, nest: Nest, env: dict, buffers: dict, coords: dict
+) -> tuple[Any, ...]:
+    """The block point by point, each over its own tiles with the sequential tiler's checks:
+    the exact values where the block's shared tiles gave a value that is not finite (an inf or
+    a nan in a row outside some point's range, times zero)."""
+    op = lowering.program.op(nest.exec.op)
+    grids = jnp.meshgrid(*(coords[d] for d in op.domain), indexing="ij")
+    shape = grids[0].shape
+    flat = tuple(g.reshape(-1) for g in grids)
+    values = lax.map(lambda point: _point(lowering, nest, env, buffers, point, None), flat)
+    return tuple(v.reshape(shape + v.shape[1:]) for v in values)
 
 
 def _span(lowering: TreeLowering, op: Any, nest: Nest, coords: dict, env: dict) -> tuple[Any, Any]:

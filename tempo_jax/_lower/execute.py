@@ -643,13 +643,12 @@ class TreeLowering:
         buffers: Buffers,
         local: dict[int, tuple[Any, ...]],
         span: tuple[Any, Any] | None = None,
-        shared: tuple[str, ...] = (),
     ) -> list[Any] | None:
         """``op``'s outputs computed over the live tiles of its growing ranges, or None when it
         is not marked for tiling or its payload is not a map-then-reduce over them. ``span``,
         the tiles to visit, is given for a block of queries (:mod:`.blocks`): their ranges'
-        tiles together, the rows outside this point's range masked; ``shared`` names the vmap
-        axes of the block."""
+        tiles together, the rows outside this point's range masked, the results checked by the
+        caller (``Tiles.unchecked``)."""
         shape = self._tile_shape(op)
         if shape is None:
             return None
@@ -699,7 +698,7 @@ class TreeLowering:
             tiles = Tiles(0, count, valid, stop - start, count)
         else:
             lo, hi = span or (start // block, (stop + block - 1) // block)
-            tiles = Tiles(lo, hi, valid, stop - start, count, shared)
+            tiles = Tiles(lo, hi, valid, stop - start, count, unchecked=span is not None)
         what = describe_op(op)
         return tiled_call(fn, values, readers, axes, tiles, str(item.size), what)
 

@@ -84,7 +84,9 @@ class Tiles:
     valid: Callable[[Any], Any]
     length: Any
     count: int | None = None  # every tile's index, when tiles are visited by an unrolled loop
-    shared: tuple[str, ...] = ()  # vmap axes whose points visit the same tiles (query blocks)
+    # the caller checks the results, and recomputes point by point where they are not finite
+    # (query blocks): a product of two tiled operands masks the smaller one only
+    unchecked: bool = False
 
 
 def tiled_call(
@@ -598,13 +600,10 @@ class _Sweeps:
         # saves a masked copy of the larger one; otherwise both are masked, as the result shows
         small = min(tiled, key=lambda k: np.size(values[k]))
         fast = bind(eqn, mask(values, [small]))[0]
-        if not jnp.issubdtype(fast.dtype, jnp.inexact):
+        if not jnp.issubdtype(fast.dtype, jnp.inexact) or self.tiles.unchecked:
             return fast
-        finite = jnp.all(jnp.isfinite(fast))
-        if self.tiles.shared:  # one decision for the whole block: a branch, not a select
-            finite = lax.pmin(finite.astype(jnp.int32), self.tiles.shared) > 0
         return lax.cond(
-            finite,
+            jnp.all(jnp.isfinite(fast)),
             lambda: fast,
             lambda: bind(eqn, mask(values, tiled))[0],
         )

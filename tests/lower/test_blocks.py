@@ -101,17 +101,31 @@ def test_no_loop_over_the_independent_dims_and_no_square_buffer() -> None:
     data = _data(steps, batch=4)
     text = str(compiled.jaxpr(**data))
     assert f"{steps},{steps}" not in text.replace(" ", "")
-    # a scan over the blocks of queries, a while loop over the tiles of one block
-    assert text.count("while[") == 1 and text.count("scan[") == 1
+    # a scan over the blocks of queries and a while loop over the tiles of one block; and,
+    # taken only where a block's values are not finite, a map over its points, each with a
+    # while loop over its own tiles
+    assert text.count("while[") == 2 and text.count("scan[") == 2
     assert f"length={steps // block}" in text.replace(" ", "")
+    assert f"length={4 * block}" in text.replace(" ", "")  # the map over one block's points
     memory = compiled.lower(**data).compile().memory_analysis()
     assert memory.temp_size_in_bytes < 4 * steps * steps  # a (T, T) float32 would not fit
-    np.testing.assert_allclose(
-        compiled(**data)["o"],
-        dense("prefix", _attend, data["q"], data["k"], data["v"]),
-        rtol=2e-5,
-        atol=2e-5,
-    )
+    scores = np.einsum("btd,bsd->bts", data["q"], data["k"])
+    scores = np.where(np.tril(np.ones((steps, steps), bool)), scores, -np.inf)
+    want = np.einsum("bts,bsd->btd", jax.nn.softmax(scores, axis=-1), data["v"])
+    np.testing.assert_allclose(compiled(**data)["o"], want, rtol=2e-5, atol=2e-5)
+
+
+def test_a_value_that_is_not_finite_stays_in_its_own_range() -> None:
+    """An inf in ``v`` at row 9 is inside the ranges of the queries from 9 on, and in the
+    tile the block of queries 8..11 shares: the queries before 9 must stay finite, exactly as
+    the interpreter computes them."""
+    program = build("prefix", _attend)
+    data = _data(16, batch=2)
+    data["v"][1, 9, 2] = np.inf
+    want = tj.reference.run(program, {"B": 2, "T": 16}, data)["o"]
+    got = _compiled(program, 4, {"B": 2, "T": 16})(**data)["o"]
+    assert np.isfinite(want[1, :9]).all() and not np.isfinite(want[1, 9:]).all()
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
 def test_an_op_reading_its_own_values_keeps_its_loop() -> None:

@@ -81,7 +81,10 @@ def test_tiled_attention_runs_a_tile_loop_inside_the_step_loop() -> None:
     data = {n: np.ones((32, 1, D), np.float32) for n in "qkv"}
     tiled = p.compile({"T": 32}, pipeline=_tiled(8))
     untiled = p.compile({"T": 32}, pipeline=UNTILED)
-    assert sorted(d for d, _ in _loops(tiled.jaxpr(**data).jaxpr)) == [0, 1]
+    # the points of t are independent: a loop over blocks of queries (depth 0) with the tile
+    # loop inside (1); taken only where a block's values are not finite, a map over its points
+    # (1), each with its own tile loop (2)
+    assert sorted(d for d, _ in _loops(tiled.jaxpr(**data).jaxpr)) == [0, 1, 1, 2]
     assert [d for d, _ in _loops(untiled.jaxpr(**data).jaxpr)] == [0]
 
 
