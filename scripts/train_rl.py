@@ -29,21 +29,25 @@ ALGORITHMS = {"ppo": ppo.make_train, "reinforce": reinforce.make_train, "a2c": a
 def train(config: rl_config.RLConfig, out: pathlib.Path) -> dict[str, Any]:
     """Compile and run ``config``; write metrics, the curve and a summary under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=config.iterations, desc=f"{config.algo} {config.env}", unit="it")
+    bars: list[tqdm] = []  # the progress bar, made when the run starts
 
     def log(iteration: int, metrics: dict[str, float]) -> None:
         if metrics["episodes"] > 0:  # the return of the episodes that ended this iteration
-            bar.set_postfix(mean_return=f"{metrics['mean_return']:.1f}", refresh=False)
-        bar.update(1)
+            bars[0].set_postfix(mean_return=f"{metrics['mean_return']:.1f}", refresh=False)
+        bars[0].update(1)
 
     start = time.perf_counter()
-    run = ALGORITHMS[config.algo](config, log)
-    compiled = time.perf_counter() - start
+    compiled = ALGORITHMS[config.algo](config, log)  # tempo_jax: passes, checks, schedule
+    build = time.perf_counter() - start
+    start = time.perf_counter()
+    run = compiled.ahead_of_time()  # XLA
+    xla = time.perf_counter() - start
+    bars.append(tqdm(total=config.iterations, desc=f"{config.algo} {config.env}", unit="it"))
     start = time.perf_counter()
     result = run()
     np.asarray(result["mean_return"])  # wait for the run
     seconds = time.perf_counter() - start
-    bar.close()
+    bars[0].close()
     steps = config.iterations * config.envs * config.steps
     returns = np.asarray(result["mean_return"], np.float64)
     episodes = np.asarray(result["episodes"])
@@ -58,7 +62,9 @@ def train(config: rl_config.RLConfig, out: pathlib.Path) -> dict[str, Any]:
     smooth = _smoothed(returns)
     summary = {
         "config": dataclasses.asdict(config),
-        "compile_seconds": compiled,
+        "build_seconds": build,
+        "xla_compile_seconds": xla,
+        "compile_seconds": build + xla,
         "run_seconds": seconds,
         "env_steps": steps,
         "steps_per_second": steps / seconds,

@@ -186,3 +186,20 @@ def test_donated_inputs_are_reused_by_the_compiled_function() -> None:
     ys = jnp.ones((16, 4))
     keeping(x=ys)
     assert not ys.is_deleted() and "tf.aliasing_output" not in keeping.lower().as_text()
+
+
+def test_ahead_of_time_runs_the_executable_compiled_up_front() -> None:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (), jnp.float32, domain=(t,))
+        s = tj.placeholder((), jnp.float32, domain=(t,))
+        s[0] = x[0]
+        s[t + 1] = s[t] * 0.5 + x[t + 1]
+        p.output("s", s)
+    compiled = p.compile({"T": 6})
+    run = compiled.ahead_of_time()
+    xs = np.arange(6, dtype=np.float32)
+    np.testing.assert_allclose(run(x=xs)["s"], compiled(x=xs)["s"])
+    np.testing.assert_allclose(run(x=xs)["s"], tj.reference.run(p, {"T": 6}, {"x": xs})["s"])
+    with pytest.raises(tj.InputError, match="has shape"):
+        run(x=np.zeros(5, np.float32))

@@ -20,3 +20,5 @@ def test_a_short_run_writes_metrics_and_a_plot(tmp_path) -> None:
     assert summary["env_steps"] == 64 and summary["steps_per_second"] > 0
     assert json.loads((tmp_path / "summary.json").read_text())["config"]["envs"] == 2
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
+    assert summary["build_seconds"] > 0 and summary["xla_compile_seconds"] > 0
+    assert summary["compile_seconds"] == summary["build_seconds"] + summary["xla_compile_seconds"]
