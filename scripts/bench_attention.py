@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/bench/attention.yaml")
     parser.add_argument("--out", default="results/attention")
     args = parser.parse_args()
+    tj.enable_compilation_cache()  # a second run skips XLA's compile
     config = yaml.safe_load(pathlib.Path(args.config).read_text())
     rows = run(config)
     out = pathlib.Path(args.out)

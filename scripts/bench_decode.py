@@ -67,6 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
+import tempo_jax as tj
 from models import tempo
 from models.baselines import padded, scan, tiled
 from models.baselines.decode_loop import Sampling, init_state
@@ -585,6 +586,7 @@ def main() -> None:
     parser.add_argument("--systems", help=f"comma-separated, of {','.join(SYSTEMS)}")
     parser.add_argument("--out", default="results/decode")
     args = parser.parse_args()
+    tj.enable_compilation_cache()  # a second run skips XLA's compile
     path = pathlib.Path(args.config)
     config = yaml.safe_load(path.read_text())
     systems = args.systems.split(",") if args.systems else None

@@ -301,6 +301,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="override the config's T")
     parser.add_argument("--out", default="results")
     args = parser.parse_args()
+    tj.enable_compilation_cache()  # a second run skips XLA's compile
     config = yaml.safe_load(pathlib.Path(args.config).read_text())
     if args.steps:
         config["steps"] = args.steps

@@ -36,6 +36,7 @@ import jax
 import numpy as np
 import yaml
 
+import tempo_jax as tj
 from algorithms import ppo
 from algorithms.baselines import actor_learner, ppo_jax
 from algorithms.config import RLConfig
@@ -196,6 +197,7 @@ def main() -> None:
     parser.add_argument("--only", help="run one factor of the sweep (e.g. base)")
     parser.add_argument("--out", default="results/rl")
     args = parser.parse_args()
+    tj.enable_compilation_cache()  # a second run skips XLA's compile
     config = yaml.safe_load(pathlib.Path(args.config).read_text())
     rows = sweep(config, args.only)
     out = pathlib.Path(args.out)

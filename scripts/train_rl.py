@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+import tempo_jax as tj
 from algorithms import a2c, ppo, reinforce
 from algorithms import config as rl_config
 
@@ -120,6 +121,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", default="results/rl")
     args = parser.parse_args()
+    tj.enable_compilation_cache()  # a second run skips XLA's compile
     overrides = {
         k: v for k, v in (("iterations", args.iterations), ("seed", args.seed)) if v is not None
     }

@@ -164,6 +164,7 @@ from ._ir.expr import eq as eq
 from ._ir.expr import ne as ne
 from ._passes.pipeline import Pipeline as Pipeline
 from ._passes.tiling import tile_dynamic_ranges as tile_dynamic_ranges
+from ._schedule.cache import enable_compilation_cache as enable_compilation_cache
 
 RT = RecurrentTensor
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ from .._ir.expr import Expr, Symbol, dims_of
 from .._ir.program import STOP, Program
 from .._ir.source import describe
 from .._passes.pipeline import PassStat, Pipeline
+from .._schedule.cache import cached_schedule
 from .._schedule.domains import check_reads, defined_domains
 from .._schedule.isl_convert import isl_context, max_over_box
 from .._schedule.scheduler import cycle_error, schedule
@@ -170,7 +171,7 @@ def compile_program(
     seconds["check"] = time.perf_counter() - start
     start = time.perf_counter()
     try:
-        scheduled = schedule(program)
+        scheduled = cached_schedule(program, schedule)
     except ScheduleInfeasibleError as err:  # name the cycle by the user's tensors
         raise cycle_error(user, {b.name: v for b, v in env.items()}) or err from None
     tree = place_buffers(program, bound_trips(scheduled, program, ranges))
