@@ -253,6 +253,14 @@ class Program:
     def bounds(self) -> tuple[Symbol, ...]:
         return tuple(d.bound for d in self.dims)
 
+    def read_counts(self) -> dict[tuple[int, int], int]:
+        """How many reads (op inputs and program outputs) each ``(op, output)`` has."""
+        counts: dict[tuple[int, int], int] = {}
+        edges = [e for op in self.ops for e in op.inputs] + [o.edge for o in self.outputs]
+        for edge in edges:
+            counts[(edge.src, edge.out)] = counts.get((edge.src, edge.out), 0) + 1
+        return counts
+
     def read_spec(self, edge: Edge) -> TensorSpec:
         """Spec of the value an edge reads at one consumer point (see :func:`read_spec`)."""
         return read_spec(self.op(edge.src), edge)

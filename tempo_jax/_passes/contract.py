@@ -41,13 +41,7 @@ def contract_sums(program: Program) -> Program:
 
 def _pairs(program: Program) -> Sequence[tuple[Op, Op]]:
     """``(producer, sum)`` pairs that can be folded."""
-    readers: dict[tuple[int, int], int] = {}
-    for op in program.ops:
-        for edge in op.inputs:
-            readers[(edge.src, edge.out)] = readers.get((edge.src, edge.out), 0) + 1
-    for out in program.outputs:
-        key = (out.edge.src, out.edge.out)
-        readers[key] = readers.get(key, 0) + 1
+    readers = program.read_counts()
     found = []
     for op in program.ops:
         if not _summing(op):

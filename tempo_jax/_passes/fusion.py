@@ -31,21 +31,16 @@ def fuse_growing(program: Program) -> Program:
 
 def _pair(program: Program) -> tuple[Op, Op, int] | None:
     """A ``(producer, reader, input position)`` to fuse, or None."""
-    readers: dict[int, int] = {}
-    for op in program.ops:
-        for edge in op.inputs:
-            readers[edge.src] = readers.get(edge.src, 0) + 1
-    for out in program.outputs:
-        readers[out.edge.src] = readers.get(out.edge.src, 0) + 1
+    readers = program.read_counts()
     for op in program.ops:
         if not _plain(op):
             continue
         for k, edge in enumerate(op.inputs):
             producer = program.op(edge.src)
             if (
-                readers.get(producer.id) == 1
+                len(producer.outputs) == 1
+                and readers[(producer.id, 0)] == 1
                 and _plain(producer)
-                and len(producer.outputs) == 1
                 and _grows(producer)
                 and producer.domain == op.domain
                 and edge.index == producer.domain

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 from .._ir.expr import Expr, Symbol, format_index, substitute, symbols_of
 from .._ir.program import Edge, Program
-from .tree import LOOP_SCOPE, Alloc, Exec, Free, Guard, Loop, Node, Sequence
+from .tree import LOOP_SCOPE, Node, map_exprs
 
 SCHEMA = 1  # the layout of an entry; bump to drop every old entry
 
@@ -137,18 +137,7 @@ def _renamed(tree: Node, rename: Callable[[Symbol], Symbol]) -> Node:
         found = {s: rename(s) for s in symbols_of(e) if s.program != LOOP_SCOPE}
         return substitute(e, found) if found else e  # type: ignore[return-value]
 
-    if isinstance(tree, Exec):
-        return Exec(tree.op, tuple(expr(x) for x in tree.point))
-    if isinstance(tree, Alloc | Free):
-        return tree
-    if isinstance(tree, Guard):
-        return Guard(expr(tree.cond), _renamed(tree.body, rename))
-    if isinstance(tree, Sequence):
-        return Sequence(tuple(_renamed(c, rename) for c in tree.children))
-    if isinstance(tree, Loop):
-        body = _renamed(tree.body, rename)
-        return Loop(tree.dim, expr(tree.start), expr(tree.stop), body, tree.reverse, tree.trips)
-    raise TypeError(f"not a schedule node: {type(tree).__name__}")
+    return map_exprs(tree, expr)
 
 
 @functools.cache

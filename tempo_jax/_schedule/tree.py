@@ -20,7 +20,7 @@ one (``for t in 0..T-1: S1[t - 1]`` means "op 1 at domain point ``t = loop t - 1
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from .._ir.expr import Const, Expr, Symbol, substitute
 from .._ir.program import Program
@@ -132,23 +132,24 @@ def loops(tree: Node) -> list[Loop]:
     return [node for node in walk(tree) if isinstance(node, Loop)]
 
 
-def substitute_tree(tree: Node, mapping: Mapping[Symbol, Expr]) -> Node:
-    """``tree`` with symbols replaced in every expression (loops do not shadow: names are
-    unique along any path of a tree built by the scheduler)."""
-
-    def sub(expr: Expr) -> Expr:
-        return simplify(substitute(expr, mapping))
-
+def map_exprs(tree: Node, fn: Callable[[Expr], Expr]) -> Node:
+    """``tree`` with ``fn`` applied to every expression (loop bounds, guards, exec points)."""
     if isinstance(tree, Exec):
-        return Exec(tree.op, tuple(sub(x) for x in tree.point))
+        return Exec(tree.op, tuple(fn(x) for x in tree.point))
     if isinstance(tree, Alloc | Free):
         return tree
     if isinstance(tree, Guard):
-        return Guard(sub(tree.cond), substitute_tree(tree.body, mapping))
+        return Guard(fn(tree.cond), map_exprs(tree.body, fn))
     if isinstance(tree, Sequence):
-        return Sequence(tuple(substitute_tree(c, mapping) for c in tree.children))
-    body = substitute_tree(tree.body, mapping)
-    return Loop(tree.dim, sub(tree.start), sub(tree.stop), body, tree.reverse, tree.trips)
+        return Sequence(tuple(map_exprs(c, fn) for c in tree.children))
+    body = map_exprs(tree.body, fn)
+    return Loop(tree.dim, fn(tree.start), fn(tree.stop), body, tree.reverse, tree.trips)
+
+
+def substitute_tree(tree: Node, mapping: Mapping[Symbol, Expr]) -> Node:
+    """``tree`` with symbols replaced in every expression (loops do not shadow: names are
+    unique along any path of a tree built by the scheduler)."""
+    return map_exprs(tree, lambda expr: simplify(substitute(expr, mapping)))
 
 
 # ---------------------------------------------------------------------------------------------
