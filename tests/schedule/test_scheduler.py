@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
+import islpy as isl
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from tempo_jax._ir.errors import ScheduleInfeasibleError, TempoError
 from tempo_jax._ir.expr import TRUE, Const, Expr, Slice, Symbol, eq, maximum
 from tempo_jax._ir.program import Edge, Op, Program, TensorSpec
-from tempo_jax._schedule.scheduler import schedule
+from tempo_jax._schedule.scheduler import _respects, schedule
 from tempo_jax._schedule.tree import (
     Exec,
     Guard,
@@ -345,3 +346,21 @@ def random_programs(draw: st.DrawFn) -> Program:
 def test_random_programs_are_legal(program: Program) -> None:
     for size in (1, 3, 5):
         check_legal(program, {T: size})
+
+
+def test_the_dependence_check_rejects_a_schedule_that_breaks_one() -> None:
+    """``_respects`` (differences of schedule times) against the pairwise definition."""
+    ctx = isl.Context()
+    deps = isl.UnionMap.read_from_str(ctx, "[T] -> { S1[t] -> S1[t + 1] : 0 <= t < T - 1 }")
+    forward = isl.UnionMap.read_from_str(ctx, "[T] -> { S1[t] -> [t, 0] }")
+    backward = isl.UnionMap.read_from_str(ctx, "[T] -> { S1[t] -> [-t, 0] }")
+    for sched, want in ((forward, True), (backward, False)):
+        pairwise = deps.is_subset(sched.lex_lt_union_map(sched))
+        assert _respects(sched, deps) == pairwise == want
+    two = isl.UnionMap.read_from_str(ctx, "[T] -> { S1[t] -> S2[t] : 0 <= t < T }")
+    for text, want in (
+        ("S1[t] -> [t, 0]; S2[t] -> [t, 1]", True),
+        ("S1[t] -> [t, 1]; S2[t] -> [t, 0]", False),
+    ):
+        sched = isl.UnionMap.read_from_str(ctx, f"[T] -> {{ {text} }}")
+        assert _respects(sched, two) == two.is_subset(sched.lex_lt_union_map(sched)) == want
