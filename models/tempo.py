@@ -14,6 +14,14 @@ buffer per layer, visits only the tiles of ``k[0:t+1, l]`` holding rows (static 
 runs layers as a loop inside the position loop. With an end token, ``done[t]`` marks rows that
 emitted it and ``p.stop_when(all(done[t]))`` ends the position loop once every row has.
 
+Ragged prompts come left-padded with a ``mask``; then positions are per row and padding is
+masked through the attention range::
+
+    pos[t], valid[t] = real tokens of each row before t, whether tok[t] is real    ([B] each)
+    x[t, 0]   = embed(tok[t], pos[t]);  q, k, v = qkv(norm(x[t, l]), w[l], pos[t])
+    a[t, l]   = attend(q, k[0:t+1, l], v[0:t+1, l], valid[0:t+1])   (scores where valid)
+    nxt[t]    = ..., else sample(logits[t][b], fold_in(key[b], pos[t][b] + 1)) per row b
+
 Example::
 
     decoder = TempoDecoder(cfg, batch=4, prompt_len=8, steps=32)
@@ -21,20 +29,27 @@ Example::
 
 ``out`` is the dict every decoder of :mod:`models.baselines` returns (``tokens``, ``length``,
 ``logits``, ``steps_run``), with the same sampling keys, so they can be compared token by token.
+:meth:`TempoModel.generate_hf` is the Hugging Face-style entry point (ragged prompts, masks,
+top-k, several end tokens, logits only on request)::
+
+    out = TempoModel(cfg, params).generate_hf([[5, 9, 2], [7]], max_new_tokens=16)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import tempo_jax as tj
 
-from . import layers
+from . import layers, prompts
 from .baselines.decode_loop import Sampling, prepare
 from .config import DecoderConfig
 from .params import Params, param_shapes
@@ -43,10 +58,17 @@ from .sampling import sample, step_key
 UNROLL_LAYERS = 32  # up to this many layers, the layer loop is unrolled (static weight slices)
 
 
-def attend_tiles(cfg: DecoderConfig, q: jax.Array, ks: jax.Array, vs: jax.Array) -> jax.Array:
+def attend_tiles(
+    cfg: DecoderConfig,
+    q: jax.Array,
+    ks: jax.Array,
+    vs: jax.Array,
+    valid: jax.Array | None = None,
+) -> jax.Array:
     """Attention of ``q`` ``[B, H, hd]`` over rows ``ks`` / ``vs`` ``[S, B, KV, hd]`` (rows
     first: the axis the compiler tiles), as ``[B, H, hd]``: a softmax over the rows and a
     weighted sum, a map-then-reduce the compiler evaluates tile by tile (online softmax).
+    ``valid`` ``[S, B]`` (optional): rows where it is False get no weight (padding).
 
     The rows move next to ``hd`` first (``[B, KV, S, hd]``, the layout the compiler stores a
     tiled buffer in), so both contractions read each tile as stored.
@@ -55,7 +77,10 @@ def attend_tiles(cfg: DecoderConfig, q: jax.Array, ks: jax.Array, vs: jax.Array)
     b = q.shape[0]
     grouped = q.reshape(b, cfg.kv_heads, cfg.groups, cfg.head_dim)
     s = jnp.einsum("bkgd,bksd->bkgs", grouped, ks, preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(s * (1.0 / math.sqrt(cfg.head_dim)), axis=-1)
+    s = s * (1.0 / math.sqrt(cfg.head_dim))
+    if valid is not None:  # finite: a tile of padding only must not give inf - inf
+        s = jnp.where(jnp.swapaxes(valid, 0, 1)[:, None, None, :], s, layers.MASKED)
+    probs = jax.nn.softmax(s, axis=-1)
     o = jnp.einsum("bkgs,bksd->bkgd", probs.astype(vs.dtype), vs)
     return o.reshape(b, cfg.heads, cfg.head_dim)
 
@@ -67,7 +92,10 @@ def build_program(
     *,
     temperature: float = 0.0,
     top_p: float = 1.0,
-    end_token: int | None = None,
+    top_k: int | None = None,
+    end_token: int | tuple[int, ...] | None = None,
+    ragged: bool = False,
+    logits: bool = True,
     dtype: Any = jnp.float32,
 ) -> tj.Program:
     """The decode program for prompts ``[batch, prompt_len]``; the number of positions fed is
@@ -75,40 +103,54 @@ def build_program(
 
     Inputs: ``prompt`` int32 ``[B, P]``, ``key`` (raw uint32 ``[2]`` key data) and the
     parameters, one input per leaf named by its path (``layers/wq``: stacked over ``l``).
-    Outputs over ``t``: ``tokens`` (the token at position ``t + 1``), ``logits``, and
-    ``done`` with an end token.
+    Outputs over ``t``: ``tokens`` (the token at position ``t + 1``), ``logits`` (unless
+    ``logits=False``), and ``done`` with end tokens (one id or several; a done row emits the
+    first).
+
+    ``ragged=True`` takes left-padded prompts: an input ``mask`` bool ``[B, P]`` (False:
+    padding) and one key per row (``key`` ``[B, 2]``). Each row counts positions over its real
+    tokens only (``pos[t]`` ``[B]``), its attention gives padded rows no weight (``valid[t]``
+    read as a range next to the keys), and it draws its token at position ``p`` with
+    ``fold_in(key[b], p)``: a row decodes as it would alone.
     """
     shapes = param_shapes(cfg)
+    ends = (end_token,) if isinstance(end_token, int) else tuple(end_token or ())
     with tj.Program("decode") as p:
         t, l = p.dims("t l")
         prompt = tj.input("prompt", (batch, prompt_len), jnp.int32)
-        key = tj.input("key", (2,), jnp.uint32)
+        key = tj.input("key", (batch, 2) if ragged else (2,), jnp.uint32)
         top = {
             k: _inputs(k, v, dtype, ()) for k, v in shapes.items() if k != "layers"
         }  # embedding, positions, final norm, head
         lw = _inputs("layers", shapes["layers"], dtype, (l,), drop=1)
+        pos: Any = t
+        if ragged:
+            mask = tj.input("mask", (batch, prompt_len), jnp.bool_)
+            place = functools.partial(_position, prompt_len=prompt_len)
+            pos, valid = tj.lift(place, name="position")(mask, t)
 
         tok = tj.placeholder((batch,), jnp.int32, domain=(t,))
         tok[0] = tj.lift(lambda pr: pr[:, 0], name="first_token")(prompt)
 
         x = tj.placeholder((batch, cfg.dim), dtype, domain=(t, l))
-        x[t, 0] = tj.lift(functools.partial(_embed, cfg), name="embed")(top, tok, t)
-        q, k, v = tj.lift(functools.partial(_qkv, cfg), name="qkv")(x, lw, t)
+        x[t, 0] = tj.lift(functools.partial(_embed, cfg), name="embed")(top, tok, pos)
+        q, k, v = tj.lift(functools.partial(_qkv, cfg), name="qkv")(x, lw, pos)
         rows = (
             slice(0, t + 1) if cfg.window is None else slice(tj.max(0, t - cfg.window + 1), t + 1)
         )
-        a = tj.lift(functools.partial(attend_tiles, cfg), name="attend")(q, k[rows, l], v[rows, l])
+        attend = tj.lift(functools.partial(attend_tiles, cfg), name="attend")
+        a = attend(q, k[rows, l], v[rows, l], *((valid[rows],) if ragged else ()))
         y = tj.lift(functools.partial(_finish, cfg), name="block")(x, a, lw)
         x[t, l + 1] = y[t, l]
 
-        logits = tj.lift(functools.partial(layers.logits, cfg), name="logits")(top, y[t, -1])
+        out = tj.lift(functools.partial(layers.logits, cfg), name="logits")(top, y[t, -1])
         choose = functools.partial(
-            _choose, prompt_len=prompt_len, temperature=temperature, top_p=top_p
+            _choose, prompt_len=prompt_len, temperature=temperature, top_p=top_p, top_k=top_k
         )
-        nxt = tj.lift(choose, name="sample")(logits, prompt, key, t)
-        if end_token is not None:
+        nxt = tj.lift(choose, name="sample")(out, prompt, key, pos, t)
+        if ends:
             before = tj.placeholder((batch,), jnp.bool_, domain=(t,))  # done before t + 1
-            mark = functools.partial(_mark, end_token=end_token, prompt_len=prompt_len)
+            mark = functools.partial(_mark, ends=ends, prompt_len=prompt_len)
             nxt, done = tj.lift(mark, name="end")(nxt, before, t)
             before[0] = tj.zeros((batch,), jnp.bool_)
             before[t + 1] = done[t]
@@ -116,7 +158,8 @@ def build_program(
             p.stop_when(tj.all(done))
         tok[t + 1] = nxt[t]
         p.output("tokens", nxt)
-        p.output("logits", logits)
+        if logits:
+            p.output("logits", out)
     return p
 
 
@@ -127,12 +170,12 @@ def _inputs(name: str, shapes: Any, dtype: Any, domain: tuple, drop: int = 0) ->
     return tj.input(name, shapes[drop:], dtype, domain=domain)
 
 
-def _embed(cfg: DecoderConfig, top: Params, tok: jax.Array, t: jax.Array) -> jax.Array:
-    return layers.embed(cfg, top, tok, t)
+def _embed(cfg: DecoderConfig, top: Params, tok: jax.Array, pos: jax.Array) -> jax.Array:
+    return layers.embed(cfg, top, tok, pos)
 
 
-def _qkv(cfg: DecoderConfig, x: jax.Array, lp: Params, t: jax.Array) -> tuple[jax.Array, ...]:
-    return layers.qkv(cfg, lp, layers.norm(cfg, lp["attn_norm"], x), t)
+def _qkv(cfg: DecoderConfig, x: jax.Array, lp: Params, pos: jax.Array) -> tuple[jax.Array, ...]:
+    return layers.qkv(cfg, lp, layers.norm(cfg, lp["attn_norm"], x), pos)
 
 
 def _finish(cfg: DecoderConfig, x: jax.Array, a: jax.Array, lp: Params) -> jax.Array:
@@ -140,35 +183,53 @@ def _finish(cfg: DecoderConfig, x: jax.Array, a: jax.Array, lp: Params) -> jax.A
     return x + layers.mlp(cfg, lp, layers.norm(cfg, lp["mlp_norm"], x))
 
 
+def _position(mask: jax.Array, t: jax.Array, *, prompt_len: int) -> tuple[jax.Array, jax.Array]:
+    """Row ``b``'s position of the token at ``t`` ``[B]`` (its real tokens before ``t``; 0 on
+    padding) and whether that token is real ``[B]``, for prompts left-padded per ``mask``."""
+    col = jnp.minimum(t, prompt_len - 1)
+    real = jnp.sum(mask & (jnp.arange(prompt_len) <= col), axis=1, dtype=jnp.int32)
+    pos = real - 1 + jnp.maximum(t - (prompt_len - 1), 0)
+    valid = jnp.where(t < prompt_len, mask[:, col], True)
+    return jnp.maximum(pos, 0), valid
+
+
 def _choose(
     logits: jax.Array,
     prompt: jax.Array,
     key: jax.Array,
+    pos: jax.Array,
     t: jax.Array,
     *,
     prompt_len: int,
     temperature: float,
     top_p: float,
+    top_k: int | None,
 ) -> jax.Array:
-    """The token at position ``t + 1``: the prompt's inside it, else a sample."""
+    """The token at position ``t + 1``: the prompt's inside it, else a sample drawn with the
+    key of the token's position (``pos + 1``: ``t + 1``, or per row for ragged prompts, each
+    row with its own key)."""
     nxt = t + 1
     forced = jax.lax.dynamic_index_in_dim(
         prompt, jnp.minimum(nxt, prompt_len - 1), axis=1, keepdims=False
     )
+    draw = functools.partial(sample, temperature=temperature, top_p=top_p, top_k=top_k)
     if temperature == 0:
-        drawn = sample(logits, key, 0.0, top_p)
+        drawn = draw(logits, key)
+    elif key.ndim == 2:  # one key per row
+        keys = jax.vmap(step_key)(jax.random.wrap_key_data(key), pos + 1)
+        drawn = jax.vmap(draw)(logits, keys)
     else:
-        drawn = sample(logits, step_key(jax.random.wrap_key_data(key), nxt), temperature, top_p)
+        drawn = draw(logits, step_key(jax.random.wrap_key_data(key), pos + 1))
     return jnp.where(nxt < prompt_len, forced, drawn)
 
 
 def _mark(
-    token: jax.Array, done: jax.Array, t: jax.Array, *, end_token: int, prompt_len: int
+    token: jax.Array, done: jax.Array, t: jax.Array, *, ends: tuple[int, ...], prompt_len: int
 ) -> tuple[jax.Array, jax.Array]:
-    """A done row keeps emitting the end token; a row is done once it emitted it after the
-    prompt."""
-    token = jnp.where(done, end_token, token)
-    return token, done | ((token == end_token) & (t + 1 >= prompt_len))
+    """A done row keeps emitting the first end token; a row is done once it emitted one of
+    ``ends`` after the prompt."""
+    token = jnp.where(done, ends[0], token)
+    return token, done | (jnp.isin(token, jnp.asarray(ends)) & (t + 1 >= prompt_len))
 
 
 @functools.lru_cache(maxsize=16)
@@ -177,21 +238,11 @@ def _compiled(
     batch: int,
     prompt_len: int,
     positions: int,
-    temperature: float,
-    top_p: float,
-    end_token: int | None,
     block: int,
     dtype: str,
+    **options: Any,
 ) -> Any:
-    program = build_program(
-        cfg,
-        batch,
-        prompt_len,
-        temperature=temperature,
-        top_p=top_p,
-        end_token=end_token,
-        dtype=jnp.dtype(dtype),
-    )
+    program = build_program(cfg, batch, prompt_len, dtype=jnp.dtype(dtype), **options)
     tiling = functools.partial(tj.tile_dynamic_ranges, block=block)
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
     unroll = ("l",) if cfg.layers <= UNROLL_LAYERS else ()
@@ -200,7 +251,8 @@ def _compiled(
 
 class TempoDecoder:
     """The tempo_jax decoder for one shape of work: ``batch`` prompts of ``prompt_len`` tokens
-    followed by ``steps`` new tokens, attending in tiles of ``block`` cache rows."""
+    followed by ``steps`` new tokens, attending in tiles of ``block`` cache rows. The options
+    are :func:`build_program`'s."""
 
     def __init__(
         self,
@@ -211,7 +263,10 @@ class TempoDecoder:
         *,
         temperature: float = 0.0,
         top_p: float = 1.0,
-        end_token: int | None = None,
+        top_k: int | None = None,
+        end_token: int | Sequence[int] | None = None,
+        ragged: bool = False,
+        logits: bool = True,
         block: int = 64,
         dtype: Any = jnp.float32,
     ) -> None:
@@ -221,26 +276,38 @@ class TempoDecoder:
             raise ValueError(f"P + steps = {prompt_len + steps} exceeds max_len {cfg.max_len}")
         if temperature < 0 or top_p <= 0:
             raise ValueError(f"need temperature >= 0 and top_p > 0, got {temperature}, {top_p}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be None or at least 1, got {top_k}")
         self.cfg, self.batch, self.prompt_len, self.steps = cfg, batch, prompt_len, steps
-        self.end_token = end_token
+        self.ends = (end_token,) if isinstance(end_token, int) else tuple(end_token or ())
+        self.ragged = ragged
         self.compiled = _compiled(
             cfg,
             batch,
             prompt_len,
             prompt_len + steps - 1,
-            float(temperature),
-            float(top_p),
-            end_token,
             block,
             jnp.dtype(dtype).name,
+            temperature=float(temperature),
+            top_p=float(top_p),
+            top_k=top_k,
+            end_token=self.ends,
+            ragged=ragged,
+            logits=logits,
         )
 
-    def inputs(self, params: Params, prompt: Any, key: jax.Array | None = None) -> dict:
-        """The compiled program's inputs for ``params``, ``prompt`` and ``key``."""
-        key = jax.random.PRNGKey(0) if key is None else key
+    def inputs(
+        self, params: Params, prompt: Any, key: jax.Array | None = None, mask: Any = None
+    ) -> dict:
+        """The compiled program's inputs for ``params``, ``prompt``, ``key`` (one key per row
+        ``[B]`` when ragged) and, when ragged, the prompt's ``mask`` (default: no padding)."""
+        if key is None:
+            key = jnp.zeros((self.batch, 2) if self.ragged else (2,), jnp.uint32)
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             key = jax.random.key_data(key)
         flat: dict[str, Any] = {"prompt": jnp.asarray(prompt, jnp.int32), "key": key}
+        if self.ragged:
+            flat["mask"] = jnp.ones(flat["prompt"].shape, bool) if mask is None else mask
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
             flat["/".join(str(getattr(k, "key", k)) for k in path)] = leaf
         return flat
@@ -252,25 +319,48 @@ class TempoDecoder:
         return self.result(out, jnp.asarray(prompt, jnp.int32))
 
     def result(self, out: dict, prompt: jax.Array) -> dict[str, jax.Array]:
-        """The program's outputs as ``generate``'s dict."""
+        """The program's outputs as ``generate``'s dict (``logits`` when the program has
+        them)."""
         total = self.prompt_len + self.steps
         tokens = jnp.concatenate([prompt[:, :1], jnp.swapaxes(out["tokens"], 0, 1)], axis=1)
-        logits = jnp.swapaxes(out["logits"], 0, 1)
-        if self.end_token is None:
+        if not self.ends:
             run = jnp.int32(total - 1)
             length = jnp.full((self.batch,), total, jnp.int32)
         else:
             run = out["lengths"]["T"]
             fed = jnp.arange(total - 1) < run
-            tokens = tokens.at[:, 1:].set(jnp.where(fed, tokens[:, 1:], self.end_token))
+            tokens = tokens.at[:, 1:].set(jnp.where(fed, tokens[:, 1:], self.ends[0]))
             done = jnp.swapaxes(out["done"], 0, 1) & fed  # [B, T - 1]: done after t + 1
             length = jnp.where(done.any(axis=1), jnp.argmax(done, axis=1) + 2, total)
-        return {"tokens": tokens, "length": length, "logits": logits, "steps_run": run}
+        result = {"tokens": tokens, "length": length, "steps_run": run}
+        if "logits" in out:
+            result["logits"] = jnp.swapaxes(out["logits"], 0, 1)
+        return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """What :meth:`TempoModel.generate_hf` returns.
+
+    ``sequences`` int32 ``[B, P + new]``: each prompt, left-padded, then its new tokens (after
+    its end token, the first end token). ``lengths`` ``[B]``: real tokens of each row, its
+    prompt (``prompt_lengths``) plus its new tokens up to and including its end token.
+    ``logits`` float32 ``[B, P + new - 1, V]`` when asked for: at ``t``, the logits of the
+    token at ``t + 1`` (zero at padding and at positions not run). ``steps_run``: positions
+    fed before every row was done.
+    """
+
+    sequences: jax.Array
+    lengths: jax.Array
+    prompt_lengths: jax.Array
+    steps_run: jax.Array
+    logits: jax.Array | None = None
 
 
 class TempoModel:
     """A decoder config and its parameters, decoding with tempo_jax (one compiled program per
-    shape of work, cached): ``TempoModel(cfg, params).generate(prompt, steps)``."""
+    shape of work, cached): ``TempoModel(cfg, params).generate(prompt, steps)``, or
+    Hugging Face style with :meth:`generate_hf`."""
 
     def __init__(self, cfg: DecoderConfig, params: Params) -> None:
         self.cfg = cfg
@@ -300,6 +390,145 @@ class TempoModel:
             top_p=top_p,
             end_token=end_token,
             block=block,
-            dtype=jax.tree_util.tree_leaves(self.params)[0].dtype,
+            dtype=self._dtype,
         )
         return decoder.generate(self.params, prompt, key)
+
+    def generate_hf(
+        self,
+        input_ids: Any,
+        attention_mask: Any = None,
+        *,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float = 1.0,
+        eos_token_id: int | Sequence[int] | None = None,
+        return_logits: bool = False,
+        key: jax.Array | None = None,
+        block: int = 64,
+    ) -> Generation:
+        """Decode up to ``max_new_tokens`` tokens after each prompt, like Hugging Face's
+        ``generate``.
+
+        ``input_ids``: a list of token lists of any lengths, or an int ``[B, P]`` array with
+        ``attention_mask`` ``[B, P]`` (1: real token, 0: padding; padding on the right is
+        moved to the left). Each row decodes as it would alone: its positions count its real
+        tokens only and padding gets no attention. ``do_sample=False`` is greedy; otherwise
+        tokens are drawn from ``logits / temperature`` restricted to the ``top_k`` most likely
+        (``None`` or 0: all) and then the ``top_p`` nucleus. ``key``: one PRNG key, split into
+        one key per row, or ``[B]`` keys; row ``b`` draws its token at position ``p`` with
+        ``fold_in(key[b], p)``. ``eos_token_id`` (default: the config's ``eos_token_ids``):
+        one id or several; a row is done once it emits one, and decoding stops when every
+        row is. Logits are computed and returned only with ``return_logits=True``.
+
+        Example::
+
+            out = model.generate_hf([[5, 9, 2], [7]], max_new_tokens=8, eos_token_id=[2, 3])
+            out.sequences[:, 3:]  # the new tokens; row b has out.lengths[b] real tokens
+        """
+        ends = _end_tokens(self.cfg, eos_token_id)
+        ids, mask = prompts.left_padded(
+            input_ids, attention_mask, vocab=self.cfg.vocab, pad=ends[0] if ends else 0
+        )
+        (batch, width), new = ids.shape, max_new_tokens
+        if not isinstance(new, (int, np.integer)) or isinstance(new, bool) or new < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {new!r}")
+        new = int(new)
+        if width + new > self.cfg.max_len:
+            raise ValueError(
+                f"prompt length {width} + max_new_tokens {new} = {width + new} exceeds the "
+                f"model's max_len {self.cfg.max_len}; shorten the prompt or max_new_tokens"
+            )
+        temperature, top_k, top_p = _sampling(do_sample, temperature, top_k, top_p)
+        keys = _row_keys(key, batch, needed=do_sample)
+        decoder = TempoDecoder(
+            self.cfg,
+            batch,
+            width,
+            new,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            end_token=ends,
+            ragged=True,
+            logits=return_logits,
+            block=block,
+            dtype=self._dtype,
+        )
+        out = decoder.compiled(**decoder.inputs(self.params, np.where(mask, ids, 0), keys, mask))
+        return _generation(decoder.result(out, jnp.asarray(ids)), ids, mask)
+
+    @property
+    def _dtype(self) -> Any:
+        return jax.tree_util.tree_leaves(self.params)[0].dtype
+
+
+def _generation(res: dict[str, jax.Array], ids: np.ndarray, mask: np.ndarray) -> Generation:
+    """``generate_hf``'s result from :meth:`TempoDecoder.result` for left-padded ``ids``."""
+    width = ids.shape[1]
+    real = jnp.asarray(mask.sum(axis=1), jnp.int32)
+    logits = res.get("logits")
+    if logits is not None:  # zero where a padding token was fed or no position ran
+        fed = jnp.arange(logits.shape[1]) < res["steps_run"]
+        real_fed = jnp.pad(
+            jnp.asarray(mask), ((0, 0), (0, logits.shape[1] - width)), constant_values=True
+        )
+        logits = jnp.where((real_fed & fed)[..., None], logits, 0.0)
+    return Generation(
+        sequences=jnp.concatenate([jnp.asarray(ids), res["tokens"][:, width:]], axis=1),
+        lengths=res["length"] - (width - real),
+        prompt_lengths=real,
+        steps_run=res["steps_run"],
+        logits=logits,
+    )
+
+
+def _end_tokens(cfg: DecoderConfig, eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
+    """The end tokens: ``eos_token_id`` (one id or several), else the config's."""
+    if eos_token_id is None:
+        return cfg.eos_token_ids
+    ends = np.atleast_1d(np.asarray(eos_token_id))
+    if ends.size and ends.dtype.kind not in "iu":
+        raise ValueError(f"eos_token_id must be one integer id or several, got {eos_token_id!r}")
+    for e in ends.reshape(-1):
+        if not 0 <= e < cfg.vocab:
+            raise ValueError(
+                f"eos_token_id {e} is not a token id: this model's vocabulary is "
+                f"0 <= id < {cfg.vocab}"
+            )
+    return tuple(int(e) for e in ends.reshape(-1))
+
+
+def _sampling(
+    do_sample: bool, temperature: float, top_k: int | None, top_p: float
+) -> tuple[float, int | None, float]:
+    """The program's temperature (0: greedy), top-k (None: all tokens) and top-p."""
+    if not do_sample:
+        return 0.0, None, 1.0
+    if temperature <= 0:
+        raise ValueError(f"do_sample=True needs temperature > 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"top_k must be None or an integer >= 0 (0: all tokens), got {top_k!r}")
+    return float(temperature), top_k or None, float(top_p)
+
+
+def _row_keys(key: jax.Array | None, batch: int, *, needed: bool) -> jax.Array:
+    """Raw key data ``[B, 2]``: ``key`` split in ``batch`` keys, or ``key`` when it holds one
+    key per row."""
+    if key is None:
+        if needed:
+            raise ValueError("do_sample=True needs a key, e.g. key=jax.random.PRNGKey(0)")
+        return jnp.zeros((batch, 2), jnp.uint32)
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if key.ndim == (0 if typed else 1):  # one key
+        key = jax.random.split(key, batch)
+    keys = jax.random.key_data(key) if typed else key
+    if keys.shape != (batch, 2):
+        raise ValueError(
+            f"key must be one PRNG key or one per row ({batch}), got shape {key.shape}"
+        )
+    return keys

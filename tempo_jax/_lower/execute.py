@@ -658,11 +658,14 @@ class TreeLowering:
         item = next(iter(ranges.values()))[1]
         start = jnp.asarray(item.start.evaluate(env), jnp.int32)
         stop = jnp.asarray(item.stop.evaluate(env), jnp.int32)
-        splits = {self.splits.get((op.inputs[k].src, op.inputs[k].out)) for k in ranges}
-        split = splits.pop() if len(splits) == 1 else None
-        count = None  # split storage: tiles are whole arrays, visited by an unrolled loop
-        if split is not None and split.block == block:
-            count, total = split.count, split.count * block
+        # split storage: tiles are whole arrays, visited by an unrolled loop, when every range
+        # is cut the same way (buffers of other shapes, a KV cache and a row mask, may be)
+        found = [self.splits.get((op.inputs[k].src, op.inputs[k].out)) for k in ranges]
+        cuts = {None if split is None else (split.block, split.count) for split in found}
+        cut = cuts.pop() if len(cuts) == 1 else None
+        count = None
+        if cut is not None and cut[0] == block:
+            count, total = cut[1], cut[1] * block
         cyclic = self._cycle_of(op)
         if cyclic is not None:  # every tile of the cycle may hold rows of the range
             count = total // block

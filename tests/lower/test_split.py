@@ -126,3 +126,32 @@ def test_split_writes_and_assembles_like_one_array(traced: bool) -> None:
     for (r, g), v in zip(points, values, strict=True):
         want[r, g] = v
     np.testing.assert_array_equal(np.asarray(got), want.transpose(1, 2, 0))
+
+
+def test_ranges_of_buffers_of_other_shapes_cut_alike_read_their_tiles_as_stored() -> None:
+    """Keys ``(D,)`` and a row weight ``()`` per position, both read as ``[0:t+1]`` by one
+    payload and split in the same tiles: each tile is read as its own array, never
+    assembled from the pieces (a copy of the whole buffer per read)."""
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (D,), jnp.float32, domain=(t,))
+        h = tj.placeholder((D,), jnp.float32, domain=(t,))
+        h[0] = x[0]
+        k = tj.tanh(h * 2.0)
+        m = tj.sigmoid(h.sum())  # one weight per row
+
+        def attend(q: jax.Array, ks: jax.Array, ms: jax.Array) -> jax.Array:
+            return jax.nn.softmax(ks @ q + ms, axis=0) @ ks
+
+        h[t + 1] = x[t + 1] + 0.5 * tj.lift(attend, name="attend")(h, k[0 : t + 1], m[0 : t + 1])[t]
+        p.output("h", h)
+    tiling = functools.partial(tj.tile_dynamic_ranges, block=BLOCK)
+    pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
+    compiled = p.compile({"T": STEPS}, pipeline=pipeline)
+    xs = _inputs()["x"]
+    with recording(Split, "zeros", keep="self") as built, recording(Split, "assemble") as whole:
+        got = compiled(x=xs)
+    np.testing.assert_allclose(
+        got["h"], tj.reference.run(p, {"T": STEPS}, {"x": xs})["h"], rtol=1e-5, atol=1e-5
+    )
+    assert len(built) == 2 and whole == []
