@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import pathlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -365,6 +366,14 @@ class TempoModel:
     def __init__(self, cfg: DecoderConfig, params: Params) -> None:
         self.cfg = cfg
         self.params = params
+
+    @classmethod
+    def from_pretrained(cls, path: str | pathlib.Path, dtype: Any = None) -> TempoModel:
+        """The model of a local Hugging Face checkpoint folder (Llama or GPT-2; see
+        :func:`models.pretrained.load_pretrained`), its weights cast to ``dtype`` if given."""
+        from .pretrained import load_pretrained
+
+        return cls(*load_pretrained(path, dtype=dtype))
 
     def generate(
         self,
