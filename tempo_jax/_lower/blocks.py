@@ -102,14 +102,14 @@ def _nest(
     ):
         return None
     dims = {loop.var: loop for loop in loops}
-    if len(node.point) != len(op.domain) or sorted(map(id, loops)) != sorted(
-        id(dims.get(x)) for x in node.point if x in dims
-    ):
-        return None  # every loop walks one coordinate of the op, as is
+    if len(dims) != len(op.domain) or any(x not in dims for x in node.point):
+        return None  # every coordinate of the op is one loop of the nest, as is
+    if len(set(node.point)) != len(node.point):
+        return None
     for loop, dim in ((dims[x], d) for x, d in zip(node.point, op.domain, strict=True)):
         if loop.start != Const(0) or loop.stop != dim.bound or dim.bound not in sizes:
             return None
-    mine = {d for x, d in zip(node.point, op.domain, strict=True) if x in dims}
+    mine = set(op.domain)
     grows = set()
     for edge in op.inputs:
         for item in edge.index:

@@ -141,3 +141,21 @@ def test_an_op_reading_its_own_values_keeps_its_loop() -> None:
     want = tj.reference.run(p, {"T": 20}, {"x": xs})["h"]
     got = _compiled(p, 4, {"T": 20})(x=xs)["h"]
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_attention_inside_a_recurrence_over_another_dim() -> None:
+    """``o[i, t]`` attends over ``h[i, 0:t+1]`` while ``h[i+1]`` depends on ``o[i]``: a
+    dependence along ``i``, so the op's points are not independent; the values are the
+    interpreter's."""
+    with tj.Program() as p:
+        i, t = p.dims("i t")
+        x = tj.input("x", (D,), jnp.float32, domain=(t,))
+        h = tj.placeholder((D,), jnp.float32, domain=(i, t))
+        h[0, t] = x[t]
+        o = tj.lift(_attend, name="attend")(h, h[i, 0 : t + 1], h[i, 0 : t + 1])
+        h[i + 1, t] = tj.tanh(o[i, t])
+        p.output("o", o)
+    xs = np.random.default_rng(2).normal(size=(13, D)).astype(np.float32)
+    want = tj.reference.run(p, {"I": 3, "T": 13}, {"x": xs})["o"]
+    got = _compiled(p, 4, {"I": 3, "T": 13})(x=xs)["o"]
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
