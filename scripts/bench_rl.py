@@ -13,7 +13,8 @@ algorithm with the same config and keys, side by side in one run:
 
 Each system is built and called once (compilation), then timed over ``repeats`` calls (the
 median). Rows go to ``results/rl/bench.json``: ``{algo, system, factor, value,
-seconds_per_iteration, steps_per_second, compile_seconds, ratio_vs_single_jit}``, with a plot
+seconds_per_iteration, steps_per_second, build_seconds, xla_compile_seconds, compile_seconds
+(build + XLA), ratio_vs_single_jit}``, with a plot
 ``results/rl/bench.png`` (one panel per factor).
 
     python -m scripts.bench_rl [--config configs/bench/rl_cpu_small.yaml] [--only base]
@@ -72,18 +73,38 @@ def _wait(out: dict[str, Any]) -> dict[str, Any]:
 
 def time_system(
     make: Callable[[RLConfig], Callable[[], dict[str, Any]]], config: RLConfig, repeats: int
-) -> tuple[float, float, dict[str, Any]]:
-    """``(compile seconds, median seconds of a run, outputs)``: built and called once first."""
+) -> tuple[dict[str, float], float, dict[str, Any]]:
+    """``({build, xla_compile, compile} seconds, median seconds of a run, outputs)``.
+
+    A system that compiles ahead of time (tempo_jax's ``ahead_of_time``, a ``jax.jit``
+    function's ``lower().compile()``) is timed stage by stage; one that compiles as it runs
+    (the actor-learner's Python loop over jitted pieces) counts its first call's excess over a
+    timed run as its XLA compile.
+    """
     start = time.perf_counter()
     run = make(config)
+    build = time.perf_counter() - start
+    start = time.perf_counter()
+    ahead = True
+    if hasattr(run, "ahead_of_time"):
+        run = run.ahead_of_time()
+    elif hasattr(run, "lower"):
+        run = run.lower().compile()
+    else:
+        ahead = False
+    xla = time.perf_counter() - start
+    start = time.perf_counter()
     out = _wait(run())
-    compile_seconds = time.perf_counter() - start
+    first = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         out = _wait(run())
         times.append(time.perf_counter() - start)
-    return compile_seconds, statistics.median(times), out
+    seconds = statistics.median(times)
+    if not ahead:
+        xla = max(0.0, first - seconds)
+    return {"build": build, "xla_compile": xla, "compile": build + xla}, seconds, out
 
 
 def bench_point(
@@ -100,7 +121,7 @@ def bench_point(
         cfg = config
         if system == "actor_learner":
             cfg = dataclasses.replace(config, iterations=settings["actor_learner_iterations"])
-        compile_s, seconds, out = time_system(make, cfg, settings["repeats"])
+        stages, seconds, out = time_system(make, cfg, settings["repeats"])
         outputs[system] = out
         steps = cfg.iterations * cfg.envs * cfg.steps
         rows.append(
@@ -112,7 +133,9 @@ def bench_point(
                 "iterations": cfg.iterations,
                 "seconds_per_iteration": seconds / cfg.iterations,
                 "steps_per_second": steps / seconds,
-                "compile_seconds": compile_s,
+                "build_seconds": stages["build"],
+                "xla_compile_seconds": stages["xla_compile"],
+                "compile_seconds": stages["compile"],
             }
         )
     base = next((r for r in rows if r["system"] == "single_jit"), None)

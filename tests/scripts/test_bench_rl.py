@@ -32,6 +32,8 @@ def test_each_point_times_every_system_on_the_same_run(tmp_path) -> None:
     for row in rows:
         assert row["seconds_per_iteration"] > 0 and row["steps_per_second"] > 0
         assert row["loss_rel_diff_vs_single_jit"] < 1e-3  # tempo_jax computed the same run
+        assert row["build_seconds"] >= 0 and row["xla_compile_seconds"] >= 0
+        assert row["compile_seconds"] == row["build_seconds"] + row["xla_compile_seconds"]
     assert all(r["ratio_vs_single_jit"] == 1.0 for r in rows if r["system"] == "single_jit")
     assert rows[2]["iterations"] == 1 and rows[0]["iterations"] == 2
     bench_rl.plot(rows, TINY["base"], tmp_path / "bench.png")
@@ -41,3 +43,12 @@ def test_each_point_times_every_system_on_the_same_run(tmp_path) -> None:
 def test_an_episode_length_sets_the_trivial_envs_episode() -> None:
     config = bench_rl.point_config(TINY["base"], "steps", 16)
     assert config.steps == 16 and config.env_options == {"obs_shape": (3, 2, 2), "episode": 16}
+
+
+def test_a_system_is_timed_stage_by_stage() -> None:
+    config = bench_rl.point_config(TINY["base"], "base", None)
+    for make in (bench_rl.SYSTEMS["ppo"]["tempo_jax"], bench_rl.SYSTEMS["ppo"]["single_jit"]):
+        stages, seconds, out = bench_rl.time_system(make, config, 1)
+        assert stages["build"] >= 0 and stages["xla_compile"] > 0 and seconds > 0
+        assert stages["compile"] == stages["build"] + stages["xla_compile"]
+        assert out["loss"].shape == (config.iterations,)
