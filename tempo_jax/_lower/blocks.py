@@ -32,7 +32,7 @@ from jax import lax
 
 from .._ir.expr import Const, Slice, Symbol, dims_of, symbols_of
 from .._ir.program import Program
-from .._schedule.tree import Exec, Loop, Node, walk
+from .._schedule.tree import Exec, Loop, Node, Sequence, walk
 
 if TYPE_CHECKING:
     from .execute import TreeLowering
@@ -40,39 +40,42 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class Nest:
-    """A loop nest around one op whose points are independent (module docstring).
+    """A loop nest around ops whose points are independent (module docstring).
 
-    ``loops`` are the nest's loops, outermost first; ``exec`` the op's execution at the
-    nest's variables; ``query`` the op's dim its ranges grow along (None: none in the nest),
-    run in blocks of ``rows``.
+    ``loops`` are the nest's loops, outermost first; ``execs`` the ops' executions at the
+    nest's variables, in order; ``query`` the loop variable the ranges grow along (None: none
+    in the nest), run in blocks of ``rows``; ``local`` the reads ``(id(exec), input)`` of a
+    value computed in the nest at the same point, taken from the point's own computation.
     """
 
     loops: tuple[Loop, ...]
-    exec: Exec
+    execs: tuple[Exec, ...]
     query: Symbol | None
     rows: int
+    local: frozenset[tuple[int, int]] = frozenset()
 
 
 def plan_nests(
     program: Program,
     tree: Node,
     tile_size: Callable[[int], int | None],
-    own_buffers: Callable[[int], bool],
+    stored: Callable[[int], bool | None],
     sizes: dict[Symbol, int],
 ) -> dict[Loop, Nest]:
     """The loop nests of ``tree`` to compute at once, by their outermost loop.
 
     ``tile_size(op id)`` is the op's tile size when it is taken in tiles (else None): the
-    queries run in blocks of as many rows;
-    ``own_buffers(op id)`` whether its outputs are full buffers in domain order, written
-    nowhere else; ``sizes`` the static bounds (a dynamic bound is not one).
+    queries run in blocks of as many rows; ``stored(op id)`` True when the op's outputs are
+    full buffers in domain order written only by its own points, False when they are not
+    stored at all (read at the point that computes them only), None otherwise; ``sizes`` the
+    static bounds (a dynamic bound is not one).
     """
     found: dict[Loop, Nest] = {}
     inner: set[int] = set()  # loops already inside a found nest
     for node in walk(tree):
         if not isinstance(node, Loop) or id(node) in inner:
             continue
-        nest = _nest(program, node, tile_size, own_buffers, sizes)
+        nest = _nest(program, node, tile_size, stored, sizes)
         if nest is not None:
             found[node] = nest
             inner.update(id(loop) for loop in nest.loops)
@@ -83,7 +86,7 @@ def _nest(
     program: Program,
     top: Loop,
     tile_size: Callable[[int], int | None],
-    own_buffers: Callable[[int], bool],
+    stored: Callable[[int], bool | None],
     sizes: dict[Symbol, int],
 ) -> Nest | None:
     loops: list[Loop] = []
@@ -91,71 +94,112 @@ def _nest(
     while isinstance(node, Loop):
         loops.append(node)
         node = node.body
-    if not isinstance(node, Exec):
-        return None
-    op = program.op(node.op)
-    block = tile_size(op.id)
-    if op.kind != "apply" or block is None or not own_buffers(op.id):
-        return None
-    if any(edge.src == op.id for edge in op.inputs) or (
-        program.stop is not None and program.stop.edge.src == op.id
-    ):
+    if isinstance(node, Exec):
+        execs: tuple[Exec, ...] = (node,)
+    elif isinstance(node, Sequence) and all(isinstance(c, Exec) for c in node.children):
+        execs = tuple(c for c in node.children if isinstance(c, Exec))
+    else:
         return None
     dims = {loop.var: loop for loop in loops}
-    if len(dims) != len(op.domain) or any(x not in dims for x in node.point):
-        return None  # every coordinate of the op is one loop of the nest, as is
-    if len(set(node.point)) != len(node.point):
-        return None
-    for loop, dim in ((dims[x], d) for x, d in zip(node.point, op.domain, strict=True)):
-        if loop.start != Const(0) or loop.stop != dim.bound or dim.bound not in sizes:
+    at: dict[int, Exec] = {}
+    blocks = []
+    query: set[Symbol] = set()
+    local: set[tuple[int, int]] = set()
+    for ex in execs:
+        op = program.op(ex.op)
+        if op.kind != "apply" or stored(op.id) is None:
             return None
-    mine = set(op.domain)
-    grows = set()
-    for edge in op.inputs:
-        for item in edge.index:
-            if isinstance(item, Slice) and dims_of(item.size):
-                grows |= symbols_of(item.start) | symbols_of(item.stop)
-    query = grows & mine
-    if len(query) > 1:
+        if any(edge.src == op.id for edge in op.inputs) or (
+            program.stop is not None and program.stop.edge.src == op.id
+        ):
+            return None
+        if len(dims) != len(op.domain) or any(x not in dims for x in ex.point):
+            return None  # every coordinate of the op is one loop of the nest, as is
+        if len(set(ex.point)) != len(ex.point):
+            return None
+        for loop, dim in ((dims[x], d) for x, d in zip(ex.point, op.domain, strict=True)):
+            if loop.start != Const(0) or loop.stop != dim.bound or dim.bound not in sizes:
+                return None
+        to_loop = dict(zip(op.domain, ex.point, strict=True))
+        for k, edge in enumerate(op.inputs):
+            if edge.src in at:  # computed in the nest: at this very point only
+                index = tuple(to_loop.get(i) if isinstance(i, Symbol) else None for i in edge.index)
+                if index != at[edge.src].point:
+                    return None
+                local.add((id(ex), k))
+            for item in edge.index:
+                if isinstance(item, Slice) and dims_of(item.size):
+                    query |= {
+                        to_loop[d]
+                        for d in symbols_of(item.start) | symbols_of(item.stop)
+                        if d in to_loop
+                    }
+        block = tile_size(op.id)
+        if block is not None:
+            blocks.append(block)
+        at[op.id] = ex
+    if not blocks or len(query) > 1:
         return None
-    return Nest(tuple(loops), node, next(iter(query), None), block)
+    for ex in execs:  # a value read outside the nest is a full buffer the nest writes
+        if not stored(ex.op) and any(
+            edge.src == ex.op for op in program.ops if op.id not in at for edge in op.inputs
+        ):
+            return None
+    return Nest(tuple(loops), execs, next(iter(query), None), min(blocks), frozenset(local))
 
 
 def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> dict:
-    """Every point of ``nest``'s op, computed at once (module docstring); its buffers
+    """Every point of ``nest``'s ops, computed at once (module docstring); their buffers
     written."""
-    op = lowering.program.op(nest.exec.op)
-    keys = [(op.id, k) for k in range(len(op.outputs))]
-    extent = {d: lowering.bounds[d.bound] for d in op.domain}
+    program = lowering.program
+    ops = [program.op(ex.op) for ex in nest.execs]
+    written = [op for op in ops if lowering.stored(op.id)]
+    extent = {}
+    for ex, op in zip(nest.execs, ops, strict=True):
+        for x, d in zip(ex.point, op.domain, strict=True):
+            extent[x] = lowering.bounds[d.bound]
+    variables = [loop.var for loop in nest.loops]
     query = nest.query
     rows = min(nest.rows, extent[query]) if query is not None else 0
 
-    def points(first: Any) -> tuple[Any, ...]:
-        """The op's outputs at every point of the nest (queries ``first .. first+rows-1``)."""
+    def points(first: Any) -> list[Any]:
+        """The written ops' outputs at every point of the nest (queries ``first ..``), each
+        with the nest's loops leading, in loop order."""
         coords = {
-            d: (first + jnp.arange(rows, dtype=jnp.int32))
-            if d == query
-            else jnp.arange(extent[d], dtype=jnp.int32)
-            for d in op.domain
+            x: (first + jnp.arange(rows, dtype=jnp.int32))
+            if x == query
+            else jnp.arange(extent[x], dtype=jnp.int32)
+            for x in variables
         }
-        span = _span(lowering, op, nest, coords, env) if query is not None else None
-        fast = _grid(lambda *point: _point(lowering, nest, env, buffers, point, span), coords, op)
-        if span is None:
+        spans = _spans(lowering, nest, coords, env) if query is not None else None
+        fast = _grid(lambda *p: _point(lowering, nest, env, buffers, p, spans), coords, variables)
+        if spans is None:
             return fast
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in fast]))
+        checked = [v for v in fast[1] if jnp.issubdtype(v.dtype, jnp.inexact)]
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in checked] or [True]))
         return lax.cond(
-            finite, lambda: fast, lambda: _one_by_one(lowering, nest, env, buffers, coords)
+            finite,
+            lambda: fast[0],
+            lambda: _one_by_one(lowering, nest, env, buffers, coords, variables)[0],
         )
 
     def write(carried: dict, first: Any) -> dict:
         carried = dict(carried)
-        for (src, k), value in zip(keys, points(first), strict=True):
-            buf = carried[(src, k)]
-            starts = [first if d == query else jnp.int32(0) for d in op.domain]
-            starts += [jnp.int32(0)] * (buf.ndim - len(starts))
-            carried[(src, k)] = lax.dynamic_update_slice(buf, value.astype(buf.dtype), starts)
+        values = iter(points(first))
+        for ex, op in zip(nest.execs, ops, strict=True):
+            if op not in written:
+                continue
+            order = [variables.index(x) for x in ex.point]  # domain axis -> loop axis
+            for k in range(len(op.outputs)):
+                value = next(values)
+                value = jnp.transpose(value, (*order, *range(len(order), value.ndim)))
+                buf = carried[(op.id, k)]
+                starts = [first if x == query else jnp.int32(0) for x in ex.point]
+                starts += [jnp.int32(0)] * (buf.ndim - len(starts))
+                carried[(op.id, k)] = lax.dynamic_update_slice(buf, value.astype(buf.dtype), starts)
         return carried
 
+    keys = [(op.id, k) for op in written for k in range(len(op.outputs))]
     own = {key: buffers[key] for key in keys}
     if query is None:
         own = write(own, jnp.int32(0))
@@ -169,47 +213,68 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
 
 
 def _point(
-    lowering: TreeLowering, nest: Nest, env: dict, buffers: dict, point: tuple, span: Any
-) -> tuple[Any, ...]:
-    """The op's outputs at one point (its own tiles, or the block's ``span``)."""
-    op = lowering.program.op(nest.exec.op)
-    op_env = {**lowering.runtime, **env, **dict(zip(op.domain, point, strict=True))}
-    values = lowering._tiled(nest.exec, op, op_env, buffers, {}, span)
-    if values is None:
-        values = lowering.compute(op, op_env, lowering._inputs(nest.exec, op, op_env, buffers, {}))
-    return tuple(values)
+    lowering: TreeLowering, nest: Nest, env: dict, buffers: dict, point: tuple, spans: Any
+) -> tuple[list[Any], list[Any]]:
+    """The nest's ops at one point (loop variable values, in loop order), each over its own
+    tiles or the block's span: (the written ops' outputs, the tiled ops' outputs)."""
+    at = dict(zip((loop.var for loop in nest.loops), point, strict=True))
+    local: dict[int, tuple[Any, ...]] = {}
+    written, tiled = [], []
+    for ex in nest.execs:
+        op = lowering.program.op(ex.op)
+        op_env = {**lowering.runtime, **env}
+        op_env.update((d, at[x]) for d, x in zip(op.domain, ex.point, strict=True))
+        span = None if spans is None else spans.get(op.id)
+        values = lowering._tiled(ex, op, op_env, buffers, local, span)
+        if values is None:
+            values = lowering.compute(op, op_env, lowering._inputs(ex, op, op_env, buffers, local))
+        elif span is not None:
+            tiled.extend(values)
+        local[op.id] = tuple(values)
+        if lowering.stored(op.id):
+            written.extend(values)
+    return written, tiled
 
 
-def _grid(fn: Callable[..., Any], coords: dict, op: Any) -> tuple[Any, ...]:
-    """``fn`` at every point of the grid of ``coords`` (one vector per dim), in domain order."""
-    rank = len(op.domain)
+def _grid(fn: Callable[..., Any], coords: dict, variables: list) -> Any:
+    """``fn`` at every point of the grid of ``coords`` (one vector per loop variable)."""
+    rank = len(variables)
     for axis in reversed(range(rank)):
         fn = jax.vmap(fn, in_axes=tuple(0 if a == axis else None for a in range(rank)))
-    return fn(*(coords[d] for d in op.domain))
+    return fn(*(coords[x] for x in variables))
 
 
 def _one_by_one(
-    lowering: TreeLowering, nest: Nest, env: dict, buffers: dict, coords: dict
-) -> tuple[Any, ...]:
+    lowering: TreeLowering, nest: Nest, env: dict, buffers: dict, coords: dict, variables: list
+) -> Any:
     """The block point by point, each over its own tiles with the sequential tiler's checks:
     the exact values where the block's shared tiles gave a value that is not finite (an inf or
     a nan in a row outside some point's range, times zero)."""
-    op = lowering.program.op(nest.exec.op)
-    grids = jnp.meshgrid(*(coords[d] for d in op.domain), indexing="ij")
+    grids = jnp.meshgrid(*(coords[x] for x in variables), indexing="ij")
     shape = grids[0].shape
     flat = tuple(g.reshape(-1) for g in grids)
     values = lax.map(lambda point: _point(lowering, nest, env, buffers, point, None), flat)
-    return tuple(v.reshape(shape + v.shape[1:]) for v in values)
+    return jax.tree.map(lambda v: v.reshape(shape + v.shape[1:]), values)
 
 
-def _span(lowering: TreeLowering, op: Any, nest: Nest, coords: dict, env: dict) -> tuple[Any, Any]:
+def _spans(lowering: TreeLowering, nest: Nest, coords: dict, env: dict) -> dict[int, Any]:
+    """Per tiled op of the nest: the tiles holding a row of some query's range."""
+    spans = {}
+    for ex in nest.execs:
+        op = lowering.program.op(ex.op)
+        if lowering._tile_shape(op) is None:
+            continue
+        query = next(d for d, x in zip(op.domain, ex.point, strict=True) if x == nest.query)
+        spans[op.id] = _span(lowering, op, query, coords[nest.query], env)
+    return spans
+
+
+def _span(lowering: TreeLowering, op: Any, query: Symbol, at_query: Any, env: dict) -> Any:
     """The tiles holding a row of some query's range, over the block's queries."""
-    query = nest.query
-    assert query is not None
     ranges = lowering._ranges(op)
     assert ranges
     item = next(iter(ranges.values()))[1]
-    at = {**lowering.runtime, **env, query: coords[query]}
+    at = {**lowering.runtime, **env, query: at_query}
     start = jnp.asarray(item.start.evaluate(at), jnp.int32)
     stop = jnp.asarray(item.stop.evaluate(at), jnp.int32)
     shape = lowering._tile_shape(op)

@@ -122,10 +122,15 @@ class TreeLowering:
         # some other way by some op
         self._tile_reads, self._whole_reads = self._tiled_reads()
         self.layouts = self._layouts()  # (op, output) -> the axis order its buffer is stored in
-        self.splits = self._splits()  # (op, output) -> how its buffer is cut into arrays
         static = {b: v for b, v in self.runtime.items() if isinstance(v, int)}
-        # loop nests around one op with independent points: computed at once
-        self.nests = plan_nests(program, tree, self._nest_tiles, self._own_buffers, static)
+        # loop nests of ops with independent points: computed at once, their outputs whole
+        # buffers (never split: a block writes many rows at once)
+        self.splits: dict[tuple[int, int], Split] = {}
+        self.nests = plan_nests(program, tree, self._nest_tiles, self.stored, static)
+        in_nests = {ex.op for nest in self.nests.values() for ex in nest.execs}
+        # (op, output) -> how its buffer is cut into arrays
+        self.splits = {key: s for key, s in self._splits().items() if key[0] not in in_nests}
+        self.nest_local = frozenset().union(*(nest.local for nest in self.nests.values()))
 
     def _cycles(self, candidates: dict[tuple[int, int], CyclicCandidate]) -> dict:
         """Buffers kept cyclic (:class:`Cycle`): windows read by a map-then-reduce.
@@ -285,6 +290,21 @@ class TreeLowering:
             if any(key in rings for rings in self.plan.rings.values()):
                 return False
         return True
+
+    def stored(self, op_id: int) -> bool | None:
+        """True when ``op_id``'s outputs are full buffers of its own (:meth:`_own_buffers`),
+        False when none is kept at all (read only where it is computed), else None."""
+        if self._own_buffers(op_id):
+            return True
+        for k in range(len(self.program.op(op_id).outputs)):
+            key = (op_id, k)
+            if key in self.plan.buffered or key in self.captures or key in self.held:
+                return None
+            if key in self.plan.accumulated or key in self.cycles or key in self.splits:
+                return None
+            if any(key in rings for rings in self.plan.rings.values()):
+                return None
+        return False
 
     def _tile_shape(self, op: Op) -> tuple[dict[int, tuple[int, Slice, int]], int, int] | None:
         """``op``'s growing ranges (see :meth:`_ranges`), tile size and buffer rows, when it
@@ -627,7 +647,7 @@ class TreeLowering:
                     values.append(acc.reshape((1,) * slices + acc.shape))
                 else:
                     values.append(self.read(edge, env, buffers, op.domain))
-            elif (id(node), k) in self.plan.local:
+            elif (id(node), k) in self.plan.local or (id(node), k) in self.nest_local:
                 values.append(local[edge.src][edge.out])
             elif (id(node), k) in self.plan.window:
                 values.append(buffers[(edge.src, edge.out, RING)][self.plan.window[(id(node), k)]])

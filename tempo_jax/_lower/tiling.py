@@ -53,7 +53,7 @@ _ROW_SAFE = _ELEMENTWISE | (_LAYOUT - {"iota", "concatenate", "split"})
 
 
 @dataclasses.dataclass
-class _Plan:
+class Plan:
     """The flat jaxpr, which axis of each value is tiled, and each equation's sweep."""
 
     closed: jex.ClosedJaxpr
@@ -124,7 +124,7 @@ def plan_tiles(
 # -- planning ------------------------------------------------------------------------------------
 
 
-def _flat(fn: Callable[..., Any]) -> Callable[..., Any]:
+def flatten(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` with every call (jit, custom_jvp, ...) inlined: one flat jaxpr."""
 
     def run(*args: Any) -> list[Any]:
@@ -160,8 +160,27 @@ def _plan(
     axis: Sequence[int | None],
     klass: str,
     what: str,
-) -> _Plan | None:
-    flat = _flat(fn)
+) -> Plan | None:
+    plan = classify(fn, args, axis, klass, what)
+    if plan is None:
+        return None
+    jaxpr = plan.closed.jaxpr
+    if any(v in plan.axis for v in jaxpr.outvars if not isinstance(v, jex.Literal)):
+        return None  # an output keeps the range
+    _rescale_online(plan)
+    return plan
+
+
+def classify(
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    axis: Sequence[int | None],
+    klass: str,
+    what: str,
+) -> Plan | None:
+    """``fn``'s flat jaxpr with each equation classified (row, reduce, after) and each value's
+    tiled axis, outputs keeping the range allowed; None when an equation is none of these."""
+    flat = flatten(fn)
     closed = jax.make_jaxpr(flat)(*args)
     pads: list[Pads] = [{} if a is None else {a: klass} for a in axis]
     analysis = _analyse(flat, closed, args, pads, what)
@@ -189,11 +208,7 @@ def _plan(
             found = analysis.pads.get((i, "out", k), {})
             for a in found:
                 tiled[var] = a
-    if any(v in tiled for v in jaxpr.outvars if not isinstance(v, jex.Literal)):
-        return None  # an output keeps the range
-    plan = _Plan(closed, tiled, level, kinds, analysis.affine, {}, {}, {})
-    _rescale_online(plan)
-    return plan
+    return Plan(closed, tiled, level, kinds, analysis.affine, {}, {}, {})
 
 
 def _classify(eqn: jex.JaxprEqn, i: int, tiled: dict[Any, int], pads: dict) -> str | None:
@@ -207,6 +222,14 @@ def _classify(eqn: jex.JaxprEqn, i: int, tiled: dict[Any, int], pads: dict) -> s
             return "row" if name == "broadcast_in_dim" else None  # an iota is not
         if name in _ROW_SAFE or name in ("reduce_sum", "reduce_max", "reduce_min"):
             return "row"
+        if name == "slice" and len(ins) == 1:  # along other axes only: the tile kept whole
+            a = tiled[ins[0]]
+            whole = (
+                eqn.params["start_indices"][a] == 0
+                and eqn.params["limit_indices"][a] == ins[0].aval.shape[a]
+                and (eqn.params["strides"] is None or eqn.params["strides"][a] == 1)
+            )
+            return "row" if whole else None
         if name == "dot_general":
             (lc, rc), _ = eqn.params["dimension_numbers"]
             lhs, rhs = eqn.invars[:2]
@@ -222,7 +245,7 @@ def _classify(eqn: jex.JaxprEqn, i: int, tiled: dict[Any, int], pads: dict) -> s
     return None
 
 
-def _rescale_online(plan: _Plan) -> None:
+def _rescale_online(plan: Plan) -> None:
     """Move sums that depend on a max only through ``exp(x - max)`` into the max's sweep.
 
     A forward walk gives every value that waits for a max's sweep the positions of the max's
@@ -276,7 +299,7 @@ _PASS = ("convert_element_type", "copy", "copy_p", "stop_gradient")
 class _Factors:
     """The forward walk of :func:`_rescale_online` for one sweep (memoised per value)."""
 
-    def __init__(self, plan: _Plan, eqns: list, producer: dict, target: int) -> None:
+    def __init__(self, plan: Plan, eqns: list, producer: dict, target: int) -> None:
         self.plan, self.eqns, self.producer, self.target = plan, eqns, producer, target
         self.memo: dict[Any, Any] = {}
 
@@ -360,7 +383,7 @@ def _through_dot(eqn: Any, k: int, pos: tuple[int, ...]) -> tuple[int, ...] | No
     return tuple(out)
 
 
-def _exp_of_difference(plan: _Plan, eqns: list, producer: dict, exp: Any) -> _Factor | None:
+def _exp_of_difference(plan: Plan, eqns: list, producer: dict, exp: Any) -> _Factor | None:
     """The factor when ``exp``'s input is ``rows - broadcast(max of those rows)``."""
     (arg,) = exp.invars
     if arg not in producer or eqns[producer[arg]].primitive.name != "sub":
@@ -413,7 +436,7 @@ def _unit_axes_added(eqn: Any) -> list[int] | None:
     return out if k == len(old) else None
 
 
-def _relevel(plan: _Plan) -> None:
+def _relevel(plan: Plan) -> None:
     """The sweep each value waits for, with rescaled sums in their max's sweep."""
     for i, eqn in enumerate(plan.closed.jaxpr.eqns):
         if i in plan.online:
@@ -429,7 +452,7 @@ def _relevel(plan: _Plan) -> None:
 
 
 class _Sweeps:
-    def __init__(self, plan: _Plan, readers: Sequence[TileReader | None], tiles: Tiles) -> None:
+    def __init__(self, plan: Plan, readers: Sequence[TileReader | None], tiles: Tiles) -> None:
         self.plan = plan
         self.readers = readers
         self.tiles = tiles

@@ -61,6 +61,8 @@ from .._ir.simplify import _linear, simplify
 from .._ir.source import SourceInfo, describe
 from .._schedule.domains import defined_domains
 from .._schedule.isl_convert import domain_set, isl_context, set_to_conjuncts
+from . import range_grad
+from .fusion import fuse_growing
 
 if TYPE_CHECKING:
     from .._frontend.program import Program as FrontProgram
@@ -100,7 +102,8 @@ class _Backward:
         self.loss = loss
         self.wrt = list(wrt)
         self.source = source
-        self.ops = {op.id: op for op in self.program.recorded_ops()}
+        self.recorded = {op.id: op for op in self.program.recorded_ops()}
+        self.ops = self.recorded  # the fused view once the targets are known (``run``)
         self.contributions: dict[Key, list[Key]] = {}
         self._defined_sets: Any = None
         self._zeros: dict[TensorSpec, int] = {}
@@ -132,6 +135,7 @@ class _Backward:
                 raise TempoError(f"{where}: `{w.name}` is {w.dtype.name}, not a float tensor")
             targets[(w._m.op, w._m.out)] = k
         self.targets = targets
+        self.ops = self._fused_view()
         self.relevant = self._relevant(self.loss.edge().src)
         self.needed = self._needed()
 
@@ -169,7 +173,8 @@ class _Backward:
             if op.kind == "merge":
                 reads.extend(self._merge_reads(op))
             elif op.kind == "apply":
-                reads.extend(self._vjp(op))
+                tiled = self._range_vjp(op)
+                reads.extend(self._vjp(op) if tiled is None else tiled)
         for read in reads:
             key = (read.edge.src, read.edge.out)
             self.contributions.setdefault(key, []).append(self._transpose(read))
@@ -182,6 +187,21 @@ class _Backward:
             meta = TensorMeta(self.program, op_id, 0, None, w.domain, w.shape, w.dtype, self.source)
             results.append(RecurrentTensor(meta))
         return results
+
+    def _fused_view(self) -> dict[int, Op]:
+        """The recorded ops with every growing value folded into its one reader
+        (:func:`fuse_growing`): a chain ``s = k[0:t+1] @ q``, ``p = softmax(s)``, ``p @ v[0:t+1]``
+        is differentiated as one map-then-reduce, its growing values never stored."""
+        target_ops = {op for op, _ in self.targets}
+        kept = {
+            op.id for op in self.recorded.values() if op.id in target_ops or not _differentiable(op)
+        }
+        ops = tuple(
+            op.replace(kind="input", inputs=(), payload=None) if op.id in kept else op
+            for op in self.recorded.values()
+        )
+        fused = fuse_growing(IRProgram(self.program.declared_dims, ops, ()))
+        return {op.id: self.recorded[op.id] if op.id in kept else op for op in fused.ops}
 
     def _relevant(self, loss_op: int) -> set[int]:
         """Ops on a path from a target to the loss (targets included, their inputs not)."""
@@ -236,7 +256,7 @@ class _Backward:
                 op.replace(kind="input", inputs=(), payload=None)
                 if any((op.id, k) in self.targets for k in range(len(op.outputs)))
                 else op
-                for op in self.ops.values()
+                for op in self.recorded.values()
             )
             snapshot = IRProgram(self.program.declared_dims, ops, ())
             ctx = isl_context()
@@ -329,6 +349,96 @@ class _Backward:
         return [
             _Read(op.inputs[k], op.domain, (vjp_op, n), TRUE, f"`{op.name}`", op.id)
             for n, k in enumerate(diff)
+        ]
+
+    def _range_vjp(self, op: Op) -> list[_Read] | None:
+        """The vjp of a map-then-reduce over one growing range as a stats op over ``op``'s
+        domain and a rows op over the range's producers (:mod:`.range_grad`); None where
+        ``op`` is not such an op or reads its range otherwise than the rows op can invert."""
+        assert op.payload is not None
+        payload = op.payload
+        diff = [k for k, e in enumerate(op.inputs) if (e.src, e.out) in self.needed]
+        outs = [j for j in range(len(op.outputs)) if (op.id, j) in self.needed]
+        layout = _range_layout(op, self.ops)
+        if layout is None or not diff or not outs or self._defined(op.id):
+            return None
+        ranged, d, item, producer_domain = layout
+        if not any(k in diff for k in ranged):
+            return None  # no range cotangent: the plain vjp is a map-then-reduce already
+        what = f"the gradient of `{op.name}`{describe(op.source)}"
+        try:
+            lo, hi, conds = _invert_range(item, d, producer_domain[_slice_pos(op, ranged)], what)
+        except UnsupportedError:
+            return None
+        if not (dims_of(lo) or dims_of(hi)):
+            return None  # every consumer reads the same rows: a plain sum over them
+        n_in = len(op.inputs)
+
+        def call(full: list[Any]) -> Sequence[Any]:
+            if payload.uses_point:
+                return payload.fn(range_grad.NO_POINT, *full)
+            return payload.fn(*full)
+
+        vjp = range_grad.vjp_function(call, n_in, diff, outs)
+        specs = [read_spec(self.ops[e.src], e) for e in op.inputs]
+        specs += [op.outputs[j] for j in outs]
+        split = range_grad.split(vjp, specs, ranged, what)
+        if split is None:
+            return None
+        point_diff = [k for n, k in enumerate(diff) if n in split.point_outs]
+        row_diff = [k for n, k in enumerate(diff) if n in split.row_outs]
+        if sorted(point_diff + row_diff) != diff:
+            return None
+        point_specs = [TensorSpec(specs[k].shape, specs[k].dtype) for k in point_diff]
+        stats_op = self._add_apply(
+            f"vjp_stats[{op.name}]",
+            op.domain,
+            (*op.inputs, *(self._grad_edge((op.id, j)) for j in outs)),
+            (*point_specs, *split.stat_specs),
+            range_grad.stats_payload(split, what),
+            pads_ok=False,
+            source=op.source,
+        )
+        # the consumers reading a producer point: the range's dim inverted, the others equal
+        at = {}
+        for k in ranged:
+            for pos, index in enumerate(op.inputs[k].index):
+                if not isinstance(index, Slice):
+                    at[index] = producer_domain[pos]
+        stat_index = tuple(Slice(lo, hi) if c == d else at[c] for c in op.domain)
+        first = len(point_diff)
+        stat_edges = tuple(
+            Edge(stats_op, first + m, stat_index, TRUE, op.source)
+            for m in range(len(split.stat_specs))
+        )
+        own = tuple(
+            Edge(op.inputs[k].src, op.inputs[k].out, producer_domain, TRUE, op.source)
+            for k in ranged
+        )
+        row_specs = []
+        for k in row_diff:
+            spec = self.ops[op.inputs[k].src].outputs[op.inputs[k].out]
+            row_specs.append(TensorSpec(spec.shape, spec.dtype))
+        rows_op = self._add_apply(
+            f"vjp_rows[{op.name}]",
+            producer_domain,
+            (*own, *stat_edges),
+            tuple(row_specs),
+            range_grad.rows_payload(split, what),
+            pads_ok=False,
+            source=op.source,
+        )
+        cond = simplify(_conjunction(conds))
+        for n, k in enumerate(row_diff):
+            edge = op.inputs[k]
+            part = (rows_op, n)
+            if cond != TRUE:
+                spec = row_specs[n]
+                part = (self._guarded(self.ops[edge.src], edge.out, spec, part, cond), 0)
+            self.contributions.setdefault((edge.src, edge.out), []).append(part)
+        return [
+            _Read(op.inputs[k], op.domain, (stats_op, n), TRUE, f"`{op.name}`", op.id)
+            for n, k in enumerate(point_diff)
         ]
 
     def _total(self, key: Key, parts: list[Key]) -> Edge:
@@ -547,8 +657,11 @@ class _Backward:
         self.program.add_branch(acc.id, Edge(add, 0, domain, TRUE, self.source))
         return acc.id
 
-    def _guarded(self, producer: Op, out: int, spec: TensorSpec, op_id: int, cond: Expr) -> int:
-        """``op_id``'s value where ``cond`` holds, zeros elsewhere."""
+    def _guarded(
+        self, producer: Op, out: int, spec: TensorSpec, value: int | Key, cond: Expr
+    ) -> int:
+        """``value``'s (an op's output 0, or a key) where ``cond`` holds, zeros elsewhere."""
+        op_id, value_out = value if isinstance(value, tuple) else (value, 0)
         merge = self.program.add_op(
             kind="merge",
             name="grad_part",
@@ -557,7 +670,9 @@ class _Backward:
             outputs=(spec,),
             source=self.source,
         )
-        self.program.add_branch(merge.id, Edge(op_id, 0, producer.domain, cond, self.source))
+        self.program.add_branch(
+            merge.id, Edge(op_id, value_out, producer.domain, cond, self.source)
+        )
         self.program.add_branch(merge.id, self._zeros_edge(producer, out, spec))
         return merge.id
 
@@ -621,6 +736,48 @@ class _Backward:
 
 
 # -- index algebra -----------------------------------------------------------------------------
+
+
+def _range_layout(
+    op: Op, ops: dict[int, Op]
+) -> tuple[tuple[int, ...], Symbol, Slice, tuple[Symbol, ...]] | None:
+    """``op``'s range reads when they all read one growing range alike, each other index of
+    theirs a distinct dim of ``op`` and every one of its dims read (``k[b, 0:t+1]`` and
+    ``v[b, 0:t+1]`` of producers over ``(b, t)``): ``(their input positions, the dim the range
+    grows along, the range, the producers' domain)``; None otherwise."""
+    ranged, found = [], None
+    for k, edge in enumerate(op.inputs):
+        slices = [i for i in edge.index if isinstance(i, Slice)]
+        if not slices:
+            continue
+        if len(slices) != 1 or edge.cond != TRUE or not dims_of(slices[0].size):
+            return None
+        item = slices[0]
+        pos = edge.index.index(item)
+        others = [i for i in edge.index if not isinstance(i, Slice)]
+        used = dims_of(item)
+        domain = ops[edge.src].domain
+        if len(used) != 1 or any(not isinstance(i, Symbol) or i not in op.domain for i in others):
+            return None
+        (d,) = used
+        key = (item, pos, tuple(others), domain)
+        if found is None:
+            found = key
+        elif key != found:
+            return None
+        if d in others or len(set(others)) != len(others) or {*others, d} != set(op.domain):
+            return None
+        ranged.append(k)
+    if found is None:
+        return None
+    item, _, _, domain = found
+    (d,) = dims_of(item)
+    return tuple(ranged), d, item, domain
+
+
+def _slice_pos(op: Op, ranged: tuple[int, ...]) -> int:
+    index = op.inputs[ranged[0]].index
+    return next(pos for pos, i in enumerate(index) if isinstance(i, Slice))
 
 
 def _differentiable(op: Op) -> bool:
