@@ -32,7 +32,7 @@ from jax import lax
 
 from .._ir.expr import Const, Slice, Symbol, dims_of, symbols_of
 from .._ir.program import Program
-from .._schedule.tree import Exec, Loop, Node, Sequence, walk
+from .._schedule.tree import LOOP_SCOPE, Exec, Loop, Node, Sequence, walk
 
 if TYPE_CHECKING:
     from .execute import TreeLowering
@@ -113,11 +113,16 @@ def _nest(
             program.stop is not None and program.stop.edge.src == op.id
         ):
             return None
-        if len(dims) != len(op.domain) or any(x not in dims for x in ex.point):
-            return None  # every coordinate of the op is one loop of the nest, as is
-        if len(set(ex.point)) != len(ex.point):
+        # every loop of the nest is a coordinate of the op, as is; its other coordinates are
+        # the variables of enclosing loops (fixed for the nest)
+        if sum(x in dims for x in ex.point) != len(dims) or len(set(ex.point)) != len(ex.point):
             return None
-        for loop, dim in ((dims[x], d) for x, d in zip(ex.point, op.domain, strict=True)):
+        if any(x not in dims and not _outer(x) for x in ex.point):
+            return None
+        for x, dim in zip(ex.point, op.domain, strict=True):
+            if x not in dims:
+                continue
+            loop = dims[x]
             if loop.start != Const(0) or loop.stop != dim.bound or dim.bound not in sizes:
                 return None
         to_loop = dict(zip(op.domain, ex.point, strict=True))
@@ -132,7 +137,7 @@ def _nest(
                     query |= {
                         to_loop[d]
                         for d in symbols_of(item.start) | symbols_of(item.stop)
-                        if d in to_loop
+                        if to_loop.get(d) in dims
                     }
         block = tile_size(op.id)
         if block is not None:
@@ -155,10 +160,11 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
     ops = [program.op(ex.op) for ex in nest.execs]
     written = [op for op in ops if lowering.stored(op.id)]
     extent = {}
+    variables = [loop.var for loop in nest.loops]
     for ex, op in zip(nest.execs, ops, strict=True):
         for x, d in zip(ex.point, op.domain, strict=True):
-            extent[x] = lowering.bounds[d.bound]
-    variables = [loop.var for loop in nest.loops]
+            if x in variables:
+                extent[x] = lowering.bounds[d.bound]
     query = nest.query
     rows = min(nest.rows, extent[query]) if query is not None else 0
 
@@ -189,12 +195,20 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
         for ex, op in zip(nest.execs, ops, strict=True):
             if op not in written:
                 continue
-            order = [variables.index(x) for x in ex.point]  # domain axis -> loop axis
+            # the nest's axes in domain order, one row at each enclosing loop's value
+            order = [variables.index(x) for x in ex.point if x in variables]
+            outer = [pos for pos, x in enumerate(ex.point) if x not in variables]
             for k in range(len(op.outputs)):
                 value = next(values)
                 value = jnp.transpose(value, (*order, *range(len(order), value.ndim)))
+                value = jnp.expand_dims(value, outer) if outer else value
                 buf = carried[(op.id, k)]
-                starts = [first if x == query else jnp.int32(0) for x in ex.point]
+                starts = [
+                    first
+                    if x == query
+                    else (jnp.int32(0) if x in variables else jnp.asarray(env[x], jnp.int32))
+                    for x in ex.point
+                ]
                 starts += [jnp.int32(0)] * (buf.ndim - len(starts))
                 carried[(op.id, k)] = lax.dynamic_update_slice(buf, value.astype(buf.dtype), starts)
         return carried
@@ -223,7 +237,7 @@ def _point(
     for ex in nest.execs:
         op = lowering.program.op(ex.op)
         op_env = {**lowering.runtime, **env}
-        op_env.update((d, at[x]) for d, x in zip(op.domain, ex.point, strict=True))
+        op_env.update((d, at.get(x, env.get(x))) for d, x in zip(op.domain, ex.point, strict=True))
         span = None if spans is None else spans.get(op.id)
         values = lowering._tiled(ex, op, op_env, buffers, local, span)
         if values is None:
@@ -234,6 +248,11 @@ def _point(
         if lowering.stored(op.id):
             written.extend(values)
     return written, tiled
+
+
+def _outer(x: Any) -> bool:
+    """Whether ``x`` is a loop variable (of a loop enclosing the nest)."""
+    return isinstance(x, Symbol) and x.program == LOOP_SCOPE
 
 
 def _grid(fn: Callable[..., Any], coords: dict, variables: list) -> Any:
@@ -264,8 +283,9 @@ def _spans(lowering: TreeLowering, nest: Nest, coords: dict, env: dict) -> dict[
         op = lowering.program.op(ex.op)
         if lowering._tile_shape(op) is None:
             continue
+        at = {d: env[x] for d, x in zip(op.domain, ex.point, strict=True) if x in env}
         query = next(d for d, x in zip(op.domain, ex.point, strict=True) if x == nest.query)
-        spans[op.id] = _span(lowering, op, query, coords[nest.query], env)
+        spans[op.id] = _span(lowering, op, query, coords[nest.query], {**env, **at})
     return spans
 
 
