@@ -166,7 +166,9 @@ def main() -> None:
         writer = csv.writer(handle)
         writer.writerow(["iteration", *summary["losses"]])
         writer.writerows(
-            zip(range(len(summary["losses"]["tempo_jax"])), *summary["losses"].values())
+            zip(
+                range(len(summary["losses"]["tempo_jax"])), *summary["losses"].values(), strict=True
+            )
         )
     plot(summary, out / f"{stem}.png")
     print(f"wrote {out}/{stem}.{{json,csv,png}}")

@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 def test_a_short_run_writes_agreeing_curves(tmp_path: pathlib.Path) -> None:
     config = yaml.safe_load((ROOT / "configs/train/lm_tiny.yaml").read_text())
     config["corpus"]["lines"] = 200
-    config["model"].update(dim=32, heads=2, head_dim=16, hidden=64, layers=1)
+    config["model"].update(dim=32, heads=2, kv_heads=2, head_dim=16, hidden=64, layers=1)
     config["train"].update(batch=2, seq_len=16, iterations=25, repeats=1)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
