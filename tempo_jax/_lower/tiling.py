@@ -63,7 +63,8 @@ class Plan:
     affine: dict[Any, Any]  # literal path -> size-affine substitution
     online: dict[int, int]  # reduce eqn -> the max reduce eqn it is rescaled against
     scales: dict[int, tuple[int, ...]]  # reduce eqn -> where the max's axes are in its output
-    divisors: dict[int, tuple[tuple[int, tuple[int, ...]], ...]]  # divided at the end by
+    # reduce eqn -> (sum eqn, its axes' positions, power): multiplied at the end by sum**power
+    divisors: dict[int, tuple[tuple[int, tuple[int, ...], int], ...]]
 
 
 def auto_block(rows: int) -> int:
@@ -270,27 +271,48 @@ def _rescale_online(plan: Plan) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class _Factor:
-    """A value equal to (terms free of the sweep) * exp(-max) / divisors, with the positions
-    of the max's axes and of each divisor's axes in the value."""
+    """A value equal to (terms free of the sweep) * exp(-max) * prod(sum ** power) over its
+    divisors, with the positions of the max's axes and of each divisor sum's axes in it."""
 
     max: int
     positions: tuple[int, ...]
-    divisors: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    divisors: tuple[tuple[int, tuple[int, ...], int], ...] = ()
 
     def moved(self, move: Callable[[tuple[int, ...]], tuple[int, ...] | None]) -> _Factor | None:
         positions = move(self.positions)
-        divisors = tuple((j, move(pos)) for j, pos in self.divisors)
-        if positions is None or any(pos is None for _, pos in divisors):
+        divisors = _moved(self.divisors, move)
+        if positions is None or divisors is None:
             return None
-        return _Factor(self.max, positions, divisors)  # type: ignore[arg-type]
+        return _Factor(self.max, positions, divisors)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scaled:
+    """A value equal to (terms free of the sweep) * prod(sum ** power) over its divisors, sums
+    of the sweep rescaled online (``dp / l**2`` in the backward of a softmax)."""
+
+    divisors: tuple[tuple[int, tuple[int, ...], int], ...]
+
+    def moved(self, move: Callable[[tuple[int, ...]], tuple[int, ...] | None]) -> _Scaled | None:
+        divisors = _moved(self.divisors, move)
+        return None if divisors is None else _Scaled(divisors)
+
+
+def _moved(divisors: tuple, move: Callable) -> tuple | None:
+    out = tuple((j, move(pos), power) for j, pos, power in divisors)
+    return None if any(pos is None for _, pos, _ in out) else out
 
 
 @dataclasses.dataclass(frozen=True)
 class _Divisor:
-    """A rescaled sum of the sweep (reduce eqn), broadcast: its axes' positions."""
+    """A rescaled sum of the sweep (reduce eqn) to a power, broadcast: its axes' positions."""
 
     reduce: int
     positions: tuple[int, ...]
+    power: int = 1
+
+    def scaled(self, power: int) -> _Scaled:
+        return _Scaled(((self.reduce, self.positions, self.power * power),))
 
 
 _PASS = ("convert_element_type", "copy", "copy_p", "stop_gradient")
@@ -328,21 +350,43 @@ class _Factors:
             return "free"
         if name == "exp":
             return _exp_of_difference(self.plan, self.eqns, self.producer, eqn)
-        if name == "div" and len(mapped) == 2 and isinstance(ins[1], _Divisor):
+        if len(mapped) == 2 and name in ("mul", "div"):  # a factor times (over) rescaled sums
             a, b = ins
-            if not isinstance(a, _Factor) or self.plan.online[b.reduce] != a.max:
+            if isinstance(b, _Divisor):
+                b = b.scaled(-1 if name == "div" else 1)
+            elif name == "div":
                 return None
-            return _Factor(a.max, a.positions, (*a.divisors, (b.reduce, b.positions)))
+            if isinstance(a, _Divisor):
+                a = a.scaled(1)
+            if isinstance(a, _Scaled) and isinstance(b, _Factor):
+                a, b = b, a
+            if not isinstance(a, _Factor | _Scaled) or not isinstance(b, _Scaled):
+                return None
+            if isinstance(a, _Factor):  # its sums rescaled against the factor's max
+                if any(self.plan.online[j] != a.max for j, _, _ in b.divisors):
+                    return None
+                return _Factor(a.max, a.positions, (*a.divisors, *b.divisors))
+            return _Scaled((*a.divisors, *b.divisors))
         if len(mapped) > 1 or mapped[0][1] is None:
             return None
         k, found = mapped[0]
-        if isinstance(found, _Divisor):  # only laid out, then divided by
+        if isinstance(found, _Divisor):  # laid out, raised to a power, or times free values
             if name in _PASS or (name == "broadcast_in_dim" and k == 0):
                 pos = _move(eqn, k, found.positions)
-                return None if pos is None else _Divisor(found.reduce, pos)
+                return None if pos is None else _Divisor(found.reduce, pos, found.power)
+            if name == "integer_pow":
+                return _Divisor(found.reduce, found.positions, found.power * eqn.params["y"])
+            if name == "mul":
+                return found.scaled(1)
+            if name == "div" and k == 1:
+                return found.scaled(-1)
             return None
         if name == "div" and k == 1:
             return None
+        if isinstance(found, _Scaled):
+            if name in ("mul", "div", "neg", *_PASS):
+                return found
+            return found.moved(lambda pos: _move(eqn, k, pos))
         if name in ("mul", "div", "neg", *_PASS):
             return found
         return found.moved(lambda pos: _move(eqn, k, pos))
@@ -552,7 +596,7 @@ class _Sweeps:
                 out[i] = jnp.maximum(carry[i], self._partial(i, local, tile, masked))
                 local[self.eqns[i].outvars[0]] = out[i]
             for i in online:  # divisions by rescaled sums wait for the end of the sweep
-                for j, _ in self.plan.divisors[i]:
+                for j, _, _ in self.plan.divisors[i]:
                     aval = self.eqns[j].outvars[0].aval
                     local[self.eqns[j].outvars[0]] = jnp.ones(aval.shape, aval.dtype)
             self._rows(then, local)
@@ -578,8 +622,12 @@ class _Sweeps:
                 final = lax.switch(kind, branches, final)
         for i in online:
             shape = self.eqns[i].outvars[0].aval.shape
-            for j, positions in self.plan.divisors[i]:
-                final[i] = final[i] / lax.broadcast_in_dim(final[j], shape, positions)
+            for j, positions, power in self.plan.divisors[i]:
+                by = lax.broadcast_in_dim(final[j], shape, positions)
+                if power < 0:
+                    final[i] = final[i] / (by if power == -1 else lax.integer_pow(by, -power))
+                else:
+                    final[i] = final[i] * lax.integer_pow(by, power)
         return {self.eqns[i].outvars[0]: final[i] for i in reduces}
 
     def _plain(self, i: int, acc: Any, local: dict, tile: Any, masked: bool = True) -> Any:
