@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._ir.expr import Const, Slice, Symbol, dims_of, symbols_of
+from .._ir.expr import Const, Slice, Symbol, dims_of, substitute, symbols_of
+from .._ir.simplify import simplify
 from .._ir.program import Program
 from .._schedule.tree import LOOP_SCOPE, Exec, Loop, Node, Sequence, walk
 
@@ -61,6 +62,7 @@ def plan_nests(
     tile_size: Callable[[int], int | None],
     stored: Callable[[int], bool | None],
     sizes: dict[Symbol, int],
+    dropped: Callable[[int], frozenset[int]] = lambda op_id: frozenset(),
 ) -> dict[Loop, Nest]:
     """The loop nests of ``tree`` to compute at once, by their outermost loop.
 
@@ -68,14 +70,15 @@ def plan_nests(
     queries run in blocks of as many rows; ``stored(op id)`` True when the op's outputs are
     full buffers in domain order written only by its own points, False when they are not
     stored at all (read at the point that computes them only), None otherwise; ``sizes`` the
-    static bounds (a dynamic bound is not one).
+    static bounds (a dynamic bound is not one); ``dropped(op id)`` the domain positions its
+    buffers leave out (scoped to the current iteration of enclosing loops).
     """
     found: dict[Loop, Nest] = {}
     inner: set[int] = set()  # loops already inside a found nest
     for node in walk(tree):
         if not isinstance(node, Loop) or id(node) in inner:
             continue
-        nest = _nest(program, node, tile_size, stored, sizes)
+        nest = _nest(program, node, tile_size, stored, sizes, dropped)
         if nest is not None:
             found[node] = nest
             inner.update(id(loop) for loop in nest.loops)
@@ -88,6 +91,7 @@ def _nest(
     tile_size: Callable[[int], int | None],
     stored: Callable[[int], bool | None],
     sizes: dict[Symbol, int],
+    dropped: Callable[[int], frozenset[int]],
 ) -> Nest | None:
     loops: list[Loop] = []
     node: Node = top
@@ -105,9 +109,10 @@ def _nest(
     blocks = []
     query: set[Symbol] = set()
     local: set[tuple[int, int]] = set()
+    nest_ops = {ex.op: ex for ex in execs}
     for ex in execs:
         op = program.op(ex.op)
-        if op.kind != "apply" or stored(op.id) is None:
+        if op.kind not in ("apply", "merge") or stored(op.id) is None:
             return None
         if any(edge.src == op.id for edge in op.inputs) or (
             program.stop is not None and program.stop.edge.src == op.id
@@ -125,13 +130,16 @@ def _nest(
             loop = dims[x]
             if loop.start != Const(0) or loop.stop != dim.bound or dim.bound not in sizes:
                 return None
+        if any(ex.point[n] in dims for n in dropped(op.id)):
+            return None  # a buffer of the latest point only: written point by point
         to_loop = dict(zip(op.domain, ex.point, strict=True))
         for k, edge in enumerate(op.inputs):
-            if edge.src in at:  # computed in the nest: at this very point only
-                index = tuple(to_loop.get(i) if isinstance(i, Symbol) else None for i in edge.index)
-                if index != at[edge.src].point:
-                    return None
-                local.add((id(ex), k))
+            if edge.src in nest_ops:  # computed in the nest
+                kind = _read_kind(edge.index, to_loop, nest_ops[edge.src].point, dims)
+                if kind == "here" and edge.src in at:  # at this very point, computed before
+                    local.add((id(ex), k))
+                elif kind != "earlier" or not stored(edge.src):
+                    return None  # another point of this nest: a dependence inside it
             for item in edge.index:
                 if isinstance(item, Slice) and dims_of(item.size):
                     query |= {
@@ -143,14 +151,36 @@ def _nest(
         if block is not None:
             blocks.append(block)
         at[op.id] = ex
-    if not blocks or len(query) > 1:
+    if len(query) > 1:
         return None
+    if not blocks:  # ranges no longer than a tile: every point at once, each its whole range
+        query = set()
     for ex in execs:  # a value read outside the nest is a full buffer the nest writes
         if not stored(ex.op) and any(
             edge.src == ex.op for op in program.ops if op.id not in at for edge in op.inputs
         ):
             return None
-    return Nest(tuple(loops), execs, next(iter(query), None), min(blocks), frozenset(local))
+    rows = min(blocks) if blocks else 0
+    return Nest(tuple(loops), execs, next(iter(query), None), rows, frozenset(local))
+
+
+def _read_kind(index: tuple, to_loop: dict, point: tuple, dims: dict) -> str:
+    """A read of a nest op's value at ``index`` (over the reader's domain, ``to_loop`` its dims'
+    loop variables), the producer computing its point ``point``: ``"here"`` (this very point),
+    ``"earlier"`` (an enclosing loop's earlier iteration: a buffer the nest does not write
+    now), or ``"other"``."""
+    read = tuple(
+        simplify(substitute(i, to_loop)) if not isinstance(i, Slice) else None for i in index
+    )
+    if read == tuple(point):
+        return "here"
+    for item, x in zip(read, point, strict=True):
+        if item is None or x in dims:
+            continue
+        shift = simplify(x - item)
+        if isinstance(shift, Const) and shift.value > 0:
+            return "earlier"
+    return "other"
 
 
 def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> dict:
@@ -180,7 +210,7 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
         spans = _spans(lowering, nest, coords, env) if query is not None else None
         fast = _grid(lambda *p: _point(lowering, nest, env, buffers, p, spans), coords, variables)
         if spans is None:
-            return fast
+            return fast[0]
         checked = [v for v in fast[1] if jnp.issubdtype(v.dtype, jnp.inexact)]
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in checked] or [True]))
         return lax.cond(
@@ -195,10 +225,13 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
         for ex, op in zip(nest.execs, ops, strict=True):
             if op not in written:
                 continue
-            # the nest's axes in domain order, one row at each enclosing loop's value
+            # the nest's axes in domain order, one row at each enclosing loop's value (none
+            # for an enclosing dim the buffer drops: it holds this iteration's values only)
             order = [variables.index(x) for x in ex.point if x in variables]
-            outer = [pos for pos, x in enumerate(ex.point) if x not in variables]
             for k in range(len(op.outputs)):
+                dropped = lowering.plan.scoped.get((op.id, k), frozenset())
+                kept = [(n, x) for n, x in enumerate(ex.point) if n not in dropped]
+                outer = [pos for pos, (_, x) in enumerate(kept) if x not in variables]
                 value = next(values)
                 value = jnp.transpose(value, (*order, *range(len(order), value.ndim)))
                 value = jnp.expand_dims(value, outer) if outer else value
@@ -207,9 +240,13 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
                     first
                     if x == query
                     else (jnp.int32(0) if x in variables else jnp.asarray(env[x], jnp.int32))
-                    for x in ex.point
+                    for _, x in kept
                 ]
                 starts += [jnp.int32(0)] * (buf.ndim - len(starts))
+                stored_as = lowering.layouts.get((op.id, k))
+                if stored_as is not None:  # the buffer's axis order
+                    value = jnp.transpose(value, stored_as)
+                    starts = [starts[a] for a in stored_as]
                 carried[(op.id, k)] = lax.dynamic_update_slice(buf, value.astype(buf.dtype), starts)
         return carried
 

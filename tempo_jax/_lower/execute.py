@@ -126,7 +126,7 @@ class TreeLowering:
         # loop nests of ops with independent points: computed at once, their outputs whole
         # buffers (never split: a block writes many rows at once)
         self.splits: dict[tuple[int, int], Split] = {}
-        self.nests = plan_nests(program, tree, self._nest_tiles, self.stored, static)
+        self.nests = plan_nests(program, tree, self._nest_tiles, self.stored, static, self._dropped)
         in_nests = {ex.op for nest in self.nests.values() for ex in nest.execs}
         # (op, output) -> how its buffer is cut into arrays
         self.splits = {key: s for key, s in self._splits().items() if key[0] not in in_nests}
@@ -276,25 +276,36 @@ class TreeLowering:
         tiling = self._tileable(op)
         return tiling[1] if tiling is not None and self._cycle_of(op) is None else None
 
-    def _own_buffers(self, op_id: int) -> bool:
+    def _own_buffers(self, op_id: int, layouts: bool = False) -> bool:
         """Whether every output of ``op_id`` is a full buffer in domain order, written only by
         its own points (no ring, capture, sum, cycle, split or layout of its own)."""
         for k in range(len(self.program.op(op_id).outputs)):
             key = (op_id, k)
             if key not in self.plan.buffered or key in self.captures or key in self.held:
                 return False
-            if key in self.plan.accumulated or self.plan.scoped.get(key):
+            if key in self.plan.accumulated or (self.plan.scoped.get(key) and not layouts):
                 return False
-            if key in self.cycles or key in self.splits or key in self.layouts:
+            if key in self.cycles or key in self.splits or (key in self.layouts and not layouts):
                 return False
             if any(key in rings for rings in self.plan.rings.values()):
                 return False
         return True
 
+    def _dropped(self, op_id: int) -> frozenset[int]:
+        """The domain positions some buffer of ``op_id`` leaves out (``plan.scoped``)."""
+        return frozenset().union(
+            *(
+                self.plan.scoped.get((op_id, k), frozenset())
+                for k in range(len(self.program.op(op_id).outputs))
+            )
+        )
+
     def stored(self, op_id: int) -> bool | None:
-        """True when ``op_id``'s outputs are full buffers of its own (:meth:`_own_buffers`),
-        False when none is kept at all (read only where it is computed), else None."""
-        if self._own_buffers(op_id):
+        """True when ``op_id``'s outputs are full buffers of its own (:meth:`_own_buffers`;
+        some maybe in another axis order, ``self.layouts``, or holding only the current
+        iteration of enclosing dims, ``plan.scoped``), False when none is kept at all (read
+        only where it is computed), else None."""
+        if self._own_buffers(op_id, layouts=True):
             return True
         for k in range(len(self.program.op(op_id).outputs)):
             key = (op_id, k)
