@@ -31,8 +31,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._ir.expr import Const, Slice, Symbol, dims_of, substitute, symbols_of
-from .._ir.simplify import simplify
 from .._ir.program import Program
+from .._ir.simplify import simplify
 from .._schedule.tree import LOOP_SCOPE, Exec, Loop, Node, Sequence, walk
 
 if TYPE_CHECKING:

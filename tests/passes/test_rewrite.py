@@ -443,14 +443,14 @@ def test_the_lifted_running_sum_runs_no_recurrence_loop() -> None:
     names = {op.id: op.name for op in after.program.ops}
     execs = _execs_in_loops(after.tree)
     # The cumulative sum runs once, outside any loop; what is left in a loop over t is the
-    # pick of row t (op `s`, no longer a merge), which reads nothing computed in the loop: a
-    # later vectorisation pass turns it into an array op and the loop goes.
+    # pick of row t (op `s`, no longer a merge), which reads nothing computed in the loop: its
+    # points are independent, so the lowering computes them at once and the loop goes.
     assert {names[op] for op, looped in execs if not looped} == {"s.cumsum"}
     assert {names[op] for op, looped in execs if looped} == {"s"}
     assert after.program.op(next(k for k, n in names.items() if n == "s")).kind == "apply"
     jaxpr = str(after.jaxpr(**inputs))
     assert "cumsum" in jaxpr
-    assert jaxpr.count("while[") + jaxpr.count("scan[") == 1  # the pick's loop only
+    assert jaxpr.count("while[") + jaxpr.count("scan[") == 0  # no loop, not even the pick's
     looped_before = {op for op, looped in _execs_in_loops(before.tree) if looped}
     assert {before.program.op(op).kind for op in looped_before} == {"merge", "apply"}
     _close(after(**inputs)["s"], np.cumsum(inputs["x"]))
