@@ -34,6 +34,7 @@ from .._ir.jaxprs import bind
 from .._ir.program import TensorSpec
 from .._lower.masking import masked_call
 from .._lower.tiling import classify, flatten, plan_tiles
+from .contract import contracting
 
 Position = tuple[Any, ...]  # ("in", p): the jaxpr's input p; (i, k): output k of equation i
 _ROWS = "rows"
@@ -259,12 +260,14 @@ def rows_payload(split: Split, what: str) -> Callable[..., tuple[Any, ...]]:
                 eqn = jaxpr.eqns[i]
                 args = [v.val if _literal(v) else env[v] for v in eqn.invars]
                 env.update(zip(eqn.outvars, bind(eqn, args), strict=True))
-            return [env[jaxpr.outvars[n]][0] for n in split.row_outs]
+            return [env[jaxpr.outvars[n]] for n in split.row_outs]
 
+        # summed over the consumers before the copy of the row is dropped: a sum over the
+        # vmapped axis of a product is then one contraction (``contracting``), a matmul
         per_consumer = jax.vmap(one)(*stacks)
-        return tuple(x.sum(axis=0) for x in per_consumer)
+        return tuple(x.sum(axis=0)[0] for x in per_consumer)
 
-    return rows
+    return contracting(rows)
 
 
 def _needed(jaxpr: jex.Jaxpr, wanted: Sequence[Any]) -> list[int]:
