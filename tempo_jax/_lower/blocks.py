@@ -54,6 +54,12 @@ class Nest:
     query: Symbol | None
     rows: int
     local: frozenset[tuple[int, int]] = frozenset()
+    # per exec, its point with every nest loop's item as the loop's variable standing for the
+    # dim's value (an exec at ``t - T`` in ``for t in T..2T-1`` computes dim value ``t - T``)
+    points: tuple[tuple[Any, ...], ...] = ()
+
+    def point(self, ex: Exec) -> tuple[Any, ...]:
+        return self.points[self.execs.index(ex)] if self.points else ex.point
 
 
 def plan_nests(
@@ -110,6 +116,7 @@ def _nest(
     query: set[Symbol] = set()
     local: set[tuple[int, int]] = set()
     nest_ops = {ex.op: ex for ex in execs}
+    points: dict[int, tuple[Any, ...]] = {}  # op -> its point, nest coordinates normalised
     for ex in execs:
         op = program.op(ex.op)
         if op.kind not in ("apply", "merge") or stored(op.id) is None:
@@ -118,24 +125,21 @@ def _nest(
             program.stop is not None and program.stop.edge.src == op.id
         ):
             return None
-        # every loop of the nest is a coordinate of the op, as is; its other coordinates are
-        # the variables of enclosing loops (fixed for the nest)
-        if sum(x in dims for x in ex.point) != len(dims) or len(set(ex.point)) != len(ex.point):
+        # every loop of the nest is a coordinate of the op (the loop's variable less its start:
+        # a loop over the dim's whole range); its other coordinates are the variables of
+        # enclosing loops (fixed for the nest)
+        point = _normal(ex.point, op.domain, dims, sizes)
+        if point is None:
             return None
-        if any(x not in dims and not _outer(x) for x in ex.point):
-            return None
-        for x, dim in zip(ex.point, op.domain, strict=True):
-            if x not in dims:
-                continue
-            loop = dims[x]
-            if loop.start != Const(0) or loop.stop != dim.bound or dim.bound not in sizes:
-                return None
-        if any(ex.point[n] in dims for n in dropped(op.id)):
+        if any(point[n] in dims for n in dropped(op.id)):
             return None  # a buffer of the latest point only: written point by point
-        to_loop = dict(zip(op.domain, ex.point, strict=True))
+        points[op.id] = point
+        to_loop = dict(zip(op.domain, point, strict=True))
         for k, edge in enumerate(op.inputs):
+            if edge.src in nest_ops and edge.src not in points:  # computed later in the nest
+                return None
             if edge.src in nest_ops:  # computed in the nest
-                kind = _read_kind(edge.index, to_loop, nest_ops[edge.src].point, dims)
+                kind = _read_kind(edge.index, to_loop, points[edge.src], dims)
                 if kind == "here" and edge.src in at:  # at this very point, computed before
                     local.add((id(ex), k))
                 elif kind != "earlier" or not stored(edge.src):
@@ -161,7 +165,35 @@ def _nest(
         ):
             return None
     rows = min(blocks) if blocks else 0
-    return Nest(tuple(loops), execs, next(iter(query), None), rows, frozenset(local))
+    normal = tuple(points[ex.op] for ex in execs)
+    return Nest(tuple(loops), execs, next(iter(query), None), rows, frozenset(local), normal)
+
+
+def _normal(
+    point: tuple, domain: tuple, dims: dict, sizes: dict[Symbol, int]
+) -> tuple[Any, ...] | None:
+    """An exec's point with each item ``x - start`` of a nest loop ``x`` over the dim's whole
+    range (``start .. start + bound - 1``) as ``x`` standing for the dim's value; other items
+    must be enclosing loops' variables. None when it is not such a point."""
+    out: list[Any] = []
+    for item, dim in zip(point, domain, strict=True):
+        found = [x for x in symbols_of(item) if x in dims]
+        if not found:
+            if not _outer(item):
+                return None
+            out.append(item)
+            continue
+        if len(found) != 1:
+            return None
+        loop = dims[found[0]]
+        if simplify(item - found[0] + loop.start) != Const(0):
+            return None
+        if simplify(loop.stop - loop.start - dim.bound) != Const(0) or dim.bound not in sizes:
+            return None
+        out.append(found[0])
+    if sum(x in dims for x in out) != len(dims) or len(set(out)) != len(out):
+        return None
+    return tuple(out)
 
 
 def _read_kind(index: tuple, to_loop: dict, point: tuple, dims: dict) -> str:
@@ -192,7 +224,7 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
     extent = {}
     variables = [loop.var for loop in nest.loops]
     for ex, op in zip(nest.execs, ops, strict=True):
-        for x, d in zip(ex.point, op.domain, strict=True):
+        for x, d in zip(nest.point(ex), op.domain, strict=True):
             if x in variables:
                 extent[x] = lowering.bounds[d.bound]
     query = nest.query
@@ -227,10 +259,10 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
                 continue
             # the nest's axes in domain order, one row at each enclosing loop's value (none
             # for an enclosing dim the buffer drops: it holds this iteration's values only)
-            order = [variables.index(x) for x in ex.point if x in variables]
+            order = [variables.index(x) for x in nest.point(ex) if x in variables]
             for k in range(len(op.outputs)):
                 dropped = lowering.plan.scoped.get((op.id, k), frozenset())
-                kept = [(n, x) for n, x in enumerate(ex.point) if n not in dropped]
+                kept = [(n, x) for n, x in enumerate(nest.point(ex)) if n not in dropped]
                 outer = [pos for pos, (_, x) in enumerate(kept) if x not in variables]
                 value = next(values)
                 value = jnp.transpose(value, (*order, *range(len(order), value.ndim)))
@@ -274,7 +306,9 @@ def _point(
     for ex in nest.execs:
         op = lowering.program.op(ex.op)
         op_env = {**lowering.runtime, **env}
-        op_env.update((d, at.get(x, env.get(x))) for d, x in zip(op.domain, ex.point, strict=True))
+        op_env.update(
+            (d, at.get(x, env.get(x))) for d, x in zip(op.domain, nest.point(ex), strict=True)
+        )
         span = None if spans is None else spans.get(op.id)
         values = lowering._tiled(ex, op, op_env, buffers, local, span)
         if values is None:
@@ -320,8 +354,8 @@ def _spans(lowering: TreeLowering, nest: Nest, coords: dict, env: dict) -> dict[
         op = lowering.program.op(ex.op)
         if lowering._tile_shape(op) is None:
             continue
-        at = {d: env[x] for d, x in zip(op.domain, ex.point, strict=True) if x in env}
-        query = next(d for d, x in zip(op.domain, ex.point, strict=True) if x == nest.query)
+        at = {d: env[x] for d, x in zip(op.domain, nest.point(ex), strict=True) if x in env}
+        query = next(d for d, x in zip(op.domain, nest.point(ex), strict=True) if x == nest.query)
         spans[op.id] = _span(lowering, op, query, coords[nest.query], {**env, **at})
     return spans
 
