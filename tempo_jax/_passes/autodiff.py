@@ -34,7 +34,6 @@ import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -320,17 +319,11 @@ class _Backward:
 
         def vjp_fn(*args: Any) -> tuple[Any, ...]:
             env, values = (args[0], args[1:]) if payload.uses_point else (None, args)
-            primals, cts = list(values[:n_in]), values[n_in:]
 
-            def forward(*xs: Any) -> tuple[Any, ...]:
-                full = list(primals)
-                for pos, x in zip(diff, xs, strict=True):
-                    full[pos] = x
-                result = payload.fn(env, *full) if payload.uses_point else payload.fn(*full)
-                return tuple(jnp.asarray(result[j]) for j in outs)
+            def call(full: list[Any]) -> Any:
+                return payload.fn(env, *full) if payload.uses_point else payload.fn(*full)
 
-            results, pull = jax.vjp(forward, *(jnp.asarray(primals[p]) for p in diff))
-            return pull(tuple(jnp.asarray(c, r.dtype) for c, r in zip(cts, results, strict=True)))
+            return range_grad.vjp_function(call, n_in, diff, outs)(*values)
 
         specs = []
         for k in diff:
