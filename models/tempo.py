@@ -1,26 +1,9 @@
-"""The GPT-2 / Llama decoders written with tempo_jax recurrent tensors.
+"""The tempo_jax decoder: the program of :mod:`models.decode_program`, compiled per shape of
+work, and its Hugging Face-style front end.
 
-One program over dims ``(t, l)``: position and layer. Per position ``t`` and layer ``l``::
-
-    x[t, 0]   = embed(tok[t], t)                 tok[0] = prompt[:, 0], tok[t] = nxt[t - 1]
-    q, k, v   = qkv(norm(x[t, l]), w[l], t)
-    a[t, l]   = attend(q, k[0:t+1, l], v[0:t+1, l])        (window: k[max(0, t-w+1):t+1, l])
-    y[t, l]   = x + out(a) + mlp(norm(x + out(a)))           x[t, l+1] = y[t, l]
-    logits[t] = head(y[t, L-1])
-    nxt[t]    = prompt[:, t+1] inside the prompt, else sample(logits[t], fold_in(key, t+1))
-
-Nothing here says how to store the keys or loop: the compiler keeps ``k`` and ``v`` in one
-buffer per layer, visits only the tiles of ``k[0:t+1, l]`` holding rows (static tiling), and
-runs layers as a loop inside the position loop. With an end token, ``done[t]`` marks rows that
-emitted it and ``p.stop_when(all(done[t]))`` ends the position loop once every row has.
-
-Ragged prompts come left-padded with a ``mask``; then positions are per row and padding is
-masked through the attention range::
-
-    pos[t], valid[t] = real tokens of each row before t, whether tok[t] is real    ([B] each)
-    x[t, 0]   = embed(tok[t], pos[t]);  q, k, v = qkv(norm(x[t, l]), w[l], pos[t])
-    a[t, l]   = attend(q, k[0:t+1, l], v[0:t+1, l], valid[0:t+1])   (scores where valid)
-    nxt[t]    = ..., else sample(logits[t][b], fold_in(key[b], pos[t][b] + 1)) per row b
+The prompt is fed as one block of positions (parallel prefill: every prompt position at
+once, attention in block-causal query blocks), then one new position per step in the same
+program, the layers inside the step loop and the KV cache read in static tiles.
 
 Example::
 
@@ -39,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -50,187 +32,15 @@ import numpy as np
 
 import tempo_jax as tj
 
-from . import layers, prompts
+from . import prompts
 from .baselines.decode_loop import Sampling, prepare
 from .config import DecoderConfig
-from .params import Params, param_shapes
-from .sampling import sample, step_key
+from .decode_program import attend_tiles, bounds, build_program
+from .params import Params
+
+__all__ = ["Generation", "TempoDecoder", "TempoModel", "attend_tiles", "build_program"]
 
 UNROLL_LAYERS = 32  # up to this many layers, the layer loop is unrolled (static weight slices)
-
-
-def attend_tiles(
-    cfg: DecoderConfig,
-    q: jax.Array,
-    ks: jax.Array,
-    vs: jax.Array,
-    valid: jax.Array | None = None,
-) -> jax.Array:
-    """Attention of ``q`` ``[B, H, hd]`` over rows ``ks`` / ``vs`` ``[S, B, KV, hd]`` (rows
-    first: the axis the compiler tiles), as ``[B, H, hd]``: a softmax over the rows and a
-    weighted sum, a map-then-reduce the compiler evaluates tile by tile (online softmax).
-    ``valid`` ``[S, B]`` (optional): rows where it is False get no weight (padding).
-
-    The rows move next to ``hd`` first (``[B, KV, S, hd]``, the layout the compiler stores a
-    tiled buffer in), so both contractions read each tile as stored.
-    """
-    ks, vs = jnp.moveaxis(ks, 0, 2), jnp.moveaxis(vs, 0, 2)
-    b = q.shape[0]
-    grouped = q.reshape(b, cfg.kv_heads, cfg.groups, cfg.head_dim)
-    s = jnp.einsum("bkgd,bksd->bkgs", grouped, ks, preferred_element_type=jnp.float32)
-    s = s * (1.0 / math.sqrt(cfg.head_dim))
-    if valid is not None:  # finite: a tile of padding only must not give inf - inf
-        s = jnp.where(jnp.swapaxes(valid, 0, 1)[:, None, None, :], s, layers.MASKED)
-    probs = jax.nn.softmax(s, axis=-1)
-    o = jnp.einsum("bkgs,bksd->bkgd", probs.astype(vs.dtype), vs)
-    return o.reshape(b, cfg.heads, cfg.head_dim)
-
-
-def build_program(
-    cfg: DecoderConfig,
-    batch: int,
-    prompt_len: int,
-    *,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int | None = None,
-    end_token: int | tuple[int, ...] | None = None,
-    ragged: bool = False,
-    logits: bool = True,
-    dtype: Any = jnp.float32,
-) -> tj.Program:
-    """The decode program for prompts ``[batch, prompt_len]``; the number of positions fed is
-    the bound ``T`` of dim ``t`` (``P + steps - 1`` for ``steps`` new tokens).
-
-    Inputs: ``prompt`` int32 ``[B, P]``, ``key`` (raw uint32 ``[2]`` key data) and the
-    parameters, one input per leaf named by its path (``layers/wq``: stacked over ``l``).
-    Outputs over ``t``: ``tokens`` (the token at position ``t + 1``), ``logits`` (unless
-    ``logits=False``), and ``done`` with end tokens (one id or several; a done row emits the
-    first).
-
-    ``ragged=True`` takes left-padded prompts: an input ``mask`` bool ``[B, P]`` (False:
-    padding) and one key per row (``key`` ``[B, 2]``). Each row counts positions over its real
-    tokens only (``pos[t]`` ``[B]``), its attention gives padded rows no weight (``valid[t]``
-    read as a range next to the keys), and it draws its token at position ``p`` with
-    ``fold_in(key[b], p)``: a row decodes as it would alone.
-    """
-    shapes = param_shapes(cfg)
-    ends = (end_token,) if isinstance(end_token, int) else tuple(end_token or ())
-    with tj.Program("decode") as p:
-        t, l = p.dims("t l")
-        prompt = tj.input("prompt", (batch, prompt_len), jnp.int32)
-        key = tj.input("key", (batch, 2) if ragged else (2,), jnp.uint32)
-        top = {
-            k: _inputs(k, v, dtype, ()) for k, v in shapes.items() if k != "layers"
-        }  # embedding, positions, final norm, head
-        lw = _inputs("layers", shapes["layers"], dtype, (l,), drop=1)
-        pos: Any = t
-        if ragged:
-            mask = tj.input("mask", (batch, prompt_len), jnp.bool_)
-            place = functools.partial(_position, prompt_len=prompt_len)
-            pos, valid = tj.lift(place, name="position")(mask, t)
-
-        tok = tj.placeholder((batch,), jnp.int32, domain=(t,))
-        tok[0] = tj.lift(lambda pr: pr[:, 0], name="first_token")(prompt)
-
-        x = tj.placeholder((batch, cfg.dim), dtype, domain=(t, l))
-        x[t, 0] = tj.lift(functools.partial(_embed, cfg), name="embed")(top, tok, pos)
-        q, k, v = tj.lift(functools.partial(_qkv, cfg), name="qkv")(x, lw, pos)
-        rows = (
-            slice(0, t + 1) if cfg.window is None else slice(tj.max(0, t - cfg.window + 1), t + 1)
-        )
-        attend = tj.lift(functools.partial(attend_tiles, cfg), name="attend")
-        a = attend(q, k[rows, l], v[rows, l], *((valid[rows],) if ragged else ()))
-        y = tj.lift(functools.partial(_finish, cfg), name="block")(x, a, lw)
-        x[t, l + 1] = y[t, l]
-
-        out = tj.lift(functools.partial(layers.logits, cfg), name="logits")(top, y[t, -1])
-        choose = functools.partial(
-            _choose, prompt_len=prompt_len, temperature=temperature, top_p=top_p, top_k=top_k
-        )
-        nxt = tj.lift(choose, name="sample")(out, prompt, key, pos, t)
-        if ends:
-            before = tj.placeholder((batch,), jnp.bool_, domain=(t,))  # done before t + 1
-            mark = functools.partial(_mark, ends=ends, prompt_len=prompt_len)
-            nxt, done = tj.lift(mark, name="end")(nxt, before, t)
-            before[0] = tj.zeros((batch,), jnp.bool_)
-            before[t + 1] = done[t]
-            p.output("done", done)
-            p.stop_when(tj.all(done))
-        tok[t + 1] = nxt[t]
-        p.output("tokens", nxt)
-        if logits:
-            p.output("logits", out)
-    return p
-
-
-def _inputs(name: str, shapes: Any, dtype: Any, domain: tuple, drop: int = 0) -> Any:
-    """One program input per leaf of ``shapes``, named by its path (``layers/wq``)."""
-    if isinstance(shapes, dict):
-        return {k: _inputs(f"{name}/{k}", v, dtype, domain, drop) for k, v in shapes.items()}
-    return tj.input(name, shapes[drop:], dtype, domain=domain)
-
-
-def _embed(cfg: DecoderConfig, top: Params, tok: jax.Array, pos: jax.Array) -> jax.Array:
-    return layers.embed(cfg, top, tok, pos)
-
-
-def _qkv(cfg: DecoderConfig, x: jax.Array, lp: Params, pos: jax.Array) -> tuple[jax.Array, ...]:
-    return layers.qkv(cfg, lp, layers.norm(cfg, lp["attn_norm"], x), pos)
-
-
-def _finish(cfg: DecoderConfig, x: jax.Array, a: jax.Array, lp: Params) -> jax.Array:
-    x = x + layers.attn_out(cfg, lp, a)
-    return x + layers.mlp(cfg, lp, layers.norm(cfg, lp["mlp_norm"], x))
-
-
-def _position(mask: jax.Array, t: jax.Array, *, prompt_len: int) -> tuple[jax.Array, jax.Array]:
-    """Row ``b``'s position of the token at ``t`` ``[B]`` (its real tokens before ``t``; 0 on
-    padding) and whether that token is real ``[B]``, for prompts left-padded per ``mask``."""
-    col = jnp.minimum(t, prompt_len - 1)
-    real = jnp.sum(mask & (jnp.arange(prompt_len) <= col), axis=1, dtype=jnp.int32)
-    pos = real - 1 + jnp.maximum(t - (prompt_len - 1), 0)
-    valid = jnp.where(t < prompt_len, mask[:, col], True)
-    return jnp.maximum(pos, 0), valid
-
-
-def _choose(
-    logits: jax.Array,
-    prompt: jax.Array,
-    key: jax.Array,
-    pos: jax.Array,
-    t: jax.Array,
-    *,
-    prompt_len: int,
-    temperature: float,
-    top_p: float,
-    top_k: int | None,
-) -> jax.Array:
-    """The token at position ``t + 1``: the prompt's inside it, else a sample drawn with the
-    key of the token's position (``pos + 1``: ``t + 1``, or per row for ragged prompts, each
-    row with its own key)."""
-    nxt = t + 1
-    forced = jax.lax.dynamic_index_in_dim(
-        prompt, jnp.minimum(nxt, prompt_len - 1), axis=1, keepdims=False
-    )
-    draw = functools.partial(sample, temperature=temperature, top_p=top_p, top_k=top_k)
-    if temperature == 0:
-        drawn = draw(logits, key)
-    elif key.ndim == 2:  # one key per row
-        keys = jax.vmap(step_key)(jax.random.wrap_key_data(key), pos + 1)
-        drawn = jax.vmap(draw)(logits, keys)
-    else:
-        drawn = draw(logits, step_key(jax.random.wrap_key_data(key), pos + 1))
-    return jnp.where(nxt < prompt_len, forced, drawn)
-
-
-def _mark(
-    token: jax.Array, done: jax.Array, t: jax.Array, *, ends: tuple[int, ...], prompt_len: int
-) -> tuple[jax.Array, jax.Array]:
-    """A done row keeps emitting the first end token; a row is done once it emitted one of
-    ``ends`` after the prompt."""
-    token = jnp.where(done, ends[0], token)
-    return token, done | (jnp.isin(token, jnp.asarray(ends)) & (t + 1 >= prompt_len))
 
 
 @functools.lru_cache(maxsize=16)
@@ -238,16 +48,16 @@ def _compiled(
     cfg: DecoderConfig,
     batch: int,
     prompt_len: int,
-    positions: int,
+    steps: int,
     block: int,
     dtype: str,
     **options: Any,
-) -> Any:
-    program = build_program(cfg, batch, prompt_len, dtype=jnp.dtype(dtype), **options)
+) -> tj.Compiled:
+    program = build_program(cfg, batch, prompt_len, steps, dtype=jnp.dtype(dtype), **options)
     tiling = functools.partial(tj.tile_dynamic_ranges, block=block)
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
     unroll = ("l",) if cfg.layers <= UNROLL_LAYERS else ()
-    return program.compile({"T": positions, "L": cfg.layers}, pipeline=pipeline, unroll=unroll)
+    return program.compile(bounds(cfg, prompt_len, steps), pipeline=pipeline, unroll=unroll)
 
 
 class TempoDecoder:
@@ -282,11 +92,12 @@ class TempoDecoder:
         self.cfg, self.batch, self.prompt_len, self.steps = cfg, batch, prompt_len, steps
         self.ends = (end_token,) if isinstance(end_token, int) else tuple(end_token or ())
         self.ragged = ragged
+        self.bounds = bounds(cfg, prompt_len, steps)  # what the program runs with
         self.compiled = _compiled(
             cfg,
             batch,
             prompt_len,
-            prompt_len + steps - 1,
+            steps,
             block,
             jnp.dtype(dtype).name,
             temperature=float(temperature),
@@ -322,20 +133,28 @@ class TempoDecoder:
     def result(self, out: dict, prompt: jax.Array) -> dict[str, jax.Array]:
         """The program's outputs as ``generate``'s dict (``logits`` when the program has
         them)."""
-        total = self.prompt_len + self.steps
-        tokens = jnp.concatenate([prompt[:, :1], jnp.swapaxes(out["tokens"], 0, 1)], axis=1)
+        total, width = self.prompt_len + self.steps, self.prompt_len
+        more = self.steps > 1  # the program has decode steps after the first new token
+        new = [out["first"][:, None]] + ([jnp.swapaxes(out["tokens"], 0, 1)] if more else [])
+        tokens = jnp.concatenate([prompt, *new], axis=1)
+        fed = None
         if not self.ends:
             run = jnp.int32(total - 1)
             length = jnp.full((self.batch,), total, jnp.int32)
-        else:
-            run = out["lengths"]["T"]
+        else:  # a stopped step loop ran one step more than needed when `first` ended every row
+            steps = out["lengths"]["T"] if more else 0
+            run = jnp.where(jnp.all(out["first_done"]), width, width + steps).astype(jnp.int32)
             fed = jnp.arange(total - 1) < run
             tokens = tokens.at[:, 1:].set(jnp.where(fed, tokens[:, 1:], self.ends[0]))
-            done = jnp.swapaxes(out["done"], 0, 1) & fed  # [B, T - 1]: done after t + 1
+            done = [jnp.zeros((self.batch, width - 1), bool), out["first_done"][:, None]]
+            done = jnp.concatenate(done + ([jnp.swapaxes(out["done"], 0, 1)] if more else []), 1)
+            done &= fed  # [B, P + steps - 1]: done after position i + 1
             length = jnp.where(done.any(axis=1), jnp.argmax(done, axis=1) + 2, total)
         result = {"tokens": tokens, "length": length, "steps_run": run}
-        if "logits" in out:
-            result["logits"] = jnp.swapaxes(out["logits"], 0, 1)
+        if "prompt_logits" in out:
+            parts = [out["prompt_logits"]] + ([out["logits"]] if more else [])
+            logits = jnp.swapaxes(jnp.concatenate(parts, axis=0), 0, 1)
+            result["logits"] = logits if fed is None else jnp.where(fed[:, None], logits, 0.0)
         return result
 
 

@@ -57,6 +57,8 @@ class Nest:
     # per exec, its point with every nest loop's item as the loop's variable standing for the
     # dim's value (an exec at ``t - T`` in ``for t in T..2T-1`` computes dim value ``t - T``)
     points: tuple[tuple[Any, ...], ...] = ()
+    # per loop, the values of the dim it stands for: (first value, an expression; count)
+    spans: tuple[tuple[Any, int], ...] = ()
 
     def point(self, ex: Exec) -> tuple[Any, ...]:
         return self.points[self.execs.index(ex)] if self.points else ex.point
@@ -117,6 +119,7 @@ def _nest(
     local: set[tuple[int, int]] = set()
     nest_ops = {ex.op: ex for ex in execs}
     points: dict[int, tuple[Any, ...]] = {}  # op -> its point, nest coordinates normalised
+    spans: dict[Symbol, tuple[Any, int]] = {}  # nest variable -> (first value, count)
     for ex in execs:
         op = program.op(ex.op)
         if op.kind not in ("apply", "merge") or stored(op.id) is None:
@@ -128,7 +131,7 @@ def _nest(
         # every loop of the nest is a coordinate of the op (the loop's variable less its start:
         # a loop over the dim's whole range); its other coordinates are the variables of
         # enclosing loops (fixed for the nest)
-        point = _normal(ex.point, op.domain, dims, sizes)
+        point = _normal(ex.point, op.domain, dims, sizes, spans)
         if point is None:
             return None
         if any(point[n] in dims for n in dropped(op.id)):
@@ -166,17 +169,19 @@ def _nest(
             return None
     rows = min(blocks) if blocks else 0
     normal = tuple(points[ex.op] for ex in execs)
-    return Nest(tuple(loops), execs, next(iter(query), None), rows, frozenset(local), normal)
+    first = tuple(spans[loop.var] for loop in loops)
+    return Nest(tuple(loops), execs, next(iter(query), None), rows, frozenset(local), normal, first)
 
 
 def _normal(
-    point: tuple, domain: tuple, dims: dict, sizes: dict[Symbol, int]
+    point: tuple, domain: tuple, dims: dict, sizes: dict[Symbol, int], spans: dict
 ) -> tuple[Any, ...] | None:
-    """An exec's point with each item ``x - start`` of a nest loop ``x`` over the dim's whole
-    range (``start .. start + bound - 1``) as ``x`` standing for the dim's value; other items
-    must be enclosing loops' variables. None when it is not such a point."""
+    """An exec's point with each item ``x + c`` of a nest loop ``x`` as ``x`` standing for the
+    dim's value, and ``spans[x]`` set to the values it takes: ``(first, count)``, ``first`` an
+    expression (``start + c``) and ``count`` the loop's static trip count. Other items must be
+    enclosing loops' variables. None when it is not such a point."""
     out: list[Any] = []
-    for item, dim in zip(point, domain, strict=True):
+    for item in point:
         found = [x for x in symbols_of(item) if x in dims]
         if not found:
             if not _outer(item):
@@ -185,15 +190,27 @@ def _normal(
             continue
         if len(found) != 1:
             return None
-        loop = dims[found[0]]
-        if simplify(item - found[0] + loop.start) != Const(0):
+        x, loop = found[0], dims[found[0]]
+        offset = simplify(item - x)
+        if symbols_of(offset) & set(dims):
             return None
-        if simplify(loop.stop - loop.start - dim.bound) != Const(0) or dim.bound not in sizes:
+        count = _static(simplify(loop.stop - loop.start), sizes)
+        if count is None or count < 1:
             return None
-        out.append(found[0])
+        span = (simplify(loop.start + offset), count)
+        if spans.setdefault(x, span) != span:
+            return None
+        out.append(x)
     if sum(x in dims for x in out) != len(dims) or len(set(out)) != len(out):
         return None
     return tuple(out)
+
+
+def _static(size: Any, sizes: dict[Symbol, int]) -> int | None:
+    """``size`` evaluated at the static bounds ``sizes`` (None when it needs another value)."""
+    if not symbols_of(size) <= set(sizes):
+        return None
+    return int(size.evaluate(dict(sizes)))
 
 
 def _read_kind(index: tuple, to_loop: dict, point: tuple, dims: dict) -> str:
@@ -221,12 +238,12 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
     program = lowering.program
     ops = [program.op(ex.op) for ex in nest.execs]
     written = [op for op in ops if lowering.stored(op.id)]
-    extent = {}
     variables = [loop.var for loop in nest.loops]
-    for ex, op in zip(nest.execs, ops, strict=True):
-        for x, d in zip(nest.point(ex), op.domain, strict=True):
-            if x in variables:
-                extent[x] = lowering.bounds[d.bound]
+    extent = {x: count for x, (_, count) in zip(variables, nest.spans, strict=True)}
+    at = {**lowering.runtime, **env}
+    lows = {  # a Python int when known while tracing (the pieces of a split are static)
+        x: _index(lo.evaluate(at)) for x, (lo, _) in zip(variables, nest.spans, strict=True)
+    }
     query = nest.query
     rows = min(nest.rows, extent[query]) if query is not None else 0
 
@@ -236,7 +253,7 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
         coords = {
             x: (first + jnp.arange(rows, dtype=jnp.int32))
             if x == query
-            else jnp.arange(extent[x], dtype=jnp.int32)
+            else lows[x] + jnp.arange(extent[x], dtype=jnp.int32)
             for x in variables
         }
         spans = _spans(lowering, nest, coords, env) if query is not None else None
@@ -268,13 +285,17 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
                 value = jnp.transpose(value, (*order, *range(len(order), value.ndim)))
                 value = jnp.expand_dims(value, outer) if outer else value
                 buf = carried[(op.id, k)]
+                split = lowering.splits.get((op.id, k))
                 starts = [
                     first
                     if x == query
-                    else (jnp.int32(0) if x in variables else jnp.asarray(env[x], jnp.int32))
+                    else (lows[x] if x in variables else jnp.asarray(env[x], jnp.int32))
                     for _, x in kept
                 ]
-                starts += [jnp.int32(0)] * (buf.ndim - len(starts))
+                starts += [jnp.int32(0)] * (value.ndim - len(starts))
+                if split is not None:  # one array per tile: the rows go to their tiles
+                    carried[(op.id, k)] = split.write_block(buf, value, starts)
+                    continue
                 stored_as = lowering.layouts.get((op.id, k))
                 if stored_as is not None:  # the buffer's axis order
                     value = jnp.transpose(value, stored_as)
@@ -289,8 +310,9 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
     else:
         total = extent[query]
         count = -(-total // rows)
+        low = lows[query]
         own = lax.fori_loop(
-            0, count, lambda j, c: write(c, jnp.minimum(j * rows, total - rows)), own
+            0, count, lambda j, c: write(c, low + jnp.minimum(j * rows, total - rows)), own
         )
     return {**buffers, **own}
 
@@ -319,6 +341,11 @@ def _point(
         if lowering.stored(op.id):
             written.extend(values)
     return written, tiled
+
+
+def _index(value: Any) -> Any:
+    """``value`` as a Python int when it is one, else as an int32 array."""
+    return value if isinstance(value, int) else jnp.asarray(value, jnp.int32)
 
 
 def _outer(x: Any) -> bool:

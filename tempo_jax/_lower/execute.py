@@ -117,19 +117,19 @@ class TreeLowering:
         self.branches: dict[int | str, int] = {}
         self.stop_loop = stop_loop(program, tree)  # the loop `p.stop_when` ends, or None
         self._planned: dict[tuple[int, int], bool] = {}  # (op, tile size) -> takes tiles
-        self.cycles = self._cycles(cyclic_candidates(program, tree, self.plan))
+        static = {b: v for b, v in self.runtime.items() if isinstance(v, int)}
+        self.cycles = self._cycles(cyclic_candidates(program, tree, self.plan, static))
         # buffers -> the (axis, tile size) of each read taking them in tiles; buffers read
         # some other way by some op
         self._tile_reads, self._whole_reads = self._tiled_reads()
         self.layouts = self._layouts()  # (op, output) -> the axis order its buffer is stored in
-        static = {b: v for b, v in self.runtime.items() if isinstance(v, int)}
-        # loop nests of ops with independent points: computed at once, their outputs whole
-        # buffers (never split: a block writes many rows at once)
+        # loop nests of ops with independent points: computed at once
         self.splits: dict[tuple[int, int], Split] = {}
         self.nests = plan_nests(program, tree, self._nest_tiles, self.stored, static, self._dropped)
-        in_nests = {ex.op for nest in self.nests.values() for ex in nest.execs}
-        # (op, output) -> how its buffer is cut into arrays
-        self.splits = {key: s for key, s in self._splits().items() if key[0] not in in_nests}
+        # (op, output) -> how its buffer is cut into arrays; not for an op of a nest that runs
+        # in query blocks (each block's rows start at a computed row)
+        blocked = {ex.op for nest in self.nests.values() if nest.query for ex in nest.execs}
+        self.splits = {key: s for key, s in self._splits().items() if key[0] not in blocked}
         self.nest_local = frozenset().union(*(nest.local for nest in self.nests.values()))
 
     def _cycles(self, candidates: dict[tuple[int, int], CyclicCandidate]) -> dict:
@@ -278,14 +278,14 @@ class TreeLowering:
 
     def _own_buffers(self, op_id: int, layouts: bool = False) -> bool:
         """Whether every output of ``op_id`` is a full buffer in domain order, written only by
-        its own points (no ring, capture, sum, cycle, split or layout of its own)."""
+        its own points (no ring, capture, sum, cycle or layout of its own; maybe split)."""
         for k in range(len(self.program.op(op_id).outputs)):
             key = (op_id, k)
             if key not in self.plan.buffered or key in self.captures or key in self.held:
                 return False
             if key in self.plan.accumulated or (self.plan.scoped.get(key) and not layouts):
                 return False
-            if key in self.cycles or key in self.splits or (key in self.layouts and not layouts):
+            if key in self.cycles or (key in self.layouts and not layouts):
                 return False
             if any(key in rings for rings in self.plan.rings.values()):
                 return False
@@ -311,7 +311,7 @@ class TreeLowering:
             key = (op_id, k)
             if key in self.plan.buffered or key in self.captures or key in self.held:
                 return None
-            if key in self.plan.accumulated or key in self.cycles or key in self.splits:
+            if key in self.plan.accumulated or key in self.cycles:
                 return None
             if any(key in rings for rings in self.plan.rings.values()):
                 return None

@@ -120,6 +120,70 @@ class Split:
                     out[k] = self._write_tile(out[k], update, at, known, j, conds)
         return tuple(out)
 
+    def write_block(
+        self, pieces: tuple[jax.Array, ...], value: jax.Array, starts: Sequence[Any]
+    ) -> tuple[jax.Array, ...]:
+        """``pieces`` with the block ``value`` (logical shape) written at logical ``starts``:
+        straight into the pieces it covers when its starts along the tile axis and the unrolled
+        axes are constants, else through the whole buffer (assembled, updated, cut again)."""
+        fixed = [constant(starts[a]) for a in (self.axis, *self.unrolled)]
+        if fixed[0] is None and value.shape[self.axis] == 1 and None not in fixed[1:]:
+            out = pieces  # one row at a computed position: one point write per unrolled index
+            spans = [
+                range(c, c + value.shape[a]) for a, c in zip(self.unrolled, fixed[1:], strict=True)
+            ]
+            for group in itertools.product(*spans):
+                part, at = value, list(starts)
+                for a, g, c in zip(self.unrolled, group, fixed[1:], strict=True):
+                    part = lax.slice_in_dim(part, g - c, g - c + 1, axis=a)
+                    at[a] = g
+                out = self.write(out, part, at)
+            return out
+        if any(c is None for c in fixed):
+            stored = jnp.transpose(value, self.order)
+            whole = self.assemble(pieces)
+            at = [jnp.asarray(starts[a], jnp.int32) for a in self.order]
+            return self.cut(lax.dynamic_update_slice(whole, stored.astype(whole.dtype), at))
+        first, *corner = fixed
+        rows = value.shape[self.axis]
+        out = list(pieces)
+        spans = [range(c, c + value.shape[a]) for a, c in zip(self.unrolled, corner, strict=True)]
+        for group in itertools.product(*spans):
+            part = value
+            for a, g, c in sorted(zip(self.unrolled, group, corner, strict=True), reverse=True):
+                part = lax.index_in_dim(part, g - c, axis=a, keepdims=False)
+            tile_axis = self.remaining.index(self.axis)
+            for j in range(first // self.block, (first + rows - 1) // self.block + 1):
+                lo, hi = max(first, j * self.block), min(first + rows, (j + 1) * self.block)
+                rows_j = lax.slice_in_dim(part, lo - first, hi - first, axis=tile_axis)
+                at = [lo - j * self.block if a == self.axis else starts[a] for a in self.remaining]
+                rows_j = jnp.transpose(rows_j, self.piece_order)
+                k = self._index(group, j)
+                begin = [jnp.asarray(at[p], jnp.int32) for p in self.piece_order]
+                out[k] = lax.dynamic_update_slice(out[k], rows_j.astype(out[k].dtype), begin)
+        return tuple(out)
+
+    def cut(self, whole: jax.Array) -> tuple[jax.Array, ...]:
+        """The pieces of the whole buffer ``whole`` (stored order; :meth:`assemble`'s inverse)."""
+        held = [*self.unrolled, *(self.remaining[p] for p in self.piece_order)]  # logical axes
+        grouped = jnp.transpose(whole, [self.order.index(a) for a in held])
+        tile_axis = len(self.unrolled) + self.piece_order.index(self.remaining.index(self.axis))
+        padded = self.count * self.block - self.shape[self.axis]
+        if padded:
+            widths = [(0, padded if a == tile_axis else 0) for a in range(grouped.ndim)]
+            grouped = jnp.pad(grouped, widths)
+        grouped = grouped.reshape((-1, *grouped.shape[len(self.unrolled) :]))
+        return tuple(
+            lax.slice_in_dim(
+                grouped[g],
+                j * self.block,
+                (j + 1) * self.block,
+                axis=tile_axis - len(self.unrolled),
+            )
+            for g in range(grouped.shape[0])
+            for j in range(self.count)
+        )
+
     def _write_tile(
         self,
         piece: jax.Array,

@@ -31,6 +31,7 @@ inside loops, never read back there (which would make XLA copy them every iterat
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from .._ir.expr import And, Cmp, Const, Expr, IndexItem, Slice, Symbol, substitute, symbols_of
 from .._ir.program import Edge, Program
@@ -497,12 +498,12 @@ def place_buffers(program: Program, tree: Node) -> Node:
 @dataclasses.dataclass(frozen=True)
 class CyclicRead:
     """A read that may take its rows from a cyclic buffer: ``op``'s input ``input`` reads a
-    range at the buffer's cyclic position; ``latest`` is the reader's domain dim whose value is
-    the loop's iteration (no row past it has been written when the read runs)."""
+    range at the buffer's cyclic position; ``latest`` is the loop's iteration as an expression
+    of the reader's domain dims (no row past it has been written when the read runs)."""
 
     op: int
     input: int
-    latest: Symbol
+    latest: Expr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,7 +515,9 @@ class CyclicCandidate:
     reads: tuple[CyclicRead, ...]
 
 
-def cyclic_candidates(program: Program, tree: Node, plan: StoragePlan) -> dict:
+def cyclic_candidates(
+    program: Program, tree: Node, plan: StoragePlan, sizes: Mapping[Symbol, int]
+) -> dict:
     """Full buffers that may keep only their last rows along one domain position, modulo a
     length the lowering chooses (a window's keys: ``k[t-w+1:t+1]`` needs the last ``w`` rows).
 
@@ -528,6 +531,10 @@ def cyclic_candidates(program: Program, tree: Node, plan: StoragePlan) -> dict:
     finds each of its rows at slot ``row mod R``, not yet overwritten. Outputs, accumulated,
     held and scoped buffers are left out. The lowering decides the length ``R`` and whether
     each reader's payload can take its rows in any order (a map-then-reduce).
+
+    The producer may also run before that loop, in loops writing rows in order (the loop's
+    variable is the row) that all end, at the static bounds ``sizes``, before the loop's first
+    row: the prompt's keys of a KV cache, written before the steps' (:func:`_written_before`).
     """
     where: dict[int, list[tuple[Exec, tuple[Loop, ...]]]] = {}
     for ex, loops in _execs_in_loops(tree, ()):
@@ -540,11 +547,13 @@ def cyclic_candidates(program: Program, tree: Node, plan: StoragePlan) -> dict:
     found: dict[tuple[int, int], CyclicCandidate] = {}
     for key in sorted(plan.buffered):
         skip = key in kept or key in plan.accumulated or key in plan.held or key in plan.scoped
-        produced = where.get(key[0], [])
-        if skip or len(produced) != 1 or not readers.get(key):
+        produced = [(ex, loops) for ex, loops in where.get(key[0], []) if _runs(loops, sizes)]
+        if skip or not produced or not readers.get(key):
             continue
-        ex, loops = produced[0]
+        ex, loops = produced[-1]
         for loop in loops:
+            if not _written_before(produced[:-1], loop, ex, sizes):
+                continue
             hits = [j for j, item in enumerate(ex.point) if loop.var in symbols_of(item)]
             if loop.reverse or len(hits) != 1 or simplify(ex.point[hits[0]]) != loop.var:
                 continue
@@ -553,6 +562,42 @@ def cyclic_candidates(program: Program, tree: Node, plan: StoragePlan) -> dict:
                 found[key] = CyclicCandidate(hits[0], reads)
                 break
     return found
+
+
+def _runs(loops: tuple[Loop, ...], sizes: Mapping[Symbol, int]) -> bool:
+    """False when one of ``loops`` has no iteration at the static bounds ``sizes``."""
+    for loop in loops:
+        found = symbols_of(loop.start) | symbols_of(loop.stop)
+        if found <= set(sizes) and loop.stop.evaluate(dict(sizes)) <= loop.start.evaluate(
+            dict(sizes)
+        ):
+            return False
+    return True
+
+
+def _loop_free(expr: Expr) -> bool:
+    """Whether ``expr`` names no loop variable."""
+    return not any(sym.program == LOOP_SCOPE for sym in symbols_of(expr))
+
+
+def _written_before(
+    earlier: list[tuple[Exec, tuple[Loop, ...]]],
+    loop: Loop,
+    last: Exec,
+    sizes: Mapping[Symbol, int],
+) -> bool:
+    """Whether each exec of ``earlier`` writes rows in order (its innermost loop's variable is
+    the row ``last`` writes at ``loop``'s variable) ending before ``loop``'s first row."""
+    hits = [j for j, item in enumerate(last.point) if loop.var in symbols_of(item)]
+    if len(hits) != 1:
+        return False
+    for ex, loops in earlier:
+        own = [lp for lp in loops if simplify(ex.point[hits[0]]) == lp.var and not lp.reverse]
+        if len(own) != 1 or not symbols_of(own[0].stop) | symbols_of(loop.start) <= set(sizes):
+            return False
+        if own[0].stop.evaluate(dict(sizes)) > loop.start.evaluate(dict(sizes)):
+            return False
+    return True
 
 
 def _cyclic_reads(
@@ -581,14 +626,14 @@ def _cyclic_reads(
         for ex, loops in where[reader_id]:
             if not any(lp is loop for lp in loops):
                 return None
-            dims = [
-                d
+            at = [  # the loop's iteration, from the reader's dim at ``loop.var + offset``
+                simplify(d - (item - loop.var))
                 for d, item in zip(reader.domain, ex.point, strict=True)
-                if simplify(item) == loop.var
+                if loop.var in symbols_of(item) and _loop_free(simplify(item - loop.var))
             ]
-            if len(dims) != 1:
+            if len(at) != 1:
                 return None
-            latest.add(dims[0])
+            latest.add(at[0])
         if len(latest) != 1:
             return None
         found.append(CyclicRead(reader_id, k, latest.pop()))

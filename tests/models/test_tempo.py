@@ -104,11 +104,14 @@ def test_program_equals_the_reference_interpreter() -> None:
     prompt = jnp.asarray([[5, 9]], jnp.int32)
     dec = TempoDecoder(cfg, 1, 2, 4, block=2, end_token=7)
     inputs = dec.inputs(params, prompt)
-    program = build_program(cfg, 1, 2, end_token=7)
-    ref = tj.reference.run(program, {"T": 5, "L": 1}, inputs)
+    program = build_program(cfg, 1, 2, 4, end_token=7)
+    ref = tj.reference.run(program, dec.bounds, inputs)
     got = dec.compiled(**inputs)
-    np.testing.assert_array_equal(got["tokens"], ref["tokens"])
-    np.testing.assert_allclose(got["logits"], ref["logits"], rtol=1e-5, atol=1e-5)
+    assert set(got) == set(ref)
+    for name in ("first", "first_done", "tokens", "done"):
+        np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
+    for name in ("prompt_logits", "logits"):
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-5, err_msg=name)
     assert int(got["lengths"]["T"]) == int(ref["lengths"]["T"])
 
 
