@@ -36,14 +36,19 @@ are not counted; ``cache_copy_shapes`` lists the shapes found. For ``padded``, `
 ``compile_seconds`` and the copies are its step's (the cache is the step's argument, not a
 temporary).
 
+A config's ``prefill`` section adds the prompt sweep of :mod:`scripts.bench_prefill` (a
+long prompt fed as one block by tempo_jax, one position per step by scan and tiled), its rows
+under ``"prefill"``.
+
 Rows go to ``results/decode/<config stem>.json``: ``{"machine", "copy_bandwidth_gbs",
-"rows": [{model, sweep, system, attn, batch, seq_len, block, seconds_per_token, temp_bytes,
-compile_seconds, bytes_per_token, bandwidth_gbs, cache_copies, ratio_vs_scan,
-ratio_vs_tiled}]}``, with plots ``<stem>_seq_len.png`` (ms per token against ``seq_len``, one
-panel per attention kind) and ``<stem>_block.png`` (against the tile size).
+"prefill": [...], "rows": [{model, sweep, system, attn, batch, seq_len, block,
+seconds_per_token, temp_bytes, compile_seconds, bytes_per_token, bandwidth_gbs, cache_copies,
+ratio_vs_scan, ratio_vs_tiled}]}``, with plots ``<stem>_seq_len.png`` (ms per token against
+``seq_len``, one panel per attention kind) and ``<stem>_block.png`` (against the tile size).
 
     python -m scripts.bench_decode [--config configs/bench/decode_cpu_small.yaml]
-        [--only seq_len|block] [--systems tempo_jax,scan,tiled,padded] [--out results/decode]
+        [--only seq_len|block|prefill] [--systems tempo_jax,scan,tiled,padded]
+        [--out results/decode]
 """
 
 from __future__ import annotations
@@ -118,11 +123,6 @@ def model_name(cfg: DecoderConfig) -> str:
     return f"{cfg.arch}-{cfg.layers}x{cfg.dim}"
 
 
-def _tempo_tokens(out: jax.Array, prompt: jax.Array) -> jax.Array:
-    """tempo_jax's ``tokens`` output ``[T, B]`` (the token at ``t + 1``) as ``[B, T + 1]``."""
-    return jnp.concatenate([prompt[:, :1], jnp.swapaxes(out, 0, 1)], axis=1)
-
-
 def build(
     system: str, cfg: DecoderConfig, params: Params, prompt: jax.Array, steps: int, block: int
 ) -> Built:
@@ -134,7 +134,7 @@ def build(
             cache_clear()
         decoder = tempo.TempoDecoder(cfg, prompt.shape[0], prompt.shape[1], steps, block=block)
         inputs = decoder.inputs(params, prompt)
-        fn = jax.jit(lambda i: decoder.compiled(**i)["tokens"])
+        fn = jax.jit(lambda i: decoder.result(decoder.compiled(**i), i["prompt"])["tokens"])
         compiled = fn.lower(inputs).compile()
         seconds = time.perf_counter() - start
         return Built(
@@ -142,7 +142,6 @@ def build(
             seconds,
             compiled.memory_analysis().temp_size_in_bytes,
             compiled.as_text(),
-            lambda out: _tempo_tokens(out, prompt),
         )
     if system == "padded":  # the step's compilation; the loop runs it seq_len - 1 times
         sampling = Sampling()
@@ -336,7 +335,7 @@ def points(config: dict[str, Any], only: str | None = None) -> list[tuple[str, P
     unknown = set(sweeps) - set(SWEEPS)
     if unknown:
         raise ValueError(f"unknown sweeps {sorted(unknown)}; known: {', '.join(SWEEPS)}")
-    if only is not None and only not in SWEEPS:
+    if only is not None and only not in (*SWEEPS, "prefill"):
         raise ValueError(f"--only must be one of {', '.join(SWEEPS)}, got {only!r}")
     for name in SWEEPS:
         if name not in sweeps or (only is not None and name != only):
@@ -554,9 +553,14 @@ def run(
 ) -> dict[str, Any]:
     """Measure the copy bandwidth and sweep; write ``<stem>.json`` and one PNG per sweep run
     into ``out``; return the JSON's contents."""
+    from . import bench_prefill  # it builds on this module
+
     bandwidth = copy_bandwidth(config.get("copy_megabytes", 256))
     print(f"copy bandwidth: {bandwidth:.2f} GB/s")
-    rows = sweep(config, only, systems)
+    rows = sweep(config, only, systems) if only != "prefill" else []
+    prefill = []
+    if "prefill" in config and only in (None, "prefill"):
+        prefill = bench_prefill.sweep(config, systems)
     machine = {
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
@@ -568,6 +572,7 @@ def run(
         **(meta or {}),
         "copy_bandwidth_gbs": bandwidth,
         "rows": rows,
+        "prefill": prefill,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
@@ -575,6 +580,8 @@ def run(
         if any(r["sweep"] == name for r in rows):
             plot(rows, name, out / f"{stem}_{name}.png")
     print(table(rows))
+    if prefill:
+        print(bench_prefill.table(prefill))
     print(f"wrote {out / f'{stem}.json'} and its plots")
     return result
 
@@ -582,7 +589,7 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/bench/decode_cpu_small.yaml")
-    parser.add_argument("--only", choices=SWEEPS, help="run one sweep")
+    parser.add_argument("--only", choices=(*SWEEPS, "prefill"), help="run one sweep")
     parser.add_argument("--systems", help=f"comma-separated, of {','.join(SYSTEMS)}")
     parser.add_argument("--out", default="results/decode")
     args = parser.parse_args()

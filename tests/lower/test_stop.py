@@ -383,3 +383,48 @@ def test_stop_compiled_equals_interpreted_for_random_inputs(
     assert int(want["lengths"]["T"]) == (int(above[0]) + 1 if above.size else steps)
     for name in want.keys() - {"lengths"}:
         np.testing.assert_allclose(out[name], want[name], rtol=1e-6, err_msg=name)
+
+
+def _cache(threshold: float) -> tj.Program:
+    """A cache over every position ``u``: its first ``S`` rows from an input (a prompt), the
+    rest written one per step ``t`` of a stopped loop that reads all rows so far."""
+    with tj.Program() as p:
+        s, t, u = p.dims("s t u")
+        prompt = tj.input("prompt", (), jnp.float32, domain=(s,))
+        h = tj.placeholder((), jnp.float32, domain=(t,))
+        cache = tj.placeholder((), jnp.float32, domain=(u,))
+        cache[u < s.bound] = prompt[u] * 2.0
+        cache[True] = h[u - s.bound]
+        h[0] = tj.lift(jnp.sum)(prompt[0 : s.bound])
+        h[t + 1] = tj.lift(jnp.mean)(cache[0 : s.bound + t + 1]) + 1.0
+        p.output("h", h)
+        p.stop_when(h > threshold)
+    return p
+
+
+def _numpy_cache(prompt: np.ndarray, steps: int, threshold: float) -> tuple[np.ndarray, int]:
+    cache, out, h = list(prompt * 2.0), np.zeros(steps, np.float32), prompt.sum()
+    for i in range(steps):
+        out[i] = h
+        if h > threshold:
+            return out, i + 1
+        cache.append(h)
+        h = np.float32(np.mean(cache) + 1.0)
+    return out, steps
+
+
+@pytest.mark.parametrize("threshold", [0.0, 5.0, 1e9])
+def test_an_op_over_all_positions_runs_its_later_points_in_the_stopped_loop(
+    threshold: float,
+) -> None:
+    """``cache`` is not over ``t``, yet it reads ``h`` and ``h`` reads it: its points past the
+    prompt run in the loop, each at the step it reads (``u = S + t``); the prompt's before."""
+    prompt = np.asarray([0.5, 1.0, 0.25], np.float32)
+    p = _cache(threshold)
+    bounds = {"S": 3, "T": 9, "U": 12}
+    want, length = _numpy_cache(prompt, 9, threshold)
+    compiled = p.compile(bounds)
+    assert str(compiled.jaxpr()).count("while[") == 1
+    for out in (compiled(prompt=prompt), tj.reference.run(p, bounds, {"prompt": prompt})):
+        np.testing.assert_allclose(out["h"], want, rtol=1e-6)
+        assert int(out["lengths"]["T"]) == length

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from models.config import tiny_gpt2
-from scripts import bench_decode
+from scripts import bench_decode, bench_prefill
 
 CONFIG = pathlib.Path(__file__).parents[2] / "configs" / "bench" / "decode_tiny.yaml"
 FIELDS = {
@@ -66,6 +66,13 @@ def test_the_tiny_sweep_times_every_system_at_every_point(tmp_path) -> None:
     assert tempo["bytes_per_token"] < scan["bytes_per_token"]
     for name in ("seq_len", "block"):
         assert (tmp_path / f"decode_tiny_{name}.png").stat().st_size > 0
+    prefill = {(r["attn"], r["prompt_len"], r["system"]) for r in result["prefill"]}
+    assert prefill == {
+        (attn, n, system)
+        for attn in ("causal", "window")
+        for n in (24, 40)
+        for system in ("tempo_jax", "scan", "tiled")
+    }
 
 
 def test_tiles_round_the_rows_read_up() -> None:
@@ -125,3 +132,20 @@ def test_a_token_mismatch_aborts_before_timing(monkeypatch) -> None:
     monkeypatch.setattr(bench_decode, "build", build)
     with pytest.raises(bench_decode.TokenMismatch, match="differ from the scan decoder's"):
         bench_decode.sweep(config, systems=["tempo_jax", "scan"])
+
+
+def test_the_prefill_sweep_checks_tokens_and_times_each_system() -> None:
+    """A prompt fed as one block (tempo_jax) and per position (scan): the same tokens, both
+    timed, the speed-up against scan recorded."""
+    config = yaml.safe_load(CONFIG.read_text())
+    config["prefill"] = {"attn": "window", "prompt_len": [24], "new_tokens": 3}
+    rows = bench_prefill.sweep(config, ["tempo_jax", "scan"])
+    assert [(r["system"], r["prompt_len"], r["window"]) for r in rows] == [
+        ("tempo_jax", 24, 16),
+        ("scan", 24, 16),
+    ]
+    for row in rows:
+        assert row["seconds"] > 0 and row["compile_seconds"] > 0 and row["temp_bytes"] > 0
+        assert row["prompt_tokens_per_second"] == pytest.approx(24 * 2 / row["seconds"])
+    assert rows[1]["speedup_vs_scan"] == 1.0 and rows[0]["speedup_vs_scan"] > 0
+    assert "x scan" in bench_prefill.table(rows)
