@@ -47,7 +47,7 @@ ratio_vs_scan, ratio_vs_tiled}]}``, with plots ``<stem>_seq_len.png`` (ms per to
 ``seq_len``, one panel per attention kind) and ``<stem>_block.png`` (against the tile size).
 
     python -m scripts.bench_decode [--config configs/bench/decode_cpu_small.yaml]
-        [--only seq_len|block|prefill] [--systems tempo_jax,scan,tiled,padded]
+        [--only seq_len|block|prefill] [--systems tempo_jax,scan,tiled,padded,prefill]
         [--out results/decode]
 """
 
@@ -439,8 +439,8 @@ def sweep(
     """Every point of ``config`` (see :func:`points`) and every system; a (system, point)
     shared by two sweeps is measured once (``padded`` and ``scan`` do not depend on the tile
     size); ``padded`` is skipped above ``padded_max_seq_len``."""
-    systems = list(systems or config.get("systems", SYSTEMS))
-    unknown = set(systems) - set(SYSTEMS)
+    systems = [s for s in systems or config.get("systems", SYSTEMS) if s != "prefill"]
+    unknown = set(systems) - set(SYSTEMS)  # `prefill` runs in the prefill sweep only
     if unknown:
         raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
     padded_max = config.get("padded_max_seq_len")

@@ -3,9 +3,11 @@
 tempo_jax's decoder feeds the prompt as one block of positions (every prompt position at once,
 attention in block-causal query blocks) and then one position per step; the ``scan`` and
 ``tiled`` decoders of :mod:`scripts.bench_decode` feed the prompt one position per step, as
-they feed new tokens. Each point decodes the same seeded prompt of ``prompt_len`` tokens and
-``new_tokens`` greedy tokens with every system, side by side in one run: compiled once, called
-once (tempo_jax's tokens must equal scan's), then timed over ``repeats`` calls (the median).
+they feed new tokens; ``prefill`` (:mod:`models.baselines.prefill`) is the hand-written
+parallel prefill: the prompt in one vectorised masked pass, then scan's loop. Each point
+decodes the same seeded prompt of ``prompt_len`` tokens and ``new_tokens`` greedy tokens with
+every system, side by side in one run: compiled once, called once (every system's tokens must
+equal scan's), then timed over ``repeats`` calls (the median).
 
 A row: ``{system, attn, window, batch, prompt_len, new_tokens, block, seconds,
 prompt_tokens_per_second, temp_bytes, compile_seconds, speedup_vs_scan}``; ``seconds`` is the
@@ -16,28 +18,31 @@ The config's ``prefill`` section::
       attn: [causal]          # or window (the config's window)
       prompt_len: [256, 1024]
       new_tokens: 8
+      systems: [tempo_jax, prefill, scan, tiled]
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.baselines import scan
+from models.baselines import prefill, scan
 from models.params import init_params
 
 from . import bench_decode
 
-SYSTEMS = ("tempo_jax", "scan", "tiled")
+SYSTEMS = ("tempo_jax", "prefill", "scan", "tiled")
 
 
 def sweep(config: dict[str, Any], systems: list[str] | None = None) -> list[dict[str, Any]]:
-    """Every point of the config's ``prefill`` section, every system of ``systems`` (default:
-    the config's, of :data:`SYSTEMS`)."""
+    """Every point of the config's ``prefill`` section, every system of ``systems`` that is
+    one of :data:`SYSTEMS` (default: the section's ``systems``, else all)."""
     section = config["prefill"]
-    systems = [s for s in (systems or config.get("systems", SYSTEMS)) if s in SYSTEMS]
+    systems = [s for s in (systems or section.get("systems", SYSTEMS)) if s in SYSTEMS]
     attns = section.get("attn", ["causal"])
     attns = [attns] if isinstance(attns, str) else attns
     new = int(section.get("new_tokens", 8))
@@ -62,10 +67,10 @@ def point(
     """One prompt length: every system compiled, checked against scan, and timed."""
     total = prompt_len + new
     cfg = bench_decode.model_config(config["model"], attn, config.get("window", 512), total)
-    params = init_params(cfg, bench_decode.jax.random.PRNGKey(0))
+    params = init_params(cfg, jax.random.PRNGKey(0))
     tokens = np.random.default_rng(1).integers(0, cfg.vocab, (config["batch"], prompt_len))
     prompt = jnp.asarray(tokens, jnp.int32)
-    built = {s: bench_decode.build(s, cfg, params, prompt, new, block) for s in systems}
+    built = {s: _build(s, cfg, params, prompt, new, block) for s in systems}
     want = np.asarray(scan.generate(cfg, params, prompt, new)["tokens"])
     for system, b in built.items():
         got = np.asarray(b.tokens(b.run()))
@@ -97,6 +102,23 @@ def point(
         base = scan_seconds.get(row["prompt_len"])
         row["speedup_vs_scan"] = None if base is None else base / row["seconds"]
     return rows
+
+
+def _build(
+    system: str, cfg: Any, params: Any, prompt: jax.Array, new: int, block: int
+) -> bench_decode.Built:
+    """``system`` compiled for one point (``prefill`` here, the others by bench_decode)."""
+    if system != "prefill":
+        return bench_decode.build(system, cfg, params, prompt, new, block)
+    start = time.perf_counter()
+    fn = jax.jit(lambda p, pr: prefill.generate(cfg, p, pr, new)["tokens"])
+    compiled = fn.lower(params, prompt).compile()
+    return bench_decode.Built(
+        lambda: compiled(params, prompt),
+        time.perf_counter() - start,
+        compiled.memory_analysis().temp_size_in_bytes,
+        None,
+    )
 
 
 def table(rows: list[dict[str, Any]]) -> str:

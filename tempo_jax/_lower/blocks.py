@@ -57,7 +57,8 @@ class Nest:
     # per exec, its point with every nest loop's item as the loop's variable standing for the
     # dim's value (an exec at ``t - T`` in ``for t in T..2T-1`` computes dim value ``t - T``)
     points: tuple[tuple[Any, ...], ...] = ()
-    # per loop, the values of the dim it stands for: (first value, an expression; count)
+    # per loop, the values of the dim it stands for: (first value, an expression; count). A
+    # loop may cover part of the dim (``for u in 0..min(S, U)-1``: a cache's prompt rows)
     spans: tuple[tuple[Any, int], ...] = ()
 
     def point(self, ex: Exec) -> tuple[Any, ...]:

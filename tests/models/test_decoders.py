@@ -1,5 +1,6 @@
-"""The three hand-written JAX decoders (padded, scan, tiled) against the flax module: logits
-to 1e-5 and identical greedy tokens, identical samples across decoders, and early stopping."""
+"""The hand-written JAX decoders (padded, scan, tiled, and prefill: the prompt in one masked
+pass) against the flax module: logits to 1e-5 and identical greedy tokens, identical samples
+across decoders, and early stopping."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from models import config
-from models.baselines import padded, scan, tiled
+from models.baselines import padded, prefill, scan, tiled
 from models.baselines.tiled import TiledAttention
 from models.params import init_params
 from models.sampling import sample, step_key
@@ -28,6 +29,7 @@ DECODERS = {
     "padded": padded.generate,
     "scan": scan.generate,
     "tiled": functools.partial(tiled.generate, block=4),  # P = 9 spans three tiles
+    "prefill": prefill.generate,
 }
 PROMPT, STEPS = 9, 6
 _sample = jax.jit(sample, static_argnums=(2, 3))

@@ -71,7 +71,7 @@ def test_the_tiny_sweep_times_every_system_at_every_point(tmp_path) -> None:
         (attn, n, system)
         for attn in ("causal", "window")
         for n in (24, 40)
-        for system in ("tempo_jax", "scan", "tiled")
+        for system in ("tempo_jax", "prefill", "scan", "tiled")
     }
 
 
@@ -139,13 +139,14 @@ def test_the_prefill_sweep_checks_tokens_and_times_each_system() -> None:
     timed, the speed-up against scan recorded."""
     config = yaml.safe_load(CONFIG.read_text())
     config["prefill"] = {"attn": "window", "prompt_len": [24], "new_tokens": 3}
-    rows = bench_prefill.sweep(config, ["tempo_jax", "scan"])
+    rows = bench_prefill.sweep(config, ["tempo_jax", "prefill", "scan"])
     assert [(r["system"], r["prompt_len"], r["window"]) for r in rows] == [
         ("tempo_jax", 24, 16),
+        ("prefill", 24, 16),
         ("scan", 24, 16),
     ]
     for row in rows:
         assert row["seconds"] > 0 and row["compile_seconds"] > 0 and row["temp_bytes"] > 0
         assert row["prompt_tokens_per_second"] == pytest.approx(24 * 2 / row["seconds"])
-    assert rows[1]["speedup_vs_scan"] == 1.0 and rows[0]["speedup_vs_scan"] > 0
+    assert rows[2]["speedup_vs_scan"] == 1.0 and rows[0]["speedup_vs_scan"] > 0
     assert "x scan" in bench_prefill.table(rows)
