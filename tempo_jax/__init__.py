@@ -162,6 +162,9 @@ from ._ir.errors import VerificationError as VerificationError
 from ._ir.expr import Symbol as Symbol
 from ._ir.expr import eq as eq
 from ._ir.expr import ne as ne
+from ._lower.buffer_plan import StoredValue as StoredValue
+from ._lower.compiled import Compiled as Compiled
+from ._lower.compiled import MemoryReport as MemoryReport
 from ._passes.pipeline import Pipeline as Pipeline
 from ._passes.tiling import tile_dynamic_ranges as tile_dynamic_ranges
 from ._schedule.cache import enable_compilation_cache as enable_compilation_cache

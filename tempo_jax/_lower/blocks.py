@@ -238,7 +238,7 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
     written."""
     program = lowering.program
     ops = [program.op(ex.op) for ex in nest.execs]
-    written = [op for op in ops if lowering.stored(op.id)]
+    written = [op for op in ops if lowering.layout.stored(op.id)]
     variables = [loop.var for loop in nest.loops]
     extent = {x: count for x, (_, count) in zip(variables, nest.spans, strict=True)}
     at = {**lowering.runtime, **env}
@@ -339,7 +339,7 @@ def _point(
         elif span is not None:
             tiled.extend(values)
         local[op.id] = tuple(values)
-        if lowering.stored(op.id):
+        if lowering.layout.stored(op.id):
             written.extend(values)
     return written, tiled
 
@@ -380,7 +380,7 @@ def _spans(lowering: TreeLowering, nest: Nest, coords: dict, env: dict) -> dict[
     spans = {}
     for ex in nest.execs:
         op = lowering.program.op(ex.op)
-        if lowering._tile_shape(op) is None:
+        if lowering.layout.tile_shape(op) is None:
             continue
         at = {d: env[x] for d, x in zip(op.domain, nest.point(ex), strict=True) if x in env}
         query = next(d for d, x in zip(op.domain, nest.point(ex), strict=True) if x == nest.query)
@@ -390,13 +390,13 @@ def _spans(lowering: TreeLowering, nest: Nest, coords: dict, env: dict) -> dict[
 
 def _span(lowering: TreeLowering, op: Any, query: Symbol, at_query: Any, env: dict) -> Any:
     """The tiles holding a row of some query's range, over the block's queries."""
-    ranges = lowering._ranges(op)
+    ranges = lowering.layout.ranges(op)
     assert ranges
     item = next(iter(ranges.values()))[1]
     at = {**lowering.runtime, **env, query: at_query}
     start = jnp.asarray(item.start.evaluate(at), jnp.int32)
     stop = jnp.asarray(item.stop.evaluate(at), jnp.int32)
-    shape = lowering._tile_shape(op)
+    shape = lowering.layout.tile_shape(op)
     assert shape is not None
     block = shape[1]
     return jnp.min(start) // block, (jnp.max(stop) + block - 1) // block

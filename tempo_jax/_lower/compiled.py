@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,10 +23,19 @@ from .._schedule.scheduler import cycle_error, schedule
 from .._schedule.tree import Node, render
 from .._schedule.trips import bound_trips
 from .binding import bind_dynamic
+from .buffer_plan import BufferPlan, StoredValue
 from .execute import RAN, TreeLowering
 from .sinks import SinkErrors
 from .stopping import pin_stop, stop_loop
 from .storage import place_buffers
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryReport:
+    """:meth:`Compiled.memory`: the stored values and their total bytes in device memory."""
+
+    values: tuple[StoredValue, ...]
+    device_bytes: int
 
 
 class Compiled:
@@ -134,6 +144,44 @@ class Compiled:
     def lower(self, **inputs: Any) -> jax.stages.Lowered:
         """The jitted function's lowering: ``.lower().compile().memory_analysis()`` works."""
         return self._jitted.lower(*self._bind(inputs or self._example_inputs()))
+
+    def memory(self) -> MemoryReport:
+        """What the program keeps, as planned: one :class:`StoredValue` per stored value (its
+        name, source line, kind, stored shape, bytes, memory kind and live range), and their
+        total. Values passed on within an iteration and XLA's own temporaries are not in it.
+
+        Example: ``for v in compiled.memory().values: print(v.name, v.kind, v.bytes)``.
+        """
+        inputs = self._example_inputs()
+        runtime = {**self.bounds, **{b: jnp.int32(spec.max) for b, spec in self.dynamic.items()}}
+        shapes = {op.id: tuple(inputs[name].shape) for name, op in self.program.inputs.items()}
+        plan = BufferPlan(
+            self.program,
+            self.bounds,
+            shapes,
+            self.tree,
+            runtime,
+            self._padded_size,
+            frozenset(self.unroll),
+        )
+        values = tuple(plan.stored_values())
+        return MemoryReport(values, sum(v.bytes for v in values))
+
+    def explain(self) -> str:
+        """The schedule, then the stored values (:meth:`memory`) as a table."""
+        report = self.memory()
+        head = f"{'value':<24} {'kind':<11} {'shape':<24} {'MiB':>9}  {'live':<26} source"
+        lines = [self.schedule, "", head, "-" * len(head)]
+        for v in report.values:
+            shape = "x".join(str(n) for n in v.shape) or "()"
+            lines.append(
+                f"{v.name[:24]:<24} {v.kind:<11} {shape[:24]:<24} {v.bytes / 2**20:9.3f}  "
+                f"{v.live[:26]:<26} {v.source}"
+            )
+        lines.append(
+            f"planned device bytes: {report.device_bytes} ({report.device_bytes / 2**20:.2f} MiB)"
+        )
+        return "\n".join(lines)
 
     def _example_inputs(self) -> dict[str, jax.ShapeDtypeStruct]:
         example = {}

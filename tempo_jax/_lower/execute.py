@@ -11,7 +11,9 @@ holds.
 A buffer every reader takes in tiles is stored split, one array per tile (and per index of an
 unrolled dim), so that each tile is read as stored (:mod:`.split`); stacked inputs over an
 unrolled dim are sliced once per index before the loops. A buffer read only through windows,
-in tiles, inside the loop writing it keeps its last rows only (:class:`Cycle`).
+in tiles, inside the loop writing it keeps its last rows only. Every such decision (cycles,
+layouts, splits, nests, tiles) is the buffer plan's (:mod:`.buffer_plan`): this module only
+executes it.
 
 A spatial axis of symbolic size (a growing range such as ``x[0:t+1]``, or a range as long as a
 dynamic bound) is stored padded to the largest size it takes over the domain; payloads reading
@@ -24,9 +26,7 @@ step) read clamped indices and write values nobody reads; the compile-time read 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import math
 from collections.abc import Callable, Mapping
 from collections.abc import Sequence as Sequence_
 from typing import Any
@@ -37,16 +37,16 @@ import numpy as np
 from jax import lax
 
 from .._ir.expr import BoolConst, Expr, Slice, Symbol, eq, substitute, symbols_of
-from .._ir.program import Edge, Op, Output, Program, TensorSpec, describe_op
-from .._ir.simplify import simplify
-from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
-from .blocks import plan_nests, run_nest
+from .._ir.program import Edge, Op, Output, Program, describe_op
+from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
+from .blocks import run_nest
+from .buffer_plan import BufferPlan
 from .masking import Pads, masked_call
 from .sinks import SinkErrors
-from .split import MAX_SPLIT, Split, constant
+from .split import constant
 from .stopping import stop_loop
-from .storage import CyclicCandidate, cyclic_candidates, iteration_execs, plan_storage
-from .tiling import Tiles, auto_block, plan_tiles, tiled_call
+from .storage import iteration_execs
+from .tiling import Tiles, tiled_call
 
 Buffers = dict[tuple, jax.Array]  # (op id, output) -> full buffer; (op, output, RING) -> window
 RING = 1  # third key element of a window ring carried by a loop
@@ -58,18 +58,6 @@ MAX_PIECES = 8  # a loop is split at most this many ways to take guards out of i
 Piece = tuple[Any, Any, Node, dict]  # start, stop, body, resolved merge branches and captures
 Env = Mapping[Symbol, Any]  # symbol -> Python int (bounds) or traced int32 (dims, loop vars)
 PaddedSize = Callable[[Expr, tuple[Symbol, ...]], int]  # largest value of a size over a box
-
-
-@dataclasses.dataclass(frozen=True)
-class Cycle:
-    """A buffer kept cyclic along its logical ``axis``: row ``p`` lives at slot ``p mod rows``,
-    so the buffer holds only the last ``rows`` rows. Every read takes it in tiles of ``block``
-    rows (``rows`` is a multiple of it), its ``readers`` (op ids)."""
-
-    axis: int
-    rows: int
-    block: int
-    readers: tuple[int, ...]
 
 
 class TreeLowering:
@@ -100,295 +88,23 @@ class TreeLowering:
             if op.kind == "input" and op.domain and op.domain[0].name in self.unroll:
                 array = self.inputs[op.id]
                 self.unstacked[op.id] = [array[i] for i in range(array.shape[0])]
-        self.plan = plan_storage(program, tree)
-        self.placed = {(n.op, n.out) for n in walk(tree) if isinstance(n, Alloc)}
-        self.captures: dict[tuple[int, int], list[Output]] = {}
-        for out in program.outputs:
-            if out.name in self.plan.captured:
-                self.captures.setdefault((out.edge.src, out.edge.out), []).append(out)
-        # a value read elsewhere at one constant point only: captured like a one-point output
-        self.held: dict[tuple[int, int], Output] = {}
-        for (src, k), index in self.plan.held.items():
-            spec = program.op(src).outputs[k]
-            held = Output(f"@held{src}.{k}", (), Edge(src, k, index), spec)
-            self.held[(src, k)] = held
-            self.captures.setdefault((src, k), []).append(held)
+        shapes = {k: tuple(v.shape) for k, v in self.inputs.items()}
+        # every decision on how values are stored: the lowering executes it
+        self.layout = BufferPlan(
+            program, bounds, shapes, tree, self.runtime, self.padded, self.unroll
+        )
+        self.plan = self.layout.plan
+        self.placed = self.layout.placed
+        self.captures = self.layout.captures
+        self.held = self.layout.held
+        self.cycles = self.layout.cycles
+        self.layouts = self.layout.layouts
+        self.splits = self.layout.splits
+        self.nests = self.layout.nests
+        self.nest_local = self.layout.nest_local
         # merge op -> its one active branch (-1: none); captured output name -> 0/1
         self.branches: dict[int | str, int] = {}
         self.stop_loop = stop_loop(program, tree)  # the loop `p.stop_when` ends, or None
-        self._planned: dict[tuple[int, int], bool] = {}  # (op, tile size) -> takes tiles
-        static = {b: v for b, v in self.runtime.items() if isinstance(v, int)}
-        self.cycles = self._cycles(cyclic_candidates(program, tree, self.plan, static))
-        # buffers -> the (axis, tile size) of each read taking them in tiles; buffers read
-        # some other way by some op
-        self._tile_reads, self._whole_reads = self._tiled_reads()
-        self.layouts = self._layouts()  # (op, output) -> the axis order its buffer is stored in
-        # loop nests of ops with independent points: computed at once
-        self.splits: dict[tuple[int, int], Split] = {}
-        self.nests = plan_nests(program, tree, self._nest_tiles, self.stored, static, self._dropped)
-        # (op, output) -> how its buffer is cut into arrays; not for an op of a nest that runs
-        # in query blocks (each block's rows start at a computed row)
-        blocked = {ex.op for nest in self.nests.values() if nest.query for ex in nest.execs}
-        self.splits = {key: s for key, s in self._splits().items() if key[0] not in blocked}
-        self.nest_local = frozenset().union(*(nest.local for nest in self.nests.values()))
-
-    def _cycles(self, candidates: dict[tuple[int, int], CyclicCandidate]) -> dict:
-        """Buffers kept cyclic (:class:`Cycle`): windows read by a map-then-reduce.
-
-        A candidate (:func:`storage.cyclic_candidates`) is read only through growing ranges
-        whose rows lie within the last ``need`` rows up to the read's ``latest`` (for
-        ``k[max(0, t-w+1):t+1]`` at ``t``, ``need = w``), by ops marked for tiling. Its buffer
-        keeps ``need`` rows (the most any read needs), rounded up to the tile size (the
-        smallest of the ops' ``block``, each at most its ``need``: one tile of ``need`` rows
-        when the size is left to the compiler), when that is shorter than the dim. The rows of
-        a cyclic buffer come in rotated order, so every op reading it must take them in tiles
-        as a map-then-reduce (planned on abstract values here), with all its ranges read from
-        cyclic buffers of the same length and tile size.
-        """
-        cycles: dict[tuple[int, int], Cycle] = {}
-        for key, candidate in candidates.items():
-            producer = self.program.op(key[0])
-            length = self.bounds[producer.domain[candidate.position].bound]
-            needs, blocks = [], []
-            for read in candidate.reads:
-                op = self.program.op(read.op)
-                item = op.inputs[read.input].index[candidate.position]
-                assert op.payload is not None and isinstance(item, Slice)
-                if op.payload.block is None or self.is_static(item.size):
-                    break
-                try:
-                    need = self.padded(simplify(read.latest - item.start + 1), op.domain)
-                except Exception:  # no bound found: the buffer stays whole
-                    break
-                needs.append(need)
-                blocks.append(min(op.payload.block or need, need))
-            else:
-                block = min(blocks)
-                rows = -(-max(needs) // block) * block
-                if rows >= length:
-                    continue
-                axis = candidate.position  # not scoped: the buffer keeps every domain axis
-                cycles[key] = Cycle(axis, rows, block, tuple(read.op for read in candidate.reads))
-        reading = sorted({op for cycle in cycles.values() for op in cycle.readers})
-        changed = True
-        while changed:  # drop buffers whose readers cannot take every range cyclically
-            changed = False
-            for op_id in reading:
-                op = self.program.op(op_id)
-                keys = {(e.src, e.out) for e in op.inputs} & set(cycles)
-                if keys and not self._reads_cyclic(op, cycles):
-                    for key in keys:
-                        del cycles[key]
-                    changed = True
-        return cycles
-
-    def _reads_cyclic(self, op: Op, cycles: dict[tuple[int, int], Cycle]) -> bool:
-        """Whether ``op`` reads all its growing ranges from ``cycles`` alike, in tiles."""
-        ranges = self._ranges(op)
-        if not ranges:
-            return False
-        found = set()
-        for k, edge in enumerate(op.inputs):
-            cycle = cycles.get((edge.src, edge.out))
-            if cycle is not None and k not in ranges:
-                return False
-            if k in ranges:
-                if cycle is None or cycle.axis != self._buffer_axis(edge, ranges[k][2]):
-                    return False
-                found.add((cycle.rows, cycle.block))
-        if len(found) != 1:
-            return False
-        ((_, block),) = found
-        return self._plannable(op, ranges, block)
-
-    def _cycle_of(self, op: Op) -> Cycle | None:
-        """The cyclic buffer layout ``op`` reads its ranges from, if any."""
-        for edge in op.inputs:
-            cycle = self.cycles.get((edge.src, edge.out))
-            if cycle is not None:
-                return cycle
-        return None
-
-    def _tiled_reads(self) -> tuple[dict[tuple[int, int], set[tuple[int, int]]], set]:
-        """Per computed buffer, the ``(axis, block)`` of every read that takes it in tiles;
-        and the buffers some op reads another way (whole, a point, an input's range)."""
-        tiled: dict[tuple[int, int], set[tuple[int, int]]] = {}
-        other: set[tuple[int, int]] = set()
-        for op in self.program.ops:
-            tiling = self._tileable(op)
-            ranges, block = tiling if tiling is not None else ({}, 0)
-            for k, edge in enumerate(op.inputs):
-                key = (edge.src, edge.out)
-                if k not in ranges:
-                    other.add(key)
-                elif edge.src not in self.inputs and key in self.plan.buffered:
-                    axis = self._buffer_axis(edge, ranges[k][2])
-                    tiled.setdefault(key, set()).add((axis, block))
-        return tiled, other
-
-    def _layouts(self) -> dict[tuple[int, int], tuple[int, ...]]:
-        """Buffers read in tiles keep their range axis next to their last axis.
-
-        A buffer ``k`` over ``(t, l)`` of ``(B, H, d)`` values is stored ``(L, B, H, T, d)``
-        when an op reads ``k[0:t+1, l]`` in tiles: a tile is then ``(B, H, block, d)`` in
-        memory, the layout a batched contraction over ``d`` (attention scores) or over the
-        rows (weighted values) reads as it is. Stored in domain order, every tile would be
-        transposed first: a copy of the rows visited per point. A buffer some op reads whole
-        (a range it does not take in tiles) gets the layout only when another op takes it in
-        tiles; the whole read is transposed back.
-        """
-        layouts = {}
-        for key, uses in self._tile_reads.items():
-            axes = {axis for axis, _ in uses}
-            rank = len(self._logical_shape(*key))
-            if len(axes) != 1 or rank - min(axes) < 3:  # already next to the last axis
-                continue
-            (axis,) = axes
-            order = [a for a in range(rank) if a != axis]
-            layouts[key] = (*order[:-1], axis, order[-1])
-        return layouts
-
-    def _splits(self) -> dict[tuple[int, int], Split]:
-        """Buffers read in tiles, stored one array per tile and per index of an unrolled dim
-        (:mod:`.split`): every read of the buffer takes it in tiles, all cutting the same
-        axis into tiles of the same size, and the pieces number at most ``MAX_SPLIT``."""
-        splits = {}
-        for key, uses in self._tile_reads.items():
-            if len(uses) != 1 or key in self._whole_reads:
-                continue
-            if self.plan.scoped.get(key) or key in self.plan.accumulated:
-                continue
-            ((axis, block),) = uses
-            shape = self._logical_shape(*key)
-            domain = self.program.op(key[0]).domain
-            unrolled = tuple(a for a, d in enumerate(domain) if d.name in self.unroll and a != axis)
-            count = -(-shape[axis] // block)
-            pieces = count * math.prod(shape[a] for a in unrolled)
-            if (count == 1 and not unrolled) or pieces > MAX_SPLIT:
-                continue
-            order = self.layouts.get(key, tuple(range(len(shape))))
-            splits[key] = Split(shape, order, unrolled, axis, block, count)
-        return splits
-
-    def _nest_tiles(self, op_id: int) -> int | None:
-        """The tile size of ``op_id`` when it is taken in tiles of a computed layout."""
-        op = self.program.op(op_id)
-        tiling = self._tileable(op)
-        return tiling[1] if tiling is not None and self._cycle_of(op) is None else None
-
-    def _own_buffers(self, op_id: int, layouts: bool = False) -> bool:
-        """Whether every output of ``op_id`` is a full buffer in domain order, written only by
-        its own points (no ring, capture, sum, cycle or layout of its own; maybe split)."""
-        for k in range(len(self.program.op(op_id).outputs)):
-            key = (op_id, k)
-            if key not in self.plan.buffered or key in self.captures or key in self.held:
-                return False
-            if key in self.plan.accumulated or (self.plan.scoped.get(key) and not layouts):
-                return False
-            if key in self.cycles or (key in self.layouts and not layouts):
-                return False
-            if any(key in rings for rings in self.plan.rings.values()):
-                return False
-        return True
-
-    def _dropped(self, op_id: int) -> frozenset[int]:
-        """The domain positions some buffer of ``op_id`` leaves out (``plan.scoped``)."""
-        return frozenset().union(
-            *(
-                self.plan.scoped.get((op_id, k), frozenset())
-                for k in range(len(self.program.op(op_id).outputs))
-            )
-        )
-
-    def stored(self, op_id: int) -> bool | None:
-        """True when ``op_id``'s outputs are full buffers of its own (:meth:`_own_buffers`;
-        some maybe in another axis order, ``self.layouts``, or holding only the current
-        iteration of enclosing dims, ``plan.scoped``), False when none is kept at all (read
-        only where it is computed), else None."""
-        if self._own_buffers(op_id, layouts=True):
-            return True
-        for k in range(len(self.program.op(op_id).outputs)):
-            key = (op_id, k)
-            if key in self.plan.buffered or key in self.captures or key in self.held:
-                return None
-            if key in self.plan.accumulated or key in self.cycles:
-                return None
-            if any(key in rings for rings in self.plan.rings.values()):
-                return None
-        return False
-
-    def _tile_shape(self, op: Op) -> tuple[dict[int, tuple[int, Slice, int]], int, int] | None:
-        """``op``'s growing ranges (see :meth:`_ranges`), tile size and buffer rows, when it
-        is marked for tiling and a tile is shorter than both its range and its buffer."""
-        payload = op.payload
-        if payload is None or payload.block is None:
-            return None
-        ranges = self._ranges(op)
-        if not ranges:
-            return None
-        cyclic = self._cycle_of(op)
-        if cyclic is not None:  # all ranges read from cyclic buffers: tiles of the cycle
-            return ranges, cyclic.block, cyclic.rows
-        item = next(iter(ranges.values()))[1]
-        rows = {
-            self._stored_shape(op.inputs[k], {})[self._buffer_axis(op.inputs[k], a)]
-            for k, (_, _, a) in ranges.items()
-        }
-        padded = self.padded(item.size, op.domain)
-        block = payload.block or auto_block(padded)
-        if len(rows) != 1 or block >= min(rows) or block >= padded:
-            return None
-        return ranges, block, rows.pop()
-
-    def _tileable(self, op: Op) -> tuple[dict[int, tuple[int, Slice, int]], int] | None:
-        """``op``'s ranges and tile size when :meth:`_tiled` will take it in tiles: its
-        payload is a map-then-reduce over them (planned here on abstract values)."""
-        shape = self._tile_shape(op)
-        if shape is None:
-            return None
-        ranges, block, _ = shape
-        return (ranges, block) if self._plannable(op, ranges, block) else None
-
-    def _plannable(self, op: Op, ranges: dict[int, tuple[int, Slice, int]], block: int) -> bool:
-        """Whether ``op``'s payload is a map-then-reduce over tiles of ``block`` rows of its
-        ``ranges`` (planned on abstract values, once per op and tile size)."""
-        if (op.id, block) not in self._planned:
-            self._planned[(op.id, block)] = self._plan_abstract(op, ranges, block)
-        return self._planned[(op.id, block)]
-
-    def _plan_abstract(self, op: Op, ranges: dict[int, tuple[int, Slice, int]], block: int) -> bool:
-        assert op.payload is not None
-        payload = op.payload
-        args, axes = [], []
-        for k, edge in enumerate(op.inputs):
-            spec = self.program.read_spec(edge)
-            dims = list(self.shape(spec, op.domain))
-            if k in ranges:
-                dims[ranges[k][0]] = block
-            args.append(jax.ShapeDtypeStruct(tuple(dims), spec.dtype))
-            axes.append(ranges[k][0] if k in ranges else None)
-        point = {d: jnp.int32(0) for d in op.domain}
-
-        def fn(*values: Any) -> Any:
-            env = {**self.runtime, **point}
-            return payload.fn(env, *values) if payload.uses_point else payload.fn(*values)
-
-        item = next(iter(ranges.values()))[1]
-        try:
-            return plan_tiles(fn, args, axes, str(item.size), op.name)
-        except Exception:  # the real trace reports what is wrong with the payload
-            return False
-
-    def _logical_shape(self, op_id: int, out: int) -> tuple[int, ...]:
-        """The shape of ``op_id``'s buffer in domain order: kept domain dims, then the value's."""
-        op = self.program.op(op_id)
-        spec = op.outputs[out]
-        dropped = self.plan.scoped.get((op_id, out), frozenset())
-        lead = tuple(self.bounds[d.bound] for k, d in enumerate(op.domain) if k not in dropped)
-        cycle = self.cycles.get((op_id, out))
-        if cycle is not None:  # the last rows only
-            lead = tuple(cycle.rows if a == cycle.axis else n for a, n in enumerate(lead))
-        return lead + self.shape(spec, op.domain)
 
     # -- buffers ---------------------------------------------------------------------------------
     def allocate(self) -> Buffers:
@@ -403,7 +119,7 @@ class TreeLowering:
                 buffers[(op.id, k)] = self._zeros(op.id, k)
         for src, k in self.plan.accumulated:
             spec = self.program.op(src).outputs[k]
-            shape = self.shape(spec, self.program.op(src).domain)
+            shape = self.layout.shape(spec, self.program.op(src).domain)
             buffers[(src, k, ACCUMULATE)] = jnp.zeros(shape, spec.dtype)
         if self.stop_loop is not None:
             (dim,) = self.program.stop.domain
@@ -413,28 +129,18 @@ class TreeLowering:
         for out in captured + list(self.held.values()):
             producer = self.program.op(out.edge.src)
             spec = producer.outputs[out.edge.out]
-            buffers[_capture(out)] = jnp.zeros(self.shape(spec, producer.domain), spec.dtype)
+            buffers[_capture(out)] = jnp.zeros(self.layout.shape(spec, producer.domain), spec.dtype)
         return buffers
 
     def _zeros(self, op_id: int, out: int) -> Any:
         split = self.splits.get((op_id, out))
         if split is not None:
             return split.zeros(self.program.op(op_id).outputs[out].dtype)
-        shape = self._logical_shape(op_id, out)
+        shape = self.layout.logical_shape(op_id, out)
         order = self.layouts.get((op_id, out))
         if order is not None:
             shape = tuple(shape[a] for a in order)
         return jnp.zeros(shape, self.program.op(op_id).outputs[out].dtype)
-
-    def is_static(self, size: int | Expr) -> bool:
-        """Whether a size is the same at every point and for every call."""
-        return isinstance(size, int) or all(
-            isinstance(self.runtime.get(sym), int) for sym in symbols_of(size)
-        )
-
-    def shape(self, spec: TensorSpec, domain: tuple[Symbol, ...]) -> tuple[int, ...]:
-        """The static shape of a value of ``spec`` over ``domain``: symbolic sizes padded."""
-        return tuple(d if isinstance(d, int) else self.padded(d, domain) for d in spec.shape)
 
     def _buffer(self, edge: Edge, buffers: Buffers) -> jax.Array:
         if edge.src in self.inputs:
@@ -493,7 +199,7 @@ class TreeLowering:
         carried = dict(buffers)
         for (op_id, out), depth in rings.items():  # the last `depth` values, newest first
             producer = self.program.op(op_id)
-            shape = (depth, *self.shape(producer.outputs[out], producer.domain))
+            shape = (depth, *self.layout.shape(producer.outputs[out], producer.domain))
             carried[(op_id, out, RING)] = jnp.zeros(shape, producer.outputs[out].dtype)
         outer = self.branches
         for lo, hi, piece, branches in self._pieces(node, start, stop):
@@ -621,7 +327,7 @@ class TreeLowering:
             cycle = self.cycles.get((op.id, k))
             if cycle is not None:  # row p at slot p mod rows
                 at[cycle.axis] = at[cycle.axis] % cycle.rows
-            logical = self._logical_shape(op.id, k)
+            logical = self.layout.logical_shape(op.id, k)
             update = jnp.asarray(value, op.outputs[k].dtype)  # the buffer's dtype (see _zeros)
             update = update.reshape((1,) * len(at) + logical[len(at) :])
             split = self.splits.get((op.id, k))
@@ -680,7 +386,7 @@ class TreeLowering:
         the tiles to visit, is given for a block of queries (:mod:`.blocks`): their ranges'
         tiles together, the rows outside this point's range masked, the results checked by the
         caller (``Tiles.unchecked``)."""
-        shape = self._tile_shape(op)
+        shape = self.layout.tile_shape(op)
         if shape is None:
             return None
         ranges, block, total = shape
@@ -697,7 +403,7 @@ class TreeLowering:
         count = None
         if cut is not None and cut[0] == block:
             count, total = cut[1], cut[1] * block
-        cyclic = self._cycle_of(op)
+        cyclic = self.layout.cycle_of(op)
         if cyclic is not None:  # every tile of the cycle may hold rows of the range
             count = total // block
 
@@ -717,7 +423,7 @@ class TreeLowering:
         for k, (axis, _, _) in ranges.items():
             edge = op.inputs[k]
             spec = self.program.read_spec(edge)
-            shape = list(self.shape(spec, op.domain))
+            shape = list(self.layout.shape(spec, op.domain))
             shape[axis] = block
             values[k] = jax.ShapeDtypeStruct(tuple(shape), spec.dtype)
             readers[k] = lambda i, e=edge: self.read(
@@ -736,27 +442,6 @@ class TreeLowering:
         what = describe_op(op)
         return tiled_call(fn, values, readers, axes, tiles, str(item.size), what)
 
-    def _ranges(self, op: Op) -> dict[int, tuple[int, Slice, int]] | None:
-        """Per input reading a growing range: (its stacked axis, the range, the buffer axis);
-        None unless every growing read is one such range, all of them the same."""
-        ranges: dict[int, tuple[int, Slice, int]] = {}
-        for k, edge in enumerate(op.inputs):
-            growing = [
-                (sum(isinstance(i, Slice) for i in edge.index[:a]), item, a)
-                for a, item in enumerate(edge.index)
-                if isinstance(item, Slice) and not self.is_static(item.size)
-            ]
-            shape = self.program.read_spec(edge).shape
-            if len(growing) > 1 or (edge.src, edge.out) in self.held:
-                return None
-            if not growing and not all(self.is_static(n) for n in shape):
-                return None  # a padded value computed elsewhere: not read in tiles
-            if growing:
-                ranges[k] = growing[0]
-        if len({(str(item.start), str(item.stop)) for _, item, _ in ranges.values()}) != 1:
-            return None
-        return ranges
-
     def compute(self, op: Op, env: Env, values: list[Any]) -> tuple[Any, ...]:
         """The outputs of ``op`` at the point of ``env``, from its inputs' ``values``."""
         if op.kind == "sink":
@@ -764,7 +449,7 @@ class TreeLowering:
             return ()
         if op.kind == "merge":
             spec = op.outputs[0]
-            result = jnp.zeros(self.shape(spec, op.domain), spec.dtype)
+            result = jnp.zeros(self.layout.shape(spec, op.domain), spec.dtype)
             active = self.branches.get(op.id)
             if active is not None:  # the same branch over this whole piece of the loop
                 if active < 0:
@@ -793,7 +478,7 @@ class TreeLowering:
         for edge in op.inputs:
             found: Pads = {}
             for axis, size in enumerate(self.program.read_spec(edge).shape):
-                if not self.is_static(size):
+                if not self.layout.is_static(size):
                     found[axis] = str(size)
                     lengths[str(size)] = size.evaluate(env)
             pads.append(found)
@@ -834,7 +519,7 @@ class TreeLowering:
         if tile is None and (edge.src, edge.out) in self.cycles:
             raise AssertionError(f"a cyclic buffer read whole by {edge}")  # planned away
         buf = self._buffer(edge, buffers)
-        items = self._stored_index(edge)
+        items = self.layout.stored_index(edge)
         if edge.src in self.unstacked and not isinstance(items[0], Slice):
             first = constant(items[0].evaluate(env))
             if first is not None:  # a slice taken up front
@@ -858,7 +543,7 @@ class TreeLowering:
             order = None
         starts, sizes, keep = [], [], []
         for axis, item in enumerate(items):
-            growing = isinstance(item, Slice) and not self.is_static(item.size)
+            growing = isinstance(item, Slice) and not self.layout.is_static(item.size)
             if growing and tile is not None:  # the tile's rows of the buffer
                 starts.append(tile[0])
                 sizes.append(tile[1])
@@ -880,7 +565,7 @@ class TreeLowering:
                 sizes.append(1)
                 keep.append(False)
         if logical is None:
-            logical = self._stored_shape(edge, buffers) if order is not None else buf.shape
+            logical = self.layout.stored_shape(edge) if order is not None else buf.shape
         spatial = logical[len(items) :]
         starts += [0] * len(spatial)
         starts = [jnp.asarray(s, jnp.int32) for s in starts]
@@ -892,27 +577,6 @@ class TreeLowering:
             window = jnp.transpose(stored, np.argsort(order))
         shape = [s for s, k in zip(sizes, keep, strict=True) if k] + list(spatial)
         return window.reshape(shape)
-
-    def _stored_shape(self, edge: Edge, buffers: Buffers) -> tuple[int, ...]:
-        """The shape of the buffer ``edge`` reads, in domain order."""
-        if edge.src in self.inputs:
-            return tuple(self.inputs[edge.src].shape)
-        return self._logical_shape(edge.src, edge.out)
-
-    def _buffer_axis(self, edge: Edge, position: int) -> int:
-        """The buffer axis of index position ``position`` of ``edge``."""
-        dropped = self.plan.scoped.get((edge.src, edge.out), frozenset())
-        if edge.src in self.inputs:
-            return position
-        return position - sum(1 for k in dropped if k < position)
-
-    def _stored_index(self, edge: Edge) -> tuple[Any, ...]:
-        """The index items of ``edge`` for the axes its producer's buffer has (a scoped buffer
-        leaves out the positions its loop walks)."""
-        dropped = self.plan.scoped.get((edge.src, edge.out))
-        if not dropped or edge.src in self.inputs:
-            return edge.index
-        return tuple(item for k, item in enumerate(edge.index) if k not in dropped)
 
     # -- outputs ---------------------------------------------------------------------------------
     def output(self, out: Output, buffers: Buffers) -> jax.Array:

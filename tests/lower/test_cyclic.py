@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import tempo_jax as tj
-from tempo_jax._lower import execute
-from tempo_jax._lower.execute import Cycle
+from tempo_jax._lower import buffer_plan
+from tempo_jax._lower.buffer_plan import Cycle
 from tests.lower.helpers import layer_inputs, recording
 
 D, STEPS, LAYERS = 4, 11, 2
@@ -82,7 +82,7 @@ def _run(
     tiling = functools.partial(tj.tile_dynamic_ranges, block=block)
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
     compiled = program.compile(bounds, pipeline=pipeline, unroll=unroll)
-    with recording(execute.TreeLowering, "_cycles") as made:
+    with recording(buffer_plan.BufferPlan, "_cycles") as made:
         got = compiled(**inputs)
     want = tj.reference.run(program.to_ir(), bounds, inputs)
     for name in want:
@@ -141,7 +141,7 @@ def test_buffers_read_whole_or_in_order_stay_whole() -> None:
     tiling = functools.partial(tj.tile_dynamic_ranges, block=3)
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
     inputs = {"x": _inputs()["x"]}
-    with recording(execute.TreeLowering, "_cycles") as made:
+    with recording(buffer_plan.BufferPlan, "_cycles") as made:
         got = p.compile({"T": STEPS}, pipeline=pipeline)(**inputs)
     xs = np.tanh(inputs["x"] * 2.0)
     want = [np.cumsum(xs[max(0, i - 2) : i + 1], axis=0)[:, 0].sum() for i in range(STEPS)]
@@ -170,7 +170,7 @@ def test_window_means_and_maxes_fed_back_into_a_recurrence(block: int) -> None:
     tiling = functools.partial(tj.tile_dynamic_ranges, block=block)
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
     xs = _inputs()["x"]
-    with recording(execute.TreeLowering, "_cycles") as made:
+    with recording(buffer_plan.BufferPlan, "_cycles") as made:
         got = p.compile({"T": STEPS}, pipeline=pipeline)(x=xs)
     s_np, want = np.zeros((STEPS, D), np.float32), np.zeros((STEPS, D), np.float32)
     for i in range(STEPS):

@@ -1,0 +1,60 @@
+"""``Compiled.memory()`` / ``explain()``: the stored values of the buffer plan, as planned.
+
+Oracles: the shapes follow from the program (a full buffer over ``T`` points, a window's
+cycle of its rows), the bytes from the shapes, and the table lists every value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+import tempo_jax as tj
+from models import config
+from models.tempo import TempoDecoder
+
+
+def _recurrence() -> tj.Program:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        a = tj.input("a", (3,), jnp.float32, domain=(t,))
+        x = tj.placeholder((3,), jnp.float32, domain=(t,))
+        x[0] = tj.zeros((3,), jnp.float32)
+        x[t + 1] = x[t] * 0.5 + a[t]
+        p.output("x", x)
+        p.output("total", tj.lift(lambda v: v.sum(0))(x[0 : t.bound]))
+    return p
+
+
+def test_a_full_output_is_one_buffer_of_every_point() -> None:
+    compiled = _recurrence().compile({"T": 10})
+    report = compiled.memory()
+    (full,) = [v for v in report.values if v.name == "x" and v.kind == "full"]
+    assert full.shape == (10, 3) and full.bytes == 10 * 3 * 4 and full.dtype == "float32"
+    assert full.memory_kind == "device" and "test_memory_report.py" in full.source
+    assert report.device_bytes == sum(v.bytes for v in report.values)
+    out = compiled(a=np.ones((10, 3), np.float32))  # the plan the report shows is the one run
+    np.testing.assert_allclose(out["x"][-1], 2 * (1 - 0.5**9), rtol=1e-6)
+
+
+def test_a_dynamic_bound_is_reported_at_its_largest_value() -> None:
+    compiled = _recurrence().compile({"T": tj.dynamic(max=16)})
+    (full,) = [v for v in compiled.memory().values if v.name == "x" and v.kind == "full"]
+    assert full.shape == (16, 3)
+
+
+def test_a_window_cache_is_a_cycle_of_its_rows() -> None:
+    """The windowed decoder's keys and values: the last 16 rows of each layer, not 128."""
+    cfg = dataclasses.replace(config.tiny_gpt2(), max_len=128, window=16)
+    dec = TempoDecoder(cfg, 2, 9, 100, block=8)
+    values = dec.compiled.memory().values
+    cycles = [v for v in values if v.kind == "cyclic"]
+    assert len(cycles) == 2  # keys and values
+    for v in cycles:
+        assert v.shape == (16, cfg.layers, 2, cfg.kv_heads, cfg.head_dim)
+    text = dec.compiled.explain()
+    assert text.startswith(dec.compiled.schedule)
+    assert "cyclic" in text and "planned device bytes" in text
+    assert all(v.name[:24] in text for v in values)
