@@ -155,3 +155,33 @@ def test_ranges_of_buffers_of_other_shapes_cut_alike_read_their_tiles_as_stored(
         got["h"], tj.reference.run(p, {"T": STEPS}, {"x": xs})["h"], rtol=1e-5, atol=1e-5
     )
     assert len(built) == 2 and whole == []
+
+
+@pytest.mark.parametrize(
+    ("rows", "start", "group"),
+    [(7, 0, 0), (4, 2, 0), (1, 5, 1), (2, 0, 1)],  # whole, across tiles, one row, 2 groups
+)
+def test_a_block_write_lands_in_the_tiles_it_covers(rows: int, start: int, group: int) -> None:
+    """``write_block`` at static starts (straight into the tiles), at a computed row (one row:
+    the point write) and at computed starts (through the whole buffer) equals a NumPy update
+    of the whole buffer; ``cut`` undoes ``assemble``."""
+    rng = np.random.default_rng(rows + start)
+    # logical (rows 7, unrolled 2, value 3), stored rows next to the last axis
+    split = Split((7, 2, 3), (1, 0, 2), (1,), axis=0, block=3, count=3)
+    whole = rng.normal(size=(7, 2, 3)).astype(np.float32)
+    pieces = split.cut(jnp.transpose(jnp.asarray(whole), split.order))
+    np.testing.assert_array_equal(split.assemble(pieces), np.transpose(whole, split.order))
+    value = rng.normal(size=(rows, 2 - group, 3)).astype(np.float32)
+    want = whole.copy()
+    want[start : start + rows, group:] = value
+    known = jax.jit(lambda p, v: split.write_block(p, v, [start, group, 0]))
+    computed = jax.jit(lambda p, v, f: split.write_block(p, v, [f, group, 0]))
+    traced = jax.jit(lambda p, v, f, g: split.write_block(p, v, [f, g, 0]))
+    results = [
+        known(pieces, value),
+        computed(pieces, value, jnp.int32(start)),
+        traced(pieces, value, jnp.int32(start), jnp.int32(group)),  # through the whole buffer
+    ]
+    for got in results:
+        stored = np.transpose(np.asarray(split.assemble(got)), np.argsort(split.order))
+        np.testing.assert_array_equal(stored, want)
