@@ -521,15 +521,16 @@ def cyclic_candidates(
     """Full buffers that may keep only their last rows along one domain position, modulo a
     length the lowering chooses (a window's keys: ``k[t-w+1:t+1]`` needs the last ``w`` rows).
 
-    The producer runs once in the schedule, inside a forward loop whose variable is exactly
-    the producer's point at ``position``; so when that loop is at iteration ``i``, no row past
-    ``i`` has been written and row ``p <= i`` was written at iteration ``p`` of the current
-    walk. Every read of the buffer (those served by loop carries aside: point and window
-    storage) is a range at ``position``, by an op whose every exec runs
-    inside that loop, at a point with one coordinate equal to the loop's variable (the read's
-    ``latest``). A range whose rows lie within the last ``R`` positions up to ``latest`` then
-    finds each of its rows at slot ``row mod R``, not yet overwritten. Outputs, accumulated,
-    held and scoped buffers are left out. The lowering decides the length ``R`` and whether
+    The producer runs once in the schedule, inside a forward loop whose variable plus a
+    constant ``c`` is the producer's point at ``position``; so when that loop is at iteration
+    ``i``, no row past ``i + c`` has been written and row ``p <= i + c`` was written at
+    iteration ``p - c`` of the current walk. Every read of the buffer (those served by loop
+    carries aside: point and window storage) is a range at ``position``, by an op whose every
+    exec runs inside that loop, at a point with one coordinate the loop's variable plus a
+    constant (giving the read's ``latest`` row, ``i + c``). A range whose rows lie within
+    the last ``R`` positions up to ``latest`` then finds each of its rows at slot
+    ``row mod R``, not yet overwritten. Outputs, accumulated, held and scoped buffers are
+    left out. The lowering decides the length ``R`` and whether
     each reader's payload can take its rows in any order (a map-then-reduce).
 
     The producer may also run before that loop, in loops writing rows in order (the loop's
@@ -552,12 +553,15 @@ def cyclic_candidates(
             continue
         ex, loops = produced[-1]
         for loop in loops:
-            if not _written_before(produced[:-1], loop, ex, sizes):
-                continue
             hits = [j for j, item in enumerate(ex.point) if loop.var in symbols_of(item)]
-            if loop.reverse or len(hits) != 1 or simplify(ex.point[hits[0]]) != loop.var:
+            if loop.reverse or len(hits) != 1:
                 continue
-            reads = _cyclic_reads(program, plan, readers[key], where, loop, hits[0])
+            offset = simplify(ex.point[hits[0]] - loop.var)  # the row is the iteration + offset
+            if not _loop_free(offset):
+                continue
+            if not _written_before(produced[:-1], loop, hits[0], offset, sizes):
+                continue
+            reads = _cyclic_reads(program, plan, readers[key], where, loop, hits[0], offset)
             if reads is not None:
                 found[key] = CyclicCandidate(hits[0], reads)
                 break
@@ -583,19 +587,18 @@ def _loop_free(expr: Expr) -> bool:
 def _written_before(
     earlier: list[tuple[Exec, tuple[Loop, ...]]],
     loop: Loop,
-    last: Exec,
+    position: int,
+    offset: Expr,
     sizes: Mapping[Symbol, int],
 ) -> bool:
-    """Whether each exec of ``earlier`` writes rows in order (its innermost loop's variable is
-    the row ``last`` writes at ``loop``'s variable) ending before ``loop``'s first row."""
-    hits = [j for j, item in enumerate(last.point) if loop.var in symbols_of(item)]
-    if len(hits) != 1:
-        return False
+    """Whether each exec of ``earlier`` writes rows (at ``position``) in order, its loop's
+    variable being the row, all before ``loop``'s first row (its start plus ``offset``)."""
+    first = simplify(loop.start + offset)
     for ex, loops in earlier:
-        own = [lp for lp in loops if simplify(ex.point[hits[0]]) == lp.var and not lp.reverse]
-        if len(own) != 1 or not symbols_of(own[0].stop) | symbols_of(loop.start) <= set(sizes):
+        own = [lp for lp in loops if simplify(ex.point[position]) == lp.var and not lp.reverse]
+        if len(own) != 1 or not symbols_of(own[0].stop) | symbols_of(first) <= set(sizes):
             return False
-        if own[0].stop.evaluate(dict(sizes)) > loop.start.evaluate(dict(sizes)):
+        if own[0].stop.evaluate(dict(sizes)) > first.evaluate(dict(sizes)):
             return False
     return True
 
@@ -607,6 +610,7 @@ def _cyclic_reads(
     where: dict[int, list[tuple[Exec, tuple[Loop, ...]]]],
     loop: Loop,
     position: int,
+    offset: Expr,
 ) -> tuple[CyclicRead, ...] | None:
     """The reads of :func:`cyclic_candidates`, or None when one of them is not such a read."""
     found = []
@@ -626,8 +630,9 @@ def _cyclic_reads(
         for ex, loops in where[reader_id]:
             if not any(lp is loop for lp in loops):
                 return None
-            at = [  # the loop's iteration, from the reader's dim at ``loop.var + offset``
-                simplify(d - (item - loop.var))
+            at = [  # the newest row written: the loop's iteration (from the reader's dim at
+                # ``loop.var + shift``) plus the producer's offset
+                simplify(d - (item - loop.var) + offset)
                 for d, item in zip(reader.domain, ex.point, strict=True)
                 if loop.var in symbols_of(item) and _loop_free(simplify(item - loop.var))
             ]

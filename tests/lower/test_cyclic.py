@@ -192,3 +192,43 @@ def test_an_infinite_row_outside_the_window_does_not_reach_the_product(keys_out:
     bad[0, 1] = np.inf  # positions 0..2 read it, and do not use their attention
     cycles = _run(_program(3, keys_out=keys_out, bad=True), 2, bad=bad)
     assert bool(cycles) != keys_out
+
+
+def test_a_cache_with_its_first_rows_written_before_the_loop_is_still_a_cycle() -> None:
+    """The keys over every position ``u``: the first ``S`` from a prefix (before the loop),
+    then one per step ``t`` (row ``S + t``) read through a window, in a loop ``p.stop_when``
+    ends: a cycle of the window's rows, the prefix written into it first. Values and the
+    number of steps run equal the interpreter's."""
+    prefix, steps, window = 5, 6, 3
+    with tj.Program() as p:
+        s, t, u = p.dims("s t u")
+        xs = tj.input("xs", (D,), jnp.float32, domain=(s,))
+        x = tj.input("x", (D,), jnp.float32, domain=(t,))
+        h = tj.placeholder((D,), jnp.float32, domain=(t,))
+        keys = tj.placeholder((D,), jnp.float32, domain=(u,))
+        prefix_keys = tj.lift(_attend, name="prefix")(xs, xs[0 : s + 1], xs[0 : s + 1])
+        keys[u < s.bound] = tj.tanh(prefix_keys)[u]
+        keys[True] = tj.tanh(h)[u - s.bound]
+        rows = slice(tj.max(0, s.bound + t - window + 1), s.bound + t + 1)
+        a = tj.lift(_attend, name="attend")(h, keys[rows], keys[rows])
+        h[0] = x[0]
+        h[t + 1] = x[t + 1] + 0.5 * a[t]
+        p.output("a", a)
+        p.stop_when(tj.all(a > 0.3))
+    rng = np.random.default_rng(4)
+    inputs = {
+        "xs": rng.normal(size=(prefix, D)).astype(np.float32),
+        "x": rng.normal(size=(steps, D)).astype(np.float32),
+    }
+    bounds = {"S": prefix, "T": steps, "U": prefix + steps}
+    pipeline = tj.Pipeline().replacing(
+        "tile_dynamic_ranges", functools.partial(tj.tile_dynamic_ranges, block=3)
+    )
+    compiled = p.compile(bounds, pipeline=pipeline)
+    with recording(buffer_plan.BufferPlan, "_cycles") as made:
+        got = compiled(**inputs)
+    want = tj.reference.run(p.to_ir(), bounds, inputs)
+    np.testing.assert_allclose(got["a"], want["a"], rtol=1e-5, atol=1e-5)
+    assert int(got["lengths"]["T"]) == int(want["lengths"]["T"])
+    ((cycle,),) = [list(c.values()) for c in made]
+    assert (cycle.rows, cycle.block) == (3, 3)

@@ -10,6 +10,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import tempo_jax as tj
 from models import config
@@ -45,10 +46,12 @@ def test_a_dynamic_bound_is_reported_at_its_largest_value() -> None:
     assert full.shape == (16, 3)
 
 
-def test_a_window_cache_is_a_cycle_of_its_rows() -> None:
-    """The windowed decoder's keys and values: the last 16 rows of each layer, not 128."""
+@pytest.mark.parametrize("end_token", [None, 5])
+def test_a_window_cache_is_a_cycle_of_its_rows(end_token: int | None) -> None:
+    """The windowed decoder's keys and values: the last 16 rows of each layer, not 128; also
+    when an end token stops the step loop (the cache row of step ``t`` is ``P + t``)."""
     cfg = dataclasses.replace(config.tiny_gpt2(), max_len=128, window=16)
-    dec = TempoDecoder(cfg, 2, 9, 100, block=8)
+    dec = TempoDecoder(cfg, 2, 9, 100, block=8, end_token=end_token)
     values = dec.compiled.memory().values
     cycles = [v for v in values if v.kind == "cyclic"]
     assert len(cycles) == 2  # keys and values
