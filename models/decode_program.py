@@ -118,7 +118,10 @@ def build_program(
     shapes = param_shapes(cfg)
     ends = (end_token,) if isinstance(end_token, int) else tuple(end_token or ())
     with tj.Program("decode") as p:
-        s, t, u, l = p.dims("s t u l")
+        if steps > 1:
+            s, t, u, l = p.dims("s t u l")
+        else:  # the first new token is the last: no steps
+            s, u, l = p.dims("s u l")
         prompt = tj.input("prompt", (batch, prompt_len), jnp.int32)
         key = tj.input("key", (batch, 2) if ragged else (2,), jnp.uint32)
         top = {

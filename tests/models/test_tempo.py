@@ -155,3 +155,12 @@ def test_window_decoder_keeps_the_last_window_rows_only() -> None:
     np.testing.assert_array_equal(
         out["tokens"], scan.generate(window, params, prompt, 127)["tokens"]
     )
+
+
+@pytest.mark.parametrize("end", [None, 3])
+def test_one_new_token_is_the_prompts_block_alone(end: int | None) -> None:
+    """``steps == 1``: the program has no step loop (no ``t``); tokens, logits and the
+    positions run equal the scan decoder's."""
+    cfg, params, prompt = _setup("llama-window")
+    out = TempoDecoder(cfg, 2, PROMPT, 1, block=BLOCK, end_token=end).generate(params, prompt)
+    _same(out, scan.generate(cfg, params, prompt, 1, end_token=end))
