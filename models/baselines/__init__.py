@@ -1,6 +1,6 @@
 """Hand-written JAX decoders on the stacked parameters of :mod:`models.params`.
 
-All three share one signature, ``generate(cfg, params, prompt, steps, *, key, temperature,
+All four share one signature, ``generate(cfg, params, prompt, steps, *, key, temperature,
 top_p, end_token) -> {"tokens", "length", "logits", "steps_run"}``, and one per-token step
 (:mod:`models.baselines.decode_loop`); they differ in how the loop runs and how a step attends
 to the KV cache:
@@ -10,5 +10,7 @@ to the KV cache:
 - :mod:`~models.baselines.scan`: the whole decode as one jitted ``lax.while_loop``, same
   attention;
 - :mod:`~models.baselines.tiled`: one jitted ``lax.while_loop`` whose attention visits only the
-  cache tiles holding live rows, with an online softmax.
+  cache tiles holding live rows, with an online softmax;
+- :mod:`~models.baselines.prefill`: the prompt in one vectorised masked pass (parallel
+  prefill), then scan's loop.
 """

@@ -202,9 +202,22 @@ def decode_while(
     """The whole decode as one XLA computation: a ``lax.while_loop`` over positions that
     exits as soon as every row is done (or the last position has run)."""
     state = init_state(cfg, params, prompt, steps, rows, sampling.end_token)
-    state = lax.while_loop(
+    return result(decode_from(cfg, params, state, prompt, key, sampling, attention))
+
+
+def decode_from(
+    cfg: DecoderConfig,
+    params: Params,
+    state: DecodeState,
+    prompt: jax.Array,
+    key: jax.Array,
+    sampling: Sampling,
+    attention: Attention,
+) -> DecodeState:
+    """``state`` advanced position by position, in a ``lax.while_loop``, while
+    :func:`running`."""
+    return lax.while_loop(
         lambda s: running(s, sampling),
         lambda s: advance(cfg, params, s, prompt, key, sampling, attention),
         state,
     )
-    return result(state)

@@ -29,12 +29,11 @@ from .decode_loop import (
     DecodeState,
     Sampling,
     _next_token,
-    advance,
+    decode_from,
     init_state,
     masked_attention,
     prepare,
     result,
-    running,
 )
 
 
@@ -66,12 +65,7 @@ def _generate(
     sampling: Sampling,
 ) -> dict[str, jax.Array]:
     state = prefill(cfg, params, prompt, key, steps, sampling)
-    state = lax.while_loop(
-        lambda s: running(s, sampling),
-        lambda s: advance(cfg, params, s, prompt, key, sampling, masked_attention),
-        state,
-    )
-    return result(state)
+    return result(decode_from(cfg, params, state, prompt, key, sampling, masked_attention))
 
 
 def prefill(

@@ -279,14 +279,14 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
             # for an enclosing dim the buffer drops: it holds this iteration's values only)
             order = [variables.index(x) for x in nest.point(ex) if x in variables]
             for k in range(len(op.outputs)):
-                dropped = lowering.plan.scoped.get((op.id, k), frozenset())
+                dropped = lowering.layout.plan.scoped.get((op.id, k), frozenset())
                 kept = [(n, x) for n, x in enumerate(nest.point(ex)) if n not in dropped]
                 outer = [pos for pos, (_, x) in enumerate(kept) if x not in variables]
                 value = next(values)
                 value = jnp.transpose(value, (*order, *range(len(order), value.ndim)))
                 value = jnp.expand_dims(value, outer) if outer else value
                 buf = carried[(op.id, k)]
-                split = lowering.splits.get((op.id, k))
+                split = lowering.layout.splits.get((op.id, k))
                 starts = [
                     first
                     if x == query
@@ -297,7 +297,7 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
                 if split is not None:  # one array per tile: the rows go to their tiles
                     carried[(op.id, k)] = split.write_block(buf, value, starts)
                     continue
-                stored_as = lowering.layouts.get((op.id, k))
+                stored_as = lowering.layout.layouts.get((op.id, k))
                 if stored_as is not None:  # the buffer's axis order
                     value = jnp.transpose(value, stored_as)
                     starts = [starts[a] for a in stored_as]

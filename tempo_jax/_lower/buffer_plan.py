@@ -443,15 +443,7 @@ class BufferPlan:
                 shape = tuple(
                     split.count * split.block if a == split.axis else n for a, n in enumerate(shape)
                 )
-            kind = (
-                "cyclic"
-                if key in self.cycles
-                else "split"
-                if split is not None
-                else "scoped"
-                if self.plan.scoped.get(key)
-                else "full"
-            )
+            kind = self._kind(key)
             live = "its schedule's alloc..free" if key in self.placed else "whole program"
             found.append(self._value(key, kind, shape, live))
         for key in sorted(self.plan.accumulated):
@@ -472,6 +464,14 @@ class BufferPlan:
                 shape = (depth, *self.shape(op.outputs[key[1]], op.domain))
                 found.append(self._value(key, "ring", shape, f"loop over {loop.dim}"))
         return found
+
+    def _kind(self, key: tuple[int, int]) -> str:
+        """How the full buffer ``key`` is kept (:class:`StoredValue`'s kinds)."""
+        if key in self.cycles:
+            return "cyclic"
+        if key in self.splits:
+            return "split"
+        return "scoped" if self.plan.scoped.get(key) else "full"
 
     def _value(
         self, key: tuple[int, int], kind: str, shape: tuple[int, ...], live: str

@@ -93,15 +93,6 @@ class TreeLowering:
         self.layout = BufferPlan(
             program, bounds, shapes, tree, self.runtime, self.padded, self.unroll
         )
-        self.plan = self.layout.plan
-        self.placed = self.layout.placed
-        self.captures = self.layout.captures
-        self.held = self.layout.held
-        self.cycles = self.layout.cycles
-        self.layouts = self.layout.layouts
-        self.splits = self.layout.splits
-        self.nests = self.layout.nests
-        self.nest_local = self.layout.nest_local
         # merge op -> its one active branch (-1: none); captured output name -> 0/1
         self.branches: dict[int | str, int] = {}
         self.stop_loop = stop_loop(program, tree)  # the loop `p.stop_when` ends, or None
@@ -114,10 +105,10 @@ class TreeLowering:
             if op.kind == "input":
                 continue
             for k in range(len(op.outputs)):
-                if (op.id, k) not in self.plan.buffered or (op.id, k) in self.placed:
+                if (op.id, k) not in self.layout.plan.buffered or (op.id, k) in self.layout.placed:
                     continue  # point or window storage, or allocated by an Alloc node
                 buffers[(op.id, k)] = self._zeros(op.id, k)
-        for src, k in self.plan.accumulated:
+        for src, k in self.layout.plan.accumulated:
             spec = self.program.op(src).outputs[k]
             shape = self.layout.shape(spec, self.program.op(src).domain)
             buffers[(src, k, ACCUMULATE)] = jnp.zeros(shape, spec.dtype)
@@ -125,19 +116,19 @@ class TreeLowering:
             (dim,) = self.program.stop.domain
             buffers[STOPPED] = jnp.bool_(False)
             buffers[RAN] = jnp.asarray(self.runtime[dim.bound], jnp.int32)
-        captured = [o for o in self.program.outputs if o.name in self.plan.captured]
-        for out in captured + list(self.held.values()):
+        captured = [o for o in self.program.outputs if o.name in self.layout.plan.captured]
+        for out in captured + list(self.layout.held.values()):
             producer = self.program.op(out.edge.src)
             spec = producer.outputs[out.edge.out]
             buffers[_capture(out)] = jnp.zeros(self.layout.shape(spec, producer.domain), spec.dtype)
         return buffers
 
     def _zeros(self, op_id: int, out: int) -> Any:
-        split = self.splits.get((op_id, out))
+        split = self.layout.splits.get((op_id, out))
         if split is not None:
             return split.zeros(self.program.op(op_id).outputs[out].dtype)
         shape = self.layout.logical_shape(op_id, out)
-        order = self.layouts.get((op_id, out))
+        order = self.layout.layouts.get((op_id, out))
         if order is not None:
             shape = tuple(shape[a] for a in order)
         return jnp.zeros(shape, self.program.op(op_id).outputs[out].dtype)
@@ -163,7 +154,7 @@ class TreeLowering:
                     buffers = self.run(child, env, buffers)
             return buffers
         if isinstance(node, Loop):
-            nest = self.nests.get(node)
+            nest = self.layout.nests.get(node)
             if nest is not None:
                 return run_nest(self, nest, env, buffers)
             return self._loop(node, env, buffers)
@@ -195,7 +186,7 @@ class TreeLowering:
         start, stop = node.start.evaluate(env), node.stop.evaluate(env)
         var = node.var
 
-        rings = self.plan.rings.get(node, {})
+        rings = self.layout.plan.rings.get(node, {})
         carried = dict(buffers)
         for (op_id, out), depth in rings.items():  # the last `depth` values, newest first
             producer = self.program.op(op_id)
@@ -261,7 +252,7 @@ class TreeLowering:
                 active = np.where(held.any(axis=0), held.argmax(axis=0), -1)  # first match
                 switches.append((op.id, active))
             for k in range(len(op.outputs)):
-                for out in self.captures.get((op.id, k), ()):
+                for out in self.layout.captures.get((op.id, k), ()):
                     hit = _same_point(ex.point, out.edge.index)
                     if symbols_of(hit) <= known:  # the captured point: a piece of its own
                         switches.append((out.name, truth(hit).astype(int)))
@@ -300,7 +291,7 @@ class TreeLowering:
             buffers[RAN] = jnp.where(now, point[0] + 1, buffers[RAN])
             buffers[STOPPED] = buffers[STOPPED] | now
         for k, value in enumerate(values):
-            for out in self.captures.get((op.id, k), ()):
+            for out in self.layout.captures.get((op.id, k), ()):
                 key = _capture(out)
                 known = self.branches.get(out.name)  # resolved for this piece of the loop
                 if known == 0:
@@ -310,7 +301,7 @@ class TreeLowering:
                     here = _same_point(node.point, out.edge.index).evaluate({**self.runtime, **env})
                     new = jnp.where(here, new, buffers[key])
                 buffers[key] = new
-            summed = self.plan.accumulated.get((op.id, k))
+            summed = self.layout.plan.accumulated.get((op.id, k))
             if summed is not None:  # this point counts if the summed box holds it
                 inside = _inside(summed, point, {**self.runtime, **env})
                 acc = (op.id, k, ACCUMULATE)
@@ -319,23 +310,23 @@ class TreeLowering:
             ring = (op.id, k, RING)
             if ring in buffers:
                 buffers[ring] = _shift(buffers[ring], value)
-            if (op.id, k) not in self.plan.buffered:
+            if (op.id, k) not in self.layout.plan.buffered:
                 continue
             buf = buffers[(op.id, k)]
-            dropped = self.plan.scoped.get((op.id, k), frozenset())
+            dropped = self.layout.plan.scoped.get((op.id, k), frozenset())
             at = [p for n, p in enumerate(point) if n not in dropped]  # scoped: this iteration's
-            cycle = self.cycles.get((op.id, k))
+            cycle = self.layout.cycles.get((op.id, k))
             if cycle is not None:  # row p at slot p mod rows
                 at[cycle.axis] = at[cycle.axis] % cycle.rows
             logical = self.layout.logical_shape(op.id, k)
             update = jnp.asarray(value, op.outputs[k].dtype)  # the buffer's dtype (see _zeros)
             update = update.reshape((1,) * len(at) + logical[len(at) :])
-            split = self.splits.get((op.id, k))
+            split = self.layout.splits.get((op.id, k))
             if split is not None:
                 buffers[(op.id, k)] = split.write(buf, update, at)
                 continue
             starts = [*at, *([jnp.int32(0)] * (buf.ndim - len(at)))]
-            order = self.layouts.get((op.id, k))
+            order = self.layout.layouts.get((op.id, k))
             if order is not None:
                 update = jnp.transpose(update, order)
                 starts = [starts[a] for a in order]
@@ -359,15 +350,20 @@ class TreeLowering:
                 values.append(None)  # a branch this piece of the loop never takes
             elif op.payload is not None and op.payload.accumulates:
                 slices = sum(isinstance(item, Slice) for item in edge.index)
-                if (edge.src, edge.out) in self.plan.accumulated:  # the sum, one row per axis
+                if (
+                    edge.src,
+                    edge.out,
+                ) in self.layout.plan.accumulated:  # the sum, one row per axis
                     acc = buffers[(edge.src, edge.out, ACCUMULATE)]
                     values.append(acc.reshape((1,) * slices + acc.shape))
                 else:
                     values.append(self.read(edge, env, buffers, op.domain))
-            elif (id(node), k) in self.plan.local or (id(node), k) in self.nest_local:
+            elif (id(node), k) in self.layout.plan.local or (id(node), k) in self.layout.nest_local:
                 values.append(local[edge.src][edge.out])
-            elif (id(node), k) in self.plan.window:
-                values.append(buffers[(edge.src, edge.out, RING)][self.plan.window[(id(node), k)]])
+            elif (id(node), k) in self.layout.plan.window:
+                values.append(
+                    buffers[(edge.src, edge.out, RING)][self.layout.plan.window[(id(node), k)]]
+                )
             else:
                 values.append(self.read(edge, env, buffers, op.domain))
         return values
@@ -397,7 +393,7 @@ class TreeLowering:
         stop = jnp.asarray(item.stop.evaluate(env), jnp.int32)
         # split storage: tiles are whole arrays, visited by an unrolled loop, when every range
         # is cut the same way (buffers of other shapes, a KV cache and a row mask, may be)
-        found = [self.splits.get((op.inputs[k].src, op.inputs[k].out)) for k in ranges]
+        found = [self.layout.splits.get((op.inputs[k].src, op.inputs[k].out)) for k in ranges]
         cuts = {None if split is None else (split.block, split.count) for split in found}
         cut = cuts.pop() if len(cuts) == 1 else None
         count = None
@@ -513,10 +509,10 @@ class TreeLowering:
         with indices past the buffer clamped: those rows are padding. With ``tile = (i, n)``,
         the growing range's axis is read as the ``n`` buffer rows from ``i`` instead.
         """
-        held = self.held.get((edge.src, edge.out))
+        held = self.layout.held.get((edge.src, edge.out))
         if held is not None:
             return buffers[_capture(held)]
-        if tile is None and (edge.src, edge.out) in self.cycles:
+        if tile is None and (edge.src, edge.out) in self.layout.cycles:
             raise AssertionError(f"a cyclic buffer read whole by {edge}")  # planned away
         buf = self._buffer(edge, buffers)
         items = self.layout.stored_index(edge)
@@ -524,8 +520,8 @@ class TreeLowering:
             first = constant(items[0].evaluate(env))
             if first is not None:  # a slice taken up front
                 buf, items = self.unstacked[edge.src][first], items[1:]
-        order = None if edge.src in self.inputs else self.layouts.get((edge.src, edge.out))
-        split = self.splits.get((edge.src, edge.out))
+        order = None if edge.src in self.inputs else self.layout.layouts.get((edge.src, edge.out))
+        split = self.layout.splits.get((edge.src, edge.out))
         logical: tuple[int, ...] | None = None
         if split is not None:
             piece = None
@@ -581,7 +577,7 @@ class TreeLowering:
     # -- outputs ---------------------------------------------------------------------------------
     def output(self, out: Output, buffers: Buffers) -> jax.Array:
         """An output: its read at every point of its domain, domain dims first."""
-        if out.name in self.plan.captured:
+        if out.name in self.layout.plan.captured:
             return out.arrange(buffers[_capture(out)].astype(out.spec.dtype))
         shape = tuple(self.bounds[d.bound] for d in out.domain)
         if not shape:

@@ -148,11 +148,11 @@ class Split:
         rows = value.shape[self.axis]
         out = list(pieces)
         spans = [range(c, c + value.shape[a]) for a, c in zip(self.unrolled, corner, strict=True)]
+        tile_axis = self.remaining.index(self.axis)
         for group in itertools.product(*spans):
             part = value
             for a, g, c in sorted(zip(self.unrolled, group, corner, strict=True), reverse=True):
                 part = lax.index_in_dim(part, g - c, axis=a, keepdims=False)
-            tile_axis = self.remaining.index(self.axis)
             for j in range(first // self.block, (first + rows - 1) // self.block + 1):
                 lo, hi = max(first, j * self.block), min(first + rows, (j + 1) * self.block)
                 rows_j = lax.slice_in_dim(part, lo - first, hi - first, axis=tile_axis)

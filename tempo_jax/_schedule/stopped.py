@@ -111,10 +111,6 @@ def split_at_stop(program: Program, domain: isl.UnionSet, deps: isl.UnionMap) ->
         elif where[src] == "before" and dst in early:
             m = m.intersect_range(early[dst])
             found["before"] = found["before"].union(isl.UnionMap.from_map(m))
-        elif where[src] == "inner" and where[dst] == "before":  # a split op's points before
-            m = m.intersect_range(parts["before"].extract_set(m.get_space().range()))
-            if not m.is_empty():
-                raise _feeds_back_error(program, dim, dst)
     return StopSplit(
         parts["before"],
         found["before"],
