@@ -39,8 +39,14 @@ from .contract import contracting
 Position = tuple[Any, ...]  # ("in", p): the jaxpr's input p; (i, k): output k of equation i
 _ROWS = "rows"
 # the sizes the split is derived at and checked the same at: JAX traces one row differently
-# (a broadcast of one row is no broadcast), so the rows op computes a producer row twice
+# (a broadcast of one row is no broadcast), so the rows op runs the cone traced at
+# _CHECK_ROWS[0] rows with its shapes rewritten to one row (:func:`_one_row`)
 _CHECK_ROWS = (2, 17)
+# the cone's parameters that hold sizes, and those the one-row rewrite changes
+_SIZED = frozenset(
+    ["shape", "new_sizes", "slice_sizes", "start_indices", "limit_indices", "padding_config"]
+)
+_RESIZED = {"broadcast_in_dim": "shape", "reshape": "new_sizes"}
 
 
 class _UsesPoint(Exception):
@@ -92,6 +98,9 @@ class Split:
     stat_specs: tuple[TensorSpec, ...]
     cone: tuple[int, ...]  # the equations computing the range cotangents from rows and stats
     structs: tuple[Any, ...]  # every vjp input, its range inputs of _CHECK_ROWS[0] rows
+    # the cone at one row: (equation, parameter, its sizes at one row) per rewritten size;
+    # None: the cone runs at _CHECK_ROWS[0] copies of the row
+    one_row: tuple[tuple[int, str, tuple[int, ...]], ...] | None = None
 
 
 def split(
@@ -181,6 +190,7 @@ def _split(vjp: Callable, specs: Sequence[TensorSpec], ranged: tuple[int, ...], 
         tuple(sorted(cone)),
         structs,
     )
+    result = dataclasses.replace(result, one_row=_one_row(result, jaxpr, plan.axis))
     example = _structs(specs, ranged, _CHECK_ROWS[1])
     if not plan_tiles(stats_payload(result, what), example, axis, _ROWS, what):
         return None
@@ -190,6 +200,83 @@ def _split(vjp: Callable, specs: Sequence[TensorSpec], ranged: tuple[int, ...], 
     if not plan_tiles(rows_payload(result, what), [*rows, *stacks], rows_axis, _ROWS, what):
         return None
     return result
+
+
+def _one_row(split: Split, jaxpr: jex.Jaxpr, axis: dict[Any, int]) -> Any:
+    """The rewrites of the cone's sizes that run it at one row (``Split.one_row``), or None
+    when some equation holds a size this cannot rewrite or the rewritten cone's shapes are
+    not those at ``_CHECK_ROWS[0]`` rows with one row."""
+    rewrites = []
+    for i in split.cone:
+        eqn = jaxpr.eqns[i]
+        key = _RESIZED.get(eqn.primitive.name)
+        if key is None:
+            if _SIZED & set(eqn.params):
+                return None
+            continue
+        if eqn.params.get("dimensions") is not None:
+            return None  # a reshape that also transposes
+        sizes = list(eqn.params[key])
+        row = axis[eqn.outvars[0]]
+        if sizes[row] != _CHECK_ROWS[0]:
+            return None
+        sizes[row] = 1
+        rewrites.append((i, key, tuple(sizes)))
+    expected = {
+        v: _at_one(v.aval.shape, axis[v]) for i in split.cone for v in jaxpr.eqns[i].outvars
+    }
+    rows = [
+        jax.ShapeDtypeStruct((1, *split.structs[k].shape[1:]), split.structs[k].dtype)
+        for k in split.ranged
+    ]
+    stats = [jax.ShapeDtypeStruct(s.shape, s.dtype) for s in split.stat_specs]
+    closed = jax.make_jaxpr(flatten(split.vjp))(*split.structs)
+    shapes: dict[Any, tuple[int, ...]] = {}
+
+    def run(*values: Any) -> None:
+        env = _cone(split, closed, tuple(rewrites), values[: len(rows)], values[len(rows) :])
+        shapes.update((v, tuple(jnp.shape(x))) for v, x in env.items())
+
+    try:
+        jax.eval_shape(run, *rows, *stats)
+    except (TypeError, ValueError):  # a primitive that refuses the rewritten sizes
+        return None
+    renamed = {
+        v: expected[u]
+        for i in split.cone
+        for u, v in zip(jaxpr.eqns[i].outvars, closed.jaxpr.eqns[i].outvars, strict=True)
+    }
+    return tuple(rewrites) if all(shapes.get(v) == s for v, s in renamed.items()) else None
+
+
+def _at_one(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    return (*shape[:axis], 1, *shape[axis + 1 :])
+
+
+def _cone(
+    split: Split,
+    closed: jex.ClosedJaxpr,
+    rewrites: tuple[tuple[int, str, tuple[int, ...]], ...] | None,
+    rows: Sequence[Any],
+    stats: Sequence[Any],
+) -> dict[Any, Any]:
+    """The cone of ``closed`` (the vjp traced at ``split.structs``) on ``rows`` (each with the
+    row axis, of one row when ``rewrites`` are given) and one consumer's ``stats``: the env."""
+    jaxpr = closed.jaxpr
+    sizes = {i: (key, value) for i, key, value in rewrites or ()}
+    env: dict[Any, Any] = dict(zip(jaxpr.constvars, closed.consts, strict=True))
+    for k, row in zip(split.ranged, rows, strict=True):
+        env[jaxpr.invars[k]] = row
+    for pos, value in zip(split.stats, stats, strict=True):
+        env[_at(jaxpr, pos)] = value
+    for i in split.cone:
+        eqn = jaxpr.eqns[i]
+        if i in sizes:
+            key, value = sizes[i]
+            eqn = eqn.replace(params={**eqn.params, key: value})
+        args = [v.val if _literal(v) else env[v] for v in eqn.invars]
+        env.update(zip(eqn.outvars, bind(eqn, args), strict=True))
+    return env
 
 
 def _literal(var: Any) -> bool:
@@ -248,22 +335,15 @@ def rows_payload(split: Split, what: str) -> Callable[..., tuple[Any, ...]]:
     def rows(*values: Any) -> tuple[Any, ...]:
         own, stacks = values[:n_rows], values[n_rows:]
         closed = _jaxpr(split, split.structs, what)
-        jaxpr = closed.jaxpr
+        copies = 1 if split.one_row is not None else _CHECK_ROWS[0]
+        block = [jnp.broadcast_to(row, (copies, *row.shape)) for row in own]
 
         def one(*stats: Any) -> list[Any]:
-            env: dict[Any, Any] = dict(zip(jaxpr.constvars, closed.consts, strict=True))
-            for k, row in zip(split.ranged, own, strict=True):
-                env[jaxpr.invars[k]] = jnp.broadcast_to(row, (_CHECK_ROWS[0], *row.shape))
-            for pos, value in zip(split.stats, stats, strict=True):
-                env[_at(jaxpr, pos)] = value
-            for i in split.cone:
-                eqn = jaxpr.eqns[i]
-                args = [v.val if _literal(v) else env[v] for v in eqn.invars]
-                env.update(zip(eqn.outvars, bind(eqn, args), strict=True))
-            return [env[jaxpr.outvars[n]] for n in split.row_outs]
+            env = _cone(split, closed, split.one_row, block, stats)
+            return [env[closed.jaxpr.outvars[n]] for n in split.row_outs]
 
-        # summed over the consumers before the copy of the row is dropped: a sum over the
-        # vmapped axis of a product is then one contraction (``contracting``), a matmul
+        # summed over the consumers before the row axis is dropped: a sum over the vmapped
+        # axis of a product is then one contraction (``contracting``), a matmul
         per_consumer = jax.vmap(one)(*stacks)
         return tuple(x.sum(axis=0)[0] for x in per_consumer)
 

@@ -10,6 +10,7 @@ are not a multiple of the tile, tiles longer than the range, and a dynamic bound
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -173,3 +174,29 @@ def test_a_payload_that_is_not_a_map_then_reduce_keeps_the_dense_backward() -> N
 
     got = p.compile({"T": steps})(q=qs, k=ks)["gk"]
     np.testing.assert_allclose(got, jax.grad(oracle)(ks), rtol=1e-5, atol=1e-5)
+
+
+def test_the_rows_op_runs_its_cone_at_one_row() -> None:
+    """The rows op evaluates each key's row once: the cone traced at two rows runs with its
+    sizes rewritten to one, and gives what two copies of the row give."""
+    from tempo_jax._ir.program import TensorSpec
+    from tempo_jax._passes import range_grad
+
+    def attend(values: list[Any]) -> list[Any]:
+        q, k, v = values
+        return [jax.nn.softmax(k @ q * D**-0.5) @ v]
+
+    vjp = range_grad.vjp_function(attend, 3, (0, 1, 2), (0,))
+    f32 = jnp.float32
+    specs = [TensorSpec((D,), f32), TensorSpec((10, D), f32), TensorSpec((10, D), f32)]
+    split = range_grad.split(vjp, [*specs, TensorSpec((D,), f32)], (1, 2), "attention")
+    assert split is not None and split.one_row is not None
+    rng = np.random.default_rng(0)
+    own = [rng.normal(size=(D,)).astype(np.float32) for _ in range(2)]
+    stacks = [rng.normal(size=(6, *s.shape)).astype(np.float32) for s in split.stat_specs]
+    once = range_grad.rows_payload(split, "attention")
+    twice = range_grad.rows_payload(dataclasses.replace(split, one_row=None), "attention")
+    for got, want in zip(once(*own, *stacks), twice(*own, *stacks), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert f"f32[2,{D}]" in str(jax.make_jaxpr(twice)(*own, *stacks))
+    assert f"f32[2,{D}]" not in str(jax.make_jaxpr(once)(*own, *stacks))
