@@ -301,7 +301,9 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
                 if stored_as is not None:  # the buffer's axis order
                     value = jnp.transpose(value, stored_as)
                     starts = [starts[a] for a in stored_as]
-                carried[(op.id, k)] = lax.dynamic_update_slice(buf, value.astype(buf.dtype), starts)
+                carried[(op.id, k)] = lax.dynamic_update_slice(
+                    buf, value.astype(buf.dtype), starts, allow_negative_indices=False
+                )
         return carried
 
     keys = [(op.id, k) for op in written for k in range(len(op.outputs))]

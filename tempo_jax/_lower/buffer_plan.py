@@ -24,7 +24,7 @@ from .._ir.expr import Expr, Slice, Symbol, symbols_of
 from .._ir.program import Edge, Op, Output, Program, TensorSpec
 from .._ir.simplify import simplify
 from .._ir.source import describe
-from .._schedule.tree import Alloc, Node, walk
+from .._schedule.tree import Alloc, Exec, Free, Node, Sequence, walk
 from .blocks import plan_nests
 from .split import MAX_SPLIT, Split
 from .storage import CyclicCandidate, cyclic_candidates, plan_storage
@@ -92,6 +92,7 @@ class BufferPlan:
         self.padded = padded
         self.unroll = unroll
         self.plan = plan_storage(program, tree)
+        self.tree = tree
         self.placed = {(n.op, n.out) for n in walk(tree) if isinstance(n, Alloc)}
         self.captures: dict[tuple[int, int], list[Output]] = {}
         for out in program.outputs:
@@ -453,17 +454,83 @@ class BufferPlan:
                     key, "accumulated", self.shape(op.outputs[key[1]], op.domain), "whole program"
                 )
             )
+        outputs = {(o.edge.src, o.edge.out) for o in self.program.outputs}
         for key, outs in sorted(self.captures.items()):
             op = self.program.op(key[0])
             shape = self.shape(op.outputs[key[1]], op.domain)
+            live = "its step to the end" if key in outputs else "its step to last reader"
             for _ in outs:
-                found.append(self._value(key, "captured", shape, "whole program"))
+                found.append(self._value(key, "captured", shape, live))
         for loop, rings in self.plan.rings.items():
             for key, depth in sorted(rings.items()):
                 op = self.program.op(key[0])
                 shape = (depth, *self.shape(op.outputs[key[1]], op.domain))
                 found.append(self._value(key, "ring", shape, f"loop over {loop.dim}"))
         return found
+
+    def peak_bytes(self, values: list[StoredValue]) -> tuple[int, str]:
+        """The most bytes ``values`` (:meth:`stored_values`, in its order) hold at once, and
+        the top-level step where (named by its first op). Each value lives over a span of the
+        schedule's top-level steps: a buffer from its ``alloc`` to its ``free``; a captured
+        value from the step computing it to the last step reading it (to the end for an
+        output); a loop's ring during the step holding the loop; a running sum throughout."""
+        children = self.tree.children if isinstance(self.tree, Sequence) else (self.tree,)
+        steps = [c for c in children if not isinstance(c, Alloc | Free)]
+        if not steps:
+            return 0, "no step"
+        last = len(steps) - 1
+        ops = [{n.op for n in walk(step) if isinstance(n, Exec)} for step in steps]
+        nodes = [{id(n) for n in walk(step)} for step in steps]
+        spans: dict[tuple[int, int], tuple[int, int]] = {}
+        k = 0
+        for child in children:
+            if isinstance(child, Alloc):
+                spans[(child.op, child.out)] = (k, last)
+            elif isinstance(child, Free):
+                spans[(child.op, child.out)] = (spans[(child.op, child.out)][0], k - 1)
+            else:
+                k += 1
+        outputs = {(o.edge.src, o.edge.out) for o in self.program.outputs}
+        live = [0] * len(steps)
+        for (key, kind, loop), value in zip(self._value_keys(), values, strict=True):
+            if kind == "buffer" and key in spans:
+                first, end = spans[key]
+            elif kind == "captured":
+                first, end = self._captured_span(key, ops, key in outputs)
+            elif kind == "ring":
+                first = end = next(i for i, ids in enumerate(nodes) if id(loop) in ids)
+            else:
+                first, end = 0, last
+            for i in range(first, end + 1):
+                live[i] += value.bytes
+        at = max(range(len(steps)), key=lambda i: live[i])
+        return live[at], _first_op(steps[at])
+
+    def _captured_span(
+        self, key: tuple[int, int], ops: list[set[int]], output: bool
+    ) -> tuple[int, int]:
+        """The top-level steps a captured value lives over: from its producer's step to its
+        last reader's (the last step for an output)."""
+        readers = {op.id for op in self.program.ops if any(e.src == key[0] for e in op.inputs)}
+        first = next((i for i, found in enumerate(ops) if key[0] in found), 0)
+        if output:
+            return first, len(ops) - 1
+        reading = [i for i, found in enumerate(ops) if found & readers]
+        return first, max([first, *reading])
+
+    def _value_keys(self) -> list[tuple[tuple[int, int], str, Any]]:
+        """Per row of :meth:`stored_values`: its ``(op, output)``, how it is counted and its
+        loop (rings)."""
+        keys: list[tuple[tuple[int, int], str, Any]] = []
+        for key in sorted(self.plan.buffered):
+            if self.program.op(key[0]).kind != "input":
+                keys.append((key, "buffer", None))
+        keys += [(key, "accumulated", None) for key in sorted(self.plan.accumulated)]
+        for key, outs in sorted(self.captures.items()):
+            keys += [(key, "captured", None)] * len(outs)
+        for loop, rings in self.plan.rings.items():
+            keys += [(key, "ring", loop) for key in sorted(rings)]
+        return keys
 
     def _kind(self, key: tuple[int, int]) -> str:
         """How the full buffer ``key`` is kept (:class:`StoredValue`'s kinds)."""
@@ -481,3 +548,9 @@ class BufferPlan:
         nbytes = math.prod(shape) * dtype.itemsize
         where = describe(op.source).removeprefix(" at ")
         return StoredValue(op.name, key[1], where, kind, shape, dtype.name, nbytes, "device", live)
+
+
+def _first_op(node: Node) -> str:
+    """``S<id>``, the first op ``node`` runs (names the top-level step a peak is at)."""
+    found = next((n for n in walk(node) if isinstance(n, Exec)), None)
+    return f"S{found.op}" if found is not None else "a step"

@@ -32,10 +32,14 @@ from .storage import place_buffers
 
 @dataclasses.dataclass(frozen=True)
 class MemoryReport:
-    """:meth:`Compiled.memory`: the stored values and their total bytes in device memory."""
+    """:meth:`Compiled.memory`: the stored values, their total bytes in device memory, and the
+    most of those bytes held at once (``peak_device_bytes``, at the top-level step whose first
+    op is ``peak_at``: buffers live from their ``alloc`` to their ``free`` in the schedule)."""
 
     values: tuple[StoredValue, ...]
     device_bytes: int
+    peak_device_bytes: int
+    peak_at: str
 
 
 class Compiled:
@@ -164,8 +168,9 @@ class Compiled:
             self._padded_size,
             frozenset(self.unroll),
         )
-        values = tuple(plan.stored_values())
-        return MemoryReport(values, sum(v.bytes for v in values))
+        values = plan.stored_values()
+        peak, at = plan.peak_bytes(values)
+        return MemoryReport(tuple(values), sum(v.bytes for v in values), peak, at)
 
     def explain(self) -> str:
         """The schedule, then the stored values (:meth:`memory`) as a table."""
@@ -180,6 +185,10 @@ class Compiled:
             )
         lines.append(
             f"planned device bytes: {report.device_bytes} ({report.device_bytes / 2**20:.2f} MiB)"
+        )
+        peak = report.peak_device_bytes
+        lines.append(
+            f"planned peak device bytes: {peak} ({peak / 2**20:.2f} MiB), at {report.peak_at}"
         )
         return "\n".join(lines)
 

@@ -330,7 +330,9 @@ class TreeLowering:
             if order is not None:
                 update = jnp.transpose(update, order)
                 starts = [starts[a] for a in order]
-            buffers[(op.id, k)] = lax.dynamic_update_slice(buf, update, starts)
+            buffers[(op.id, k)] = lax.dynamic_update_slice(
+                buf, update, starts, allow_negative_indices=False
+            )
         return buffers
 
     # -- one point -----------------------------------------------------------------------------
@@ -567,9 +569,14 @@ class TreeLowering:
         starts = [jnp.asarray(s, jnp.int32) for s in starts]
         every = [*sizes, *spatial]
         if order is None:
-            window = lax.dynamic_slice(buf, starts, every)
+            window = lax.dynamic_slice(buf, starts, every, allow_negative_indices=False)
         else:  # sliced as stored, then viewed in domain order (a layout XLA can keep)
-            stored = lax.dynamic_slice(buf, [starts[a] for a in order], [every[a] for a in order])
+            stored = lax.dynamic_slice(
+                buf,
+                [starts[a] for a in order],
+                [every[a] for a in order],
+                allow_negative_indices=False,
+            )
             window = jnp.transpose(stored, np.argsort(order))
         shape = [s for s, k in zip(sizes, keep, strict=True) if k] + list(spatial)
         return window.reshape(shape)

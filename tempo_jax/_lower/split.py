@@ -143,7 +143,11 @@ class Split:
             stored = jnp.transpose(value, self.order)
             whole = self.assemble(pieces)
             at = [jnp.asarray(starts[a], jnp.int32) for a in self.order]
-            return self.cut(lax.dynamic_update_slice(whole, stored.astype(whole.dtype), at))
+            return self.cut(
+                lax.dynamic_update_slice(
+                    whole, stored.astype(whole.dtype), at, allow_negative_indices=False
+                )
+            )
         first, *corner = fixed
         rows = value.shape[self.axis]
         out = list(pieces)
@@ -160,7 +164,9 @@ class Split:
                 rows_j = jnp.transpose(rows_j, self.piece_order)
                 k = self._index(group, j)
                 begin = [jnp.asarray(at[p], jnp.int32) for p in self.piece_order]
-                out[k] = lax.dynamic_update_slice(out[k], rows_j.astype(out[k].dtype), begin)
+                out[k] = lax.dynamic_update_slice(
+                    out[k], rows_j.astype(out[k].dtype), begin, allow_negative_indices=False
+                )
         return tuple(out)
 
     def cut(self, whole: jax.Array) -> tuple[jax.Array, ...]:
@@ -206,8 +212,14 @@ class Split:
         starts = [jnp.asarray(logical[p], jnp.int32) for p in self.piece_order]
         if conds:  # the old row wherever this point is not in this piece
             hit = functools.reduce(jnp.logical_and, conds)
-            update = jnp.where(hit, update, lax.dynamic_slice(piece, starts, update.shape))
-        return lax.dynamic_update_slice(piece, update.astype(piece.dtype), starts)
+            update = jnp.where(
+                hit,
+                update,
+                lax.dynamic_slice(piece, starts, update.shape, allow_negative_indices=False),
+            )
+        return lax.dynamic_update_slice(
+            piece, update.astype(piece.dtype), starts, allow_negative_indices=False
+        )
 
 
 def constant(value: Any) -> int | None:
