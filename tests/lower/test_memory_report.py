@@ -64,19 +64,24 @@ def test_a_window_cache_is_a_cycle_of_its_rows(end_token: int | None) -> None:
     assert "planned peak device bytes" in text
 
 
+def _decaying(a: tj.RT, width: int, scale: float, start: tj.RT | None = None) -> tj.RT:
+    """``x[0] = start`` (zeros by default), ``x[t + 1] = x[t] * scale + a[t]``."""
+    (t,) = a.domain
+    x = tj.placeholder((width,), jnp.float32, domain=(t,))
+    x[0] = tj.zeros((width,), jnp.float32) if start is None else start
+    x[t + 1] = x[t] * scale + a[t]
+    return x
+
+
 def _two_phases(width: int) -> tj.Program:
     """Two recurrences in turn, each stored whole for a range read after its loop: the first's
     buffer is freed before the second's loop runs."""
     with tj.Program() as p:
         (t,) = p.dims("t")
         a = tj.input("a", (width,), jnp.float32, domain=(t,))
-        x = tj.placeholder((width,), jnp.float32, domain=(t,))
-        x[0] = tj.zeros((width,), jnp.float32)
-        x[t + 1] = x[t] * 0.5 + a[t]
+        x = _decaying(a, width, 0.5)
         first = tj.lift(lambda v: v.sum(0), name="first")(tj.tanh(x[t])[0 : t.bound])
-        y = tj.placeholder((width,), jnp.float32, domain=(t,))
-        y[0] = first
-        y[t + 1] = y[t] * 0.25 + a[t]
+        y = _decaying(a, width, 0.25, first)
         p.output("total", tj.lift(lambda v: v.sum(0), name="second")(tj.sin(y[t])[0 : t.bound]))
     return p
 
@@ -106,9 +111,7 @@ def test_the_planned_peak_agrees_with_xla_where_stored_values_dominate(
         with tj.Program() as p:
             (t,) = p.dims("t")
             a = tj.input("a", (width,), jnp.float32, domain=(t,))
-            x = tj.placeholder((width,), jnp.float32, domain=(t,))
-            x[0] = tj.zeros((width,), jnp.float32)
-            x[t + 1] = x[t] * 0.5 + a[t]
+            x = _decaying(a, width, 0.5)
             p.output("total", tj.lift(lambda v: v.sum(0))((tj.tanh(x[t]) * 2)[0 : t.bound]))
     else:
         p = _two_phases(width)
