@@ -335,11 +335,13 @@ def _point(
             (d, at.get(x, env.get(x))) for d, x in zip(op.domain, nest.point(ex), strict=True)
         )
         span = None if spans is None else spans.get(op.id)
-        values = lowering._tiled(ex, op, op_env, buffers, local, span)
-        if values is None:
-            values = lowering.compute(op, op_env, lowering._inputs(ex, op, op_env, buffers, local))
-        elif span is not None:
-            tiled.extend(values)
+        with jax.named_scope(f"S{op.id}:{op.name}"):  # as the lowering's scope(op)
+            values = lowering._tiled(ex, op, op_env, buffers, local, span)
+            if values is None:
+                inputs = lowering._inputs(ex, op, op_env, buffers, local)
+                values = lowering.compute(op, op_env, inputs)
+            elif span is not None:
+                tiled.extend(values)
         local[op.id] = tuple(values)
         if lowering.layout.stored(op.id):
             written.extend(values)

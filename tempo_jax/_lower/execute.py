@@ -278,6 +278,12 @@ class TreeLowering:
         op = self.program.op(node.op)
         if op.kind == "input":
             return buffers
+        with jax.named_scope(scope(op)):  # profiles and HLO metadata name the op
+            return self._exec_op(op, node, env, buffers, local)
+
+    def _exec_op(
+        self, op: Op, node: Exec, env: Env, buffers: Buffers, local: dict[int, tuple[Any, ...]]
+    ) -> Buffers:
         point = [_index(e.evaluate(env)) for e in node.point]  # a constant stays a Python int
         op_env = {**self.runtime, **dict(zip(op.domain, point, strict=True))}
         values = self._tiled(node, op, op_env, buffers, local)
@@ -597,6 +603,11 @@ class TreeLowering:
 
         values = jax.vmap(at)(*(jnp.asarray(row, jnp.int32) for row in grid))
         return out.arrange(values.reshape(shape + values.shape[1:]).astype(out.spec.dtype))
+
+
+def scope(op: Op) -> str:
+    """The name scope of ``op``'s computation: ``S<id>:<name>`` (as in the schedule)."""
+    return f"S{op.id}:{op.name}"
 
 
 def _fori(lo: Any, hi: Any, body: Callable, carried: Buffers, trips: int | None) -> Buffers:

@@ -207,3 +207,22 @@ def test_ahead_of_time_runs_the_executable_compiled_up_front() -> None:
     np.testing.assert_allclose(run(x=xs)["s"], tj.reference.run(p, {"T": 6}, {"x": xs})["s"])
     with pytest.raises(tj.InputError, match="has shape"):
         run(x=np.zeros(5, np.float32))
+
+
+def test_each_op_is_named_in_the_compiled_metadata() -> None:
+    """Every op's computation runs under the name scope ``S<id>:<name>`` the schedule prints,
+    in a loop and in a nest computed at once, so profiles attribute kernels to ops."""
+    with tj.Program() as p:
+        b, t = p.dims("b t")
+        a = tj.input("a", (3,), jnp.float32, domain=(b, t))
+        x = tj.placeholder((3,), jnp.float32, domain=(b, t))
+        x[b, 0] = tj.zeros((3,), jnp.float32)
+        x[b, t + 1] = tj.tanh(x[b, t]) + a[b, t]
+        p.output("total", tj.lift(lambda v: v.sum(0), name="total")(a[b, 0 : t + 1]))
+        p.output("x", x)
+    compiled = p.compile({"B": 2, "T": 5})
+    ops = re.findall(r"(S\d+)\[[^\]]*\]\s+# (\w+)", compiled.schedule)
+    assert len(ops) == 5  # a const, the merge, tanh, add; the nest's op
+    text = compiled.lower().as_text(debug_info=True)
+    for op, name in ops:
+        assert f"{op}:{name}" in text
