@@ -29,6 +29,8 @@ from ._frontend.creation import placeholder as placeholder
 from ._frontend.creation import sink as sink
 from ._frontend.creation import zeros as zeros
 from ._frontend.creation import zeros_like as zeros_like
+from ._frontend.memory import keep as keep
+from ._frontend.memory import offload as offload
 from ._frontend.numpy_api import abs as abs
 from ._frontend.numpy_api import absolute as absolute
 from ._frontend.numpy_api import add as add

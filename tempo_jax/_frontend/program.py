@@ -233,6 +233,7 @@ class Program:
         donate_inputs: bool = False,
         pipeline: Any = None,
         unroll: Sequence[Any] = (),
+        memory_budget: int | None = None,
     ) -> Any:
         """Schedule the program and lower it to one pure JAX function (a ``Compiled``).
 
@@ -250,6 +251,11 @@ class Program:
         count is static: each iteration is traced with its index a constant, so reads of
         per-layer weights ``w[l]`` become static slices (no copy) at the cost of a larger
         program, e.g. ``unroll=("l",)`` for a short loop over layers.
+
+        ``memory_budget`` (bytes of device memory): while the planned peak is over it, the
+        largest values stored in full and read after the step that writes them are kept in
+        host memory instead (``tj.offload`` and ``tj.keep`` decide per tensor whatever the
+        budget); ``f.memory()`` shows the plan.
         """
         from .._lower.compiled import compile_program  # the back end sits below the front end
 
@@ -261,8 +267,21 @@ class Program:
                 f"`unroll` names {unknown}, which are not dims of program {self.name!r} "
                 f"(its dims: {sorted(names)})"
             )
+        if memory_budget is not None and (
+            isinstance(memory_budget, bool)
+            or not isinstance(memory_budget, int)
+            or memory_budget < 0
+        ):
+            raise DefinitionError(
+                f"`memory_budget` is a number of bytes (an int >= 0), not {memory_budget!r}"
+            )
         return compile_program(
-            self.to_ir(), bounds, donate_inputs=donate_inputs, pipeline=pipeline, unroll=dims
+            self.to_ir(),
+            bounds,
+            donate_inputs=donate_inputs,
+            pipeline=pipeline,
+            unroll=dims,
+            memory_budget=memory_budget,
         )
 
     def __repr__(self) -> str:

@@ -139,6 +139,9 @@ class Op:
     outputs: tuple[TensorSpec, ...]
     payload: Payload | None = None
     source: SourceInfo = UNKNOWN_SOURCE
+    # where the user asked its stored values to live: "offload" (host memory), "keep"
+    # (device memory), or "" (the planner decides; see tj.offload)
+    memory: str = ""
 
     def replace(self, **changes: Any) -> Op:
         return dataclasses.replace(self, **changes)

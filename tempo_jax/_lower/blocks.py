@@ -238,6 +238,8 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
     written."""
     program = lowering.program
     ops = [program.op(ex.op) for ex in nest.execs]
+    # the nest's points read at once: what they read from host memory comes back first
+    buffers = lowering.fetched(buffers, [(e.src, e.out) for op in ops for e in op.inputs])
     written = [op for op in ops if lowering.layout.stored(op.id)]
     variables = [loop.var for loop in nest.loops]
     extent = {x: count for x, (_, count) in zip(variables, nest.spans, strict=True)}
@@ -301,8 +303,9 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
                 if stored_as is not None:  # the buffer's axis order
                     value = jnp.transpose(value, stored_as)
                     starts = [starts[a] for a in stored_as]
+                value = lowering.placed((op.id, k), value.astype(buf.dtype))
                 carried[(op.id, k)] = lax.dynamic_update_slice(
-                    buf, value.astype(buf.dtype), starts, allow_negative_indices=False
+                    buf, value, starts, allow_negative_indices=False
                 )
         return carried
 

@@ -24,8 +24,9 @@ from .._ir.expr import Expr, Slice, Symbol, symbols_of
 from .._ir.program import Edge, Op, Output, Program, TensorSpec
 from .._ir.simplify import simplify
 from .._ir.source import describe
-from .._schedule.tree import Alloc, Exec, Free, Node, Sequence, walk
+from .._schedule.tree import Alloc, Node, walk
 from .blocks import plan_nests
+from .memory_plan import plan_memory
 from .split import MAX_SPLIT, Split
 from .storage import CyclicCandidate, cyclic_candidates, plan_storage
 from .tiling import auto_block, plan_tiles
@@ -84,6 +85,8 @@ class BufferPlan:
         runtime: Env,
         padded: PaddedSize,
         unroll: frozenset[str],
+        memory_budget: int | None = None,
+        offload: bool = True,
     ) -> None:
         self.program = program
         self.bounds = bounds
@@ -107,19 +110,28 @@ class BufferPlan:
             self.captures.setdefault((src, k), []).append(held)
         self._planned: dict[tuple[int, int], bool] = {}  # (op, tile size) -> takes tiles
         static = {b: v for b, v in self.runtime.items() if isinstance(v, int)}
-        self.cycles = self._cycles(cyclic_candidates(program, tree, self.plan, static))
+        # values the user placed in host memory (tj.offload) are stored plainly: in full, in
+        # domain order, one array
+        plain = {op.id for op in program.ops if op.memory == "offload"}
+        candidates = cyclic_candidates(program, tree, self.plan, static)
+        self.cycles = self._cycles({k: c for k, c in candidates.items() if k[0] not in plain})
         # buffers -> the (axis, tile size) of each read taking them in tiles; buffers read
         # some other way by some op
         self._tile_reads, self._whole_reads = self._tiled_reads()
-        self.layouts = self._layouts()  # (op, output) -> the axis order its buffer is stored in
+        # (op, output) -> the axis order its buffer is stored in
+        self.layouts = {k: v for k, v in self._layouts().items() if k[0] not in plain}
         # loop nests of ops with independent points: computed at once
         self.splits: dict[tuple[int, int], Split] = {}
         self.nests = plan_nests(program, tree, self._nest_tiles, self.stored, static, self._dropped)
         # (op, output) -> how its buffer is cut into arrays; not for an op of a nest that runs
         # in query blocks (each block's rows start at a computed row)
         blocked = {ex.op for nest in self.nests.values() if nest.query for ex in nest.execs}
-        self.splits = {key: s for key, s in self._splits().items() if key[0] not in blocked}
+        self.splits = {key: s for key, s in self._splits().items() if key[0] not in blocked | plain}
         self.nest_local = frozenset().union(*(nest.local for nest in self.nests.values()))
+        # (op, output) -> "pinned_host" for the full buffers kept in host memory
+        self.memory_kinds: dict[tuple[int, int], str] = {}
+        if offload:
+            self.memory_kinds = plan_memory(self, memory_budget)
 
     def _cycles(self, candidates: dict[tuple[int, int], CyclicCandidate]) -> dict:
         """Buffers kept cyclic (:class:`Cycle`): windows read by a map-then-reduce.
@@ -468,57 +480,7 @@ class BufferPlan:
                 found.append(self._value(key, "ring", shape, f"loop over {loop.dim}"))
         return found
 
-    def peak_bytes(self, values: list[StoredValue]) -> tuple[int, str]:
-        """The most bytes ``values`` (:meth:`stored_values`, in its order) hold at once, and
-        the top-level step where (named by its first op). Each value lives over a span of the
-        schedule's top-level steps: a buffer from its ``alloc`` to its ``free``; a captured
-        value from the step computing it to the last step reading it (to the end for an
-        output); a loop's ring during the step holding the loop; a running sum throughout."""
-        children = self.tree.children if isinstance(self.tree, Sequence) else (self.tree,)
-        steps = [c for c in children if not isinstance(c, Alloc | Free)]
-        if not steps:
-            return 0, "no step"
-        last = len(steps) - 1
-        ops = [{n.op for n in walk(step) if isinstance(n, Exec)} for step in steps]
-        nodes = [{id(n) for n in walk(step)} for step in steps]
-        spans: dict[tuple[int, int], tuple[int, int]] = {}
-        k = 0
-        for child in children:
-            if isinstance(child, Alloc):
-                spans[(child.op, child.out)] = (k, last)
-            elif isinstance(child, Free):
-                spans[(child.op, child.out)] = (spans[(child.op, child.out)][0], k - 1)
-            else:
-                k += 1
-        outputs = {(o.edge.src, o.edge.out) for o in self.program.outputs}
-        live = [0] * len(steps)
-        for (key, kind, loop), value in zip(self._value_keys(), values, strict=True):
-            if kind == "buffer" and key in spans:
-                first, end = spans[key]
-            elif kind == "captured":
-                first, end = self._captured_span(key, ops, key in outputs)
-            elif kind == "ring":
-                first = end = next(i for i, ids in enumerate(nodes) if id(loop) in ids)
-            else:
-                first, end = 0, last
-            for i in range(first, end + 1):
-                live[i] += value.bytes
-        at = max(range(len(steps)), key=lambda i: live[i])
-        return live[at], _first_op(steps[at])
-
-    def _captured_span(
-        self, key: tuple[int, int], ops: list[set[int]], output: bool
-    ) -> tuple[int, int]:
-        """The top-level steps a captured value lives over: from its producer's step to its
-        last reader's (the last step for an output)."""
-        readers = {op.id for op in self.program.ops if any(e.src == key[0] for e in op.inputs)}
-        first = next((i for i, found in enumerate(ops) if key[0] in found), 0)
-        if output:
-            return first, len(ops) - 1
-        reading = [i for i, found in enumerate(ops) if found & readers]
-        return first, max([first, *reading])
-
-    def _value_keys(self) -> list[tuple[tuple[int, int], str, Any]]:
+    def value_keys(self) -> list[tuple[tuple[int, int], str, Any]]:
         """Per row of :meth:`stored_values`: its ``(op, output)``, how it is counted and its
         loop (rings)."""
         keys: list[tuple[tuple[int, int], str, Any]] = []
@@ -547,10 +509,5 @@ class BufferPlan:
         dtype = op.outputs[key[1]].dtype
         nbytes = math.prod(shape) * dtype.itemsize
         where = describe(op.source).removeprefix(" at ")
-        return StoredValue(op.name, key[1], where, kind, shape, dtype.name, nbytes, "device", live)
-
-
-def _first_op(node: Node) -> str:
-    """``S<id>``, the first op ``node`` runs (names the top-level step a peak is at)."""
-    found = next((n for n in walk(node) if isinstance(n, Exec)), None)
-    return f"S{found.op}" if found is not None else "a step"
+        memory = self.memory_kinds.get(key, "device") if kind != "captured" else "device"
+        return StoredValue(op.name, key[1], where, kind, shape, dtype.name, nbytes, memory, live)

@@ -25,6 +25,7 @@ from .._schedule.trips import bound_trips
 from .binding import bind_dynamic
 from .buffer_plan import BufferPlan, StoredValue
 from .execute import RAN, TreeLowering
+from .memory_plan import peak_bytes
 from .sinks import SinkErrors
 from .stopping import pin_stop, stop_loop
 from .storage import place_buffers
@@ -32,14 +33,15 @@ from .storage import place_buffers
 
 @dataclasses.dataclass(frozen=True)
 class MemoryReport:
-    """:meth:`Compiled.memory`: the stored values, their total bytes in device memory, and the
-    most of those bytes held at once (``peak_device_bytes``, at the top-level step whose first
-    op is ``peak_at``: buffers live from their ``alloc`` to their ``free`` in the schedule)."""
+    """:meth:`Compiled.memory`: the stored values; their total bytes in device memory and in
+    host memory; the most device bytes held at once (``peak_device_bytes``), at the top-level
+    step whose first op is ``peak_at`` (each value over its live range in the schedule)."""
 
     values: tuple[StoredValue, ...]
     device_bytes: int
     peak_device_bytes: int
     peak_at: str
+    host_bytes: int = 0  # the values kept in host memory (memory kind ``pinned_host``)
 
 
 class Compiled:
@@ -59,8 +61,10 @@ class Compiled:
         dynamic: dict[Symbol, DynamicBound] | None = None,
         donate_inputs: bool = False,
         unroll: tuple[str, ...] = (),
+        memory_budget: int | None = None,
     ) -> None:
         self.program = program
+        self.memory_budget = memory_budget
         self.bounds = bounds  # a dynamic bound at its max
         self.dynamic = dynamic or {}  # dynamic bound -> its range
         self.tree = tree
@@ -74,6 +78,7 @@ class Compiled:
         self._sizes: dict[tuple[str, tuple[str, ...]], int] = {}
         self._ctx = isl_context()
         self._sink_errors = SinkErrors(program)  # what a sink's function raised, for `__call__`
+        self._host: bool | None = None  # whether the plan keeps a value in host memory
 
     def _padded_size(self, size: Expr, dims: tuple[Symbol, ...]) -> int:
         """The largest value of a symbolic size over the box of ``dims`` (bounds at max)."""
@@ -85,6 +90,33 @@ class Compiled:
         return self._sizes[key]
 
     def _run(self, inputs: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]:
+        if not self._swaps():
+            return self._execute(inputs, actual, offload=True)
+        # ``jax.grad`` does not pass through a value placed in host memory: the gradient of a
+        # program that swaps is the gradient of the same program kept on the device
+        run = jax.custom_vjp(lambda i, a: self._execute(i, a, offload=True))
+
+        def forward(i: dict[str, Any], a: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+            return self._execute(i, a, offload=True), (i, a)
+
+        def backward(saved: Any, cotangents: dict[str, Any]) -> Any:
+            _, pull = jax.vjp(lambda i, a: self._execute(i, a, offload=False), *saved)
+            return pull(cotangents)
+
+        run.defvjp(forward, backward)
+        return run(inputs, actual)
+
+    def _swaps(self) -> bool:
+        """Whether the buffer plan keeps some value in host memory."""
+        if self._host is None:
+            asked = any(op.memory == "offload" for op in self.program.ops)
+            budgeted = self.memory_budget is not None
+            self._host = (asked or budgeted) and self.memory().host_bytes > 0
+        return self._host
+
+    def _execute(
+        self, inputs: dict[str, Any], actual: dict[str, Any], offload: bool
+    ) -> dict[str, Any]:
         runtime = {**self.bounds, **{b: actual[b.name] for b in self.dynamic}}
         lowering = TreeLowering(
             self.program,
@@ -95,6 +127,8 @@ class Compiled:
             self._padded_size,
             self.unroll,
             self._sink_errors,
+            self.memory_budget if offload else None,
+            offload,
         )
         buffers = lowering.run(self.tree, dict(runtime), lowering.allocate())
         results: dict[str, Any] = {
@@ -167,21 +201,27 @@ class Compiled:
             runtime,
             self._padded_size,
             frozenset(self.unroll),
+            self.memory_budget,
         )
         values = plan.stored_values()
-        peak, at = plan.peak_bytes(values)
-        return MemoryReport(tuple(values), sum(v.bytes for v in values), peak, at)
+        peak, at = peak_bytes(plan, values)
+        device = sum(v.bytes for v in values if v.memory_kind == "device")
+        host = sum(v.bytes for v in values if v.memory_kind != "device")
+        return MemoryReport(tuple(values), device, peak, at, host)
 
     def explain(self) -> str:
         """The schedule, then the stored values (:meth:`memory`) as a table."""
         report = self.memory()
-        head = f"{'value':<24} {'kind':<11} {'shape':<24} {'MiB':>9}  {'live':<26} source"
+        head = (
+            f"{'value':<24} {'kind':<11} {'shape':<24} {'MiB':>9}  {'memory':<11} {'live':<26} "
+            "source"
+        )
         lines = [self.schedule, "", head, "-" * len(head)]
         for v in report.values:
             shape = "x".join(str(n) for n in v.shape) or "()"
             lines.append(
                 f"{v.name[:24]:<24} {v.kind:<11} {shape[:24]:<24} {v.bytes / 2**20:9.3f}  "
-                f"{v.live[:26]:<26} {v.source}"
+                f"{v.memory_kind:<11} {v.live[:26]:<26} {v.source}"
             )
         lines.append(
             f"planned device bytes: {report.device_bytes} ({report.device_bytes / 2**20:.2f} MiB)"
@@ -190,6 +230,9 @@ class Compiled:
         lines.append(
             f"planned peak device bytes: {peak} ({peak / 2**20:.2f} MiB), at {report.peak_at}"
         )
+        if report.host_bytes:
+            host = report.host_bytes
+            lines.append(f"planned host bytes: {host} ({host / 2**20:.2f} MiB)")
         return "\n".join(lines)
 
     def _example_inputs(self) -> dict[str, jax.ShapeDtypeStruct]:
@@ -209,6 +252,7 @@ def compile_program(
     donate_inputs: bool = False,
     pipeline: Pipeline | None = None,
     unroll: tuple[str, ...] = (),
+    memory_budget: int | None = None,
 ) -> Compiled:
     """Run the pass pipeline, then check, schedule and lower ``program`` for ``bounds``."""
     seconds: dict[str, float] = {}
@@ -234,7 +278,7 @@ def compile_program(
     tree = place_buffers(program, bound_trips(scheduled, program, ranges))
     stop_loop(program, tree)  # a stop that cannot end its loop fails here, not at the first call
     seconds["schedule"] = time.perf_counter() - start
-    compiled = Compiled(program, env, tree, seconds, dynamic, donate_inputs, unroll)
+    compiled = Compiled(program, env, tree, seconds, dynamic, donate_inputs, unroll, memory_budget)
     if user.stop is not None:  # outputs in the user's layout: domain dims first, as declared
         (dim,) = user.stop.domain
         compiled.stop_axes = {
@@ -243,6 +287,7 @@ def compile_program(
             if dim in out.domain and out.name != STOP
         }
     compiled.stats = stats
+    compiled._swaps()  # plans memory now: a tj.offload that cannot be kept fails at compile
     return compiled
 
 

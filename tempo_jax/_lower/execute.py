@@ -73,6 +73,8 @@ class TreeLowering:
         padded: PaddedSize | None = None,
         unroll: tuple[str, ...] = (),
         sink_errors: SinkErrors | None = None,
+        memory_budget: int | None = None,
+        offload: bool = True,
     ):
         self.program = program
         self.sink_errors = sink_errors or SinkErrors(program)  # what sink functions raised
@@ -91,7 +93,15 @@ class TreeLowering:
         shapes = {k: tuple(v.shape) for k, v in self.inputs.items()}
         # every decision on how values are stored: the lowering executes it
         self.layout = BufferPlan(
-            program, bounds, shapes, tree, self.runtime, self.padded, self.unroll
+            program,
+            bounds,
+            shapes,
+            tree,
+            self.runtime,
+            self.padded,
+            self.unroll,
+            memory_budget,
+            offload,
         )
         # merge op -> its one active branch (-1: none); captured output name -> 0/1
         self.branches: dict[int | str, int] = {}
@@ -131,7 +141,28 @@ class TreeLowering:
         order = self.layout.layouts.get((op_id, out))
         if order is not None:
             shape = tuple(shape[a] for a in order)
-        return jnp.zeros(shape, self.program.op(op_id).outputs[out].dtype)
+        return self.placed(
+            (op_id, out), jnp.zeros(shape, self.program.op(op_id).outputs[out].dtype)
+        )
+
+    def fetched(self, buffers: Buffers, keys: Any = None) -> Buffers:
+        """``buffers`` with those of ``keys`` (default: all) the plan keeps in host memory
+        brought back to the device, for readers that take many points at once (a vmapped read
+        gathers from its buffer, which must be on the device)."""
+        keys = self.layout.memory_kinds if keys is None else keys
+        moved = {
+            key: jax.device_put(buffers[key], jax.memory.Space.Device)
+            for key in keys
+            if key in self.layout.memory_kinds and key in buffers
+        }
+        return {**buffers, **moved} if moved else buffers
+
+    def placed(self, key: tuple[int, int], value: Any) -> Any:
+        """``value`` (written into buffer ``key``) in the buffer's memory: host memory for a
+        buffer the plan keeps there (``BufferPlan.memory_kinds``), else as it is."""
+        if key in self.layout.memory_kinds:
+            return jax.device_put(value, jax.memory.Space.Host)
+        return value
 
     def _buffer(self, edge: Edge, buffers: Buffers) -> jax.Array:
         if edge.src in self.inputs:
@@ -336,6 +367,7 @@ class TreeLowering:
             if order is not None:
                 update = jnp.transpose(update, order)
                 starts = [starts[a] for a in order]
+            update = self.placed((op.id, k), update)
             buffers[(op.id, k)] = lax.dynamic_update_slice(
                 buf, update, starts, allow_negative_indices=False
             )
@@ -523,6 +555,7 @@ class TreeLowering:
         if tile is None and (edge.src, edge.out) in self.layout.cycles:
             raise AssertionError(f"a cyclic buffer read whole by {edge}")  # planned away
         buf = self._buffer(edge, buffers)
+        host = (edge.src, edge.out) in self.layout.memory_kinds
         items = self.layout.stored_index(edge)
         if edge.src in self.unstacked and not isinstance(items[0], Slice):
             first = constant(items[0].evaluate(env))
@@ -553,6 +586,8 @@ class TreeLowering:
                 sizes.append(tile[1])
                 keep.append(True)
             elif growing:
+                if host:  # the whole buffer back on the device, then the rows gathered
+                    buf, host = jax.device_put(buf, jax.memory.Space.Device), False
                 rows = self.padded(item.size, domain)
                 start = jnp.asarray(item.start.evaluate(env), jnp.int32)
                 index = jnp.clip(start + jnp.arange(rows, dtype=jnp.int32), 0, buf.shape[axis] - 1)
@@ -584,12 +619,15 @@ class TreeLowering:
                 allow_negative_indices=False,
             )
             window = jnp.transpose(stored, np.argsort(order))
+        if host:  # a read of a buffer in host memory is brought to the device
+            window = jax.device_put(window, jax.memory.Space.Device)
         shape = [s for s, k in zip(sizes, keep, strict=True) if k] + list(spatial)
         return window.reshape(shape)
 
     # -- outputs ---------------------------------------------------------------------------------
     def output(self, out: Output, buffers: Buffers) -> jax.Array:
         """An output: its read at every point of its domain, domain dims first."""
+        buffers = self.fetched(buffers, [(out.edge.src, out.edge.out)])
         if out.name in self.layout.plan.captured:
             return out.arrange(buffers[_capture(out)].astype(out.spec.dtype))
         shape = tuple(self.bounds[d.bound] for d in out.domain)

@@ -1,0 +1,157 @@
+"""Which stored values live in host memory, and the planned peak of device memory.
+
+A full buffer (every point of a value's domain) may be kept in host memory (``pinned_host``)
+instead of device memory: the lowering writes each point's value there as it is produced and
+brings each read (a point, a tile, a range) back to the device. :func:`plan_memory` decides
+which, from the user's marks (``tj.offload`` forces a buffer to the host, ``tj.keep`` keeps it
+on the device) and a device budget (``compile(..., memory_budget=bytes)``): while the planned
+peak (:func:`peak_bytes`) is over the budget, the largest buffer that pays is moved to the
+host. A buffer pays when it is idle over some top-level step of its life: it is read in a
+later step than the one that writes it (a rollout kept for the learner), not only passed
+along within one loop.
+
+The peak counts each device value over its live span of the schedule's top-level steps: a
+buffer from its ``alloc`` to its ``free``; a captured value from the step computing it to the
+last step reading it (to the end for an output); a loop's ring during the step holding the
+loop; a running sum throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from .._ir.errors import TempoError
+from .._ir.program import describe_op
+from .._schedule.tree import Alloc, Exec, Free, Node, Sequence, walk
+
+if TYPE_CHECKING:
+    from .buffer_plan import BufferPlan, StoredValue
+
+HOST = "pinned_host"
+Key = tuple[int, int]
+
+
+class Steps:
+    """The schedule's top-level steps (its children other than allocs and frees): the ops
+    each runs, the nodes each holds, and the span of steps each placed buffer lives over."""
+
+    def __init__(self, tree: Node) -> None:
+        children = tree.children if isinstance(tree, Sequence) else (tree,)
+        self.steps = [c for c in children if not isinstance(c, Alloc | Free)]
+        self.ops = [{n.op for n in walk(s) if isinstance(n, Exec)} for s in self.steps]
+        self.nodes = [{id(n) for n in walk(s)} for s in self.steps]
+        last = len(self.steps) - 1
+        self.spans: dict[Key, tuple[int, int]] = {}
+        k = 0
+        for child in children:
+            if isinstance(child, Alloc):
+                self.spans[(child.op, child.out)] = (k, last)
+            elif isinstance(child, Free):
+                self.spans[(child.op, child.out)] = (self.spans[(child.op, child.out)][0], k - 1)
+            else:
+                k += 1
+
+    def using(self, ops: Iterable[int]) -> list[int]:
+        """The steps that run one of ``ops``, in order."""
+        wanted = set(ops)
+        return [i for i, found in enumerate(self.ops) if found & wanted]
+
+
+def peak_bytes(plan: BufferPlan, values: list[StoredValue]) -> tuple[int, str]:
+    """The most device bytes ``values`` (``plan.stored_values()``, in its order) hold at once,
+    and the top-level step where (named by its first op): the module docstring's spans."""
+    steps = Steps(plan.tree)
+    if not steps.steps:
+        return 0, "no step"
+    last = len(steps.steps) - 1
+    outputs = {(o.edge.src, o.edge.out) for o in plan.program.outputs}
+    live = [0] * len(steps.steps)
+    for (key, kind, loop), value in zip(plan.value_keys(), values, strict=True):
+        if value.memory_kind != "device":
+            continue
+        if kind == "buffer" and key in steps.spans:
+            first, end = steps.spans[key]
+        elif kind == "captured":
+            readers = [op.id for op in plan.program.ops if any(e.src == key[0] for e in op.inputs)]
+            first = next(iter(steps.using([key[0]])), 0)
+            end = last if key in outputs else max([first, *steps.using(readers)])
+        elif kind == "ring":
+            first = end = next(i for i, ids in enumerate(steps.nodes) if id(loop) in ids)
+        else:
+            first, end = 0, last
+        for i in range(first, end + 1):
+            live[i] += value.bytes
+    at = max(range(len(steps.steps)), key=lambda i: live[i])
+    found = next((n for n in walk(steps.steps[at]) if isinstance(n, Exec)), None)
+    return live[at], f"S{found.op}" if found is not None else "a step"
+
+
+def plan_memory(plan: BufferPlan, budget: int | None) -> dict[Key, str]:
+    """``(op, output) -> HOST`` for the buffers kept in host memory (module docstring)."""
+    kinds: dict[Key, str] = {}
+    asked = [op for op in plan.program.ops if op.memory == "offload" and op.kind != "input"]
+    for key in ((op.id, k) for op in asked for k in range(len(op.outputs))):
+        op = plan.program.op(key[0])
+        why = _not_hostable(plan, key)
+        if why is not None:
+            raise TempoError(
+                f"tj.offload({describe_op(op)}): its values are {why}, and only values "
+                "stored in full can live in host memory. Remove the tj.offload, or read the "
+                "value later than the step that produces it so it is stored in full."
+            )
+        kinds[key] = HOST
+    if budget is None:
+        return kinds
+    steps = Steps(plan.tree)
+    sizes = {
+        key: value.bytes
+        for (key, kind, _), value in zip(plan.value_keys(), plan.stored_values(), strict=True)
+        if kind == "buffer"
+    }
+    options = [
+        key
+        for key in sizes
+        if key not in kinds
+        and plan.program.op(key[0]).memory != "keep"
+        and _not_hostable(plan, key) is None
+        and _pays(plan, key, steps)
+    ]
+    options.sort(key=lambda key: (-sizes[key], key))  # the largest first
+    for key in options:
+        if _peak_with(plan, kinds) <= budget:
+            break
+        kinds[key] = HOST
+    return kinds
+
+
+def _peak_with(plan: BufferPlan, kinds: dict[Key, str]) -> int:
+    saved = plan.memory_kinds
+    plan.memory_kinds = kinds
+    try:
+        return peak_bytes(plan, plan.stored_values())[0]
+    finally:
+        plan.memory_kinds = saved
+
+
+def _not_hostable(plan: BufferPlan, key: Key) -> str | None:
+    """Why buffer ``key`` cannot live in host memory, or None when it can."""
+    if key not in plan.plan.buffered:
+        return "not stored in full: each is read where it is computed, or kept in a loop's ring"
+    if key in plan.cycles:
+        return "kept as a cycle of a window's last rows"
+    if key in plan.splits:
+        return "cut into one array per tile"
+    if plan.plan.scoped.get(key):
+        return "stored per iteration of an enclosing loop"
+    if key in plan.layouts:
+        return "stored in another axis order for tiled reads"
+    return None
+
+
+def _pays(plan: BufferPlan, key: Key, steps: Steps) -> bool:
+    """Whether ``key`` is read in a later top-level step than the first that writes it."""
+    readers = [op.id for op in plan.program.ops if any(e.src == key[0] for e in op.inputs)]
+    written = steps.using([key[0]])
+    read = steps.using(readers)
+    return bool(written) and any(i > written[0] for i in read)

@@ -1,0 +1,177 @@
+"""Values kept in host memory: ``tj.offload``, ``tj.keep`` and ``compile(memory_budget=...)``.
+
+Oracles: the same program compiled with every value on the device, and the reference
+interpreter (outputs and ``jax.grad`` equal); the jaxpr (the placements the plan lists are
+there: ``device_put`` to host memory where a buffer is written, back to the device where it
+is read); the memory report (a value moved to the host leaves the device peak).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tempo_jax as tj
+
+STEPS = 12
+
+
+def _two_phases(
+    mark_x: Callable[[Any], Any] | None = None, mark_y: Callable[[Any], Any] | None = None
+) -> tj.Program:
+    """``x`` (width 6) and then ``y`` (width 4), each stored whole for a range read after its
+    loop; ``x`` is also an output."""
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        a = tj.input("a", (6,), jnp.float32, domain=(t,))
+        b = tj.input("b", (4,), jnp.float32, domain=(t,))
+        x = tj.placeholder((6,), jnp.float32, domain=(t,))
+        x[0] = tj.zeros((6,), jnp.float32)
+        x[t + 1] = x[t] * 0.5 + a[t]
+        first = tj.lift(lambda v: v.sum(), name="first")(tj.tanh(x[t])[0 : t.bound])
+        y = tj.placeholder((4,), jnp.float32, domain=(t,))
+        y[0] = tj.zeros((4,), jnp.float32) + first
+        y[t + 1] = y[t] * 0.25 + b[t]
+        for value, mark in ((x, mark_x), (y, mark_y)):
+            if mark is not None:
+                mark(value)
+        p.output("total", tj.lift(lambda v: v.sum(0), name="second")(tj.sin(y[t])[0 : t.bound]))
+        p.output("x", x)
+    return p
+
+
+def _data() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "a": rng.normal(size=(STEPS, 6)).astype(np.float32),
+        "b": rng.normal(size=(STEPS, 4)).astype(np.float32),
+    }
+
+
+def _kinds(compiled: tj.Compiled) -> dict[str, str]:
+    return {v.name: v.memory_kind for v in compiled.memory().values if v.kind == "full"}
+
+
+def test_an_offloaded_value_lives_in_host_memory_with_the_same_outputs() -> None:
+    data = _data()
+    on_device = _two_phases().compile({"T": STEPS})
+    swapped = _two_phases(mark_x=tj.offload).compile({"T": STEPS})
+    assert _kinds(on_device) == {"x": "device", "y": "device"}
+    assert _kinds(swapped) == {"x": "pinned_host", "y": "device"}
+    want = tj.reference.run(_two_phases(), {"T": STEPS}, data)
+    got = swapped(**data)
+    for name in ("total", "x"):
+        np.testing.assert_array_equal(got[name], on_device(**data)[name])
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+    report, before = swapped.memory(), on_device.memory()
+    host = STEPS * 6 * 4
+    assert report.host_bytes == host and before.host_bytes == 0
+    assert report.device_bytes == before.device_bytes - host
+    assert report.peak_device_bytes < before.peak_device_bytes
+    assert "pinned_host" in swapped.explain() and "planned host bytes" in swapped.explain()
+
+
+def test_the_jaxpr_places_writes_in_host_memory_and_reads_back_on_the_device() -> None:
+    data = _data()
+    text = str(_two_phases(mark_x=tj.offload).compile({"T": STEPS}).jaxpr(**data))
+    assert "f32<host>" in text
+    assert text.count("MemorySpace.Host") >= 2  # the buffer, and each row written in the loop
+    assert text.count("MemorySpace.Device") >= 2  # the range read, and the output
+    plain = str(_two_phases().compile({"T": STEPS}).jaxpr(**data))
+    assert "MemorySpace" not in plain and "<host>" not in plain
+
+
+def test_jax_grad_through_a_program_that_swaps() -> None:
+    """``jax.grad`` does not pass a value placed in host memory; the compiled program's
+    gradient is that of the same program kept on the device."""
+    data = _data()
+    swapped = _two_phases(mark_x=tj.offload).compile({"T": STEPS})
+    on_device = _two_phases().compile({"T": STEPS})
+
+    def loss(compiled: tj.Compiled) -> Callable[[Any], Any]:
+        return lambda a: compiled(a=a, b=data["b"])["total"].sum()
+
+    np.testing.assert_array_equal(
+        jax.grad(loss(swapped))(data["a"]), jax.grad(loss(on_device))(data["a"])
+    )
+
+
+def test_a_budget_moves_the_largest_value_that_pays_first() -> None:
+    whole = _two_phases().compile({"T": STEPS}).memory().peak_device_bytes
+    assert _kinds(_two_phases().compile({"T": STEPS}, memory_budget=whole)) == {
+        "x": "device",
+        "y": "device",
+    }
+    one = _two_phases().compile({"T": STEPS}, memory_budget=whole - 1)
+    assert _kinds(one) == {"x": "pinned_host", "y": "device"}  # x is the larger
+    assert one.memory().peak_device_bytes < whole
+    both = _two_phases().compile({"T": STEPS}, memory_budget=0)
+    assert _kinds(both) == {"x": "pinned_host", "y": "pinned_host"}
+    data = _data()
+    np.testing.assert_array_equal(
+        both(**data)["total"], _two_phases().compile({"T": STEPS})(**data)["total"]
+    )
+
+
+def test_keep_holds_a_value_on_the_device_whatever_the_budget() -> None:
+    kept = _two_phases(mark_x=tj.keep).compile({"T": STEPS}, memory_budget=0)
+    assert _kinds(kept) == {"x": "device", "y": "pinned_host"}
+
+
+def test_a_value_used_within_its_step_is_not_moved() -> None:
+    """A value written and read in the same loop step does not pay: a budget leaves it."""
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        a = tj.input("a", (3,), jnp.float32, domain=(t,))
+        x = tj.placeholder((3,), jnp.float32, domain=(t,))
+        x[0] = tj.zeros((3,), jnp.float32)
+        x[t + 1] = x[t] * 0.5 + a[t]
+        p.output("x", x)
+    compiled = p.compile({"T": STEPS}, memory_budget=0)
+    assert compiled.memory().host_bytes == 0
+
+
+def test_offloading_a_value_not_stored_in_full_is_an_error() -> None:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        a = tj.input("a", (3,), jnp.float32, domain=(t,))
+        h = tj.offload(tj.tanh(a[t]))  # read at its own point only: never stored
+        p.output("y", h * 2)
+    with pytest.raises(tj.TempoError, match=r"tj.offload\(`tanh`.*only values stored in full"):
+        p.compile({"T": STEPS})
+
+
+def test_a_range_read_in_query_blocks_from_host_memory() -> None:
+    """Keys computed per point, kept in host memory, read in tiles by attention in blocks."""
+    width, steps = 8, 40
+
+    def build(mark: Callable[[Any], Any] | None) -> tj.Program:
+        with tj.Program() as p:
+            b, t = p.dims("b t")
+            q, k = (tj.input(n, (width,), jnp.float32, domain=(b, t)) for n in "qk")
+            keys = tj.tanh(k[b, t]) * 2
+            if mark is not None:
+                mark(keys)
+            scores = keys[b, 0 : t + 1] @ q[b, t]
+            p.output("o", tj.softmax(scores) @ keys[b, 0 : t + 1])
+        return p
+
+    rng = np.random.default_rng(1)
+    data = {n: rng.normal(size=(2, steps, width)).astype(np.float32) for n in "qk"}
+    bounds = {"B": 2, "T": steps}
+    swapped = build(tj.offload).compile(bounds)
+    assert swapped.memory().host_bytes > 0
+    np.testing.assert_allclose(
+        swapped(**data)["o"], build(None).compile(bounds)(**data)["o"], rtol=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("budget", [-1, 1.5, True, "1GB"])
+def test_a_budget_is_a_number_of_bytes(budget: Any) -> None:
+    with pytest.raises(tj.DefinitionError, match="memory_budget"):
+        _two_phases().compile({"T": STEPS}, memory_budget=budget)
