@@ -239,7 +239,7 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
     program = lowering.program
     ops = [program.op(ex.op) for ex in nest.execs]
     # the nest's points read at once: what they read from host memory comes back first
-    buffers = lowering.fetched(buffers, [(e.src, e.out) for op in ops for e in op.inputs])
+    reading = lowering.fetched(buffers, [(e.src, e.out) for op in ops for e in op.inputs])
     written = [op for op in ops if lowering.layout.stored(op.id)]
     variables = [loop.var for loop in nest.loops]
     extent = {x: count for x, (_, count) in zip(variables, nest.spans, strict=True)}
@@ -260,7 +260,7 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
             for x in variables
         }
         spans = _spans(lowering, nest, coords, env) if query is not None else None
-        fast = _grid(lambda *p: _point(lowering, nest, env, buffers, p, spans), coords, variables)
+        fast = _grid(lambda *p: _point(lowering, nest, env, reading, p, spans), coords, variables)
         if spans is None:
             return fast[0]
         checked = [v for v in fast[1] if jnp.issubdtype(v.dtype, jnp.inexact)]
@@ -268,7 +268,7 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
         return lax.cond(
             finite,
             lambda: fast[0],
-            lambda: _one_by_one(lowering, nest, env, buffers, coords, variables)[0],
+            lambda: _one_by_one(lowering, nest, env, reading, coords, variables)[0],
         )
 
     def write(carried: dict, first: Any) -> dict:

@@ -6,9 +6,9 @@ brings each read (a point, a tile, a range) back to the device. :func:`plan_memo
 which, from the user's marks (``tj.offload`` forces a buffer to the host, ``tj.keep`` keeps it
 on the device) and a device budget (``compile(..., memory_budget=bytes)``): while the planned
 peak (:func:`peak_bytes`) is over the budget, the largest buffer that pays is moved to the
-host. A buffer pays when it is idle over some top-level step of its life: it is read in a
-later step than the one that writes it (a rollout kept for the learner), not only passed
-along within one loop.
+host. A buffer pays when a loop fills it and a later step of the same sequence reads it (a
+rollout's observations, read by the learner after the acting loop), not when it is only
+read within the loop that writes it.
 
 The peak counts each device value over its live span of the schedule's top-level steps: a
 buffer from its ``alloc`` to its ``free``; a captured value from the step computing it to the
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from .._ir.errors import TempoError
 from .._ir.program import describe_op
-from .._schedule.tree import Alloc, Exec, Free, Node, Sequence, walk
+from .._schedule.tree import Alloc, Exec, Free, Loop, Node, Sequence, walk
 
 if TYPE_CHECKING:
     from .buffer_plan import BufferPlan, StoredValue
@@ -103,7 +103,6 @@ def plan_memory(plan: BufferPlan, budget: int | None) -> dict[Key, str]:
         kinds[key] = HOST
     if budget is None:
         return kinds
-    steps = Steps(plan.tree)
     sizes = {
         key: value.bytes
         for (key, kind, _), value in zip(plan.value_keys(), plan.stored_values(), strict=True)
@@ -115,7 +114,7 @@ def plan_memory(plan: BufferPlan, budget: int | None) -> dict[Key, str]:
         if key not in kinds
         and plan.program.op(key[0]).memory != "keep"
         and _not_hostable(plan, key) is None
-        and _pays(plan, key, steps)
+        and _pays(plan, key)
     ]
     options.sort(key=lambda key: (-sizes[key], key))  # the largest first
     for key in options:
@@ -142,16 +141,31 @@ def _not_hostable(plan: BufferPlan, key: Key) -> str | None:
         return "kept as a cycle of a window's last rows"
     if key in plan.splits:
         return "cut into one array per tile"
-    if plan.plan.scoped.get(key):
-        return "stored per iteration of an enclosing loop"
     if key in plan.layouts:
         return "stored in another axis order for tiled reads"
     return None
 
 
-def _pays(plan: BufferPlan, key: Key, steps: Steps) -> bool:
-    """Whether ``key`` is read in a later top-level step than the first that writes it."""
-    readers = [op.id for op in plan.program.ops if any(e.src == key[0] for e in op.inputs)]
-    written = steps.using([key[0]])
-    read = steps.using(readers)
-    return bool(written) and any(i > written[0] for i in read)
+def _pays(plan: BufferPlan, key: Key) -> bool:
+    """Whether buffer ``key`` is filled by a loop and read after that loop ends, in a later
+    step of the same sequence (a rollout's observations, read by the learner after the acting
+    loop), rather than only read within the loop that writes it."""
+    readers = {op.id for op in plan.program.ops if any(e.src == key[0] for e in op.inputs)}
+    for node in walk(plan.tree):
+        if not isinstance(node, Sequence):
+            continue
+        ops = [{n.op for n in walk(child) if isinstance(n, Exec)} for child in node.children]
+        filled = [i for i, found in enumerate(ops) if key[0] in found]
+        if not filled or not _in_loop(node.children[filled[0]], key[0]):
+            continue
+        if any(found & readers for found in ops[filled[0] + 1 :]):
+            return True
+    return False
+
+
+def _in_loop(node: Node, op: int) -> bool:
+    """Whether ``op`` runs inside a loop of ``node``."""
+    return any(
+        isinstance(n, Loop) and any(isinstance(m, Exec) and m.op == op for m in walk(n))
+        for n in walk(node)
+    )

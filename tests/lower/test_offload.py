@@ -175,3 +175,30 @@ def test_a_range_read_in_query_blocks_from_host_memory() -> None:
 def test_a_budget_is_a_number_of_bytes(budget: Any) -> None:
     with pytest.raises(tj.DefinitionError, match="memory_budget"):
         _two_phases().compile({"T": STEPS}, memory_budget=budget)
+
+
+def test_a_rollout_read_by_the_learner_is_swapped_under_a_budget() -> None:
+    """REINFORCE on image observations: the observations a loop over ``t`` stores for the
+    learner after it are the largest value that pays; the run is the same bit for bit."""
+    from algorithms import reinforce
+    from algorithms.config import RLConfig
+
+    config = RLConfig(
+        algo="reinforce",
+        env="trivial",
+        env_options={"obs_shape": (3, 8, 8), "episode": 8},
+        iterations=2,
+        envs=4,
+        steps=8,
+        width=8,
+        layers=1,
+        cnn=True,
+    )
+    built = reinforce.build(config)
+    plain = built.program.compile(built.bounds)
+    swapped = built.program.compile(built.bounds, memory_budget=0)
+    host = [v for v in swapped.memory().values if v.memory_kind == "pinned_host"]
+    assert any(v.name == "obs" and v.shape == (8, 4, 3, 8, 8) for v in host)
+    got, want = swapped(), plain()
+    for name in ("loss", "mean_return", "episodes"):
+        np.testing.assert_array_equal(got[name], want[name])

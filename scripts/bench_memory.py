@@ -1,0 +1,234 @@
+"""Benchmark: the memory of RL training with large observations, values swapped to host memory.
+
+For each algorithm (PPO, REINFORCE with Monte-Carlo returns, REINFORCE with n-step TD
+returns), observation shape and episode length of a config, three systems train the same run
+side by side:
+
+- ``tempo_jax`` with every value on the device (``swap: false``);
+- ``tempo_jax`` compiled with ``memory_budget=0`` (``swap: true``): every value stored in
+  full that a loop fills and a later step reads (the rollout, read by the learner) lives in
+  host memory (:mod:`tempo_jax._lower.memory_plan`);
+- the single-jit baseline (:mod:`algorithms.baselines.ppo_jax`,
+  :mod:`algorithms.baselines.pg_jax`).
+
+Per system: XLA's temporary bytes for the compiled run (``memory_analysis()``), the planned
+host bytes and planned peak device bytes (``Compiled.memory()``, tempo_jax only), the
+device's peak bytes in use after the run where the device reports them (a GPU's
+``memory_stats()``; None on CPU, where device and host memory are the same RAM), seconds per
+iteration (median of ``repeats`` runs), and whether the outputs equal those of swap off (bit
+for bit for tempo_jax, to 1e-3 for the baseline).
+Rows go to ``results/memory/<config stem>.json``
+(``{algo, system, obs, episode, swap, temp_bytes, host_bytes, planned_peak_bytes,
+peak_bytes, seconds_per_iteration, outputs_equal}``) with a plot ``.png``.
+
+    python -m scripts.bench_memory [--config configs/bench/memory_cpu_small.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import yaml
+
+import tempo_jax as tj
+from algorithms import ppo, reinforce
+from algorithms.baselines import pg_jax, ppo_jax
+from algorithms.config import RLConfig
+
+ALGOS: dict[str, tuple[Any, Any]] = {  # algo -> (tempo_jax module, single-jit baseline)
+    "ppo": (ppo, ppo_jax),
+    "reinforce": (reinforce, pg_jax),
+}
+
+
+def point_config(base: dict[str, Any], algo: str, obs: list[int], episode: int) -> RLConfig:
+    """``base`` for one point: ``algo`` (``reinforce_nstep`` is REINFORCE with the base's
+    ``n_step``; ``reinforce`` has Monte-Carlo returns), the trivial environment's observation
+    shape, and the episode length (``steps``)."""
+    fields = dict(base)
+    n_step = fields.pop("n_step", 8)
+    fields["algo"] = "ppo" if algo == "ppo" else "reinforce"
+    fields["n_step"] = n_step if algo == "reinforce_nstep" else 0
+    fields["env"] = "trivial"
+    fields["env_options"] = {"obs_shape": tuple(obs), "episode": episode}
+    fields["steps"] = episode
+    return RLConfig(**fields)
+
+
+def _median_seconds(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    out = jax.block_until_ready(run())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = jax.block_until_ready(run())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def _device_peak() -> int | None:
+    stats = jax.devices()[0].memory_stats()
+    return None if not stats else int(stats.get("peak_bytes_in_use", 0)) or None
+
+
+def _tempo(config: RLConfig, swap: bool, repeats: int) -> tuple[dict[str, Any], Any]:
+    module = ALGOS[config.algo][0]
+    built = module.build(config)
+    compiled = built.program.compile(built.bounds, memory_budget=0 if swap else None)
+    executable = compiled.lower().compile()
+    report = compiled.memory()
+    seconds, out = _median_seconds(compiled.ahead_of_time(), repeats)
+    return {
+        "temp_bytes": int(executable.memory_analysis().temp_size_in_bytes),
+        "host_bytes": report.host_bytes,
+        "planned_peak_bytes": report.peak_device_bytes,
+        "peak_bytes": _device_peak(),
+        "seconds_per_iteration": seconds / config.iterations,
+    }, out
+
+
+def _baseline(config: RLConfig, repeats: int) -> tuple[dict[str, Any], Any]:
+    train = ALGOS[config.algo][1].make_train(config)
+    executable = train.lower().compile()
+    seconds, out = _median_seconds(executable, repeats)
+    return {
+        "temp_bytes": int(executable.memory_analysis().temp_size_in_bytes),
+        "host_bytes": 0,
+        "planned_peak_bytes": None,
+        "peak_bytes": _device_peak(),
+        "seconds_per_iteration": seconds / config.iterations,
+    }, out
+
+
+def _equal(a: dict[str, Any], b: dict[str, Any], exact: bool) -> bool:
+    """Whether the runs' losses, returns and episode counts agree: bit for bit (tempo_jax with
+    and without swapping compute the same program), or to 1e-3 (the baseline)."""
+    keys = [k for k in ("loss", "mean_return", "episodes") if k in a and k in b]
+    if exact:
+        return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in keys)
+    return all(np.allclose(np.asarray(a[k]), np.asarray(b[k]), rtol=1e-3, atol=1e-5) for k in keys)
+
+
+def bench_point(
+    algo: str, config: RLConfig, obs: list[int], episode: int, repeats: int
+) -> list[dict]:
+    """The three systems at one point, side by side."""
+    rows = []
+    off, off_out = _tempo(config, False, repeats)
+    on, on_out = _tempo(config, True, repeats)
+    base, base_out = _baseline(config, repeats)
+    for system, swap, found, out in (
+        ("tempo_jax", False, off, off_out),
+        ("tempo_jax", True, on, on_out),
+        ("single_jit", False, base, base_out),
+    ):
+        rows.append(
+            {
+                "algo": algo,
+                "system": system,
+                "obs": "x".join(str(n) for n in obs),
+                "episode": episode,
+                "swap": swap,
+                **found,
+                "outputs_equal": _equal(out, off_out, exact=system == "tempo_jax"),
+            }
+        )
+        print(
+            f"{algo:16s} obs {rows[-1]['obs']:>9s} episode {episode:4d} {system:10s} "
+            f"swap {swap!s:5s} temp {found['temp_bytes'] / 2**20:8.1f} MiB  host "
+            f"{found['host_bytes'] / 2**20:7.1f} MiB  {found['seconds_per_iteration'] * 1e3:8.1f}"
+            f" ms/it  equal {rows[-1]['outputs_equal']}",
+            flush=True,
+        )
+    return rows
+
+
+def run(config: dict[str, Any]) -> list[dict[str, Any]]:
+    repeats = int(config.get("repeats", 2))
+    rows = []
+    for algo in config["algos"]:
+        for obs in config["obs"]:
+            for episode in config["episodes"]:
+                cfg = point_config(config["base"], algo, obs, episode)
+                rows += bench_point(algo, cfg, obs, episode, repeats)
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    algos = sorted({r["algo"] for r in rows})
+    fig, axes = plt.subplots(1, len(algos), figsize=(4.5 * len(algos), 3.4), squeeze=False)
+    for ax, algo in zip(axes[0], algos, strict=True):
+        for (system, swap, obs), style in _series(rows, algo):
+            points = [
+                r
+                for r in rows
+                if (r["algo"], r["system"], r["swap"], r["obs"]) == (algo, system, swap, obs)
+            ]
+            label = f"{system}{' swap' if swap else ''} {obs}"
+            ax.plot(
+                [r["episode"] for r in points],
+                [r["temp_bytes"] / 2**20 for r in points],
+                style,
+                label=label,
+            )
+        ax.set_title(algo)
+        ax.set_xlabel("episode length")
+        ax.set_ylabel("XLA temporary MiB")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _series(rows: list[dict[str, Any]], algo: str) -> list[tuple[tuple, str]]:
+    keys = sorted({(r["system"], r["swap"], r["obs"]) for r in rows if r["algo"] == algo})
+    return [(key, "o-" if key[0] == "tempo_jax" else "s--") for key in keys]
+
+
+def _write(path: pathlib.Path, text: str) -> None:
+    """Written whole or not at all: a temporary file, then renamed."""
+    temp = path.with_suffix(path.suffix + ".tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/bench/memory_cpu_small.yaml")
+    args = parser.parse_args()
+    tj.enable_compilation_cache()
+    config = yaml.safe_load(pathlib.Path(args.config).read_text())
+    rows = run(config)
+    out = pathlib.Path("results/memory")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = pathlib.Path(args.config).stem
+    summary = {
+        "config": args.config,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "device": str(jax.devices()[0]),
+            "jax": jax.__version__,
+        },
+        "rows": rows,
+    }
+    _write(out / f"{stem}.json", json.dumps(summary, indent=2))
+    plot(rows, out / f"{stem}.png")
+    print(f"wrote results/memory/{stem}.{{json,png}}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The memory benchmark's rows and plot on a tiny config (not a timing test: the figures come
+from ``python -m scripts.bench_memory``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from scripts import bench_memory
+
+TINY = {
+    "repeats": 1,
+    "algos": ["reinforce"],
+    "obs": [[3, 4, 4]],
+    "episodes": [8],
+    "base": {"iterations": 2, "envs": 4, "width": 8, "layers": 1, "cnn": True, "n_step": 3},
+}
+
+
+def test_a_point_config_sets_the_algorithm_returns_and_episode() -> None:
+    nstep = bench_memory.point_config(TINY["base"], "reinforce_nstep", [3, 8, 8], 16)
+    assert (nstep.algo, nstep.n_step, nstep.steps) == ("reinforce", 3, 16)
+    assert nstep.env_options == {"obs_shape": (3, 8, 8), "episode": 16}
+    assert bench_memory.point_config(TINY["base"], "reinforce", [3, 8, 8], 16).n_step == 0
+    assert bench_memory.point_config(TINY["base"], "ppo", [3, 8, 8], 16).algo == "ppo"
+
+
+@pytest.mark.slow
+def test_each_point_runs_every_system_and_swaps_the_rollout(tmp_path) -> None:
+    rows = bench_memory.run(TINY)
+    assert [(r["system"], r["swap"]) for r in rows] == [
+        ("tempo_jax", False),
+        ("tempo_jax", True),
+        ("single_jit", False),
+    ]
+    off, on, _ = rows
+    assert off["host_bytes"] == 0 and on["host_bytes"] > 0  # the rollout is in host memory
+    assert on["planned_peak_bytes"] < off["planned_peak_bytes"]
+    assert all(r["outputs_equal"] for r in rows[:2])  # swapping changes nothing computed
+    assert all(r["temp_bytes"] > 0 and r["seconds_per_iteration"] > 0 for r in rows)
+    bench_memory.plot(rows, tmp_path / "memory.png")
+    assert (tmp_path / "memory.png").stat().st_size > 0
