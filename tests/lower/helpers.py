@@ -1,4 +1,5 @@
-"""Shared by the storage tests: recording what the lowering builds, and layer inputs."""
+"""Shared by the storage tests: recording what the lowering builds, layer inputs, and a
+recurrence to store."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
+
+import tempo_jax as tj
 
 
 @contextlib.contextmanager
@@ -37,3 +41,12 @@ def layer_inputs(steps: int, layers: int, width: int) -> dict[str, np.ndarray]:
         "wk": rng.normal(size=(layers, width, width)).astype(np.float32),
         "wv": rng.normal(size=(layers, width, width)).astype(np.float32),
     }
+
+
+def decaying(a: tj.RT, width: int, scale: float, start: tj.RT | None = None) -> tj.RT:
+    """``x[0] = start`` (zeros by default), ``x[t + 1] = x[t] * scale + a[t]``."""
+    (t,) = a.domain
+    x = tj.placeholder((width,), jnp.float32, domain=(t,))
+    x[0] = tj.zeros((width,), jnp.float32) if start is None else start
+    x[t + 1] = x[t] * scale + a[t]
+    return x

@@ -15,13 +15,14 @@ import pytest
 import tempo_jax as tj
 from models import config
 from models.tempo import TempoDecoder
+from tests.lower.helpers import decaying
 
 
 def _recurrence() -> tj.Program:
     with tj.Program() as p:
         (t,) = p.dims("t")
         a = tj.input("a", (3,), jnp.float32, domain=(t,))
-        x = tj.placeholder((3,), jnp.float32, domain=(t,))
+        x = tj.placeholder((3,), jnp.float32, domain=(t,))  # declared here: the report's source
         x[0] = tj.zeros((3,), jnp.float32)
         x[t + 1] = x[t] * 0.5 + a[t]
         p.output("x", x)
@@ -64,24 +65,15 @@ def test_a_window_cache_is_a_cycle_of_its_rows(end_token: int | None) -> None:
     assert "planned peak device bytes" in text
 
 
-def _decaying(a: tj.RT, width: int, scale: float, start: tj.RT | None = None) -> tj.RT:
-    """``x[0] = start`` (zeros by default), ``x[t + 1] = x[t] * scale + a[t]``."""
-    (t,) = a.domain
-    x = tj.placeholder((width,), jnp.float32, domain=(t,))
-    x[0] = tj.zeros((width,), jnp.float32) if start is None else start
-    x[t + 1] = x[t] * scale + a[t]
-    return x
-
-
 def _two_phases(width: int) -> tj.Program:
     """Two recurrences in turn, each stored whole for a range read after its loop: the first's
     buffer is freed before the second's loop runs."""
     with tj.Program() as p:
         (t,) = p.dims("t")
         a = tj.input("a", (width,), jnp.float32, domain=(t,))
-        x = _decaying(a, width, 0.5)
+        x = decaying(a, width, 0.5)
         first = tj.lift(lambda v: v.sum(0), name="first")(tj.tanh(x[t])[0 : t.bound])
-        y = _decaying(a, width, 0.25, first)
+        y = decaying(a, width, 0.25, first)
         p.output("total", tj.lift(lambda v: v.sum(0), name="second")(tj.sin(y[t])[0 : t.bound]))
     return p
 
@@ -111,7 +103,7 @@ def test_the_planned_peak_agrees_with_xla_where_stored_values_dominate(
         with tj.Program() as p:
             (t,) = p.dims("t")
             a = tj.input("a", (width,), jnp.float32, domain=(t,))
-            x = _decaying(a, width, 0.5)
+            x = decaying(a, width, 0.5)
             p.output("total", tj.lift(lambda v: v.sum(0))((tj.tanh(x[t]) * 2)[0 : t.bound]))
     else:
         p = _two_phases(width)

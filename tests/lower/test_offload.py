@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import tempo_jax as tj
+from tests.lower.helpers import decaying
 
 STEPS = 12
 
@@ -128,10 +129,7 @@ def test_a_value_used_within_its_step_is_not_moved() -> None:
     with tj.Program() as p:
         (t,) = p.dims("t")
         a = tj.input("a", (3,), jnp.float32, domain=(t,))
-        x = tj.placeholder((3,), jnp.float32, domain=(t,))
-        x[0] = tj.zeros((3,), jnp.float32)
-        x[t + 1] = x[t] * 0.5 + a[t]
-        p.output("x", x)
+        p.output("x", decaying(a, 3, 0.5))
     compiled = p.compile({"T": STEPS}, memory_budget=0)
     assert compiled.memory().host_bytes == 0
 
