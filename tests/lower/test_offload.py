@@ -200,3 +200,9 @@ def test_a_rollout_read_by_the_learner_is_swapped_under_a_budget() -> None:
     got, want = swapped(), plain()
     for name in ("loss", "mean_return", "episodes"):
         np.testing.assert_array_equal(got[name], want[name])
+
+
+@pytest.mark.parametrize("mark", [tj.offload, tj.keep])
+def test_only_a_recurrent_tensor_is_placed(mark: Callable[[Any], Any]) -> None:
+    with pytest.raises(TypeError, match="recurrent tensor"):
+        mark(np.ones(3))
