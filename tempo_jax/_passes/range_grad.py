@@ -190,7 +190,7 @@ def _split(vjp: Callable, specs: Sequence[TensorSpec], ranged: tuple[int, ...], 
         tuple(sorted(cone)),
         structs,
     )
-    result = dataclasses.replace(result, one_row=_one_row(result, jaxpr, plan.axis))
+    result = dataclasses.replace(result, one_row=_one_row(result, plan.closed, plan.axis))
     example = _structs(specs, ranged, _CHECK_ROWS[1])
     if not plan_tiles(stats_payload(result, what), example, axis, _ROWS, what):
         return None
@@ -202,10 +202,12 @@ def _split(vjp: Callable, specs: Sequence[TensorSpec], ranged: tuple[int, ...], 
     return result
 
 
-def _one_row(split: Split, jaxpr: jex.Jaxpr, axis: dict[Any, int]) -> Any:
+def _one_row(split: Split, closed: jex.ClosedJaxpr, axis: dict[Any, int]) -> Any:
     """The rewrites of the cone's sizes that run it at one row (``Split.one_row``), or None
     when some equation holds a size this cannot rewrite or the rewritten cone's shapes are
-    not those at ``_CHECK_ROWS[0]`` rows with one row."""
+    not those at ``_CHECK_ROWS[0]`` rows with one row. ``closed`` is the vjp's flat jaxpr at
+    ``split.structs``, ``axis`` the row axis of each of its values."""
+    jaxpr = closed.jaxpr
     rewrites = []
     for i in split.cone:
         eqn = jaxpr.eqns[i]
@@ -230,23 +232,17 @@ def _one_row(split: Split, jaxpr: jex.Jaxpr, axis: dict[Any, int]) -> Any:
         for k in split.ranged
     ]
     stats = [jax.ShapeDtypeStruct(s.shape, s.dtype) for s in split.stat_specs]
-    closed = jax.make_jaxpr(flatten(split.vjp))(*split.structs)
     shapes: dict[Any, tuple[int, ...]] = {}
 
     def run(*values: Any) -> None:
         env = _cone(split, closed, tuple(rewrites), values[: len(rows)], values[len(rows) :])
-        shapes.update((v, tuple(jnp.shape(x))) for v, x in env.items())
+        shapes.update((v, tuple(jnp.shape(env[v]))) for v in expected)
 
     try:
         jax.eval_shape(run, *rows, *stats)
     except (TypeError, ValueError):  # a primitive that refuses the rewritten sizes
         return None
-    renamed = {
-        v: expected[u]
-        for i in split.cone
-        for u, v in zip(jaxpr.eqns[i].outvars, closed.jaxpr.eqns[i].outvars, strict=True)
-    }
-    return tuple(rewrites) if all(shapes.get(v) == s for v, s in renamed.items()) else None
+    return tuple(rewrites) if shapes == expected else None
 
 
 def _at_one(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
