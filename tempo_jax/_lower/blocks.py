@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._ir.expr import Const, Slice, Symbol, dims_of, substitute, symbols_of
-from .._ir.program import Program
+from .._ir.program import Op, Program
 from .._ir.simplify import simplify
 from .._schedule.tree import LOOP_SCOPE, Exec, Loop, Node, Sequence, walk
 
@@ -338,7 +338,7 @@ def _point(
             (d, at.get(x, env.get(x))) for d, x in zip(op.domain, nest.point(ex), strict=True)
         )
         span = None if spans is None else spans.get(op.id)
-        with jax.named_scope(f"S{op.id}:{op.name}"):  # as the lowering's scope(op)
+        with jax.named_scope(scope(op)):
             values = lowering._tiled(ex, op, op_env, buffers, local, span)
             if values is None:
                 inputs = lowering._inputs(ex, op, op_env, buffers, local)
@@ -349,6 +349,12 @@ def _point(
         if lowering.layout.stored(op.id):
             written.extend(values)
     return written, tiled
+
+
+def scope(op: Op) -> str:
+    """The name scope of ``op``'s computation: ``S<id>:<name>`` (as in the schedule), so that
+    HLO metadata and profiles name the op."""
+    return f"S{op.id}:{op.name}"
 
 
 def _index(value: Any) -> Any:

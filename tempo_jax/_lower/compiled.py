@@ -127,7 +127,7 @@ class Compiled:
             self._padded_size,
             self.unroll,
             self._sink_errors,
-            self.memory_budget if offload else None,
+            self.memory_budget,
             offload,
         )
         buffers = lowering.run(self.tree, dict(runtime), lowering.allocate())

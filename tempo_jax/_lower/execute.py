@@ -27,7 +27,7 @@ step) read clamped indices and write values nobody reads; the compile-time read 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as Sequence_
 from typing import Any
 
@@ -39,7 +39,7 @@ from jax import lax
 from .._ir.expr import BoolConst, Expr, Slice, Symbol, eq, substitute, symbols_of
 from .._ir.program import Edge, Op, Output, Program, describe_op
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
-from .blocks import run_nest
+from .blocks import run_nest, scope
 from .buffer_plan import BufferPlan
 from .masking import Pads, masked_call
 from .sinks import SinkErrors
@@ -145,11 +145,10 @@ class TreeLowering:
             (op_id, out), jnp.zeros(shape, self.program.op(op_id).outputs[out].dtype)
         )
 
-    def fetched(self, buffers: Buffers, keys: Any = None) -> Buffers:
-        """``buffers`` with those of ``keys`` (default: all) the plan keeps in host memory
-        brought back to the device, for readers that take many points at once (a vmapped read
-        gathers from its buffer, which must be on the device)."""
-        keys = self.layout.memory_kinds if keys is None else keys
+    def fetched(self, buffers: Buffers, keys: Iterable[tuple[int, int]]) -> Buffers:
+        """``buffers`` with those of ``keys`` the plan keeps in host memory brought back to the
+        device, for readers that take many points at once (a vmapped read gathers from its
+        buffer, which must be on the device)."""
         moved = {
             key: jax.device_put(buffers[key], jax.memory.Space.Device)
             for key in keys
@@ -641,11 +640,6 @@ class TreeLowering:
 
         values = jax.vmap(at)(*(jnp.asarray(row, jnp.int32) for row in grid))
         return out.arrange(values.reshape(shape + values.shape[1:]).astype(out.spec.dtype))
-
-
-def scope(op: Op) -> str:
-    """The name scope of ``op``'s computation: ``S<id>:<name>`` (as in the schedule)."""
-    return f"S{op.id}:{op.name}"
 
 
 def _fori(lo: Any, hi: Any, body: Callable, carried: Buffers, trips: int | None) -> Buffers:

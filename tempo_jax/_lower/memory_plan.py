@@ -58,24 +58,31 @@ class Steps:
         return [i for i, found in enumerate(self.ops) if found & wanted]
 
 
-def peak_bytes(plan: BufferPlan, values: list[StoredValue]) -> tuple[int, str]:
+def peak_bytes(
+    plan: BufferPlan,
+    values: list[StoredValue],
+    host: Iterable[Key] = (),
+    steps: Steps | None = None,
+) -> tuple[int, str]:
     """The most device bytes ``values`` (``plan.stored_values()``, in its order) hold at once,
-    and the top-level step where (named by its first op): the module docstring's spans."""
-    steps = Steps(plan.tree)
+    and the top-level step where (named by its first op): the module docstring's spans.
+    Values in host memory (their memory kind, or their key in ``host``) are not counted."""
+    steps = steps or Steps(plan.tree)
     if not steps.steps:
         return 0, "no step"
     last = len(steps.steps) - 1
     outputs = {(o.edge.src, o.edge.out) for o in plan.program.outputs}
+    elsewhere = set(host)
     live = [0] * len(steps.steps)
     for (key, kind, loop), value in zip(plan.value_keys(), values, strict=True):
-        if value.memory_kind != "device":
+        if value.memory_kind != "device" or (kind == "buffer" and key in elsewhere):
             continue
         if kind == "buffer" and key in steps.spans:
             first, end = steps.spans[key]
         elif kind == "captured":
-            readers = [op.id for op in plan.program.ops if any(e.src == key[0] for e in op.inputs)]
             first = next(iter(steps.using([key[0]])), 0)
-            end = last if key in outputs else max([first, *steps.using(readers)])
+            reading = steps.using(_readers(plan, key[0]))
+            end = last if key in outputs else max([first, *reading])
         elif kind == "ring":
             first = end = next(i for i, ids in enumerate(steps.nodes) if id(loop) in ids)
         else:
@@ -91,21 +98,23 @@ def plan_memory(plan: BufferPlan, budget: int | None) -> dict[Key, str]:
     """``(op, output) -> HOST`` for the buffers kept in host memory (module docstring)."""
     kinds: dict[Key, str] = {}
     asked = [op for op in plan.program.ops if op.memory == "offload" and op.kind != "input"]
-    for key in ((op.id, k) for op in asked for k in range(len(op.outputs))):
-        op = plan.program.op(key[0])
-        why = _not_hostable(plan, key)
-        if why is not None:
-            raise TempoError(
-                f"tj.offload({describe_op(op)}): its values are {why}, and only values "
-                "stored in full can live in host memory. Remove the tj.offload, or read the "
-                "value later than the step that produces it so it is stored in full."
-            )
-        kinds[key] = HOST
+    for op in asked:
+        for key in ((op.id, k) for k in range(len(op.outputs))):
+            why = _not_hostable(plan, key)
+            if why is not None:
+                raise TempoError(
+                    f"tj.offload({describe_op(op)}): its values are {why}, and only values "
+                    "stored in full can live in host memory. Remove the tj.offload, or read "
+                    "the value later than the step that produces it so it is stored in full."
+                )
+            kinds[key] = HOST
     if budget is None:
         return kinds
+    values = plan.stored_values()  # every buffer on the device: memory_kinds is not set yet
+    steps = Steps(plan.tree)
     sizes = {
         key: value.bytes
-        for (key, kind, _), value in zip(plan.value_keys(), plan.stored_values(), strict=True)
+        for (key, kind, _), value in zip(plan.value_keys(), values, strict=True)
         if kind == "buffer"
     }
     options = [
@@ -118,19 +127,10 @@ def plan_memory(plan: BufferPlan, budget: int | None) -> dict[Key, str]:
     ]
     options.sort(key=lambda key: (-sizes[key], key))  # the largest first
     for key in options:
-        if _peak_with(plan, kinds) <= budget:
+        if peak_bytes(plan, values, kinds, steps)[0] <= budget:
             break
         kinds[key] = HOST
     return kinds
-
-
-def _peak_with(plan: BufferPlan, kinds: dict[Key, str]) -> int:
-    saved = plan.memory_kinds
-    plan.memory_kinds = kinds
-    try:
-        return peak_bytes(plan, plan.stored_values())[0]
-    finally:
-        plan.memory_kinds = saved
 
 
 def _not_hostable(plan: BufferPlan, key: Key) -> str | None:
@@ -150,7 +150,7 @@ def _pays(plan: BufferPlan, key: Key) -> bool:
     """Whether buffer ``key`` is filled by a loop and read after that loop ends, in a later
     step of the same sequence (a rollout's observations, read by the learner after the acting
     loop), rather than only read within the loop that writes it."""
-    readers = {op.id for op in plan.program.ops if any(e.src == key[0] for e in op.inputs)}
+    readers = _readers(plan, key[0])
     for node in walk(plan.tree):
         if not isinstance(node, Sequence):
             continue
@@ -169,3 +169,8 @@ def _in_loop(node: Node, op: int) -> bool:
         isinstance(n, Loop) and any(isinstance(m, Exec) and m.op == op for m in walk(n))
         for n in walk(node)
     )
+
+
+def _readers(plan: BufferPlan, op: int) -> set[int]:
+    """The ops reading an output of ``op``."""
+    return {reader.id for reader in plan.program.ops if any(e.src == op for e in reader.inputs)}
