@@ -42,6 +42,7 @@ class Program:
         self.name = name
         self._dims: list[Symbol] = []
         self._ops: list[Op] = []
+        self.saved_residuals: set[int] = set()  # ops whose outputs hold a vjp's residuals
         self._branches: dict[int, list[Edge]] = {}
         self._outputs: list[Output] = []
         self._input_names: set[str] = set()

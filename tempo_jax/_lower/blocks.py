@@ -259,11 +259,11 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
             else lows[x] + jnp.arange(extent[x], dtype=jnp.int32)
             for x in variables
         }
-        spans = _spans(lowering, nest, coords, env) if query is not None else None
+        spans = _spans(lowering, nest, coords, env) if query is not None else {}
         fast = _grid(lambda *p: _point(lowering, nest, env, reading, p, spans), coords, variables)
-        if spans is None:
-            return fast[0]
         checked = [v for v in fast[1] if jnp.issubdtype(v.dtype, jnp.inexact)]
+        if not checked:
+            return fast[0]
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in checked] or [True]))
         return lax.cond(
             finite,
@@ -327,10 +327,13 @@ def _point(
     lowering: TreeLowering, nest: Nest, env: dict, buffers: dict, point: tuple, spans: Any
 ) -> tuple[list[Any], list[Any]]:
     """The nest's ops at one point (loop variable values, in loop order), each over its own
-    tiles or the block's span: (the written ops' outputs, the tiled ops' outputs)."""
+    tiles or the block's span: (the written ops' outputs, the outputs to check). ``spans``
+    None: every op checked as it goes (the exact values); otherwise the block's tiled ops run
+    over their span of the block and the untiled ones over padding filled in one operand of a
+    product only (:func:`.masking.masked_call`), both to be checked by the caller."""
     at = dict(zip((loop.var for loop in nest.loops), point, strict=True))
     local: dict[int, tuple[Any, ...]] = {}
-    written, tiled = [], []
+    written, checked = [], []
     for ex in nest.execs:
         op = lowering.program.op(ex.op)
         op_env = {**lowering.runtime, **env}
@@ -342,13 +345,21 @@ def _point(
             values = lowering._tiled(ex, op, op_env, buffers, local, span)
             if values is None:
                 inputs = lowering._inputs(ex, op, op_env, buffers, local)
-                values = lowering.compute(op, op_env, inputs)
+                fast = (
+                    spans is not None
+                    and op.kind == "apply"
+                    and not op.payload.pads_ok
+                    and any(lowering._pads(op, op_env)[0])
+                )
+                values = lowering.compute(op, op_env, inputs, unchecked=fast)
+                if fast:
+                    checked.extend(values)
             elif span is not None:
-                tiled.extend(values)
+                checked.extend(values)
         local[op.id] = tuple(values)
         if lowering.layout.stored(op.id):
             written.extend(values)
-    return written, tiled
+    return written, checked
 
 
 def scope(op: Op) -> str:

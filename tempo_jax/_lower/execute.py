@@ -477,8 +477,11 @@ class TreeLowering:
         what = describe_op(op)
         return tiled_call(fn, values, readers, axes, tiles, str(item.size), what)
 
-    def compute(self, op: Op, env: Env, values: list[Any]) -> tuple[Any, ...]:
-        """The outputs of ``op`` at the point of ``env``, from its inputs' ``values``."""
+    def compute(
+        self, op: Op, env: Env, values: list[Any], unchecked: bool = False
+    ) -> tuple[Any, ...]:
+        """The outputs of ``op`` at the point of ``env``, from its inputs' ``values``
+        (``unchecked``: see :func:`.masking.masked_call`)."""
         if op.kind == "sink":
             self._sink(op, env, values[0])
             return ()
@@ -504,7 +507,7 @@ class TreeLowering:
         if not any(pads) or payload.pads_ok:
             return fn(*values)
         what = describe_op(op)
-        return tuple(masked_call(fn, values, pads, lengths, what))
+        return tuple(masked_call(fn, values, pads, lengths, what, unchecked))
 
     def _pads(self, op: Op, env: Env) -> tuple[list[Pads], dict[str, Any]]:
         """Per input, its padded axes (by size class), and each class's length at the point."""

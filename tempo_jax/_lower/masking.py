@@ -170,16 +170,22 @@ def masked_call(
     pads: Sequence[Pads],
     lengths: dict[str, Any],
     what: str,
+    unchecked: bool = False,
 ) -> list[Any]:
     """``fn(*args)`` where ``args[k]`` is padded along the axes of ``pads[k]``.
 
     ``lengths`` maps each size class to its valid length at this point (a traced or Python
     int); ``what`` names the op and its source line in error messages. Returns ``fn``'s
     flat outputs, padded like the inputs they come from.
+
+    ``unchecked``: a contraction of two padded operands fills the padding of the smaller one
+    only. That is exact where the larger one's padding is finite (``0 * x = 0``) and spares a
+    masked copy of it (under ``jax.vmap`` over points, one per point of a shared operand); the
+    caller checks that the results are finite and recomputes them checked where not.
     """
     closed = jax.make_jaxpr(fn)(*args)
     analysis = _analyse(fn, closed, args, pads, what)
-    evaluator = _Evaluator(analysis, lengths, what)
+    evaluator = _Evaluator(analysis, lengths, what, unchecked)
     return evaluator.eval(closed.jaxpr, closed.consts, list(args), ())
 
 
@@ -342,11 +348,14 @@ def _subjaxprs(eqn: jex.JaxprEqn) -> list[tuple[Any, Any]]:
 
 
 class _Evaluator:
-    def __init__(self, analysis: _Analysis, lengths: dict[str, Any], what: str) -> None:
+    def __init__(
+        self, analysis: _Analysis, lengths: dict[str, Any], what: str, unchecked: bool = False
+    ) -> None:
         self.analysis = analysis
         self.affine = analysis.affine
         self.lengths = lengths
         self.what = what
+        self.unchecked = unchecked
 
     def eval(self, jaxpr: jex.Jaxpr, consts: Sequence[Any], args: list[Any], path: Path) -> list:
         pads = self.analysis.pads
@@ -470,8 +479,11 @@ class _Evaluator:
             klass = lp.get(a, rp.get(b))
             if klass is None:
                 continue
-            lhs = self._fill(lhs, {a: klass}, (a,), "zero")
-            rhs = self._fill(rhs, {b: klass}, (b,), "zero")
+            both = a in lp and b in rp
+            if not (both and self.unchecked) or np.size(lhs) <= np.size(rhs):
+                lhs = self._fill(lhs, {a: klass}, (a,), "zero")
+            if not (both and self.unchecked) or np.size(rhs) < np.size(lhs):
+                rhs = self._fill(rhs, {b: klass}, (b,), "zero")
         return bind(eqn, [lhs, rhs, *values[2:]])
 
     def _unsupported(self, primitive: str, doing: str) -> UnsupportedError:

@@ -62,6 +62,7 @@ from .._schedule.domains import defined_domains
 from .._schedule.isl_convert import domain_set, isl_context, set_to_conjuncts
 from . import range_grad
 from .fusion import fuse_growing
+from .saved import Saved, save_residuals
 
 if TYPE_CHECKING:
     from .._frontend.program import Program as FrontProgram
@@ -329,13 +330,17 @@ class _Backward:
         for k in diff:
             spec = read_spec(self.ops[op.inputs[k].src], op.inputs[k])
             specs.append(TensorSpec(spec.shape, spec.dtype))
+        inputs, fn = op.inputs, vjp_fn
+        saved = self._saved(op, diff, outs)
+        if saved is not None:  # the forward keeps its residuals: no second forward pass
+            inputs, fn = saved.inputs, saved.backward
         vjp_op = self._add_apply(
             f"vjp[{op.name}]",
             op.domain,
-            (*op.inputs, *(self._grad_edge((op.id, j)) for j in outs)),
+            (*inputs, *(self._grad_edge((op.id, j)) for j in outs)),
             tuple(specs),
-            vjp_fn,
-            uses_point=payload.uses_point,
+            fn,
+            uses_point=payload.uses_point and saved is None,
             pads_ok=False,
             source=op.source,
         )
@@ -343,6 +348,22 @@ class _Backward:
             _Read(op.inputs[k], op.domain, (vjp_op, n), TRUE, f"`{op.name}`", op.id)
             for n, k in enumerate(diff)
         ]
+
+    def _saved(self, op: Op, diff: list[int], outs: list[int]) -> Saved | None:
+        """``op``'s residuals saved as outputs of ``op`` itself (:mod:`.saved`), the program's
+        op replaced; None where the vjp recomputes the forward. An op is given residuals once
+        (for the first gradient through it: a later one with other inputs recomputes)."""
+        if self.recorded.get(op.id) is not op or op.id in self.program.saved_residuals:
+            return None
+        specs = [read_spec(self.ops[e.src], e) for e in op.inputs]
+        saved = save_residuals(op, specs, diff, outs)
+        if saved is None:
+            return None
+        self.program.replace_op(saved.forward)
+        self.program.saved_residuals.add(op.id)
+        self.recorded[op.id] = saved.forward
+        self.ops[op.id] = saved.forward
+        return saved
 
     def _range_vjp(self, op: Op) -> list[_Read] | None:
         """The vjp of a map-then-reduce over one growing range as a stats op over ``op``'s

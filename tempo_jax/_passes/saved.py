@@ -1,0 +1,178 @@
+"""Saved residuals: a vjp op that reads what its forward op kept instead of recomputing it.
+
+A vjp op (:mod:`.autodiff`) computes its op's cotangents under :func:`jax.vjp`, which runs the
+op's payload forward again first. For an op doing real work (a matmul, a convolution) that
+recomputation is a second forward pass (a transformer block's MLP, a policy network). Where it
+pays, :func:`save_residuals` instead traces once, at the op's static shapes:
+
+- the **forward** with its residuals: ``jax.vjp`` of the payload, its pullback closure-converted
+  (:func:`jax.closure_convert`), so that the values the pullback needs are explicit outputs;
+- the **backward**: the converted pullback, a function of the cotangents and those residuals.
+
+The forward op gets the residuals as extra outputs (after its own), the vjp op reads them at
+the same point, as any other value: stored, scheduled and freed by the compiler like the rest.
+A residual that is an input of the op is read from that input; a constant is kept in the
+backward. Both functions come from the one trace, so the residuals always match.
+
+It does not pay, and the vjp op recomputes as before, where:
+
+- the payload has no matmul or convolution (element-wise work is cheaper to recompute than
+  to store and read back);
+- a residual is computed from inputs that do not vary along some dim of the op's domain and is
+  larger than the op's largest output (a transposed weight would be stored once per point);
+- shapes are not static (growing ranges have their own tiled backward, :mod:`.range_grad`), the
+  payload reads its point's coordinates, or the op is not one the user recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.extend.core as jex
+import jax.numpy as jnp
+import numpy as np
+
+from .._ir.expr import TRUE, Slice, symbols_of
+from .._ir.jaxprs import CALLS
+from .._ir.program import Edge, Op, TensorSpec
+
+_WORK = frozenset(["dot_general", "conv_general_dilated"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Saved:
+    """The forward op with its residual outputs, and the vjp op's inputs and payload."""
+
+    forward: Op  # the op, its residuals appended to its outputs
+    inputs: tuple[Edge, ...]  # what the backward reads before the cotangents
+    backward: Callable[..., tuple[Any, ...]]  # (*inputs, *cotangents) -> input cotangents
+
+
+def save_residuals(
+    op: Op, specs: Sequence[TensorSpec], diff: Sequence[int], outs: Sequence[int]
+) -> Saved | None:
+    """``op`` with the residuals of its vjp (inputs ``diff``, outputs ``outs``) as outputs, or
+    None where recomputing is kept (module docstring). ``specs`` are its inputs' read specs."""
+    payload = op.payload
+    if op.kind != "apply" or payload is None or payload.uses_point or payload.accumulates:
+        return None
+    shapes = [spec.shape for spec in (*specs, *op.outputs)]
+    if not all(isinstance(n, int) for shape in shapes for n in shape):
+        return None
+    structs = [jax.ShapeDtypeStruct(tuple(spec.shape), spec.dtype) for spec in specs]
+    box: dict[str, Any] = {}
+
+    def forward(*ins: Any) -> tuple[Any, ...]:
+        def needed(*xs: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+            full = list(ins)
+            for pos, x in zip(diff, xs, strict=True):
+                full[pos] = x
+            result = tuple(jnp.asarray(r) for r in payload.fn(*full))
+            return tuple(result[j] for j in outs), result
+
+        results, pull, every = jax.vjp(needed, *(jnp.asarray(ins[p]) for p in diff), has_aux=True)
+        converted, residuals = jax.closure_convert(pull, results)
+        box["pull"] = converted
+        return (*every, *residuals)
+
+    try:
+        closed = jax.make_jaxpr(forward)(*structs)
+    except Exception:  # a payload jax.vjp cannot take here keeps the recomputing vjp
+        return None
+    if not _works(closed.jaxpr):
+        return None
+    n_out = len(op.outputs)
+    jaxpr = closed.jaxpr
+    residual_vars = jaxpr.outvars[n_out:]
+    depends = _dependences(jaxpr)
+    invariant = [
+        {k for k, edge in enumerate(op.inputs) if d not in _index_symbols(edge)} for d in op.domain
+    ]
+    largest = max((int(np.prod(s.shape)) for s in op.outputs), default=0)
+    sources: list[tuple[str, Any]] = []  # per residual: ("input", k), ("const", v), ("new", m)
+    new: list[Any] = []
+    for var in residual_vars:
+        if isinstance(var, jex.Literal):
+            sources.append(("const", var.val))
+        elif var in jaxpr.invars:
+            sources.append(("input", jaxpr.invars.index(var)))
+        elif var in jaxpr.constvars:
+            sources.append(("const", closed.consts[jaxpr.constvars.index(var)]))
+        else:
+            deps = depends[var]
+            size = int(np.prod(var.aval.shape))
+            if size > largest and any(deps <= dims for dims in invariant):
+                return None  # the same value stored at every point of a dim
+            if var not in new:
+                new.append(var)
+            sources.append(("new", new.index(var)))
+    if not new and not any(kind == "input" for kind, _ in sources):
+        return None  # nothing saved: the recomputing vjp is as good
+    keep = [*jaxpr.outvars[:n_out], *new]
+    kept = jex.ClosedJaxpr(jaxpr.replace(outvars=keep), closed.consts)
+    specs_new = tuple(TensorSpec(tuple(v.aval.shape), v.aval.dtype) for v in new)
+    forward_op = op.replace(
+        outputs=(*op.outputs, *specs_new),
+        payload=dataclasses.replace(payload, fn=_evaluator(kept)),
+    )
+    edges = tuple(Edge(op.id, n_out + m, op.domain, TRUE, op.source) for m in range(len(new)))
+    inputs = (*op.inputs, *edges)
+    pull = box["pull"]
+    n_in = len(op.inputs)
+    dtypes = [op.outputs[j].dtype for j in outs]
+
+    def backward(*values: Any) -> tuple[Any, ...]:
+        ins, saved, cts = values[:n_in], values[n_in : len(inputs)], values[len(inputs) :]
+        residuals = [
+            ins[at] if kind == "input" else (saved[at] if kind == "new" else at)
+            for kind, at in sources
+        ]
+        ct = tuple(jnp.asarray(c, dt) for c, dt in zip(cts, dtypes, strict=True))
+        return tuple(pull(ct, *residuals))
+
+    return Saved(forward_op, inputs, backward)
+
+
+def _evaluator(closed: jex.ClosedJaxpr) -> Callable[..., tuple[Any, ...]]:
+    def fn(*args: Any) -> tuple[Any, ...]:
+        return tuple(jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *args))
+
+    return fn
+
+
+def _works(jaxpr: jex.Jaxpr) -> bool:
+    """Whether ``jaxpr`` (calls included) has a matmul or a convolution."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in _WORK:
+            return True
+        sub = eqn.params.get(CALLS.get(eqn.primitive.name, ""))
+        if sub is not None and _works(sub.jaxpr if isinstance(sub, jex.ClosedJaxpr) else sub):
+            return True
+    return False
+
+
+def _dependences(jaxpr: jex.Jaxpr) -> dict[Any, set[int]]:
+    """Per variable of ``jaxpr``, the positions of the inputs it is computed from."""
+    deps: dict[Any, set[int]] = {var: {k} for k, var in enumerate(jaxpr.invars)}
+    for var in jaxpr.constvars:
+        deps[var] = set()
+    for eqn in jaxpr.eqns:
+        found: set[int] = set()
+        for var in eqn.invars:
+            if not isinstance(var, jex.Literal):
+                found |= deps.get(var, set())
+        for var in eqn.outvars:
+            deps[var] = found
+    return deps
+
+
+def _index_symbols(edge: Edge) -> set[Any]:
+    found: set[Any] = set()
+    for item in edge.index:
+        parts = (item.start, item.stop) if isinstance(item, Slice) else (item,)
+        for part in parts:
+            found |= symbols_of(part)
+    return found
