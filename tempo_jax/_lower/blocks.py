@@ -34,6 +34,7 @@ from .._ir.expr import Const, Slice, Symbol, dims_of, substitute, symbols_of
 from .._ir.program import Op, Program
 from .._ir.simplify import simplify
 from .._schedule.tree import LOOP_SCOPE, Exec, Loop, Node, Sequence, walk
+from .masking import NotAligned
 
 if TYPE_CHECKING:
     from .execute import TreeLowering
@@ -344,14 +345,14 @@ def _point(
         with jax.named_scope(scope(op)):
             values = lowering._tiled(ex, op, op_env, buffers, local, span)
             if values is None:
-                inputs = lowering._inputs(ex, op, op_env, buffers, local)
                 fast = (
                     spans is not None
                     and op.kind == "apply"
+                    and op.payload is not None
                     and not op.payload.pads_ok
                     and any(lowering._pads(op, op_env)[0])
                 )
-                values = lowering.compute(op, op_env, inputs, unchecked=fast)
+                values = _padded(lowering, ex, op, op_env, buffers, local, fast)
                 if fast:
                     checked.extend(values)
             elif span is not None:
@@ -360,6 +361,30 @@ def _point(
         if lowering.layout.stored(op.id):
             written.extend(values)
     return written, checked
+
+
+def _padded(
+    lowering: TreeLowering,
+    ex: Exec,
+    op: Op,
+    env: dict,
+    buffers: dict,
+    local: dict,
+    fast: bool,
+) -> tuple[Any, ...]:
+    """``op`` at one point over the padded rows of its ranges. ``fast`` (a point of a block,
+    checked by the caller): its ranges read where they sit in their buffers (every point
+    reads the same rows: no gathered copy per point) and one operand of a product masked;
+    a payload that needs its rows from the first is read gathered."""
+    if fast:
+        windows: dict[str, Any] = {}
+        inputs = lowering._inputs(ex, op, env, buffers, local, windows=windows)
+        try:
+            return lowering.compute(op, env, inputs, unchecked=True, windows=windows)
+        except NotAligned:
+            pass
+    inputs = lowering._inputs(ex, op, env, buffers, local)
+    return lowering.compute(op, env, inputs, unchecked=fast)
 
 
 def scope(op: Op) -> str:

@@ -381,8 +381,15 @@ class TreeLowering:
         buffers: Buffers,
         local: dict[int, tuple[Any, ...]],
         skip: frozenset[int] = frozenset(),
+        windows: dict[str, tuple[Any, Any]] | None = None,
     ) -> list[Any]:
+        """``op``'s input values at the point of ``env``. With ``windows`` (a dict to fill),
+        a growing range of a size class read at one window by every input is read where it
+        sits in its buffer, not gathered to the front: ``windows[class]`` is set to its
+        valid rows ``(lo, hi)`` (:func:`.masking.masked_call`)."""
         values: list[Any] = []
+        classes = self._windows(op) if windows is not None else {}
+        windowed: list[str] = []  # per growing range read where it sits, its class
         active = self.branches.get(op.id) if op.kind == "merge" else None
         for k, edge in enumerate(op.inputs):
             if k in skip or (active is not None and k != active):
@@ -404,8 +411,32 @@ class TreeLowering:
                     buffers[(edge.src, edge.out, RING)][self.layout.plan.window[(id(node), k)]]
                 )
             else:
-                values.append(self.read(edge, env, buffers, op.domain))
+                values.append(self.read(edge, env, buffers, op.domain, None, classes, windowed))
+        if windows is not None and windowed:
+            reads = [
+                str(item.size)
+                for edge in op.inputs
+                for item in edge.index
+                if isinstance(item, Slice) and str(item.size) in windowed
+            ]
+            if sorted(reads) != sorted(windowed):  # a class read both ways: read all gathered
+                return self._inputs(node, op, env, buffers, local, skip)
+            windows.update(
+                (klass, (item.start.evaluate(env), item.stop.evaluate(env)))
+                for klass, item in classes.items()
+                if klass in windowed
+            )
         return values
+
+    def _windows(self, op: Op) -> dict[str, Slice]:
+        """Per size class of ``op``'s growing ranges, the one range every input of it reads
+        (classes read at several ranges are left out)."""
+        found: dict[str, set[Slice]] = {}
+        for edge in op.inputs:
+            for item in edge.index:
+                if isinstance(item, Slice) and not self.layout.is_static(item.size):
+                    found.setdefault(str(item.size), set()).add(item)
+        return {klass: items.pop() for klass, items in found.items() if len(items) == 1}
 
     def _tiled(
         self,
@@ -478,10 +509,15 @@ class TreeLowering:
         return tiled_call(fn, values, readers, axes, tiles, str(item.size), what)
 
     def compute(
-        self, op: Op, env: Env, values: list[Any], unchecked: bool = False
+        self,
+        op: Op,
+        env: Env,
+        values: list[Any],
+        unchecked: bool = False,
+        windows: dict[str, tuple[Any, Any]] | None = None,
     ) -> tuple[Any, ...]:
         """The outputs of ``op`` at the point of ``env``, from its inputs' ``values``
-        (``unchecked``: see :func:`.masking.masked_call`)."""
+        (``unchecked`` and ``windows``: see :func:`.masking.masked_call`)."""
         if op.kind == "sink":
             self._sink(op, env, values[0])
             return ()
@@ -507,7 +543,7 @@ class TreeLowering:
         if not any(pads) or payload.pads_ok:
             return fn(*values)
         what = describe_op(op)
-        return tuple(masked_call(fn, values, pads, lengths, what, unchecked))
+        return tuple(masked_call(fn, values, pads, lengths | (windows or {}), what, unchecked))
 
     def _pads(self, op: Op, env: Env) -> tuple[list[Pads], dict[str, Any]]:
         """Per input, its padded axes (by size class), and each class's length at the point."""
@@ -544,6 +580,8 @@ class TreeLowering:
         buffers: Buffers,
         domain: tuple[Symbol, ...],
         tile: tuple[Any, int] | None = None,
+        windows: dict[str, Slice] | None = None,
+        windowed: list[str] | None = None,
     ) -> jax.Array:
         """The value ``edge`` reads at the point of ``env`` (slices stacked in index order).
 
@@ -591,6 +629,14 @@ class TreeLowering:
                 if host:  # the whole buffer back on the device, then the rows gathered
                     buf, host = jax.device_put(buf, jax.memory.Space.Device), False
                 rows = self.padded(item.size, domain)
+                if windows and windows.get(str(item.size)) == item and buf.shape[axis] == rows:
+                    # the range where it sits: the buffer's rows as they are, no gather
+                    assert windowed is not None
+                    windowed.append(str(item.size))
+                    starts.append(0)
+                    sizes.append(rows)
+                    keep.append(True)
+                    continue
                 start = jnp.asarray(item.start.evaluate(env), jnp.int32)
                 index = jnp.clip(start + jnp.arange(rows, dtype=jnp.int32), 0, buf.shape[axis] - 1)
                 buf = jnp.take(buf, index, axis=axis)

@@ -137,6 +137,9 @@ _REDUCE_NEUTRAL = {
     "reduce_or": "zero",
     "reduce_xor": "zero",
 }
+# what depends on where the range's rows sit along the axis: not computed on a window
+_ORDERED = frozenset(["iota", "argmax", "argmin", "cumsum", "cumprod", "cummax", "cummin"])
+_ORDERED |= {"cumlogsumexp"}
 _CUMULATIVE_NEUTRAL = {
     "cumsum": "zero",
     "cumprod": "one",
@@ -144,6 +147,11 @@ _CUMULATIVE_NEUTRAL = {
     "cummin": "highest",
     "cumlogsumexp": "lowest",
 }
+
+
+class NotAligned(Exception):
+    """A payload depends on where its range's rows sit (an index along the axis, a cumulative
+    scan): its range must be read from the first row (``masked_call`` with a window)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,8 +183,11 @@ def masked_call(
     """``fn(*args)`` where ``args[k]`` is padded along the axes of ``pads[k]``.
 
     ``lengths`` maps each size class to its valid length at this point (a traced or Python
-    int); ``what`` names the op and its source line in error messages. Returns ``fn``'s
-    flat outputs, padded like the inputs they come from.
+    int): its first rows are valid; or to a window ``(lo, hi)``: rows ``lo <= row < hi`` are
+    (a range read where it sits in its buffer, not gathered to the front); a payload that
+    depends on the rows' positions then raises :class:`NotAligned`. ``what`` names the op and
+    its source line in error messages. Returns ``fn``'s flat outputs, padded like the inputs
+    they come from.
 
     ``unchecked``: a contraction of two padded operands fills the padding of the smaller one
     only. That is exact where the larger one's padding is finite (``0 * x = 0``) and spares a
@@ -380,6 +391,10 @@ class _Evaluator:
                 {} if isinstance(v, jex.Literal) else var_pads.get(v, {}) for v in eqn.invars
             ]
             outs_path = [(*here, "out", k) for k in range(len(eqn.outvars))]
+            if eqn.primitive.name in _ORDERED and self._windowed(
+                [*in_pads, *(pads.get(out, {}) for out in outs_path)]
+            ):
+                raise NotAligned(eqn.primitive.name)
             for out in outs_path:
                 if out in self.analysis.mixed:
                     raise self._unsupported(
@@ -404,11 +419,20 @@ class _Evaluator:
                 var_pads[var] = pads.get(out, {})
         return [read(var, (*path, "out", k)) for k, var in enumerate(jaxpr.outvars)]
 
+    def _windowed(self, pads: list[Pads]) -> bool:
+        return any(isinstance(self.lengths.get(k), tuple) for p in pads for k in p.values())
+
+    def _rows(self, klass: str) -> tuple[Any, Any]:
+        """The valid rows ``lo <= row < hi`` of a size class's padded axis."""
+        length = self.lengths[klass]
+        return length if isinstance(length, tuple) else (0, length)
+
     def _literal(self, where: Path, value: Any, dtype: Any) -> Any:
         found = self.affine.get(where)
         if found is None:
             return value
-        length = self.lengths[found.klass]
+        lo, hi = self._rows(found.klass)
+        length = hi - lo
         scale = int(found.scale) if np.issubdtype(dtype, np.integer) else found.scale
         offset = int(found.offset) if np.issubdtype(dtype, np.integer) else found.offset
         return jnp.asarray(scale * length + offset, dtype)
@@ -468,7 +492,11 @@ class _Evaluator:
         for axis in axes:
             if axis in pads:
                 rows = lax.broadcasted_iota(jnp.int32, np.shape(value), axis)
-                value = jnp.where(rows < self.lengths[pads[axis]], value, _neutral(value, neutral))
+                lo, hi = self._rows(pads[axis])
+                valid = (
+                    (rows < hi) if isinstance(lo, int) and lo == 0 else (rows >= lo) & (rows < hi)
+                )
+                value = jnp.where(valid, value, _neutral(value, neutral))
         return value
 
     def _dot_general(self, eqn: jex.JaxprEqn, values: list[Any], pads: list[Pads]) -> list[Any]:

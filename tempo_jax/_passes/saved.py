@@ -5,9 +5,9 @@ op's payload forward again first. For an op doing real work (a matmul, a convolu
 recomputation is a second forward pass (a transformer block's MLP, a policy network). Where it
 pays, :func:`save_residuals` instead traces once, at the op's static shapes:
 
-- the **forward** with its residuals: ``jax.vjp`` of the payload, its pullback closure-converted
-  (:func:`jax.closure_convert`), so that the values the pullback needs are explicit outputs;
-- the **backward**: the converted pullback, a function of the cotangents and those residuals.
+- the **forward** with its residuals: ``jax.vjp`` of the payload, its pullback traced to a
+  jaxpr whose constants (the values the pullback needs) are explicit outputs;
+- the **backward**: that jaxpr, a function of the cotangents and those residuals.
 
 The forward op gets the residuals as extra outputs (after its own), the vjp op reads them at
 the same point, as any other value: stored, scheduled and freed by the compiler like the rest.
@@ -74,9 +74,10 @@ def save_residuals(
             return tuple(result[j] for j in outs), result
 
         results, pull, every = jax.vjp(needed, *(jnp.asarray(ins[p]) for p in diff), has_aux=True)
-        converted, residuals = jax.closure_convert(pull, results)
-        box["pull"] = converted
-        return (*every, *residuals)
+        # the pullback as a jaxpr: its constants are the residuals (the forward's values)
+        traced = jax.make_jaxpr(pull)(results)
+        box["pull"] = traced.jaxpr
+        return (*every, *traced.consts)
 
     try:
         closed = jax.make_jaxpr(forward)(*structs)
@@ -130,8 +131,8 @@ def save_residuals(
             ins[at] if kind == "input" else (saved[at] if kind == "new" else at)
             for kind, at in sources
         ]
-        ct = tuple(jnp.asarray(c, dt) for c, dt in zip(cts, dtypes, strict=True))
-        return tuple(pull(ct, *residuals))
+        ct = [jnp.asarray(c, dt) for c, dt in zip(cts, dtypes, strict=True)]
+        return tuple(jax.core.eval_jaxpr(pull, residuals, *ct))
 
     return Saved(forward_op, inputs, backward)
 
