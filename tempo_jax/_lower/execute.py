@@ -413,11 +413,11 @@ class TreeLowering:
             else:
                 values.append(self.read(edge, env, buffers, op.domain, None, classes, windowed))
         if windows is not None and windowed:
-            reads = [
-                str(item.size)
+            reads = [  # every growing axis of a windowed class, over all inputs
+                str(n)
                 for edge in op.inputs
-                for item in edge.index
-                if isinstance(item, Slice) and str(item.size) in windowed
+                for n in self.program.read_spec(edge).shape
+                if str(n) in windowed
             ]
             if sorted(reads) != sorted(windowed):  # a class read both ways: read all gathered
                 return self._inputs(node, op, env, buffers, local, skip)
@@ -429,14 +429,30 @@ class TreeLowering:
         return values
 
     def _windows(self, op: Op) -> dict[str, Slice]:
-        """Per size class of ``op``'s growing ranges, the one range every input of it reads
-        (classes read at several ranges are left out)."""
+        """Per size class of ``op``'s growing axes that may be read where it sits: every
+        input with an axis of that size reads it as one growing range, the same for all, from
+        a buffer; ``op``'s outputs have no growing axis (they would not start at row 0)."""
+        if any(not self.layout.is_static(n) for spec in op.outputs for n in spec.shape):
+            return {}
         found: dict[str, set[Slice]] = {}
+        mixed: set[str] = set()
         for edge in op.inputs:
-            for item in edge.index:
-                if isinstance(item, Slice) and not self.layout.is_static(item.size):
-                    found.setdefault(str(item.size), set()).add(item)
-        return {klass: items.pop() for klass, items in found.items() if len(items) == 1}
+            ranged = {
+                str(item.size): item
+                for item in edge.index
+                if isinstance(item, Slice) and not self.layout.is_static(item.size)
+            }
+            sized = {
+                str(n) for n in self.program.read_spec(edge).shape if not self.layout.is_static(n)
+            }
+            mixed |= sized - set(ranged)
+            for klass, item in ranged.items():
+                found.setdefault(klass, set()).add(item)
+        return {
+            klass: items.pop()
+            for klass, items in found.items()
+            if len(items) == 1 and klass not in mixed
+        }
 
     def _tiled(
         self,

@@ -159,3 +159,42 @@ def test_attention_inside_a_recurrence_over_another_dim() -> None:
     want = tj.reference.run(p, {"I": 3, "T": 13}, {"x": xs})["o"]
     got = _compiled(p, 4, {"I": 3, "T": 13})(x=xs)["o"]
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def _weighted(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Each row weighted by its position in the range: depends on where the rows sit."""
+    return (jnp.arange(k.shape[0], dtype=jnp.float32)[:, None] * k).sum(0) * q + v.mean(0)
+
+
+@pytest.mark.parametrize("kind", ["prefix", "suffix"])
+def test_a_range_shorter_than_a_tile_is_read_where_it_sits(kind: str) -> None:
+    """Not taken in tiles, every point of the nest reads the whole buffer with its own rows
+    marked valid: no copy of the range per point (``(B, T, T, D)``), same values."""
+    steps = 24
+    compiled = _compiled(build(kind, _attend), 32, {"B": 3, "T": steps})
+    data = _data(steps)
+    text = str(compiled.jaxpr(**data)).replace(" ", "")
+    assert f"f32[3,{steps},{steps},{D}]" not in text
+    want = dense(kind, _attend, data["q"], data["k"], data["v"])
+    np.testing.assert_allclose(compiled(**data)["o"], want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("kind", ["prefix", "suffix"])
+def test_a_payload_using_row_positions_reads_its_range_from_the_first_row(kind: str) -> None:
+    steps = 13
+    data = _data(steps)
+    got = _compiled(build(kind, _weighted), 32, {"B": 3, "T": steps})(**data)["o"]
+    want = dense(kind, _weighted, data["q"], data["k"], data["v"])
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_an_inf_outside_a_short_range_is_not_multiplied_in() -> None:
+    """Untiled, a product masks one operand only (the smaller); an inf in ``v`` at the last
+    row is outside every other query's range, and the block is recomputed exactly."""
+    program = build("prefix", _attend)
+    data = _data(12, batch=2)
+    data["v"][0, 11, 1] = np.inf
+    want = tj.reference.run(program, {"B": 2, "T": 12}, data)["o"]
+    got = _compiled(program, 32, {"B": 2, "T": 12})(**data)["o"]
+    assert np.isfinite(want[0, :11]).all() and not np.isfinite(want[0, 11]).all()
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
