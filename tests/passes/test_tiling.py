@@ -216,7 +216,7 @@ def test_tiled_attention_over_a_buffer_written_in_the_loop_copies_no_buffer() ->
 
 
 def test_automatic_tile_sizes_and_bad_ones() -> None:
-    assert auto_block(4096) == 256 and auto_block(100) == 16 and auto_block(10**6) == 1024
+    assert auto_block(4096) == 256 and auto_block(100) == 32 and auto_block(10**6) == 1024
     p = _attention("causal")
     with pytest.raises(ValueError, match="tile size"):
         tile_dynamic_ranges(p.to_ir(), block=-1)
