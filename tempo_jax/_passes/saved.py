@@ -11,8 +11,8 @@ pays, :func:`save_residuals` instead traces once, at the op's static shapes:
 
 The forward op gets the residuals as extra outputs (after its own), the vjp op reads them at
 the same point, as any other value: stored, scheduled and freed by the compiler like the rest.
-A residual that is an input of the op is read from that input; a constant is kept in the
-backward. Both functions come from the one trace, so the residuals always match.
+A residual that is an input or an output of the op is read from it; a constant is kept in
+the backward. Both functions come from the one trace, so the residuals always match.
 
 It does not pay, and the vjp op recomputes as before, where:
 
@@ -93,13 +93,16 @@ def save_residuals(
         {k for k, edge in enumerate(op.inputs) if d not in _index_symbols(edge)} for d in op.domain
     ]
     largest = max((int(np.prod(s.shape)) for s in op.outputs), default=0)
-    sources: list[tuple[str, Any]] = []  # per residual: ("input", k), ("const", v), ("new", m)
+    # per residual: ("input", k), ("output", j), ("const", value) or ("new", m)
+    sources: list[tuple[str, Any]] = []
     new: list[Any] = []
     for var in residual_vars:
         if isinstance(var, jex.Literal):
             sources.append(("const", var.val))
         elif var in jaxpr.invars:
             sources.append(("input", jaxpr.invars.index(var)))
+        elif var in jaxpr.outvars[:n_out]:  # one of the op's own outputs (tanh's)
+            sources.append(("output", jaxpr.outvars.index(var)))
         elif var in jaxpr.constvars:
             sources.append(("const", closed.consts[jaxpr.constvars.index(var)]))
         else:
@@ -110,7 +113,7 @@ def save_residuals(
             if var not in new:
                 new.append(var)
             sources.append(("new", new.index(var)))
-    if not new and not any(kind == "input" for kind, _ in sources):
+    if not new and all(kind == "const" for kind, _ in sources):
         return None  # nothing saved: the recomputing vjp is as good
     keep = [*jaxpr.outvars[:n_out], *new]
     kept = jex.ClosedJaxpr(jaxpr.replace(outvars=keep), closed.consts)
@@ -119,18 +122,21 @@ def save_residuals(
         outputs=(*op.outputs, *specs_new),
         payload=dataclasses.replace(payload, fn=_evaluator(kept)),
     )
-    edges = tuple(Edge(op.id, n_out + m, op.domain, TRUE, op.source) for m in range(len(new)))
+    own = sorted({at for kind, at in sources if kind == "output"})
+    edges = tuple(
+        Edge(op.id, out, op.domain, TRUE, op.source)
+        for out in (*own, *(n_out + m for m in range(len(new))))
+    )
     inputs = (*op.inputs, *edges)
     pull = box["pull"]
     n_in = len(op.inputs)
     dtypes = [op.outputs[j].dtype for j in outs]
 
     def backward(*values: Any) -> tuple[Any, ...]:
-        ins, saved, cts = values[:n_in], values[n_in : len(inputs)], values[len(inputs) :]
-        residuals = [
-            ins[at] if kind == "input" else (saved[at] if kind == "new" else at)
-            for kind, at in sources
-        ]
+        ins, kept, cts = values[:n_in], values[n_in : len(inputs)], values[len(inputs) :]
+        found = {"input": ins, "output": dict(zip(own, kept, strict=False))}
+        found["new"] = kept[len(own) :]
+        residuals = [at if kind == "const" else found[kind][at] for kind, at in sources]
         ct = [jnp.asarray(c, dt) for c, dt in zip(cts, dtypes, strict=True)]
         return tuple(jax.core.eval_jaxpr(pull, residuals, *ct))
 
