@@ -11,11 +11,12 @@ algorithm with the same config and keys, side by side in one run:
 - ``actor_learner``: a Python loop over a jitted policy and env step, then a jitted learner
   that recomputes the forward pass (:mod:`algorithms.baselines.actor_learner`).
 
-Each system is built and called once (compilation), then timed over ``repeats`` calls (the
-median). Rows go to ``results/rl/bench.json``: ``{algo, system, factor, value,
+Each system is built and called once (compilation), then timed over ``repeats`` rounds in
+which the systems take turns (the median; a ratio is the median of the per-round ratios).
+Rows go to ``results/rl/bench_<config>.json``: ``{algo, system, factor, value,
 seconds_per_iteration, steps_per_second, build_seconds, xla_compile_seconds, compile_seconds
-(build + XLA), ratio_vs_single_jit}``, with a plot
-``results/rl/bench.png`` (one panel per factor).
+(build + XLA), ratio_vs_single_jit}``, with a plot ``results/rl/bench_<config>.png`` (one
+panel per factor).
 
     python -m scripts.bench_rl [--config configs/bench/rl_cpu_small.yaml] [--only base]
 """
@@ -41,6 +42,7 @@ import tempo_jax as tj
 from algorithms import ppo
 from algorithms.baselines import actor_learner, ppo_jax
 from algorithms.config import RLConfig
+from scripts.timing import interleaved
 
 SYSTEMS: dict[str, dict[str, Callable[[RLConfig], Callable[[], dict[str, Any]]]]] = {
     "ppo": {
@@ -71,15 +73,16 @@ def _wait(out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def time_system(
-    make: Callable[[RLConfig], Callable[[], dict[str, Any]]], config: RLConfig, repeats: int
-) -> tuple[dict[str, float], float, dict[str, Any]]:
-    """``({build, xla_compile, compile} seconds, median seconds of a run, outputs)``.
+def prepare(
+    make: Callable[[RLConfig], Callable[[], dict[str, Any]]], config: RLConfig
+) -> tuple[dict[str, float], Callable[[], dict[str, Any]], dict[str, Any], float | None]:
+    """``({build, xla_compile} seconds, the run, its first outputs, the first call's seconds
+    where XLA compiles during it)``.
 
     A system that compiles ahead of time (tempo_jax's ``ahead_of_time``, a ``jax.jit``
     function's ``lower().compile()``) is timed stage by stage; one that compiles as it runs
     (the actor-learner's Python loop over jitted pieces) counts its first call's excess over a
-    timed run as its XLA compile.
+    timed run as its XLA compile (:func:`bench_point`).
     """
     start = time.perf_counter()
     run = make(config)
@@ -96,15 +99,7 @@ def time_system(
     start = time.perf_counter()
     out = _wait(run())
     first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = _wait(run())
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
-    if not ahead:
-        xla = max(0.0, first - seconds)
-    return {"build": build, "xla_compile": xla, "compile": build + xla}, seconds, out
+    return {"build": build, "xla_compile": xla}, run, out, None if ahead else first
 
 
 def bench_point(
@@ -113,37 +108,42 @@ def bench_point(
     """One sweep point, every system side by side; ``actor_learner`` runs fewer iterations
     (``settings["actor_learner_iterations"]``): its time per iteration does not depend on
     how many it runs."""
-    rows = []
-    outputs = {}
+    outputs, runs, prepared = {}, {}, {}
     for system, make in SYSTEMS[algo].items():
         if system in settings.get("skip", []):
             continue
         cfg = config
         if system == "actor_learner":
             cfg = dataclasses.replace(config, iterations=settings["actor_learner_iterations"])
-        stages, seconds, out = time_system(make, cfg, settings["repeats"])
-        outputs[system] = out
-        steps = cfg.iterations * cfg.envs * cfg.steps
-        rows.append(
-            {
-                "algo": algo,
-                "system": system,
-                "factor": factor,
-                "value": value,
-                "iterations": cfg.iterations,
-                "seconds_per_iteration": seconds / cfg.iterations,
-                "steps_per_second": steps / seconds,
-                "build_seconds": stages["build"],
-                "xla_compile_seconds": stages["xla_compile"],
-                "compile_seconds": stages["compile"],
-            }
-        )
-    base = next((r for r in rows if r["system"] == "single_jit"), None)
-    for row in rows:
-        if base is not None:
-            row["ratio_vs_single_jit"] = (
-                row["seconds_per_iteration"] / base["seconds_per_iteration"]
-            )
+        stages, runs[system], outputs[system], first = prepare(make, cfg)
+        prepared[system] = (cfg, stages, first)
+    times = interleaved(runs, settings["repeats"])
+    per_iteration = {
+        system: [t / prepared[system][0].iterations for t in ts] for system, ts in times.items()
+    }
+    rows = []
+    for system, (cfg, stages, first) in prepared.items():
+        seconds = statistics.median(times[system])
+        xla = stages["xla_compile"] if first is None else max(0.0, first - seconds)
+        row = {
+            "algo": algo,
+            "system": system,
+            "factor": factor,
+            "value": value,
+            "iterations": cfg.iterations,
+            "seconds_per_iteration": seconds / cfg.iterations,
+            "steps_per_second": cfg.iterations * cfg.envs * cfg.steps / seconds,
+            "build_seconds": stages["build"],
+            "xla_compile_seconds": xla,
+            "compile_seconds": stages["build"] + xla,
+        }
+        if "single_jit" in per_iteration:  # per round, then the median: both in one spell
+            ratios = [
+                a / b
+                for a, b in zip(per_iteration[system], per_iteration["single_jit"], strict=True)
+            ]
+            row["ratio_vs_single_jit"] = statistics.median(ratios)
+        rows.append(row)
     if "tempo_jax" in outputs and "single_jit" in outputs:  # the same run, computed twice
         got, want = (np.asarray(outputs[s]["loss"]) for s in ("tempo_jax", "single_jit"))
         diff = float(np.max(np.abs(got - want) / (np.abs(want) + 1e-6)))
@@ -232,9 +232,10 @@ def main() -> None:
         "device": str(jax.devices()[0]),
         "jax": jax.__version__,
     }
-    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    plot(rows, config["base"], out / "bench.png")
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    stem = f"bench_{pathlib.Path(args.config).stem}"  # one file per config
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    plot(rows, config["base"], out / f"{stem}.png")
+    print(f"wrote {out / stem}.json and .png")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from models import train
 from models.baselines import train_loop
 from models.config import DecoderConfig
 from models.params import init_params
+from scripts.timing import interleaved
 
 ALPHABET = "0123456789+=\n"
 
@@ -55,23 +56,6 @@ def batches(tokens: np.ndarray, iterations: int, batch: int, seq_len: int, seed:
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(tokens) - seq_len - 1, size=(iterations, batch))
     return tokens[starts[..., None] + np.arange(seq_len + 1)]
-
-
-def _timed(fn: Any) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
-
-
-def interleaved(runs: dict[str, Any], repeats: int) -> dict[str, list[float]]:
-    """Seconds of each of ``runs`` per round, the systems taking turns within a round (the
-    first one alternating), so that a slow spell of the machine hits both."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    order = list(runs)
-    for r in range(repeats):
-        for name in order if r % 2 == 0 else order[::-1]:
-            times[name].append(_timed(runs[name]))
-    return times
 
 
 def run(config: dict[str, Any]) -> dict[str, Any]:

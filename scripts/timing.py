@@ -1,0 +1,27 @@
+"""Timing systems side by side: rounds in which each takes its turn."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Seconds of one call of ``fn``, its results ready."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each of ``runs`` per round, the systems taking turns within a round (the
+    first one alternating), so that a slow spell of the machine hits all of them."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    order = list(runs)
+    for r in range(repeats):
+        for name in order if r % 2 == 0 else order[::-1]:
+            times[name].append(timed(runs[name]))
+    return times
