@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from scripts import bench_rl
+from scripts import bench_rl, timing
 
 TINY = {
     "repeats": 1,
@@ -48,7 +49,16 @@ def test_an_episode_length_sets_the_trivial_envs_episode() -> None:
 def test_a_system_is_timed_stage_by_stage() -> None:
     config = bench_rl.point_config(TINY["base"], "base", None)
     for make in (bench_rl.SYSTEMS["ppo"]["tempo_jax"], bench_rl.SYSTEMS["ppo"]["single_jit"]):
-        stages, seconds, out = bench_rl.time_system(make, config, 1)
-        assert stages["build"] >= 0 and stages["xla_compile"] > 0 and seconds > 0
-        assert stages["compile"] == stages["build"] + stages["xla_compile"]
+        stages, run, out, first = bench_rl.prepare(make, config)
+        assert stages["build"] >= 0 and stages["xla_compile"] > 0
+        assert first is None  # compiled ahead of time: the first call is a run
         assert out["loss"].shape == (config.iterations,)
+        np.testing.assert_array_equal(run()["loss"], out["loss"])
+
+
+def test_systems_take_turns_in_each_round() -> None:
+    calls = []
+    runs = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = timing.interleaved(runs, 3)
+    assert calls == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert {name: len(ts) for name, ts in times.items()} == {"a": 3, "b": 3, "c": 3}
