@@ -55,9 +55,12 @@ def make_train(config: RLConfig) -> Callable[[], dict[str, Any]]:
         )
         return params, opt_state, (*episode_stats(traj), loss)
 
+    start = jax.jit(lambda: init(config, env, net, ks))  # compiled once, not per run
+    init_opt = jax.jit(tx.init)
+
     def train() -> dict[str, Any]:
-        params, obs, state, running = jax.jit(lambda: init(config, env, net, ks))()
-        opt_state = jax.jit(tx.init)(params)
+        params, obs, state, running = start()
+        opt_state = init_opt(params)
         stats = []
         for i in range(config.iterations):
             steps = []
