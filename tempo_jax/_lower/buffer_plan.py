@@ -391,6 +391,31 @@ class BufferPlan:
             lead = tuple(cycle.rows if a == cycle.axis else n for a, n in enumerate(lead))
         return lead + self.shape(spec, op.domain)
 
+    def window_classes(self, op: Op) -> dict[str, Slice]:
+        """Per size class of ``op``'s growing axes that a point of a query block may read
+        where it sits in its buffer (a window of valid rows, no gathered copy): every input
+        with an axis of that size reads it as one growing range, the same for all, from a
+        buffer; ``op``'s outputs have no growing axis (they would not start at row 0)."""
+        if any(not self.is_static(n) for spec in op.outputs for n in spec.shape):
+            return {}
+        found: dict[str, set[Slice]] = {}
+        mixed: set[str] = set()
+        for edge in op.inputs:
+            ranged = {
+                str(item.size): item
+                for item in edge.index
+                if isinstance(item, Slice) and not self.is_static(item.size)
+            }
+            sized = {str(n) for n in self.program.read_spec(edge).shape if not self.is_static(n)}
+            mixed |= sized - set(ranged)
+            for klass, item in ranged.items():
+                found.setdefault(klass, set()).add(item)
+        return {
+            klass: items.pop()
+            for klass, items in found.items()
+            if len(items) == 1 and klass not in mixed
+        }
+
     def is_static(self, size: int | Expr) -> bool:
         """Whether a size is the same at every point and for every call."""
         return isinstance(size, int) or all(

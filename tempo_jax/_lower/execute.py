@@ -388,7 +388,7 @@ class TreeLowering:
         sits in its buffer, not gathered to the front: ``windows[class]`` is set to its
         valid rows ``(lo, hi)`` (:func:`.masking.masked_call`)."""
         values: list[Any] = []
-        classes = self._windows(op) if windows is not None else {}
+        classes = self.layout.window_classes(op) if windows is not None else {}
         windowed: list[str] = []  # per growing range read where it sits, its class
         active = self.branches.get(op.id) if op.kind == "merge" else None
         for k, edge in enumerate(op.inputs):
@@ -427,32 +427,6 @@ class TreeLowering:
                 if klass in windowed
             )
         return values
-
-    def _windows(self, op: Op) -> dict[str, Slice]:
-        """Per size class of ``op``'s growing axes that may be read where it sits: every
-        input with an axis of that size reads it as one growing range, the same for all, from
-        a buffer; ``op``'s outputs have no growing axis (they would not start at row 0)."""
-        if any(not self.layout.is_static(n) for spec in op.outputs for n in spec.shape):
-            return {}
-        found: dict[str, set[Slice]] = {}
-        mixed: set[str] = set()
-        for edge in op.inputs:
-            ranged = {
-                str(item.size): item
-                for item in edge.index
-                if isinstance(item, Slice) and not self.layout.is_static(item.size)
-            }
-            sized = {
-                str(n) for n in self.program.read_spec(edge).shape if not self.layout.is_static(n)
-            }
-            mixed |= sized - set(ranged)
-            for klass, item in ranged.items():
-                found.setdefault(klass, set()).add(item)
-        return {
-            klass: items.pop()
-            for klass, items in found.items()
-            if len(items) == 1 and klass not in mixed
-        }
 
     def _tiled(
         self,
