@@ -29,7 +29,6 @@ import json
 import os
 import pathlib
 import platform
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +38,7 @@ import numpy as np
 import yaml
 
 import tempo_jax as tj
+from scripts import timing
 
 BASELINES = ("masked JAX", "jax.nn.dot_product_attention")
 
@@ -98,12 +98,7 @@ def dot_product(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 def median_seconds(fn: Callable[..., Any], args: tuple, repeats: int) -> float:
     jax.block_until_ready(fn(*args))  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return timing.median_seconds(lambda: fn(*args), repeats)
 
 
 def run(config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -78,6 +78,7 @@ from models.baselines import padded, scan, tiled
 from models.baselines.decode_loop import Sampling, init_state
 from models.config import DecoderConfig
 from models.params import Params, init_params, param_shapes
+from scripts import timing
 
 SYSTEMS = ("tempo_jax", "scan", "tiled", "padded")
 BLOCK_FREE = ("padded", "scan")  # their work does not depend on the tile size
@@ -173,12 +174,7 @@ def build(
 
 def time_calls(run: Callable[[], Any], repeats: int) -> float:
     """The median seconds of ``repeats`` calls of ``run`` (already called once)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(run())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timing.median_seconds(run, repeats)
 
 
 # A computation's first line, `%region_1.2 (p: f32[2]) -> f32[2] {` (`ENTRY %main ...`), and an

@@ -15,7 +15,6 @@ import argparse
 import json
 import pathlib
 import platform
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import yaml
 
 import tempo_jax as tj
+from scripts import timing
 from tempo_jax._passes.tiling import tile_dynamic_ranges
 from tempo_jax._passes.vectorize import vectorize
 
@@ -233,12 +233,7 @@ WORKLOADS = {
 
 def median_seconds(fn: Callable[..., Any], inputs: dict[str, Any], repeats: int) -> float:
     jax.block_until_ready(fn(**inputs))  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(**inputs))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return timing.median_seconds(lambda: fn(**inputs), repeats)
 
 
 def run(config: dict[str, Any]) -> list[dict[str, Any]]:

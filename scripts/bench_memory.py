@@ -31,8 +31,6 @@ import json
 import os
 import pathlib
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +42,7 @@ import tempo_jax as tj
 from algorithms import ppo, reinforce
 from algorithms.baselines import pg_jax, ppo_jax
 from algorithms.config import RLConfig
+from scripts import timing
 
 ALGOS: dict[str, tuple[Any, Any]] = {  # algo -> (tempo_jax module, single-jit baseline)
     "ppo": (ppo, ppo_jax),
@@ -66,13 +65,9 @@ def point_config(base: dict[str, Any], algo: str, obs: list[int], episode: int) 
 
 
 def _median_seconds(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """The outputs of a first call of ``run``, and the median seconds of ``repeats`` more."""
     out = jax.block_until_ready(run())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = jax.block_until_ready(run())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+    return timing.median_seconds(run, repeats), out
 
 
 def _device_peak() -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,11 @@ def timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     jax.block_until_ready(fn())
     return time.perf_counter() - start
+
+
+def median_seconds(run: Callable[[], Any], repeats: int) -> float:
+    """The median seconds of ``repeats`` calls of ``run`` (already called once: compiled)."""
+    return statistics.median(timed(run) for _ in range(repeats))
 
 
 def interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:

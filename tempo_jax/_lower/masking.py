@@ -137,9 +137,6 @@ _REDUCE_NEUTRAL = {
     "reduce_or": "zero",
     "reduce_xor": "zero",
 }
-# what depends on where the range's rows sit along the axis: not computed on a window
-_ORDERED = frozenset(["iota", "argmax", "argmin", "cumsum", "cumprod", "cummax", "cummin"])
-_ORDERED |= {"cumlogsumexp"}
 _CUMULATIVE_NEUTRAL = {
     "cumsum": "zero",
     "cumprod": "one",
@@ -147,6 +144,8 @@ _CUMULATIVE_NEUTRAL = {
     "cummin": "highest",
     "cumlogsumexp": "lowest",
 }
+# what depends on where the range's rows sit along the axis: not computed on a window
+_ORDERED = frozenset(["iota", "argmax", "argmin", *_CUMULATIVE_NEUTRAL])
 
 
 class NotAligned(Exception):

@@ -35,7 +35,7 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
-from .._ir.expr import TRUE, Slice, symbols_of
+from .._ir.expr import TRUE, symbols_of
 from .._ir.jaxprs import CALLS
 from .._ir.program import Edge, Op, TensorSpec
 
@@ -134,8 +134,8 @@ def save_residuals(
 
     def backward(*values: Any) -> tuple[Any, ...]:
         ins, kept, cts = values[:n_in], values[n_in : len(inputs)], values[len(inputs) :]
-        found = {"input": ins, "output": dict(zip(own, kept, strict=False))}
-        found["new"] = kept[len(own) :]
+        outputs = dict(zip(own, kept[: len(own)], strict=True))
+        found = {"input": ins, "output": outputs, "new": kept[len(own) :]}
         residuals = [at if kind == "const" else found[kind][at] for kind, at in sources]
         ct = [jnp.asarray(c, dt) for c, dt in zip(cts, dtypes, strict=True)]
         return tuple(jax.core.eval_jaxpr(pull, residuals, *ct))
@@ -176,10 +176,6 @@ def _dependences(jaxpr: jex.Jaxpr) -> dict[Any, set[int]]:
     return deps
 
 
-def _index_symbols(edge: Edge) -> set[Any]:
-    found: set[Any] = set()
-    for item in edge.index:
-        parts = (item.start, item.stop) if isinstance(item, Slice) else (item,)
-        for part in parts:
-            found |= symbols_of(part)
-    return found
+def _index_symbols(edge: Edge) -> frozenset[Any]:
+    """The symbols of ``edge``'s index (a slice's ends included)."""
+    return frozenset().union(*(symbols_of(item) for item in edge.index))
