@@ -169,6 +169,7 @@ from ._lower.compiled import Compiled as Compiled
 from ._lower.compiled import MemoryReport as MemoryReport
 from ._passes.pipeline import Pipeline as Pipeline
 from ._passes.tiling import tile_dynamic_ranges as tile_dynamic_ranges
+from ._passes.dense_grad import dense_range_grads as dense_range_grads
 from ._schedule.cache import enable_compilation_cache as enable_compilation_cache
 
 RT = RecurrentTensor

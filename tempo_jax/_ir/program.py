@@ -100,6 +100,9 @@ class Payload:
     accumulates: bool = False
     block: int | None = None
     fused: tuple[tuple[str, SourceInfo], ...] = ()  # ops folded into this one: name, source
+    # a range gradient's rows op: how its range op's whole gradient is computed in one op
+    # over the range's dim (``range_grad.DenseGrad``, taken by ``dense_range_grads``)
+    dense: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +210,8 @@ class Program:
 
     ``trees`` names outputs that are pytrees: ``(name, treedef, leaf output names)``.
     ``dynamic`` holds the bounds given per call (``tj.dynamic``), set when compiling: passes
-    that need a bound's value at trace time leave their dims alone.
+    that need a bound's value at trace time leave their dims alone. ``sizes`` holds the others'
+    values, for passes that decide by size.
     """
 
     dims: tuple[Symbol, ...]
@@ -215,6 +219,7 @@ class Program:
     outputs: tuple[Output, ...]
     trees: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()
     dynamic: frozenset[Symbol] = frozenset()
+    sizes: tuple[tuple[Symbol, int], ...] = ()  # the static bounds' values, set when compiling
 
     def assemble(self, results: dict[str, Any]) -> dict[str, Any]:
         """``results`` with the leaves of each pytree output put back into their pytree."""

@@ -259,7 +259,8 @@ def compile_program(
     start = time.perf_counter()
     user = program
     env, dynamic = split_dynamic(program, bounds)
-    program = program.replace(dynamic=frozenset(dynamic))
+    sizes = tuple((b, v) for b, v in env.items() if b not in dynamic)
+    program = program.replace(dynamic=frozenset(dynamic), sizes=sizes)
     program, stats = (pipeline or Pipeline()).run(program)
     program = pin_stop(program)  # the stop condition read from an op over its dim
     seconds["passes"] = time.perf_counter() - start

@@ -61,6 +61,7 @@ from .._ir.source import SourceInfo, describe
 from .._schedule.domains import defined_domains
 from .._schedule.isl_convert import domain_set, isl_context, set_to_conjuncts
 from . import range_grad
+from .dense_grad import DenseGrad
 from .fusion import fuse_growing
 from .saved import Saved, save_residuals
 
@@ -280,14 +281,16 @@ class _Backward:
         pads_ok: bool = True,
         source: SourceInfo | None = None,
         accumulates: bool = False,
+        dense: DenseGrad | None = None,
     ) -> int:
+        payload = Payload(fn, name, uses_point, pads_ok=pads_ok, accumulates=accumulates)
         op = self.program.add_op(
             kind="apply",
             name=name,
             domain=domain,
             inputs=inputs,
             outputs=outputs,
-            payload=Payload(fn, name, uses_point, pads_ok=pads_ok, accumulates=accumulates),
+            payload=dataclasses.replace(payload, dense=dense),
             source=source or self.source,
         )
         return op.id
@@ -433,6 +436,20 @@ class _Backward:
         for k in row_diff:
             spec = self.ops[op.inputs[k].src].outputs[op.inputs[k].out]
             row_specs.append(TensorSpec(spec.shape, spec.dtype))
+        dense = DenseGrad(
+            stats_op,
+            d,
+            item,
+            producer_domain[_slice_pos(op, ranged)],
+            tuple(ranged),
+            call,
+            n_in,
+            tuple(diff),
+            tuple(outs),
+            (*point_diff, *row_diff),
+            len(point_diff),
+            what,
+        )
         rows_op = self._add_apply(
             f"vjp_rows[{op.name}]",
             producer_domain,
@@ -441,6 +458,7 @@ class _Backward:
             range_grad.rows_payload(split, what),
             pads_ok=False,
             source=op.source,
+            dense=dense,
         )
         cond = simplify(_conjunction(conds))
         for n, k in enumerate(row_diff):

@@ -18,6 +18,7 @@ from .._ir.program import Program
 from .cleanup import eliminate_common_ops, fold_constants, hoist_invariants
 from .contract import contract_sums
 from .copies import remove_copies
+from .dense_grad import dense_range_grads
 from .fusion import fuse_growing
 from .rewrite import rewrite
 from .tiling import tile_dynamic_ranges
@@ -55,6 +56,7 @@ class PassStat:
 
 DEFAULT_PASSES: tuple[Pass, ...] = (
     dead_ops,
+    dense_range_grads,  # before the others: it reads range gradients as autodiff built them
     remove_copies,
     eliminate_common_ops,
     hoist_invariants,  # before vectorize: an invariant value is computed once, not per row

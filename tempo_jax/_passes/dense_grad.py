@@ -1,0 +1,294 @@
+"""A short range's gradient in one op: every point's vjp at once, as dense masked matrices.
+
+The backward of a map-then-reduce over a growing range (:mod:`.range_grad`) is a stats op per
+consumer point and a rows op per producer point. Each evaluates the scores again, so
+attention's backward computes its exponentials twice and its products seven times, where the
+dense backward a user writes by hand (``jax.grad`` of a masked ``(T, T)`` formulation) takes
+one pass of four. That trade pays for long ranges (memory ``O(T)``, not ``O(T^2)``) but not for
+short ones, where the work is a few small kernels and each extra one costs.
+
+:func:`dense_range_grads` decides, per range gradient, from the static size of the range's
+dim: when the dim has at most ``max_rows`` points (and so does the producers' dim), the stats
+and rows ops are replaced by
+
+- a **dense op** over the consumer's domain without the range's dim, reading every point of
+  it at once (the range inputs whole, the point reads at the dim as ``0:T``) and returning
+  the vjp of the forward evaluated at all points (:func:`jax.vmap` of the masked payload,
+  each point's range a window of the whole rows: :func:`~tempo_jax._lower.masking.masked_call`)
+  under :func:`jax.vjp`: ``dq`` for every consumer and ``dk``, ``dv`` for every producer;
+- the stats op, now a *pick* of its point's row of ``dq``; the rows op, a pick of its
+  producer's row of ``dk``, ``dv``. Their ids and outputs (the point cotangents) are kept, so
+  every reader of them is unchanged.
+
+It is left as it is where the dim's bound is dynamic, the payload depends on where its rows
+sit, a point read at the dim is other than the dim itself, or the dense op would read a
+cotangent that depends on the gradient itself (a recurrence through the range). Padded rows
+are masked in every reduction; element-wise work on them is harmless unless it overflows (the
+cotangent ``0`` times an infinite derivative): the dense op checks its results are finite and
+recomputes them with every padded row a copy of a valid row where not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .._ir.errors import TempoError, UnsupportedError
+from .._ir.expr import TRUE, Const, Expr, Slice, Symbol, dims_of
+from .._ir.program import Edge, Op, Payload, Program, TensorSpec
+from .._ir.simplify import simplify
+from .._lower.masking import NotAligned, masked_call
+from .picks import next_id
+
+_ROWS = "rows"
+MAX_ROWS = 128  # the longest range dim taken dense by default
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseGrad:
+    """A range op's gradient, as :func:`dense_range_grads` needs it (on its rows op's
+    payload)."""
+
+    stats: int  # the stats op's id; its inputs are the forward's, then the cotangents
+    dim: Symbol  # the dim the range grows along
+    item: Slice  # the range, over ``dim``
+    row_dim: Symbol  # the producers' dim the range reads
+    ranged: tuple[int, ...]  # the forward's inputs read as the range
+    call: Callable[[list[Any]], Sequence[Any]]  # the forward's payload on its input values
+    n_in: int
+    diff: tuple[int, ...]  # the forward's inputs differentiated
+    outs: tuple[int, ...]  # the forward's outputs whose cotangents are read
+    order: tuple[int, ...]  # ``diff`` as the stats op's point outputs, then the rows op's
+    n_points: int  # how many of ``order`` are the stats op's
+    what: str
+
+
+def dense_range_grads(program: Program, max_rows: int = MAX_ROWS) -> Program:
+    """``program`` with every range gradient over a dim of at most ``max_rows`` points taken
+    dense (see the module docstring); ``max_rows=0`` keeps them all in tiles."""
+    sizes = dict(program.sizes)
+    if max_rows <= 0 or not sizes:
+        return program
+    ops = list(program.ops)
+    fresh = next_id(program)
+    for rows in program.ops:
+        record = rows.payload.dense if rows.payload is not None else None
+        if record is None:
+            continue
+        current = Program(program.dims, tuple(ops), program.outputs)
+        replaced = _replace(current, rows, record, sizes, max_rows, fresh)
+        if replaced is None:
+            continue
+        dense, stats, picked = replaced
+        ops = [stats if op.id == stats.id else picked if op.id == rows.id else op for op in ops]
+        ops.append(dense)
+        fresh += 1
+    if len(ops) == len(program.ops):
+        return program
+    return program.replace(ops=tuple(ops))
+
+
+def _replace(
+    program: Program,
+    rows: Op,
+    record: DenseGrad,
+    sizes: dict[Symbol, int],
+    max_rows: int,
+    fresh: int,
+) -> tuple[Op, Op, Op] | None:
+    """The dense op, the stats op and the rows op as picks of it; None to keep the split."""
+    stats = next((op for op in program.ops if op.id == record.stats), None)
+    d = record.dim
+    steps, producers = sizes.get(d.bound), sizes.get(record.row_dim.bound)
+    if stats is None or steps is None or producers is None:
+        return None
+    if max(steps, producers) > max_rows or any(e.cond != TRUE for e in stats.inputs):
+        return None
+    kinds, edges = [], []
+    for k, edge in enumerate(stats.inputs):
+        kind, index = _dense_read(program, edge, k in record.ranged, d)
+        if kind is None:
+            return None
+        kinds.append(kind)
+        edges.append(Edge(edge.src, edge.out, index, TRUE, edge.source))
+    if any(kinds[k] != "point" for k in record.order[: record.n_points]):
+        return None  # a cotangent summed over the range's dim: the stats op gives it per point
+    dense_domain = tuple(c for c in stats.domain if c != d)
+    if _depends_on(program, edges, dense_domain, {stats.id, rows.id}):
+        return None  # the cotangents read depend on this gradient: a recurrence through it
+    outputs = [
+        TensorSpec((steps, *spec.shape), spec.dtype) for spec in stats.outputs[: record.n_points]
+    ]
+    outputs += [TensorSpec((producers, *spec.shape), spec.dtype) for spec in rows.outputs]
+    fn = dense_payload(record, tuple(kinds), steps, sizes)
+    values = [_struct(program.read_spec(e), sizes) for e in edges]  # for a trial trace
+    try:
+        jax.eval_shape(fn, *values)
+    except (UnsupportedError, NotAligned, TempoError, TypeError, ValueError):
+        return None
+    name = stats.name.replace("vjp_stats", "vjp_dense", 1)
+    dense = Op(
+        fresh,
+        "apply",
+        name,
+        dense_domain,
+        tuple(edges),
+        tuple(outputs),
+        Payload(fn, name, pads_ok=True),
+        stats.source,
+    )
+    at_stats = tuple(c for c in stats.domain if c != d)
+    stat_edge = rows.inputs[len(record.ranged)]  # the stats read: the range at the dim's place
+    at_rows = tuple(i for c, i in zip(stats.domain, stat_edge.index, strict=True) if c != d)
+    picked_stats = stats.replace(
+        name=stats.name.replace("vjp_", "pick_", 1),
+        inputs=tuple(Edge(fresh, n, at_stats, TRUE, stats.source) for n in range(record.n_points)),
+        outputs=stats.outputs[: record.n_points],
+        payload=_pick(d, stats.name),
+    )
+    picked_rows = rows.replace(
+        name=rows.name.replace("vjp_", "pick_", 1),
+        inputs=tuple(
+            Edge(fresh, record.n_points + n, at_rows, TRUE, rows.source)
+            for n in range(len(rows.outputs))
+        ),
+        payload=_pick(record.row_dim, rows.name),
+    )
+    return dense, picked_stats, picked_rows
+
+
+def _dense_read(
+    program: Program, edge: Edge, ranged: bool, d: Symbol
+) -> tuple[str | None, tuple[Any, ...]]:
+    """How the dense op reads what the stats op read at one point: ``("range", rows 0:P)``,
+    ``("point", 0:T at the dim)`` or ``("fixed", the same index)``; ``(None, ())`` where it
+    cannot."""
+    producer = program.op(edge.src).domain
+    if ranged:
+        pos = next(p for p, i in enumerate(edge.index) if isinstance(i, Slice))
+        index = list(edge.index)
+        index[pos] = Slice(Const(0), producer[pos].bound)
+        return "range", tuple(index)
+    used = [p for p, i in enumerate(edge.index) if d in dims_of(i)]
+    if not used:
+        return "fixed", edge.index
+    if len(used) != 1 or edge.index[used[0]] != d or producer[used[0]].bound != d.bound:
+        return None, ()
+    index = list(edge.index)
+    index[used[0]] = Slice(Const(0), d.bound)
+    return "point", tuple(index)
+
+
+def _depends_on(
+    program: Program, edges: Sequence[Edge], same: tuple[Symbol, ...], targets: set[int]
+) -> bool:
+    """Whether what ``edges`` read is computed, at the same point of the dims ``same``, from
+    an op of ``targets``. A read of an earlier point of one of those dims (``w[i-1]``) is not
+    followed: the gradient at ``i`` cannot feed a point before ``i``."""
+    seen: set[int] = set()
+    stack = list(edges)
+    while stack:
+        edge = stack.pop()
+        producer = program.op(edge.src)
+        if any(
+            dim in same and _earlier(item, dim)
+            for dim, item in zip(producer.domain, edge.index, strict=True)
+        ):
+            continue
+        if producer.id in targets:
+            return True
+        if producer.id in seen:
+            continue
+        seen.add(producer.id)
+        stack.extend(producer.inputs)
+    return False
+
+
+def _earlier(item: Any, dim: Symbol) -> bool:
+    """Whether the index ``item`` is ``dim`` minus a positive constant."""
+    if isinstance(item, Slice) or dim not in dims_of(item):
+        return False
+    offset = simplify(item - dim)
+    return isinstance(offset, Const) and offset.value < 0
+
+
+def _struct(spec: TensorSpec, sizes: dict[Symbol, int]) -> jax.ShapeDtypeStruct:
+    shape = tuple(n if isinstance(n, int) else int(n.evaluate(sizes)) for n in spec.shape)
+    return jax.ShapeDtypeStruct(shape, spec.dtype)
+
+
+def _pick(dim: Symbol, name: str) -> Payload:
+    """Each input's row at the point's ``dim``."""
+
+    def fn(env: Any, *values: Any) -> tuple[Any, ...]:
+        return tuple(lax.dynamic_index_in_dim(v, env[dim], 0, keepdims=False) for v in values)
+
+    return Payload(fn, name.replace("vjp_", "pick_", 1), uses_point=True, pads_ok=True)
+
+
+def dense_payload(
+    record: DenseGrad, kinds: tuple[str, ...], steps: int, sizes: dict[Symbol, int]
+) -> Callable[..., tuple[Any, ...]]:
+    """``(*forward inputs, *cotangents)``, each read whole along the range's dim (``kinds``
+    tells how) -> the cotangents of ``record.order``: a point's over the ``steps`` consumers,
+    a range's over the producers."""
+
+    def fn(*values: Any) -> tuple[Any, ...]:
+        env: dict[Expr, Any] = {**sizes, record.dim: jnp.arange(steps, dtype=jnp.int32)}
+        lo, hi = (
+            jnp.broadcast_to(jnp.asarray(end.evaluate(env), jnp.int32), (steps,))
+            for end in (record.item.start, record.item.stop)
+        )
+        result = _vjp(record, kinds, values, lo, hi, safe=False)
+        finite = jnp.all(jnp.stack([jnp.isfinite(g).all() for g in result]))
+        return tuple(
+            lax.cond(
+                finite,
+                lambda: result,
+                lambda: _vjp(record, kinds, values, lo, hi, safe=True),
+            )
+        )
+
+    return fn
+
+
+def _vjp(
+    record: DenseGrad,
+    kinds: tuple[str, ...],
+    values: Sequence[Any],
+    lo: Any,
+    hi: Any,
+    safe: bool,
+) -> tuple[Any, ...]:
+    n_in = record.n_in
+    inputs, cts = list(values[:n_in]), values[n_in:]
+    in_axes = [0 if kinds[k] == "point" else None for k in range(n_in)]
+    pads = [{0: _ROWS} if kinds[k] == "range" else {} for k in range(n_in)]
+
+    def one(lo_t: Any, hi_t: Any, *args: Any) -> tuple[Any, ...]:
+        args = list(args)
+        if safe:  # every padded row a copy of the first valid one: nothing overflows there
+            for k in record.ranged:
+                rows = jnp.arange(args[k].shape[0])
+                valid = (rows >= lo_t) & (rows < hi_t)
+                valid = valid.reshape(valid.shape + (1,) * (args[k].ndim - 1))
+                args[k] = jnp.where(valid, args[k], args[k][lo_t])
+        call = lambda *a: record.call(list(a))  # noqa: E731
+        out = masked_call(call, args, pads, {_ROWS: (lo_t, hi_t)}, record.what, not safe)
+        return tuple(out[j] for j in record.outs)
+
+    def forward(*diff_values: Any) -> tuple[Any, ...]:
+        full = list(inputs)
+        for k, x in zip(record.diff, diff_values, strict=True):
+            full[k] = x
+        return jax.vmap(one, in_axes=(0, 0, *in_axes))(lo, hi, *full)
+
+    outs, pull = jax.vjp(forward, *(inputs[k] for k in record.diff))
+    grads = pull(tuple(jnp.asarray(c, o.dtype) for c, o in zip(cts, outs, strict=True)))
+    by_input = dict(zip(record.diff, grads, strict=True))
+    return tuple(by_input[k] for k in record.order)
