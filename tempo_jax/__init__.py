@@ -167,9 +167,9 @@ from ._ir.expr import ne as ne
 from ._lower.buffer_plan import StoredValue as StoredValue
 from ._lower.compiled import Compiled as Compiled
 from ._lower.compiled import MemoryReport as MemoryReport
+from ._passes.dense_grad import dense_range_grads as dense_range_grads
 from ._passes.pipeline import Pipeline as Pipeline
 from ._passes.tiling import tile_dynamic_ranges as tile_dynamic_ranges
-from ._passes.dense_grad import dense_range_grads as dense_range_grads
 from ._schedule.cache import enable_compilation_cache as enable_compilation_cache
 
 RT = RecurrentTensor

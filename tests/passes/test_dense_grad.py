@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import tempo_jax as tj
-from tests.passes.test_range_grad import D, PAYLOADS, _close, _data, _rows, _want, build
+from tests.passes.test_range_grad import PAYLOADS, D, _close, _data, _rows, _want, build
 
 
 def _ops(compiled: tj.Compiled) -> list[str]:
@@ -89,11 +89,11 @@ def test_a_gradient_feeding_itself_keeps_the_split() -> None:
     qs, xs = (rng.normal(size=(steps, D)).astype(np.float32) for _ in range(2))
 
     def oracle(xs: Any) -> Any:
-        ks, total = [], 0.0
+        ks, total, y = [], 0.0, jnp.zeros(D)
         for i in range(steps):
-            ks.append(xs[i] if i == 0 else xs[i] + y_prev)
-            y_prev = pool(qs[i], jnp.stack(ks))
-            total = total + (y_prev * y_prev).sum()
+            ks.append(xs[i] + y if i else xs[i])
+            y = pool(qs[i], jnp.stack(ks))
+            total = total + (y * y).sum()
         return total
 
     compiled = p.compile({"T": steps})
