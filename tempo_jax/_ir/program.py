@@ -101,7 +101,7 @@ class Payload:
     block: int | None = None
     fused: tuple[tuple[str, SourceInfo], ...] = ()  # ops folded into this one: name, source
     # a range gradient's rows op: how its range op's whole gradient is computed in one op
-    # over the range's dim (``range_grad.DenseGrad``, taken by ``dense_range_grads``)
+    # over the range's dim (``dense_grad.DenseGrad``, taken by ``dense_range_grads``)
     dense: Any = None
 
 

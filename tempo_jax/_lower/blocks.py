@@ -34,7 +34,7 @@ from .._ir.expr import Const, Slice, Symbol, dims_of, substitute, symbols_of
 from .._ir.program import Op, Program
 from .._ir.simplify import simplify
 from .._schedule.tree import LOOP_SCOPE, Exec, Loop, Node, Sequence, walk
-from .masking import NotAligned
+from .masking import NotAligned, when_finite
 
 if TYPE_CHECKING:
     from .execute import TreeLowering
@@ -262,12 +262,8 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
         }
         spans = _spans(lowering, nest, coords, env) if query is not None else {}
         fast = _grid(lambda *p: _point(lowering, nest, env, reading, p, spans), coords, variables)
-        checked = [v for v in fast[1] if jnp.issubdtype(v.dtype, jnp.inexact)]
-        if not checked:
-            return fast[0]
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in checked] or [True]))
-        return lax.cond(
-            finite,
+        return when_finite(
+            fast[1],
             lambda: fast[0],
             lambda: _one_by_one(lowering, nest, env, reading, coords, variables)[0],
         )

@@ -199,6 +199,16 @@ def masked_call(
     return evaluator.eval(closed.jaxpr, closed.consts, list(args), ())
 
 
+def when_finite(checked: Sequence[Any], fast: Callable[[], Any], slow: Callable[[], Any]) -> Any:
+    """``fast()``, or ``slow()`` where a float value of ``checked`` is not finite (a masked
+    computation that ran element-wise work over padding, and its exact recomputation; under
+    :func:`lax.cond`, so only one of them runs)."""
+    floats = [v for v in checked if jnp.issubdtype(v.dtype, jnp.inexact)]
+    if not floats:
+        return fast()
+    return lax.cond(jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in floats])), fast, slow)
+
+
 # -- tracing at several sizes ------------------------------------------------------------------
 
 

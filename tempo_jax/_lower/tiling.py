@@ -39,7 +39,7 @@ import numpy as np
 from jax import lax
 
 from .._ir.jaxprs import CALLS, bind
-from .masking import _ELEMENTWISE, _LAYOUT, Pads, _analyse, _neutral
+from .masking import _ELEMENTWISE, _LAYOUT, Pads, _analyse, _neutral, when_finite
 
 TileReader = Callable[[Any], Any]  # tile index -> the tile's rows of one range input
 _COMBINE = {"reduce_sum": "add", "dot_general": "add", "reduce_max": "max", "reduce_min": "min"}
@@ -673,13 +673,9 @@ class _Sweeps:
         # saves a masked copy of the larger one; otherwise both are masked, as the result shows
         small = min(tiled, key=lambda k: np.size(values[k]))
         fast = bind(eqn, mask(values, [small]))[0]
-        if not jnp.issubdtype(fast.dtype, jnp.inexact) or self.tiles.unchecked:
+        if self.tiles.unchecked:
             return fast
-        return lax.cond(
-            jnp.all(jnp.isfinite(fast)),
-            lambda: fast,
-            lambda: bind(eqn, mask(values, tiled))[0],
-        )
+        return when_finite([fast], lambda: fast, lambda: bind(eqn, mask(values, tiled))[0])
 
     def _scale(self, i: int, old: Any, new: Any) -> Any:
         """``exp(old - new)`` of max ``m`` laid out like reduce ``i``'s output."""

@@ -283,14 +283,16 @@ class _Backward:
         accumulates: bool = False,
         dense: DenseGrad | None = None,
     ) -> int:
-        payload = Payload(fn, name, uses_point, pads_ok=pads_ok, accumulates=accumulates)
+        payload = Payload(
+            fn, name, uses_point, pads_ok=pads_ok, accumulates=accumulates, dense=dense
+        )
         op = self.program.add_op(
             kind="apply",
             name=name,
             domain=domain,
             inputs=inputs,
             outputs=outputs,
-            payload=dataclasses.replace(payload, dense=dense),
+            payload=payload,
             source=source or self.source,
         )
         return op.id
@@ -443,7 +445,6 @@ class _Backward:
             producer_domain[_slice_pos(op, ranged)],
             tuple(ranged),
             call,
-            n_in,
             tuple(diff),
             tuple(outs),
             (*point_diff, *row_diff),

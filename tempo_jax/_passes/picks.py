@@ -21,14 +21,15 @@ def next_id(program: Program) -> int:
 
 
 def pick_payload(item: Expr, axis: int, name: str = "pick") -> Payload:
-    """A payload returning its one input's entry ``item`` (evaluated at the point) of ``axis``.
+    """A payload returning each input's entry ``item`` (evaluated at the point) of ``axis``,
+    one output per input.
 
     Example: ``pick_payload(t - 1, 0)`` reads row ``t-1`` of a value stacked over ``t``.
     The row picked is never padding, so the payload may be called on padded values as is.
     """
 
-    def fn(env: Any, value: Any) -> tuple[Any, ...]:
+    def fn(env: Any, *values: Any) -> tuple[Any, ...]:
         index = item.evaluate(env)
-        return (lax.dynamic_index_in_dim(value, index, axis, keepdims=False),)
+        return tuple(lax.dynamic_index_in_dim(v, index, axis, keepdims=False) for v in values)
 
     return Payload(fn, name, uses_point=True, pads_ok=True)
