@@ -58,6 +58,22 @@ def batches(tokens: np.ndarray, iterations: int, batch: int, seq_len: int, seed:
     return tokens[starts[..., None] + np.arange(seq_len + 1)]
 
 
+HAND = "hand-written JAX"
+SPLIT = "tempo_jax split backward"  # the ablation: attention's backward in tiles, not dense
+
+
+def _compiled(program: tj.Program, bounds: dict, rows: Any, pipeline: Any = None) -> Any:
+    """``(the ahead-of-time call, its outputs, build and XLA compile seconds)``."""
+    start = time.perf_counter()
+    compiled = program.compile(bounds, pipeline=pipeline)
+    built = time.perf_counter()
+    call = compiled.ahead_of_time(tokens=rows)
+    xla = time.perf_counter()
+    out = call(tokens=rows)
+    jax.block_until_ready(out)
+    return call, out, {"build_seconds": built - start, "xla_compile_seconds": xla - built}
+
+
 def run(config: dict[str, Any]) -> dict[str, Any]:
     data, spec, opts = config["corpus"], config["model"], config["train"]
     tokens = corpus(data["lines"], data["seed"])
@@ -69,13 +85,16 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
     start = time.perf_counter()
     program = train.build_training_program(cfg, params, tx, batch=size, seq_len=length)
-    compiled = program.compile({"I": steps, "T": length})
-    built = time.perf_counter()
-    call = compiled.ahead_of_time(tokens=rows)
-    xla = time.perf_counter()
-    out = call(tokens=rows)
-    jax.block_until_ready(out)
-    tempo = {"build_seconds": built - start, "xla_compile_seconds": xla - built}
+    recorded = time.perf_counter() - start
+    bounds = {"I": steps, "T": length}
+    call, out, tempo = _compiled(program, bounds, rows)
+    tempo["build_seconds"] += recorded
+    runs = {"tempo_jax": lambda: call(tokens=rows)}
+    systems = {"tempo_jax": tempo}
+    if opts.get("compare_split_backward"):
+        split = tj.Pipeline().without("dense_range_grads")
+        split_call, split_out, systems[SPLIT] = _compiled(program, bounds, rows, split)
+        runs[SPLIT] = lambda: split_call(tokens=rows)
 
     start_params = train.per_layer(cfg, params)
     batches_dev = jnp.asarray(rows)
@@ -84,40 +103,50 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     xla = time.perf_counter()
     losses, _ = lowered(start_params, batches_dev)
     hand = {"build_seconds": 0.0, "xla_compile_seconds": xla - start}
-    times = interleaved(
-        {"tempo_jax": lambda: call(tokens=rows), "jax": lambda: lowered(start_params, batches_dev)},
-        opts["repeats"],
-    )
-    tempo["run_seconds"] = float(np.median(times["tempo_jax"]))
-    hand["run_seconds"] = float(np.median(times["jax"]))
-    ratios = [a / b for a, b in zip(times["tempo_jax"], times["jax"], strict=True)]
+    runs[HAND] = lambda: lowered(start_params, batches_dev)
+    systems[HAND] = hand
+    times = interleaved(runs, opts["repeats"])
+    for name, r in systems.items():
+        r["run_seconds"] = float(np.median(times[name]))
+    ratios = {
+        name: [a / b for a, b in zip(times[name], times[HAND], strict=True)]
+        for name in runs
+        if name != HAND
+    }
     mine, theirs = np.asarray(out["loss"]), np.asarray(losses)
+    curves = {"tempo_jax": mine}
+    if SPLIT in systems:
+        curves[SPLIT] = np.asarray(split_out["loss"])
+    curves[HAND] = theirs
     compare = opts["compare_steps"]
-    diff = float(np.max(np.abs(mine[:compare] - theirs[:compare])))
-    per_iter = {name: r["run_seconds"] / steps for name, r in (("tempo_jax", tempo), ("jax", hand))}
+    diff = max(float(np.max(np.abs(c[:compare] - theirs[:compare]))) for c in curves.values())
+    per_iter = {name: r["run_seconds"] / steps for name, r in systems.items()}
     print(f"loss {mine[0]:.4f} -> {mine[-1]:.4f} over {steps} steps")
     print(f"max |tempo_jax - hand-written| over the first {compare} steps: {diff:.2e}")
-    for name, r in (("tempo_jax", tempo), ("hand-written JAX", hand)):
+    for name, r in systems.items():
         print(
-            f"{name:17s} build {r['build_seconds']:6.2f} s  XLA {r['xla_compile_seconds']:6.2f} s"
+            f"{name:24s} build {r['build_seconds']:6.2f} s  XLA {r['xla_compile_seconds']:6.2f} s"
             f"  run {r['run_seconds']:7.3f} s ({r['run_seconds'] / steps * 1e3:.2f} ms/iteration)"
         )
-    ratio = float(np.median(ratios))
-    print(
-        f"tempo_jax / hand-written per iteration: x{ratio:.2f} (median of {len(ratios)} "
-        f"interleaved rounds; x{min(ratios):.2f} to x{max(ratios):.2f})"
-    )
-    return {
-        "losses": {"tempo_jax": mine.tolist(), "hand-written JAX": theirs.tolist()},
+    for name, rounds in ratios.items():
+        print(
+            f"{name} / hand-written per iteration: x{np.median(rounds):.2f} (median of "
+            f"{len(rounds)} interleaved rounds; x{min(rounds):.2f} to x{max(rounds):.2f})"
+        )
+    summary = {
+        "losses": {name: c.tolist() for name, c in curves.items()},
         "max_abs_loss_diff_first_steps": diff,
         "compare_steps": compare,
         "agree": diff <= 1e-4,
-        "tempo_jax": tempo,
-        "hand-written JAX": hand,
+        **systems,
         "seconds_per_iteration": per_iter,
-        "ratio_per_iteration": ratio,
-        "ratio_per_round": ratios,
+        "ratio_per_iteration": float(np.median(ratios["tempo_jax"])),
+        "ratio_per_round": ratios["tempo_jax"],
     }
+    if SPLIT in ratios:
+        summary["ratio_per_iteration_split_backward"] = float(np.median(ratios[SPLIT]))
+        summary["ratio_per_round_split_backward"] = ratios[SPLIT]
+    return summary
 
 
 def plot(summary: dict[str, Any], path: pathlib.Path) -> None:
