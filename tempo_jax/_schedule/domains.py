@@ -80,12 +80,19 @@ def defined_domains(
     rounds = max_rounds or 2 * len(program.ops) + 4
     within = bounds_context(program, ctx, ranges)
     sets = {op.id: _optimistic(program, op, ctx).intersect_params(within) for op in program.ops}
+    reads = {op.id: _reads(program, op, ctx) for op in program.ops if op.kind != "input"}
+    changed = set(sets)  # ops whose set changed last round: only their readers can change
     for _ in range(rounds):
-        changed = False
+        now: set[int] = set()
         for op in program.ops:
-            new = _defined(program, op, sets, ctx).intersect_params(within).coalesce()
+            if op.id not in reads or not any(src in changed for src, _, _ in reads[op.id]):
+                continue
+            new = _defined(program, op, reads[op.id], sets, ctx).intersect_params(within)
+            new = new.coalesce()
             if not new.is_equal(sets[op.id]):
-                sets[op.id], changed = new, True
+                sets[op.id] = new
+                now.add(op.id)
+        changed = now
         if not changed:
             return DefinedDomains(sets, exact=True, ranges=ranges)
     return DefinedDomains(sets, exact=False, ranges=ranges)
@@ -101,14 +108,25 @@ def _optimistic(program: Program, op: Op, ctx: isl.Context) -> isl.Set:
     return covered.coalesce()
 
 
-def _defined(program: Program, op: Op, sets: dict[int, isl.Set], ctx: isl.Context) -> isl.Set:
+_Read = tuple[int, isl.Set, isl.Map]  # producer op id, where the edge is read, what it reads
+
+
+def _reads(program: Program, op: Op, ctx: isl.Context) -> list[_Read]:
+    """Per input edge of ``op``: its producer, the points reading it, the points they read."""
+    return [
+        (edge.src, where, access_map(program, op, edge, ctx).intersect_domain(where))
+        for edge, where in zip(op.inputs, read_conditions(program, op, ctx), strict=True)
+    ]
+
+
+def _defined(
+    program: Program, op: Op, reads: list[_Read], sets: dict[int, isl.Set], ctx: isl.Context
+) -> isl.Set:
     box = domain_set(program, op, ctx)
-    if op.kind == "input":
-        return box
     parts = isl.Set.empty(box.get_space())
     result = box
-    for edge, where in zip(op.inputs, read_conditions(program, op, ctx), strict=True):
-        bad = _bad_reads(program, op, edge, where, sets[edge.src], ctx)
+    for src, where, access in reads:
+        bad = access.subtract_range(sets[src]).domain()
         if op.kind == "merge":
             parts = parts.union(where.subtract(bad))
         else:

@@ -31,6 +31,7 @@ concrete points back as ``{isl name: value}`` dicts (for tests and error message
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 
 import islpy as isl
@@ -83,8 +84,15 @@ def param_space(program: Program, ctx: isl.Context) -> isl.Space:
 
 def param_context(program: Program, ctx: isl.Context) -> isl.Set:
     """The parameter set where every bound is ``>= 1``: ``[T] -> { : T >= 1 }``."""
-    space = param_space(program, ctx)
-    return cond_to_set(_all(bound >= 1 for bound in program.bounds), space)
+    return _param_context(ctx, program.bounds)
+
+
+@functools.lru_cache(maxsize=256)
+def _param_context(ctx: isl.Context, bounds: tuple[Symbol, ...]) -> isl.Set:
+    space = isl.Space.params_alloc(ctx, len(bounds))
+    for pos, bound in enumerate(bounds):
+        space = space.set_dim_name(_DT.param, pos, bound.name)
+    return cond_to_set(_all(bound >= 1 for bound in bounds), space)
 
 
 def tuple_name(op: Op) -> str:
@@ -102,11 +110,21 @@ def domain_space(program: Program, op: Op, ctx: isl.Context) -> isl.Space:
 def domain_set(program: Program, op: Op, ctx: isl.Context) -> isl.Set:
     """``op``'s iteration domain: the box ``0 <= d < bound(d)``, with every bound ``>= 1``.
 
-    E.g. ``[B, T] -> { S3[b, t] : 0 <= b < B and 0 <= t < T }``.
+    E.g. ``[B, T] -> { S3[b, t] : 0 <= b < B and 0 <= t < T }``. Built once per context
+    and op (a compile asks for each op's domain hundreds of times).
     """
-    space = domain_space(program, op, ctx)
-    box = _all(((dim >= 0) & (dim < dim.bound)) for dim in op.domain)
-    return cond_to_set(box, space).intersect_params(param_context(program, ctx)).coalesce()
+    return _domain_set(ctx, program.bounds, op.id, op.domain)
+
+
+@functools.lru_cache(maxsize=8192)
+def _domain_set(
+    ctx: isl.Context, bounds: tuple[Symbol, ...], op_id: int, domain: tuple[Symbol, ...]
+) -> isl.Set:
+    params = [bound.name for bound in bounds]
+    space = isl.Space.create_from_names(ctx, set=[d.name for d in domain], params=params)
+    space = space.set_tuple_name(_DT.set, f"S{op_id}")
+    box = _all(((dim >= 0) & (dim < dim.bound)) for dim in domain)
+    return cond_to_set(box, space).intersect_params(_param_context(ctx, bounds)).coalesce()
 
 
 def _set_space(program: Program, ctx: isl.Context, dims: list[str]) -> isl.Space:

@@ -33,6 +33,11 @@ isl options, set on the private context of each call:
 - ``ast_build_allow_else = 1`` and ``ast_build_allow_or = 1``: the AST may use ``else`` and
   ``||``; both map to :class:`~tempo_jax._schedule.tree.Guard` with ``~`` / ``|``.
 
+isl sees one statement per group of ops that run at the same point anyway (a chain of
+same-point reads over one domain, :mod:`.clusters`), and the groups are expanded into their
+ops afterwards: PPO's gradient program goes from 154 statements to 62, and isl from 10 s to
+under 1 s, with the same loops.
+
 A program with ``p.stop_when`` is scheduled in three parts around one outermost loop over the
 dim the stop ends, which holds every op over it (:mod:`.stopped`): the ops it reads, the loop
 (isl schedules its body with that dim a parameter), the ops reading it.
@@ -78,6 +83,7 @@ from .._ir.program import Op, Program
 from .._ir.simplify import simplify
 from .._ir.source import describe
 from . import isl_convert as ic
+from .clusters import cluster
 from .stopped import StopSplit, inner_view, split_at_stop, with_stopped_dim
 from .tree import Exec, Guard, Loop, Node, ScheduleTree, Sequence, execs, loop_var, substitute_tree
 
@@ -187,7 +193,28 @@ def _domain(program: Program, ctx: isl.Context) -> isl.UnionSet:
 
 
 def _compute(domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set) -> isl.Schedule | None:
-    """isl's schedule for ``domain`` under ``deps``, or ``None`` when it finds none."""
+    """isl's schedule for ``domain`` under ``deps``, or ``None`` when it finds none.
+
+    isl schedules the statements grouped (:mod:`.clusters`: one statement per chain of
+    same-point reads over one domain), then the groups are expanded; should that find no
+    valid schedule, the statements are scheduled one by one.
+    """
+    groups = cluster(domain, deps)
+    if len(groups.groups) < groups.n_statements:
+        sched = _isl_schedule(groups.domain, groups.deps, context)
+        if sched is not None:
+            sched = groups.expand(sched)
+            if _respects(sched.get_map(), deps):
+                return sched
+    sched = _isl_schedule(domain, deps, context)
+    if sched is None or not _respects(sched.get_map(), deps):
+        return None
+    return sched
+
+
+def _isl_schedule(
+    domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set
+) -> isl.Schedule | None:
     constraints = (
         isl.ScheduleConstraints.on_domain(domain)
         .set_context(context)
@@ -195,12 +222,9 @@ def _compute(domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set) -> isl.
         .set_proximity(deps)
     )
     try:
-        sched = constraints.compute_schedule()
+        return constraints.compute_schedule()
     except isl.Error:
-        sched = None
-    if sched is None or not _respects(sched.get_map(), deps):
         return None
-    return sched
 
 
 def _respects(sched_map: isl.UnionMap, deps: isl.UnionMap) -> bool:
@@ -330,10 +354,15 @@ def ast_to_tree(node: isl.AstNode, program: Program) -> ScheduleTree:
 
 def _node(node: isl.AstNode, env: _Env, program: Program) -> Node:
     kind = node.get_type()
-    if kind == isl.ast_node_type.block:
+    if kind == isl.ast_node_type.block:  # nested blocks (a group's members) spliced in
         items = node.block_get_children()
+        parts = (_node(items.get_at(k), env, program) for k in range(items.n_ast_node()))
         return Sequence(
-            tuple(_node(items.get_at(k), env, program) for k in range(items.n_ast_node()))
+            tuple(
+                c
+                for part in parts
+                for c in (part.children if isinstance(part, Sequence) else (part,))
+            )
         )
     if kind == isl.ast_node_type.mark:
         return _node(node.mark_get_node(), env, program)

@@ -67,26 +67,27 @@ def test_a_window_cache_is_a_cycle_of_its_rows(end_token: int | None) -> None:
 
 def _two_phases(width: int) -> tj.Program:
     """Two recurrences in turn, each stored whole for a range read after its loop: the first's
-    buffer is freed before the second's loop runs."""
+    buffer is freed before the second's loop runs. (Both reads are element-wise ops XLA fuses
+    into their sums: a ``sin`` it keeps whole, as large as the buffer, an op's intermediate
+    the plan does not count.)"""
     with tj.Program() as p:
         (t,) = p.dims("t")
         a = tj.input("a", (width,), jnp.float32, domain=(t,))
         x = decaying(a, width, 0.5)
         first = tj.lift(lambda v: v.sum(0), name="first")(tj.tanh(x[t])[0 : t.bound])
         y = decaying(a, width, 0.25, first)
-        p.output("total", tj.lift(lambda v: v.sum(0), name="second")(tj.sin(y[t])[0 : t.bound]))
+        p.output("total", tj.lift(lambda v: v.sum(0), name="second")(tj.tanh(y[t])[0 : t.bound]))
     return p
 
 
 def test_the_peak_counts_values_over_their_live_ranges() -> None:
-    """The two buffers never live at once: the peak holds one of them (and the vectorised
-    ``tanh`` its range read takes), not both."""
+    """The two buffers never live at once: the peak holds one of them, not both."""
     steps, width = 50, 400
     report = _two_phases(width).compile({"T": steps}).memory()
     buffer = steps * width * 4
     assert [v.bytes for v in report.values if v.kind == "full"] == [buffer, buffer]
-    assert report.device_bytes > 3 * buffer  # x, y and tanh's values together
-    assert 2 * buffer <= report.peak_device_bytes < 2.1 * buffer
+    assert 2 * buffer < report.device_bytes < 2.2 * buffer  # x and y together
+    assert buffer <= report.peak_device_bytes < 1.1 * buffer
     assert report.peak_at.startswith("S")
 
 

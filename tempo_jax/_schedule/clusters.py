@@ -1,0 +1,192 @@
+"""Clusters of statements that isl schedules as one: fewer statements, the same loops.
+
+isl's scheduler solves one linear program per schedule dimension over every statement of a
+component, so its time grows quickly with the number of statements (PPO's gradient program
+has 154; isl took 10 s on them). Most of them come in chains over the same domain, each
+reading the previous at the same point (an optimiser's element-wise update, a layer's
+forward and backward). The unshifted schedule runs such a chain within one iteration anyway.
+
+:func:`cluster` groups statements over the same domain (same dims, same set) joined by
+*identity* dependences (every point of the consumer reads the producer at the same point)
+and hands isl one statement per group; :meth:`Clustering.expand` puts the members back, in
+an order that respects their identity dependences, at their group's place in the schedule
+(``isl_schedule_expand``).
+
+A group is only formed where it cannot create a cycle: every *entry* member (one read from
+outside the group, or read by a member at another point) must reach every *exit* member (one
+read outside the group, or by a member at another point) through identity dependences inside
+the group. Then every path through a group's point in the contracted program is a path of the
+original program, so the contracted program has a cycle only if the original has one, and
+every schedule of the original's loops is still open to it. Without the rule, grouping the
+acting loop with the backward GAE recurrence that reads it (``adv[t]`` reads ``adv[t + 1]``)
+would make both one loop that must run both ways.
+
+The decision is data (:class:`Clustering`: the groups, their members in order); the caller
+schedules the contracted domain and dependences and expands the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import graphlib
+from collections import defaultdict
+
+import islpy as isl
+
+
+@dataclasses.dataclass(frozen=True)
+class Clustering:
+    """Groups of statements, each scheduled as one (``K<id of its first member>``).
+
+    ``groups`` holds the members of each group (tuple names ``S<id>``) in the order they run
+    at one point; ``domain`` and ``deps`` are the contracted problem: one set per group and
+    the dependences between groups' points (a member's identity dependences on another
+    member of its group are dropped; they hold by the order within the group).
+    """
+
+    groups: tuple[tuple[str, ...], ...]
+    contraction: isl.UnionMap
+    domain: isl.UnionSet
+    deps: isl.UnionMap
+    original: isl.UnionSet
+
+    @property
+    def n_statements(self) -> int:
+        return sum(len(g) for g in self.groups)
+
+    def expand(self, schedule: isl.Schedule) -> isl.Schedule:
+        """The schedule of the original statements: each group's leaf runs its members in
+        order."""
+        ctx = self.original.get_ctx()
+        order = [name for group in self.groups for name in group]
+        filters = isl.UnionSetList.alloc(ctx, len(order))
+        sets = _sets(self.original)
+        for name in order:
+            filters = filters.add(isl.UnionSet.from_set(sets[name]))
+        expansion = (
+            isl.Schedule.from_domain(self.original)
+            .get_root()
+            .child(0)
+            .insert_sequence(filters)
+            .get_schedule()
+        )
+        return schedule.expand(isl.UnionPwMultiAff.from_union_map(self.contraction), expansion)
+
+
+def cluster(domain: isl.UnionSet, deps: isl.UnionMap) -> Clustering:
+    """Group the statements of ``domain`` along identity dependences (module docstring)."""
+    sets = _sets(domain)
+    edges = _edges(sets, deps)
+    group_of = {name: name for name in sets}
+    members: dict[str, set[str]] = {name: {name} for name in sets}
+    changed = True
+    while changed:  # merge until no identity edge joins two groups that may merge
+        changed = False
+        for src, dst, identity in edges:
+            a, b = group_of[src], group_of[dst]
+            if not identity or a == b:
+                continue
+            union = members[a] | members[b]
+            if _closed(union, edges):
+                for name in members[a]:
+                    group_of[name] = b
+                members[b] = union
+                del members[a]
+                changed = True
+    groups = tuple(
+        _ordered(group, edges) for group in sorted(members.values(), key=lambda g: min(g, key=_key))
+    )
+    contraction = isl.UnionMap.empty(domain.get_space())
+    for group in groups:
+        label = "K" + group[0][1:]
+        for name in group:
+            rename = sets[name].identity().set_tuple_name(isl.dim_type.out, label)
+            contraction = contraction.union(isl.UnionMap.from_map(rename))
+    contracted = domain.apply(contraction)
+    between = deps.apply_domain(contraction).apply_range(contraction)
+    between = between.subtract(_identities(groups, contracted))
+    return Clustering(groups, contraction, contracted, between, domain)
+
+
+def _key(name: str) -> int:
+    return int(name[1:])
+
+
+def _sets(domain: isl.UnionSet) -> dict[str, isl.Set]:
+    out: dict[str, isl.Set] = {}
+    domain.foreach_set(lambda s: out.__setitem__(s.get_tuple_name(), s))
+    return out
+
+
+def _edges(sets: dict[str, isl.Set], deps: isl.UnionMap) -> list[tuple[str, str, bool]]:
+    """``(producer, consumer, identity)`` per dependence map between statements of ``sets``,
+    in a fixed order. ``identity``: both have the same dims and set, and every consumer
+    point reads the producer at the same point."""
+    maps: list[isl.Map] = []
+    deps.foreach_map(maps.append)
+    anon = {name: s.reset_tuple_id() for name, s in sets.items()}
+    dims = {name: s.get_var_names(isl.dim_type.set) for name, s in sets.items()}
+    edges = []
+    for m in maps:
+        src = m.get_tuple_name(isl.dim_type.in_)
+        dst = m.get_tuple_name(isl.dim_type.out)
+        if src not in sets or dst not in sets:
+            continue
+        identity = src != dst and dims[src] == dims[dst] and anon[src].is_equal(anon[dst])
+        if identity:
+            bare = m.reset_tuple_id(isl.dim_type.in_).reset_tuple_id(isl.dim_type.out)
+            identity = bare.is_subset(anon[src].identity())
+        edges.append((src, dst, identity))
+    edges.sort(key=lambda e: (_key(e[0]), _key(e[1]), e[2]))
+    return edges
+
+
+def _closed(group: set[str], edges: list[tuple[str, str, bool]]) -> bool:
+    """Whether every entry member of ``group`` reaches every exit member inside it, and no
+    member reads itself at the same point through the others (a cycle: no order exists, and
+    the error that names it comes from scheduling the ops alone)."""
+    try:
+        _ordered(group, edges)
+    except graphlib.CycleError:
+        return False
+    inside: dict[str, set[str]] = defaultdict(set)
+    entries: set[str] = set()
+    exits: set[str] = set()
+    for src, dst, identity in edges:
+        if src in group and dst in group and identity:
+            inside[src].add(dst)
+            continue
+        if dst in group:
+            entries.add(dst)
+        if src in group:
+            exits.add(src)
+    for entry in entries:
+        seen, stack = {entry}, [entry]
+        while stack:
+            for nxt in inside[stack.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        if not exits <= seen:
+            return False
+    return True
+
+
+def _ordered(group: set[str], edges: list[tuple[str, str, bool]]) -> tuple[str, ...]:
+    """The members of ``group``, each after the members it reads at the same point."""
+    order = graphlib.TopologicalSorter({name: () for name in sorted(group, key=_key)})
+    for src, dst, identity in edges:
+        if identity and src in group and dst in group:
+            order.add(dst, src)
+    return tuple(order.static_order())
+
+
+def _identities(groups: tuple[tuple[str, ...], ...], contracted: isl.UnionSet) -> isl.UnionMap:
+    """The same-point pairs of each group of several members (their members' same-point
+    dependences hold by the order within the group; a lone statement's would be a cycle)."""
+    labels = {"K" + group[0][1:] for group in groups if len(group) > 1}
+    out = isl.UnionMap.empty(contracted.get_space())
+    for name, s in _sets(contracted).items():
+        if name in labels:
+            out = out.union(isl.UnionMap.from_map(s.identity()))
+    return out

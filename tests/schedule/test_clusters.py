@@ -1,0 +1,150 @@
+"""Statement groups for isl (`tempo_jax._schedule.clusters`): which statements are scheduled
+as one, that the schedules stay legal, and that they keep the loops of scheduling op by op."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from tempo_jax._ir.errors import ScheduleInfeasibleError
+from tempo_jax._ir.expr import Const, Slice, eq
+from tempo_jax._ir.program import Program
+from tempo_jax._schedule import isl_convert as ic
+from tempo_jax._schedule import scheduler
+from tempo_jax._schedule.clusters import cluster
+from tempo_jax._schedule.tree import Guard, Loop, execs, walk
+from tests.corpus import CASES
+from tests.schedule.test_scheduler import (
+    HAND,
+    T,
+    _bound_values,
+    _op,
+    _program,
+    _read,
+    check_legal,
+    i,
+    t,
+)
+
+
+def _groups(program: Program) -> list[set[int]]:
+    """The groups of op ids isl schedules as one statement each."""
+    ctx = scheduler.scheduling_context()
+    domain = scheduler._domain(program, ctx)
+    deps = ic.dependences(program, ctx).intersect_domain(domain)
+    return [{int(name[1:]) for name in group} for group in cluster(domain, deps).groups]
+
+
+def chain(n: int) -> Program:
+    """``a1[t] = x[t]; a_k[t] = f(a_{k-1}[t]); s[t] = s[t - 1] + a_n[t]``."""
+    ops = [_op(0, (t,), kind="input"), _op(1, (t,), _read(0, t))]
+    ops += [_op(k, (t,), _read(k - 1, t)) for k in range(2, n + 1)]
+    ops.append(_op(n + 1, (t,), _read(n, t), _read(n + 1, t - 1, cond=t >= 1)))
+    return _program((t,), *ops)
+
+
+def forward_then_backward() -> Program:
+    """``f[t] = f[t - 1] + x[t]; r[t] = 2 f[t]; g[t] = r[t] + g[t + 1]`` (acting, then a
+    GAE-like backward recurrence over what it produced)."""
+    return _program(
+        (t,),
+        _op(0, (t,), kind="input"),
+        _op(1, (t,), _read(0, t), _read(1, t - 1, cond=t >= 1)),
+        _op(2, (t,), _read(1, t)),
+        _op(3, (t,), _read(2, t), _read(3, t + 1, cond=t < T - 1)),
+    )
+
+
+def barrier() -> Program:
+    """``a[i, t] = x[t]; s[i] = sum(a[i, 0:T]); b[i, t] = a[i, t] * s[i]``: ``b`` reads ``a``
+    at its own point, but every ``a[i, :]`` must run before any ``b[i, :]``."""
+    return _program(
+        (i, t),
+        _op(0, (t,), kind="input"),
+        _op(1, (i, t), _read(0, t)),
+        _op(2, (i,), _read(1, i, Slice(Const(0), T))),
+        _op(3, (i, t), _read(1, i, t), _read(2, i)),
+    )
+
+
+def test_a_chain_of_same_point_reads_is_one_statement() -> None:
+    program = chain(12)
+    assert _groups(program) == [set(range(1, 14))]
+    tree = scheduler.schedule(program)
+    (loop,) = [node for node in walk(tree) if isinstance(node, Loop)]
+    assert [ex.op for ex in execs(loop.body)] == list(range(1, 14))  # producers first
+    for bounds in _bound_values(program):
+        check_legal(program, bounds)
+
+
+def test_loops_running_in_opposite_directions_are_not_grouped() -> None:
+    program = forward_then_backward()
+    assert not any({1, 3} <= group for group in _groups(program))
+    loops = [node for node in walk(scheduler.schedule(program)) if isinstance(node, Loop)]
+    assert [loop.reverse for loop in loops] == [False, True]
+    for bounds in _bound_values(program):
+        check_legal(program, bounds)
+
+
+def test_a_reduction_between_two_statements_keeps_them_apart() -> None:
+    program = barrier()
+    assert not any({1, 3} <= group for group in _groups(program))
+    for bounds in _bound_values(program):
+        check_legal(program, bounds)
+
+
+def test_a_conditional_same_point_read_groups_and_a_shifted_one_does_not() -> None:
+    """A read at the same point under a condition is a subset of the identity; one that also
+    reads ``t - 1`` is not."""
+    same = _program(
+        (t,),
+        _op(0, (t,)),
+        _op(1, (t,), _read(0, t, cond=eq(t % 2, 0)), _read(1, t - 1, cond=t >= 1)),
+    )
+    shifted = _program((t,), _op(0, (t,)), _op(1, (t,), _read(0, t), _read(0, t - 1, cond=t >= 1)))
+    assert _groups(same) == [{0, 1}]
+    assert _groups(shifted) == [{0}, {1}]
+
+
+def _counts(tree) -> tuple[int, int]:
+    nodes = list(walk(tree))
+    return sum(isinstance(n, Loop) for n in nodes), sum(isinstance(n, Guard) for n in nodes)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [*HAND.values(), *(case.build for case in CASES)],
+    ids=[*HAND, *(case.name for case in CASES)],
+)
+def test_groups_give_the_same_loops_or_fewer(build, monkeypatch) -> None:
+    """The schedule with groups has no more loops and guards than isl's op by op, and runs
+    the same points legally."""
+    program = build()
+    program = program if isinstance(program, Program) else program[0].to_ir()
+    grouped = scheduler.schedule(program)
+    none = types.SimpleNamespace(groups=(), n_statements=0)  # no statement grouped
+    monkeypatch.setattr(scheduler, "cluster", lambda *_: none)
+    alone = scheduler.schedule(program)
+    assert sum(_counts(grouped)) <= sum(_counts(alone))
+    assert {ex.op for ex in execs(grouped)} == {ex.op for ex in execs(alone)}
+    for bounds in _bound_values(program):
+        check_legal(program, bounds)
+
+
+def test_gae_is_a_forward_loop_then_a_backward_one() -> None:
+    """Op by op, isl skews the corpus's GAE (loops over ``T + t`` and ``B + T + t`` with
+    guards); grouped, it is the plain nest a user would write."""
+    (gae,) = [case for case in CASES if case.name == "gae"]
+    tree = scheduler.schedule(gae.build()[0].to_ir())
+    assert _counts(tree) == (4, 0)
+    nest = [(loop.dim, loop.reverse) for loop in walk(tree) if isinstance(loop, Loop)]
+    assert nest == [("b", False), ("t", False), ("b", False), ("t", True)]
+
+
+def test_a_same_point_cycle_is_left_to_the_scheduler_to_name() -> None:
+    """``a[t]`` and ``b[t]`` read each other at ``t``: not grouped, and the error names both."""
+    cycle = _program((t,), _op(0, (t,), _read(1, t)), _op(1, (t,), _read(0, t)))
+    assert _groups(cycle) == [{0}, {1}]
+    with pytest.raises(ScheduleInfeasibleError, match=r"op0.*op1|op1.*op0"):
+        scheduler.schedule(cycle)
