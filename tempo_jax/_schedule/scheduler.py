@@ -84,6 +84,7 @@ from .._ir.simplify import simplify
 from .._ir.source import describe
 from . import isl_convert as ic
 from .clusters import cluster
+from .hoist import hoist_first_iterations
 from .stopped import StopSplit, inner_view, split_at_stop, with_stopped_dim
 from .tree import Exec, Guard, Loop, Node, ScheduleTree, Sequence, execs, loop_var, substitute_tree
 
@@ -122,10 +123,12 @@ def schedule(program: Program) -> ScheduleTree:
     deps = ic.dependences(program, ctx).intersect_domain(domain)  # inputs exist up front
     context = ic.param_context(program, ctx)
     if program.stopped is not None:
-        return _stopped_tree(program, split_at_stop(program, domain, deps), context)
-    sched = _compute_unshifted(program, domain, deps, context)
-    build = isl.AstBuild.from_context(context)
-    return ast_to_tree(build.node_from_schedule(sched), program)
+        tree = _stopped_tree(program, split_at_stop(program, domain, deps), context)
+    else:
+        sched = _compute_unshifted(program, domain, deps, context)
+        build = isl.AstBuild.from_context(context)
+        tree = ast_to_tree(build.node_from_schedule(sched), program)
+    return hoist_first_iterations(tree, program)
 
 
 def _stopped_tree(program: Program, split: StopSplit, context: isl.Set) -> ScheduleTree:
