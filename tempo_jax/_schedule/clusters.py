@@ -96,16 +96,33 @@ def cluster(domain: isl.UnionSet, deps: isl.UnionMap) -> Clustering:
     groups = tuple(
         _ordered(group, edges) for group in sorted(members.values(), key=lambda g: min(g, key=_key))
     )
+    return _contract(domain, deps, groups, edges)
+
+
+def _contract(
+    domain: isl.UnionSet,
+    deps: isl.UnionMap,
+    groups: tuple[tuple[str, ...], ...],
+    edges: list[tuple[str, str, bool]],
+) -> Clustering:
+    """The problem with one statement per group: its dependences are every dependence
+    but the same-point reads between members of one group (their order keeps those)."""
+    sets = _sets(domain)
     contraction = isl.UnionMap.empty(domain.get_space())
     for group in groups:
         label = "K" + group[0][1:]
         for name in group:
             rename = sets[name].identity().set_tuple_name(isl.dim_type.out, label)
             contraction = contraction.union(isl.UnionMap.from_map(rename))
-    contracted = domain.apply(contraction)
-    between = deps.apply_domain(contraction).apply_range(contraction)
-    between = between.subtract(_identities(groups, contracted))
-    return Clustering(groups, contraction, contracted, between, domain)
+    index = {name: k for k, group in enumerate(groups) for name in group}
+    same_point = {(src, dst) for src, dst, identity in edges if identity}
+    within = isl.UnionMap.empty(deps.get_space())
+    for m in _maps(deps):
+        src, dst = m.get_tuple_name(isl.dim_type.in_), m.get_tuple_name(isl.dim_type.out)
+        if (src, dst) in same_point and index[src] == index[dst]:
+            within = within.union(isl.UnionMap.from_map(m))
+    between = deps.subtract(within).apply_domain(contraction).apply_range(contraction)
+    return Clustering(groups, contraction, domain.apply(contraction), between, domain)
 
 
 def _key(name: str) -> int:
@@ -118,12 +135,17 @@ def _sets(domain: isl.UnionSet) -> dict[str, isl.Set]:
     return out
 
 
+def _maps(deps: isl.UnionMap) -> list[isl.Map]:
+    maps: list[isl.Map] = []
+    deps.foreach_map(maps.append)
+    return maps
+
+
 def _edges(sets: dict[str, isl.Set], deps: isl.UnionMap) -> list[tuple[str, str, bool]]:
     """``(producer, consumer, identity)`` per dependence map between statements of ``sets``,
     in a fixed order. ``identity``: both have the same dims and set, and every consumer
     point reads the producer at the same point."""
-    maps: list[isl.Map] = []
-    deps.foreach_map(maps.append)
+    maps = _maps(deps)
     anon = {name: s.reset_tuple_id() for name, s in sets.items()}
     dims = {name: s.get_var_names(isl.dim_type.set) for name, s in sets.items()}
     edges = []
@@ -179,14 +201,3 @@ def _ordered(group: set[str], edges: list[tuple[str, str, bool]]) -> tuple[str, 
         if identity and src in group and dst in group:
             order.add(dst, src)
     return tuple(order.static_order())
-
-
-def _identities(groups: tuple[tuple[str, ...], ...], contracted: isl.UnionSet) -> isl.UnionMap:
-    """The same-point pairs of each group of several members (their members' same-point
-    dependences hold by the order within the group; a lone statement's would be a cycle)."""
-    labels = {"K" + group[0][1:] for group in groups if len(group) > 1}
-    out = isl.UnionMap.empty(contracted.get_space())
-    for name, s in _sets(contracted).items():
-        if name in labels:
-            out = out.union(isl.UnionMap.from_map(s.identity()))
-    return out

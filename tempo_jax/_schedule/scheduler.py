@@ -205,10 +205,10 @@ def _compute(domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set) -> isl.
     groups = cluster(domain, deps)
     if len(groups.groups) < groups.n_statements:
         sched = _isl_schedule(groups.domain, groups.deps, context)
-        if sched is not None:
-            sched = groups.expand(sched)
-            if _respects(sched.get_map(), deps):
-                return sched
+        # checked between groups; within one, the members' order holds every same-point
+        # dependence (a group has no other kind between its members' same points)
+        if sched is not None and _respects(sched.get_map(), groups.deps):
+            return groups.expand(sched)
     sched = _isl_schedule(domain, deps, context)
     if sched is None or not _respects(sched.get_map(), deps):
         return None
