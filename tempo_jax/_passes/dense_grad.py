@@ -6,7 +6,7 @@ attention's backward computes its exponentials twice and its products seven time
 dense backward a user writes by hand (``jax.grad`` of a masked ``(T, T)`` formulation) takes
 one pass of four. That trade pays for long ranges (memory ``O(T)``, not ``O(T^2)``). For short
 ones the dense form is one op instead of two nests: XLA compiles it faster (the LM of
-``scripts/train_lm.py``, 64 positions: 7.8 s against 9.9 s) and it runs about
+``scripts/train_lm.py``, 64 positions: 6.2 s against 8.9 s) and it runs about
 as fast (its scores, vmapped over the queries, are laid out for neither product: copies).
 
 :func:`dense_range_grads` decides, per range gradient, from the static size of the range's
