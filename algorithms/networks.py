@@ -59,3 +59,10 @@ def actor_critic(config: RLConfig, env: Env) -> ActorCritic:
         layers=config.layers,
         cnn=config.cnn,
     )
+
+
+def initial_params(net: ActorCritic, env: Env, key: jax.Array) -> dict:
+    """``net``'s initial parameters for ``key``, shaped by ``env``'s first observation, as the
+    baselines make them inside their jitted run: one compiled call, not one per operation of
+    the initialisers (eagerly, the orthogonal initialisers alone compile about 40 kernels)."""
+    return jax.jit(lambda k: net.init(k, env.reset(jax.random.PRNGKey(0))[0]))(key)

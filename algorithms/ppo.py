@@ -29,7 +29,7 @@ import tempo_jax as tj
 
 from . import envs, policy
 from .config import RLConfig
-from .networks import actor_critic
+from .networks import actor_critic, initial_params
 from .rollout import Rollout, read, rollout
 
 
@@ -95,13 +95,12 @@ def build(config: RLConfig, log: Callable[[int, dict[str, float]], None] | None 
     net = actor_critic(config, env)
     key = jax.random.PRNGKey(config.seed)
     init_key, run_key = jax.random.split(key)
-    obs0, _ = env.reset(jax.random.PRNGKey(0))
     with tj.Program("ppo") as p:
         i, b, t, e, m = p.dims("i b t e m")
         dims = (i, b, t)
         B, T = b.bound, t.bound
         steps = (i,) if reuse else (i, e, m)  # the optimiser steps over these, nested
-        params = tj.param(net.init(init_key, obs0), domain=steps, over=steps)
+        params = tj.param(initial_params(net, env, init_key), domain=steps, over=steps)
         acting_params = params if reuse else read(params, (i, 0, 0))
         acting = tj.lift(functools.partial(policy.act, net), name="policy")
         roll = rollout(env, lambda k, obs: _split(acting(acting_params, k, obs)), dims, run_key)

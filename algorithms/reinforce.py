@@ -39,7 +39,7 @@ import tempo_jax as tj
 
 from . import envs, policy, ppo
 from .config import RLConfig, check_one_step
-from .networks import actor_critic
+from .networks import actor_critic, initial_params
 from .rollout import Rollout, read, rollout
 
 Dims = tuple[tj.Symbol, tj.Symbol, tj.Symbol]
@@ -135,11 +135,10 @@ def build_actor_critic(
     env = envs.make(config.env, **config.env_options)
     net = actor_critic(config, env)
     init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    obs0, _ = env.reset(jax.random.PRNGKey(0))
     with tj.Program(name) as p:
         dims = p.dims("i b t")
         i, b, t = dims
-        params = tj.param(net.init(init_key, obs0), domain=(i,))
+        params = tj.param(initial_params(net, env, init_key), domain=(i,))
         acting = tj.lift(functools.partial(policy.act, net), name="policy")
         roll = rollout(env, lambda k, obs: ppo._split(acting(params, k, obs)), dims, run_key)
         critic = tj.lift(functools.partial(policy.value, net), name="value")

@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 
 import tempo_jax as tj
-from algorithms import ppo
+from algorithms import envs, ppo
 from algorithms.baselines import actor_learner, ppo_jax
 from algorithms.config import RLConfig
 from scripts.timing import interleaved
@@ -109,6 +109,7 @@ def bench_point(
     (``settings["actor_learner_iterations"]``): its time per iteration does not depend on
     how many it runs."""
     outputs, runs, prepared = {}, {}, {}
+    envs.make(config.env, **config.env_options)  # imported before any system is timed
     for system, make in SYSTEMS[algo].items():
         if system in settings.get("skip", []):
             continue

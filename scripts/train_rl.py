@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 import tempo_jax as tj
-from algorithms import a2c, ppo, reinforce
+from algorithms import a2c, envs, ppo, reinforce
 from algorithms import config as rl_config
 
 ALGORITHMS = {"ppo": ppo.make_train, "reinforce": reinforce.make_train, "a2c": a2c.make_train}
@@ -37,6 +37,7 @@ def train(config: rl_config.RLConfig, out: pathlib.Path) -> dict[str, Any]:
             bars[0].set_postfix(mean_return=f"{metrics['mean_return']:.1f}", refresh=False)
         bars[0].update(1)
 
+    envs.make(config.env, **config.env_options)  # its package's import is not build time
     start = time.perf_counter()
     compiled = ALGORITHMS[config.algo](config, log)  # tempo_jax: passes, checks, schedule
     build = time.perf_counter() - start
