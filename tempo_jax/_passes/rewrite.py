@@ -58,6 +58,16 @@ class Context:
 
     program: Program
     traces: dict[int, tuple[Op, jex.ClosedJaxpr | None]] = dataclasses.field(default_factory=dict)
+    ahead: tuple[Program, dict[Symbol, bool]] | None = None  # the program, its dims looking ahead
+
+    def looks_ahead(self, d: Symbol) -> bool:
+        """:func:`_looks_ahead` of the current program, asked once per dim."""
+        if self.ahead is None or self.ahead[0] is not self.program:
+            self.ahead = (self.program, {})
+        memo = self.ahead[1]
+        if d not in memo:
+            memo[d] = _looks_ahead(self.program, d)
+        return memo[d]
 
     def trace(self, op: Op) -> jex.ClosedJaxpr | None:
         """The jaxpr of ``op``'s payload on its read specs; ``None`` when it is opaque."""
@@ -210,7 +220,13 @@ def _forward(ctx: Context, op: Op, to: Edge) -> Program | None:
 At = tuple[tuple[str, int] | None, ...]  # per tracked dim: ("rel", offset), ("abs", c), or any
 
 
-def _reaches_same(program: Program, edge: Edge, target: int, dims: tuple[Symbol, ...]) -> bool:
+def _reaches_same(
+    program: Program,
+    edge: Edge,
+    target: int,
+    dims: tuple[Symbol, ...],
+    looks_ahead: Callable[[Symbol], bool],
+) -> bool:
     """Whether what ``edge`` reads depends on ``target`` at the same point of ``dims``.
 
     Reads are followed with where they lead on each of ``dims``: an offset from the start
@@ -221,7 +237,7 @@ def _reaches_same(program: Program, edge: Edge, target: int, dims: tuple[Symbol,
     a sum over ``b`` and ``t`` at iteration ``i`` may then be lifted although iteration
     ``i + 1`` reads it. Otherwise every path counts.
     """
-    ahead = [_looks_ahead(program, d) for d in dims]
+    ahead = [looks_ahead(d) for d in dims]
     start = (edge.src, _follow(program, edge, dims, (("rel", 0),) * len(dims)))
     stack, seen = [start], set()
     while stack:
@@ -250,6 +266,8 @@ def _looks_ahead(program: Program, d: Symbol) -> bool:
             if d not in producer.domain or d not in op.domain:
                 continue
             item = read.index[producer.domain.index(d)]
+            if item == d:
+                continue  # the same point, the most common read
             if isinstance(item, Slice):
                 return True
             if isinstance(simplify(item), Const):
@@ -269,6 +287,9 @@ def _follow(program: Program, edge: Edge, dims: tuple[Symbol, ...], at: At) -> A
             out.append(None)
             continue
         item = edge.index[producer.domain.index(d)]
+        if item == d:  # the same point, the most common read
+            out.append(a)
+            continue
         here = None if isinstance(item, Slice) else simplify(item)
         offset = None if here is None else simplify(here - d)
         if isinstance(here, Const):
@@ -454,15 +475,18 @@ def _ranged(edge: Edge, t: Symbol, start: Expr, stop: Expr, shifts: range) -> Ed
     )
 
 
-def _valid_ends(program: Program, rec: _Recurrence) -> bool:
+def _valid_ends(ctx: Context, rec: _Recurrence) -> bool:
     """The reads feeding a lift have the recurrence's spec and bounds and do not depend on it."""
+    program = ctx.program
     pos = next(k for k, item in enumerate(rec.x.index) if isinstance(item, Slice))
     if program.op(rec.x.src).domain[pos].bound != rec.t.bound or rec.init.slices:
         return False
     if not _same_spec(program.read_spec(rec.init), rec.acc.outputs[0]):
         return False
     others = tuple(d for d in rec.acc.domain if d != rec.t)
-    return not any(_reaches_same(program, e, rec.acc.id, others) for e in (rec.init, rec.x))
+    return not any(
+        _reaches_same(program, e, rec.acc.id, others, ctx.looks_ahead) for e in (rec.init, rec.x)
+    )
 
 
 def _adds_inputs(closed: jex.ClosedJaxpr) -> bool:
@@ -556,7 +580,7 @@ def _recurrence(
         if t == ctx.program.stopped:  # computed only up to the stop, inside its loop
             continue
         rec = parse(ctx, op, t)
-        if rec is not None and _valid_ends(ctx.program, rec):
+        if rec is not None and _valid_ends(ctx, rec):
             return rec
     return None
 
