@@ -24,8 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jax
-import optax
+import yaml
 
 import tempo_jax as tj
 from algorithms import a2c, envs, ppo, reinforce
@@ -52,26 +51,16 @@ def _rl(name: str) -> Callable[[], tj.Compiled]:
 
 
 def _lm() -> Callable[[], tj.Compiled]:
-    import yaml
-
     from models import train
-    from models.config import DecoderConfig
-    from models.params import init_params
-    from scripts.train_lm import ALPHABET
+    from scripts import train_lm
 
-    spec = yaml.safe_load(pathlib.Path("configs/train/lm_tiny.yaml").read_text())
-    opts = spec["train"]
-    cfg = DecoderConfig(
-        vocab=len(ALPHABET), max_len=opts["seq_len"], norm_eps=1e-5, **spec["model"]
-    )
-    params = init_params(cfg, jax.random.PRNGKey(opts["seed"]))
-    tx = optax.adam(opts["learning_rate"])
+    config = yaml.safe_load(pathlib.Path("configs/train/lm_tiny.yaml").read_text())
+    cfg, params, tx = train_lm.model(config)
+    batch, length = config["train"]["batch"], config["train"]["seq_len"]
 
     def compile_it() -> tj.Compiled:
-        program = train.build_training_program(
-            cfg, params, tx, batch=opts["batch"], seq_len=opts["seq_len"]
-        )
-        return program.compile({"I": opts["iterations"], "T": opts["seq_len"]})
+        program = train.build_training_program(cfg, params, tx, batch=batch, seq_len=length)
+        return program.compile(train_lm.program_bounds(config))
 
     return compile_it
 

@@ -74,19 +74,30 @@ def _compiled(program: tj.Program, bounds: dict, rows: Any, pipeline: Any = None
     return call, out, {"build_seconds": built - start, "xla_compile_seconds": xla - built}
 
 
+def model(config: dict[str, Any]) -> tuple[DecoderConfig, Any, optax.GradientTransformation]:
+    """The model config, initial parameters and optimiser ``config`` describes."""
+    spec, opts = config["model"], config["train"]
+    cfg = DecoderConfig(vocab=len(ALPHABET), max_len=opts["seq_len"], norm_eps=1e-5, **spec)
+    params = init_params(cfg, jax.random.PRNGKey(opts["seed"]))
+    return cfg, params, optax.adam(opts["learning_rate"])
+
+
+def program_bounds(config: dict[str, Any]) -> dict[str, int]:
+    """The training program's bounds: ``I`` optimiser steps of ``T`` positions."""
+    return {"I": config["train"]["iterations"], "T": config["train"]["seq_len"]}
+
+
 def run(config: dict[str, Any]) -> dict[str, Any]:
-    data, spec, opts = config["corpus"], config["model"], config["train"]
+    data, opts = config["corpus"], config["train"]
     tokens = corpus(data["lines"], data["seed"])
     steps, size, length = opts["iterations"], opts["batch"], opts["seq_len"]
-    cfg = DecoderConfig(vocab=len(ALPHABET), max_len=length, norm_eps=1e-5, **spec)
-    params = init_params(cfg, jax.random.PRNGKey(opts["seed"]))
+    cfg, params, tx = model(config)
     rows = batches(tokens, steps, size, length, opts["seed"])
-    tx = optax.adam(opts["learning_rate"])
 
     start = time.perf_counter()
     program = train.build_training_program(cfg, params, tx, batch=size, seq_len=length)
     recorded = time.perf_counter() - start
-    bounds = {"I": steps, "T": length}
+    bounds = program_bounds(config)
     call, out, tempo = _compiled(program, bounds, rows)
     tempo["build_seconds"] += recorded
     runs = {"tempo_jax": lambda: call(tokens=rows)}

@@ -142,12 +142,13 @@ def _replace(
         Payload(fn, name, pads_ok=True),
         stats.source,
     )
-    at_stats = tuple(c for c in stats.domain if c != d)
     stat_edge = rows.inputs[len(record.ranged)]  # the stats read: the range at the dim's place
     at_rows = tuple(i for c, i in zip(stats.domain, stat_edge.index, strict=True) if c != d)
     picked_stats = stats.replace(
         name=_picked_name(stats),
-        inputs=tuple(Edge(fresh, n, at_stats, TRUE, stats.source) for n in range(record.n_points)),
+        inputs=tuple(
+            Edge(fresh, n, dense_domain, TRUE, stats.source) for n in range(record.n_points)
+        ),
         outputs=stats.outputs[: record.n_points],
         payload=pick_payload(d, 0, _picked_name(stats)),
     )

@@ -16,8 +16,8 @@ A group is only formed where it cannot create a cycle: every *entry* member (one
 outside the group, or read by a member at another point) must reach every *exit* member (one
 read outside the group, or by a member at another point) through identity dependences inside
 the group. Then every path through a group's point in the contracted program is a path of the
-original program, so the contracted program has a cycle only if the original has one, and
-every schedule of the original's loops is still open to it. Without the rule, grouping the
+original program, so the contracted program has a cycle only if the original has one.
+Without the rule, grouping the
 acting loop with the backward GAE recurrence that reads it (``adv[t]`` reads ``adv[t + 1]``)
 would make both one loop that must run both ways.
 
@@ -50,10 +50,6 @@ class Clustering:
     deps: isl.UnionMap
     original: isl.UnionSet
 
-    @property
-    def n_statements(self) -> int:
-        return sum(len(g) for g in self.groups)
-
     def expand(self, schedule: isl.Schedule) -> isl.Schedule:
         """The schedule of the original statements: each group's leaf runs its members in
         order."""
@@ -75,8 +71,8 @@ class Clustering:
 
 def cluster(domain: isl.UnionSet, deps: isl.UnionMap) -> Clustering:
     """Group the statements of ``domain`` along identity dependences (module docstring)."""
-    sets = _sets(domain)
-    edges = _edges(sets, deps)
+    sets, maps = _sets(domain), _maps(deps)
+    edges = _edges(sets, maps)
     group_of = {name: name for name in sets}
     members: dict[str, set[str]] = {name: {name} for name in sets}
     changed = True
@@ -96,18 +92,19 @@ def cluster(domain: isl.UnionSet, deps: isl.UnionMap) -> Clustering:
     groups = tuple(
         _ordered(group, edges) for group in sorted(members.values(), key=lambda g: min(g, key=_key))
     )
-    return _contract(domain, deps, groups, edges)
+    return _contract(domain, deps, sets, maps, groups, edges)
 
 
 def _contract(
     domain: isl.UnionSet,
     deps: isl.UnionMap,
+    sets: dict[str, isl.Set],
+    maps: list[isl.Map],
     groups: tuple[tuple[str, ...], ...],
     edges: list[tuple[str, str, bool]],
 ) -> Clustering:
     """The problem with one statement per group: its dependences are every dependence
     but the same-point reads between members of one group (their order keeps those)."""
-    sets = _sets(domain)
     contraction = isl.UnionMap.empty(domain.get_space())
     for group in groups:
         label = "K" + group[0][1:]
@@ -117,7 +114,7 @@ def _contract(
     index = {name: k for k, group in enumerate(groups) for name in group}
     same_point = {(src, dst) for src, dst, identity in edges if identity}
     within = isl.UnionMap.empty(deps.get_space())
-    for m in _maps(deps):
+    for m in maps:
         src, dst = m.get_tuple_name(isl.dim_type.in_), m.get_tuple_name(isl.dim_type.out)
         if (src, dst) in same_point and index[src] == index[dst]:
             within = within.union(isl.UnionMap.from_map(m))
@@ -141,11 +138,10 @@ def _maps(deps: isl.UnionMap) -> list[isl.Map]:
     return maps
 
 
-def _edges(sets: dict[str, isl.Set], deps: isl.UnionMap) -> list[tuple[str, str, bool]]:
+def _edges(sets: dict[str, isl.Set], maps: list[isl.Map]) -> list[tuple[str, str, bool]]:
     """``(producer, consumer, identity)`` per dependence map between statements of ``sets``,
     in a fixed order. ``identity``: both have the same dims and set, and every consumer
     point reads the producer at the same point."""
-    maps = _maps(deps)
     anon = {name: s.reset_tuple_id() for name, s in sets.items()}
     dims = {name: s.get_var_names(isl.dim_type.set) for name, s in sets.items()}
     edges = []

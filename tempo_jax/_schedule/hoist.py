@@ -26,7 +26,7 @@ import dataclasses
 from .._ir.expr import TRUE, And, Cmp, Const, Expr, Symbol, substitute
 from .._ir.program import Program
 from .._ir.simplify import simplify
-from .tree import Guard, Loop, Node, Sequence, execs, substitute_tree
+from .tree import Guard, Loop, Node, Sequence, execs, sequence, substitute_tree
 
 
 def hoist_first_iterations(tree: Node, program: Program) -> Node:
@@ -36,7 +36,7 @@ def hoist_first_iterations(tree: Node, program: Program) -> Node:
 
 def _hoist(node: Node, program: Program) -> Node:
     if isinstance(node, Sequence):
-        return _sequence([_hoist(child, program) for child in node.children])
+        return sequence([_hoist(child, program) for child in node.children])
     if isinstance(node, Guard):
         return Guard(node.cond, _hoist(node.body, program))
     if isinstance(node, Loop):
@@ -45,23 +45,18 @@ def _hoist(node: Node, program: Program) -> Node:
     return node
 
 
-def _sequence(children: list[Node]) -> Node:
-    flat: list[Node] = []
-    for child in children:
-        flat += child.children if isinstance(child, Sequence) else [child]
-    return flat[0] if len(flat) == 1 else Sequence(tuple(flat))
-
-
 def _take_first(loop: Loop, program: Program) -> Node:
     if not _runs(loop, program):
         return loop
     children = loop.body.children if isinstance(loop.body, Sequence) else (loop.body,)
     moved: list[Node] = []
     kept: list[Node] = []
+    earlier: set[int] = set()  # the ops of ``kept``
     for child in children:
         rest = _first_only(child, loop.var, loop.start) if isinstance(child, Guard) else None
-        if rest is None or _reads(child, kept, program):
+        if rest is None or _reads(child, earlier, program):
             kept.append(child)
+            earlier.update(ex.op for ex in execs(child))
             continue
         assert isinstance(child, Guard)
         body = substitute_tree(child.body, {loop.var: loop.start})
@@ -69,8 +64,8 @@ def _take_first(loop: Loop, program: Program) -> Node:
     if not moved:
         return loop
     if not kept:
-        return _sequence(moved)
-    return _sequence([*moved, dataclasses.replace(loop, body=_sequence(kept))])
+        return sequence(moved)
+    return sequence([*moved, dataclasses.replace(loop, body=sequence(kept))])
 
 
 def _runs(loop: Loop, program: Program) -> bool:
@@ -104,9 +99,6 @@ def _conjuncts(cond: Expr) -> list[Expr]:
     return [cond]
 
 
-def _reads(node: Node, before: list[Node], program: Program) -> bool:
-    """Whether an op ``node`` runs reads an op run by one of the nodes ``before``."""
-    earlier = {ex.op for n in before for ex in execs(n)}
-    if not earlier:
-        return False
+def _reads(node: Node, earlier: set[int], program: Program) -> bool:
+    """Whether an op ``node`` runs reads one of the ops ``earlier``."""
     return any(edge.src in earlier for ex in execs(node) for edge in program.op(ex.op).inputs)

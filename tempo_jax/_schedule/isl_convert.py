@@ -75,10 +75,13 @@ def isl_context() -> isl.Context:
 
 def param_space(program: Program, ctx: isl.Context) -> isl.Space:
     """The parameter space ``[T, B, ...]``: one parameter per bound of ``program``."""
-    names = [bound.name for bound in program.bounds]
-    space = isl.Space.params_alloc(ctx, len(names))
-    for pos, name in enumerate(names):
-        space = space.set_dim_name(_DT.param, pos, name)
+    return _param_space(ctx, program.bounds)
+
+
+def _param_space(ctx: isl.Context, bounds: tuple[Symbol, ...]) -> isl.Space:
+    space = isl.Space.params_alloc(ctx, len(bounds))
+    for pos, bound in enumerate(bounds):
+        space = space.set_dim_name(_DT.param, pos, bound.name)
     return space
 
 
@@ -89,15 +92,16 @@ def param_context(program: Program, ctx: isl.Context) -> isl.Set:
 
 @functools.lru_cache(maxsize=256)
 def _param_context(ctx: isl.Context, bounds: tuple[Symbol, ...]) -> isl.Set:
-    space = isl.Space.params_alloc(ctx, len(bounds))
-    for pos, bound in enumerate(bounds):
-        space = space.set_dim_name(_DT.param, pos, bound.name)
-    return cond_to_set(_all(bound >= 1 for bound in bounds), space)
+    return cond_to_set(_all(bound >= 1 for bound in bounds), _param_space(ctx, bounds))
 
 
 def tuple_name(op: Op) -> str:
     """The isl tuple name of ``op``'s statement: ``S{op.id}``."""
-    return f"S{op.id}"
+    return _statement(op.id)
+
+
+def _statement(op_id: int) -> str:
+    return f"S{op_id}"
 
 
 def domain_space(program: Program, op: Op, ctx: isl.Context) -> isl.Space:
@@ -120,16 +124,18 @@ def domain_set(program: Program, op: Op, ctx: isl.Context) -> isl.Set:
 def _domain_set(
     ctx: isl.Context, bounds: tuple[Symbol, ...], op_id: int, domain: tuple[Symbol, ...]
 ) -> isl.Set:
-    params = [bound.name for bound in bounds]
-    space = isl.Space.create_from_names(ctx, set=[d.name for d in domain], params=params)
-    space = space.set_tuple_name(_DT.set, f"S{op_id}")
+    space = _space(ctx, bounds, [d.name for d in domain]).set_tuple_name(_DT.set, _statement(op_id))
     box = _all(((dim >= 0) & (dim < dim.bound)) for dim in domain)
     return cond_to_set(box, space).intersect_params(_param_context(ctx, bounds)).coalesce()
 
 
 def _set_space(program: Program, ctx: isl.Context, dims: list[str]) -> isl.Space:
     """An unnamed set space with the given dims and the program's bounds as parameters."""
-    params = [bound.name for bound in program.bounds]
+    return _space(ctx, program.bounds, dims)
+
+
+def _space(ctx: isl.Context, bounds: tuple[Symbol, ...], dims: list[str]) -> isl.Space:
+    params = [bound.name for bound in bounds]
     return isl.Space.create_from_names(ctx, set=dims, params=params)
 
 

@@ -86,7 +86,18 @@ from . import isl_convert as ic
 from .clusters import cluster
 from .hoist import hoist_first_iterations
 from .stopped import StopSplit, inner_view, split_at_stop, with_stopped_dim
-from .tree import Exec, Guard, Loop, Node, ScheduleTree, Sequence, execs, loop_var, substitute_tree
+from .tree import (
+    Exec,
+    Guard,
+    Loop,
+    Node,
+    ScheduleTree,
+    Sequence,
+    execs,
+    loop_var,
+    sequence,
+    substitute_tree,
+)
 
 _OPTIONS: tuple[tuple[str, int], ...] = (
     ("schedule_algorithm", 0),  # ISL_SCHEDULE_ALGORITHM_ISL
@@ -203,7 +214,7 @@ def _compute(domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set) -> isl.
     valid schedule, the statements are scheduled one by one.
     """
     groups = cluster(domain, deps)
-    if len(groups.groups) < groups.n_statements:
+    if any(len(group) > 1 for group in groups.groups):
         sched = _isl_schedule(groups.domain, groups.deps, context)
         # checked between groups; within one, the members' order holds every same-point
         # dependence (a group has no other kind between its members' same points)
@@ -359,14 +370,7 @@ def _node(node: isl.AstNode, env: _Env, program: Program) -> Node:
     kind = node.get_type()
     if kind == isl.ast_node_type.block:  # nested blocks (a group's members) spliced in
         items = node.block_get_children()
-        parts = (_node(items.get_at(k), env, program) for k in range(items.n_ast_node()))
-        return Sequence(
-            tuple(
-                c
-                for part in parts
-                for c in (part.children if isinstance(part, Sequence) else (part,))
-            )
-        )
+        return sequence(_node(items.get_at(k), env, program) for k in range(items.n_ast_node()))
     if kind == isl.ast_node_type.mark:
         return _node(node.mark_get_node(), env, program)
     if kind == isl.ast_node_type.user:

@@ -20,7 +20,7 @@ one (``for t in 0..T-1: S1[t - 1]`` means "op 1 at domain point ``t = loop t - 1
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from .._ir.expr import Const, Expr, Symbol, substitute
 from .._ir.program import Program
@@ -130,6 +130,15 @@ def execs(tree: Node) -> list[Exec]:
 def loops(tree: Node) -> list[Loop]:
     """The :class:`Loop` nodes of ``tree``, pre-order."""
     return [node for node in walk(tree) if isinstance(node, Loop)]
+
+
+def sequence(children: Iterable[Node]) -> Node:
+    """``children`` run in order, as one node: nested sequences spliced in, one child alone
+    as itself."""
+    flat: list[Node] = []
+    for child in children:
+        flat += child.children if isinstance(child, Sequence) else (child,)
+    return flat[0] if len(flat) == 1 else Sequence(tuple(flat))
 
 
 def map_exprs(tree: Node, fn: Callable[[Expr], Expr]) -> Node:

@@ -123,7 +123,7 @@ def test_groups_give_the_same_loops_or_fewer(build, monkeypatch) -> None:
     program = build()
     program = program if isinstance(program, Program) else program[0].to_ir()
     grouped = scheduler.schedule(program)
-    none = types.SimpleNamespace(groups=(), n_statements=0)  # no statement grouped
+    none = types.SimpleNamespace(groups=())  # no statement grouped
     monkeypatch.setattr(scheduler, "cluster", lambda *_: none)
     alone = scheduler.schedule(program)
     assert sum(_counts(grouped)) <= sum(_counts(alone))
