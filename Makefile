@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m scripts.train_rl
+	$(VENV)/bin/tempo-jax train ppo_cartpole
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2

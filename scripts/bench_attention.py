@@ -18,7 +18,7 @@ row per system: seconds, the ratio to the faster baseline, and the XLA temporary
 compiled executable (``memory_analysis().temp_size_in_bytes``).
 Writes ``results/attention/bench_attention.json`` and ``.csv`` and a plot ``.png``.
 
-    python -m scripts.bench_attention [--config configs/bench/attention.yaml]
+    python -m tempo_jax.scripts.bench_attention [--config configs/bench/attention.yaml]
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
+from tempo_jax.scripts import timing
 
 import tempo_jax as tj
-from scripts import timing
 
 BASELINES = ("masked JAX", "jax.nn.dot_product_attention")
 

@@ -46,7 +46,7 @@ seconds_per_token, temp_bytes, compile_seconds, bytes_per_token, bandwidth_gbs, 
 ratio_vs_scan, ratio_vs_tiled}]}``, with plots ``<stem>_seq_len.png`` (ms per token against
 ``seq_len``, one panel per attention kind) and ``<stem>_block.png`` (against the tile size).
 
-    python -m scripts.bench_decode [--config configs/bench/decode_cpu_small.yaml]
+    python -m tempo_jax.scripts.bench_decode [--config configs/bench/decode_cpu_small.yaml]
         [--only seq_len|block|prefill] [--systems tempo_jax,scan,tiled,padded,prefill]
         [--out results/decode]
 """
@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -70,15 +69,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
+from tempo_jax.configs import ConfigError, find, read
+from tempo_jax.models import tempo
+from tempo_jax.models.baselines import padded, scan, tiled
+from tempo_jax.models.baselines.decode_loop import Sampling, init_state
+from tempo_jax.models.config import DecoderConfig
+from tempo_jax.models.params import Params, init_params, param_shapes
+from tempo_jax.scripts import results, timing
 
 import tempo_jax as tj
-from models import tempo
-from models.baselines import padded, scan, tiled
-from models.baselines.decode_loop import Sampling, init_state
-from models.config import DecoderConfig
-from models.params import Params, init_params, param_shapes
-from scripts import timing
 
 SYSTEMS = ("tempo_jax", "scan", "tiled", "padded")
 BLOCK_FREE = ("padded", "scan")  # their work does not depend on the tile size
@@ -551,6 +550,10 @@ def run(
     into ``out``; return the JSON's contents."""
     from . import bench_prefill  # it builds on this module
 
+    has = [name for name in SWEEPS if name in config.get("sweeps", {})]
+    has += ["prefill"] if "prefill" in config else []
+    if only is not None and only not in has:
+        raise ConfigError(f"--only {only}: this config has no such sweep; it has: {', '.join(has)}")
     bandwidth = copy_bandwidth(config.get("copy_megabytes", 256))
     print(f"copy bandwidth: {bandwidth:.2f} GB/s")
     rows = sweep(config, only, systems) if only != "prefill" else []
@@ -570,8 +573,7 @@ def run(
         "rows": rows,
         "prefill": prefill,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    results.write_json(out / f"{stem}.json", result)
     for name in SWEEPS:
         if any(r["sweep"] == name for r in rows):
             plot(rows, name, out / f"{stem}_{name}.png")
@@ -590,11 +592,13 @@ def main() -> None:
     parser.add_argument("--out", default="results/decode")
     args = parser.parse_args()
     tj.enable_compilation_cache()  # a second run skips XLA's compile
-    path = pathlib.Path(args.config)
-    config = yaml.safe_load(path.read_text())
     systems = args.systems.split(",") if args.systems else None
     try:
+        path = find(args.config, kind="bench")
+        config = read(path)
         run(config, pathlib.Path(args.out), path.stem, args.only, systems, {"config": args.config})
+    except ConfigError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     except TokenMismatch as error:
         sys.exit(f"bench_decode: {error}")
 

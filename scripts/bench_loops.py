@@ -6,7 +6,7 @@ writes ``results/bench_loops.json`` rows ``{name, system, seconds_median, ratio_
 (``rnn_grad``: the RNN's gradients by backpropagation through time, against ``jax.grad``)
 plus a bar plot ``results/bench_loops.png``.
 
-    python -m scripts.bench_loops [--config configs/bench/loops.yaml] [--steps N]
+    python -m tempo_jax.scripts.bench_loops [--config configs/bench/loops.yaml] [--steps N]
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
+from tempo_jax.scripts import timing
 
 import tempo_jax as tj
-from scripts import timing
 from tempo_jax._passes.tiling import tile_dynamic_ranges
 from tempo_jax._passes.vectorize import vectorize
 

@@ -21,7 +21,7 @@ Rows go to ``results/memory/<config stem>.json``
 (``{algo, system, obs, episode, swap, temp_bytes, host_bytes, planned_peak_bytes,
 peak_bytes, seconds_per_iteration, outputs_equal}``) with a plot ``.png``.
 
-    python -m scripts.bench_memory [--config configs/bench/memory_cpu_small.yaml]
+    python -m tempo_jax.scripts.bench_memory [--config configs/bench/memory_cpu_small.yaml]
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from typing import Any
 import jax
 import numpy as np
 import yaml
+from tempo_jax.algorithms import ppo, reinforce
+from tempo_jax.algorithms.baselines import pg_jax, ppo_jax
+from tempo_jax.algorithms.config import RLConfig
+from tempo_jax.scripts import timing
 
 import tempo_jax as tj
-from algorithms import ppo, reinforce
-from algorithms.baselines import pg_jax, ppo_jax
-from algorithms.config import RLConfig
-from scripts import timing
 
 ALGOS: dict[str, tuple[Any, Any]] = {  # algo -> (tempo_jax module, single-jit baseline)
     "ppo": (ppo, ppo_jax),

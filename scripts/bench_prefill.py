@@ -29,9 +29,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from models.baselines import prefill, scan
-from models.params import init_params
+from tempo_jax.models.baselines import prefill, scan
+from tempo_jax.models.params import init_params
 
 from . import bench_decode
 

@@ -18,14 +18,13 @@ seconds_per_iteration, steps_per_second, build_seconds, xla_compile_seconds, com
 (build + XLA), ratio_vs_single_jit}``, with a plot ``results/rl/bench_<config>.png`` (one
 panel per factor).
 
-    python -m scripts.bench_rl [--config configs/bench/rl_cpu_small.yaml] [--only base]
+    python -m tempo_jax.scripts.bench_rl [--config configs/bench/rl_cpu_small.yaml] [--only base]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import pathlib
 import platform
@@ -36,13 +35,14 @@ from typing import Any
 
 import jax
 import numpy as np
-import yaml
+from tempo_jax.algorithms import envs, ppo
+from tempo_jax.algorithms.baselines import actor_learner, ppo_jax
+from tempo_jax.algorithms.config import RLConfig
+from tempo_jax.configs import ConfigError, read
+from tempo_jax.scripts import results
+from tempo_jax.scripts.timing import interleaved
 
 import tempo_jax as tj
-from algorithms import envs, ppo
-from algorithms.baselines import actor_learner, ppo_jax
-from algorithms.config import RLConfig
-from scripts.timing import interleaved
 
 SYSTEMS: dict[str, dict[str, Callable[[RLConfig], Callable[[], dict[str, Any]]]]] = {
     "ppo": {
@@ -166,6 +166,9 @@ def sweep(config: dict[str, Any], only: str | None = None) -> list[dict[str, Any
         points += [
             (factor, v) for v in config.get("sweep", {}).get(factor, []) if v != base[factor]
         ]
+    if only is not None and all(factor != only for factor, _ in points):
+        factors = ", ".join(dict.fromkeys(factor for factor, _ in points))
+        raise ConfigError(f"--only {only}: no such factor in this config; it has: {factors}")
     rows = []
     for algo in config.get("algos", ["ppo"]):
         for factor, value in points:
@@ -222,10 +225,12 @@ def main() -> None:
     parser.add_argument("--out", default="results/rl")
     args = parser.parse_args()
     tj.enable_compilation_cache()  # a second run skips XLA's compile
-    config = yaml.safe_load(pathlib.Path(args.config).read_text())
-    rows = sweep(config, args.only)
+    try:
+        config = read(args.config, kind="bench")
+        rows = sweep(config, args.only)
+    except ConfigError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "config": args.config,
         "machine": platform.processor() or platform.machine(),
@@ -234,7 +239,7 @@ def main() -> None:
         "jax": jax.__version__,
     }
     stem = f"bench_{pathlib.Path(args.config).stem}"  # one file per config
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    results.write_json(out / f"{stem}.json", {"meta": meta, "rows": rows})
     plot(rows, config["base"], out / f"{stem}.png")
     print(f"wrote {out / stem}.json and .png")
 

@@ -5,7 +5,7 @@ Llama or GPT-2 folder as transformers saves it; nothing is downloaded), encodes 
 ``--prompt``, generates with :meth:`models.tempo.TempoModel.generate_hf` and prints each
 continuation.
 
-    python -m scripts.decode --model DIR --prompt "Once upon a time" [--max-new-tokens 64]
+    python -m tempo_jax.scripts.decode --model DIR --prompt "Once upon a time" [--max-new-tokens 64]
         [--sample --temperature 0.8 --top-k 50 --top-p 0.95 --seed 0]
 """
 
@@ -16,10 +16,10 @@ import sys
 from collections.abc import Sequence
 
 import jax
+from tempo_jax.models.config import CheckpointError
+from tempo_jax.models.text import generate_text, load_text_model
 
 import tempo_jax as tj
-from models.config import CheckpointError
-from models.text import generate_text, load_text_model
 
 
 def main(argv: Sequence[str] | None = None) -> int:

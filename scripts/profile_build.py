@@ -9,7 +9,7 @@ compile is not part of the build (``scripts.train_rl`` and ``scripts.bench_rl`` 
 Environments and networks are made once before any build is timed (importing gymnax takes
 seconds). Rows go to ``results/build/profile_build.json``.
 
-    python -m scripts.profile_build [--programs ppo,reinforce,a2c,lm,decoder]
+    python -m tempo_jax.scripts.profile_build [--programs ppo,reinforce,a2c,lm,decoder]
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 import yaml
+from tempo_jax.algorithms import a2c, envs, ppo, reinforce
+from tempo_jax.algorithms import config as rl_config
 
 import tempo_jax as tj
-from algorithms import a2c, envs, ppo, reinforce
-from algorithms import config as rl_config
 
 CACHE_SWITCH = "TEMPO_JAX_SCHEDULE_CACHE"
 RL = {
@@ -51,8 +51,8 @@ def _rl(name: str) -> Callable[[], tj.Compiled]:
 
 
 def _lm() -> Callable[[], tj.Compiled]:
-    from models import train
-    from scripts import train_lm
+    from tempo_jax.models import train
+    from tempo_jax.scripts import train_lm
 
     config = yaml.safe_load(pathlib.Path("configs/train/lm_tiny.yaml").read_text())
     cfg, params, tx = train_lm.model(config)
@@ -66,8 +66,8 @@ def _lm() -> Callable[[], tj.Compiled]:
 
 
 def _decoder() -> Callable[[], tj.Compiled]:
-    from models import tempo
-    from models.config import tiny_llama
+    from tempo_jax.models import tempo
+    from tempo_jax.models.config import tiny_llama
 
     cfg = tiny_llama()
 

@@ -14,7 +14,7 @@ token and microseconds per kernel. ``leaf total`` is the sum over kinds; ``wall`
 traced call's time per token. Rows go to
 ``results/decode/profile_<config stem>_<attn>_<seq_len>.json``.
 
-    python -m scripts.profile_decode [--config configs/bench/decode_cpu_long.yaml]
+    python -m tempo_jax.scripts.profile_decode [--config configs/bench/decode_cpu_long.yaml]
         [--attn causal|window] [--seq-len N] [--block N] [--systems tempo_jax,scan]
 """
 
@@ -32,8 +32,7 @@ from typing import Any, Protocol
 
 import jax
 import yaml
-
-from scripts.bench_decode import SYSTEMS, build, point_inputs
+from tempo_jax.scripts.bench_decode import SYSTEMS, build, point_inputs
 
 EXECUTOR_THREAD = "XLAEigen"  # the XLA CPU executor's threads; the kernels run on them
 # Runtime events, not HLO ops: the executor's and thread pools' own spans (``ThunkExecutor::

@@ -13,7 +13,7 @@ seconds of both, seconds per iteration and their ratio: the median over rounds i
 two take turns), ``.csv`` (the loss per step of both)
 and ``.png`` (the loss curves).
 
-    python -m scripts.train_lm [--config configs/train/lm_tiny.yaml]
+    python -m tempo_jax.scripts.train_lm [--config configs/train/lm_tiny.yaml]
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import yaml
+from tempo_jax.models import train
+from tempo_jax.models.baselines import train_loop
+from tempo_jax.models.config import DecoderConfig
+from tempo_jax.models.params import init_params
+from tempo_jax.scripts.timing import interleaved
 
 import tempo_jax as tj
-from models import train
-from models.baselines import train_loop
-from models.config import DecoderConfig
-from models.params import init_params
-from scripts.timing import interleaved
 
 ALPHABET = "0123456789+=\n"
 

@@ -2,15 +2,17 @@
 
 The whole run (every iteration's rollout, returns, loss, backward and optimiser step) is one
 compiled XLA computation; per-iteration metrics leave it through a sink to the progress bar
-and to ``results/rl/<run>/metrics.csv``, and a learning curve is plotted next to it.
+and to ``results/rl/<run>/metrics.csv``, and a learning curve is plotted next to it. Each run
+gets its own directory (:func:`tempo_jax.scripts.results.run_dir`); every file is written
+atomically.
 
-    python -m scripts.train_rl [--config configs/rl/ppo_cartpole.yaml] [--iterations N] [--seed S]
+    tempo-jax train ppo_cartpole [--iterations N] [--seed S] [--run NAME] [--overwrite]
+    python -m tempo_jax.scripts.train_rl [--config ppo_cartpole] [--iterations N] [--seed S]
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import pathlib
@@ -18,17 +20,20 @@ import time
 from typing import Any
 
 import numpy as np
+from tempo_jax.algorithms import a2c, envs, ppo, reinforce
+from tempo_jax.algorithms import config as rl_config
+from tempo_jax.configs import ConfigError
+from tempo_jax.scripts import results
 from tqdm import tqdm
 
 import tempo_jax as tj
-from algorithms import a2c, envs, ppo, reinforce
-from algorithms import config as rl_config
 
 ALGORITHMS = {"ppo": ppo.make_train, "reinforce": reinforce.make_train, "a2c": a2c.make_train}
 
 
 def train(config: rl_config.RLConfig, out: pathlib.Path) -> dict[str, Any]:
-    """Compile and run ``config``; write metrics, the curve and a summary under ``out``."""
+    """Compile and run ``config``; write metrics, the curve and a summary under ``out``
+    (atomically: each file is whole, old or new)."""
     out.mkdir(parents=True, exist_ok=True)
     bars: list[tqdm] = []  # the progress bar, made when the run starts
 
@@ -55,12 +60,15 @@ def train(config: rl_config.RLConfig, out: pathlib.Path) -> dict[str, Any]:
     episodes = np.asarray(result["episodes"])
     returns[episodes == 0] = np.nan  # no episode ended in that iteration
     losses = np.asarray(result["loss"])
-    with open(out / "metrics.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["iteration", "env_steps", "episodes", "mean_return", "loss"])
-        for k in range(config.iterations):
-            env_steps = (k + 1) * config.envs * config.steps
-            writer.writerow([k, env_steps, int(episodes[k]), returns[k], losses[k]])
+    batch = config.envs * config.steps
+    results.write_csv(
+        out / "metrics.csv",
+        ["iteration", "env_steps", "episodes", "mean_return", "loss"],
+        (
+            [k, (k + 1) * batch, int(episodes[k]), returns[k], losses[k]]
+            for k in range(config.iterations)
+        ),
+    )
     smooth = _smoothed(returns)
     summary = {
         "config": dataclasses.asdict(config),
@@ -74,7 +82,7 @@ def train(config: rl_config.RLConfig, out: pathlib.Path) -> dict[str, Any]:
         "best_smoothed_return": float(np.nanmax(smooth)),
         "env_steps_to_400": _first_reaching(smooth, 400.0, config),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    results.write_json(out / "summary.json", summary)
     plot(returns, smooth, config, out / "learning_curve.png")
     return summary
 
@@ -112,25 +120,44 @@ def plot(
     ax.set_title(f"{config.algo} on {config.env} (tempo_jax, one program)")
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    results.save_figure(fig, path, dpi=120)
+    plt.close(fig)
+
+
+def run(
+    config: rl_config.RLConfig,
+    root: str | pathlib.Path = "results/rl",
+    name: str | None = None,
+    overwrite: bool = False,
+) -> pathlib.Path:
+    """Train ``config`` into a new run directory under ``root`` (named ``name``, or
+    ``<algo>_<env>_seed<S>`` numbered past earlier runs); print the summary; the directory."""
+    default = f"{config.algo}_{config.env}_seed{config.seed}"
+    out = results.run_dir(root, name or default, explicit=name is not None, overwrite=overwrite)
+    summary = train(config, out)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    print(f"wrote {out}/metrics.csv, summary.json and learning_curve.png")
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/rl/ppo_cartpole.yaml")
+    parser.add_argument("--config", default="ppo_cartpole", help="a shipped name or a path")
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", default="results/rl")
+    parser.add_argument("--run", help="the run's directory name (default: numbered)")
+    parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     tj.enable_compilation_cache()  # a second run skips XLA's compile
     overrides = {
         k: v for k, v in (("iterations", args.iterations), ("seed", args.seed)) if v is not None
     }
-    config = rl_config.load(args.config, **overrides)
-    run = f"{config.algo}_{config.env}_seed{config.seed}"
-    summary = train(config, pathlib.Path(args.out) / run)
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
-    print(f"wrote {pathlib.Path(args.out) / run}/metrics.csv and learning_curve.png")
+    try:
+        config = rl_config.load(args.config, **overrides)
+        run(config, args.out, args.run, args.overwrite)
+    except (ConfigError, results.ResultsError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 if __name__ == "__main__":

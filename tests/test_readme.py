@@ -31,9 +31,8 @@ def test_training_example_runs_and_recovers_the_weights() -> None:
 
 def test_decoding_example_runs_and_matches_the_scan_decoder() -> None:
     import jax
-
-    from models.baselines import scan
-    from models.params import init_params
+    from tempo_jax.models.baselines import scan
+    from tempo_jax.models.params import init_params
 
     scope: dict = {}
     exec(compile(_block_after("## LLM decoding"), "README.md", "exec"), scope)
@@ -47,9 +46,8 @@ def test_decoding_example_runs_and_matches_the_scan_decoder() -> None:
 def test_transformer_training_example_equals_the_optax_loop() -> None:
     import jax.numpy as jnp
     import optax
-
-    from models import train
-    from models.baselines import train_loop
+    from tempo_jax.models import train
+    from tempo_jax.models.baselines import train_loop
 
     scope: dict = {}
     exec(compile(_block_after("### A transformer trained"), "README.md", "exec"), scope)

@@ -10,11 +10,11 @@ import jax
 import jax.extend.core as jex
 import numpy as np
 import pytest
+from tempo_jax.algorithms import envs, policy
+from tempo_jax.algorithms.baselines import actor_learner, ppo_jax
+from tempo_jax.algorithms.config import RLConfig
+from tempo_jax.algorithms.networks import actor_critic
 
-from algorithms import envs, policy
-from algorithms.baselines import actor_learner, ppo_jax
-from algorithms.config import RLConfig
-from algorithms.networks import actor_critic
 from tests.algorithms.runs import assert_same_run
 
 CARTPOLE = RLConfig(env="CartPole-v1", iterations=3, envs=4, steps=16)
@@ -151,7 +151,7 @@ def test_tempo_jax_ppo_matches_the_single_jit_baseline(
     """Same keys, same semantics: the tempo_jax program's run (rollout, GAE, loss, gradients,
     Adam) is the hand-written baseline's, over 3 iterations; with several epochs and
     minibatches, the same shuffled minibatches and one Adam state through every update."""
-    from algorithms import ppo
+    from tempo_jax.algorithms import ppo
 
     config = dataclasses.replace(
         CARTPOLE, env=env, epochs=epochs, minibatches=minibatches, cnn="MinAtar" in env

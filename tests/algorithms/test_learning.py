@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from algorithms import config as rl_config
-from algorithms import ppo
+from tempo_jax.algorithms import config as rl_config
+from tempo_jax.algorithms import ppo
 
 
 @pytest.mark.slow

@@ -178,8 +178,8 @@ def test_a_budget_is_a_number_of_bytes(budget: Any) -> None:
 def test_a_rollout_read_by_the_learner_is_swapped_under_a_budget() -> None:
     """REINFORCE on image observations: the observations a loop over ``t`` stores for the
     learner after it are the largest value that pays; the run is the same bit for bit."""
-    from algorithms import reinforce
-    from algorithms.config import RLConfig
+    from tempo_jax.algorithms import reinforce
+    from tempo_jax.algorithms.config import RLConfig
 
     config = RLConfig(
         algo="reinforce",

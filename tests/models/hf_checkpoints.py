@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
-
-from models.config import DecoderConfig
+from tempo_jax.models.config import DecoderConfig
 
 
 def llama_config(cfg: DecoderConfig) -> dict[str, Any]:

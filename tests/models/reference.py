@@ -8,11 +8,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from models import layers
-from models.config import DecoderConfig
-from models.flax import from_params
-from models.params import Params, layer
+from tempo_jax.models import layers
+from tempo_jax.models.config import DecoderConfig
+from tempo_jax.models.flax import from_params
+from tempo_jax.models.params import Params, layer
 
 
 @functools.partial(jax.jit, static_argnums=0)

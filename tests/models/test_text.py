@@ -11,14 +11,13 @@ import pathlib
 import jax
 import numpy as np
 import pytest
-
-from models import config
-from models.baselines import scan
-from models.config import CheckpointError
-from models.params import init_params
-from models.pretrained import save_pretrained
-from models.text import generate_text, load_text_model, load_tokenizer
-from scripts import decode
+from tempo_jax.models import config
+from tempo_jax.models.baselines import scan
+from tempo_jax.models.config import CheckpointError
+from tempo_jax.models.params import init_params
+from tempo_jax.models.pretrained import save_pretrained
+from tempo_jax.models.text import generate_text, load_text_model, load_tokenizer
+from tempo_jax.scripts import decode
 
 tokenizers = pytest.importorskip("tokenizers")
 

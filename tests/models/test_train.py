@@ -11,11 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-from models import train
-from models.baselines import train_loop
-from models.config import tiny_gpt2, tiny_llama
-from models.params import init_params
+from tempo_jax.models import train
+from tempo_jax.models.baselines import train_loop
+from tempo_jax.models.config import tiny_gpt2, tiny_llama
+from tempo_jax.models.params import init_params
 
 BATCH, SEQ = 3, 12
 

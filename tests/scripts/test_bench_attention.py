@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from scripts import bench_attention
+from tempo_jax.scripts import bench_attention
 
 
 def test_systems_agree_and_rows_are_complete(tmp_path) -> None:

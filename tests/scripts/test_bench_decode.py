@@ -1,5 +1,5 @@
 """The decoding benchmark end to end on its tiny config: rows, checks, plots (not a timing test:
-the figures come from ``python -m scripts.bench_decode``)."""
+the figures come from ``python -m tempo_jax.scripts.bench_decode``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import pathlib
 import jax.numpy as jnp
 import pytest
 import yaml
-
-from models.config import tiny_gpt2
-from scripts import bench_decode, bench_prefill
+from tempo_jax.models.config import tiny_gpt2
+from tempo_jax.scripts import bench_decode, bench_prefill
 
 CONFIG = pathlib.Path(__file__).parents[2] / "configs" / "bench" / "decode_tiny.yaml"
 FIELDS = {

@@ -1,11 +1,10 @@
 """The memory benchmark's rows and plot on a tiny config (not a timing test: the figures come
-from ``python -m scripts.bench_memory``)."""
+from ``python -m tempo_jax.scripts.bench_memory``)."""
 
 from __future__ import annotations
 
 import pytest
-
-from scripts import bench_memory
+from tempo_jax.scripts import bench_memory
 
 TINY = {
     "repeats": 1,

@@ -1,12 +1,11 @@
 """The RL benchmark's rows and plot on a tiny sweep (not a timing test: the figures come from
-``python -m scripts.bench_rl``)."""
+``python -m tempo_jax.scripts.bench_rl``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from scripts import bench_rl, timing
+from tempo_jax.scripts import bench_rl, timing
 
 TINY = {
     "repeats": 1,

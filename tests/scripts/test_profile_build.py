@@ -6,8 +6,7 @@ import json
 import sys
 
 import pytest
-
-from scripts import profile_build
+from tempo_jax.scripts import profile_build
 
 
 def test_the_decoder_is_profiled_cold_then_warm(tmp_path, monkeypatch) -> None:

@@ -1,5 +1,5 @@
 """The decode profiler: leaf events and op kinds from hand-built traces, then one real trace of
-the tiny config (the figures come from ``python -m scripts.profile_decode``)."""
+the tiny config (the figures come from ``python -m tempo_jax.scripts.profile_decode``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pathlib
 
 import pytest
 import yaml
-
-from scripts import profile_decode
+from tempo_jax.scripts import profile_decode
 
 CONFIG = pathlib.Path(__file__).parents[2] / "configs" / "bench" / "decode_tiny.yaml"
 

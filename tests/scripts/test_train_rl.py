@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
-from algorithms.config import RLConfig
-from scripts import train_rl
+from tempo_jax.algorithms.config import RLConfig
+from tempo_jax.scripts import train_rl
 
 
 def test_a_short_run_writes_metrics_and_a_plot(tmp_path) -> None:

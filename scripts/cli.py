@@ -1,0 +1,245 @@
+"""The ``tempo-jax`` command: train, decode, bench, plot and show-config.
+
+    tempo-jax train ppo_cartpole --iterations 3 --seed 1     # a shipped config by name
+    tempo-jax train my_run.yaml --learning-rate 1e-3         # a YAML file; aliases as flags
+    tempo-jax show-config reinforce_cartpole --num-envs 16   # the checked config, as YAML
+    tempo-jax decode --model DIR --prompt "Once upon a time" # a local HF checkpoint
+    tempo-jax bench rl_cpu_small --only base                 # a benchmark config
+    tempo-jax plot results/rl/ppo_CartPole-v1_seed0          # redraw a run's learning curve
+
+Every field of an RL config is a flag (``--help`` lists them with their help); a flag
+overrides the config's value. Configs are checked before anything is built: a bad key,
+value or file ends the command with one line naming it and exit code 2, no traceback. The
+parser is tyro's.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import pathlib
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import numpy as np
+import tyro
+import yaml
+from tempo_jax.configs import ConfigError, names
+
+# an RL config's fields as optional flags (None: the config's value), with their help
+_SKIP = {"env_options"}  # a mapping: set in the YAML file
+
+
+def _override_fields() -> list[tuple[str, Any, Any]]:
+    from tempo_jax.algorithms.config import ALIASES, RLConfig
+
+    hints = typing.get_type_hints(RLConfig, include_extras=True)
+    out = []
+    for field in dataclasses.fields(RLConfig):
+        if field.name in _SKIP:
+            continue
+        aliases = tuple("--" + k.replace("_", "-") for k, v in ALIASES.items() if v == field.name)
+        arg = tyro.conf.arg(
+            help=field.metadata.get("help", ""),
+            help_behavior_hint="(default: the config's)",
+            aliases=aliases or None,
+        )
+        kind = Annotated[hints[field.name] | None, arg]
+        out.append((field.name, kind, dataclasses.field(default=None)))
+    return out
+
+
+Overrides = dataclasses.make_dataclass("Overrides", _override_fields(), frozen=True)
+NO_OVERRIDES = Overrides()
+FlagOverrides = Annotated[Overrides, tyro.conf.arg(name="")]  # --lr, not --overrides.lr
+
+
+def _config(config: str, overrides: Any) -> Any:
+    from tempo_jax.algorithms.config import load
+
+    given = {k: v for k, v in dataclasses.asdict(overrides).items() if v is not None}
+    return load(config, **given)
+
+
+ConfigName = Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CONFIG")]
+
+
+def train(
+    config: ConfigName,
+    overrides: FlagOverrides = NO_OVERRIDES,
+    out: str = "results/rl",
+    run: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Train an RL config (a shipped name such as ppo_cartpole, or a YAML path) as one compiled
+    program; metrics, summary and learning curve go to a new directory under --out.
+
+    Args:
+        config: a shipped RL config's name (see show-config) or a YAML file.
+        out: the results root.
+        run: the run's directory name (refused if it holds a run, unless --overwrite);
+            default: <algo>_<env>_seed<S>, numbered past earlier runs.
+        overwrite: write into an existing --run directory.
+    """
+    from tempo_jax.scripts import train_rl
+
+    import tempo_jax as tj
+
+    checked = _config(config, overrides)
+    tj.enable_compilation_cache()
+    train_rl.run(checked, out, run, overwrite)
+
+
+def show_config(
+    config: Annotated[str | None, tyro.conf.Positional, tyro.conf.arg(metavar="CONFIG")] = None,
+    overrides: FlagOverrides = NO_OVERRIDES,
+) -> None:
+    """Print an RL config as checked (flags applied) in YAML; without a config, the names of
+    the shipped configs.
+
+    Args:
+        config: a shipped RL config's name or a YAML file.
+    """
+    if config is None:
+        print("\n".join(names()))
+        return
+    checked = _config(config, overrides)
+    print(yaml.safe_dump(dataclasses.asdict(checked), sort_keys=False), end="")
+
+
+def decode(
+    model: str,
+    prompt: list[str],
+    max_new_tokens: int = 64,
+    sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> None:
+    """Decode text with a local Hugging Face checkpoint (Llama or GPT-2; config.json,
+    safetensors weights and tokenizer.json), compiled by tempo_jax.
+
+    Args:
+        model: the checkpoint folder.
+        prompt: one or more prompts (a batch).
+        max_new_tokens: tokens generated after each prompt.
+        sample: sample (default: greedy).
+        temperature: the sampling temperature.
+        top_k: sample among the k likeliest tokens.
+        top_p: sample among the likeliest tokens of this much probability.
+        seed: the sampling seed.
+    """
+    from tempo_jax.scripts import decode as script
+
+    argv = ["--model", model, "--max-new-tokens", str(max_new_tokens), "--seed", str(seed)]
+    for text in prompt:
+        argv += ["--prompt", text]
+    argv += ["--temperature", str(temperature), "--top-p", str(top_p)]
+    if top_k is not None:
+        argv += ["--top-k", str(top_k)]
+    if sample:
+        argv.append("--sample")
+    code = script.main(argv)
+    if code:
+        raise SystemExit(code)
+
+
+# benchmark config stem prefix -> the script running it
+BENCHES = {
+    "rl_": "bench_rl",
+    "memory_": "bench_memory",
+    "decode_": "bench_decode",
+    "attention": "bench_attention",
+    "loops": "bench_loops",
+}
+
+
+def bench(config: ConfigName, only: str | None = None, out: str | None = None) -> None:
+    """Run a benchmark config (a shipped name such as rl_cpu_small, or a YAML path): every
+    system side by side, rows to JSON and a plot.
+
+    Args:
+        config: a shipped bench config's name or a YAML file.
+        only: run one part of the sweep (bench_rl: a factor; bench_decode: a sweep).
+        out: the results root (default: the script's).
+    """
+    import importlib
+
+    from tempo_jax.configs import find
+
+    path = find(config, kind="bench")
+    script = next((s for prefix, s in BENCHES.items() if path.stem.startswith(prefix)), None)
+    if script is None:
+        raise ConfigError(
+            f"{path.name}: not a benchmark config (names start with {', '.join(BENCHES)})"
+        )
+    argv = ["--config", str(path)]
+    if only is not None:
+        argv += ["--only", only]
+    if out is not None:
+        argv += ["--out", out]
+    module = importlib.import_module(f"tempo_jax.scripts.{script}")
+    saved = sys.argv
+    sys.argv = [f"tempo-jax bench ({script})", *argv]
+    try:
+        module.main()
+    finally:
+        sys.argv = saved
+
+
+def plot(run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]) -> None:
+    """Redraw a training run's learning curve (learning_curve.png) from its metrics.csv and
+    summary.json.
+
+    Args:
+        run: the run's directory.
+    """
+    import json
+
+    from tempo_jax.algorithms.config import from_dict
+    from tempo_jax.scripts import train_rl
+
+    folder = pathlib.Path(run)
+    metrics, summary = folder / "metrics.csv", folder / "summary.json"
+    for path in (metrics, summary):
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such file (is {folder} a run directory?)")
+    config = from_dict(json.loads(summary.read_text())["config"])
+    with open(metrics) as f:
+        returns = np.array([float(r["mean_return"] or math.nan) for r in csv.DictReader(f)])
+    train_rl.plot(returns, train_rl._smoothed(returns), config, folder / "learning_curve.png")
+    print(f"wrote {folder / 'learning_curve.png'}")
+
+
+COMMANDS = {
+    "train": train,
+    "decode": decode,
+    "bench": bench,
+    "plot": plot,
+    "show-config": show_config,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console entry point: the command's exit code (2 for a bad config or flag)."""
+    from tempo_jax.scripts.results import ResultsError
+
+    try:
+        tyro.extras.subcommand_cli_from_dict(
+            COMMANDS,
+            prog="tempo-jax",
+            description=__doc__.splitlines()[0],
+            args=None if argv is None else list(argv),
+        )
+    except (ConfigError, ResultsError) as error:
+        print(f"tempo-jax: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
