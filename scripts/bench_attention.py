@@ -35,7 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
+from tempo_jax.configs import read
 from tempo_jax.scripts import timing
 
 import tempo_jax as tj
@@ -191,7 +191,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/attention")
     args = parser.parse_args()
     tj.enable_compilation_cache()  # a second run skips XLA's compile
-    config = yaml.safe_load(pathlib.Path(args.config).read_text())
+    config = read(args.config, kind="bench")
     rows = run(config)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
+from tempo_jax.configs import read
 from tempo_jax.scripts import timing
 
 import tempo_jax as tj
@@ -297,7 +297,7 @@ def main() -> None:
     parser.add_argument("--out", default="results")
     args = parser.parse_args()
     tj.enable_compilation_cache()  # a second run skips XLA's compile
-    config = yaml.safe_load(pathlib.Path(args.config).read_text())
+    config = read(args.config, kind="bench")
     if args.steps:
         config["steps"] = args.steps
     rows = run(config)

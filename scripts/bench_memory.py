@@ -36,10 +36,10 @@ from typing import Any
 
 import jax
 import numpy as np
-import yaml
 from tempo_jax.algorithms import ppo, reinforce
 from tempo_jax.algorithms.baselines import pg_jax, ppo_jax
 from tempo_jax.algorithms.config import RLConfig
+from tempo_jax.configs import read
 from tempo_jax.scripts import timing
 
 import tempo_jax as tj
@@ -205,7 +205,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/bench/memory_cpu_small.yaml")
     args = parser.parse_args()
     tj.enable_compilation_cache()
-    config = yaml.safe_load(pathlib.Path(args.config).read_text())
+    config = read(args.config, kind="bench")
     rows = run(config)
     out = pathlib.Path("results/memory")
     out.mkdir(parents=True, exist_ok=True)

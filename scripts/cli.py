@@ -112,7 +112,7 @@ def show_config(
 
 def decode(
     model: str,
-    prompt: list[str],
+    prompt: Annotated[list[str], tyro.conf.UseAppendAction],
     max_new_tokens: int = 64,
     sample: bool = False,
     temperature: float = 1.0,

@@ -24,17 +24,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import yaml
 from tempo_jax.algorithms import a2c, envs, ppo, reinforce
 from tempo_jax.algorithms import config as rl_config
+from tempo_jax.configs import read
 
 import tempo_jax as tj
 
 CACHE_SWITCH = "TEMPO_JAX_SCHEDULE_CACHE"
 RL = {
-    "ppo": (ppo.build, "configs/rl/ppo_cartpole.yaml"),
-    "reinforce": (reinforce.build, "configs/rl/reinforce_cartpole.yaml"),
-    "a2c": (a2c.build, "configs/rl/a2c_cartpole.yaml"),
+    "ppo": (ppo.build, "ppo_cartpole"),
+    "reinforce": (reinforce.build, "reinforce_cartpole"),
+    "a2c": (a2c.build, "a2c_cartpole"),
 }
 
 
@@ -54,7 +54,7 @@ def _lm() -> Callable[[], tj.Compiled]:
     from tempo_jax.models import train
     from tempo_jax.scripts import train_lm
 
-    config = yaml.safe_load(pathlib.Path("configs/train/lm_tiny.yaml").read_text())
+    config = read("lm_tiny", kind="train")
     cfg, params, tx = train_lm.model(config)
     batch, length = config["train"]["batch"], config["train"]["seq_len"]
 

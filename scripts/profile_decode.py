@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import jax
-import yaml
+from tempo_jax.configs import read
 from tempo_jax.scripts.bench_decode import SYSTEMS, build, point_inputs
 
 EXECUTOR_THREAD = "XLAEigen"  # the XLA CPU executor's threads; the kernels run on them
@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/decode")
     args = parser.parse_args()
     path = pathlib.Path(args.config)
-    config = yaml.safe_load(path.read_text())
+    config = read(path, kind="bench")
     block = args.block or config["block"]
     rows = profile(config, args.systems.split(","), args.attn, args.seq_len, block)
     print(table(rows))

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import yaml
+from tempo_jax.configs import read
 from tempo_jax.models import train
 from tempo_jax.models.baselines import train_loop
 from tempo_jax.models.config import DecoderConfig
@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/train")
     args = parser.parse_args()
     tj.enable_compilation_cache()
-    config = yaml.safe_load(pathlib.Path(args.config).read_text())
+    config = read(args.config, kind="train")
     summary = run(config)
     summary["meta"] = {
         "machine": platform.processor() or platform.machine(),

@@ -23,9 +23,9 @@ def test_a_short_run_writes_agreeing_curves(tmp_path: pathlib.Path) -> None:
     )
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
+    script = [sys.executable, "-m", "tempo_jax.scripts.train_lm"]
     subprocess.run(
-        [sys.executable, "-m", "tempo_jax.scripts.train_lm", "--config", str(path)]
-        + ["--out", str(tmp_path)],
+        [*script, "--config", str(path), "--out", str(tmp_path)],
         cwd=ROOT,
         check=True,
         capture_output=True,
