@@ -18,15 +18,13 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import tempo_jax as tj
 
 from . import ppo, reinforce
 from .config import RLConfig
 from .reinforce import Dims, Log, Objective
 from .rollout import Rollout
+from .training import Train
 
 
 def objective(config: RLConfig) -> Objective:
@@ -46,7 +44,8 @@ def build(config: RLConfig, log: Log | None = None) -> ppo.Program:
     return reinforce.build_actor_critic("a2c", config, objective(config), log)
 
 
-def make_train(config: RLConfig, log: Log | None = None) -> Callable[[], dict[str, Any]]:
-    """The whole training run, compiled: a function of no arguments returning its outputs."""
+def make_train(config: RLConfig, log: Log | None = None) -> Train:
+    """The whole training run, compiled: a pure function of a PRNG key (default: the config's
+    seed's) returning its outputs (:mod:`algorithms.training`)."""
     built = build(config, log)
-    return built.program.compile(built.bounds)
+    return Train(built.program.compile(built.bounds), config.seed)

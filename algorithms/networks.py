@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import tempo_jax as tj
 
 from .config import RLConfig
 from .envs import Env
@@ -61,8 +65,18 @@ def actor_critic(config: RLConfig, env: Env) -> ActorCritic:
     )
 
 
-def initial_params(net: ActorCritic, env: Env, key: jax.Array) -> dict:
+def initial_params(net: ActorCritic, env: Env, key: Any) -> Any:
     """``net``'s initial parameters for ``key``, shaped by ``env``'s first observation, as the
-    baselines make them inside their jitted run: one compiled call, not one per operation of
-    the initialisers (eagerly, the orthogonal initialisers alone compile about 40 kernels)."""
-    return jax.jit(lambda k: net.init(k, env.reset(jax.random.PRNGKey(0))[0]))(key)
+    baselines make them inside their jitted run.
+
+    For an array key: one compiled call, not one per operation of the initialisers (eagerly,
+    the orthogonal initialisers alone compile about 40 kernels). For a program's key tensor:
+    the parameters' tensors, computed by one op of the program.
+    """
+
+    def init(k: jax.Array) -> Any:
+        return net.init(k, env.reset(jax.random.PRNGKey(0))[0])
+
+    if isinstance(key, jax.Array):
+        return jax.jit(init)(key)
+    return tj.lift(init, name="init")(key)

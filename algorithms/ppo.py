@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 import tempo_jax as tj
 
-from . import envs, policy
+from . import envs, policy, training
 from .config import RLConfig
 from .networks import actor_critic, initial_params
 from .rollout import Rollout, read, rollout
@@ -93,12 +93,11 @@ def build(config: RLConfig, log: Callable[[int, dict[str, float]], None] | None 
         )
     env = envs.make(config.env, **config.env_options)
     net = actor_critic(config, env)
-    key = jax.random.PRNGKey(config.seed)
-    init_key, run_key = jax.random.split(key)
     with tj.Program("ppo") as p:
         i, b, t, e, m = p.dims("i b t e m")
         dims = (i, b, t)
         B, T = b.bound, t.bound
+        init_key, run_key = training.split(training.key_input())
         steps = (i,) if reuse else (i, e, m)  # the optimiser steps over these, nested
         params = tj.param(initial_params(net, env, init_key), domain=steps, over=steps)
         acting_params = params if reuse else read(params, (i, 0, 0))
@@ -117,7 +116,7 @@ def build(config: RLConfig, log: Callable[[int, dict[str, float]], None] | None 
         else:
             batch = _minibatch(
                 (roll.obs, roll.action, log_prob.detach(), adv, ret),
-                tj.random.key_at(jax.random.fold_in(run_key, 3), (i, e)),
+                tj.random.key_at(training.fold_in(run_key, 3), (i, e)),
                 m,
                 config,
                 dims,
@@ -202,7 +201,8 @@ def _split(out: Any) -> tuple[tj.RT, tuple[tj.RT, tj.RT, tj.RT]]:
 
 def make_train(
     config: RLConfig, log: Callable[[int, dict[str, float]], None] | None = None
-) -> Callable[[], dict[str, Any]]:
-    """The whole training run, compiled: a function of no arguments returning its outputs."""
+) -> training.Train:
+    """The whole training run, compiled: a pure function of a PRNG key (default: the config's
+    seed's) returning its outputs (:mod:`algorithms.training`)."""
     built = build(config, log)
-    return built.program.compile(built.bounds)
+    return training.Train(built.program.compile(built.bounds), config.seed)

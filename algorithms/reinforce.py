@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 import tempo_jax as tj
 
-from . import envs, policy, ppo
+from . import envs, policy, ppo, training
 from .config import RLConfig, check_one_step
 from .networks import actor_critic, initial_params
 from .rollout import Rollout, read, rollout
@@ -134,10 +132,10 @@ def build_actor_critic(
     sink of :func:`algorithms.ppo.build`."""
     env = envs.make(config.env, **config.env_options)
     net = actor_critic(config, env)
-    init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
     with tj.Program(name) as p:
         dims = p.dims("i b t")
         i, b, t = dims
+        init_key, run_key = training.split(training.key_input())
         params = tj.param(initial_params(net, env, init_key), domain=(i,))
         acting = tj.lift(functools.partial(policy.act, net), name="policy")
         roll = rollout(env, lambda k, obs: ppo._split(acting(params, k, obs)), dims, run_key)
@@ -158,7 +156,8 @@ def build(config: RLConfig, log: Log | None = None) -> ppo.Program:
     return build_actor_critic("reinforce", config, objective(config), log)
 
 
-def make_train(config: RLConfig, log: Log | None = None) -> Callable[[], dict[str, Any]]:
-    """The whole training run, compiled: a function of no arguments returning its outputs."""
+def make_train(config: RLConfig, log: Log | None = None) -> training.Train:
+    """The whole training run, compiled: a pure function of a PRNG key (default: the config's
+    seed's) returning its outputs (:mod:`algorithms.training`)."""
     built = build(config, log)
-    return built.program.compile(built.bounds)
+    return training.Train(built.program.compile(built.bounds), config.seed)

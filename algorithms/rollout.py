@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import tempo_jax as tj
 
 from .envs import Env
+from .training import split
 
 
 def _is_rt(value: Any) -> bool:
@@ -88,7 +89,9 @@ def rollout(
     """
     i, b, t = dims
     T = t.bound
-    reset_key, act_key, step_key = jax.random.split(key, 3)
+    reset_key, act_key, step_key = (
+        jax.random.split(key, 3) if isinstance(key, jax.Array) else split(key, 3)
+    )
     obs0, state0 = jax.eval_shape(env.reset, jax.random.PRNGKey(0))
     state = placeholders(state0, (i, b, t), "state")
     obs = tj.placeholder(obs0.shape, obs0.dtype, domain=(i, b, t), name="obs")

@@ -19,6 +19,7 @@ from tempo_jax.algorithms.baselines import pg_jax, ppo_jax
 from tempo_jax.algorithms.config import RLConfig
 from tempo_jax.algorithms.networks import actor_critic
 from tempo_jax.algorithms.rollout import Rollout
+from tempo_jax.algorithms.training import Train
 
 import tempo_jax as tj
 from tests.algorithms.runs import assert_same_run
@@ -198,7 +199,7 @@ def _recording(cfg: RLConfig) -> reinforce.Objective:
 def _sgd_run() -> dict[str, Any]:
     """One iteration of the recording REINFORCE program with SGD (shared by two tests)."""
     built = reinforce.build_actor_critic("reinforce", SGD_NSTEP, _recording(SGD_NSTEP))
-    return built.program.compile(built.bounds)()
+    return Train(built.program.compile(built.bounds), SGD_NSTEP.seed)()
 
 
 @functools.cache
