@@ -15,9 +15,8 @@ import typing
 from typing import Any, Literal
 
 import optax
-from tempo_jax.configs import ConfigError, read
 
-ALGOS = ("ppo", "reinforce", "a2c")
+from tempo_jax.configs import ConfigError, read
 
 # CleanRL / purejaxrl / stable-baselines names -> ours (``total_timesteps`` is handled apart:
 # it sets ``iterations`` from ``envs`` x ``steps``)
@@ -116,6 +115,15 @@ def _field_types() -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(RLConfig)}
 
 
+# field type -> (the values it takes, as words); bool is no int or float here
+_KINDS: dict[Any, tuple[Any, str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
 def _typed(key: str, value: Any, kind: Any) -> Any:
     """``value`` as the type of field ``key``, or a :class:`ConfigError`."""
     if typing.get_origin(kind) is Literal:
@@ -123,30 +131,15 @@ def _typed(key: str, value: Any, kind: Any) -> Any:
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
         return value
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if kind is float:
-        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-    return value
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    takes, words = _KINDS.get(kind, (lambda v: isinstance(v, dict), "a mapping"))
+    if not takes(value):
+        raise ConfigError(f"{key}: expected {words}, got {value!r}")
+    return float(value) if kind is float else value
 
 
 def validate(config: RLConfig) -> RLConfig:
@@ -216,6 +209,4 @@ def from_dict(data: dict[str, Any], **overrides: Any) -> RLConfig:
 def load(path: str | pathlib.Path, **overrides: Any) -> RLConfig:
     """The checked config in a YAML file or shipped config (``ppo_cartpole``), with
     ``overrides`` applied (:func:`from_dict`)."""
-    return from_dict(
-        read(path, kind="rl" if not pathlib.Path(path).exists() else None), **overrides
-    )
+    return from_dict(read(path, kind="rl"), **overrides)

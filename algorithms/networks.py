@@ -66,17 +66,12 @@ def actor_critic(config: RLConfig, env: Env) -> ActorCritic:
 
 
 def initial_params(net: ActorCritic, env: Env, key: Any) -> Any:
-    """``net``'s initial parameters for ``key``, shaped by ``env``'s first observation, as the
-    baselines make them inside their jitted run.
-
-    For an array key: one compiled call, not one per operation of the initialisers (eagerly,
-    the orthogonal initialisers alone compile about 40 kernels). For a program's key tensor:
-    the parameters' tensors, computed by one op of the program.
-    """
+    """``net``'s initial parameters for ``key`` (a key tensor of the program, or an array),
+    shaped by ``env``'s first observation: tensors computed by one op of the program, as the
+    baselines make them inside their jitted run (eagerly, the orthogonal initialisers alone
+    compile about 40 kernels)."""
 
     def init(k: jax.Array) -> Any:
         return net.init(k, env.reset(jax.random.PRNGKey(0))[0])
 
-    if isinstance(key, jax.Array):
-        return jax.jit(init)(key)
     return tj.lift(init, name="init")(key)

@@ -79,7 +79,7 @@ def rollout(
     env: Env,
     act: Callable[[jax.Array, jax.Array], tuple[jax.Array, Any]],
     dims: tuple[tj.Symbol, tj.Symbol, tj.Symbol],
-    key: jax.Array,
+    key: Any,  # a key tensor of the program, or an array
 ) -> Rollout:
     """Record the rollout recurrences (module docstring).
 
@@ -89,9 +89,7 @@ def rollout(
     """
     i, b, t = dims
     T = t.bound
-    reset_key, act_key, step_key = (
-        jax.random.split(key, 3) if isinstance(key, jax.Array) else split(key, 3)
-    )
+    reset_key, act_key, step_key = split(key, 3)
     obs0, state0 = jax.eval_shape(env.reset, jax.random.PRNGKey(0))
     state = placeholders(state0, (i, b, t), "state")
     obs = tj.placeholder(obs0.shape, obs0.dtype, domain=(i, b, t), name="obs")

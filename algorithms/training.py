@@ -33,12 +33,13 @@ def key_input() -> tj.RT:
     return tj.input(KEY, (2,), jnp.uint32)
 
 
-def split(key: tj.RT, n: int = 2, name: str = "split") -> tuple[tj.RT, ...]:
-    """``jax.random.split(key, n)`` inside the program, as ``n`` keys."""
+def split(key: Any, n: int = 2, name: str = "split") -> tuple[tj.RT, ...]:
+    """``jax.random.split(key, n)`` inside the program (``key`` a tensor or an array), as
+    ``n`` keys."""
     return tj.lift(lambda k: tuple(jax.random.split(k, n)), name=name)(key)
 
 
-def fold_in(key: tj.RT, data: int) -> tj.RT:
+def fold_in(key: Any, data: int) -> tj.RT:
     """``jax.random.fold_in(key, data)`` inside the program."""
     return tj.lift(lambda k: jax.random.fold_in(k, data), name="fold_in")(key)
 

@@ -35,10 +35,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tempo_jax.configs import read
-from tempo_jax.scripts import timing
 
 import tempo_jax as tj
+from tempo_jax.configs import read
+from tempo_jax.scripts import timing
 
 BASELINES = ("masked JAX", "jax.nn.dot_product_attention")
 

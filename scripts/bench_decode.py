@@ -69,6 +69,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import tempo_jax as tj
 from tempo_jax.configs import ConfigError, find, read
 from tempo_jax.models import tempo
 from tempo_jax.models.baselines import padded, scan, tiled
@@ -76,8 +78,6 @@ from tempo_jax.models.baselines.decode_loop import Sampling, init_state
 from tempo_jax.models.config import DecoderConfig
 from tempo_jax.models.params import Params, init_params, param_shapes
 from tempo_jax.scripts import results, timing
-
-import tempo_jax as tj
 
 SYSTEMS = ("tempo_jax", "scan", "tiled", "padded")
 BLOCK_FREE = ("padded", "scan")  # their work does not depend on the tile size

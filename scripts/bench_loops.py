@@ -21,12 +21,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tempo_jax.configs import read
-from tempo_jax.scripts import timing
 
 import tempo_jax as tj
 from tempo_jax._passes.tiling import tile_dynamic_ranges
 from tempo_jax._passes.vectorize import vectorize
+from tempo_jax.configs import read
+from tempo_jax.scripts import timing
 
 Workload = tuple[Callable[..., Any], Callable[..., Any], dict[str, np.ndarray]]
 

@@ -36,14 +36,14 @@ from typing import Any
 
 import jax
 import numpy as np
+
+import tempo_jax as tj
 from tempo_jax.algorithms import ppo, reinforce
 from tempo_jax.algorithms.baselines import pg_jax, ppo_jax
 from tempo_jax.algorithms.config import RLConfig
 from tempo_jax.algorithms.training import Train
 from tempo_jax.configs import read
 from tempo_jax.scripts import timing
-
-import tempo_jax as tj
 
 ALGOS: dict[str, tuple[Any, Any]] = {  # algo -> (tempo_jax module, single-jit baseline)
     "ppo": (ppo, ppo_jax),

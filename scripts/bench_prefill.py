@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from tempo_jax.models.baselines import prefill, scan
 from tempo_jax.models.params import init_params
 

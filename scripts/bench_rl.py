@@ -35,14 +35,14 @@ from typing import Any
 
 import jax
 import numpy as np
+
+import tempo_jax as tj
 from tempo_jax.algorithms import envs, ppo
 from tempo_jax.algorithms.baselines import actor_learner, ppo_jax
 from tempo_jax.algorithms.config import RLConfig
 from tempo_jax.configs import ConfigError, read
 from tempo_jax.scripts import results
 from tempo_jax.scripts.timing import interleaved
-
-import tempo_jax as tj
 
 SYSTEMS: dict[str, dict[str, Callable[[RLConfig], Callable[[], dict[str, Any]]]]] = {
     "ppo": {

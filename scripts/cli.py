@@ -27,6 +27,7 @@ from typing import Annotated, Any
 import numpy as np
 import tyro
 import yaml
+
 from tempo_jax.configs import ConfigError, names
 
 # an RL config's fields as optional flags (None: the config's value), with their help
@@ -84,9 +85,8 @@ def train(
             default: <algo>_<env>_seed<S>, numbered past earlier runs.
         overwrite: write into an existing --run directory.
     """
-    from tempo_jax.scripts import train_rl
-
     import tempo_jax as tj
+    from tempo_jax.scripts import train_rl
 
     checked = _config(config, overrides)
     tj.enable_compilation_cache()

@@ -16,10 +16,10 @@ import sys
 from collections.abc import Sequence
 
 import jax
-from tempo_jax.models.config import CheckpointError
-from tempo_jax.models.text import generate_text, load_text_model
 
 import tempo_jax as tj
+from tempo_jax.models.config import CheckpointError
+from tempo_jax.models.text import generate_text, load_text_model
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,11 +24,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import tempo_jax as tj
 from tempo_jax.algorithms import a2c, envs, ppo, reinforce
 from tempo_jax.algorithms import config as rl_config
 from tempo_jax.configs import read
-
-import tempo_jax as tj
 
 CACHE_SWITCH = "TEMPO_JAX_SCHEDULE_CACHE"
 RL = {

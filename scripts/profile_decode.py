@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import jax
+
 from tempo_jax.configs import read
 from tempo_jax.scripts.bench_decode import SYSTEMS, build, point_inputs
 

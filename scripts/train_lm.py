@@ -31,14 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+import tempo_jax as tj
 from tempo_jax.configs import read
 from tempo_jax.models import train
 from tempo_jax.models.baselines import train_loop
 from tempo_jax.models.config import DecoderConfig
 from tempo_jax.models.params import init_params
 from tempo_jax.scripts.timing import interleaved
-
-import tempo_jax as tj
 
 ALPHABET = "0123456789+=\n"
 

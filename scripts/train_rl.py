@@ -20,13 +20,13 @@ import time
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
+
+import tempo_jax as tj
 from tempo_jax.algorithms import a2c, envs, ppo, reinforce
 from tempo_jax.algorithms import config as rl_config
 from tempo_jax.configs import ConfigError
 from tempo_jax.scripts import results
-from tqdm import tqdm
-
-import tempo_jax as tj
 
 ALGORITHMS = {"ppo": ppo.make_train, "reinforce": reinforce.make_train, "a2c": a2c.make_train}
 

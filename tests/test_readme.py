@@ -31,6 +31,7 @@ def test_training_example_runs_and_recovers_the_weights() -> None:
 
 def test_decoding_example_runs_and_matches_the_scan_decoder() -> None:
     import jax
+
     from tempo_jax.models.baselines import scan
     from tempo_jax.models.params import init_params
 
@@ -46,6 +47,7 @@ def test_decoding_example_runs_and_matches_the_scan_decoder() -> None:
 def test_transformer_training_example_equals_the_optax_loop() -> None:
     import jax.numpy as jnp
     import optax
+
     from tempo_jax.models import train
     from tempo_jax.models.baselines import train_loop
 

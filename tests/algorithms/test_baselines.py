@@ -10,11 +10,11 @@ import jax
 import jax.extend.core as jex
 import numpy as np
 import pytest
+
 from tempo_jax.algorithms import envs, policy
 from tempo_jax.algorithms.baselines import actor_learner, ppo_jax
 from tempo_jax.algorithms.config import RLConfig
 from tempo_jax.algorithms.networks import actor_critic
-
 from tests.algorithms.runs import assert_same_run
 
 CARTPOLE = RLConfig(env="CartPole-v1", iterations=3, envs=4, steps=16)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from tempo_jax.algorithms import config as rl_config
 from tempo_jax.algorithms import ppo
 

@@ -14,14 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
+import tempo_jax as tj
 from tempo_jax.algorithms import a2c, config, envs, policy, reinforce
 from tempo_jax.algorithms.baselines import pg_jax, ppo_jax
 from tempo_jax.algorithms.config import RLConfig
 from tempo_jax.algorithms.networks import actor_critic
 from tempo_jax.algorithms.rollout import Rollout
 from tempo_jax.algorithms.training import Train
-
-import tempo_jax as tj
 from tests.algorithms.runs import assert_same_run
 
 CARTPOLE = RLConfig(env="CartPole-v1", iterations=3, envs=4, steps=16)

@@ -7,6 +7,7 @@ import dataclasses
 
 import jax
 import numpy as np
+
 from tempo_jax.algorithms import reinforce
 from tempo_jax.algorithms.config import RLConfig
 

@@ -11,10 +11,10 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tempo_jax.models import config
-from tempo_jax.models.tempo import TempoDecoder
 
 import tempo_jax as tj
+from tempo_jax.models import config
+from tempo_jax.models.tempo import TempoDecoder
 from tests.lower.helpers import decaying
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
+
 from tempo_jax.models.config import DecoderConfig
 
 

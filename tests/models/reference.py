@@ -8,6 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from tempo_jax.models import layers
 from tempo_jax.models.config import DecoderConfig
 from tempo_jax.models.flax import from_params

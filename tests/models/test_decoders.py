@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from tempo_jax.models import config
 from tempo_jax.models.baselines import padded, prefill, scan, tiled
 from tempo_jax.models.baselines.tiled import TiledAttention
 from tempo_jax.models.params import init_params
 from tempo_jax.models.sampling import sample, step_key
-
 from tests.models.reference import flax_logits
 
 CONFIGS = {

@@ -13,13 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import tempo_jax as tj
 from tempo_jax.models import config
 from tempo_jax.models.baselines import scan
 from tempo_jax.models.params import init_params
 from tempo_jax.models.sampling import sample, top_k_mask
 from tempo_jax.models.tempo import TempoDecoder, TempoModel, build_program
-
-import tempo_jax as tj
 
 CONFIGS = {
     "gpt2": config.tiny_gpt2(),

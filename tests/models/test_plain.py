@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+
 from tempo_jax.models import config, layers, sampling
 from tempo_jax.models.flax import GPT2, Llama, from_params, to_params
 from tempo_jax.models.params import init_params, layer, param_shapes
 from tempo_jax.models.safetensors_io import load_hf_llama, save_hf_llama
-
 from tests.models.reference import flax_logits, reference_logits
 
 CONFIGS = {

@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+
 from tempo_jax.models import config
 from tempo_jax.models.config import CheckpointError, RopeScaling, config_from_hf
 from tempo_jax.models.params import init_params
 from tempo_jax.models.pretrained import load_pretrained, save_pretrained
-
 from tests.models import hf_checkpoints as hf
 from tests.models.reference import flax_logits
 

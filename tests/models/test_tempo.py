@@ -12,13 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import tempo_jax as tj
 from tempo_jax.models import config
 from tempo_jax.models.baselines import scan
 from tempo_jax.models.flax import GPT2, Llama, from_flax
 from tempo_jax.models.params import init_params
 from tempo_jax.models.tempo import TempoDecoder, build_program
-
-import tempo_jax as tj
 from tests.models.reference import flax_logits
 
 CONFIGS = {

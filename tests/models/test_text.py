@@ -11,6 +11,7 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+
 from tempo_jax.models import config
 from tempo_jax.models.baselines import scan
 from tempo_jax.models.config import CheckpointError

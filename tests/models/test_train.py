@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
 from tempo_jax.models import train
 from tempo_jax.models.baselines import train_loop
 from tempo_jax.models.config import tiny_gpt2, tiny_llama

@@ -10,6 +10,7 @@ import pathlib
 import jax.numpy as jnp
 import pytest
 import yaml
+
 from tempo_jax.models.config import tiny_gpt2
 from tempo_jax.scripts import bench_decode, bench_prefill
 

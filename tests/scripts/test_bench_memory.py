@@ -4,6 +4,7 @@ from ``python -m tempo_jax.scripts.bench_memory``)."""
 from __future__ import annotations
 
 import pytest
+
 from tempo_jax.scripts import bench_memory
 
 TINY = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from tempo_jax.scripts import bench_rl, timing
 
 TINY = {

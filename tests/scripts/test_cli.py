@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import yaml
+
 from tempo_jax.algorithms.config import RLConfig, load
 from tempo_jax.configs import ConfigError, find, names
 from tempo_jax.scripts import cli, results

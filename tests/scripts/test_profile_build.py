@@ -6,6 +6,7 @@ import json
 import sys
 
 import pytest
+
 from tempo_jax.scripts import profile_build
 
 

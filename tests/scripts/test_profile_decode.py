@@ -9,6 +9,7 @@ import pathlib
 
 import pytest
 import yaml
+
 from tempo_jax.scripts import profile_decode
 
 CONFIG = pathlib.Path(__file__).parents[2] / "configs" / "bench" / "decode_tiny.yaml"
