@@ -44,8 +44,6 @@ def build(config: RLConfig, log: Log | None = None) -> ppo.Program:
     return reinforce.build_actor_critic("a2c", config, objective(config), log)
 
 
-def make_train(config: RLConfig, log: Log | None = None) -> Train:
-    """The whole training run, compiled: a pure function of a PRNG key (default: the config's
-    seed's) returning its outputs (:mod:`algorithms.training`)."""
-    built = build(config, log)
-    return Train(built.program.compile(built.bounds), config.seed)
+def make_train(config: RLConfig, log: Log | None = None, iterations: int | None = None) -> Train:
+    """The whole training run, compiled (:func:`algorithms.ppo.make_train`)."""
+    return ppo.compile_run(build(config, log), config, iterations)

@@ -34,6 +34,7 @@ ALIASES: dict[str, str] = {
     "num_minibatches": "minibatches",
     "num_iterations": "iterations",
     "hidden_size": "width",
+    "clip_vloss": "clip_value_loss",
 }
 
 
@@ -58,10 +59,16 @@ class RLConfig:
     layers: int = _field(2, "hidden layers of the actor and critic")
     cnn: bool = _field(False, "a convolutional torso for image observations")
     lr: float = _field(2.5e-4, "Adam's learning rate (alias: learning_rate)")
+    anneal_lr: bool = _field(
+        False, "decay the learning rate linearly to 0 over the iterations (CleanRL's anneal_lr)"
+    )
     max_grad_norm: float = _field(0.5, "global-norm gradient clipping")
     gamma: float = _field(0.99, "discount")
     gae_lambda: float = _field(0.95, "GAE's lambda (PPO, A2C)")
     clip: float = _field(0.2, "PPO's ratio clip (alias: clip_coef)")
+    clip_value_loss: bool = _field(
+        False, "PPO: clip the value's change from the acting value by clip (alias: clip_vloss)"
+    )
     value_coef: float = _field(0.5, "weight of the value loss (alias: vf_coef)")
     entropy_coef: float = _field(0.01, "weight of the entropy bonus (alias: ent_coef)")
     epochs: int = _field(1, "PPO epochs per iteration (alias: update_epochs)")
@@ -70,10 +77,20 @@ class RLConfig:
     seed: int = _field(0, "the run's random seed")
 
     def optimiser(self) -> optax.GradientTransformation:
-        """Global-norm clipping, then Adam (``eps=1e-5``): every algorithm and baseline."""
-        return optax.chain(
-            optax.clip_by_global_norm(self.max_grad_norm), optax.adam(self.lr, eps=1e-5)
-        )
+        """Global-norm clipping, then Adam (``eps=1e-5``): every algorithm and baseline. With
+        ``anneal_lr``, iteration ``k``'s updates use ``lr * (1 - k / iterations)``, as CleanRL
+        sets it per iteration (the schedule counts ``epochs * minibatches`` updates an
+        iteration)."""
+        lr: float | optax.Schedule = self.lr
+        if self.anneal_lr:
+            per_iteration = self.epochs * self.minibatches
+            lr = lambda count: (
+                self.lr
+                * (  # noqa: E731
+                    1.0 - (count // per_iteration) / self.iterations
+                )
+            )
+        return optax.chain(optax.clip_by_global_norm(self.max_grad_norm), optax.adam(lr, eps=1e-5))
 
 
 def check_one_step(config: RLConfig, algo: str) -> None:
@@ -170,6 +187,8 @@ def validate(config: RLConfig) -> RLConfig:
             f"epochs, minibatches: {config.algo} takes one full-batch step per iteration "
             f"(both 1), got {config.epochs} and {config.minibatches}"
         )
+    if config.algo != "ppo" and config.clip_value_loss:
+        raise ConfigError(f"clip_value_loss: PPO's; {config.algo} has no value clipping")
     if config.algo != "reinforce" and config.n_step:
         raise ConfigError(f"n_step: {config.algo} uses GAE (gae_lambda), so n_step must be 0")
     return config

@@ -29,7 +29,7 @@ import tempo_jax as tj
 
 from . import envs, policy, training
 from .config import RLConfig
-from .networks import actor_critic, initial_params
+from .networks import actor_critic
 from .rollout import Rollout, read, rollout
 
 
@@ -63,21 +63,27 @@ def ppo_loss(
     log_prob: tj.RT,
     value: tj.RT,
     entropy: tj.RT,
-    old_log_prob: tj.RT,
+    old: tuple[tj.RT, tj.RT],
     adv: tj.RT,
     ret: tj.RT,
     config: RLConfig,
     rows: Callable[[tj.RT], tj.RT],
 ) -> tj.RT:
-    """The clipped PPO objective, averaged over a batch; ``rows(x)`` is ``x``'s whole batch as
-    one tensor (a range read over ``(b, t)``, or a minibatch already gathered into an array).
-    Advantages are normalised over that batch."""
+    """The clipped PPO objective, averaged over a batch; ``old`` is the acting policy's
+    ``(log_prob, value)``; ``rows(x)`` is ``x``'s whole batch as one tensor (a range read over
+    ``(b, t)``, or a minibatch already gathered into an array). Advantages are normalised over
+    that batch. With ``clip_value_loss``, the value loss is CleanRL's: the larger of the
+    squared errors of the value and of the value clipped to ``old value +- clip``."""
+    old_log_prob, old_value = old
     batch = rows(adv)
     norm = (adv - batch.mean()) / (batch.std() + 1e-8)
     ratio = tj.exp(log_prob - old_log_prob)
     clipped = tj.clip(ratio, 1.0 - config.clip, 1.0 + config.clip)
     policy_loss = tj.maximum(-norm * ratio, -norm * clipped)
     value_loss = 0.5 * (value - ret) ** 2
+    if config.clip_value_loss:
+        near = old_value + tj.clip(value - old_value, -config.clip, config.clip)
+        value_loss = tj.maximum(value_loss, 0.5 * (near - ret) ** 2)
     loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy
     return rows(loss).mean()
 
@@ -93,30 +99,35 @@ def build(config: RLConfig, log: Callable[[int, dict[str, float]], None] | None 
         )
     env = envs.make(config.env, **config.env_options)
     net = actor_critic(config, env)
+    example = jax.eval_shape(
+        lambda k: training.initial_state(config, env, net, k), jax.random.PRNGKey(0)
+    )
     with tj.Program("ppo") as p:
         i, b, t, e, m = p.dims("i b t e m")
         dims = (i, b, t)
         B, T = b.bound, t.bound
-        init_key, run_key = training.split(training.key_input())
+        _, run_key = training.split(training.key_input())
+        start = training.state_input(example, b)
         steps = (i,) if reuse else (i, e, m)  # the optimiser steps over these, nested
-        params = tj.param(initial_params(net, env, init_key), domain=steps, over=steps)
+        params = tj.param(start.params, domain=steps, over=steps)
         acting_params = params if reuse else read(params, (i, 0, 0))
         acting = tj.lift(functools.partial(policy.act, net), name="policy")
-        roll = rollout(env, lambda k, obs: _split(acting(acting_params, k, obs)), dims, run_key)
+        act = lambda k, obs: _split(acting(acting_params, k, obs))  # noqa: E731
+        roll = rollout(env, act, dims, run_key, start)
         log_prob, value, entropy = roll.acted
         critic = tj.lift(functools.partial(policy.value, net), name="value")
         last_value = critic(acting_params, roll.next_obs[i, b, T - 1]).detach()
         adv, ret = gae(roll, value.detach(), last_value, config, dims)
         if reuse:  # differentiate the rollout's own forward pass
             total = ppo_loss(
-                log_prob, value, entropy, log_prob.detach(), adv, ret, config,
+                log_prob, value, entropy, (log_prob.detach(), value.detach()), adv, ret, config,
                 rows=lambda x: x[i, 0:B, 0:T],
             )  # fmt: skip
             loss = total
         else:
             batch = _minibatch(
-                (roll.obs, roll.action, log_prob.detach(), adv, ret),
-                tj.random.key_at(training.fold_in(run_key, 3), (i, e)),
+                (roll.obs, roll.action, log_prob.detach(), value.detach(), adv, ret),
+                training.key_at(training.fold_in(run_key, 3), (i, e), start.iteration),
                 m,
                 config,
                 dims,
@@ -125,17 +136,20 @@ def build(config: RLConfig, log: Callable[[int, dict[str, float]], None] | None 
                 jax.vmap(functools.partial(policy.evaluate, net), in_axes=(None, 0, 0)),
                 name="evaluate",
             )
-            mb_obs, mb_action, mb_old, mb_adv, mb_ret = batch
+            mb_obs, mb_action, mb_old, mb_old_value, mb_adv, mb_ret = batch
             mb_log_prob, mb_value, mb_entropy = evaluate(params, mb_obs, mb_action)
             total = ppo_loss(
-                mb_log_prob, mb_value, mb_entropy, mb_old, mb_adv, mb_ret, config,
+                mb_log_prob, mb_value, mb_entropy, (mb_old, mb_old_value), mb_adv, mb_ret, config,
                 rows=lambda x: x,
             )  # fmt: skip
             loss = total[i, 0 : e.bound, 0 : m.bound].mean()
         grads = tj.grad(total, params)
-        new = tj.optim.step(config.optimiser(), params, grads, over=steps)
-        I = i.bound
-        p.output("params", read(new, (I - 1,) if reuse else (I - 1, e.bound - 1, m.bound - 1)))
+        new, opt_state = tj.optim.step(
+            config.optimiser(), params, grads, over=steps, state=start.opt_state, with_state=True
+        )
+        last = (i.bound - 1,) if reuse else (i.bound - 1, e.bound - 1, m.bound - 1)
+        p.output("params", read(new, last))
+        training.output_state(p, read(new, last), read(opt_state, last), roll.end, start, dims)
         output_metrics(p, roll, loss, dims, log)
     bounds = {
         i.bound: config.iterations,
@@ -200,9 +214,23 @@ def _split(out: Any) -> tuple[tj.RT, tuple[tj.RT, tj.RT, tj.RT]]:
 
 
 def make_train(
-    config: RLConfig, log: Callable[[int, dict[str, float]], None] | None = None
+    config: RLConfig,
+    log: Callable[[int, dict[str, float]], None] | None = None,
+    iterations: int | None = None,
 ) -> training.Train:
     """The whole training run, compiled: a pure function of a PRNG key (default: the config's
-    seed's) returning its outputs (:mod:`algorithms.training`)."""
-    built = build(config, log)
-    return training.Train(built.program.compile(built.bounds), config.seed)
+    seed's) and of the state to continue from, returning its outputs
+    (:mod:`algorithms.training`). With ``iterations``, one call runs that many iterations of
+    the run (a chunk: call it again on the state it returns)."""
+    return compile_run(build(config, log), config, iterations)
+
+
+def compile_run(
+    built: Program, config: RLConfig, iterations: int | None = None, **options: Any
+) -> training.Train:
+    """A recorded run of :func:`build` (or REINFORCE's, A2C's) compiled as a
+    :class:`~algorithms.training.Train` running ``iterations`` (default: all) per call;
+    ``options`` go to ``Program.compile``."""
+    env = envs.make(config.env, **config.env_options)
+    net = actor_critic(config, env)
+    return training.compile_run(built, config, env, net, iterations, **options)

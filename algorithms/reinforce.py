@@ -31,13 +31,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 
 import tempo_jax as tj
 
 from . import envs, policy, ppo, training
 from .config import RLConfig, check_one_step
-from .networks import actor_critic, initial_params
+from .networks import actor_critic
 from .rollout import Rollout, read, rollout
 
 Dims = tuple[tj.Symbol, tj.Symbol, tj.Symbol]
@@ -132,19 +133,27 @@ def build_actor_critic(
     sink of :func:`algorithms.ppo.build`."""
     env = envs.make(config.env, **config.env_options)
     net = actor_critic(config, env)
+    example = jax.eval_shape(
+        lambda k: training.initial_state(config, env, net, k), jax.random.PRNGKey(0)
+    )
     with tj.Program(name) as p:
         dims = p.dims("i b t")
         i, b, t = dims
-        init_key, run_key = training.split(training.key_input())
-        params = tj.param(initial_params(net, env, init_key), domain=(i,))
+        _, run_key = training.split(training.key_input())
+        start = training.state_input(example, b)
+        params = tj.param(start.params, domain=(i,))
         acting = tj.lift(functools.partial(policy.act, net), name="policy")
-        roll = rollout(env, lambda k, obs: ppo._split(acting(params, k, obs)), dims, run_key)
+        roll = rollout(env, lambda k, obs: ppo._split(acting(params, k, obs)), dims, run_key, start)
         critic = tj.lift(functools.partial(policy.value, net), name="value")
         last_value = critic(params, roll.next_obs[i, b, t.bound - 1]).detach()
         total = objective(roll, last_value, dims)[i, 0 : b.bound, 0 : t.bound].mean()
         grads = tj.grad(total, params)
-        new = tj.optim.step(config.optimiser(), params, grads, over=i)
+        new, opt_state = tj.optim.step(
+            config.optimiser(), params, grads, over=i, state=start.opt_state, with_state=True
+        )
         p.output("params", read(new, i.bound - 1))
+        final = (read(new, i.bound - 1), read(opt_state, i.bound - 1))
+        training.output_state(p, *final, roll.end, start, dims)
         ppo.output_metrics(p, roll, total, dims, log)
     bounds = {i.bound: config.iterations, b.bound: config.envs, t.bound: config.steps}
     return ppo.Program(p, dims, bounds)
@@ -156,8 +165,8 @@ def build(config: RLConfig, log: Log | None = None) -> ppo.Program:
     return build_actor_critic("reinforce", config, objective(config), log)
 
 
-def make_train(config: RLConfig, log: Log | None = None) -> training.Train:
-    """The whole training run, compiled: a pure function of a PRNG key (default: the config's
-    seed's) returning its outputs (:mod:`algorithms.training`)."""
-    built = build(config, log)
-    return training.Train(built.program.compile(built.bounds), config.seed)
+def make_train(
+    config: RLConfig, log: Log | None = None, iterations: int | None = None
+) -> training.Train:
+    """The whole training run, compiled (:func:`algorithms.ppo.make_train`)."""
+    return ppo.compile_run(build(config, log), config, iterations)

@@ -1,36 +1,106 @@
-"""A training run as a pure function of a PRNG key.
+"""A training run as a pure function of a PRNG key and of where the run stands.
 
-Every algorithm's program takes its randomness from one input, ``key`` (a ``uint32[2]`` PRNG
-key, as ``jax.random.PRNGKey`` makes): the initial parameters and every rollout key are
-derived from it inside the program, as the single-jit baselines derive them. So the compiled
-run is a pure function of the key: one build serves every seed.
+Every algorithm's program takes two kinds of input:
+
+- ``key``: a ``uint32[2]`` PRNG key, the run's one source of randomness. The rollout and
+  minibatch keys are derived from it inside the program, folded with the *global* iteration
+  number, as the single-jit baselines derive them;
+- the :class:`State` the run starts from: parameters, optimiser state, each environment's
+  observation, state and running return, and the number of iterations already done.
+
+:func:`initial_state` makes the state at iteration 0 from the key (plain JAX: the network's
+initial parameters, ``tx.init``, the environments' resets), so ``train(key)`` is the run of
+a seed and ``train(key, state)`` continues a run: running ``N`` iterations from the state
+another ``N`` left gives the ``2N``-iteration run (the same keys, the same numbers). The
+state comes back as the output ``"state"``: it is what a checkpoint stores.
 
     train = ppo.make_train(config)                   # built once
     out = train()                                    # the seed of config.seed
     out = train(jax.random.PRNGKey(7))               # seed 7, same executable
+    more = train(key, out["state"])                  # the next iterations of that run
     out = jax.jit(train)(key)                        # traceable
-
-(``jax.vmap`` over keys traces, but XLA's compile of the batched run of even a tiny PPO
-config did not finish within minutes on the 2-core CPU: seeds run one after another.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 import tempo_jax as tj
 
+from .config import RLConfig
+from .envs import Env
+from .networks import ActorCritic
+
 KEY = "key"  # the name of every algorithm's key input
+STATE = "state"  # the prefix of the state inputs, and the name of the state output
+
+
+class State(NamedTuple):
+    """Where a run stands after ``iteration`` iterations: all the next iteration needs."""
+
+    params: Any
+    opt_state: Any
+    obs: jax.Array  # (B, *obs_shape): each environment's next observation
+    env_state: Any  # leaves (B, ...)
+    running: jax.Array  # (B,): the return so far of each environment's current episode
+    iteration: jax.Array  # int32 scalar: iterations done
+
+
+def initial_state(config: RLConfig, env: Env, net: ActorCritic, key: jax.Array) -> State:
+    """The state before iteration 0 of the run of ``key`` (plain JAX, traceable): the keys
+    are those the program derives (``init, run = split(key)``, ``reset = split(run, 3)[0]``,
+    environment ``b`` reset with ``fold_in(reset, b)``)."""
+    init_key, run_key = jax.random.split(key)
+    reset_key = jax.random.split(run_key, 3)[0]
+    params = net.init(init_key, env.reset(jax.random.PRNGKey(0))[0])
+    resets = jax.vmap(lambda b: jax.random.fold_in(reset_key, b))(jnp.arange(config.envs))
+    obs, env_state = jax.vmap(env.reset)(resets)
+    running = jnp.zeros((config.envs,), jnp.float32)
+    opt_state = config.optimiser().init(params)
+    return State(params, opt_state, obs, env_state, running, jnp.zeros((), jnp.int32))
 
 
 def key_input() -> tj.RT:
     """The program's ``key`` input: a ``uint32[2]`` PRNG key."""
     return tj.input(KEY, (2,), jnp.uint32)
+
+
+def state_input(example: State, b: tj.Symbol) -> State:
+    """The program's state inputs, shaped like ``example`` (arrays or shape structs): one
+    input per leaf (``state0``, ``state1``, ...); the per-environment fields are tensors over
+    ``b``."""
+    per_env = {"obs", "env_state", "running"}
+    out, k = {}, 0
+    for field in State._fields:
+        leaves, tree = jax.tree_util.tree_flatten(getattr(example, field))
+        made = []
+        for leaf in leaves:
+            if field in per_env:
+                made.append(tj.input(f"{STATE}{k}", leaf.shape[1:], leaf.dtype, domain=(b,)))
+            else:
+                made.append(tj.input(f"{STATE}{k}", leaf.shape, leaf.dtype))
+            k += 1
+        out[field] = jax.tree_util.tree_unflatten(tree, made)
+    return State(**out)
+
+
+def output_state(
+    p: tj.Program, params: Any, opt_state: Any, end: tuple[Any, Any, Any], start: State, dims: tuple
+) -> None:
+    """The output ``"state"``: where the run stands after its last iteration (``params`` and
+    ``opt_state`` already read there; ``end`` is the rollout's per-iteration ``(obs, env
+    state, running return)`` over ``(i, b)``)."""
+    i, b = dims[0], dims[1]
+    last = jax.tree_util.tree_map(
+        lambda x: x[i.bound - 1, 0 : b.bound], end, is_leaf=lambda x: isinstance(x, tj.RT)
+    )
+    done = start.iteration + i.bound
+    p.output(STATE, State(params, opt_state, *last, done))
 
 
 def split(key: Any, n: int = 2, name: str = "split") -> tuple[tj.RT, ...]:
@@ -44,32 +114,75 @@ def fold_in(key: Any, data: int) -> tj.RT:
     return tj.lift(lambda k: jax.random.fold_in(k, data), name="fold_in")(key)
 
 
+def key_at(key: tj.RT, dims: tuple[tj.Symbol, ...], first: tj.RT) -> tj.RT:
+    """``key`` folded with the point of ``dims`` (iteration dim first), the iteration counted
+    from ``first``: ``fold_in(fold_in(key, first + i), ...)``, the keys of a run whatever
+    iteration it resumes from."""
+    i, *rest = dims
+
+    def fold(k: jax.Array, *point: jax.Array) -> jax.Array:
+        for x in point:
+            k = jax.random.fold_in(k, x)
+        return k
+
+    return tj.lift(fold, name="fold_in")(key, first + i, *rest)
+
+
 @dataclasses.dataclass(eq=False)  # hashable: jax.jit(train) works
 class Train:
-    """A compiled training run, called as a function of its PRNG key: ``train(key)`` (or
-    ``train()`` for ``jax.random.PRNGKey(seed)``) returns the outputs. Pure and traceable
-    (``jax.jit(train)``). The compiled program's other methods
-    (``ahead_of_time``, ``lower``, ``memory``, ``explain``, ...) are reachable as
-    attributes."""
+    """A compiled training run, called as a function of its PRNG key and, optionally, the
+    :class:`State` to continue from: ``train(key, state)`` (``train()`` for
+    ``jax.random.PRNGKey(seed)`` from the start) returns the outputs, ``"state"`` among them.
+    Pure and traceable (``jax.jit(train)``, ``jax.vmap(train)``). The compiled program's
+    other methods (``ahead_of_time``, ``lower``, ``memory``, ``explain``, ...) are reachable
+    as attributes. ``iterations`` is how many iterations one call runs."""
 
     compiled: tj.Compiled
     seed: int
+    start: Callable[[jax.Array], State]  # the state at iteration 0 of a key's run
+    iterations: int
 
     def key(self, key: jax.Array | None = None) -> jax.Array:
         """``key``, or the config's seed's key."""
         return jax.random.PRNGKey(self.seed) if key is None else key
 
-    def __call__(self, key: jax.Array | None = None) -> dict[str, Any]:
-        return self.compiled(**{KEY: self.key(key)})
+    def inputs(self, key: jax.Array | None = None, state: State | None = None) -> dict:
+        """The program's inputs for ``key`` and ``state`` (default: the key's start)."""
+        key = self.key(key)
+        state = self.start(key) if state is None else state
+        leaves = jax.tree_util.tree_leaves(state)
+        return {KEY: key, **{f"{STATE}{k}": leaf for k, leaf in enumerate(leaves)}}
+
+    def __call__(self, key: jax.Array | None = None, state: State | None = None) -> dict:
+        return self.compiled(**self.inputs(key, state))
 
     def ahead_of_time(self) -> Callable[..., dict[str, Any]]:
         """XLA-compile now; the returned function is called like this one."""
-        run = self.compiled.ahead_of_time(**{KEY: self.key()})
-        return lambda key=None: run(**{KEY: self.key(key)})
+        run = self.compiled.ahead_of_time(**self.inputs())
+        return lambda key=None, state=None: run(**self.inputs(key, state))
 
-    def lower(self, key: jax.Array | None = None) -> jax.stages.Lowered:
+    def lower(self, key: jax.Array | None = None, state: State | None = None) -> Any:
         """The lowering for a key (``.compile().memory_analysis()`` works)."""
-        return self.compiled.lower(**{KEY: self.key(key)})
+        return self.compiled.lower(**self.inputs(key, state))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.compiled, name)
+
+
+def compile_run(
+    built: Any,
+    config: RLConfig,
+    env: Env,
+    net: ActorCritic,
+    iterations: int | None = None,
+    **options: Any,
+) -> Train:
+    """``built`` (an algorithm's recorded program, its dims and bounds) compiled as a
+    :class:`Train` running ``iterations`` per call (default: the config's, the whole run);
+    ``options`` go to ``Program.compile`` (e.g. ``memory_budget``)."""
+    if iterations is not None and not 1 <= iterations <= config.iterations:
+        raise ValueError(f"iterations per call must be 1 to {config.iterations}, got {iterations}")
+    count = config.iterations if iterations is None else iterations
+    start = jax.jit(lambda key: initial_state(config, env, net, key))
+    compiled = built.program.compile({**built.bounds, built.dims[0].bound: count}, **options)
+    return Train(compiled, config.seed, start, count)

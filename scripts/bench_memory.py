@@ -41,7 +41,6 @@ import tempo_jax as tj
 from tempo_jax.algorithms import ppo, reinforce
 from tempo_jax.algorithms.baselines import pg_jax, ppo_jax
 from tempo_jax.algorithms.config import RLConfig
-from tempo_jax.algorithms.training import Train
 from tempo_jax.configs import read
 from tempo_jax.scripts import timing
 
@@ -79,9 +78,7 @@ def _device_peak() -> int | None:
 def _tempo(config: RLConfig, swap: bool, repeats: int) -> tuple[dict[str, Any], Any]:
     module = ALGOS[config.algo][0]
     built = module.build(config)
-    compiled = Train(
-        built.program.compile(built.bounds, memory_budget=0 if swap else None), config.seed
-    )
+    compiled = ppo.compile_run(built, config, memory_budget=0 if swap else None)
     executable = compiled.lower().compile()
     report = compiled.memory()
     seconds, out = _median_seconds(compiled.ahead_of_time(), repeats)

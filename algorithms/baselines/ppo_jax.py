@@ -108,9 +108,10 @@ def ppo_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The clipped PPO loss of a batch, and ``{"policy_loss", "value_loss", "entropy"}``.
 
-    ``batch`` holds ``obs``, ``actions``, ``log_probs`` (the acting policy's), ``advantages``
-    (unnormalised: they are normalised here over the whole batch) and ``returns``, all with
-    the same leading dims (any number, e.g. ``(T, B)`` or one flat minibatch axis).
+    ``batch`` holds ``obs``, ``actions``, ``log_probs`` and ``values`` (the acting policy's),
+    ``advantages`` (unnormalised: they are normalised here over the whole batch) and
+    ``returns``, all with the same leading dims (any number, e.g. ``(T, B)`` or one flat
+    minibatch axis). With ``config.clip_value_loss`` the value loss is CleanRL's clipped one.
     """
     adv = batch["advantages"]
     evaluate = functools.partial(policy.evaluate, net, params)
@@ -122,6 +123,9 @@ def ppo_loss(
     clipped = jnp.clip(ratio, 1.0 - config.clip, 1.0 + config.clip)
     policy_loss = jnp.maximum(-norm * ratio, -norm * clipped)
     value_loss = 0.5 * (value - batch["returns"]) ** 2
+    if config.clip_value_loss:  # CleanRL's clip_vloss
+        near = batch["values"] + jnp.clip(value - batch["values"], -config.clip, config.clip)
+        value_loss = jnp.maximum(value_loss, 0.5 * (near - batch["returns"]) ** 2)
     loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy
     aux = {
         "policy_loss": policy_loss.mean(),
@@ -150,6 +154,7 @@ def learn(
         "obs": traj.obs,
         "actions": traj.action,
         "log_probs": traj.log_prob,
+        "values": traj.value,
         "advantages": adv,
         "returns": ret,
     }

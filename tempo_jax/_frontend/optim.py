@@ -12,7 +12,7 @@ from .._ir.errors import TempoError
 from .._ir.expr import Symbol
 from .._ir.source import capture_source, describe
 from .creation import placeholder
-from .tensor import RecurrentTensor, record
+from .tensor import RecurrentTensor, as_tensor, record
 
 
 def _is_rt(x: Any) -> bool:
@@ -25,6 +25,8 @@ def step(
     grads: Any,
     *,
     over: Symbol | Sequence[Symbol],
+    state: Any = None,
+    with_state: bool = False,
 ) -> Any:
     """One optimiser step per point of ``over``: defines ``params[over + 1]``, returns it.
 
@@ -39,6 +41,12 @@ def step(
     counter, ``params[i, e, m + 1]`` inside a sweep of ``m``, then ``params[i, e + 1, 0]`` from
     ``m = M - 1`` and ``params[i + 1, 0, 0]`` from ``(e, m) = (E - 1, M - 1)``, with one optimiser
     state carried through all of them (e.g. PPO's epochs and minibatches inside iterations).
+
+    ``state`` starts the optimiser from a given state instead of ``tx.init``'s (e.g. program
+    inputs, to resume a run): a pytree of tensors or arrays with the structure, shapes and
+    dtypes ``tx.init(params)`` has. With ``with_state``, the result is ``(new_params,
+    new_state)``: ``new_state`` the optimiser state after each step, over the parameters'
+    domain (read it at the last step to save or continue the run).
 
     Example::
 
@@ -81,19 +89,22 @@ def step(
         carries.append((define_at, read_at))
 
     initial = [p[first] for p in p_leaves]
-    state0 = record(
-        tx.init,
-        (jax.tree_util.tree_unflatten(tree, initial),),
-        {},
-        name="optim.init",
-        source=source,
-    )
+    if state is None:
+        state0 = record(
+            tx.init,
+            (jax.tree_util.tree_unflatten(tree, initial),),
+            {},
+            name="optim.init",
+            source=source,
+        )
+    else:
+        state0 = _given_state(tx, tree, p_leaves, state, where)
     s_leaves, s_tree = jax.tree_util.tree_flatten(state0, is_leaf=_is_rt)
-    state = []
+    carried = []
     for k, leaf in enumerate(s_leaves):
         s = placeholder(leaf.shape, leaf.dtype, domain, name=f"optim_state{k}")
         s[first] = leaf
-        state.append(s)
+        carried.append(s)
 
     def update(g: Any, s: Any, p: Any) -> Any:
         updates, new_state = tx.update(g, s, p)
@@ -101,16 +112,50 @@ def step(
 
     new_params, new_state = record(
         update,
-        (grads, jax.tree_util.tree_unflatten(s_tree, state), params),
+        (grads, jax.tree_util.tree_unflatten(s_tree, carried), params),
         {},
         name="optim.update",
         source=source,
     )
-    for s, new in zip(state, jax.tree_util.tree_leaves(new_state, is_leaf=_is_rt), strict=True):
+    for s, new in zip(carried, jax.tree_util.tree_leaves(new_state, is_leaf=_is_rt), strict=True):
         for define_at, read_at in carries:
             s[define_at] = new[read_at]
     for p, new in zip(p_leaves, tree.flatten_up_to(new_params), strict=True):
         if len(p.program._branches[p._m.op]) == 1:  # only its start is defined so far
             for define_at, read_at in carries:
                 p[define_at] = new[read_at]
-    return new_params
+    return (new_params, new_state) if with_state else new_params
+
+
+def _given_state(
+    tx: optax.GradientTransformation,
+    tree: Any,
+    p_leaves: list[RecurrentTensor],
+    state: Any,
+    where: str,
+) -> Any:
+    """``state`` as tensors, checked against what ``tx.init`` makes for these parameters."""
+    shapes = jax.tree_util.tree_unflatten(
+        tree, [jax.ShapeDtypeStruct(p.shape, p.dtype) for p in p_leaves]
+    )
+    want = jax.eval_shape(tx.init, shapes)
+    want_leaves, want_tree = jax.tree_util.tree_flatten(want)
+    leaves, given_tree = jax.tree_util.tree_flatten(state, is_leaf=_is_rt)
+    if given_tree != want_tree:
+        raise TempoError(
+            f"{where}: `state` must have the structure of `tx.init(params)`: {want_tree}, "
+            f"got {given_tree}"
+        )
+    out = []
+    for k, (leaf, spec) in enumerate(zip(leaves, want_leaves, strict=True)):
+        leaf = leaf if _is_rt(leaf) else as_tensor(jax.numpy.asarray(leaf))
+        if tuple(leaf.shape) != spec.shape or leaf.dtype != spec.dtype or leaf.domain:
+            got = f"{leaf.dtype}{list(leaf.shape)}" + (
+                f" over {', '.join(map(str, leaf.domain))}" if leaf.domain else ""
+            )
+            raise TempoError(
+                f"{where}: `state` leaf {k} must be {spec.dtype}{list(spec.shape)} (no domain), "
+                f"as `tx.init(params)` makes it; got {got}"
+            )
+        out.append(leaf)
+    return jax.tree_util.tree_unflatten(want_tree, out)

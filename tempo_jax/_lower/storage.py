@@ -61,6 +61,11 @@ class StoragePlan:
     # (op, out) stored in full but only read in the iteration of an enclosing loop that wrote
     # it: the buffer leaves out the domain positions that loop walks (reused each iteration)
     scoped: dict[tuple[int, int], frozenset[int]] = dataclasses.field(default_factory=dict)
+    # op -> the variables of enclosing loops that its point does not name but a guard around
+    # it tests (``if i == 0`` around an op invariant in ``i``): it runs at some iterations of
+    # those loops only, and its values are read at the others too, so no ring of a loop inside
+    # them and no buffer rewritten per iteration of one (scoped, cyclic) may hold them
+    intermittent: dict[int, frozenset[Symbol]] = dataclasses.field(default_factory=dict)
     _summed: dict[tuple[int, int], set[tuple[IndexItem, ...]]] = dataclasses.field(
         default_factory=dict
     )
@@ -79,6 +84,7 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
     for ex in _all_execs(tree):
         seen[ex.op] = seen.get(ex.op, 0) + 1
     split = frozenset(op for op, n in seen.items() if n > 1)  # ops the schedule runs in pieces
+    plan.intermittent = _intermittent(tree)
     _plan(program, tree, None, plan, split)
     for key, reads in plan._summed.items():
         if len(reads) == 1 and key not in plan.buffered:
@@ -115,6 +121,19 @@ def _sites(node: Node, loops: tuple[Loop, ...], guards: tuple[Expr, ...], out: l
         for child in node.children:
             _sites(child, loops, guards, out)
     return out
+
+
+def _intermittent(tree: Node) -> dict[int, frozenset[Symbol]]:
+    """Per op, the variables of enclosing loops its point does not name that a guard around
+    one of its execs tests (see :attr:`StoragePlan.intermittent`)."""
+    found: dict[int, frozenset[Symbol]] = {}
+    for ex, site in _sites(tree, (), (), []):
+        named = set().union(*(symbols_of(item) for item in ex.point))
+        skipped = {lp.var for lp in site.loops} - named
+        tested = skipped & set().union(*(symbols_of(cond) for cond in site.guards))
+        if tested:
+            found[ex.op] = found.get(ex.op, frozenset()) | tested
+    return found
 
 
 def _equalities(cond: Expr, found: dict[Symbol, Expr]) -> None:
@@ -261,6 +280,7 @@ def _scoped(
         if key in kept or key in plan.accumulated or key in plan.held or key[0] not in where:
             continue
         produced = where[key[0]]
+        skips = plan.intermittent.get(key[0], frozenset())
         shared = set.intersection(*({id(lp) for lp in ls} for _, ls in produced))
         drop = set()
         # a loop's dim may be left out only if the reads are of the same iteration of it and
@@ -268,6 +288,8 @@ def _scoped(
         # buffer (a window over an outer dim would read rows the inner loop overwrote)
         outer_ok = True
         for loop in (lp for lp in produced[0][1] if id(lp) in shared):
+            # a loop some of whose iterations skip the producer does not rewrite the buffer
+            outer_ok = outer_ok and loop.var not in skips
             pos = _walked(produced, loop)
             same = pos is not None and _read_in_iteration(
                 program, readers.get(key, []), where, loop, pos, produced[0][0]
@@ -419,8 +441,13 @@ def _plan_sequence(
                 continue  # decided once every read is known: held, or stored in full
             distance = _distance(loop, points.get(edge.src), target, earlier)
             # a ring does not cross loops: an op run in several loops is stored in full, unless
-            # the read is of the value it produced this very iteration
-            if distance is None or (edge.src in split and distance > 0):
+            # the read is of the value it produced this very iteration; nor does it hold values
+            # of a producer that skips iterations of an outer loop
+            if (
+                distance is None
+                or (edge.src in split and distance > 0)
+                or edge.src in plan.intermittent
+            ):
                 plan.buffered.add((edge.src, edge.out))
                 continue
             # A producer that already ran this iteration has shifted its ring by one.
@@ -552,10 +579,13 @@ def cyclic_candidates(
         if skip or not produced or not readers.get(key):
             continue
         ex, loops = produced[-1]
-        for loop in loops:
+        skips = plan.intermittent.get(key[0], frozenset())
+        for depth, loop in enumerate(loops):
             hits = [j for j, item in enumerate(ex.point) if loop.var in symbols_of(item)]
             if loop.reverse or len(hits) != 1:
                 continue
+            if any(lp.var in skips for lp in loops[: depth + 1]):
+                break  # rows of one walk are not rewritten by the next
             offset = simplify(ex.point[hits[0]] - loop.var)  # the row is the iteration + offset
             if not _loop_free(offset):
                 continue

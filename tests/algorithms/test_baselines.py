@@ -137,24 +137,77 @@ def test_single_jit_is_one_scan_over_iterations() -> None:
 
 
 @pytest.mark.parametrize(
-    ("env", "epochs", "minibatches"),
+    ("env", "epochs", "minibatches", "cleanrl"),
     [
-        ("CartPole-v1", 1, 1),
-        ("Pendulum-v1", 1, 1),
-        ("CartPole-v1", 2, 2),
-        pytest.param("Breakout-MinAtar", 1, 1, marks=pytest.mark.slow),  # images, the CNN
+        ("CartPole-v1", 1, 1, False),
+        ("Pendulum-v1", 1, 1, False),
+        ("CartPole-v1", 2, 2, False),
+        ("CartPole-v1", 1, 1, True),
+        ("CartPole-v1", 2, 2, True),
+        pytest.param("Breakout-MinAtar", 1, 1, False, marks=pytest.mark.slow),  # the CNN
     ],
 )
 def test_tempo_jax_ppo_matches_the_single_jit_baseline(
-    env: str, epochs: int, minibatches: int
+    env: str, epochs: int, minibatches: int, cleanrl: bool
 ) -> None:
     """Same keys, same semantics: the tempo_jax program's run (rollout, GAE, loss, gradients,
     Adam) is the hand-written baseline's, over 3 iterations; with several epochs and
-    minibatches, the same shuffled minibatches and one Adam state through every update."""
+    minibatches, the same shuffled minibatches and one Adam state through every update; with
+    CleanRL's annealed learning rate and clipped value loss too."""
     from tempo_jax.algorithms import ppo
 
     config = dataclasses.replace(
-        CARTPOLE, env=env, epochs=epochs, minibatches=minibatches, cnn="MinAtar" in env
+        CARTPOLE,
+        env=env,
+        epochs=epochs,
+        minibatches=minibatches,
+        cnn="MinAtar" in env,
+        anneal_lr=cleanrl,
+        clip_value_loss=cleanrl,
     )
     want = ppo_jax.make_train(config)()
     assert_same_run(ppo.make_train(config)(), want)
+    if cleanrl:  # the two settings change the run
+        plain = dataclasses.replace(config, anneal_lr=False, clip_value_loss=False)
+        other = ppo_jax.make_train(plain)()
+        assert not np.allclose(np.asarray(other["loss"]), np.asarray(want["loss"]))
+
+
+def test_annealed_learning_rate_is_cleanrls() -> None:
+    """Iteration ``k`` of ``I`` steps with ``lr * (1 - k / I)`` for all its ``epochs x
+    minibatches`` updates (Adam on a constant gradient moves each step by the rate)."""
+    config = dataclasses.replace(CARTPOLE, iterations=4, epochs=2, minibatches=2, anneal_lr=True)
+    tx = config.optimiser()
+    params = jax.numpy.zeros(())
+    state = tx.init(params)
+    moves = []
+    for _ in range(16):
+        updates, state = tx.update(jax.numpy.full((), 1.0), state, params)
+        moves.append(-float(updates))
+    want = [config.lr * (1 - (n // 4) / 4) for n in range(16)]
+    np.testing.assert_allclose(moves, want, rtol=1e-4)
+
+
+def test_clipped_value_loss_is_cleanrls() -> None:
+    """``max((v - R)^2, (v_old + clip(v - v_old, -c, c) - R)^2) / 2`` on one batch."""
+    env = envs.make("CartPole-v1")
+    net = actor_critic(CARTPOLE, env)
+    params = net.init(jax.random.PRNGKey(0), env.reset(jax.random.PRNGKey(0))[0])
+    obs = jax.random.normal(jax.random.PRNGKey(1), (6, *env.obs_shape))
+    actions = jax.random.randint(jax.random.PRNGKey(2), (6,), 0, env.actions)
+    value = jax.vmap(functools.partial(policy.value, net, params))(obs)
+    old = value + jax.numpy.array([-0.5, 0.5, -0.1, 0.1, 0.0, 0.3])
+    batch = {
+        "obs": obs,
+        "actions": actions,
+        "log_probs": jax.numpy.zeros(6),
+        "values": old,
+        "advantages": jax.numpy.ones(6),
+        "returns": value + 0.4,
+    }
+    config = dataclasses.replace(CARTPOLE, clip_value_loss=True, clip=0.2)
+    _, aux = ppo_jax.ppo_loss(params, net, batch, config)
+    v, o, r = (np.asarray(x, np.float64) for x in (value, old, batch["returns"]))
+    near = o + np.clip(v - o, -0.2, 0.2)
+    want = 0.5 * np.maximum((v - r) ** 2, (near - r) ** 2)
+    np.testing.assert_allclose(float(aux["value_loss"]), want.mean(), rtol=1e-5)

@@ -16,12 +16,11 @@ import optax
 import pytest
 
 import tempo_jax as tj
-from tempo_jax.algorithms import a2c, config, envs, policy, reinforce
+from tempo_jax.algorithms import a2c, config, envs, policy, ppo, reinforce
 from tempo_jax.algorithms.baselines import pg_jax, ppo_jax
 from tempo_jax.algorithms.config import RLConfig
 from tempo_jax.algorithms.networks import actor_critic
 from tempo_jax.algorithms.rollout import Rollout
-from tempo_jax.algorithms.training import Train
 from tests.algorithms.runs import assert_same_run
 
 CARTPOLE = RLConfig(env="CartPole-v1", iterations=3, envs=4, steps=16)
@@ -101,7 +100,7 @@ def _returns_program(n_step: int) -> tj.Program:
         done = tj.input("done", (), jnp.bool_, domain=dims)
         value = tj.input("value", (), jnp.float32, domain=dims)
         last_value = tj.input("last_value", (), jnp.float32, domain=(i, b))
-        roll = Rollout(None, None, None, reward, done, None, None)
+        roll = Rollout(None, None, None, reward, done, None, None, None)
         cfg = RLConfig(algo="reinforce", gamma=GAMMA, n_step=n_step)
         ret = reinforce.returns(roll, value, last_value, cfg, dims)
         p.output("ret", ret[0, 0 : b.bound, 0 : t.bound])
@@ -199,7 +198,7 @@ def _recording(cfg: RLConfig) -> reinforce.Objective:
 def _sgd_run() -> dict[str, Any]:
     """One iteration of the recording REINFORCE program with SGD (shared by two tests)."""
     built = reinforce.build_actor_critic("reinforce", SGD_NSTEP, _recording(SGD_NSTEP))
-    return Train(built.program.compile(built.bounds), SGD_NSTEP.seed)()
+    return ppo.compile_run(built, SGD_NSTEP)()
 
 
 @functools.cache

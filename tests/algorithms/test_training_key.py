@@ -1,5 +1,6 @@
-"""A compiled training run is a function of its PRNG key: the key of a seed gives that seed's
-run, and the run traces under ``jax.jit``."""
+"""A compiled training run is a function of its PRNG key and of the state it starts from: the
+key of a seed gives that seed's run, the run traces under ``jax.jit``, and a run continued
+from the state another left gives the uninterrupted run."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import dataclasses
 
 import jax
 import numpy as np
+import pytest
 
-from tempo_jax.algorithms import reinforce
+from tempo_jax.algorithms import a2c, ppo, reinforce
 from tempo_jax.algorithms.config import RLConfig
+from tests.algorithms.runs import assert_same_run
 
 CONFIG = RLConfig(algo="reinforce", iterations=2, envs=2, steps=8, seed=0)
+MODULES = {"ppo": ppo, "reinforce": reinforce, "a2c": a2c}
 
 
 def test_the_key_of_a_seed_gives_that_seeds_run_and_jit_traces_it() -> None:
@@ -23,3 +27,38 @@ def test_the_key_of_a_seed_gives_that_seeds_run_and_jit_traces_it() -> None:
     assert not np.array_equal(np.asarray(train()["loss"]), np.asarray(got["loss"]))
     jitted = jax.jit(train)(jax.random.PRNGKey(3))
     np.testing.assert_array_equal(np.asarray(jitted["loss"]), np.asarray(got["loss"]))
+
+
+@pytest.mark.parametrize(
+    ("algo", "iterations", "chunk", "options"),
+    [
+        ("reinforce", 4, 2, {"n_step": 3}),
+        pytest.param("a2c", 3, 1, {}, marks=pytest.mark.slow),
+        pytest.param("ppo", 4, 2, {}, marks=pytest.mark.slow),  # the rollout's forward pass
+        ("ppo", 3, 1, {"epochs": 2, "minibatches": 2, "anneal_lr": True, "clip_value_loss": True}),
+    ],
+)
+def test_a_run_continued_from_its_state_is_the_uninterrupted_run(
+    algo: str, iterations: int, chunk: int, options: dict
+) -> None:
+    """``iterations`` run as chunks of ``chunk``, each from the state the last returned (the
+    iteration count, optimiser state, environments and running returns), equal the whole run:
+    the keys are folded with the global iteration, the learning rate anneals over the run."""
+    config = RLConfig(algo=algo, iterations=iterations, envs=4, steps=16, **options)
+    key = jax.random.PRNGKey(5)
+    whole = MODULES[algo].make_train(config)(key)
+    part = MODULES[algo].make_train(config, iterations=chunk)
+    outs, state = [], None
+    for _ in range(iterations // chunk):
+        outs.append(part(key, state))
+        state = outs[-1]["state"]
+    got = {k: np.concatenate([o[k] for o in outs]) for k in ("loss", "mean_return", "episodes")}
+    assert_same_run({**got, "params": state.params}, whole)
+    assert int(state.iteration) == iterations == int(whole["state"].iteration)
+    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(whole["state"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_iterations_per_call_must_fit_the_run() -> None:
+    with pytest.raises(ValueError, match="iterations per call must be 1 to 2, got 3"):
+        reinforce.make_train(CONFIG, iterations=3)

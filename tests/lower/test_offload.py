@@ -178,9 +178,8 @@ def test_a_budget_is_a_number_of_bytes(budget: Any) -> None:
 def test_a_rollout_read_by_the_learner_is_swapped_under_a_budget() -> None:
     """REINFORCE on image observations: the observations a loop over ``t`` stores for the
     learner after it are the largest value that pays; the run is the same bit for bit."""
-    from tempo_jax.algorithms import reinforce
+    from tempo_jax.algorithms import ppo, reinforce
     from tempo_jax.algorithms.config import RLConfig
-    from tempo_jax.algorithms.training import Train
 
     config = RLConfig(
         algo="reinforce",
@@ -194,8 +193,8 @@ def test_a_rollout_read_by_the_learner_is_swapped_under_a_budget() -> None:
         cnn=True,
     )
     built = reinforce.build(config)
-    plain = Train(built.program.compile(built.bounds), config.seed)
-    swapped = Train(built.program.compile(built.bounds, memory_budget=0), config.seed)
+    plain = ppo.compile_run(built, config)
+    swapped = ppo.compile_run(built, config, memory_budget=0)
     host = [v for v in swapped.memory().values if v.memory_kind == "pinned_host"]
     assert any(v.name == "obs" and v.shape == (8, 4, 3, 8, 8) for v in host)
     got, want = swapped(), plain()

@@ -6,8 +6,10 @@ itself is pinned, so a change that silently falls back to full buffers fails.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import tempo_jax as tj
 from tempo_jax._lower.storage import plan_storage
@@ -249,3 +251,39 @@ def test_unrolled_layer_weights_are_sliced_once_outside_the_time_loop() -> None:
     jaxpr = compiled.jaxpr(x=xs, w=ws).jaxpr
     assert "scan[" in str(jaxpr) or "while[" in str(jaxpr)  # the loop over t
     assert _sliced_in_loops(jaxpr, (layers, d, d)) == 0
+
+
+def _run_once_per_outer_loop(value: str) -> tuple[tj.Program, dict]:
+    """A value of ``m`` alone (run by the schedule at ``i == 0`` only, inside the ``i`` loop)
+    read at every ``(i, e, m)`` by a recurrence over the nest, with a term over ``i``."""
+    with tj.Program() as p:
+        i, e, m = p.dims("i e m")
+        key = tj.input("key", (2,), jnp.uint32)
+        if value == "index":
+            row = tj.lift(lambda i: jnp.arange(8.0) * (i + 1.0))(i)
+        else:  # a key per iteration, as a minibatch shuffle draws it
+            perm = tj.lift(lambda k: jax.random.permutation(k, 8).astype(jnp.float32))
+            row = perm(tj.random.key_at(key, (i,)))
+        x = tj.placeholder((), jnp.float32, domain=(i, e, m), name="x")
+        x[0, 0, 0] = 0.0
+        nxt = x * 0.5 + tj.lift(lambda r, m: r[m])(row, m)
+        x[i, e, m + 1] = nxt[i, e, m]
+        x[i, e + 1, 0] = nxt[i, e, m.bound - 1]
+        x[i + 1, 0, 0] = nxt[i, e.bound - 1, m.bound - 1]
+        p.output("x", nxt[i.bound - 1, e.bound - 1, m.bound - 1])
+    return p, {i.bound: 3, e.bound: 2, m.bound: 2}
+
+
+@pytest.mark.parametrize("value", ["index", "key"])
+def test_a_value_run_at_one_iteration_of_an_outer_loop_is_kept_for_the_others(value) -> None:
+    """The schedule runs the op over ``m`` once, under ``if i == 0``; at ``i > 0`` its readers
+    take the values of ``i = 0``, so neither a ring of the ``m`` loop nor a buffer rewritten
+    per ``m`` may hold them (a ring read zeros, a one-value buffer the last ``m``'s)."""
+    p, bounds = _run_once_per_outer_loop(value)
+    inputs = {"key": jax.random.PRNGKey(1)}
+    want = tj.reference.run(p, bounds=bounds, inputs=inputs)["x"]
+    np.testing.assert_allclose(p.compile(bounds)(**inputs)["x"], want, rtol=1e-6)
+    ir, plan = _plan(p)
+    (index,) = _ids(ir, "`m`")
+    assert "i" in {s.name for s in plan.intermittent[index]} and (index, 0) in plan.buffered
+    assert (index, 0) not in plan.scoped

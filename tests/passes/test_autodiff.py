@@ -439,6 +439,82 @@ def test_gradient_through_a_parameter_read_at_the_previous_iteration() -> None:
         _close(out["g"], want)
 
 
+# -- an optimiser state in and out: a run continued from where another left off -----------------
+
+
+def _continued_adam(n: int, d: int, steps: int, tx: optax.GradientTransformation) -> tj.Program:
+    """``steps`` Adam steps from parameters and an optimiser state given as inputs, with the
+    state after the last step as outputs (a chunk of a longer run)."""
+    shapes = {"w": jnp.zeros(d), "b": jnp.zeros(())}
+    state_leaves, _ = jax.tree_util.tree_flatten(tx.init(shapes))
+    with tj.Program() as p:
+        (i,) = p.dims("i")
+        xs, ys = tj.input("x", (n, d), domain=(i,)), tj.input("y", (n,), domain=(i,))
+        start = {"w": tj.input("w0", (d,)), "b": tj.input("b0", ())}
+        given = [tj.input(f"s{k}", a.shape, a.dtype) for k, a in enumerate(state_leaves)]
+        state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tx.init(shapes)), given)
+        params = tj.param(start, domain=(i,))
+        loss = ((xs[i] @ params["w"] + params["b"] - ys[i]) ** 2).mean()
+        new, after = tj.optim.step(
+            tx, params, tj.grad(loss, params), over=i, state=state, with_state=True
+        )
+        p.output("params", {k: v[i.bound - 1] for k, v in new.items()})
+        last = jax.tree_util.tree_map(
+            lambda x: x[i.bound - 1], after, is_leaf=lambda x: isinstance(x, tj.RT)
+        )
+        p.output("state", last)
+    return p
+
+
+def test_an_optimiser_state_given_and_returned_continues_an_optax_loop() -> None:
+    """Two chunks of 3 steps, the second from the first's parameters and Adam state (its step
+    count included), equal 6 steps of an optax loop, compiled and in the reference."""
+    n, d = 8, 3
+    rng = _rng(7)
+    x = rng.normal(size=(6, n, d)).astype(np.float32)
+    y = rng.normal(size=(6, n)).astype(np.float32)
+    tx = optax.adam(0.1)
+    p = _continued_adam(n, d, 3, tx)
+
+    def loss_fn(prm: dict, xb: np.ndarray, yb: np.ndarray) -> jax.Array:
+        return ((xb @ prm["w"] + prm["b"] - yb) ** 2).mean()
+
+    prm = {"w": jnp.zeros(d), "b": jnp.zeros(())}
+    state = tx.init(prm)
+    for k in range(6):
+        updates, state = tx.update(jax.grad(loss_fn)(prm, x[k], y[k]), state, prm)
+        prm = optax.apply_updates(prm, updates)
+    for run in ("reference", "compiled"):
+        params, opt = {"w": jnp.zeros(d), "b": jnp.zeros(())}, tx.init(prm)
+        for chunk in range(2):
+            inputs = {"x": x[3 * chunk : 3 * chunk + 3], "y": y[3 * chunk : 3 * chunk + 3]}
+            inputs |= {"w0": params["w"], "b0": params["b"]}
+            inputs |= {f"s{k}": v for k, v in enumerate(jax.tree_util.tree_leaves(opt))}
+            if run == "reference":
+                out = tj.reference.run(p, bounds={"I": 3}, inputs=inputs)
+            else:
+                out = p.compile({"I": 3})(**inputs)
+            params, opt = out["params"], out["state"]
+        _close(params["w"], prm["w"])
+        _close(params["b"], prm["b"])
+        assert int(opt[0].count) == 6
+
+
+def test_an_optimiser_state_of_another_structure_is_refused() -> None:
+    with tj.Program() as p:
+        (i,) = p.dims("i")
+        params = tj.param({"w": jnp.zeros(3)}, domain=(i,))
+        loss = (params["w"] ** 2).sum()
+        with pytest.raises(tj.TempoError, match="`state` must have the structure of"):
+            tj.optim.step(optax.adam(0.1), params, tj.grad(loss, params), over=i, state=())
+        sgd_state = optax.sgd(0.1, momentum=0.9).init({"w": jnp.zeros(4)})
+        with pytest.raises(tj.TempoError, match=r"`state` leaf 0 must be float32\[3\]"):
+            tj.optim.step(
+                optax.sgd(0.1, momentum=0.9), params, tj.grad(loss, params), over=i,
+                state=sgd_state,
+            )  # fmt: skip
+
+
 # -- flax parameters in, the same pytree out ------------------------------------------------------
 
 

@@ -55,9 +55,10 @@ def test_show_config_applies_flags_and_aliases(capsys) -> None:
 
 def test_yaml_aliases_and_total_timesteps(tmp_path) -> None:
     data = {"algo": "ppo", "num_envs": 4, "num_steps": 16, "total_timesteps": 640}
-    data |= {"learning_rate": "3e-4", "ent_coef": 0.0, "update_epochs": 2}
+    data |= {"learning_rate": "3e-4", "ent_coef": 0.0, "update_epochs": 2, "clip_vloss": True}
     config = load(_yaml(tmp_path, data))
     assert (config.envs, config.steps, config.iterations) == (4, 16, 10)
+    assert config.clip_value_loss and not config.anneal_lr
     assert (config.lr, config.entropy_coef, config.epochs) == (3e-4, 0.0, 2)
 
 
@@ -73,6 +74,7 @@ def test_yaml_aliases_and_total_timesteps(tmp_path) -> None:
         ({**TINY, "env": "Nope-v0"}, "env: 'Nope-v0' is not one of CartPole-v1"),
         ({**TINY, "minibatches": 3}, "minibatches: 3 does not divide envs x steps = 16"),
         ({**TINY, "algo": "a2c", "n_step": 2}, "n_step: a2c uses GAE"),
+        ({**TINY, "algo": "a2c", "clip_vloss": True}, "clip_value_loss: PPO's; a2c has no"),
         ({**TINY, "lr": 1e-3, "learning_rate": 1e-3}, "sets 'lr', which the config sets already"),
         ("", "the config is empty"),
         ("algo: [ppo\n", "not valid YAML at line 2"),
