@@ -81,15 +81,12 @@ class RLConfig:
         ``anneal_lr``, iteration ``k``'s updates use ``lr * (1 - k / iterations)``, as CleanRL
         sets it per iteration (the schedule counts ``epochs * minibatches`` updates an
         iteration)."""
-        lr: float | optax.Schedule = self.lr
-        if self.anneal_lr:
-            per_iteration = self.epochs * self.minibatches
-            lr = lambda count: (
-                self.lr
-                * (  # noqa: E731
-                    1.0 - (count // per_iteration) / self.iterations
-                )
-            )
+        per_iteration = self.epochs * self.minibatches
+
+        def annealed(count: Any) -> Any:
+            return self.lr * (1.0 - (count // per_iteration) / self.iterations)
+
+        lr = annealed if self.anneal_lr else self.lr
         return optax.chain(optax.clip_by_global_norm(self.max_grad_norm), optax.adam(lr, eps=1e-5))
 
 

@@ -112,8 +112,9 @@ def build(config: RLConfig, log: Callable[[int, dict[str, float]], None] | None 
         params = tj.param(start.params, domain=steps, over=steps)
         acting_params = params if reuse else read(params, (i, 0, 0))
         acting = tj.lift(functools.partial(policy.act, net), name="policy")
-        act = lambda k, obs: _split(acting(acting_params, k, obs))  # noqa: E731
-        roll = rollout(env, act, dims, run_key, start)
+        roll = rollout(
+            env, lambda k, obs: _split(acting(acting_params, k, obs)), dims, run_key, start
+        )
         log_prob, value, entropy = roll.acted
         critic = tj.lift(functools.partial(policy.value, net), name="value")
         last_value = critic(acting_params, roll.next_obs[i, b, T - 1]).detach()

@@ -55,7 +55,8 @@ def test_a_run_continued_from_its_state_is_the_uninterrupted_run(
     got = {k: np.concatenate([o[k] for o in outs]) for k in ("loss", "mean_return", "episodes")}
     assert_same_run({**got, "params": state.params}, whole)
     assert int(state.iteration) == iterations == int(whole["state"].iteration)
-    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(whole["state"])):
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(state), leaves(whole["state"]), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
