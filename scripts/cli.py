@@ -2,6 +2,7 @@
 
     tempo-jax train ppo_cartpole --iterations 3 --seed 1     # a shipped config by name
     tempo-jax train my_run.yaml --learning-rate 1e-3         # a YAML file; aliases as flags
+    tempo-jax train results/rl/ppo_CartPole-v1_seed0 --resume  # continue a stopped run
     tempo-jax show-config reinforce_cartpole --num-envs 16   # the checked config, as YAML
     tempo-jax decode --model DIR --prompt "Once upon a time" # a local HF checkpoint
     tempo-jax bench rl_cpu_small --only base                 # a benchmark config
@@ -74,23 +75,41 @@ def train(
     out: str = "results/rl",
     run: str | None = None,
     overwrite: bool = False,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> None:
     """Train an RL config (a shipped name such as ppo_cartpole, or a YAML path) as one compiled
-    program; metrics, summary and learning curve go to a new directory under --out.
+    program; metrics, summary, learning curve and checkpoints go to a new directory under
+    --out. Ctrl-C stops at the next checkpoint; --resume continues a run.
 
     Args:
-        config: a shipped RL config's name (see show-config) or a YAML file.
+        config: a shipped RL config's name (see show-config) or a YAML file; with --resume,
+            the run's directory.
         out: the results root.
         run: the run's directory name (refused if it holds a run, unless --overwrite);
             default: <algo>_<env>_seed<S>, numbered past earlier runs.
         overwrite: write into an existing --run directory.
+        checkpoint_every: iterations per compiled call, with a checkpoint after each
+            (default: the largest divisor of the iterations up to a tenth of them).
+        resume: continue the run in the directory CONFIG from its latest checkpoint (its own
+            config and checkpoint interval; no other flag applies).
     """
     import tempo_jax as tj
     from tempo_jax.scripts import train_rl
 
+    if resume:
+        given = [k for k, v in dataclasses.asdict(overrides).items() if v is not None]
+        if given or checkpoint_every is not None or run is not None:
+            flags = (
+                ", ".join("--" + k.replace("_", "-") for k in given) or "--run/--checkpoint-every"
+            )
+            raise ConfigError(f"--resume continues a run with its own settings; drop {flags}")
+        tj.enable_compilation_cache()
+        train_rl.resume(config)
+        return
     checked = _config(config, overrides)
     tj.enable_compilation_cache()
-    train_rl.run(checked, out, run, overwrite)
+    train_rl.run(checked, out, run, overwrite, checkpoint_every)
 
 
 def show_config(

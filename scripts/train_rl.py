@@ -1,40 +1,140 @@
-"""Train an RL algorithm written as one tempo_jax program, with a progress bar.
+"""Train an RL algorithm written as one tempo_jax program, with a progress bar, checkpoints
+and resume.
 
-The whole run (every iteration's rollout, returns, loss, backward and optimiser step) is one
-compiled XLA computation; per-iteration metrics leave it through a sink to the progress bar
-and to ``results/rl/<run>/metrics.csv``, and a learning curve is plotted next to it. Each run
-gets its own directory (:func:`tempo_jax.scripts.results.run_dir`); every file is written
-atomically.
+The run is compiled once as a program of ``chunk`` iterations (every iteration's rollout,
+returns, loss, backward and optimiser step: one XLA call) and called on the state the last
+call returned until the run is done (:mod:`tempo_jax.algorithms.training`). Between calls the
+metrics go to ``metrics.csv`` and the state to an orbax checkpoint (``checkpoints/<iteration>``,
+the last two kept); Ctrl-C stops the run there, keeping both, and ``--resume`` continues it
+with the same numbers an uninterrupted run gets. Per-iteration metrics reach the progress bar
+through a sink. Each run gets its own directory (:func:`tempo_jax.scripts.results.run_dir`);
+every file is written atomically.
 
     tempo-jax train ppo_cartpole [--iterations N] [--seed S] [--run NAME] [--overwrite]
+    tempo-jax train results/rl/ppo_CartPole-v1_seed0 --resume
     python -m tempo_jax.scripts.train_rl [--config ppo_cartpole] [--iterations N] [--seed S]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import dataclasses
 import json
+import math
 import pathlib
+import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
 import tempo_jax as tj
-from tempo_jax.algorithms import a2c, envs, ppo, reinforce
+from tempo_jax.algorithms import a2c, checkpoints, envs, ppo, reinforce, training
 from tempo_jax.algorithms import config as rl_config
+from tempo_jax.algorithms.networks import actor_critic
 from tempo_jax.configs import ConfigError
 from tempo_jax.scripts import results
 
 ALGORITHMS = {"ppo": ppo.make_train, "reinforce": reinforce.make_train, "a2c": a2c.make_train}
+COLUMNS = ["iteration", "env_steps", "episodes", "mean_return", "loss"]
+RUN_FILE = "run.json"  # the config and chunk a run was started with: what --resume reads
 
 
-def train(config: rl_config.RLConfig, out: pathlib.Path) -> dict[str, Any]:
-    """Compile and run ``config``; write metrics, the curve and a summary under ``out``
-    (atomically: each file is whole, old or new)."""
+def default_chunk(iterations: int) -> int:
+    """Iterations per call when not given: the largest divisor of ``iterations`` up to a tenth
+    of it (at least 1), so every call runs the one compiled program."""
+    top = max(1, iterations // 10)
+    return max(k for k in range(1, top + 1) if iterations % k == 0)
+
+
+class Interrupt:
+    """Ctrl-C while installed asks the run to stop at the next call boundary
+    (``requested``); a second Ctrl-C stops at once (``KeyboardInterrupt``)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("stopping after this chunk of iterations (Ctrl-C again to stop now)")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[Interrupt]:
+        try:
+            previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: no handler, nothing to stop
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _rows(result: dict[str, Any], done: int, config: rl_config.RLConfig) -> list[list[Any]]:
+    """The metrics rows of one call's iterations (numbered from ``done``)."""
+    batch = config.envs * config.steps
+    returns = np.asarray(result["mean_return"], np.float64)
+    episodes = np.asarray(result["episodes"])
+    returns[episodes == 0] = np.nan  # no episode ended in that iteration
+    losses = np.asarray(result["loss"])
+    return [
+        [done + k, (done + k + 1) * batch, int(episodes[k]), returns[k], float(losses[k])]
+        for k in range(len(losses))
+    ]
+
+
+def _read_rows(path: pathlib.Path, done: int) -> list[list[Any]]:
+    """The first ``done`` rows of a run's metrics.csv, typed as :func:`_rows` makes them."""
+    with open(path) as f:
+        rows = [
+            [int(r["iteration"]), int(r["env_steps"]), int(r["episodes"]),
+             float(r["mean_return"] or math.nan), float(r["loss"])]
+            for r in csv.DictReader(f)
+        ]  # fmt: skip
+    if len(rows) < done:
+        raise results.ResultsError(
+            f"{path} has {len(rows)} iterations, the checkpoint {done}: not one run's files"
+        )
+    return rows[:done]
+
+
+def train(
+    config: rl_config.RLConfig,
+    out: pathlib.Path,
+    chunk: int | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Compile ``config`` as a program of ``chunk`` iterations (default:
+    :func:`default_chunk`) and run it call after call, from the latest checkpoint under
+    ``out`` with ``resume``; after each call write the metrics and a checkpoint; at the end
+    (or at Ctrl-C) the summary and the curve (every file atomically)."""
+    out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    chunk = default_chunk(config.iterations) if chunk is None else chunk
+    if chunk < 1:
+        raise ConfigError(f"checkpoint_every: must be at least 1, got {chunk}")
+    chunk = min(chunk, config.iterations)
+    env = envs.make(config.env, **config.env_options)  # its package's import is not build time
+    key = jax.random.PRNGKey(config.seed)
+    saved = out / "checkpoints"
+    if resume:
+        like = jax.eval_shape(
+            lambda k: training.initial_state(config, env, actor_critic(config, env), k), key
+        )
+        state = checkpoints.restore(saved, like)
+        done = int(state.iteration)
+        rows = _read_rows(out / "metrics.csv", done)
+    else:
+        results.write_json(out / RUN_FILE, {"config": dataclasses.asdict(config), "chunk": chunk})
+        state, done, rows = None, 0, []
     bars: list[tqdm] = []  # the progress bar, made when the run starts
 
     def log(iteration: int, metrics: dict[str, float]) -> None:
@@ -42,48 +142,52 @@ def train(config: rl_config.RLConfig, out: pathlib.Path) -> dict[str, Any]:
             bars[0].set_postfix(mean_return=f"{metrics['mean_return']:.1f}", refresh=False)
         bars[0].update(1)
 
-    envs.make(config.env, **config.env_options)  # its package's import is not build time
     start = time.perf_counter()
-    compiled = ALGORITHMS[config.algo](config, log)  # tempo_jax: passes, checks, schedule
+    compiled = ALGORITHMS[config.algo](config, log, iterations=chunk)  # passes, schedule
     build = time.perf_counter() - start
     start = time.perf_counter()
-    run = compiled.ahead_of_time()  # XLA
+    calls = {chunk: compiled.ahead_of_time()}  # XLA
     xla = time.perf_counter() - start
-    bars.append(tqdm(total=config.iterations, desc=f"{config.algo} {config.env}", unit="it"))
-    start = time.perf_counter()
-    result = run()
-    np.asarray(result["mean_return"])  # wait for the run
-    seconds = time.perf_counter() - start
-    bars[0].close()
-    steps = config.iterations * config.envs * config.steps
-    returns = np.asarray(result["mean_return"], np.float64)
-    episodes = np.asarray(result["episodes"])
-    returns[episodes == 0] = np.nan  # no episode ended in that iteration
-    losses = np.asarray(result["loss"])
-    batch = config.envs * config.steps
-    results.write_csv(
-        out / "metrics.csv",
-        ["iteration", "env_steps", "episodes", "mean_return", "loss"],
-        (
-            [k, (k + 1) * batch, int(episodes[k]), returns[k], losses[k]]
-            for k in range(config.iterations)
-        ),
+    bars.append(
+        tqdm(total=config.iterations, initial=done, desc=f"{config.algo} {config.env}", unit="it")
     )
+    seconds, first = 0.0, done
+    with Interrupt().installed() as interrupt:
+        while done < config.iterations and not interrupt.requested:
+            count = min(chunk, config.iterations - done)
+            if count not in calls:  # the last, shorter call
+                calls[count] = ALGORITHMS[config.algo](config, log, iterations=count)
+            begin = time.perf_counter()
+            result = calls[count](key, state)
+            jax.block_until_ready(result)
+            seconds += time.perf_counter() - begin
+            state = result["state"]
+            rows += _rows(result, done, config)
+            done += count
+            results.write_csv(out / "metrics.csv", COLUMNS, rows)  # before the checkpoint:
+            checkpoints.save(saved, state)  # a resume never finds fewer rows than iterations
+    bars[0].close()
+    returns = np.array([r[3] for r in rows], np.float64)
     smooth = _smoothed(returns)
+    steps = (done - first) * config.envs * config.steps
     summary = {
         "config": dataclasses.asdict(config),
+        "iterations_done": done,
+        "interrupted": done < config.iterations,
+        "iterations_per_call": chunk,
         "build_seconds": build,
         "xla_compile_seconds": xla,
         "compile_seconds": build + xla,
         "run_seconds": seconds,
-        "env_steps": steps,
-        "steps_per_second": steps / seconds,
-        "final_mean_return": float(np.nanmean(returns[-20:])),
-        "best_smoothed_return": float(np.nanmax(smooth)),
+        "env_steps": done * config.envs * config.steps,
+        "steps_per_second": steps / seconds if seconds else None,
+        "final_mean_return": float(np.nanmean(returns[-20:])) if rows else None,
+        "best_smoothed_return": float(np.nanmax(smooth)) if np.isfinite(smooth).any() else None,
         "env_steps_to_400": _first_reaching(smooth, 400.0, config),
     }
     results.write_json(out / "summary.json", summary)
-    plot(returns, smooth, config, out / "learning_curve.png")
+    if rows:
+        plot(returns, smooth, config, out / "learning_curve.png")
     return summary
 
 
@@ -129,15 +233,39 @@ def run(
     root: str | pathlib.Path = "results/rl",
     name: str | None = None,
     overwrite: bool = False,
+    chunk: int | None = None,
 ) -> pathlib.Path:
     """Train ``config`` into a new run directory under ``root`` (named ``name``, or
     ``<algo>_<env>_seed<S>`` numbered past earlier runs); print the summary; the directory."""
+    if chunk is not None and chunk < 1:  # before the run's directory is made
+        raise ConfigError(f"checkpoint_every: must be at least 1, got {chunk}")
     default = f"{config.algo}_{config.env}_seed{config.seed}"
     out = results.run_dir(root, name or default, explicit=name is not None, overwrite=overwrite)
-    summary = train(config, out)
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
-    print(f"wrote {out}/metrics.csv, summary.json and learning_curve.png")
+    _report(train(config, out, chunk), out)
     return out
+
+
+def resume(folder: str | pathlib.Path) -> pathlib.Path:
+    """Continue the run in ``folder`` from its latest checkpoint, with its config and chunk,
+    to its last iteration; print the summary; the directory."""
+    folder = pathlib.Path(folder)
+    started = folder / RUN_FILE
+    if not started.is_file():
+        raise results.ResultsError(f"{folder}: not a training run's directory (no {RUN_FILE})")
+    if checkpoints.latest(folder / "checkpoints") is None:
+        raise results.ResultsError(f"{folder}: no checkpoint to resume from")
+    saved = json.loads(started.read_text())
+    config = rl_config.from_dict(saved["config"])
+    _report(train(config, folder, saved["chunk"], resume=True), folder)
+    return folder
+
+
+def _report(summary: dict[str, Any], out: pathlib.Path) -> None:
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    if summary["interrupted"]:
+        print(f"stopped after {summary['iterations_done']} iterations; continue with")
+        print(f"  tempo-jax train {out} --resume")
+    print(f"wrote {out}/metrics.csv, summary.json, learning_curve.png and checkpoints/")
 
 
 def main() -> None:
@@ -148,6 +276,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/rl")
     parser.add_argument("--run", help="the run's directory name (default: numbered)")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--checkpoint-every", type=int, help="iterations per call and checkpoint")
     args = parser.parse_args()
     tj.enable_compilation_cache()  # a second run skips XLA's compile
     overrides = {
@@ -155,7 +284,7 @@ def main() -> None:
     }
     try:
         config = rl_config.load(args.config, **overrides)
-        run(config, args.out, args.run, args.overwrite)
+        run(config, args.out, args.run, args.overwrite, args.checkpoint_every)
     except (ConfigError, results.ResultsError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 

@@ -91,6 +91,17 @@ def test_each_config_error_is_one_line_with_exit_code_2(capsys, tmp_path, conten
     assert "Traceback" not in err
 
 
+def test_resume_refuses_other_settings_and_a_folder_without_a_run(capsys, tmp_path) -> None:
+    code, _, err = _run(capsys, "train", str(tmp_path), "--resume", "--seed", "3")
+    assert code == 2 and "--resume continues a run with its own settings; drop --seed" in err
+    code, _, err = _run(capsys, "train", str(tmp_path), "--resume")
+    assert code == 2 and "not a training run's directory (no run.json)" in err
+    out = str(tmp_path / "results")
+    code, _, err = _run(capsys, "train", "ppo_cartpole", "--checkpoint-every", "0", "--out", out)
+    assert code == 2 and "checkpoint_every: must be at least 1, got 0" in err
+    assert not (tmp_path / "results").exists()
+
+
 def test_a_missing_config_and_a_bad_flag_exit_2(capsys, tmp_path) -> None:
     code, _, err = _run(capsys, "show-config", str(tmp_path / "nope.yaml"))
     assert code == 2 and "nope.yaml' does not exist" in err

@@ -1,11 +1,19 @@
-"""The RL training script writes its metrics, summary and learning curve (not a timing test)."""
+"""The RL training script writes its metrics, summary, learning curve and checkpoints, stops
+at Ctrl-C and resumes (not a timing test)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 
+import jax
+import numpy as np
+
+from tempo_jax.algorithms import checkpoints, envs, training
 from tempo_jax.algorithms.config import RLConfig
+from tempo_jax.algorithms.networks import actor_critic
 from tempo_jax.scripts import train_rl
 
 
@@ -22,3 +30,46 @@ def test_a_short_run_writes_metrics_and_a_plot(tmp_path) -> None:
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
     assert summary["build_seconds"] > 0 and summary["xla_compile_seconds"] > 0
     assert summary["compile_seconds"] == summary["build_seconds"] + summary["xla_compile_seconds"]
+
+
+class _InterruptingBar(train_rl.tqdm):
+    """The progress bar, pressing Ctrl-C (a real SIGINT) at its ``at``-th update."""
+
+    at = 2
+
+    def update(self, n: int = 1) -> None:
+        super().update(n)
+        if self.n == type(self).at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_stops_at_a_chunk_boundary_and_resume_gives_the_uninterrupted_run(
+    tmp_path, monkeypatch
+) -> None:
+    """A run of 4 iterations, one per call: Ctrl-C during the second call stops after it,
+    leaving 2 rows of metrics, a checkpoint of iteration 2 and a summary saying so; resuming
+    finishes the run with the metrics and parameters of a run never stopped."""
+    config = RLConfig(iterations=4, envs=2, steps=8, seed=2, epochs=2, minibatches=2)
+    whole = train_rl.train(config, tmp_path / "whole", chunk=1)
+    assert not whole["interrupted"] and whole["iterations_done"] == 4
+    monkeypatch.setattr(train_rl, "tqdm", _InterruptingBar)
+    stopped = tmp_path / "stopped"
+    summary = train_rl.train(config, stopped, chunk=1)
+    assert summary["interrupted"] and summary["iterations_done"] == 2
+    with open(stopped / "metrics.csv") as f:
+        assert [int(r["iteration"]) for r in csv.DictReader(f)] == [0, 1]
+    assert checkpoints.latest(stopped / "checkpoints") == 2
+    assert not list(stopped.glob(".*.tmp"))  # no temporary file left
+    monkeypatch.setattr(_InterruptingBar, "at", -1)  # no more Ctrl-C
+    train_rl.resume(stopped)
+    assert (stopped / "metrics.csv").read_text() == (tmp_path / "whole" / "metrics.csv").read_text()
+    assert json.loads((stopped / "summary.json").read_text())["iterations_done"] == 4
+    env = envs.make(config.env)
+    like = jax.eval_shape(
+        lambda k: training.initial_state(config, env, actor_critic(config, env), k),
+        jax.random.PRNGKey(0),
+    )
+    got = checkpoints.restore(stopped / "checkpoints", like)
+    want = checkpoints.restore(tmp_path / "whole" / "checkpoints", like)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
