@@ -1,8 +1,9 @@
-"""The ``tempo-jax`` command: train, decode, bench, plot and show-config.
+"""The ``tempo-jax`` command: train, evaluate, decode, bench, plot and show-config.
 
     tempo-jax train ppo_cartpole --iterations 3 --seed 1     # a shipped config by name
     tempo-jax train my_run.yaml --learning-rate 1e-3         # a YAML file; aliases as flags
     tempo-jax train results/rl/ppo_CartPole-v1_seed0 --resume  # continue a stopped run
+    tempo-jax evaluate results/rl/ppo_CartPole-v1_seed0      # the deterministic policy
     tempo-jax show-config reinforce_cartpole --num-envs 16   # the checked config, as YAML
     tempo-jax decode --model DIR --prompt "Once upon a time" # a local HF checkpoint
     tempo-jax bench rl_cpu_small --only base                 # a benchmark config
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import pathlib
 import sys
@@ -234,8 +236,30 @@ def plot(run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DI
     print(f"wrote {folder / 'learning_curve.png'}")
 
 
+def evaluate(
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")],
+    episodes: int = 10,
+    seed: int = 0,
+) -> None:
+    """Evaluate a training run's latest checkpoint with the deterministic policy (the likeliest
+    or mean action): the episodes' returns, printed and written to evaluation.json.
+
+    Args:
+        run: the run's directory.
+        episodes: episodes run side by side, one each.
+        seed: the environments' random seed.
+    """
+    from tempo_jax.scripts import train_rl
+
+    if episodes < 1:
+        raise ConfigError(f"episodes: must be at least 1, got {episodes}")
+    report = train_rl.evaluate_run(run, episodes, seed)
+    print(json.dumps(report, indent=2))
+
+
 COMMANDS = {
     "train": train,
+    "evaluate": evaluate,
     "decode": decode,
     "bench": bench,
     "plot": plot,

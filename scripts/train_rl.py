@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 import tempo_jax as tj
-from tempo_jax.algorithms import a2c, checkpoints, envs, ppo, reinforce, training
+from tempo_jax.algorithms import a2c, checkpoints, envs, evaluation, ppo, reinforce, training
 from tempo_jax.algorithms import config as rl_config
 from tempo_jax.algorithms.networks import actor_critic
 from tempo_jax.configs import ConfigError
@@ -134,6 +135,7 @@ def train(
         rows = _read_rows(out / "metrics.csv", done)
     else:
         results.write_json(out / RUN_FILE, {"config": dataclasses.asdict(config), "chunk": chunk})
+        shutil.rmtree(saved, ignore_errors=True)  # an overwritten run's checkpoints
         state, done, rows = None, 0, []
     bars: list[tqdm] = []  # the progress bar, made when the run starts
 
@@ -258,6 +260,38 @@ def resume(folder: str | pathlib.Path) -> pathlib.Path:
     config = rl_config.from_dict(saved["config"])
     _report(train(config, folder, saved["chunk"], resume=True), folder)
     return folder
+
+
+def evaluate_run(folder: str | pathlib.Path, episodes: int = 10, seed: int = 0) -> dict:
+    """Evaluate the latest checkpoint of the run in ``folder`` with the deterministic policy
+    (:func:`tempo_jax.algorithms.evaluation.evaluate`); write ``evaluation.json`` there and
+    return its content."""
+    folder = pathlib.Path(folder)
+    started = folder / RUN_FILE
+    if not started.is_file():
+        raise results.ResultsError(f"{folder}: not a training run's directory (no {RUN_FILE})")
+    config = rl_config.from_dict(json.loads(started.read_text())["config"])
+    env = envs.make(config.env, **config.env_options)
+    net = actor_critic(config, env)
+    like = jax.eval_shape(lambda k: training.initial_state(config, env, net, k), _KEY)
+    try:
+        state = checkpoints.restore(folder / "checkpoints", like)
+    except FileNotFoundError:
+        raise results.ResultsError(f"{folder}: no checkpoint to evaluate") from None
+    returns = evaluation.evaluate(config, state.params, jax.random.PRNGKey(seed), episodes)
+    report = {
+        "iteration": int(state.iteration),
+        "episodes": episodes,
+        "seed": seed,
+        "mean_return": float(returns.mean()),
+        "std_return": float(returns.std()),
+        "returns": [float(r) for r in returns],
+    }
+    results.write_json(folder / "evaluation.json", report)
+    return report
+
+
+_KEY = jax.ShapeDtypeStruct((2,), np.uint32)
 
 
 def _report(summary: dict[str, Any], out: pathlib.Path) -> None:

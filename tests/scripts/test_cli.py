@@ -139,6 +139,14 @@ def test_train_never_destroys_an_earlier_run_and_plot_redraws(capsys, tmp_path) 
     assert code == 0 and (first / "learning_curve.png").stat().st_size > 0
     code, _, err = _run(capsys, "plot", str(tmp_path))
     assert code == 2 and "no such file" in err
+    # the overwritten run's checkpoints are its own; evaluate the latest
+    assert sorted(int(d.name) for d in (first / "checkpoints").iterdir()) == [1, 2]
+    code, out_text, _ = _run(capsys, "evaluate", str(first), "--episodes", "2")
+    report = json.loads((first / "evaluation.json").read_text())
+    assert code == 0 and report["iteration"] == 2 and len(report["returns"]) == 2
+    assert json.loads(out_text) == report
+    code, _, err = _run(capsys, "evaluate", str(tmp_path))
+    assert code == 2 and "not a training run's directory" in err
     assert not list(tmp_path.rglob("*.tmp"))  # no temporary file left behind
 
 
