@@ -30,7 +30,7 @@ from .training import Train
 def objective(config: RLConfig) -> Objective:
     """A2C's loss at every point, from GAE's advantages and returns (module docstring)."""
 
-    def loss(roll: Rollout, last_value: tj.RT, dims: Dims) -> tj.RT:
+    def loss(roll: Rollout, last_value: tj.RT, dims: Dims) -> tuple[tj.RT, dict[str, tj.RT]]:
         log_prob, value, entropy = roll.acted
         adv, ret = ppo.gae(roll, value.detach(), last_value, config, dims)
         return reinforce.actor_critic_loss(log_prob, value, entropy, adv, ret, config)

@@ -68,8 +68,11 @@ def ppo_loss(
     ret: tj.RT,
     config: RLConfig,
     rows: Callable[[tj.RT], tj.RT],
-) -> tj.RT:
-    """The clipped PPO objective, averaged over a batch; ``old`` is the acting policy's
+) -> tuple[tj.RT, dict[str, tj.RT]]:
+    """The clipped PPO objective, averaged over a batch, and its :data:`METRICS` (each also
+    averaged over the batch: the approximate KL divergence from the acting policy is
+    ``(ratio - 1) - log(ratio)``, the clip fraction that of the ratios outside
+    ``1 +- clip``, as CleanRL computes them); ``old`` is the acting policy's
     ``(log_prob, value)``; ``rows(x)`` is ``x``'s whole batch as one tensor (a range read over
     ``(b, t)``, or a minibatch already gathered into an array). Advantages are normalised over
     that batch. With ``clip_value_loss``, the value loss is CleanRL's: the larger of the
@@ -85,7 +88,18 @@ def ppo_loss(
         near = old_value + tj.clip(value - old_value, -config.clip, config.clip)
         value_loss = tj.maximum(value_loss, 0.5 * (near - ret) ** 2)
     loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy
-    return rows(loss).mean()
+    log_ratio = log_prob - old_log_prob
+    parts = {
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": entropy,
+        "approx_kl": (ratio - 1.0) - log_ratio,
+        "clip_fraction": (tj.abs(ratio - 1.0) > config.clip).astype(jnp.float32),
+    }
+    return rows(loss).mean(), {name: rows(x.detach()).mean() for name, x in parts.items()}
+
+
+METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
 
 
 def build(config: RLConfig, log: Callable[[int, dict[str, float]], None] | None = None) -> Program:
@@ -120,11 +134,11 @@ def build(config: RLConfig, log: Callable[[int, dict[str, float]], None] | None 
         last_value = critic(acting_params, roll.next_obs[i, b, T - 1]).detach()
         adv, ret = gae(roll, value.detach(), last_value, config, dims)
         if reuse:  # differentiate the rollout's own forward pass
-            total = ppo_loss(
+            total, parts = ppo_loss(
                 log_prob, value, entropy, (log_prob.detach(), value.detach()), adv, ret, config,
                 rows=lambda x: x[i, 0:B, 0:T],
             )  # fmt: skip
-            loss = total
+            loss, metrics = total, parts
         else:
             batch = _minibatch(
                 (roll.obs, roll.action, log_prob.detach(), value.detach(), adv, ret),
@@ -139,11 +153,12 @@ def build(config: RLConfig, log: Callable[[int, dict[str, float]], None] | None 
             )
             mb_obs, mb_action, mb_old, mb_old_value, mb_adv, mb_ret = batch
             mb_log_prob, mb_value, mb_entropy = evaluate(params, mb_obs, mb_action)
-            total = ppo_loss(
+            total, parts = ppo_loss(
                 mb_log_prob, mb_value, mb_entropy, (mb_old, mb_old_value), mb_adv, mb_ret, config,
                 rows=lambda x: x,
             )  # fmt: skip
             loss = total[i, 0 : e.bound, 0 : m.bound].mean()
+            metrics = {k: x[i, 0 : e.bound, 0 : m.bound].mean() for k, x in parts.items()}
         grads = tj.grad(total, params)
         new, opt_state = tj.optim.step(
             config.optimiser(), params, grads, over=steps, state=start.opt_state, with_state=True
@@ -151,7 +166,7 @@ def build(config: RLConfig, log: Callable[[int, dict[str, float]], None] | None 
         last = (i.bound - 1,) if reuse else (i.bound - 1, e.bound - 1, m.bound - 1)
         p.output("params", read(new, last))
         training.output_state(p, read(new, last), read(opt_state, last), roll.end, start, dims)
-        output_metrics(p, roll, loss, dims, log)
+        output_metrics(p, roll, {"loss": loss, **metrics}, dims, log)
     bounds = {
         i.bound: config.iterations,
         B: config.envs,
@@ -185,28 +200,29 @@ def _minibatch(
 def output_metrics(
     p: tj.Program,
     roll: Rollout,
-    loss: tj.RT,
+    losses: dict[str, tj.RT],
     dims: tuple,
     log: Callable[[int, dict[str, float]], None] | None,
 ) -> None:
     """The outputs ``mean_return`` and ``episodes`` (of the episodes that ended in each
-    iteration) and ``loss`` (a tensor over ``i``); with ``log``, a sink calling
-    ``log(i, {"mean_return", "loss", "episodes"})`` once per iteration."""
+    iteration) and each of ``losses`` (``loss`` and the algorithm's metrics: tensors over
+    ``i``), over the iterations; with ``log``, a sink calling ``log(i, {name: value})`` with
+    all of them once per iteration."""
     i, b, t = dims
     ended = roll.done.astype(jnp.float32)[i, 0 : b.bound, 0 : t.bound].sum()
     finished = tj.where(roll.done, roll.episode_return, 0.0)[i, 0 : b.bound, 0 : t.bound]
     mean_return = finished.sum() / tj.maximum(ended, 1.0)
-    p.output("mean_return", mean_return[0 : i.bound])
-    p.output("episodes", ended[0 : i.bound])
-    p.output("loss", loss[0 : i.bound])
+    values = {"mean_return": mean_return, "episodes": ended, **losses}
+    for name, x in values.items():
+        p.output(name, x[0 : i.bound])
     if log is None:
         return
-    names = ("mean_return", "loss", "episodes")
+    names = tuple(values)
 
-    def send(values: Any, at: dict[str, int]) -> None:
-        log(at["i"], {name: float(v) for name, v in zip(names, values, strict=True)})
+    def send(stacked: Any, at: dict[str, int]) -> None:
+        log(at["i"], {name: float(v) for name, v in zip(names, stacked, strict=True)})
 
-    tj.sink(tj.stack([mean_return, loss, ended]), send)
+    tj.sink(tj.stack(list(values.values())), send)
 
 
 def _split(out: Any) -> tuple[tj.RT, tuple[tj.RT, tj.RT, tj.RT]]:

@@ -44,7 +44,8 @@ from .rollout import Rollout, read, rollout
 Dims = tuple[tj.Symbol, tj.Symbol, tj.Symbol]
 Log = Callable[[int, dict[str, float]], None]
 # (rollout, V(next_obs[i, b, T - 1]) detached over (i, b), dims) -> the loss at every (i, b, t)
-Objective = Callable[[Rollout, tj.RT, Dims], tj.RT]
+# and the metrics at every point (:func:`actor_critic_loss`)
+Objective = Callable[[Rollout, tj.RT, Dims], tuple[tj.RT, dict[str, tj.RT]]]
 
 
 def check(config: RLConfig, algo: str) -> None:
@@ -107,17 +108,24 @@ def returns(roll: Rollout, value: tj.RT, last_value: tj.RT, config: RLConfig, di
 
 def actor_critic_loss(
     log_prob: tj.RT, value: tj.RT, entropy: tj.RT, adv: tj.RT, ret: tj.RT, config: RLConfig
-) -> tj.RT:
+) -> tuple[tj.RT, dict[str, tj.RT]]:
     """``-log_prob * adv + value_coef * 0.5 * (value - ret)^2 - entropy_coef * entropy`` at
-    every point (``adv`` and ``ret`` detached; REINFORCE's and A2C's loss)."""
+    every point (``adv`` and ``ret`` detached; REINFORCE's and A2C's loss), and its
+    :data:`METRICS` at every point."""
+    policy_loss = -log_prob * adv
     value_loss = 0.5 * (value - ret) ** 2
-    return -log_prob * adv + config.value_coef * value_loss - config.entropy_coef * entropy
+    loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy
+    parts = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy}
+    return loss, {name: x.detach() for name, x in parts.items()}
+
+
+METRICS = ("policy_loss", "value_loss", "entropy")
 
 
 def objective(config: RLConfig) -> Objective:
     """REINFORCE's loss at every point: returns, advantages ``G - value`` (module docstring)."""
 
-    def loss(roll: Rollout, last_value: tj.RT, dims: Dims) -> tj.RT:
+    def loss(roll: Rollout, last_value: tj.RT, dims: Dims) -> tuple[tj.RT, dict[str, tj.RT]]:
         log_prob, value, entropy = roll.acted
         ret = returns(roll, value.detach(), last_value, config, dims)
         return actor_critic_loss(log_prob, value, entropy, ret - value.detach(), ret, config)
@@ -146,7 +154,9 @@ def build_actor_critic(
         roll = rollout(env, lambda k, obs: ppo._split(acting(params, k, obs)), dims, run_key, start)
         critic = tj.lift(functools.partial(policy.value, net), name="value")
         last_value = critic(params, roll.next_obs[i, b, t.bound - 1]).detach()
-        total = objective(roll, last_value, dims)[i, 0 : b.bound, 0 : t.bound].mean()
+        pointwise, parts = objective(roll, last_value, dims)
+        total = pointwise[i, 0 : b.bound, 0 : t.bound].mean()
+        metrics = {k: x[i, 0 : b.bound, 0 : t.bound].mean() for k, x in parts.items()}
         grads = tj.grad(total, params)
         new, opt_state = tj.optim.step(
             config.optimiser(), params, grads, over=i, state=start.opt_state, with_state=True
@@ -154,7 +164,7 @@ def build_actor_critic(
         p.output("params", read(new, i.bound - 1))
         final = (read(new, i.bound - 1), read(opt_state, i.bound - 1))
         training.output_state(p, *final, roll.end, start, dims)
-        ppo.output_metrics(p, roll, total, dims, log)
+        ppo.output_metrics(p, roll, {"loss": total, **metrics}, dims, log)
     bounds = {i.bound: config.iterations, b.bound: config.envs, t.bound: config.steps}
     return ppo.Program(p, dims, bounds)
 

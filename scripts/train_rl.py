@@ -42,7 +42,11 @@ from tempo_jax.configs import ConfigError
 from tempo_jax.scripts import results
 
 ALGORITHMS = {"ppo": ppo.make_train, "reinforce": reinforce.make_train, "a2c": a2c.make_train}
-COLUMNS = ["iteration", "env_steps", "episodes", "mean_return", "loss"]
+# the metrics.csv columns: the iteration, env steps, then the program's per-iteration outputs
+# (losses and metrics: those of the algorithm), then the steps per second of the call
+COUNTS = ["iteration", "env_steps", "episodes"]
+METRICS = ["mean_return", "loss", "policy_loss", "value_loss", "entropy", "approx_kl"]
+METRICS += ["clip_fraction"]
 RUN_FILE = "run.json"  # the config and chunk a run was started with: what --resume reads
 
 
@@ -79,27 +83,35 @@ class Interrupt:
             signal.signal(signal.SIGINT, previous)
 
 
-def _rows(result: dict[str, Any], done: int, config: rl_config.RLConfig) -> list[list[Any]]:
-    """The metrics rows of one call's iterations (numbered from ``done``)."""
+def _columns(result: dict[str, Any]) -> list[str]:
+    return COUNTS + [m for m in METRICS if m in result] + ["steps_per_second"]
+
+
+def _rows(
+    result: dict[str, Any], done: int, config: rl_config.RLConfig, seconds: float
+) -> list[dict[str, Any]]:
+    """The metrics rows of one call's iterations (numbered from ``done``) that took
+    ``seconds``."""
     batch = config.envs * config.steps
-    returns = np.asarray(result["mean_return"], np.float64)
+    values = {m: np.asarray(result[m], np.float64) for m in METRICS if m in result}
     episodes = np.asarray(result["episodes"])
-    returns[episodes == 0] = np.nan  # no episode ended in that iteration
-    losses = np.asarray(result["loss"])
-    return [
-        [done + k, (done + k + 1) * batch, int(episodes[k]), returns[k], float(losses[k])]
-        for k in range(len(losses))
-    ]
+    values["mean_return"][episodes == 0] = np.nan  # no episode ended in that iteration
+    count = len(episodes)
+    rows = []
+    for k in range(count):
+        row = {"iteration": done + k, "env_steps": (done + k + 1) * batch}
+        row |= {"episodes": int(episodes[k]), **{m: float(v[k]) for m, v in values.items()}}
+        rows.append(row | {"steps_per_second": count * batch / seconds})
+    return rows
 
 
-def _read_rows(path: pathlib.Path, done: int) -> list[list[Any]]:
+def _read_rows(path: pathlib.Path, done: int) -> list[dict[str, Any]]:
     """The first ``done`` rows of a run's metrics.csv, typed as :func:`_rows` makes them."""
     with open(path) as f:
         rows = [
-            [int(r["iteration"]), int(r["env_steps"]), int(r["episodes"]),
-             float(r["mean_return"] or math.nan), float(r["loss"])]
+            {k: int(v) if k in COUNTS else float(v or math.nan) for k, v in r.items()}
             for r in csv.DictReader(f)
-        ]  # fmt: skip
+        ]
     if len(rows) < done:
         raise results.ResultsError(
             f"{path} has {len(rows)} iterations, the checkpoint {done}: not one run's files"
@@ -164,12 +176,14 @@ def train(
             jax.block_until_ready(result)
             seconds += time.perf_counter() - begin
             state = result["state"]
-            rows += _rows(result, done, config)
+            rows += _rows(result, done, config, time.perf_counter() - begin)
             done += count
-            results.write_csv(out / "metrics.csv", COLUMNS, rows)  # before the checkpoint:
+            columns = _columns(result)
+            table = ([r[c] for c in columns] for r in rows)
+            results.write_csv(out / "metrics.csv", columns, table)  # before the checkpoint:
             checkpoints.save(saved, state)  # a resume never finds fewer rows than iterations
     bars[0].close()
-    returns = np.array([r[3] for r in rows], np.float64)
+    returns = np.array([r["mean_return"] for r in rows], np.float64)
     smooth = _smoothed(returns)
     steps = (done - first) * config.envs * config.steps
     summary = {

@@ -50,7 +50,7 @@ def make_train(config: RLConfig) -> Callable[[], dict[str, Any]]:
 
     @jax.jit
     def learner(params: Any, opt_state: Any, traj: Trajectory, last_obs: jax.Array, i: jax.Array):
-        params, opt_state, loss = learn(
+        params, opt_state, loss, _ = learn(
             params, opt_state, traj, last_obs, i, net, tx, config, ks.shuffle
         )
         return params, opt_state, (*episode_stats(traj), loss)

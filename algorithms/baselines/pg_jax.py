@@ -118,16 +118,19 @@ def pg_loss(
     adv: jax.Array,
     ret: jax.Array,
     config: RLConfig,
-) -> jax.Array:
-    """The actor-critic loss of a ``(T, B)`` rollout, averaged (``adv`` and ``ret`` are
-    constants here: the forward pass is recomputed from ``traj.obs`` and ``traj.action``)."""
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The actor-critic loss of a ``(T, B)`` rollout, averaged, and its metrics (``adv`` and
+    ``ret`` are constants here: the forward pass is recomputed from ``traj.obs`` and
+    ``traj.action``)."""
     evaluate = functools.partial(policy.evaluate, net, params)
     for _ in range(adv.ndim):
         evaluate = jax.vmap(evaluate)
     log_prob, value, entropy = evaluate(traj.obs, traj.action)
+    policy_loss = -log_prob * adv
     value_loss = 0.5 * (value - ret) ** 2
-    loss = -log_prob * adv + config.value_coef * value_loss - config.entropy_coef * entropy
-    return loss.mean()
+    loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy
+    metrics = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy}
+    return loss.mean(), {k: v.mean() for k, v in metrics.items()}
 
 
 def check(config: RLConfig) -> None:
@@ -146,24 +149,25 @@ def make_train(config: RLConfig) -> Callable[[], dict[str, Any]]:
     ks = keys(config)
     rollout = make_rollout(config, env, net, ks)
     value = jax.vmap(functools.partial(policy.value, net), in_axes=(None, 0))
-    grad_fn = jax.value_and_grad(pg_loss)
+    grad_fn = jax.value_and_grad(pg_loss, has_aux=True)
 
     def iteration(carry: tuple, i: jax.Array) -> tuple[tuple, tuple]:
         params, opt_state, env_carry = carry
         env_carry, traj = rollout(params, env_carry, i)
         adv, ret = targets(config, traj, value(params, env_carry[0]))
-        loss, grads = grad_fn(params, net, traj, adv, ret, config)
+        (loss, metrics), grads = grad_fn(params, net, traj, adv, ret, config)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         mean_return, episodes = episode_stats(traj)
-        return (params, opt_state, env_carry), (mean_return, loss, episodes)
+        return (params, opt_state, env_carry), (mean_return, loss, episodes, metrics)
 
     def train() -> dict[str, Any]:
         params, obs, state, running = init(config, env, net, ks)
         carry = (params, tx.init(params), (obs, state, running))
-        (params, _, _), (mean_return, loss, episodes) = jax.lax.scan(
+        (params, _, _), (mean_return, loss, episodes, metrics) = jax.lax.scan(
             iteration, carry, jnp.arange(config.iterations)
         )
-        return {"params": params, "mean_return": mean_return, "loss": loss, "episodes": episodes}
+        out = {"params": params, "mean_return": mean_return, "loss": loss, "episodes": episodes}
+        return {**out, **metrics}
 
     return jax.jit(train)

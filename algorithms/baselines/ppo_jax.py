@@ -106,7 +106,8 @@ def gae(
 def ppo_loss(
     params: Any, net: ActorCritic, batch: dict[str, jax.Array], config: RLConfig
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The clipped PPO loss of a batch, and ``{"policy_loss", "value_loss", "entropy"}``.
+    """The clipped PPO loss of a batch, and its metrics: ``{"policy_loss", "value_loss",
+    "entropy", "approx_kl", "clip_fraction"}`` (CleanRL's KL estimate and clip fraction).
 
     ``batch`` holds ``obs``, ``actions``, ``log_probs`` and ``values`` (the acting policy's),
     ``advantages`` (unnormalised: they are normalised here over the whole batch) and
@@ -127,10 +128,13 @@ def ppo_loss(
         near = batch["values"] + jnp.clip(value - batch["values"], -config.clip, config.clip)
         value_loss = jnp.maximum(value_loss, 0.5 * (near - batch["returns"]) ** 2)
     loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy
+    log_ratio = log_prob - batch["log_probs"]
     aux = {
         "policy_loss": policy_loss.mean(),
         "value_loss": value_loss.mean(),
         "entropy": entropy.mean(),
+        "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
+        "clip_fraction": (jnp.abs(ratio - 1.0) > config.clip).astype(jnp.float32).mean(),
     }
     return loss.mean(), aux
 
@@ -145,9 +149,10 @@ def learn(
     tx: optax.GradientTransformation,
     config: RLConfig,
     shuffle_key: jax.Array,
-) -> tuple[Any, Any, jax.Array]:
-    """GAE, then ``epochs`` passes of ``minibatches`` updates: ``(params, opt_state, loss)``,
-    the loss averaged over all updates (with one update, the loss at the acting params)."""
+) -> tuple[Any, Any, jax.Array, dict[str, jax.Array]]:
+    """GAE, then ``epochs`` passes of ``minibatches`` updates: ``(params, opt_state, loss,
+    metrics)``, the loss and :func:`ppo_loss`'s metrics averaged over all updates (with one
+    update, at the acting params)."""
     last_value = jax.vmap(functools.partial(policy.value, net, params))(last_obs)
     adv, ret = gae(traj.reward, traj.value, traj.done, last_value, config.gamma, config.gae_lambda)
     batch = {
@@ -160,19 +165,19 @@ def learn(
     }
     grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
 
-    def update(carry: tuple, minibatch: dict) -> tuple[tuple, jax.Array]:
+    def update(carry: tuple, minibatch: dict) -> tuple[tuple, tuple]:
         params, opt_state = carry
-        (loss, _), grads = grad_fn(params, net, minibatch, config)
+        (loss, aux), grads = grad_fn(params, net, minibatch, config)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
+        return (optax.apply_updates(params, updates), opt_state), (loss, aux)
 
     if config.epochs == 1 and config.minibatches == 1:  # the whole (T, B) batch, unshuffled
-        (params, opt_state), loss = update((params, opt_state), batch)
-        return params, opt_state, loss
-    (params, opt_state), losses = _shuffled_updates(
+        (params, opt_state), (loss, aux) = update((params, opt_state), batch)
+        return params, opt_state, loss, aux
+    (params, opt_state), (losses, aux) = _shuffled_updates(
         update, (params, opt_state), batch, jax.random.fold_in(shuffle_key, i), config
     )
-    return params, opt_state, losses.mean()
+    return params, opt_state, losses.mean(), {k: v.mean() for k, v in aux.items()}
 
 
 def _shuffled_updates(
@@ -239,18 +244,19 @@ def make_train(config: RLConfig) -> Callable[[], dict[str, Any]]:
     def iteration(carry: tuple, i: jax.Array) -> tuple[tuple, tuple]:
         params, opt_state, env_carry = carry
         env_carry, traj = rollout(params, env_carry, i)
-        params, opt_state, loss = learn(
+        params, opt_state, loss, metrics = learn(
             params, opt_state, traj, env_carry[0], i, net, tx, config, ks.shuffle
         )
         mean_return, episodes = episode_stats(traj)
-        return (params, opt_state, env_carry), (mean_return, loss, episodes)
+        return (params, opt_state, env_carry), (mean_return, loss, episodes, metrics)
 
     def train() -> dict[str, Any]:
         params, obs, state, running = init(config, env, net, ks)
         carry = (params, tx.init(params), (obs, state, running))
-        (params, _, _), (mean_return, loss, episodes) = jax.lax.scan(
+        (params, _, _), (mean_return, loss, episodes, metrics) = jax.lax.scan(
             iteration, carry, jnp.arange(config.iterations)
         )
-        return {"params": params, "mean_return": mean_return, "loss": loss, "episodes": episodes}
+        out = {"params": params, "mean_return": mean_return, "loss": loss, "episodes": episodes}
+        return {**out, **metrics}
 
     return jax.jit(train)

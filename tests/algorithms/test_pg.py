@@ -174,7 +174,7 @@ def _recording(cfg: RLConfig) -> reinforce.Objective:
     """REINFORCE's objective, also naming the first iteration's returns (n-step and MC), rewards,
     dones and values as outputs of the program."""
 
-    def loss(roll: Rollout, last_value: tj.RT, dims: reinforce.Dims) -> tj.RT:
+    def loss(roll: Rollout, last_value: tj.RT, dims: reinforce.Dims) -> tuple:
         _, b, t = dims
         p = roll.reward.program
         value = roll.acted[1].detach()
@@ -216,7 +216,8 @@ def _twin_first_iteration() -> tuple[Any, Any, Any]:
         params, obs, state, running = ppo_jax.init(cfg, env, net, ks)
         (last_obs, _, _), traj = rollout(params, (obs, state, running), jnp.asarray(0))
         adv, ret = pg_jax.targets(cfg, traj, value(params, last_obs))
-        return params, traj, jax.grad(pg_jax.pg_loss)(params, net, traj, adv, ret, cfg)
+        grad = jax.grad(pg_jax.pg_loss, has_aux=True)(params, net, traj, adv, ret, cfg)[0]
+        return params, traj, grad
 
     return first()
 
