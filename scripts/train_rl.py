@@ -149,12 +149,14 @@ def train(
         results.write_json(out / RUN_FILE, {"config": dataclasses.asdict(config), "chunk": chunk})
         shutil.rmtree(saved, ignore_errors=True)  # an overwritten run's checkpoints
         state, done, rows = None, 0, []
-    bars: list[tqdm] = []  # the progress bar, made when the run starts
+    bar = tqdm(total=config.iterations, initial=done, desc="compiling", unit="it")
+    shown: dict[str, str] = {}  # the bar's postfix: the last return, the last call's steps/s
 
     def log(iteration: int, metrics: dict[str, float]) -> None:
         if metrics["episodes"] > 0:  # the return of the episodes that ended this iteration
-            bars[0].set_postfix(mean_return=f"{metrics['mean_return']:.1f}", refresh=False)
-        bars[0].update(1)
+            shown["mean_return"] = f"{metrics['mean_return']:.1f}"
+            bar.set_postfix(shown, refresh=False)
+        bar.update(1)
 
     start = time.perf_counter()
     compiled = ALGORITHMS[config.algo](config, log, iterations=chunk)  # passes, schedule
@@ -162,9 +164,8 @@ def train(
     start = time.perf_counter()
     calls = {chunk: compiled.ahead_of_time()}  # XLA
     xla = time.perf_counter() - start
-    bars.append(
-        tqdm(total=config.iterations, initial=done, desc=f"{config.algo} {config.env}", unit="it")
-    )
+    bar.set_description(f"{config.algo} {config.env}")
+    bar.unpause()  # its rate counts from here, not from the compile
     seconds, first = 0.0, done
     with Interrupt().installed() as interrupt:
         while done < config.iterations and not interrupt.requested:
@@ -177,12 +178,14 @@ def train(
             seconds += time.perf_counter() - begin
             state = result["state"]
             rows += _rows(result, done, config, time.perf_counter() - begin)
+            shown["steps/s"] = f"{rows[-1]['steps_per_second']:,.0f}"
+            bar.set_postfix(shown)
             done += count
             columns = _columns(result)
             table = ([r[c] for c in columns] for r in rows)
             results.write_csv(out / "metrics.csv", columns, table)  # before the checkpoint:
             checkpoints.save(saved, state)  # a resume never finds fewer rows than iterations
-    bars[0].close()
+    bar.close()
     returns = np.array([r["mean_return"] for r in rows], np.float64)
     smooth = _smoothed(returns)
     steps = (done - first) * config.envs * config.steps
