@@ -79,6 +79,7 @@ def train(
     overwrite: bool = False,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    tensorboard: bool = False,
 ) -> None:
     """Train an RL config (a shipped name such as ppo_cartpole, or a YAML path) as one compiled
     program; metrics, summary, learning curve and checkpoints go to a new directory under
@@ -94,7 +95,9 @@ def train(
         checkpoint_every: iterations per compiled call, with a checkpoint after each
             (default: the largest divisor of the iterations up to a tenth of them).
         resume: continue the run in the directory CONFIG from its latest checkpoint (its own
-            config and checkpoint interval; no other flag applies).
+            config and checkpoint interval; no other flag applies but --tensorboard).
+        tensorboard: also write TensorBoard scalars to the run's tensorboard/ folder (needs
+            tempo_jax[tensorboard]).
     """
     import tempo_jax as tj
     from tempo_jax.scripts import train_rl
@@ -107,11 +110,11 @@ def train(
             )
             raise ConfigError(f"--resume continues a run with its own settings; drop {flags}")
         tj.enable_compilation_cache()
-        train_rl.resume(config)
+        train_rl.resume(config, tensorboard)
         return
     checked = _config(config, overrides)
     tj.enable_compilation_cache()
-    train_rl.run(checked, out, run, overwrite, checkpoint_every)
+    train_rl.run(checked, out, run, overwrite, checkpoint_every, tensorboard)
 
 
 def show_config(

@@ -105,6 +105,32 @@ def _rows(
     return rows
 
 
+def _board(out: pathlib.Path, start: int) -> Any:
+    """A TensorBoard writer of ``out/tensorboard``, events past env step ``start`` dropped (a
+    resumed run rewrites them)."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        raise ConfigError(
+            "tensorboard: needs tensorboardX (pip install 'tempo_jax[tensorboard]')"
+        ) from None
+    return SummaryWriter(str(out / "tensorboard"), purge_step=start or None)
+
+
+def _scalars(board: Any, rows: list[dict[str, Any]]) -> None:
+    """Each row's metrics as scalars at its env step (``charts/mean_return``,
+    ``losses/...``, ``charts/steps_per_second``)."""
+    for row in rows:
+        for name, value in row.items():
+            if name in COUNTS[:2] or not math.isfinite(value):
+                continue
+            group = (
+                "charts" if name in ("mean_return", "episodes", "steps_per_second") else "losses"
+            )
+            board.add_scalar(f"{group}/{name}", value, global_step=row["env_steps"])
+    board.flush()
+
+
 def _read_rows(path: pathlib.Path, done: int) -> list[dict[str, Any]]:
     """The first ``done`` rows of a run's metrics.csv, typed as :func:`_rows` makes them."""
     with open(path) as f:
@@ -124,10 +150,12 @@ def train(
     out: pathlib.Path,
     chunk: int | None = None,
     resume: bool = False,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
     """Compile ``config`` as a program of ``chunk`` iterations (default:
     :func:`default_chunk`) and run it call after call, from the latest checkpoint under
-    ``out`` with ``resume``; after each call write the metrics and a checkpoint; at the end
+    ``out`` with ``resume``; after each call write the metrics (and, with ``tensorboard``,
+    TensorBoard scalars under ``out/tensorboard``, by env step) and a checkpoint; at the end
     (or at Ctrl-C) the summary and the curve (every file atomically)."""
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +195,8 @@ def train(
     bar.set_description(f"{config.algo} {config.env}")
     bar.unpause()  # its rate counts from here, not from the compile
     seconds, first = 0.0, done
-    with Interrupt().installed() as interrupt:
+    board = _board(out, done * config.envs * config.steps) if tensorboard else None
+    with Interrupt().installed() as interrupt, board or contextlib.nullcontext():
         while done < config.iterations and not interrupt.requested:
             count = min(chunk, config.iterations - done)
             if count not in calls:  # the last, shorter call
@@ -177,7 +206,10 @@ def train(
             jax.block_until_ready(result)
             seconds += time.perf_counter() - begin
             state = result["state"]
-            rows += _rows(result, done, config, time.perf_counter() - begin)
+            new = _rows(result, done, config, time.perf_counter() - begin)
+            rows += new
+            if board is not None:
+                _scalars(board, new)
             shown["steps/s"] = f"{rows[-1]['steps_per_second']:,.0f}"
             bar.set_postfix(shown)
             done += count
@@ -253,6 +285,7 @@ def run(
     name: str | None = None,
     overwrite: bool = False,
     chunk: int | None = None,
+    tensorboard: bool = False,
 ) -> pathlib.Path:
     """Train ``config`` into a new run directory under ``root`` (named ``name``, or
     ``<algo>_<env>_seed<S>`` numbered past earlier runs); print the summary; the directory."""
@@ -260,11 +293,11 @@ def run(
         raise ConfigError(f"checkpoint_every: must be at least 1, got {chunk}")
     default = f"{config.algo}_{config.env}_seed{config.seed}"
     out = results.run_dir(root, name or default, explicit=name is not None, overwrite=overwrite)
-    _report(train(config, out, chunk), out)
+    _report(train(config, out, chunk, tensorboard=tensorboard), out)
     return out
 
 
-def resume(folder: str | pathlib.Path) -> pathlib.Path:
+def resume(folder: str | pathlib.Path, tensorboard: bool = False) -> pathlib.Path:
     """Continue the run in ``folder`` from its latest checkpoint, with its config and chunk,
     to its last iteration; print the summary; the directory."""
     folder = pathlib.Path(folder)
@@ -275,7 +308,7 @@ def resume(folder: str | pathlib.Path) -> pathlib.Path:
         raise results.ResultsError(f"{folder}: no checkpoint to resume from")
     saved = json.loads(started.read_text())
     config = rl_config.from_dict(saved["config"])
-    _report(train(config, folder, saved["chunk"], resume=True), folder)
+    _report(train(config, folder, saved["chunk"], True, tensorboard), folder)
     return folder
 
 

@@ -7,9 +7,11 @@ import csv
 import json
 import os
 import signal
+import struct
 
 import jax
 import numpy as np
+import pytest
 
 from tempo_jax.algorithms import checkpoints, envs, training
 from tempo_jax.algorithms.config import RLConfig
@@ -30,6 +32,23 @@ def test_a_short_run_writes_metrics_and_a_plot(tmp_path) -> None:
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
     assert summary["build_seconds"] > 0 and summary["xla_compile_seconds"] > 0
     assert summary["compile_seconds"] == summary["build_seconds"] + summary["xla_compile_seconds"]
+
+
+def _events(folder) -> dict[tuple[str, int], float]:
+    """``(tag, step) -> value`` of the scalars in a folder's TensorBoard event files (TFRecord:
+    length, its CRC, an ``Event`` proto, its CRC)."""
+    from tensorboardX.proto import event_pb2
+
+    found = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                found[(value.tag, event.step)] = value.simple_value
+    return found
 
 
 def _metrics(run) -> list[dict[str, str]]:
@@ -56,8 +75,17 @@ def test_ctrl_c_stops_at_a_chunk_boundary_and_resume_gives_the_uninterrupted_run
     leaving 2 rows of metrics, a checkpoint of iteration 2 and a summary saying so; resuming
     finishes the run with the metrics and parameters of a run never stopped."""
     config = RLConfig(iterations=4, envs=2, steps=8, seed=2, epochs=2, minibatches=2)
-    whole = train_rl.train(config, tmp_path / "whole", chunk=1)
+    whole = train_rl.train(config, tmp_path / "whole", chunk=1, tensorboard=True)
     assert not whole["interrupted"] and whole["iterations_done"] == 4
+    scalars = _events(tmp_path / "whole" / "tensorboard")
+    for row in _metrics(tmp_path / "whole"):
+        step = int(row["env_steps"])
+        assert scalars[("losses/approx_kl", step)] == pytest.approx(float(row["approx_kl"]))
+        if row["mean_return"] != "nan":  # no episode ended: no point
+            got = scalars[("charts/mean_return", step)]
+            assert got == pytest.approx(float(row["mean_return"]))
+        else:
+            assert ("charts/mean_return", step) not in scalars
     monkeypatch.setattr(train_rl, "tqdm", _InterruptingBar)
     stopped = tmp_path / "stopped"
     summary = train_rl.train(config, stopped, chunk=1)
