@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import tempo_jax as tj
 
 from .config import RLConfig
 from .envs import Env
@@ -63,15 +59,3 @@ def actor_critic(config: RLConfig, env: Env) -> ActorCritic:
         layers=config.layers,
         cnn=config.cnn,
     )
-
-
-def initial_params(net: ActorCritic, env: Env, key: Any) -> Any:
-    """``net``'s initial parameters for ``key`` (a key tensor of the program, or an array),
-    shaped by ``env``'s first observation: tensors computed by one op of the program, as the
-    baselines make them inside their jitted run (eagerly, the orthogonal initialisers alone
-    compile about 40 kernels)."""
-
-    def init(k: jax.Array) -> Any:
-        return net.init(k, env.reset(jax.random.PRNGKey(0))[0])
-
-    return tj.lift(init, name="init")(key)

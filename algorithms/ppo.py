@@ -207,7 +207,7 @@ def output_metrics(
     """The outputs ``mean_return`` and ``episodes`` (of the episodes that ended in each
     iteration) and each of ``losses`` (``loss`` and the algorithm's metrics: tensors over
     ``i``), over the iterations; with ``log``, a sink calling ``log(i, {name: value})`` with
-    all of them once per iteration."""
+    all of them and ``"run"`` (the program's ``run`` input) once per iteration."""
     i, b, t = dims
     ended = roll.done.astype(jnp.float32)[i, 0 : b.bound, 0 : t.bound].sum()
     finished = tj.where(roll.done, roll.episode_return, 0.0)[i, 0 : b.bound, 0 : t.bound]
@@ -215,8 +215,10 @@ def output_metrics(
     values = {"mean_return": mean_return, "episodes": ended, **losses}
     for name, x in values.items():
         p.output(name, x[0 : i.bound])
+    run = training.run_input()  # an input of every run, used by the sink only
     if log is None:
         return
+    values["run"] = run.astype(jnp.float32)
     names = tuple(values)
 
     def send(stacked: Any, at: dict[str, int]) -> None:

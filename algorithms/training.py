@@ -19,6 +19,10 @@ state comes back as the output ``"state"``: it is what a checkpoint stores.
     out = train(jax.random.PRNGKey(7))               # seed 7, same executable
     more = train(key, out["state"])                  # the next iterations of that run
     out = jax.jit(train)(key)                        # traceable
+    outs = jax.vmap(train)(keys)                     # seeds side by side (purejaxrl's way)
+
+A third input, ``run`` (an int32, 0 by default), only reaches the metrics sink: under
+``jax.vmap`` a sink is called once per seed, and ``run`` says which.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from .envs import Env
 from .networks import ActorCritic
 
 KEY = "key"  # the name of every algorithm's key input
+RUN = "run"  # an int32 the sinks pass on (which run of a batch: jax.vmap over seeds)
 STATE = "state"  # the prefix of the state inputs, and the name of the state output
 
 
@@ -57,7 +62,16 @@ def initial_state(config: RLConfig, env: Env, net: ActorCritic, key: jax.Array) 
     environment ``b`` reset with ``fold_in(reset, b)``)."""
     init_key, run_key = jax.random.split(key)
     reset_key = jax.random.split(run_key, 3)[0]
-    params = net.init(init_key, env.reset(jax.random.PRNGKey(0))[0])
+
+    # one key at a time under ``jax.vmap``: the orthogonal initialisers' QR is a LAPACK call
+    # that jaxlib's CPU kernel, batched, fans out over XLA's intra-op thread pool and blocks
+    # on; two at once can hold every thread of a small pool and never finish (jaxlib 0.10.2,
+    # 2 cores). Unbatched, each QR runs inline.
+    @jax.custom_batching.sequential_vmap
+    def init(k: jax.Array) -> Any:
+        return net.init(k, env.reset(jax.random.PRNGKey(0))[0])
+
+    params = init(init_key)
     resets = jax.vmap(lambda b: jax.random.fold_in(reset_key, b))(jnp.arange(config.envs))
     obs, env_state = jax.vmap(env.reset)(resets)
     running = jnp.zeros((config.envs,), jnp.float32)
@@ -68,6 +82,13 @@ def initial_state(config: RLConfig, env: Env, net: ActorCritic, key: jax.Array) 
 def key_input() -> tj.RT:
     """The program's ``key`` input: a ``uint32[2]`` PRNG key."""
     return tj.input(KEY, (2,), jnp.uint32)
+
+
+def run_input() -> tj.RT:
+    """The program's ``run`` input: an int32 scalar the metrics sink reports as ``"run"``
+    (0 unless given: ``jax.vmap(lambda k, r: train(k, run=r))(keys, jnp.arange(n))`` tells
+    the seeds' calls apart)."""
+    return tj.input(RUN, (), jnp.int32)
 
 
 def state_input(example: State, b: tj.Symbol) -> State:
@@ -133,9 +154,10 @@ class Train:
     """A compiled training run, called as a function of its PRNG key and, optionally, the
     :class:`State` to continue from: ``train(key, state)`` (``train()`` for
     ``jax.random.PRNGKey(seed)`` from the start) returns the outputs, ``"state"`` among them.
-    Pure and traceable (``jax.jit(train)``, ``jax.vmap(train)``). The compiled program's
-    other methods (``ahead_of_time``, ``lower``, ``memory``, ``explain``, ...) are reachable
-    as attributes. ``iterations`` is how many iterations one call runs."""
+    Pure and traceable: ``jax.jit(train)``, and ``jax.vmap(train)(keys)`` runs seeds side by
+    side (a sink is then called once per seed, in order; ``run`` tells them apart). The
+    compiled program's other methods (``ahead_of_time``, ``lower``, ``memory``, ``explain``,
+    ...) are reachable as attributes. ``iterations`` is how many iterations one call runs."""
 
     compiled: tj.Compiled
     seed: int
@@ -146,20 +168,26 @@ class Train:
         """``key``, or the config's seed's key."""
         return jax.random.PRNGKey(self.seed) if key is None else key
 
-    def inputs(self, key: jax.Array | None = None, state: State | None = None) -> dict:
-        """The program's inputs for ``key`` and ``state`` (default: the key's start)."""
+    def inputs(
+        self, key: jax.Array | None = None, state: State | None = None, run: Any = 0
+    ) -> dict:
+        """The program's inputs for ``key``, ``state`` (default: the key's start) and
+        ``run`` (the index the sink reports)."""
         key = self.key(key)
         state = self.start(key) if state is None else state
         leaves = jax.tree_util.tree_leaves(state)
-        return {KEY: key, **{f"{STATE}{k}": leaf for k, leaf in enumerate(leaves)}}
+        given = {KEY: key, RUN: jnp.asarray(run, jnp.int32)}
+        return {**given, **{f"{STATE}{k}": leaf for k, leaf in enumerate(leaves)}}
 
-    def __call__(self, key: jax.Array | None = None, state: State | None = None) -> dict:
-        return self.compiled(**self.inputs(key, state))
+    def __call__(
+        self, key: jax.Array | None = None, state: State | None = None, run: Any = 0
+    ) -> dict:
+        return self.compiled(**self.inputs(key, state, run))
 
     def ahead_of_time(self) -> Callable[..., dict[str, Any]]:
         """XLA-compile now; the returned function is called like this one."""
-        run = self.compiled.ahead_of_time(**self.inputs())
-        return lambda key=None, state=None: run(**self.inputs(key, state))
+        compiled = self.compiled.ahead_of_time(**self.inputs())
+        return lambda key=None, state=None, run=0: compiled(**self.inputs(key, state, run))
 
     def lower(self, key: jax.Array | None = None, state: State | None = None) -> Any:
         """The lowering for a key (``.compile().memory_analysis()`` works)."""

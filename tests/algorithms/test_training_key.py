@@ -63,3 +63,18 @@ def test_a_run_continued_from_its_state_is_the_uninterrupted_run(
 def test_iterations_per_call_must_fit_the_run() -> None:
     with pytest.raises(ValueError, match="iterations per call must be 1 to 2, got 3"):
         reinforce.make_train(CONFIG, iterations=3)
+
+
+def test_vmap_over_three_seeds_is_three_runs_and_the_sink_names_each() -> None:
+    """``jax.vmap`` over keys (and ``run`` indices) runs the seeds side by side, as purejaxrl
+    does: each seed's outputs are its own run's; the sink is called once per seed and
+    iteration, with the seed's ``run``."""
+    config = RLConfig(algo="ppo", iterations=3, envs=2, steps=8, epochs=2, minibatches=2)
+    calls = []
+    train = ppo.make_train(config, log=lambda i, m: calls.append((i, int(m["run"]))))
+    keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in (0, 1, 2)])
+    batched = jax.jit(jax.vmap(lambda k, r: train(k, run=r)))(keys, jax.numpy.arange(3))
+    assert sorted(calls) == [(i, r) for i in range(3) for r in range(3)]
+    for s in range(3):
+        alone = train(jax.random.PRNGKey(s))
+        assert_same_run(jax.tree_util.tree_map(lambda x, s=s: x[s], batched), alone)
