@@ -16,6 +16,7 @@ import pathlib
 from typing import Any
 
 import jax
+import numpy as np
 
 from .training import State
 
@@ -29,10 +30,11 @@ def _manager(directory: str | pathlib.Path, keep: int = 2) -> Any:
 
 def save(directory: str | pathlib.Path, state: State, keep: int = 2) -> int:
     """Save ``state`` as the step of its iteration count (replacing a step of that number);
-    keep the last ``keep`` steps. Returns the step."""
+    keep the last ``keep`` steps. Returns the step. (The states of seeds run side by side
+    have a leading seed axis: their count is the same.)"""
     import orbax.checkpoint as ocp
 
-    step = int(state.iteration)
+    step = int(np.asarray(state.iteration).reshape(-1)[0])
     with _manager(directory, keep) as manager:
         if step in manager.all_steps():
             manager.delete(step)

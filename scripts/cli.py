@@ -20,14 +20,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import pathlib
 import sys
 import typing
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-import numpy as np
 import tyro
 import yaml
 
@@ -80,6 +78,7 @@ def train(
     checkpoint_every: int | None = None,
     resume: bool = False,
     tensorboard: bool = False,
+    seeds: int = 1,
 ) -> None:
     """Train an RL config (a shipped name such as ppo_cartpole, or a YAML path) as one compiled
     program; metrics, summary, learning curve and checkpoints go to a new directory under
@@ -98,13 +97,15 @@ def train(
             config and checkpoint interval; no other flag applies but --tensorboard).
         tensorboard: also write TensorBoard scalars to the run's tensorboard/ folder (needs
             tempo_jax[tensorboard]).
+        seeds: train this many seeds (the config's seed and the next) side by side, one
+            program vmapped over them; the curve shows their mean and a band.
     """
     import tempo_jax as tj
     from tempo_jax.scripts import train_rl
 
     if resume:
         given = [k for k, v in dataclasses.asdict(overrides).items() if v is not None]
-        if given or checkpoint_every is not None or run is not None:
+        if given or checkpoint_every is not None or run is not None or seeds != 1:
             flags = (
                 ", ".join("--" + k.replace("_", "-") for k in given) or "--run/--checkpoint-every"
             )
@@ -114,7 +115,7 @@ def train(
         return
     checked = _config(config, overrides)
     tj.enable_compilation_cache()
-    train_rl.run(checked, out, run, overwrite, checkpoint_every, tensorboard)
+    train_rl.run(checked, out, run, overwrite, checkpoint_every, tensorboard, seeds)
 
 
 def show_config(
@@ -217,15 +218,13 @@ def bench(config: ConfigName, only: str | None = None, out: str | None = None) -
 
 def plot(run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]) -> None:
     """Redraw a training run's learning curve (learning_curve.png) from its metrics.csv and
-    summary.json.
+    summary.json (several seeds: their mean and a band).
 
     Args:
         run: the run's directory.
     """
-    import json
-
     from tempo_jax.algorithms.config import from_dict
-    from tempo_jax.scripts import train_rl
+    from tempo_jax.scripts import rl_metrics
 
     folder = pathlib.Path(run)
     metrics, summary = folder / "metrics.csv", folder / "summary.json"
@@ -234,8 +233,8 @@ def plot(run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DI
             raise ConfigError(f"{path}: no such file (is {folder} a run directory?)")
     config = from_dict(json.loads(summary.read_text())["config"])
     with open(metrics) as f:
-        returns = np.array([float(r["mean_return"] or math.nan) for r in csv.DictReader(f)])
-    train_rl.plot(returns, train_rl._smoothed(returns), config, folder / "learning_curve.png")
+        count = sum(1 for _ in csv.DictReader(f))
+    rl_metrics.plot(rl_metrics.read(metrics, count), config, folder / "learning_curve.png")
     print(f"wrote {folder / 'learning_curve.png'}")
 
 

@@ -7,10 +7,13 @@ call returned until the run is done (:mod:`tempo_jax.algorithms.training`). Betw
 metrics go to ``metrics.csv`` and the state to an orbax checkpoint (``checkpoints/<iteration>``,
 the last two kept); Ctrl-C stops the run there, keeping both, and ``--resume`` continues it
 with the same numbers an uninterrupted run gets. Per-iteration metrics reach the progress bar
-through a sink. Each run gets its own directory (:func:`tempo_jax.scripts.results.run_dir`);
-every file is written atomically.
+through a sink. With ``seeds > 1`` the compiled run is ``jax.vmap``-ed over that many seeds
+(``config.seed`` and the next): one call advances them all, the checkpoint holds all their
+states, the curve shows their mean with a band. Each run gets its own directory
+(:func:`tempo_jax.scripts.results.run_dir`); every file is written atomically.
 
     tempo-jax train ppo_cartpole [--iterations N] [--seed S] [--run NAME] [--overwrite]
+    tempo-jax train ppo_cartpole --seeds 3          # seeds S, S+1, S+2 side by side (vmap)
     tempo-jax train results/rl/ppo_CartPole-v1_seed0 --resume
     python -m tempo_jax.scripts.train_rl [--config ppo_cartpole] [--iterations N] [--seed S]
 """
@@ -19,18 +22,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import dataclasses
 import json
-import math
 import pathlib
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -39,15 +41,10 @@ from tempo_jax.algorithms import a2c, checkpoints, envs, evaluation, ppo, reinfo
 from tempo_jax.algorithms import config as rl_config
 from tempo_jax.algorithms.networks import actor_critic
 from tempo_jax.configs import ConfigError
-from tempo_jax.scripts import results
+from tempo_jax.scripts import results, rl_metrics
 
 ALGORITHMS = {"ppo": ppo.make_train, "reinforce": reinforce.make_train, "a2c": a2c.make_train}
-# the metrics.csv columns: the iteration, env steps, then the program's per-iteration outputs
-# (losses and metrics: those of the algorithm), then the steps per second of the call
-COUNTS = ["iteration", "env_steps", "episodes"]
-METRICS = ["mean_return", "loss", "policy_loss", "value_loss", "entropy", "approx_kl"]
-METRICS += ["clip_fraction"]
-RUN_FILE = "run.json"  # the config and chunk a run was started with: what --resume reads
+RUN_FILE = "run.json"  # the config, chunk and seeds a run was started with: what --resume reads
 
 
 def default_chunk(iterations: int) -> int:
@@ -83,66 +80,34 @@ class Interrupt:
             signal.signal(signal.SIGINT, previous)
 
 
-def _columns(result: dict[str, Any]) -> list[str]:
-    return COUNTS + [m for m in METRICS if m in result] + ["steps_per_second"]
+def _keys(config: rl_config.RLConfig, seeds: int) -> jax.Array:
+    """The run's key, or the ``seeds`` keys of ``config.seed`` and the next, stacked."""
+    if seeds == 1:
+        return jax.random.PRNGKey(config.seed)
+    return jnp.stack([jax.random.PRNGKey(config.seed + s) for s in range(seeds)])
 
 
-def _rows(
-    result: dict[str, Any], done: int, config: rl_config.RLConfig, seconds: float
-) -> list[dict[str, Any]]:
-    """The metrics rows of one call's iterations (numbered from ``done``) that took
-    ``seconds``."""
-    batch = config.envs * config.steps
-    values = {m: np.asarray(result[m], np.float64) for m in METRICS if m in result}
-    episodes = np.asarray(result["episodes"])
-    values["mean_return"][episodes == 0] = np.nan  # no episode ended in that iteration
-    count = len(episodes)
-    rows = []
-    for k in range(count):
-        row = {"iteration": done + k, "env_steps": (done + k + 1) * batch}
-        row |= {"episodes": int(episodes[k]), **{m: float(v[k]) for m, v in values.items()}}
-        rows.append(row | {"steps_per_second": count * batch / seconds})
-    return rows
+def _state_shape(config: rl_config.RLConfig, seeds: int) -> training.State:
+    """The shapes of the run's state (with a leading seed axis when ``seeds > 1``)."""
+    env = envs.make(config.env, **config.env_options)
+    net = actor_critic(config, env)
+
+    def start(key: jax.Array) -> training.State:
+        return training.initial_state(config, env, net, key)
+
+    return jax.eval_shape(jax.vmap(start) if seeds > 1 else start, _keys(config, seeds))
 
 
-def _board(out: pathlib.Path, start: int) -> Any:
-    """A TensorBoard writer of ``out/tensorboard``, events past env step ``start`` dropped (a
-    resumed run rewrites them)."""
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:
-        raise ConfigError(
-            "tensorboard: needs tensorboardX (pip install 'tempo_jax[tensorboard]')"
-        ) from None
-    return SummaryWriter(str(out / "tensorboard"), purge_step=start or None)
-
-
-def _scalars(board: Any, rows: list[dict[str, Any]]) -> None:
-    """Each row's metrics as scalars at its env step (``charts/mean_return``,
-    ``losses/...``, ``charts/steps_per_second``)."""
-    for row in rows:
-        for name, value in row.items():
-            if name in COUNTS[:2] or not math.isfinite(value):
-                continue
-            group = (
-                "charts" if name in ("mean_return", "episodes", "steps_per_second") else "losses"
-            )
-            board.add_scalar(f"{group}/{name}", value, global_step=row["env_steps"])
-    board.flush()
-
-
-def _read_rows(path: pathlib.Path, done: int) -> list[dict[str, Any]]:
-    """The first ``done`` rows of a run's metrics.csv, typed as :func:`_rows` makes them."""
-    with open(path) as f:
-        rows = [
-            {k: int(v) if k in COUNTS else float(v or math.nan) for k, v in r.items()}
-            for r in csv.DictReader(f)
-        ]
-    if len(rows) < done:
-        raise results.ResultsError(
-            f"{path} has {len(rows)} iterations, the checkpoint {done}: not one run's files"
-        )
-    return rows[:done]
+def _caller(train: training.Train, keys: jax.Array, state: Any, seeds: int) -> Callable:
+    """``train`` compiled by XLA for these inputs: ``call(state) -> outputs``, vmapped over
+    the seeds when ``seeds > 1``."""
+    if seeds == 1:
+        run = train.ahead_of_time()
+        return lambda state: run(keys, state)
+    runs = jnp.arange(seeds, dtype=jnp.int32)
+    batched = jax.jit(jax.vmap(lambda k, s, r: train(k, s, r)))
+    executable = batched.lower(keys, state, runs).compile()
+    return lambda state: executable(keys, state, runs)
 
 
 def train(
@@ -151,78 +116,88 @@ def train(
     chunk: int | None = None,
     resume: bool = False,
     tensorboard: bool = False,
+    seeds: int = 1,
 ) -> dict[str, Any]:
     """Compile ``config`` as a program of ``chunk`` iterations (default:
-    :func:`default_chunk`) and run it call after call, from the latest checkpoint under
-    ``out`` with ``resume``; after each call write the metrics (and, with ``tensorboard``,
-    TensorBoard scalars under ``out/tensorboard``, by env step) and a checkpoint; at the end
-    (or at Ctrl-C) the summary and the curve (every file atomically)."""
+    :func:`default_chunk`), for ``seeds`` seeds side by side, and run it call after call,
+    from the latest checkpoint under ``out`` with ``resume``; after each call write the
+    metrics (and, with ``tensorboard``, TensorBoard scalars under ``out/tensorboard``, by env
+    step) and a checkpoint; at the end (or at Ctrl-C) the summary and the curve (every file
+    atomically)."""
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     chunk = default_chunk(config.iterations) if chunk is None else chunk
     if chunk < 1:
         raise ConfigError(f"checkpoint_every: must be at least 1, got {chunk}")
+    if seeds < 1:
+        raise ConfigError(f"seeds: must be at least 1, got {seeds}")
     chunk = min(chunk, config.iterations)
-    env = envs.make(config.env, **config.env_options)  # its package's import is not build time
-    key = jax.random.PRNGKey(config.seed)
+    envs.make(config.env, **config.env_options)  # its package's import is not build time
+    keys = _keys(config, seeds)
     saved = out / "checkpoints"
     if resume:
-        like = jax.eval_shape(
-            lambda k: training.initial_state(config, env, actor_critic(config, env), k), key
-        )
-        state = checkpoints.restore(saved, like)
-        done = int(state.iteration)
-        rows = _read_rows(out / "metrics.csv", done)
+        state = checkpoints.restore(saved, _state_shape(config, seeds))
+        done = int(np.asarray(state.iteration).reshape(-1)[0])
+        table = rl_metrics.read(out / "metrics.csv", done * seeds)
     else:
-        results.write_json(out / RUN_FILE, {"config": dataclasses.asdict(config), "chunk": chunk})
+        started = {"config": dataclasses.asdict(config), "chunk": chunk, "seeds": seeds}
+        results.write_json(out / RUN_FILE, started)
         shutil.rmtree(saved, ignore_errors=True)  # an overwritten run's checkpoints
-        state, done, rows = None, 0, []
+        state, done, table = None, 0, []
     bar = tqdm(total=config.iterations, initial=done, desc="compiling", unit="it")
     shown: dict[str, str] = {}  # the bar's postfix: the last return, the last call's steps/s
 
     def log(iteration: int, metrics: dict[str, float]) -> None:
+        if metrics["run"] != 0:  # several seeds: the bar follows the first
+            return
         if metrics["episodes"] > 0:  # the return of the episodes that ended this iteration
             shown["mean_return"] = f"{metrics['mean_return']:.1f}"
             bar.set_postfix(shown, refresh=False)
         bar.update(1)
 
-    start = time.perf_counter()
-    compiled = ALGORITHMS[config.algo](config, log, iterations=chunk)  # passes, schedule
-    build = time.perf_counter() - start
-    start = time.perf_counter()
-    calls = {chunk: compiled.ahead_of_time()}  # XLA
-    xla = time.perf_counter() - start
-    bar.set_description(f"{config.algo} {config.env}")
+    def compile_for(count: int) -> Callable:
+        made = ALGORITHMS[config.algo](config, log, iterations=count)
+        start = made.start if seeds == 1 else jax.jit(jax.vmap(made.start))
+        return _caller(made, keys, start(keys) if state is None else state, seeds)
+
+    begin = time.perf_counter()
+    built = ALGORITHMS[config.algo](config, log, iterations=chunk)  # passes, schedule
+    build = time.perf_counter() - begin
+    begin = time.perf_counter()
+    if state is None:
+        state = built.start(keys) if seeds == 1 else jax.jit(jax.vmap(built.start))(keys)
+    calls = {chunk: _caller(built, keys, state, seeds)}  # XLA
+    xla = time.perf_counter() - begin
+    bar.set_description(f"{config.algo} {config.env}" + (f" x{seeds} seeds" if seeds > 1 else ""))
     bar.unpause()  # its rate counts from here, not from the compile
     seconds, first = 0.0, done
-    board = _board(out, done * config.envs * config.steps) if tensorboard else None
-    with Interrupt().installed() as interrupt, board or contextlib.nullcontext():
+    writer = rl_metrics.board(out, done * config.envs * config.steps) if tensorboard else None
+    with Interrupt().installed() as interrupt, writer or contextlib.nullcontext():
         while done < config.iterations and not interrupt.requested:
             count = min(chunk, config.iterations - done)
             if count not in calls:  # the last, shorter call
-                calls[count] = ALGORITHMS[config.algo](config, log, iterations=count)
+                calls[count] = compile_for(count)
             begin = time.perf_counter()
-            result = calls[count](key, state)
+            result = calls[count](state)
             jax.block_until_ready(result)
-            seconds += time.perf_counter() - begin
+            took = time.perf_counter() - begin
+            seconds += took
             state = result["state"]
-            new = _rows(result, done, config, time.perf_counter() - begin)
-            rows += new
-            if board is not None:
-                _scalars(board, new)
-            shown["steps/s"] = f"{rows[-1]['steps_per_second']:,.0f}"
+            new = rl_metrics.rows(result, done, config, seeds, took)
+            table += new
+            if writer is not None:
+                rl_metrics.scalars(writer, new, seeds)
+            shown["steps/s"] = f"{new[-1]['steps_per_second']:,.0f}"
             bar.set_postfix(shown)
             done += count
-            columns = _columns(result)
-            table = ([r[c] for c in columns] for r in rows)
-            results.write_csv(out / "metrics.csv", columns, table)  # before the checkpoint:
-            checkpoints.save(saved, state)  # a resume never finds fewer rows than iterations
+            # the metrics before the checkpoint: a resume never finds fewer rows than it needs
+            rl_metrics.write(out / "metrics.csv", table, rl_metrics.columns(result))
+            checkpoints.save(saved, state)
     bar.close()
-    returns = np.array([r["mean_return"] for r in rows], np.float64)
-    smooth = _smoothed(returns)
-    steps = (done - first) * config.envs * config.steps
+    steps = (done - first) * config.envs * config.steps * seeds
     summary = {
         "config": dataclasses.asdict(config),
+        "seeds": seeds,
         "iterations_done": done,
         "interrupted": done < config.iterations,
         "iterations_per_call": chunk,
@@ -230,53 +205,14 @@ def train(
         "xla_compile_seconds": xla,
         "compile_seconds": build + xla,
         "run_seconds": seconds,
-        "env_steps": done * config.envs * config.steps,
+        "env_steps": done * config.envs * config.steps * seeds,
         "steps_per_second": steps / seconds if seconds else None,
-        "final_mean_return": float(np.nanmean(returns[-20:])) if rows else None,
-        "best_smoothed_return": float(np.nanmax(smooth)) if np.isfinite(smooth).any() else None,
-        "env_steps_to_400": _first_reaching(smooth, 400.0, config),
+        **rl_metrics.summary(table, config),
     }
     results.write_json(out / "summary.json", summary)
-    if rows:
-        plot(returns, smooth, config, out / "learning_curve.png")
+    if table:
+        rl_metrics.plot(table, config, out / "learning_curve.png")
     return summary
-
-
-def _smoothed(returns: np.ndarray, window: int = 20) -> np.ndarray:
-    """The mean of the last ``window`` iterations' returns (iterations without episodes
-    skipped)."""
-    out = np.full(len(returns), np.nan)
-    for k in range(len(returns)):
-        recent = returns[max(0, k - window + 1) : k + 1]
-        if np.isfinite(recent).any():
-            out[k] = np.nanmean(recent)
-    return out
-
-
-def _first_reaching(smooth: np.ndarray, level: float, config: rl_config.RLConfig) -> int | None:
-    hits = np.flatnonzero(smooth >= level)
-    return None if not len(hits) else int((hits[0] + 1) * config.envs * config.steps)
-
-
-def plot(
-    returns: np.ndarray, smooth: np.ndarray, config: rl_config.RLConfig, path: pathlib.Path
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = (np.arange(len(returns)) + 1) * config.envs * config.steps
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(steps, returns, ".", markersize=1.5, alpha=0.4, label="per iteration")
-    ax.plot(steps, smooth, linewidth=1.2, label="mean of 20 iterations")
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("mean episode return")
-    ax.set_title(f"{config.algo} on {config.env} (tempo_jax, one program)")
-    ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    results.save_figure(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def run(
@@ -286,62 +222,76 @@ def run(
     overwrite: bool = False,
     chunk: int | None = None,
     tensorboard: bool = False,
+    seeds: int = 1,
 ) -> pathlib.Path:
     """Train ``config`` into a new run directory under ``root`` (named ``name``, or
     ``<algo>_<env>_seed<S>`` numbered past earlier runs); print the summary; the directory."""
     if chunk is not None and chunk < 1:  # before the run's directory is made
         raise ConfigError(f"checkpoint_every: must be at least 1, got {chunk}")
+    if seeds < 1:
+        raise ConfigError(f"seeds: must be at least 1, got {seeds}")
     default = f"{config.algo}_{config.env}_seed{config.seed}"
+    if seeds > 1:
+        default += f"-{config.seed + seeds - 1}"
     out = results.run_dir(root, name or default, explicit=name is not None, overwrite=overwrite)
-    _report(train(config, out, chunk, tensorboard=tensorboard), out)
+    _report(train(config, out, chunk, tensorboard=tensorboard, seeds=seeds), out)
     return out
 
 
-def resume(folder: str | pathlib.Path, tensorboard: bool = False) -> pathlib.Path:
-    """Continue the run in ``folder`` from its latest checkpoint, with its config and chunk,
-    to its last iteration; print the summary; the directory."""
-    folder = pathlib.Path(folder)
-    started = folder / RUN_FILE
-    if not started.is_file():
+def _started(folder: pathlib.Path) -> dict[str, Any]:
+    path = folder / RUN_FILE
+    if not path.is_file():
         raise results.ResultsError(f"{folder}: not a training run's directory (no {RUN_FILE})")
+    return json.loads(path.read_text())
+
+
+def resume(folder: str | pathlib.Path, tensorboard: bool = False) -> pathlib.Path:
+    """Continue the run in ``folder`` from its latest checkpoint, with its config, chunk and
+    seeds, to its last iteration; print the summary; the directory."""
+    folder = pathlib.Path(folder)
+    started = _started(folder)
     if checkpoints.latest(folder / "checkpoints") is None:
         raise results.ResultsError(f"{folder}: no checkpoint to resume from")
-    saved = json.loads(started.read_text())
-    config = rl_config.from_dict(saved["config"])
-    _report(train(config, folder, saved["chunk"], True, tensorboard), folder)
+    config = rl_config.from_dict(started["config"])
+    seeds = started.get("seeds", 1)
+    _report(train(config, folder, started["chunk"], True, tensorboard, seeds), folder)
     return folder
 
 
 def evaluate_run(folder: str | pathlib.Path, episodes: int = 10, seed: int = 0) -> dict:
     """Evaluate the latest checkpoint of the run in ``folder`` with the deterministic policy
-    (:func:`tempo_jax.algorithms.evaluation.evaluate`); write ``evaluation.json`` there and
-    return its content."""
+    (:func:`tempo_jax.algorithms.evaluation.evaluate`), each trained seed's parameters; write
+    ``evaluation.json`` there and return its content."""
     folder = pathlib.Path(folder)
-    started = folder / RUN_FILE
-    if not started.is_file():
-        raise results.ResultsError(f"{folder}: not a training run's directory (no {RUN_FILE})")
-    config = rl_config.from_dict(json.loads(started.read_text())["config"])
-    env = envs.make(config.env, **config.env_options)
-    net = actor_critic(config, env)
-    like = jax.eval_shape(lambda k: training.initial_state(config, env, net, k), _KEY)
+    started = _started(folder)
+    config = rl_config.from_dict(started["config"])
+    seeds = started.get("seeds", 1)
     try:
-        state = checkpoints.restore(folder / "checkpoints", like)
+        state = checkpoints.restore(folder / "checkpoints", _state_shape(config, seeds))
     except FileNotFoundError:
         raise results.ResultsError(f"{folder}: no checkpoint to evaluate") from None
-    returns = evaluation.evaluate(config, state.params, jax.random.PRNGKey(seed), episodes)
+    key = jax.random.PRNGKey(seed)
+    per_seed = {}
+    for s in range(seeds):
+        params = state.params
+        if seeds > 1:
+            params = jax.tree_util.tree_map(lambda x, s=s: x[s], params)
+        found = evaluation.evaluate(config, params, key, episodes)
+        per_seed[config.seed + s] = [float(r) for r in found]
+    flat = np.array([r for found in per_seed.values() for r in found])
     report = {
-        "iteration": int(state.iteration),
+        "iteration": int(np.asarray(state.iteration).reshape(-1)[0]),
         "episodes": episodes,
         "seed": seed,
-        "mean_return": float(returns.mean()),
-        "std_return": float(returns.std()),
-        "returns": [float(r) for r in returns],
+        "mean_return": float(flat.mean()),
+        "std_return": float(flat.std()),
     }
+    if seeds == 1:
+        report["returns"] = next(iter(per_seed.values()))
+    else:
+        report["returns_per_trained_seed"] = per_seed
     results.write_json(folder / "evaluation.json", report)
     return report
-
-
-_KEY = jax.ShapeDtypeStruct((2,), np.uint32)
 
 
 def _report(summary: dict[str, Any], out: pathlib.Path) -> None:
@@ -357,6 +307,7 @@ def main() -> None:
     parser.add_argument("--config", default="ppo_cartpole", help="a shipped name or a path")
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds side by side (jax.vmap)")
     parser.add_argument("--out", default="results/rl")
     parser.add_argument("--run", help="the run's directory name (default: numbered)")
     parser.add_argument("--overwrite", action="store_true")
@@ -368,7 +319,7 @@ def main() -> None:
     }
     try:
         config = rl_config.load(args.config, **overrides)
-        run(config, args.out, args.run, args.overwrite, args.checkpoint_every)
+        run(config, args.out, args.run, args.overwrite, args.checkpoint_every, seeds=args.seeds)
     except (ConfigError, results.ResultsError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 

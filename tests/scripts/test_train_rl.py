@@ -4,6 +4,7 @@ at Ctrl-C and resumes (not a timing test)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -108,3 +109,22 @@ def test_ctrl_c_stops_at_a_chunk_boundary_and_resume_gives_the_uninterrupted_run
     want = checkpoints.restore(tmp_path / "whole" / "checkpoints", like)
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_seeds_side_by_side_are_the_seeds_runs_and_evaluate_each(tmp_path) -> None:
+    """``seeds=2``: one vmapped program; each seed's rows are that seed's own run's, the plot
+    has a band, the checkpoint holds both states and evaluation reports both."""
+    config = RLConfig(algo="reinforce", iterations=2, envs=2, steps=8, seed=4)
+    both = train_rl.train(config, tmp_path / "both", chunk=1, seeds=2)
+    assert both["seeds"] == 2 and both["env_steps"] == 2 * 2 * 16
+    rows = _metrics(tmp_path / "both")
+    for seed in (4, 5):
+        alone = tmp_path / f"seed{seed}"
+        train_rl.train(dataclasses.replace(config, seed=seed), alone, chunk=1)
+        mine = [r for r in rows if r["seed"] == str(seed)]
+        for got, want in zip(mine, _metrics(alone), strict=True):
+            for name in ("episodes", "mean_return", "loss", "entropy"):
+                assert float(got[name]) == pytest.approx(float(want[name]), rel=1e-5, nan_ok=True)
+    report = train_rl.evaluate_run(tmp_path / "both", episodes=2)
+    assert sorted(report["returns_per_trained_seed"]) == [4, 5]
+    assert (tmp_path / "both" / "learning_curve.png").stat().st_size > 0
