@@ -141,8 +141,8 @@ def test_single_jit_is_one_scan_over_iterations() -> None:
     [
         ("CartPole-v1", 1, 1, False),
         ("Pendulum-v1", 1, 1, False),
-        ("CartPole-v1", 2, 2, False),
-        ("CartPole-v1", 1, 1, True),
+        pytest.param("CartPole-v1", 2, 2, False, marks=pytest.mark.slow),  # as True, plainer
+        pytest.param("CartPole-v1", 1, 1, True, marks=pytest.mark.slow),
         ("CartPole-v1", 2, 2, True),
         pytest.param("Breakout-MinAtar", 1, 1, False, marks=pytest.mark.slow),  # the CNN
     ],

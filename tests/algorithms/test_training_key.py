@@ -19,8 +19,10 @@ MODULES = {"ppo": ppo, "reinforce": reinforce, "a2c": a2c}
 
 
 def test_the_key_of_a_seed_gives_that_seeds_run_and_jit_traces_it() -> None:
+    """The program does not depend on the seed: a run made for seed 3 (its default key) is
+    the run of seed 0's executable called with seed 3's key."""
     train = reinforce.make_train(CONFIG)
-    other = reinforce.make_train(dataclasses.replace(CONFIG, seed=3))()
+    other = dataclasses.replace(train, seed=3)()
     got = train(jax.random.PRNGKey(3))
     for name in ("loss", "mean_return", "episodes"):
         np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(other[name]))
@@ -32,7 +34,7 @@ def test_the_key_of_a_seed_gives_that_seeds_run_and_jit_traces_it() -> None:
 @pytest.mark.parametrize(
     ("algo", "iterations", "chunk", "options"),
     [
-        ("reinforce", 4, 2, {"n_step": 3}),
+        pytest.param("reinforce", 4, 2, {"n_step": 3}, marks=pytest.mark.slow),
         pytest.param("a2c", 3, 1, {}, marks=pytest.mark.slow),
         pytest.param("ppo", 4, 2, {}, marks=pytest.mark.slow),  # the rollout's forward pass
         ("ppo", 3, 1, {"epochs": 2, "minibatches": 2, "anneal_lr": True, "clip_value_loss": True}),
@@ -69,12 +71,12 @@ def test_vmap_over_three_seeds_is_three_runs_and_the_sink_names_each() -> None:
     """``jax.vmap`` over keys (and ``run`` indices) runs the seeds side by side, as purejaxrl
     does: each seed's outputs are its own run's; the sink is called once per seed and
     iteration, with the seed's ``run``."""
-    config = RLConfig(algo="ppo", iterations=3, envs=2, steps=8, epochs=2, minibatches=2)
+    config = RLConfig(algo="reinforce", iterations=2, envs=2, steps=8)
     calls = []
-    train = ppo.make_train(config, log=lambda i, m: calls.append((i, int(m["run"]))))
+    train = reinforce.make_train(config, log=lambda i, m: calls.append((i, int(m["run"]))))
     keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in (0, 1, 2)])
     batched = jax.jit(jax.vmap(lambda k, r: train(k, run=r)))(keys, jax.numpy.arange(3))
-    assert sorted(calls) == [(i, r) for i in range(3) for r in range(3)]
+    assert sorted(calls) == [(i, r) for i in range(2) for r in range(3)]
     for s in range(3):
         alone = train(jax.random.PRNGKey(s))
         assert_same_run(jax.tree_util.tree_map(lambda x, s=s: x[s], batched), alone)

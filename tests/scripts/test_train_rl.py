@@ -111,6 +111,7 @@ def test_ctrl_c_stops_at_a_chunk_boundary_and_resume_gives_the_uninterrupted_run
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_seeds_side_by_side_are_the_seeds_runs_and_evaluate_each(tmp_path) -> None:
     """``seeds=2``: one vmapped program; each seed's rows are that seed's own run's, the plot
     has a band, the checkpoint holds both states and evaluation reports both."""
