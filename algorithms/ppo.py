@@ -99,6 +99,7 @@ def ppo_loss(
     return rows(loss).mean(), {name: rows(x.detach()).mean() for name, x in parts.items()}
 
 
+# what the algorithms report besides the loss (REINFORCE and A2C: the first three)
 METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
 
 

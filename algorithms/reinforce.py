@@ -110,16 +110,14 @@ def actor_critic_loss(
     log_prob: tj.RT, value: tj.RT, entropy: tj.RT, adv: tj.RT, ret: tj.RT, config: RLConfig
 ) -> tuple[tj.RT, dict[str, tj.RT]]:
     """``-log_prob * adv + value_coef * 0.5 * (value - ret)^2 - entropy_coef * entropy`` at
-    every point (``adv`` and ``ret`` detached; REINFORCE's and A2C's loss), and its
-    :data:`METRICS` at every point."""
+    every point (``adv`` and ``ret`` detached; REINFORCE's and A2C's loss), and its policy
+    loss, value loss and entropy at every point (the first three of
+    :data:`algorithms.ppo.METRICS`)."""
     policy_loss = -log_prob * adv
     value_loss = 0.5 * (value - ret) ** 2
     loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy
     parts = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy}
     return loss, {name: x.detach() for name, x in parts.items()}
-
-
-METRICS = ("policy_loss", "value_loss", "entropy")
 
 
 def objective(config: RLConfig) -> Objective:

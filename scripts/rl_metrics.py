@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from tempo_jax.algorithms import config as rl_config
+from tempo_jax.algorithms import ppo
 from tempo_jax.configs import ConfigError
 from tempo_jax.scripts import results
 
 COUNTS = ["seed", "iteration", "env_steps", "episodes"]
-METRICS = ["mean_return", "loss", "policy_loss", "value_loss", "entropy", "approx_kl"]
-METRICS += ["clip_fraction"]
+METRICS = ["mean_return", "loss", *ppo.METRICS]
 
 
 def columns(result: dict[str, Any]) -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import numpy as np
 
-METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+from tempo_jax.algorithms.ppo import METRICS
 
 
 def assert_same_run(got: dict[str, Any], want: dict[str, Any]) -> None:
