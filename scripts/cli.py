@@ -29,10 +29,11 @@ from typing import Annotated, Any
 import tyro
 import yaml
 
-from tempo_jax.configs import ConfigError, names
+from tempo_jax.configs import ConfigError, names, read
 
 # an RL config's fields as optional flags (None: the config's value), with their help
-_SKIP = {"env_options"}  # a mapping: set in the YAML file
+# a mapping, given on the command line as a YAML mapping: --env-options '{episode: 8}'
+_MAPPINGS = {"env_options"}
 
 
 def _override_fields() -> list[tuple[str, Any, Any]]:
@@ -41,15 +42,15 @@ def _override_fields() -> list[tuple[str, Any, Any]]:
     hints = typing.get_type_hints(RLConfig, include_extras=True)
     out = []
     for field in dataclasses.fields(RLConfig):
-        if field.name in _SKIP:
-            continue
         aliases = tuple("--" + k.replace("_", "-") for k, v in ALIASES.items() if v == field.name)
+        mapping = field.name in _MAPPINGS
         arg = tyro.conf.arg(
-            help=field.metadata.get("help", ""),
+            help=field.metadata.get("help", "")
+            + (", a YAML mapping merged into the config's" if mapping else ""),
             help_behavior_hint="(default: the config's)",
             aliases=aliases or None,
         )
-        kind = Annotated[hints[field.name] | None, arg]
+        kind = Annotated[(str if mapping else hints[field.name]) | None, arg]
         out.append((field.name, kind, dataclasses.field(default=None)))
     return out
 
@@ -63,6 +64,16 @@ def _config(config: str, overrides: Any) -> Any:
     from tempo_jax.algorithms.config import load
 
     given = {k: v for k, v in dataclasses.asdict(overrides).items() if v is not None}
+    for key in sorted(_MAPPINGS & set(given)):
+        try:
+            given[key] = yaml.safe_load(given[key])
+        except yaml.YAMLError:
+            raise ConfigError(f"{key}: not a YAML mapping: {given[key]!r}") from None
+        if not isinstance(given[key], dict):
+            raise ConfigError(
+                f"{key}: expected a mapping such as '{{episode: 8}}', got {given[key]!r}"
+            )
+        given[key] = {**(read(config, kind="rl").get(key) or {}), **given[key]}  # merged
     return load(config, **given)
 
 

@@ -53,6 +53,18 @@ def test_show_config_applies_flags_and_aliases(capsys) -> None:
     assert "rl/ppo_cartpole" in out.split()
 
 
+def test_env_options_flag_is_a_yaml_mapping_merged_into_the_configs(capsys) -> None:
+    code, out, _ = _run(capsys, "show-config", "ppo_paper", "--env-options", "{episode: 8}")
+    assert code == 0 and yaml.safe_load(out)["env_options"] == {
+        "obs_shape": [3, 4, 4],
+        "episode": 8,
+    }
+    code, _, err = _run(capsys, "show-config", "ppo_paper", "--env-options", "[1, 2]")
+    assert code == 2 and "env_options: expected a mapping such as '{episode: 8}', got [1, 2]" in err
+    code, _, err = _run(capsys, "show-config", "ppo_paper", "--env-options", "{a: [")
+    assert code == 2 and "env_options: not a YAML mapping" in err
+
+
 def test_yaml_aliases_and_total_timesteps(tmp_path) -> None:
     data = {"algo": "ppo", "num_envs": 4, "num_steps": 16, "total_timesteps": 640}
     data |= {"learning_rate": "3e-4", "ent_coef": 0.0, "update_epochs": 2, "clip_vloss": True}
