@@ -153,7 +153,8 @@ def test_tempo_jax_ppo_matches_the_single_jit_baseline(
     """Same keys, same semantics: the tempo_jax program's run (rollout, GAE, loss, gradients,
     Adam) is the hand-written baseline's, over 3 iterations; with several epochs and
     minibatches, the same shuffled minibatches and one Adam state through every update; with
-    CleanRL's annealed learning rate and clipped value loss too."""
+    CleanRL's annealed learning rate and clipped value loss too (each checked against its
+    formula below)."""
     from tempo_jax.algorithms import ppo
 
     config = dataclasses.replace(
@@ -167,10 +168,6 @@ def test_tempo_jax_ppo_matches_the_single_jit_baseline(
     )
     want = ppo_jax.make_train(config)()
     assert_same_run(ppo.make_train(config)(), want)
-    if cleanrl:  # the two settings change the run
-        plain = dataclasses.replace(config, anneal_lr=False, clip_value_loss=False)
-        other = ppo_jax.make_train(plain)()
-        assert not np.allclose(np.asarray(other["loss"]), np.asarray(want["loss"]))
 
 
 def test_annealed_learning_rate_is_cleanrls() -> None:

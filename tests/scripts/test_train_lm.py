@@ -9,11 +9,13 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # the LM program itself: tests/models/test_train.py
 def test_a_short_run_writes_agreeing_curves(tmp_path: pathlib.Path) -> None:
     config = yaml.safe_load((ROOT / "configs/train/lm_tiny.yaml").read_text())
     config["corpus"]["lines"] = 200
