@@ -16,9 +16,8 @@ import pathlib
 from typing import Any
 
 import jax
-import numpy as np
 
-from .training import State
+from .training import State, iterations_done
 
 
 def _manager(directory: str | pathlib.Path, keep: int = 2) -> Any:
@@ -34,7 +33,7 @@ def save(directory: str | pathlib.Path, state: State, keep: int = 2) -> int:
     have a leading seed axis: their count is the same.)"""
     import orbax.checkpoint as ocp
 
-    step = int(np.asarray(state.iteration).reshape(-1)[0])
+    step = iterations_done(state)
     with _manager(directory, keep) as manager:
         if step in manager.all_steps():
             manager.delete(step)

@@ -12,6 +12,7 @@ step that ends it. The environment's own randomness (its step keys) comes from `
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -41,8 +42,17 @@ def evaluate(
 ) -> np.ndarray:
     """The returns of ``episodes`` episodes of the deterministic policy of ``params`` (module
     docstring); an episode still running at ``max_steps`` counts what it has."""
+    return evaluator(config, episodes, max_steps)(params, key)
+
+
+def evaluator(
+    config: RLConfig, episodes: int = 10, max_steps: int = 10_000
+) -> Callable[[Any, jax.Array], np.ndarray]:
+    """:func:`evaluate` as a function of ``(params, key)``, compiled once for any number of
+    parameter sets (several trained seeds)."""
     env = envs.make(config.env, **config.env_options)
-    return np.asarray(_run(env, actor_critic(config, env), episodes, max_steps)(params, key))
+    run = _run(env, actor_critic(config, env), episodes, max_steps)
+    return lambda params, key: np.asarray(run(params, key))
 
 
 def _run(env: Env, net: ActorCritic, episodes: int, max_steps: int) -> Any:

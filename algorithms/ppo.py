@@ -114,9 +114,7 @@ def build(config: RLConfig, log: Callable[[int, dict[str, float]], None] | None 
         )
     env = envs.make(config.env, **config.env_options)
     net = actor_critic(config, env)
-    example = jax.eval_shape(
-        lambda k: training.initial_state(config, env, net, k), jax.random.PRNGKey(0)
-    )
+    example = training.state_shape(config, env, net)
     with tj.Program("ppo") as p:
         i, b, t, e, m = p.dims("i b t e m")
         dims = (i, b, t)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
 
 import tempo_jax as tj
@@ -139,9 +138,7 @@ def build_actor_critic(
     sink of :func:`algorithms.ppo.build`."""
     env = envs.make(config.env, **config.env_options)
     net = actor_critic(config, env)
-    example = jax.eval_shape(
-        lambda k: training.initial_state(config, env, net, k), jax.random.PRNGKey(0)
-    )
+    example = training.state_shape(config, env, net)
     with tj.Program(name) as p:
         dims = p.dims("i b t")
         i, b, t = dims

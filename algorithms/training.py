@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import tempo_jax as tj
 
@@ -77,6 +78,22 @@ def initial_state(config: RLConfig, env: Env, net: ActorCritic, key: jax.Array) 
     running = jnp.zeros((config.envs,), jnp.float32)
     opt_state = config.optimiser().init(params)
     return State(params, opt_state, obs, env_state, running, jnp.zeros((), jnp.int32))
+
+
+def state_shape(config: RLConfig, env: Env, net: ActorCritic, seeds: int = 1) -> State:
+    """The shapes and dtypes of :func:`initial_state` (nothing computed); with ``seeds > 1``,
+    of the states of that many seeds side by side (a leading seed axis)."""
+
+    def start(key: jax.Array) -> State:
+        return initial_state(config, env, net, key)
+
+    key = jax.ShapeDtypeStruct((2,) if seeds == 1 else (seeds, 2), jnp.uint32)
+    return jax.eval_shape(jax.vmap(start) if seeds > 1 else start, key)
+
+
+def iterations_done(state: State) -> int:
+    """The iterations a state has done (seeds side by side: the same count for each)."""
+    return int(np.asarray(state.iteration).reshape(-1)[0])
 
 
 def key_input() -> tj.RT:

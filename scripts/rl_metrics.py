@@ -135,8 +135,8 @@ def first_reaching(curve: np.ndarray, level: float, config: rl_config.RLConfig) 
 def summary(table: list[dict[str, Any]], config: rl_config.RLConfig) -> dict[str, Any]:
     """The return figures of a run: over the last 20 iterations, the best of the 20-iteration
     mean, the env steps to a mean of 400 (CartPole's target) — per seed, and their mean."""
-    by_seed = {seed: smoothed(r) for seed, r in returns(table).items()}
     raw = returns(table)
+    by_seed = {seed: smoothed(r) for seed, r in raw.items()}
     final = {
         s: float(np.nanmean(r[-20:])) if np.isfinite(r).any() else None for s, r in raw.items()
     }

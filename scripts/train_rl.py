@@ -90,12 +90,7 @@ def _keys(config: rl_config.RLConfig, seeds: int) -> jax.Array:
 def _state_shape(config: rl_config.RLConfig, seeds: int) -> training.State:
     """The shapes of the run's state (with a leading seed axis when ``seeds > 1``)."""
     env = envs.make(config.env, **config.env_options)
-    net = actor_critic(config, env)
-
-    def start(key: jax.Array) -> training.State:
-        return training.initial_state(config, env, net, key)
-
-    return jax.eval_shape(jax.vmap(start) if seeds > 1 else start, _keys(config, seeds))
+    return training.state_shape(config, env, actor_critic(config, env), seeds)
 
 
 def _caller(train: training.Train, keys: jax.Array, state: Any, seeds: int) -> Callable:
@@ -137,7 +132,7 @@ def train(
     saved = out / "checkpoints"
     if resume:
         state = checkpoints.restore(saved, _state_shape(config, seeds))
-        done = int(np.asarray(state.iteration).reshape(-1)[0])
+        done = training.iterations_done(state)
         table = rl_metrics.read(out / "metrics.csv", done * seeds)
     else:
         started = {"config": dataclasses.asdict(config), "chunk": chunk, "seeds": seeds}
@@ -155,10 +150,8 @@ def train(
             bar.set_postfix(shown, refresh=False)
         bar.update(1)
 
-    def compile_for(count: int) -> Callable:
-        made = ALGORITHMS[config.algo](config, log, iterations=count)
-        start = made.start if seeds == 1 else jax.jit(jax.vmap(made.start))
-        return _caller(made, keys, start(keys) if state is None else state, seeds)
+    def compile_for(count: int) -> Callable:  # the state is known by then
+        return _caller(ALGORITHMS[config.algo](config, log, iterations=count), keys, state, seeds)
 
     begin = time.perf_counter()
     built = ALGORITHMS[config.algo](config, log, iterations=chunk)  # passes, schedule
@@ -271,16 +264,17 @@ def evaluate_run(folder: str | pathlib.Path, episodes: int = 10, seed: int = 0) 
     except FileNotFoundError:
         raise results.ResultsError(f"{folder}: no checkpoint to evaluate") from None
     key = jax.random.PRNGKey(seed)
+    evaluate = evaluation.evaluator(config, episodes)  # compiled once for every seed
     per_seed = {}
     for s in range(seeds):
         params = state.params
         if seeds > 1:
             params = jax.tree_util.tree_map(lambda x, s=s: x[s], params)
-        found = evaluation.evaluate(config, params, key, episodes)
+        found = evaluate(params, key)
         per_seed[config.seed + s] = [float(r) for r in found]
     flat = np.array([r for found in per_seed.values() for r in found])
     report = {
-        "iteration": int(np.asarray(state.iteration).reshape(-1)[0]),
+        "iteration": training.iterations_done(state),
         "episodes": episodes,
         "seed": seed,
         "mean_return": float(flat.mean()),
