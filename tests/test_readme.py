@@ -8,6 +8,7 @@ import pathlib
 import re
 
 import numpy as np
+import pytest
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -44,6 +45,7 @@ def test_decoding_example_runs_and_matches_the_scan_decoder() -> None:
     np.testing.assert_array_equal(greedy["tokens"], want["tokens"])
 
 
+@pytest.mark.slow  # the program of tests/models/test_train.py, smaller
 def test_transformer_training_example_equals_the_optax_loop() -> None:
     import jax.numpy as jnp
     import optax

@@ -139,7 +139,7 @@ def test_single_jit_is_one_scan_over_iterations() -> None:
 @pytest.mark.parametrize(
     ("env", "epochs", "minibatches", "cleanrl"),
     [
-        ("CartPole-v1", 1, 1, False),
+        pytest.param("CartPole-v1", 1, 1, False, marks=pytest.mark.slow),  # in 2, 2, True
         ("Pendulum-v1", 1, 1, False),
         pytest.param("CartPole-v1", 2, 2, False, marks=pytest.mark.slow),  # as True, plainer
         pytest.param("CartPole-v1", 1, 1, True, marks=pytest.mark.slow),

@@ -87,13 +87,14 @@ def test_end_token_stops_the_loop_like_scan(name: str) -> None:
     assert int(out["length"][0]) == PROMPT + first + 1 <= PROMPT + 3
 
 
-def test_from_flax_module_logits_equal_its_forward() -> None:
-    for cls, cfg in ((GPT2, CONFIGS["gpt2"]), (Llama, CONFIGS["llama-window"])):
-        module = cls(cfg)
-        prompt = jnp.asarray(np.random.default_rng(2).integers(0, cfg.vocab, (3, 5)), jnp.int32)
-        out = from_flax(module).generate(prompt, 7, block=4)
-        want = module(out["tokens"])[:, :-1]
-        np.testing.assert_allclose(out["logits"], want, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("arch", ["gpt2", pytest.param("llama-window", marks=pytest.mark.slow)])
+def test_from_flax_module_logits_equal_its_forward(arch: str) -> None:
+    cfg = CONFIGS[arch]
+    module = (GPT2 if arch == "gpt2" else Llama)(cfg)
+    prompt = jnp.asarray(np.random.default_rng(2).integers(0, cfg.vocab, (3, 5)), jnp.int32)
+    out = from_flax(module).generate(prompt, 7, block=4)
+    want = module(out["tokens"])[:, :-1]
+    np.testing.assert_allclose(out["logits"], want, rtol=1e-5, atol=1e-5)
     with pytest.raises(TypeError, match="GPT2 or Llama"):
         from_flax(object())
 

@@ -187,6 +187,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
 
 
+@pytest.mark.slow  # pip builds and installs a wheel: 40 s
 def test_the_wheel_installs_one_top_level_name_and_trains_from_an_empty_directory(tmp_path):
     root = pathlib.Path(__file__).resolve().parents[2]
     wheels, target, empty = tmp_path / "wheels", tmp_path / "site", tmp_path / "empty"
