@@ -47,7 +47,7 @@ def _left_padded(prompts: tuple, pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", pytest.param("llama", marks=pytest.mark.slow)])
 def test_ragged_batch_equals_each_prompt_decoded_alone(name: str) -> None:
     cfg, params, model, prompts = _setup(name)
     out = model.generate_hf(
