@@ -153,7 +153,11 @@ def sink(value: RecurrentTensor, fn: Callable[[Any, dict[str, int]], None]) -> N
     calls ``fn`` in schedule order through an ordered ``jax.debug.callback``, and its call
     returns once every sink call has run; the reference interpreter calls ``fn`` in
     lexicographic point order. An exception ``fn`` raises stops the run and is raised by the
-    call as itself, with a note naming the sink's line and the point. Example::
+    call as itself, with a note naming the sink's line and the point. On a device mesh
+    (``compile(mesh=...)``) the callback is unordered, as JAX runs ordered ones on one device
+    only: calls follow their loop's steps, two sinks of one step may run in either order, and
+    after an exception the run finishes (its later sink calls skipped) before it is raised.
+    Example::
 
         tj.sink(loss, lambda v, pt: print(pt["i"], float(v)))
     """

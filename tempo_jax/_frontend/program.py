@@ -235,6 +235,8 @@ class Program:
         pipeline: Any = None,
         unroll: Sequence[Any] = (),
         memory_budget: int | None = None,
+        mesh: Any = None,
+        shard: Mapping[Any, str] | None = None,
     ) -> Any:
         """Schedule the program and lower it to one pure JAX function (a ``Compiled``).
 
@@ -257,6 +259,12 @@ class Program:
         largest values stored in full and read after the step that writes them are kept in
         host memory instead (``tj.offload`` and ``tj.keep`` decide per tensor whatever the
         budget); ``f.memory()`` shows the plan.
+
+        ``mesh`` (a ``jax.sharding.Mesh``) and ``shard`` (dim -> mesh axis, e.g.
+        ``{"b": "data"}``) split the points of vectorised dims over the mesh's devices: inputs
+        and outputs with such a dim carry that ``NamedSharding``, JAX's SPMD partitioner
+        splits the work and inserts the collectives (a mean over ``b`` is an all-reduce).
+        A dim the schedule runs as a loop (a recurrence along it) cannot be sharded.
         """
         from .._lower.compiled import compile_program  # the back end sits below the front end
 
@@ -283,6 +291,8 @@ class Program:
             pipeline=pipeline,
             unroll=dims,
             memory_budget=memory_budget,
+            mesh=mesh,
+            shard=shard,
         )
 
     def __repr__(self) -> str:

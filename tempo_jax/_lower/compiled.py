@@ -26,6 +26,7 @@ from .binding import bind_dynamic
 from .buffer_plan import BufferPlan, StoredValue
 from .execute import RAN, TreeLowering
 from .memory_plan import peak_bytes
+from .sharding import ShardPlan, plan_sharding
 from .sinks import SinkErrors
 from .stopping import pin_stop, stop_loop
 from .storage import place_buffers
@@ -62,8 +63,10 @@ class Compiled:
         donate_inputs: bool = False,
         unroll: tuple[str, ...] = (),
         memory_budget: int | None = None,
+        sharding: ShardPlan | None = None,
     ) -> None:
         self.program = program
+        self.sharding = sharding  # dims split over a device mesh (:mod:`.sharding`)
         self.memory_budget = memory_budget
         self.bounds = bounds  # a dynamic bound at its max
         self.dynamic = dynamic or {}  # dynamic bound -> its range
@@ -78,6 +81,7 @@ class Compiled:
         self._sizes: dict[tuple[str, tuple[str, ...]], int] = {}
         self._ctx = isl_context()
         self._sink_errors = SinkErrors(program)  # what a sink's function raised, for `__call__`
+        self._sink_errors.ordered = sharding is None
         self._host: bool | None = None  # whether the plan keeps a value in host memory
 
     def _padded_size(self, size: Expr, dims: tuple[Symbol, ...]) -> int:
@@ -118,6 +122,11 @@ class Compiled:
         self, inputs: dict[str, Any], actual: dict[str, Any], offload: bool
     ) -> dict[str, Any]:
         runtime = {**self.bounds, **{b: actual[b.name] for b in self.dynamic}}
+        if self.sharding is not None:
+            inputs = {
+                name: self.sharding.constrain(value, self.program.inputs[name].domain)
+                for name, value in inputs.items()
+            }
         lowering = TreeLowering(
             self.program,
             self.bounds,
@@ -136,6 +145,9 @@ class Compiled:
             for out in self.program.outputs
             if out.name != STOP
         }
+        if self.sharding is not None:
+            domains = {out.name: out.domain for out in self.program.outputs}
+            results = {n: self.sharding.constrain(v, domains[n]) for n, v in results.items()}
         lengths = dict(actual)
         if self.program.stop is not None:
             ran = buffers[RAN]
@@ -253,8 +265,11 @@ def compile_program(
     pipeline: Pipeline | None = None,
     unroll: tuple[str, ...] = (),
     memory_budget: int | None = None,
+    mesh: Any = None,
+    shard: Any = None,
 ) -> Compiled:
-    """Run the pass pipeline, then check, schedule and lower ``program`` for ``bounds``."""
+    """Run the pass pipeline, then check, schedule and lower ``program`` for ``bounds``
+    (``mesh`` and ``shard``: dims split over a device mesh, :mod:`.sharding`)."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     user = program
@@ -278,8 +293,11 @@ def compile_program(
         raise cycle_error(user, {b.name: v for b, v in env.items()}) or err from None
     tree = place_buffers(program, bound_trips(scheduled, program, ranges))
     stop_loop(program, tree)  # a stop that cannot end its loop fails here, not at the first call
+    sharding = plan_sharding(program, tree, env, dynamic, mesh, shard)
     seconds["schedule"] = time.perf_counter() - start
-    compiled = Compiled(program, env, tree, seconds, dynamic, donate_inputs, unroll, memory_budget)
+    compiled = Compiled(
+        program, env, tree, seconds, dynamic, donate_inputs, unroll, memory_budget, sharding
+    )
     if user.stop is not None:  # outputs in the user's layout: domain dims first, as declared
         (dim,) = user.stop.domain
         compiled.stop_axes = {

@@ -561,7 +561,9 @@ class TreeLowering:
             at = {n: int(p) for n, p in zip(names, point, strict=True)}
             self.sink_errors.call(op, fn, valid, at)  # the user's exception, kept for the caller
 
-        jax.debug.callback(host, value, sizes, *(env[d] for d in op.domain), ordered=True)
+        jax.debug.callback(
+            host, value, sizes, *(env[d] for d in op.domain), ordered=self.sink_errors.ordered
+        )
 
     def read(
         self,

@@ -29,15 +29,24 @@ class SinkErrors:
     def __init__(self, program: Program) -> None:
         self.has_sinks = any(op.kind == "sink" for op in program.ops)
         self._raised: list[Exception] = []
+        # ordered callbacks (an effect token through the program) run on one device only: on
+        # a mesh, sinks are unordered callbacks, called in the order of their loop's steps
+        self.ordered = True
 
     def call(self, op: Op, fn: Callable[..., Any], value: Any, point: dict[str, int]) -> None:
-        """``fn(value, point)`` on the host: an exception is noted, kept and raised on."""
+        """``fn(value, point)`` on the host: an exception is noted, kept and raised on. On a
+        mesh (unordered callbacks, whose failure JAX keeps in its runtime tokens for good) it
+        is kept only, the calls after it are skipped, and :meth:`run` raises it once the
+        computation has finished."""
+        if not self.ordered and self._raised:
+            return
         try:
             fn(value, point)
         except Exception as exc:
             exc.add_note(sink_note(op, point))
             self._raised.append(exc)
-            raise
+            if self.ordered:
+                raise
 
     def run(self, jitted: Callable[..., Any], *args: Any) -> Any:
         """``jitted(*args)``, finished when there are sinks; a sink's exception is raised as
@@ -45,7 +54,16 @@ class SinkErrors:
         self._raised.clear()
         try:
             result = jitted(*args)
-            return jax.block_until_ready(result) if self.has_sinks else result
+            if not self.has_sinks:
+                return result
+            jax.block_until_ready(result)
+            if not self.ordered:
+                jax.effects_barrier()  # every sink call has run
+            if self._raised:  # on a mesh: the run finished, its first sink exception
+                raised = self._raised[0]
+                self._raised.clear()
+                raise raised
+            return result
         except jax.errors.JaxRuntimeError:
             if not self._raised:
                 raise

@@ -1,0 +1,138 @@
+"""Sharding a vectorised dim over a device mesh: the plan, and its checks.
+
+``p.compile(bounds, mesh=mesh, shard={"b": "data"})`` splits the points of dim ``b`` over the
+devices of the mesh axis ``"data"``. The program stays one jitted function; JAX's SPMD
+partitioner does the splitting. :func:`plan_sharding` decides and records it (a
+:class:`ShardPlan`: which dim goes to which mesh axis); the lowering only pins the layouts
+the plan names, with :func:`jax.lax.with_sharding_constraint`:
+
+- every input with a sharded dim in its domain (dims first: the axis of ``b`` is split);
+- every output likewise, so ``out[name].sharding`` is the plan's ``NamedSharding``.
+
+XLA propagates the layout through the loops and the vectorised ops between them, and inserts
+the collectives a sharded dim needs: a reduction over ``b`` (a mean loss, a weight gradient
+summed over environments) becomes an all-reduce. Parameters and values without a sharded dim
+are replicated.
+
+Sinks run as unordered host callbacks on a mesh (JAX runs ordered ones on one device only):
+in the order of their loop's steps, but two sinks of one step may run in either order.
+
+A dim can be sharded only where the schedule vectorises it: a loop over it (a recurrence,
+``x[b - 1]``) runs its points one after the other, which no split over devices can do; the
+error names the read that carries the dependence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from .._ir.errors import DefinitionError, UnsupportedError
+from .._ir.expr import Slice, Symbol, dims_of
+from .._ir.program import Program
+from .._ir.source import describe
+from .._schedule.tree import Node, loops
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+    """Which dims are split over which axes of ``mesh`` (``dims``: dim name -> mesh axis)."""
+
+    mesh: Mesh
+    dims: Mapping[str, str]
+
+    def spec(self, domain: tuple[Symbol, ...]) -> NamedSharding:
+        """The sharding of an array whose leading axes are ``domain``'s dims."""
+        axes = [self.dims.get(d.name) for d in domain]
+        while axes and axes[-1] is None:
+            axes.pop()
+        return NamedSharding(self.mesh, PartitionSpec(*axes))
+
+    def constrain(self, value: Any, domain: tuple[Symbol, ...]) -> Any:
+        """``value`` (leading axes ``domain``) pinned to :meth:`spec`; as is without a sharded
+        dim."""
+        if not any(d.name in self.dims for d in domain):
+            return value
+        return jax.lax.with_sharding_constraint(value, self.spec(domain))
+
+
+def plan_sharding(
+    program: Program,
+    tree: Node,
+    bounds: Mapping[Symbol, int],
+    dynamic: Mapping[Symbol, Any],
+    mesh: Any,
+    shard: Any,
+) -> ShardPlan | None:
+    """The plan for ``shard`` (dim name or symbol -> mesh axis name) over ``mesh``; None
+    without a mesh. Raises a :class:`DefinitionError` for a bad request and an
+    :class:`UnsupportedError` for a dim the schedule runs as a loop."""
+    if mesh is None:
+        if shard:
+            raise DefinitionError("`shard` splits dims over a device mesh: pass `mesh=` too")
+        return None
+    if not isinstance(mesh, Mesh):
+        raise DefinitionError(f"`mesh` is a jax.sharding.Mesh, not {type(mesh).__name__}")
+    if not isinstance(shard, Mapping) or not shard:
+        raise DefinitionError(
+            "`shard` maps dims to mesh axes, e.g. shard={'b': 'data'}; got " + repr(shard)
+        )
+    dims = {d.name: d for d in program.dims}
+    plan: dict[str, str] = {}
+    for key, axis in shard.items():
+        name = key.name if isinstance(key, Symbol) else key
+        if name not in dims:
+            raise DefinitionError(
+                f"`shard` names dim {name!r}, which is not a dim of the program "
+                f"(its dims: {sorted(dims)})"
+            )
+        if axis not in mesh.axis_names:
+            raise DefinitionError(
+                f"`shard` puts dim {name!r} on mesh axis {axis!r}; the mesh's axes are "
+                f"{list(mesh.axis_names)}"
+            )
+        if axis in plan.values():
+            raise DefinitionError(f"`shard` puts two dims on mesh axis {axis!r}")
+        dim = dims[name]
+        if any(loop.dim == name for loop in loops(tree)):
+            raise UnsupportedError(_loop_error(program, dim, axis))
+        if dim.bound in dynamic:
+            raise UnsupportedError(
+                f"dim {name!r} has a dynamic bound `{dim.bound_name}`; a sharded dim needs a "
+                "static one (its points are split evenly over the devices)"
+            )
+        size, devices = bounds[dim.bound], mesh.shape[axis]
+        if size % devices:
+            raise DefinitionError(
+                f"dim {name!r} has {size} points, which mesh axis {axis!r} cannot split "
+                f"evenly over its {devices} devices (use a multiple of {devices})"
+            )
+        plan[name] = axis
+    return ShardPlan(mesh, plan)
+
+
+def _loop_error(program: Program, dim: Symbol, axis: str) -> str:
+    """Why dim ``dim`` cannot be sharded: the read that makes the schedule loop over it."""
+    head = (
+        f"dim {dim.name!r} cannot be sharded over mesh axis {axis!r}: the schedule runs it as "
+        "a loop, one point after another"
+    )
+    for op in program.ops:
+        if dim not in op.domain:
+            continue
+        for edge in op.inputs:
+            producer = program.op(edge.src)
+            if dim not in producer.domain:
+                continue
+            item = edge.index[producer.domain.index(dim)]
+            if item != dim and not isinstance(item, Slice) and dim in dims_of(item):
+                return (
+                    f"{head}: `{op.name}`{describe(edge.source)} reads `{producer.name}` at "
+                    f"{dim.name} = {item}, a dependence carried along {dim.name!r}. Shard a "
+                    "dim the program maps over independently (an env or batch dim)."
+                )
+    return f"{head}. Shard a dim the program maps over independently (an env or batch dim)."

@@ -1,0 +1,169 @@
+"""Programs compiled over a mesh of 8 virtual CPU devices, run in a process of their own
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set before JAX starts) by
+``tests/lower/test_sharding.py``. Prints one JSON object: per check, what the test asserts."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+import tempo_jax as tj
+
+B, T, I = 8, 6, 3
+
+
+def recurrence() -> tj.Program:
+    """A recurrence over ``t`` for each of ``B`` independent rows, and its mean over rows."""
+    with tj.Program("rows") as p:
+        b, t = p.dims("b t")
+        u = tj.input("u", (4,), domain=(b, t))
+        x = tj.placeholder((4,), jnp.float32, domain=(b, t), name="x")
+        x[b, 0] = u[b, 0]
+        x[True] = x[b, t - 1] * 0.9 + jnp.float32(0.5) * u
+        p.output("x", x[0 : b.bound, 0 : t.bound])
+        p.output("mean", x[0 : b.bound, t.bound - 1].mean(axis=0))
+    return p
+
+
+def regression() -> tj.Program:
+    """Linear regression on ``B`` rows per iteration, Adam steps over ``i``."""
+    with tj.Program("fit") as p:
+        i, b = p.dims("i b")
+        xs = tj.input("xs", (3,), domain=(i, b))
+        ys = tj.input("ys", (), domain=(i, b))
+        w = tj.param(jnp.zeros(3), domain=(i,))
+        err = (xs * w).sum() - ys
+        loss = (err * err)[i, 0 : b.bound].mean()
+        new = tj.optim.step(optax.adam(0.1), w, tj.grad(loss, w), over=i)
+        p.output("loss", loss[0 : i.bound])
+        p.output("w", new[i.bound - 1])
+    return p
+
+
+def both(program: tj.Program, bounds: dict, mesh: Mesh, shard: dict, **inputs) -> dict:
+    one = program.compile(bounds)(**inputs)
+    sharded = program.compile(bounds, mesh=mesh, shard=shard)
+    out = sharded(**inputs)
+    hlo = sharded.lower(**inputs).compile().as_text()
+    diff = {
+        k: float(np.max(np.abs(np.asarray(out[k]) - np.asarray(one[k]))))
+        for k in one
+        if k != "lengths"
+    }
+    specs = {k: str(out[k].sharding.spec) for k in one if k != "lengths"}
+    return {"diff": diff, "specs": specs, "all_reduce": "all-reduce" in hlo}
+
+
+def error(fn, kind: type = tj.TempoError) -> str:
+    try:
+        fn()
+    except kind as err:
+        notes = getattr(err, "__notes__", None)
+        return f"{type(err).__name__}: {err}" + (f" {notes}" if notes else "")
+    return "no error"
+
+
+def main(parts: list[str]) -> None:
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    found: dict = {"devices": len(jax.devices())}
+    if "core" in parts:
+        found |= core(mesh)
+    if "ppo" in parts:
+        found["ppo"] = ppo_run(mesh)
+    print(json.dumps(found))
+
+
+def core(mesh: Mesh) -> dict:
+    rng = np.random.default_rng(0)
+    found: dict = {}
+    u = rng.normal(size=(B, T, 4)).astype(np.float32)
+    found["rows"] = both(recurrence(), {"B": B, "T": T}, mesh, {"b": "data"}, u=u)
+    xs = rng.normal(size=(I, B, 3)).astype(np.float32)
+    ys = (xs @ np.array([1.0, -2.0, 0.5], np.float32)).astype(np.float32)
+    found["fit"] = both(regression(), {"I": I, "B": B}, mesh, {"b": "data"}, xs=xs, ys=ys)
+    program = recurrence()
+    found["errors"] = {
+        "loop": error(lambda: program.compile({"B": B, "T": 8}, mesh=mesh, shard={"t": "data"})),
+        "uneven": error(lambda: program.compile({"B": 6, "T": T}, mesh=mesh, shard={"b": "data"})),
+        "axis": error(lambda: program.compile({"B": B, "T": T}, mesh=mesh, shard={"b": "x"})),
+        "dim": error(lambda: program.compile({"B": B, "T": T}, mesh=mesh, shard={"k": "data"})),
+        "no mesh": error(lambda: program.compile({"B": B, "T": T}, shard={"b": "data"})),
+    }
+    found["sink"] = sinks(mesh)
+    return found
+
+
+def sinks(mesh: Mesh) -> dict:
+    """A sink per iteration of the mean over sharded rows: its calls, in order, against one
+    device's; and a sink that raises at ``i == 2``."""
+
+    def program(fn) -> tj.Program:
+        with tj.Program("logged") as p:
+            i, b = p.dims("i b")
+            v = tj.input("v", (), domain=(i, b))
+            acc = tj.placeholder((), jnp.float32, domain=(i,), name="acc")
+            acc[0] = v[0, 0 : b.bound].mean()
+            acc[True] = acc[i - 1] + v[i, 0 : b.bound].mean()
+            tj.sink(acc, fn)
+            p.output("acc", acc[0 : i.bound])
+        return p
+
+    v = np.arange(I * 2 * B, dtype=np.float32).reshape(I * 2, B)
+    calls: dict[str, list] = {"one": [], "sharded": []}
+    for name, options in (("one", {}), ("sharded", {"mesh": mesh, "shard": {"b": "data"}})):
+        record = functools.partial(
+            lambda k, value, point: calls[k].append((point["i"], float(value))), name
+        )
+        program(record).compile({"I": I * 2, "B": B}, **options)(v=v)
+
+    def fail(value: Any, point: dict) -> None:
+        if point["i"] == 2:
+            raise KeyError("no such metric")
+
+    raised = error(
+        lambda: program(fail).compile({"I": I * 2, "B": B}, mesh=mesh, shard={"b": "data"})(v=v),
+        KeyError,
+    )
+    return {"calls": calls, "raised": raised}
+
+
+def ppo_run(mesh: Mesh) -> dict:
+    """A PPO run of 2 iterations (2 epochs x 2 minibatches) with its 8 envs split over the
+    devices, against the same run on one device."""
+    from tempo_jax.algorithms import ppo
+    from tempo_jax.algorithms.config import RLConfig
+
+    config = RLConfig(iterations=2, envs=B, steps=8, epochs=2, minibatches=2)
+    built = ppo.build(config)
+    one = ppo.compile_run(built, config)()
+    run = ppo.compile_run(built, config, mesh=mesh, shard={"b": "data"})
+    out = run()
+    hlo = run.lower().compile().as_text()
+    return {
+        "diff": {
+            k: float(np.max(np.abs(np.asarray(out[k]) - np.asarray(one[k]))))
+            for k in ("loss", "mean_return", "episodes")
+        },
+        "params": max(
+            float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+            for a, b in zip(
+                jax.tree_util.tree_leaves(out["params"]),
+                jax.tree_util.tree_leaves(one["params"]),
+                strict=True,
+            )
+        ),
+        "obs_spec": str(out["state"].obs.sharding.spec),
+        "all_reduce": "all-reduce" in hlo,
+    }
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,91 @@
+"""Dims split over a mesh of 8 virtual CPU devices (``p.compile(mesh=, shard=)``): the same
+results as on one device, outputs with the requested ``NamedSharding``, XLA's all-reduce for a
+reduction over the sharded dim, and one clear error for each bad request. The programs run in
+a process of their own (:mod:`tests.lower.sharded`): the device count is fixed when JAX
+starts."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@functools.cache
+def _run(part: str) -> dict:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.lower.sharded", part],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("{")]
+    found = json.loads(line)
+    assert found["devices"] == 8
+    return found
+
+
+def test_a_recurrence_per_row_split_over_rows_equals_one_device() -> None:
+    rows = _run("core")["rows"]
+    assert rows["diff"] == {"x": 0.0, "mean": 0.0}
+    assert rows["specs"] == {"x": "P('data',)", "mean": "P()"}  # the mean is replicated
+    assert rows["all_reduce"]  # the mean over the sharded rows
+
+
+def test_gradient_steps_on_sharded_rows_equal_one_device() -> None:
+    fit = _run("core")["fit"]
+    assert fit["diff"]["loss"] <= 1e-6 and fit["diff"]["w"] <= 1e-6
+    assert fit["specs"] == {"loss": "P()", "w": "P()"}
+    assert fit["all_reduce"]  # the gradient summed over the rows of every device
+
+
+def test_bad_requests_are_one_clear_error_each() -> None:
+    errors = _run("core")["errors"]
+    loop = errors["loop"]
+    assert loop.startswith("UnsupportedError: dim 't' cannot be sharded over mesh axis 'data'")
+    assert "reads `x` at t = t - 1, a dependence carried along 't'" in loop
+    assert "sharded.py" in loop  # the user's line
+    assert errors["uneven"] == (
+        "DefinitionError: dim 'b' has 6 points, which mesh axis 'data' cannot split evenly "
+        "over its 8 devices (use a multiple of 8)"
+    )
+    assert errors["axis"] == (
+        "DefinitionError: `shard` puts dim 'b' on mesh axis 'x'; the mesh's axes are ['data']"
+    )
+    assert errors["dim"].startswith("DefinitionError: `shard` names dim 'k', which is not a dim")
+    assert errors["no mesh"] == (
+        "DefinitionError: `shard` splits dims over a device mesh: pass `mesh=` too"
+    )
+
+
+def test_sinks_on_a_mesh_are_called_in_step_order_and_raise_as_themselves() -> None:
+    """On a mesh a sink is an unordered callback (JAX runs ordered ones on one device):
+    called once per step, in order, with the values of the one-device run; an exception
+    its function raises is raised by the call as itself, with the sink's note."""
+    sink = _run("core")["sink"]
+    assert sink["calls"]["sharded"] == sink["calls"]["one"]
+    assert [i for i, _ in sink["calls"]["one"]] == list(range(6))
+    assert sink["raised"] == (
+        "KeyError: 'no such metric' ['raised by the sink `sink fail` at sharded.py:114: "
+        "`tj.sink(acc, fn)`, called for i=2']"
+    )
+
+
+@pytest.mark.slow  # two PPO compiles, one of them for 8 devices: about 100 s
+def test_ppo_with_its_envs_split_over_devices_equals_one_device() -> None:
+    ppo = _run("ppo")["ppo"]
+    assert ppo["diff"]["mean_return"] == 0.0 and ppo["diff"]["episodes"] == 0.0
+    assert ppo["diff"]["loss"] <= 1e-5 and ppo["params"] <= 1e-6  # all-reduce order: rounding
+    assert ppo["obs_spec"] == "P('data',)"  # the environments' state stays split
+    assert ppo["all_reduce"]
