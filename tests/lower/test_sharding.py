@@ -76,10 +76,9 @@ def test_sinks_on_a_mesh_are_called_in_step_order_and_raise_as_themselves() -> N
     sink = _run("core")["sink"]
     assert sink["calls"]["sharded"] == sink["calls"]["one"]
     assert [i for i, _ in sink["calls"]["one"]] == list(range(6))
-    assert sink["raised"] == (
-        "KeyError: 'no such metric' ['raised by the sink `sink fail` at sharded.py:114: "
-        "`tj.sink(acc, fn)`, called for i=2']"
-    )
+    raised = sink["raised"]
+    assert raised.startswith("KeyError: 'no such metric' ['raised by the sink `sink fail` at ")
+    assert "`tj.sink(acc, fn)`, called for i=2']" in raised and "sharded.py:" in raised
 
 
 @pytest.mark.slow  # two PPO compiles, one of them for 8 devices: about 100 s
