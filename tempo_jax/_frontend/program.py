@@ -237,6 +237,7 @@ class Program:
         memory_budget: int | None = None,
         mesh: Any = None,
         shard: Mapping[Any, str] | None = None,
+        specs: Mapping[str, Any] | None = None,
     ) -> Any:
         """Schedule the program and lower it to one pure JAX function (a ``Compiled``).
 
@@ -265,6 +266,8 @@ class Program:
         and outputs with such a dim carry that ``NamedSharding``, JAX's SPMD partitioner
         splits the work and inserts the collectives (a mean over ``b`` is an all-reduce).
         A dim the schedule runs as a loop (a recurrence along it) cannot be sharded.
+        ``specs`` (input name -> ``PartitionSpec`` of its value at a point) splits inputs'
+        own axes, e.g. a weight's columns for tensor parallelism.
         """
         from .._lower.compiled import compile_program  # the back end sits below the front end
 
@@ -293,6 +296,7 @@ class Program:
             memory_budget=memory_budget,
             mesh=mesh,
             shard=shard,
+            specs=specs,
         )
 
     def __repr__(self) -> str:

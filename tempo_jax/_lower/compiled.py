@@ -124,7 +124,9 @@ class Compiled:
         runtime = {**self.bounds, **{b: actual[b.name] for b in self.dynamic}}
         if self.sharding is not None:
             inputs = {
-                name: self.sharding.constrain(value, self.program.inputs[name].domain)
+                name: self.sharding.constrain(
+                    value, self.program.inputs[name].domain, self.sharding.inputs.get(name, ())
+                )
                 for name, value in inputs.items()
             }
         lowering = TreeLowering(
@@ -267,9 +269,10 @@ def compile_program(
     memory_budget: int | None = None,
     mesh: Any = None,
     shard: Any = None,
+    specs: Any = None,
 ) -> Compiled:
     """Run the pass pipeline, then check, schedule and lower ``program`` for ``bounds``
-    (``mesh`` and ``shard``: dims split over a device mesh, :mod:`.sharding`)."""
+    (``mesh``, ``shard`` and ``specs``: values split over a device mesh, :mod:`.sharding`)."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     user = program
@@ -293,7 +296,7 @@ def compile_program(
         raise cycle_error(user, {b.name: v for b, v in env.items()}) or err from None
     tree = place_buffers(program, bound_trips(scheduled, program, ranges))
     stop_loop(program, tree)  # a stop that cannot end its loop fails here, not at the first call
-    sharding = plan_sharding(program, tree, env, dynamic, mesh, shard)
+    sharding = plan_sharding(program, tree, env, dynamic, mesh, shard, specs)
     seconds["schedule"] = time.perf_counter() - start
     compiled = Compiled(
         program, env, tree, seconds, dynamic, donate_inputs, unroll, memory_budget, sharding

@@ -6,7 +6,9 @@ partitioner does the splitting. :func:`plan_sharding` decides and records it (a
 :class:`ShardPlan`: which dim goes to which mesh axis); the lowering only pins the layouts
 the plan names, with :func:`jax.lax.with_sharding_constraint`:
 
-- every input with a sharded dim in its domain (dims first: the axis of ``b`` is split);
+- every input with a sharded dim in its domain (dims first: the axis of ``b`` is split),
+  and the axes of a point's value that ``specs`` splits (``{"w": PartitionSpec(None,
+  "model")}``: a weight's columns over the devices of ``"model"``, tensor parallelism);
 - every output likewise, so ``out[name].sharding`` is the plan's ``NamedSharding``.
 
 XLA propagates the layout through the loops and the vectorised ops between them, and inserts
@@ -44,20 +46,21 @@ class ShardPlan:
 
     mesh: Mesh
     dims: Mapping[str, str]
+    inputs: Mapping[str, PartitionSpec] = dataclasses.field(default_factory=dict)
 
-    def spec(self, domain: tuple[Symbol, ...]) -> NamedSharding:
-        """The sharding of an array whose leading axes are ``domain``'s dims."""
-        axes = [self.dims.get(d.name) for d in domain]
+    def spec(self, domain: tuple[Symbol, ...], within: Any = ()) -> NamedSharding:
+        """The sharding of an array whose leading axes are ``domain``'s dims, its others split
+        as ``within`` (a partition spec of a point's value) says."""
+        axes = [self.dims.get(d.name) for d in domain] + list(within)
         while axes and axes[-1] is None:
             axes.pop()
         return NamedSharding(self.mesh, PartitionSpec(*axes))
 
-    def constrain(self, value: Any, domain: tuple[Symbol, ...]) -> Any:
-        """``value`` (leading axes ``domain``) pinned to :meth:`spec`; as is without a sharded
-        dim."""
-        if not any(d.name in self.dims for d in domain):
+    def constrain(self, value: Any, domain: tuple[Symbol, ...], within: Any = ()) -> Any:
+        """``value`` pinned to :meth:`spec`; as is where nothing of it is split."""
+        if not any(d.name in self.dims for d in domain) and not any(within):
             return value
-        return jax.lax.with_sharding_constraint(value, self.spec(domain))
+        return jax.lax.with_sharding_constraint(value, self.spec(domain, within))
 
 
 def plan_sharding(
@@ -67,17 +70,22 @@ def plan_sharding(
     dynamic: Mapping[Symbol, Any],
     mesh: Any,
     shard: Any,
+    specs: Any = None,
 ) -> ShardPlan | None:
-    """The plan for ``shard`` (dim name or symbol -> mesh axis name) over ``mesh``; None
+    """The plan for ``shard`` (dim name or symbol -> mesh axis name) and ``specs`` (input name
+    -> the partition spec of its value at a point: tensor parallelism) over ``mesh``; None
     without a mesh. Raises a :class:`DefinitionError` for a bad request and an
     :class:`UnsupportedError` for a dim the schedule runs as a loop."""
     if mesh is None:
-        if shard:
-            raise DefinitionError("`shard` splits dims over a device mesh: pass `mesh=` too")
+        if shard or specs:
+            raise DefinitionError(
+                "`shard` and `specs` split values over a device mesh: pass `mesh=` too"
+            )
         return None
     if not isinstance(mesh, Mesh):
         raise DefinitionError(f"`mesh` is a jax.sharding.Mesh, not {type(mesh).__name__}")
-    if not isinstance(shard, Mapping) or not shard:
+    shard = {} if shard is None else shard
+    if not isinstance(shard, Mapping) or not (shard or specs):
         raise DefinitionError(
             "`shard` maps dims to mesh axes, e.g. shard={'b': 'data'}; got " + repr(shard)
         )
@@ -112,7 +120,52 @@ def plan_sharding(
                 f"evenly over its {devices} devices (use a multiple of {devices})"
             )
         plan[name] = axis
-    return ShardPlan(mesh, plan)
+    return ShardPlan(mesh, plan, _input_specs(program, mesh, plan, specs or {}))
+
+
+def _input_specs(
+    program: Program, mesh: Mesh, plan: Mapping[str, str], specs: Any
+) -> dict[str, PartitionSpec]:
+    """``specs`` checked: each names an input and splits its point's axes over mesh axes no
+    sharded dim of its domain uses."""
+    if not isinstance(specs, Mapping):
+        raise DefinitionError(
+            "`specs` maps input names to partition specs, e.g. "
+            f"{{'w': PartitionSpec(None, 'model')}}; got {specs!r}"
+        )
+    inputs = program.inputs
+    found = {}
+    for name, spec in specs.items():
+        if name not in inputs:
+            raise DefinitionError(
+                f"`specs` names {name!r}, which is not an input of the program (its inputs: "
+                f"{sorted(inputs)})"
+            )
+        if not isinstance(spec, PartitionSpec):
+            raise DefinitionError(
+                f"`specs[{name!r}]` is a jax.sharding.PartitionSpec, not {type(spec).__name__}"
+            )
+        op = inputs[name]
+        rank = len(op.outputs[0].shape)
+        if len(spec) > rank:
+            raise DefinitionError(
+                f"`specs[{name!r}]` splits {len(spec)} axes; `{name}` has {rank} at a point"
+            )
+        taken = {plan[d.name] for d in op.domain if d.name in plan}
+        for entry in spec:
+            for axis in (entry,) if isinstance(entry, str) else entry or ():
+                if axis not in mesh.axis_names:
+                    raise DefinitionError(
+                        f"`specs[{name!r}]` uses mesh axis {axis!r}; the mesh's axes are "
+                        f"{list(mesh.axis_names)}"
+                    )
+                if axis in taken:
+                    raise DefinitionError(
+                        f"`specs[{name!r}]` uses mesh axis {axis!r}, which a sharded dim of "
+                        f"`{name}`'s domain already splits"
+                    )
+        found[name] = spec
+    return found
 
 
 def _loop_error(program: Program, dim: Symbol, axis: str) -> str:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 import tempo_jax as tj
 
@@ -48,9 +48,11 @@ def regression() -> tj.Program:
     return p
 
 
-def both(program: tj.Program, bounds: dict, mesh: Mesh, shard: dict, **inputs) -> dict:
+def both(
+    program: tj.Program, bounds: dict, mesh: Mesh, shard: dict, specs: Any = None, **inputs
+) -> dict:
     one = program.compile(bounds)(**inputs)
-    sharded = program.compile(bounds, mesh=mesh, shard=shard)
+    sharded = program.compile(bounds, mesh=mesh, shard=shard, specs=specs)
     out = sharded(**inputs)
     hlo = sharded.lower(**inputs).compile().as_text()
     diff = {
@@ -58,8 +60,9 @@ def both(program: tj.Program, bounds: dict, mesh: Mesh, shard: dict, **inputs) -
         for k in one
         if k != "lengths"
     }
-    specs = {k: str(out[k].sharding.spec) for k in one if k != "lengths"}
-    return {"diff": diff, "specs": specs, "all_reduce": "all-reduce" in hlo}
+    found = {k: str(out[k].sharding.spec) for k in one if k != "lengths"}
+    collectives = sorted({c for c in ("all-reduce", "all-gather", "reduce-scatter") if c in hlo})
+    return {"diff": diff, "specs": found, "all_reduce": "all-reduce" in hlo, "hlo": collectives}
 
 
 def error(fn, kind: type = tj.TempoError) -> str:
@@ -98,6 +101,45 @@ def core(mesh: Mesh) -> dict:
         "no mesh": error(lambda: program.compile({"B": B, "T": T}, shard={"b": "data"})),
     }
     found["sink"] = sinks(mesh)
+    found["tensor"] = tensor_parallel()
+    return found
+
+
+def tensor_parallel() -> dict:
+    """A two-layer MLP over rows ``b`` on a 4 x 2 mesh: rows over ``data``, the first
+    weight's columns (and so the hidden units) over ``model``."""
+    mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
+    with tj.Program("mlp") as p:
+        (b,) = p.dims("b")
+        x = tj.input("x", (8,), domain=(b,))
+        w1, w2 = tj.input("w1", (8, 16)), tj.input("w2", (16, 4))
+        y = tj.tanh(x @ w1) @ w2
+        p.output("y", y[0 : b.bound])
+    rng = np.random.default_rng(1)
+    inputs = {
+        "x": rng.normal(size=(B, 8)).astype(np.float32),
+        "w1": rng.normal(size=(8, 16)).astype(np.float32),
+        "w2": rng.normal(size=(16, 4)).astype(np.float32),
+    }
+    found = both(
+        p,
+        {"B": B},
+        mesh,
+        {"b": "data"},
+        specs={"w1": PartitionSpec(None, "model"), "w2": PartitionSpec("model")},
+        **inputs,
+    )
+    found["errors"] = {
+        "input": error(lambda: p.compile({"B": B}, mesh=mesh, specs={"w": PartitionSpec("model")})),
+        "rank": error(
+            lambda: p.compile({"B": B}, mesh=mesh, specs={"w1": PartitionSpec(None, None, "x")})
+        ),
+        "taken": error(
+            lambda: p.compile(
+                {"B": B}, mesh=mesh, shard={"b": "data"}, specs={"x": PartitionSpec("data")}
+            )
+        ),
+    }
     return found
 
 

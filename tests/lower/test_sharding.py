@@ -65,7 +65,26 @@ def test_bad_requests_are_one_clear_error_each() -> None:
     )
     assert errors["dim"].startswith("DefinitionError: `shard` names dim 'k', which is not a dim")
     assert errors["no mesh"] == (
-        "DefinitionError: `shard` splits dims over a device mesh: pass `mesh=` too"
+        "DefinitionError: `shard` and `specs` split values over a device mesh: pass `mesh=` too"
+    )
+
+
+def test_weights_split_over_a_model_axis_equal_one_device() -> None:
+    """Tensor parallelism on a 4 x 2 mesh: rows over ``data``, the first weight's columns and
+    the second's rows over ``model``; XLA sums the second product's parts (all-reduce)."""
+    tensor = _run("core")["tensor"]
+    assert tensor["diff"]["y"] <= 1e-5
+    assert tensor["specs"] == {"y": "P('data',)"}
+    assert "all-reduce" in tensor["hlo"]
+    errors = tensor["errors"]
+    assert errors["input"] == (
+        "DefinitionError: `specs` names 'w', which is not an input of the program (its "
+        "inputs: ['w1', 'w2', 'x'])"
+    )
+    assert errors["rank"] == "DefinitionError: `specs['w1']` splits 3 axes; `w1` has 2 at a point"
+    assert errors["taken"] == (
+        "DefinitionError: `specs['x']` uses mesh axis 'data', which a sharded dim of `x`'s "
+        "domain already splits"
     )
 
 
