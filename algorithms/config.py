@@ -75,6 +75,9 @@ class RLConfig:
     minibatches: int = _field(1, "PPO minibatches per epoch (alias: num_minibatches)")
     n_step: int = _field(0, "REINFORCE with n-step TD returns when > 0 (0: Monte-Carlo returns)")
     seed: int = _field(0, "the run's random seed")
+    devices: int = _field(
+        1, "split the envs over this many local devices (JAX's SPMD; -1: every local device)"
+    )
 
     def optimiser(self) -> optax.GradientTransformation:
         """Global-norm clipping, then Adam (``eps=1e-5``): every algorithm and baseline. With
@@ -172,6 +175,15 @@ def validate(config: RLConfig) -> RLConfig:
             raise ConfigError(f"{key}: must be greater than {bound}, got {value!r}")
         if rule == "in" and not bound[0] <= value <= bound[1]:
             raise ConfigError(f"{key}: must be between {bound[0]} and {bound[1]}, got {value!r}")
+    if config.devices == 0 or config.devices < -1:
+        raise ConfigError(
+            f"devices: must be -1 (every local device) or at least 1, got {config.devices}"
+        )
+    if config.devices > 1 and config.envs % config.devices:
+        raise ConfigError(
+            f"devices: {config.devices} does not divide envs = {config.envs} (each device runs "
+            "as many environments)"
+        )
     if config.env not in REGISTRY:
         raise ConfigError(f"env: {config.env!r} is not one of {', '.join(REGISTRY)}")
     if (config.envs * config.steps) % config.minibatches:

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 import tempo_jax as tj
 
@@ -228,6 +229,26 @@ def compile_run(
     if iterations is not None and not 1 <= iterations <= config.iterations:
         raise ValueError(f"iterations per call must be 1 to {config.iterations}, got {iterations}")
     count = config.iterations if iterations is None else iterations
+    mesh = device_mesh(config)
+    if mesh is not None:  # the envs dim split over the devices
+        options = {"mesh": mesh, "shard": {built.dims[1].name: "data"}, **options}
     start = jax.jit(lambda key: initial_state(config, env, net, key))
     compiled = built.program.compile({**built.bounds, built.dims[0].bound: count}, **options)
     return Train(compiled, config.seed, start, count)
+
+
+def device_mesh(config: RLConfig) -> Mesh | None:
+    """The mesh ``config.devices`` asks for: that many local devices on one axis ``data``
+    (``-1``: every local device); None for one device."""
+    available = jax.local_devices()
+    count = len(available) if config.devices == -1 else config.devices
+    if count > len(available):
+        raise ValueError(
+            f"devices: {count} asked, {len(available)} available (on CPU, start Python with "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={count} for virtual devices)"
+        )
+    if count == 1:
+        return None
+    if config.envs % count:
+        raise ValueError(f"devices: {count} does not divide envs = {config.envs}")
+    return Mesh(np.array(available[:count]), ("data",))

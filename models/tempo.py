@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 
 import tempo_jax as tj
 
@@ -51,19 +52,29 @@ def _compiled(
     steps: int,
     block: int,
     dtype: str,
+    mesh: Mesh | None = None,
     **options: Any,
 ) -> tj.Compiled:
     program = build_program(cfg, batch, prompt_len, steps, dtype=jnp.dtype(dtype), **options)
     tiling = functools.partial(tj.tile_dynamic_ranges, block=block)
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
     unroll = ("l",) if cfg.layers <= UNROLL_LAYERS else ()
-    return program.compile(bounds(cfg, prompt_len, steps), pipeline=pipeline, unroll=unroll)
+    split = {}
+    if mesh is not None:  # the rows over the mesh's first axis: the prompt, its mask, the keys
+        (axis, *_) = mesh.axis_names
+        split = {"mesh": mesh, "specs": {"prompt": PartitionSpec(axis)}}
+        if options.get("ragged"):
+            split["specs"] |= {"mask": PartitionSpec(axis), "key": PartitionSpec(axis)}
+    return program.compile(
+        bounds(cfg, prompt_len, steps), pipeline=pipeline, unroll=unroll, **split
+    )
 
 
 class TempoDecoder:
     """The tempo_jax decoder for one shape of work: ``batch`` prompts of ``prompt_len`` tokens
     followed by ``steps`` new tokens, attending in tiles of ``block`` cache rows. The options
-    are :func:`build_program`'s."""
+    are :func:`build_program`'s; with ``mesh`` (a ``jax.sharding.Mesh``) the rows are split
+    over its first axis (data parallelism: the batch a multiple of that axis's devices)."""
 
     def __init__(
         self,
@@ -80,6 +91,7 @@ class TempoDecoder:
         logits: bool = True,
         block: int = 64,
         dtype: Any = jnp.float32,
+        mesh: Mesh | None = None,
     ) -> None:
         if prompt_len < 1 or steps < 1:
             raise ValueError(f"need prompt_len >= 1 and steps >= 1, got {prompt_len}, {steps}")
@@ -106,6 +118,7 @@ class TempoDecoder:
             end_token=self.ends,
             ragged=ragged,
             logits=logits,
+            mesh=mesh,
         )
 
     def inputs(

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from tempo_jax.algorithms import a2c, ppo, reinforce
+from tempo_jax.algorithms import a2c, ppo, reinforce, training
 from tempo_jax.algorithms.config import RLConfig
 from tests.algorithms.runs import assert_same_run
 
@@ -80,3 +80,10 @@ def test_vmap_over_three_seeds_is_three_runs_and_the_sink_names_each() -> None:
     for s in range(3):
         alone = train(jax.random.PRNGKey(s))
         assert_same_run(jax.tree_util.tree_map(lambda x, s=s: x[s], batched), alone)
+
+
+def test_devices_beyond_those_available_are_refused_and_one_device_is_no_mesh() -> None:
+    assert training.device_mesh(RLConfig(devices=1)) is None
+    count = len(jax.local_devices())
+    with pytest.raises(ValueError, match=f"devices: {count + 1} asked, {count} available"):
+        training.device_mesh(RLConfig(envs=8 * (count + 1), devices=count + 1))

@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import re
 import sys
 from typing import Any
 
@@ -81,6 +83,8 @@ def main(parts: list[str]) -> None:
         found |= core(mesh)
     if "ppo" in parts:
         found["ppo"] = ppo_run(mesh)
+    if "decode" in parts:
+        found["decode"] = decode(mesh)
     print(json.dumps(found))
 
 
@@ -177,6 +181,39 @@ def sinks(mesh: Mesh) -> dict:
     return {"calls": calls, "raised": raised}
 
 
+def decode(mesh: Mesh) -> dict:
+    """Greedy and ragged sampled decoding of 8 prompts, one row per device, against one
+    device."""
+    from tempo_jax.models import config
+    from tempo_jax.models.params import init_params
+    from tempo_jax.models.tempo import TempoDecoder
+
+    cfg = config.tiny_gpt2()
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    prompt = jnp.asarray(np.random.default_rng(3).integers(0, cfg.vocab, (B, 3)), jnp.int32)
+    found = {}
+    for name, options in (("greedy", {}), ("ragged", {"ragged": True, "temperature": 1.0})):
+        one = TempoDecoder(cfg, B, 3, 5, block=4, **options)
+        split = TempoDecoder(cfg, B, 3, 5, block=4, mesh=mesh, **options)
+        keys = jax.random.split(jax.random.PRNGKey(1), B) if options else None
+        a = one.generate(params, prompt, keys)
+        b = split.generate(params, prompt, keys)
+        hlo = split.compiled.lower(**split.inputs(params, prompt, keys)).compile().as_text()
+        found[name] = {
+            "tokens_equal": bool(np.array_equal(a["tokens"], b["tokens"])),
+            "logits": float(np.max(np.abs(np.asarray(a["logits"]) - np.asarray(b["logits"])))),
+            "collectives": sorted(
+                c for c in ("all-reduce", "all-gather", "all-to-all") if c in hlo
+            ),
+            # what is all-reduced: the type of each all-reduce's result
+            "all_reduced": sorted(set(re.findall(r"= (\S+) all-reduce\(", hlo))),
+            "rows_split": str(
+                split.compiled(**split.inputs(params, prompt, keys))["first"].sharding.spec
+            ),
+        }
+    return found
+
+
 def ppo_run(mesh: Mesh) -> dict:
     """A PPO run of 2 iterations (2 epochs x 2 minibatches) with its 8 envs split over the
     devices, against the same run on one device."""
@@ -186,7 +223,9 @@ def ppo_run(mesh: Mesh) -> dict:
     config = RLConfig(iterations=2, envs=B, steps=8, epochs=2, minibatches=2)
     built = ppo.build(config)
     one = ppo.compile_run(built, config)()
-    run = ppo.compile_run(built, config, mesh=mesh, shard={"b": "data"})
+    split = dataclasses.replace(config, devices=-1)  # every device: the config's way
+    run = ppo.compile_run(built, split)
+    assert run.sharding is not None and dict(run.sharding.dims) == {"b": "data"}
     out = run()
     hlo = run.lower().compile().as_text()
     return {

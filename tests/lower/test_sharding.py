@@ -100,6 +100,17 @@ def test_sinks_on_a_mesh_are_called_in_step_order_and_raise_as_themselves() -> N
     assert "`tj.sink(acc, fn)`, called for i=2']" in raised and "sharded.py:" in raised
 
 
+def test_decoding_rows_split_over_devices_equals_one_device() -> None:
+    """Greedy and ragged sampled decoding with one prompt row per device: the same tokens;
+    the only collectives are the one-bit all-reduces of the masked tiles' finiteness checks
+    (:func:`tempo_jax._lower.masking.when_finite`), no data moves between devices."""
+    for name, run in _run("decode")["decode"].items():
+        assert run["tokens_equal"], name
+        assert run["logits"] <= 1e-5, name
+        assert run["rows_split"] == "P('data',)", name
+        assert run["collectives"] in ([], ["all-reduce"]) and run["all_reduced"] in ([], ["pred[]"])
+
+
 @pytest.mark.slow  # two PPO compiles, one of them for 8 devices: about 100 s
 def test_ppo_with_its_envs_split_over_devices_equals_one_device() -> None:
     ppo = _run("ppo")["ppo"]
