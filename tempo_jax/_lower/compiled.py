@@ -80,8 +80,8 @@ class Compiled:
         self._jitted = jax.jit(self._run, donate_argnums=(0,) if donate_inputs else ())
         self._sizes: dict[tuple[str, tuple[str, ...]], int] = {}
         self._ctx = isl_context()
-        self._sink_errors = SinkErrors(program)  # what a sink's function raised, for `__call__`
-        self._sink_errors.ordered = sharding is None
+        # what a sink's function raised, for `__call__`; unordered sinks on a mesh
+        self._sink_errors = SinkErrors(program, ordered=sharding is None)
         self._host: bool | None = None  # whether the plan keeps a value in host memory
 
     def _padded_size(self, size: Expr, dims: tuple[Symbol, ...]) -> int:

@@ -26,12 +26,12 @@ from .._ir.program import Op, Program, sink_note
 class SinkErrors:
     """The exception a sink raised during the current compiled call, to raise it from there."""
 
-    def __init__(self, program: Program) -> None:
+    def __init__(self, program: Program, ordered: bool = True) -> None:
         self.has_sinks = any(op.kind == "sink" for op in program.ops)
         self._raised: list[Exception] = []
         # ordered callbacks (an effect token through the program) run on one device only: on
         # a mesh, sinks are unordered callbacks, called in the order of their loop's steps
-        self.ordered = True
+        self.ordered = ordered
 
     def call(self, op: Op, fn: Callable[..., Any], value: Any, point: dict[str, int]) -> None:
         """``fn(value, point)`` on the host: an exception is noted, kept and raised on. On a
