@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,36 @@ def test_decoding_rows_split_over_devices_equals_one_device() -> None:
         assert run["logits"] <= 1e-5, name
         assert run["rows_split"] == "P('data',)", name
         assert run["collectives"] in ([], ["all-reduce"]) and run["all_reduced"] in ([], ["pred[]"])
+
+
+def test_two_processes_on_localhost_agree_with_one() -> None:
+    """The program on a global mesh of two processes (one CPU device each, gloo
+    collectives), each passing its half of the rows: the gathered rows and the mean over
+    them are the one-process run's."""
+    with socket.socket() as probe:  # a free port for the coordinator
+        probe.bind(("localhost", 0))
+        port = str(probe.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    argv = [sys.executable, "-m", "tests.lower.sharded_process"]
+    procs = [
+        subprocess.Popen(
+            [*argv, str(pid), port],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for pid in (0, 1)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    (line,) = [x for x in outs[0][0].splitlines() if x.startswith("{")]
+    found = json.loads(line)
+    assert found["processes"] == 2 and found["devices"] == 2
+    assert found["x"] == 0.0 and found["mean"] <= 1e-6
+    assert found["spec"] == "P('data',)"
 
 
 @pytest.mark.slow  # two PPO compiles, one of them for 8 devices: about 100 s
