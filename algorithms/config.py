@@ -75,9 +75,7 @@ class RLConfig:
     minibatches: int = _field(1, "PPO minibatches per epoch (alias: num_minibatches)")
     n_step: int = _field(0, "REINFORCE with n-step TD returns when > 0 (0: Monte-Carlo returns)")
     seed: int = _field(0, "the run's random seed")
-    devices: int = _field(
-        1, "split the envs over this many local devices (JAX's SPMD; -1: every local device)"
-    )
+    devices: int = _field(1, "split the envs over this many devices (JAX's SPMD; -1: every device)")
 
     def optimiser(self) -> optax.GradientTransformation:
         """Global-norm clipping, then Adam (``eps=1e-5``): every algorithm and baseline. With

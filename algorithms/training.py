@@ -232,15 +232,24 @@ def compile_run(
     mesh = device_mesh(config)
     if mesh is not None:  # the envs dim split over the devices
         options = {"mesh": mesh, "shard": {built.dims[1].name: "data"}, **options}
-    start = jax.jit(lambda key: initial_state(config, env, net, key))
     compiled = built.program.compile({**built.bounds, built.dims[0].bound: count}, **options)
+    made = None  # the state where the program reads it: split like the envs on a mesh
+    if compiled.sharding is not None:
+        inputs = compiled.program.inputs
+        shape = state_shape(config, env, net)
+        leaves = [
+            compiled.sharding.spec(inputs[f"{STATE}{k}"].domain)
+            for k in range(len(jax.tree_util.tree_leaves(shape)))
+        ]
+        made = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), leaves)
+    start = jax.jit(lambda key: initial_state(config, env, net, key), out_shardings=made)
     return Train(compiled, config.seed, start, count)
 
 
 def device_mesh(config: RLConfig) -> Mesh | None:
-    """The mesh ``config.devices`` asks for: that many local devices on one axis ``data``
-    (``-1``: every local device); None for one device."""
-    available = jax.local_devices()
+    """The mesh ``config.devices`` asks for: that many devices on one axis ``data`` (``-1``:
+    every device, of every process under ``jax.distributed``); None for one device."""
+    available = jax.devices()
     count = len(available) if config.devices == -1 else config.devices
     if count > len(available):
         raise ValueError(

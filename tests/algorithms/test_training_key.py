@@ -84,6 +84,6 @@ def test_vmap_over_three_seeds_is_three_runs_and_the_sink_names_each() -> None:
 
 def test_devices_beyond_those_available_are_refused_and_one_device_is_no_mesh() -> None:
     assert training.device_mesh(RLConfig(devices=1)) is None
-    count = len(jax.local_devices())
+    count = len(jax.devices())
     with pytest.raises(ValueError, match=f"devices: {count + 1} asked, {count} available"):
         training.device_mesh(RLConfig(envs=8 * (count + 1), devices=count + 1))

@@ -112,10 +112,9 @@ def test_decoding_rows_split_over_devices_equals_one_device() -> None:
         assert run["collectives"] in ([], ["all-reduce"]) and run["all_reduced"] in ([], ["pred[]"])
 
 
-def test_two_processes_on_localhost_agree_with_one() -> None:
-    """The program on a global mesh of two processes (one CPU device each, gloo
-    collectives), each passing its half of the rows: the gathered rows and the mean over
-    them are the one-process run's."""
+def _two_processes(part: str) -> dict:
+    """``tests.lower.sharded_process`` as processes 0 and 1 of a localhost cluster; what
+    process 0 printed."""
     with socket.socket() as probe:  # a free port for the coordinator
         probe.bind(("localhost", 0))
         port = str(probe.getsockname()[1])
@@ -123,7 +122,7 @@ def test_two_processes_on_localhost_agree_with_one() -> None:
     argv = [sys.executable, "-m", "tests.lower.sharded_process"]
     procs = [
         subprocess.Popen(
-            [*argv, str(pid), port],
+            [*argv, str(pid), port, part],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -132,13 +131,31 @@ def test_two_processes_on_localhost_agree_with_one() -> None:
         )
         for pid in (0, 1)
     ]
-    outs = [p.communicate(timeout=600) for p in procs]
+    outs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     (line,) = [x for x in outs[0][0].splitlines() if x.startswith("{")]
     found = json.loads(line)
-    assert found["processes"] == 2 and found["devices"] == 2
+    assert found["processes"] == 2
+    return found
+
+
+def test_two_processes_on_localhost_agree_with_one() -> None:
+    """The program on a global mesh of two processes (one CPU device each, gloo
+    collectives), each passing its half of the rows: the gathered rows and the mean over
+    them are the one-process run's."""
+    found = _two_processes("rows")
+    assert found["devices"] == 2
     assert found["x"] == 0.0 and found["mean"] <= 1e-6
+    assert found["spec"] == "P('data',)"
+
+
+@pytest.mark.slow  # PPO compiled in two processes at once, and once more alone: about 1 min
+def test_ppo_over_two_processes_equals_one() -> None:
+    """``devices=-1`` under ``jax.distributed``: the envs over both processes' devices, the
+    initial state made where the program reads it; the run is the one-process run's."""
+    found = _two_processes("ppo")
+    assert found["loss"] <= 1e-5 and found["mean_return"] <= 1e-5
     assert found["spec"] == "P('data',)"
 
 
