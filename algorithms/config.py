@@ -174,9 +174,7 @@ def validate(config: RLConfig) -> RLConfig:
         if rule == "in" and not bound[0] <= value <= bound[1]:
             raise ConfigError(f"{key}: must be between {bound[0]} and {bound[1]}, got {value!r}")
     if config.devices == 0 or config.devices < -1:
-        raise ConfigError(
-            f"devices: must be -1 (every local device) or at least 1, got {config.devices}"
-        )
+        raise ConfigError(f"devices: must be -1 (every device) or at least 1, got {config.devices}")
     if config.devices > 1 and config.envs % config.devices:
         raise ConfigError(
             f"devices: {config.devices} does not divide envs = {config.envs} (each device runs "

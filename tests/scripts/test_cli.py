@@ -88,7 +88,7 @@ def test_yaml_aliases_and_total_timesteps(tmp_path) -> None:
         ({**TINY, "algo": "a2c", "n_step": 2}, "n_step: a2c uses GAE"),
         ({**TINY, "algo": "a2c", "clip_vloss": True}, "clip_value_loss: PPO's; a2c has no"),
         ({**TINY, "lr": 1e-3, "learning_rate": 1e-3}, "sets 'lr', which the config sets already"),
-        ({**TINY, "devices": 0}, "devices: must be -1 (every local device) or at least 1, got 0"),
+        ({**TINY, "devices": 0}, "devices: must be -1 (every device) or at least 1, got 0"),
         ({**TINY, "devices": 3}, "devices: 3 does not divide envs = 2"),
         ("", "the config is empty"),
         ("algo: [ppo\n", "not valid YAML at line 2"),
