@@ -101,6 +101,7 @@ def test_sinks_on_a_mesh_are_called_in_step_order_and_raise_as_themselves() -> N
     assert "`tj.sink(acc, fn)`, called for i=2']" in raised and "sharded.py:" in raised
 
 
+@pytest.mark.slow  # two decoders compiled twice each, one for 8 devices: 30-60 s
 def test_decoding_rows_split_over_devices_equals_one_device() -> None:
     """Greedy and ragged sampled decoding with one prompt row per device: the same tokens;
     the only collectives are the one-bit all-reduces of the masked tiles' finiteness checks
