@@ -94,6 +94,8 @@ def plot(rows: list[dict[str, Any]], path: pathlib.Path, virtual: bool) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from tempo_jax.scripts.results import save_figure
+
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     counts = [r["devices"] for r in rows]
     ax.plot(counts, [r["env_steps_per_second"] for r in rows], marker="o")
@@ -103,7 +105,7 @@ def plot(rows: list[dict[str, Any]], path: pathlib.Path, virtual: bool) -> None:
     ax.set_ylabel("env steps per second")
     ax.set_title("PPO, envs split over devices")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> None:

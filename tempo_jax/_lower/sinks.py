@@ -54,19 +54,15 @@ class SinkErrors:
         self._raised.clear()
         try:
             result = jitted(*args)
-            if not self.has_sinks:
-                return result
-            jax.block_until_ready(result)
-            if not self.ordered:
-                jax.effects_barrier()  # every sink call has run
-            if self._raised:  # on a mesh: the run finished, its first sink exception
-                raised = self._raised[0]
-                self._raised.clear()
-                raise raised
-            return result
+            if self.has_sinks:
+                jax.block_until_ready(result)
+                if not self.ordered:
+                    jax.effects_barrier()  # every sink call has run
         except jax.errors.JaxRuntimeError:
             if not self._raised:
                 raise
+        if self._raised:  # ordered: the run stopped there; on a mesh: it finished
             raised = self._raised[0]
             self._raised.clear()
             raise raised from None
+        return result
