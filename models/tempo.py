@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh
 
 import tempo_jax as tj
 
@@ -38,6 +38,7 @@ from .baselines.decode_loop import Sampling, prepare
 from .config import DecoderConfig
 from .decode_program import attend_tiles, bounds, build_program
 from .params import Params
+from .sharding import decode_specs
 
 __all__ = ["Generation", "TempoDecoder", "TempoModel", "attend_tiles", "build_program"]
 
@@ -60,11 +61,8 @@ def _compiled(
     pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", tiling)
     unroll = ("l",) if cfg.layers <= UNROLL_LAYERS else ()
     split = {}
-    if mesh is not None:  # the rows over the mesh's first axis: the prompt, its mask, the keys
-        (axis, *_) = mesh.axis_names
-        split = {"mesh": mesh, "specs": {"prompt": PartitionSpec(axis)}}
-        if options.get("ragged"):
-            split["specs"] |= {"mask": PartitionSpec(axis), "key": PartitionSpec(axis)}
+    if mesh is not None:  # rows over the mesh's first axis, heads over its second
+        split = {"mesh": mesh, "specs": decode_specs(cfg, mesh, batch, options.get("ragged"))}
     return program.compile(
         bounds(cfg, prompt_len, steps), pipeline=pipeline, unroll=unroll, **split
     )
@@ -73,8 +71,11 @@ def _compiled(
 class TempoDecoder:
     """The tempo_jax decoder for one shape of work: ``batch`` prompts of ``prompt_len`` tokens
     followed by ``steps`` new tokens, attending in tiles of ``block`` cache rows. The options
-    are :func:`build_program`'s; with ``mesh`` (a ``jax.sharding.Mesh``) the rows are split
-    over its first axis (data parallelism: the batch a multiple of that axis's devices)."""
+    are :func:`build_program`'s. With ``mesh`` (a ``jax.sharding.Mesh``, e.g.
+    :func:`models.sharding.decode_mesh`) the rows are split over its first axis (data
+    parallelism: the batch a multiple of that axis's devices) and, when it has a second, every
+    layer's heads and hidden units over that one (tensor parallelism: the KV cache split like
+    the heads; :func:`models.sharding.decode_specs`)."""
 
     def __init__(
         self,
@@ -217,9 +218,11 @@ class TempoModel:
         top_p: float = 1.0,
         end_token: int | None = None,
         block: int = 64,
+        mesh: Mesh | None = None,
     ) -> dict[str, jax.Array]:
         """Decode ``steps`` tokens after ``prompt`` ``[B, P]``; the dict of
-        :mod:`models.baselines` (``tokens``, ``length``, ``logits``, ``steps_run``)."""
+        :mod:`models.baselines` (``tokens``, ``length``, ``logits``, ``steps_run``). ``mesh``:
+        as :class:`TempoDecoder`'s."""
         sampling = Sampling(temperature, top_p, end_token)
         prompt, key = prepare(self.cfg, prompt, steps, key, sampling)  # the baselines' checks
         decoder = TempoDecoder(
@@ -232,6 +235,7 @@ class TempoModel:
             end_token=end_token,
             block=block,
             dtype=self._dtype,
+            mesh=mesh,
         )
         return decoder.generate(self.params, prompt, key)
 
@@ -249,6 +253,7 @@ class TempoModel:
         return_logits: bool = False,
         key: jax.Array | None = None,
         block: int = 64,
+        mesh: Mesh | None = None,
     ) -> Generation:
         """Decode up to ``max_new_tokens`` tokens after each prompt, like Hugging Face's
         ``generate``.
@@ -262,7 +267,8 @@ class TempoModel:
         one key per row, or ``[B]`` keys; row ``b`` draws its token at position ``p`` with
         ``fold_in(key[b], p)``. ``eos_token_id`` (default: the config's ``eos_token_ids``):
         one id or several; a row is done once it emits one, and decoding stops when every
-        row is. Logits are computed and returned only with ``return_logits=True``.
+        row is. Logits are computed and returned only with ``return_logits=True``. ``mesh``:
+        rows (and heads) split over devices, as :class:`TempoDecoder`'s.
 
         Example::
 
@@ -297,6 +303,7 @@ class TempoModel:
             logits=return_logits,
             block=block,
             dtype=self._dtype,
+            mesh=mesh,
         )
         out = decoder.compiled(**decoder.inputs(self.params, np.where(mask, ids, 0), keys, mask))
         return _generation(decoder.result(out, jnp.asarray(ids)), ids, mask)

@@ -60,7 +60,7 @@ def generate_text(
     """Each prompt's continuation as text (the new tokens only, up to the end token).
 
     ``sampling``: the options of :meth:`TempoModel.generate_hf` (``do_sample``,
-    ``temperature``, ``top_k``, ``top_p``, ``eos_token_id``).
+    ``temperature``, ``top_k``, ``top_p``, ``eos_token_id``, ``mesh``).
     """
     ids = [tokenizer.encode(text).ids for text in prompts]
     if any(not row for row in ids):

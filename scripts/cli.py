@@ -155,6 +155,8 @@ def decode(
     top_k: int | None = None,
     top_p: float = 1.0,
     seed: int = 0,
+    devices: int | None = None,
+    tensor_parallel: int = 1,
 ) -> None:
     """Decode text with a local Hugging Face checkpoint (Llama or GPT-2; config.json,
     safetensors weights and tokenizer.json), compiled by tempo_jax.
@@ -168,6 +170,8 @@ def decode(
         top_k: sample among the k likeliest tokens.
         top_p: sample among the likeliest tokens of this much probability.
         seed: the sampling seed.
+        devices: split the prompts over this many devices (-1: all; default: one device).
+        tensor_parallel: of those devices, how many split each layer's heads and hidden units.
     """
     from tempo_jax.scripts import decode as script
 
@@ -179,6 +183,9 @@ def decode(
         argv += ["--top-k", str(top_k)]
     if sample:
         argv.append("--sample")
+    if devices is not None:
+        argv += ["--devices", str(devices)]
+    argv += ["--tensor-parallel", str(tensor_parallel)]
     code = script.main(argv)
     if code:
         raise SystemExit(code)

@@ -85,6 +85,8 @@ def main(parts: list[str]) -> None:
         found["ppo"] = ppo_run(mesh)
     if "decode" in parts:
         found["decode"] = decode(mesh)
+    if "heads" in parts:
+        found["heads"] = heads()
     print(json.dumps(found))
 
 
@@ -244,6 +246,39 @@ def ppo_run(mesh: Mesh) -> dict:
         "obs_spec": str(out["state"].obs.sharding.spec),
         "all_reduce": "all-reduce" in hlo,
     }
+
+
+def heads() -> dict:
+    """GPT-2 (4 heads) and Llama (4 query heads over 2 key/value heads) decoding on a 4 x 2
+    mesh: rows over ``data``, heads and hidden units over ``model``; against one device."""
+    from tempo_jax.models import config
+    from tempo_jax.models.params import init_params
+    from tempo_jax.models.sharding import decode_mesh
+    from tempo_jax.models.tempo import TempoDecoder
+
+    mesh = decode_mesh(8, tensor_parallel=2)
+    found = {}
+    for cfg in (config.tiny_gpt2(), config.tiny_llama()):
+        params = init_params(cfg, jax.random.PRNGKey(0))
+        prompt = jnp.asarray(np.random.default_rng(3).integers(0, cfg.vocab, (B, 3)), jnp.int32)
+        one = TempoDecoder(cfg, B, 3, 5, block=4)
+        split = TempoDecoder(cfg, B, 3, 5, block=4, mesh=mesh)
+        a, b = one.generate(params, prompt), split.generate(params, prompt)
+        compiled = split.compiled.lower(**split.inputs(params, prompt)).compile()
+        hlo = compiled.as_text()
+        found[cfg.arch] = {
+            "tokens_equal": bool(np.array_equal(a["tokens"], b["tokens"])),
+            "logits": float(np.max(np.abs(np.asarray(a["logits"]) - np.asarray(b["logits"])))),
+            "all_reduced": sorted(set(re.findall(r"= (\S+) all-reduce\(", hlo))),
+            # the per-device shapes of the loop-carried KV cache tiles: [B/4, KV/2, rows, hd]
+            "cache_shards": sorted(
+                set(re.findall(rf"f32\[{B // 4},{cfg.kv_heads // 2},\d+,{cfg.head_dim}\]", hlo))
+            ),
+            "whole_cache": sorted(
+                set(re.findall(rf"f32\[{B // 4},{cfg.kv_heads},\d+,{cfg.head_dim}\]", hlo))
+            ),
+        }
+    return found
 
 
 if __name__ == "__main__":

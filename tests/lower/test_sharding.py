@@ -113,6 +113,18 @@ def test_decoding_rows_split_over_devices_equals_one_device() -> None:
         assert run["collectives"] in ([], ["all-reduce"]) and run["all_reduced"] in ([], ["pred[]"])
 
 
+@pytest.mark.slow  # four decoders compiled, two of them for 8 devices: about 1 min
+def test_decoding_with_heads_split_over_a_model_axis_equals_one_device() -> None:
+    """GPT-2 and Llama (grouped keys and values) on a 4 x 2 mesh, rows over ``data`` and heads
+    over ``model``: the same tokens; the row-parallel products end in all-reduces of floats;
+    the KV cache the step loop carries holds half the key/value heads per device."""
+    for arch, run in _run("heads")["heads"].items():
+        assert run["tokens_equal"], arch
+        assert run["logits"] <= 1e-4, arch
+        assert "f32[" in " ".join(run["all_reduced"]), (arch, run["all_reduced"])
+        assert run["cache_shards"] and not run["whole_cache"], (arch, run)
+
+
 def _two_processes(part: str) -> dict:
     """``tests.lower.sharded_process`` as processes 0 and 1 of a localhost cluster; what
     process 0 printed."""
