@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @functools.cache
 def _run(part: str) -> dict:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    env = {**os.environ, "XLA_FLAGS": flags.strip()}
     done = subprocess.run(
         [sys.executable, "-m", "tests.lower.sharded", part],
         cwd=ROOT,
@@ -131,7 +132,9 @@ def _two_processes(part: str) -> dict:
     with socket.socket() as probe:  # a free port for the coordinator
         probe.bind(("localhost", 0))
         port = str(probe.getsockname()[1])
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    flags = os.environ.get("XLA_FLAGS", "").split()  # one CPU device per process
+    kept = " ".join(f for f in flags if "device_count" not in f)
+    env = {**os.environ, "XLA_FLAGS": kept}
     argv = [sys.executable, "-m", "tests.lower.sharded_process"]
     procs = [
         subprocess.Popen(
