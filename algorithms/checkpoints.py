@@ -52,12 +52,20 @@ def latest(directory: str | pathlib.Path) -> int | None:
 
 def restore(directory: str | pathlib.Path, like: State, step: int | None = None) -> State:
     """The state saved at ``step`` (default: the latest) in ``directory``, with the structure,
-    shapes and dtypes of ``like`` (arrays or ``jax.ShapeDtypeStruct``s)."""
+    shapes and dtypes of ``like`` (arrays or ``jax.ShapeDtypeStruct``s), and its shardings
+    where it has them (under ``jax.distributed``: arrays over every process's devices; else
+    this process's first device). A state saved by any number of processes restores."""
     import orbax.checkpoint as ocp
 
     with _manager(directory) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {directory}")
-        target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # the saver's may differ
+
+        def target(x: Any) -> jax.ShapeDtypeStruct:
+            sharding = getattr(x, "sharding", None) or here
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+        target = jax.tree_util.tree_map(target, like)
         return manager.restore(step, args=ocp.args.StandardRestore(target))

@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
@@ -84,3 +86,13 @@ def decode_specs(
     ):
         specs |= {f"layers/{name}": spec for name in group if name in present}
     return specs
+
+
+def gathered(outputs: Any) -> Any:
+    """``outputs`` whole on every process: under ``jax.distributed`` a decode's outputs span
+    every process's devices (rows split), and reading one needs all its rows here."""
+    if jax.process_count() == 1:
+        return outputs
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(outputs, tiled=True)

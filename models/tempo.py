@@ -38,7 +38,7 @@ from .baselines.decode_loop import Sampling, prepare
 from .config import DecoderConfig
 from .decode_program import attend_tiles, bounds, build_program
 from .params import Params
-from .sharding import decode_specs
+from .sharding import decode_specs, gathered
 
 __all__ = ["Generation", "TempoDecoder", "TempoModel", "attend_tiles", "build_program"]
 
@@ -141,7 +141,7 @@ class TempoDecoder:
     def generate(self, params: Params, prompt: Any, key: jax.Array | None = None) -> dict:
         """Decode; the result of :func:`models.baselines.scan.generate` for the same
         arguments."""
-        out = self.compiled(**self.inputs(params, prompt, key))
+        out = gathered(self.compiled(**self.inputs(params, prompt, key)))
         return self.result(out, jnp.asarray(prompt, jnp.int32))
 
     def result(self, out: dict, prompt: jax.Array) -> dict[str, jax.Array]:
@@ -306,6 +306,7 @@ class TempoModel:
             mesh=mesh,
         )
         out = decoder.compiled(**decoder.inputs(self.params, np.where(mask, ids, 0), keys, mask))
+        out = gathered(out)
         return _generation(decoder.result(out, jnp.asarray(ids)), ids, mask)
 
     @property

@@ -1,4 +1,4 @@
-"""The ``tempo-jax`` command: train, evaluate, decode, bench, plot and show-config.
+"""The ``tempo-jax`` command: train, evaluate, decode, bench, plot, show-config and launch.
 
     tempo-jax train ppo_cartpole --iterations 3 --seed 1     # a shipped config by name
     tempo-jax train my_run.yaml --learning-rate 1e-3         # a YAML file; aliases as flags
@@ -8,6 +8,7 @@
     tempo-jax decode --model DIR --prompt "Once upon a time" # a local HF checkpoint
     tempo-jax bench rl_cpu_small --only base                 # a benchmark config
     tempo-jax plot results/rl/ppo_CartPole-v1_seed0          # redraw a run's learning curve
+    tempo-jax launch --processes 2 train ppo_cartpole --devices -1  # one run, two processes
 
 Every field of an RL config is a flag (``--help`` lists them with their help); a flag
 overrides the config's value. Configs are checked before anything is built: a bad key,
@@ -289,14 +290,19 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console entry point: the command's exit code (2 for a bad config or flag)."""
+    from tempo_jax.scripts import launch
     from tempo_jax.scripts.results import ResultsError
 
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["launch"]:  # its own parser: everything after its flags is the command
+        return launch.main(args[1:])
+    launch.initialize_from_env()
     try:
         tyro.extras.subcommand_cli_from_dict(
             COMMANDS,
             prog="tempo-jax",
             description=__doc__.splitlines()[0],
-            args=None if argv is None else list(argv),
+            args=args,
         )
     except (ConfigError, ResultsError) as error:
         print(f"tempo-jax: error: {error}", file=sys.stderr)

@@ -12,6 +12,11 @@ through a sink. With ``seeds > 1`` the compiled run is ``jax.vmap``-ed over that
 states, the curve shows their mean with a band. Each run gets its own directory
 (:func:`tempo_jax.scripts.results.run_dir`); every file is written atomically.
 
+Under ``jax.distributed`` (``tempo-jax launch --processes N train ...``,
+:mod:`tempo_jax.scripts.launch`) every process runs the same calls on its share of the
+devices; process 0 makes the run's directory (the others take its path), shows the progress
+and writes the files, and every process writes its own part of each checkpoint (orbax).
+
     tempo-jax train ppo_cartpole [--iterations N] [--seed S] [--run NAME] [--overwrite]
     tempo-jax train ppo_cartpole --seeds 3          # seeds S, S+1, S+2 side by side (vmap)
     tempo-jax train results/rl/ppo_CartPole-v1_seed0 --resume
@@ -42,6 +47,7 @@ from tempo_jax.algorithms import config as rl_config
 from tempo_jax.algorithms.networks import actor_critic
 from tempo_jax.configs import ConfigError
 from tempo_jax.scripts import results, rl_metrics
+from tempo_jax.scripts.launch import is_primary
 
 ALGORITHMS = {"ppo": ppo.make_train, "reinforce": reinforce.make_train, "a2c": a2c.make_train}
 RUN_FILE = "run.json"  # the config, chunk and seeds a run was started with: what --resume reads
@@ -126,20 +132,26 @@ def train(
         raise ConfigError(f"checkpoint_every: must be at least 1, got {chunk}")
     if seeds < 1:
         raise ConfigError(f"seeds: must be at least 1, got {seeds}")
+    _check_processes(config)
     chunk = min(chunk, config.iterations)
     envs.make(config.env, **config.env_options)  # its package's import is not build time
     keys = _keys(config, seeds)
     saved = out / "checkpoints"
+    primary = is_primary()  # process 0 shows the progress and writes the files
     if resume:
-        state = checkpoints.restore(saved, _state_shape(config, seeds))
-        done = training.iterations_done(state)
+        done = checkpoints.latest(saved)  # a checkpoint's step is the iterations done
+        if done is None:
+            raise results.ResultsError(f"{out}: no checkpoint to resume from")
         table = rl_metrics.read(out / "metrics.csv", done * seeds)
     else:
         started = {"config": dataclasses.asdict(config), "chunk": chunk, "seeds": seeds}
-        results.write_json(out / RUN_FILE, started)
-        shutil.rmtree(saved, ignore_errors=True)  # an overwritten run's checkpoints
+        if primary:
+            results.write_json(out / RUN_FILE, started)
+            shutil.rmtree(saved, ignore_errors=True)  # an overwritten run's checkpoints
         state, done, table = None, 0, []
-    bar = tqdm(total=config.iterations, initial=done, desc="compiling", unit="it")
+    bar = tqdm(
+        total=config.iterations, initial=done, desc="compiling", unit="it", disable=not primary
+    )
     shown: dict[str, str] = {}  # the bar's postfix: the last return, the last call's steps/s
 
     def log(iteration: int, metrics: dict[str, float]) -> None:
@@ -157,14 +169,17 @@ def train(
     built = ALGORITHMS[config.algo](config, log, iterations=chunk)  # passes, schedule
     build = time.perf_counter() - begin
     begin = time.perf_counter()
-    if state is None:
-        state = built.start(keys) if seeds == 1 else jax.jit(jax.vmap(built.start))(keys)
+    start = built.start if seeds == 1 else jax.jit(jax.vmap(built.start))
+    # a resumed state laid out over the devices as the program's initial state is
+    state = checkpoints.restore(saved, jax.eval_shape(start, keys), done) if resume else None
+    state = start(keys) if state is None else state
     calls = {chunk: _caller(built, keys, state, seeds)}  # XLA
     xla = time.perf_counter() - begin
     bar.set_description(f"{config.algo} {config.env}" + (f" x{seeds} seeds" if seeds > 1 else ""))
     bar.unpause()  # its rate counts from here, not from the compile
     seconds, first = 0.0, done
-    writer = rl_metrics.board(out, done * config.envs * config.steps) if tensorboard else None
+    board = tensorboard and primary
+    writer = rl_metrics.board(out, done * config.envs * config.steps) if board else None
     with Interrupt().installed() as interrupt, writer or contextlib.nullcontext():
         while done < config.iterations and not interrupt.requested:
             count = min(chunk, config.iterations - done)
@@ -176,7 +191,7 @@ def train(
             took = time.perf_counter() - begin
             seconds += took
             state = result["state"]
-            new = rl_metrics.rows(result, done, config, seeds, took)
+            new = rl_metrics.rows(_on_host(result), done, config, seeds, took)
             table += new
             if writer is not None:
                 rl_metrics.scalars(writer, new, seeds)
@@ -184,8 +199,9 @@ def train(
             bar.set_postfix(shown)
             done += count
             # the metrics before the checkpoint: a resume never finds fewer rows than it needs
-            rl_metrics.write(out / "metrics.csv", table, rl_metrics.columns(result))
-            checkpoints.save(saved, state)
+            if primary:
+                rl_metrics.write(out / "metrics.csv", table, rl_metrics.columns(result))
+            checkpoints.save(saved, state)  # every process: each writes its own shards
     bar.close()
     steps = (done - first) * config.envs * config.steps * seeds
     summary = {
@@ -202,10 +218,56 @@ def train(
         "steps_per_second": steps / seconds if seconds else None,
         **rl_metrics.summary(table, config),
     }
-    results.write_json(out / "summary.json", summary)
-    if table:
-        rl_metrics.plot(table, config, out / "learning_curve.png")
+    if primary:
+        results.write_json(out / "summary.json", summary)
+        if table:
+            rl_metrics.plot(table, config, out / "learning_curve.png")
     return summary
+
+
+def _check_processes(config: rl_config.RLConfig) -> None:
+    """Under ``jax.distributed`` the run must use every process's devices (each process
+    running a program of its own would train the same run twice)."""
+    processes, count = jax.process_count(), jax.device_count()
+    if processes > 1 and config.devices not in (-1, count):
+        raise ConfigError(
+            f"devices: {config.devices}; a run over {processes} processes splits its envs over "
+            f"every process's devices: pass --devices -1 (here {count})"
+        )
+
+
+def _on_host(result: dict[str, Any]) -> dict[str, Any]:
+    """A call's outputs but the state, as host arrays on every process (under
+    ``jax.distributed`` an output spans every process's devices)."""
+    outputs = {k: v for k, v in result.items() if k != "state"}
+    if jax.process_count() == 1:
+        return outputs
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(outputs, tiled=True)
+
+
+def _shared_dir(make: Callable[[], pathlib.Path]) -> pathlib.Path:
+    """``make()`` (a new run's directory), made by process 0; every process gets its path."""
+    if jax.process_count() == 1:
+        return make()
+    from jax.experimental import multihost_utils
+
+    path, error = "", None
+    if jax.process_index() == 0:
+        try:
+            path = str(make().absolute())
+        except results.ResultsError as raised:
+            error = raised
+    data = np.zeros(4096, np.uint8)
+    encoded = path.encode()
+    data[: len(encoded)] = np.frombuffer(encoded, np.uint8)
+    shared = bytes(np.asarray(multihost_utils.broadcast_one_to_all(data))).rstrip(b"\0")
+    if error is not None:
+        raise error
+    if not shared:
+        raise results.ResultsError("process 0 could not make the run's directory (its error)")
+    return pathlib.Path(shared.decode())
 
 
 def run(
@@ -223,10 +285,15 @@ def run(
         raise ConfigError(f"checkpoint_every: must be at least 1, got {chunk}")
     if seeds < 1:
         raise ConfigError(f"seeds: must be at least 1, got {seeds}")
+    _check_processes(config)
     default = f"{config.algo}_{config.env}_seed{config.seed}"
     if seeds > 1:
         default += f"-{config.seed + seeds - 1}"
-    out = results.run_dir(root, name or default, explicit=name is not None, overwrite=overwrite)
+    out = _shared_dir(
+        lambda: results.run_dir(
+            root, name or default, explicit=name is not None, overwrite=overwrite
+        )
+    )
     _report(train(config, out, chunk, tensorboard=tensorboard, seeds=seeds), out)
     return out
 
@@ -289,6 +356,8 @@ def evaluate_run(folder: str | pathlib.Path, episodes: int = 10, seed: int = 0) 
 
 
 def _report(summary: dict[str, Any], out: pathlib.Path) -> None:
+    if not is_primary():
+        return
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     if summary["interrupted"]:
         print(f"stopped after {summary['iterations_done']} iterations; continue with")

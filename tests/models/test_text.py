@@ -78,3 +78,43 @@ def test_a_folder_without_a_tokenizer_is_named(tmp_path, capsys) -> None:
         load_tokenizer(tmp_path)
     assert decode.main(["--model", str(tmp_path / "nowhere"), "--prompt", "x"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_the_decode_command_checks_its_devices(tmp_path, capsys) -> None:
+    cfg, params = _checkpoint(tmp_path, "llama")
+    tokenizer = load_tokenizer(tmp_path)
+    argv = ["--model", str(tmp_path), "--prompt", "the dog", "--max-new-tokens", "3"]
+    assert decode.main([*argv, "--devices", "1", "--tensor-parallel", "1"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == ["the dog" + _oracle(cfg, params, tokenizer, "the dog", 3)]
+    assert decode.main([*argv, "--tensor-parallel", "2"]) == 2
+    assert "tensor_parallel must divide" in capsys.readouterr().err
+
+
+def test_the_decode_command_over_two_processes_prints_the_one_process_text(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    cfg, params = _checkpoint(tmp_path, "gpt2")
+    tokenizer = load_tokenizer(tmp_path)
+    prompts = ["the dog", "once upon a time the cat"]
+    argv = ["decode", "--model", str(tmp_path), "--max-new-tokens", "4", "--devices", "-1"]
+    for text in prompts:
+        argv += ["--prompt", text]
+    root = pathlib.Path(__file__).resolve().parents[2]
+    flags = os.environ.get("XLA_FLAGS", "").split()  # one CPU device per process
+    env = {**os.environ, "XLA_FLAGS": " ".join(f for f in flags if "device_count" not in f)}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "tempo_jax.scripts.cli", "launch", "--processes", "2", *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = [p + _oracle(cfg, params, tokenizer, p, 4) for p in prompts]
+    printed = [x for x in done.stdout.splitlines() if x and not x.startswith("[Gloo]")]
+    assert printed == want  # gloo's own connection notices aside
