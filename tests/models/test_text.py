@@ -92,9 +92,7 @@ def test_the_decode_command_checks_its_devices(tmp_path, capsys) -> None:
 
 
 def test_the_decode_command_over_two_processes_prints_the_one_process_text(tmp_path) -> None:
-    import os
-    import subprocess
-    import sys
+    from tests.scripts.test_launch import run_cli
 
     cfg, params = _checkpoint(tmp_path, "gpt2")
     tokenizer = load_tokenizer(tmp_path)
@@ -102,18 +100,7 @@ def test_the_decode_command_over_two_processes_prints_the_one_process_text(tmp_p
     argv = ["decode", "--model", str(tmp_path), "--max-new-tokens", "4", "--devices", "-1"]
     for text in prompts:
         argv += ["--prompt", text]
-    root = pathlib.Path(__file__).resolve().parents[2]
-    flags = os.environ.get("XLA_FLAGS", "").split()  # one CPU device per process
-    env = {**os.environ, "XLA_FLAGS": " ".join(f for f in flags if "device_count" not in f)}
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    done = subprocess.run(
-        [sys.executable, "-m", "tempo_jax.scripts.cli", "launch", "--processes", "2", *argv],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = run_cli("launch", "--processes", "2", *argv, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     want = [p + _oracle(cfg, params, tokenizer, p, 4) for p in prompts]
     printed = [x for x in done.stdout.splitlines() if x and not x.startswith("[Gloo]")]

@@ -21,7 +21,8 @@ from tempo_jax.scripts import launch
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _cli(*argv: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
+def run_cli(*argv: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
+    """``tempo-jax *argv`` in a process of its own (one CPU device), run in ``cwd``."""
     flags = os.environ.get("XLA_FLAGS", "").split()  # one CPU device per process
     env = {**os.environ, "XLA_FLAGS": " ".join(f for f in flags if "device_count" not in f)}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
@@ -46,11 +47,11 @@ def test_a_run_over_two_processes_is_the_one_process_run(tmp_path) -> None:
     tiny = {"algo": "ppo", "env": "CartPole-v1", "iterations": 4, "envs": 4, "steps": 8}
     config.write_text(yaml.safe_dump(tiny | {"epochs": 2, "minibatches": 2}))
     common = ("train", str(config), "--out", "runs", "--checkpoint-every", "2")
-    two = _cli(
+    two = run_cli(
         "launch", "--processes", "2", *common, "--devices", "-1", "--run", "two", cwd=tmp_path
     )
     assert two.returncode == 0, two.stderr[-3000:]
-    one = _cli(*common, "--run", "one", cwd=tmp_path)
+    one = run_cli(*common, "--run", "one", cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one", "two"]
     assert two.stdout.count("wrote ") == 1  # process 0 reports; the other prints nothing
@@ -64,7 +65,7 @@ def test_a_run_over_two_processes_is_the_one_process_run(tmp_path) -> None:
     assert sorted(p.name for p in saved.iterdir()) == ["2", "4"]
     # the two processes' checkpoint at iteration 2, resumed by one process: the same run
     shutil.rmtree(saved / "4")
-    again = _cli("train", "runs/two", "--resume", cwd=tmp_path)
+    again = run_cli("train", "runs/two", "--resume", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = _rows(tmp_path / "runs" / "two")
     np.testing.assert_allclose(
@@ -73,7 +74,7 @@ def test_a_run_over_two_processes_is_the_one_process_run(tmp_path) -> None:
 
 
 def test_a_run_over_several_processes_must_use_them_all(tmp_path) -> None:
-    done = _cli(
+    done = run_cli(
         "launch", "--processes", "2", "train", "ppo_cartpole", "--iterations", "1", cwd=tmp_path
     )
     assert done.returncode == 2
@@ -82,7 +83,7 @@ def test_a_run_over_several_processes_must_use_them_all(tmp_path) -> None:
 
 
 def test_a_failing_process_ends_the_launch_with_its_code(tmp_path) -> None:
-    done = _cli("launch", "--processes", "2", "show-config", "no_such_config", cwd=tmp_path)
+    done = run_cli("launch", "--processes", "2", "show-config", "no_such_config", cwd=tmp_path)
     assert done.returncode == 2
     assert "no_such_config" in done.stderr
 
