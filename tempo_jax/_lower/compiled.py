@@ -148,8 +148,7 @@ class Compiled:
             if out.name != STOP
         }
         if self.sharding is not None:
-            domains = {out.name: out.domain for out in self.program.outputs}
-            results = {n: self.sharding.constrain(v, domains[n]) for n, v in results.items()}
+            results = {n: self.sharding.constrain_output(n, v) for n, v in results.items()}
         lengths = dict(actual)
         if self.program.stop is not None:
             ran = buffers[RAN]
@@ -204,10 +203,20 @@ class Compiled:
 
         Example: ``for v in compiled.memory().values: print(v.name, v.kind, v.bytes)``.
         """
+        plan = self._buffer_plan()
+        values = plan.stored_values()
+        peak, at = peak_bytes(plan, values)
+        device = sum(v.bytes for v in values if v.memory_kind == "device")
+        host = sum(v.bytes for v in values if v.memory_kind != "device")
+        return MemoryReport(tuple(values), device, peak, at, host)
+
+    def _buffer_plan(self) -> BufferPlan:
+        """The storage decisions for the example inputs' shapes (dynamic bounds at their
+        max)."""
         inputs = self._example_inputs()
         runtime = {**self.bounds, **{b: jnp.int32(spec.max) for b, spec in self.dynamic.items()}}
         shapes = {op.id: tuple(inputs[name].shape) for name, op in self.program.inputs.items()}
-        plan = BufferPlan(
+        return BufferPlan(
             self.program,
             self.bounds,
             shapes,
@@ -217,11 +226,20 @@ class Compiled:
             frozenset(self.unroll),
             self.memory_budget,
         )
-        values = plan.stored_values()
-        peak, at = peak_bytes(plan, values)
-        device = sum(v.bytes for v in values if v.memory_kind == "device")
-        host = sum(v.bytes for v in values if v.memory_kind != "device")
-        return MemoryReport(tuple(values), device, peak, at, host)
+
+    def shard(self, plan: ShardPlan | None) -> None:
+        """Split the program over a device mesh as ``plan`` says (before its first call)."""
+        self.sharding = plan
+        self._sink_errors = SinkErrors(self.program, ordered=plan is None)
+
+    def nest_loops(self) -> dict[int, bool]:
+        """The loops the lowering runs at once (:mod:`.blocks`), by ``id``: True for a nest's
+        query loop (its blocks run one after another), False for a ``jax.vmap`` axis."""
+        found = {}
+        for nest in self._buffer_plan().nests.values():
+            for loop in nest.loops:
+                found[id(loop)] = nest.query is not None and loop.var == nest.query
+        return found
 
     def explain(self) -> str:
         """The schedule, then the stored values (:meth:`memory`) as a table."""
@@ -296,11 +314,12 @@ def compile_program(
         raise cycle_error(user, {b.name: v for b, v in env.items()}) or err from None
     tree = place_buffers(program, bound_trips(scheduled, program, ranges))
     stop_loop(program, tree)  # a stop that cannot end its loop fails here, not at the first call
-    sharding = plan_sharding(program, tree, env, dynamic, mesh, shard, specs)
     seconds["schedule"] = time.perf_counter() - start
-    compiled = Compiled(
-        program, env, tree, seconds, dynamic, donate_inputs, unroll, memory_budget, sharding
-    )
+    compiled = Compiled(program, env, tree, seconds, dynamic, donate_inputs, unroll, memory_budget)
+    if mesh is not None or shard or specs:  # block nests' loops are vmap axes: shardable
+        at_once = compiled.nest_loops()
+        plan = plan_sharding(program, tree, env, dynamic, mesh, shard, specs, at_once, user)
+        compiled.shard(plan)
     if user.stop is not None:  # outputs in the user's layout: domain dims first, as declared
         (dim,) = user.stop.domain
         compiled.stop_axes = {

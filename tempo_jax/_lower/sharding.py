@@ -9,7 +9,9 @@ the plan names, with :func:`jax.lax.with_sharding_constraint`:
 - every input with a sharded dim in its domain (dims first: the axis of ``b`` is split),
   and the axes of a point's value that ``specs`` splits (``{"w": PartitionSpec(None,
   "model")}``: a weight's columns over the devices of ``"model"``, tensor parallelism);
-- every output likewise, so ``out[name].sharding`` is the plan's ``NamedSharding``.
+- every output over the sharded dims its leading axes walk, as the user recorded it (its
+  domain's dims, then each range it reads that is all of a dim), so ``out[name].sharding``
+  is the plan's ``NamedSharding``.
 
 XLA propagates the layout through the loops and the vectorised ops between them, and inserts
 the collectives a sharded dim needs: a reduction over ``b`` (a mean loss, a weight gradient
@@ -21,7 +23,9 @@ in the order of their loop's steps, but two sinks of one step may run in either 
 
 A dim can be sharded only where the schedule vectorises it: a loop over it (a recurrence,
 ``x[b - 1]``) runs its points one after the other, which no split over devices can do; the
-error names the read that carries the dependence.
+error names the read that carries the dependence. The loops of a block nest
+(:mod:`.blocks`) are vectorised by the lowering (``jax.vmap``) but for the query loop, whose
+blocks run in turn: that one is refused with the range read that makes it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .._ir.errors import DefinitionError, UnsupportedError
-from .._ir.expr import Slice, Symbol, dims_of
+from .._ir.expr import Const, Slice, Symbol, dims_of
 from .._ir.program import Program
 from .._ir.source import describe
 from .._schedule.tree import Node, loops
@@ -47,6 +51,8 @@ class ShardPlan:
     mesh: Mesh
     dims: Mapping[str, str]
     inputs: Mapping[str, PartitionSpec] = dataclasses.field(default_factory=dict)
+    # output name -> the dim (or None) of each leading axis of its array, as the user wrote it
+    outputs: Mapping[str, tuple[str | None, ...]] = dataclasses.field(default_factory=dict)
 
     def spec(self, domain: tuple[Symbol, ...], within: Any = ()) -> NamedSharding:
         """The sharding of an array whose leading axes are ``domain``'s dims, its others split
@@ -55,6 +61,16 @@ class ShardPlan:
         while axes and axes[-1] is None:
             axes.pop()
         return NamedSharding(self.mesh, PartitionSpec(*axes))
+
+    def constrain_output(self, name: str, value: Any) -> Any:
+        """Output ``name`` pinned to the split of the sharded dims its leading axes walk."""
+        axes = [self.dims.get(d) if d is not None else None for d in self.outputs.get(name, ())]
+        if not any(axes):
+            return value
+        while axes[-1] is None:
+            axes.pop()
+        spec = NamedSharding(self.mesh, PartitionSpec(*axes))
+        return jax.lax.with_sharding_constraint(value, spec)
 
     def constrain(self, value: Any, domain: tuple[Symbol, ...], within: Any = ()) -> Any:
         """``value`` pinned to :meth:`spec`; as is where nothing of it is split."""
@@ -71,11 +87,15 @@ def plan_sharding(
     mesh: Any,
     shard: Any,
     specs: Any = None,
+    at_once: Mapping[int, bool] | None = None,
+    user: Program | None = None,
 ) -> ShardPlan | None:
     """The plan for ``shard`` (dim name or symbol -> mesh axis name) and ``specs`` (input name
     -> the partition spec of its value at a point: tensor parallelism) over ``mesh``; None
-    without a mesh. Raises a :class:`DefinitionError` for a bad request and an
-    :class:`UnsupportedError` for a dim the schedule runs as a loop."""
+    without a mesh. ``at_once``: the loops (by ``id``) the lowering runs at once, True for a
+    query loop of blocks (``TreeLowering``'s nests); ``user``: the program as recorded, whose
+    outputs' layout the results keep. Raises a :class:`DefinitionError` for a
+    bad request and an :class:`UnsupportedError` for a dim the schedule runs as a loop."""
     if mesh is None:
         if shard or specs:
             raise DefinitionError(
@@ -106,7 +126,11 @@ def plan_sharding(
         if axis in plan.values():
             raise DefinitionError(f"`shard` puts two dims on mesh axis {axis!r}")
         dim = dims[name]
-        if any(loop.dim == name for loop in loops(tree)):
+        at_once = at_once or {}
+        walked = [loop for loop in loops(tree) if loop.dim == name]
+        if any(at_once.get(id(loop)) for loop in walked):
+            raise UnsupportedError(_blocks_error(program, dim, axis))
+        if any(id(loop) not in at_once for loop in walked):  # a vmapped nest loop is fine
             raise UnsupportedError(_loop_error(program, dim, axis))
         if dim.bound in dynamic:
             raise UnsupportedError(
@@ -120,7 +144,23 @@ def plan_sharding(
                 f"evenly over its {devices} devices (use a multiple of {devices})"
             )
         plan[name] = axis
-    return ShardPlan(mesh, plan, _input_specs(program, mesh, plan, specs or {}))
+    outputs = _output_dims(user or program)
+    return ShardPlan(mesh, plan, _input_specs(program, mesh, plan, specs or {}), outputs)
+
+
+def _output_dims(program: Program) -> dict[str, tuple[str | None, ...]]:
+    """Per output, the dim each leading axis of its array walks: its domain's dims, then one
+    per range it reads (the dim when the range is all of it, else None)."""
+    found = {}
+    for out in program.outputs:
+        producer = program.op(out.edge.src).domain
+        axes: list[str | None] = [d.name for d in out.domain]
+        for dim, item in zip(producer, out.edge.index, strict=True):
+            if isinstance(item, Slice):
+                whole = item.start == Const(0) and item.stop == dim.bound
+                axes.append(dim.name if whole else None)
+        found[out.name] = tuple(axes)
+    return found
 
 
 def _input_specs(
@@ -166,6 +206,25 @@ def _input_specs(
                     )
         found[name] = spec
     return found
+
+
+def _blocks_error(program: Program, dim: Symbol, axis: str) -> str:
+    """Why dim ``dim``, along which a range grows, cannot be sharded: its query blocks."""
+    reader = next(
+        (
+            f"`{op.name}`{describe(op.source)}"
+            for op in program.ops
+            for edge in op.inputs
+            for item in edge.index
+            if isinstance(item, Slice) and dim in dims_of(item.stop)
+        ),
+        "an op",
+    )
+    return (
+        f"dim {dim.name!r} cannot be sharded over mesh axis {axis!r}: {reader} reads a range "
+        f"growing along {dim.name!r}, so its points run in blocks of queries, one block after "
+        "another. Shard another dim of it (a batch dim), or split the weights with `specs`."
+    )
 
 
 def _loop_error(program: Program, dim: Symbol, axis: str) -> str:

@@ -106,8 +106,25 @@ def core(mesh: Mesh) -> dict:
         "dim": error(lambda: program.compile({"B": B, "T": T}, mesh=mesh, shard={"k": "data"})),
         "no mesh": error(lambda: program.compile({"B": B, "T": T}, shard={"b": "data"})),
     }
+    found["attention"] = attention(mesh)
     found["sink"] = sinks(mesh)
     found["tensor"] = tensor_parallel()
+    return found
+
+
+def attention(mesh: Mesh) -> dict:
+    """Causal attention of inputs over ``(b, t)``: the lowering runs ``b`` as a ``jax.vmap``
+    axis of its query blocks (:mod:`tempo_jax._lower.blocks`), so ``b`` splits; ``t``, whose
+    blocks run one after another, does not."""
+    with tj.Program("attention") as p:
+        b, t = p.dims("b t")
+        q, k, v = (tj.input(name, (4,), domain=(b, t)) for name in "qkv")
+        o = tj.softmax(k[b, 0 : t + 1] @ q[b, t]) @ v[b, 0 : t + 1]
+        p.output("o", o[0 : b.bound, 0 : t.bound])
+    rng = np.random.default_rng(2)
+    inputs = {name: rng.normal(size=(B, 64, 4)).astype(np.float32) for name in "qkv"}
+    found = both(p, {"B": B, "T": 64}, mesh, {"b": "data"}, **inputs)
+    found["query"] = error(lambda: p.compile({"B": B, "T": 64}, mesh=mesh, shard={"t": "data"}))
     return found
 
 

@@ -52,6 +52,19 @@ def test_gradient_steps_on_sharded_rows_equal_one_device() -> None:
     assert fit["all_reduce"]  # the gradient summed over the rows of every device
 
 
+def test_attention_splits_over_its_batch_dim_but_not_over_its_queries() -> None:
+    found = _run("core")["attention"]
+    assert found["diff"] == {"o": 0.0}
+    assert found["specs"] == {"o": "P('data',)"}  # the output split as the rows
+    assert found["query"].startswith(
+        "UnsupportedError: dim 't' cannot be sharded over mesh axis 'data': `matmul` at "
+    )
+    assert (
+        "reads a range growing along 't', so its points run in blocks of queries"
+        in (found["query"])
+    )
+
+
 def test_bad_requests_are_one_clear_error_each() -> None:
     errors = _run("core")["errors"]
     loop = errors["loop"]
