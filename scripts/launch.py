@@ -7,7 +7,9 @@ the coordinator, on ``localhost:P``; a free port by default). Each process sees 
 process's devices in :func:`jax.devices`, so ``--devices -1`` splits the work over all of them
 (on CPU the processes talk over gloo). Process 0 prints and writes the run's files; the others
 print nothing but errors. The launch ends with the first process that fails (the others are
-stopped) or when all are done, and exits with that code.
+stopped) or when all are done, and exits with that code. Ctrl-C reaches every process (a
+training run stops after the call in progress, on every process at the same call); a second
+one stops them at once.
 
 On several hosts, start ``tempo-jax COMMAND ...`` on each with these variables set (what
 ``launch`` sets for its processes):
@@ -86,13 +88,19 @@ def launch(processes: int, command: Sequence[str], port: int | None = None) -> i
         env[PROCESS_ID] = str(me)
         quiet = subprocess.DEVNULL if me else None  # process 0 prints; the others, errors only
         procs.append(subprocess.Popen(argv, env=env, stdout=quiet))
+    interrupted = False
     try:
         while True:
-            codes = [p.poll() for p in procs]
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed or all(c == 0 for c in codes):
-                break
-            time.sleep(0.2)
+            try:
+                codes = [p.poll() for p in procs]
+                failed = [c for c in codes if c not in (None, 0)]
+                if failed or all(c == 0 for c in codes):
+                    break
+                time.sleep(0.2)
+            except KeyboardInterrupt:  # the processes got it too: a run stops after its chunk
+                if interrupted:
+                    raise  # a second Ctrl-C: stop them now
+                interrupted = True
     finally:
         for p in procs:
             if p.poll() is None:

@@ -181,7 +181,7 @@ def train(
     board = tensorboard and primary
     writer = rl_metrics.board(out, done * config.envs * config.steps) if board else None
     with Interrupt().installed() as interrupt, writer or contextlib.nullcontext():
-        while done < config.iterations and not interrupt.requested:
+        while done < config.iterations and not _agreed(interrupt.requested):
             count = min(chunk, config.iterations - done)
             if count not in calls:  # the last, shorter call
                 calls[count] = compile_for(count)
@@ -234,6 +234,16 @@ def _check_processes(config: rl_config.RLConfig) -> None:
             f"devices: {config.devices}; a run over {processes} processes splits its envs over "
             f"every process's devices: pass --devices -1 (here {count})"
         )
+
+
+def _agreed(stop: bool) -> bool:
+    """Process 0's ``stop`` on every process: all stop after the same call (a Ctrl-C reaches
+    each process at its own moment)."""
+    if jax.process_count() == 1:
+        return stop
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(stop)))
 
 
 def _on_host(result: dict[str, Any]) -> dict[str, Any]:
