@@ -107,6 +107,7 @@ def core(mesh: Mesh) -> dict:
         "no mesh": error(lambda: program.compile({"B": B, "T": T}, shard={"b": "data"})),
     }
     found["attention"] = attention(mesh)
+    found["random"] = random_rows(mesh, count=12)
     found["sink"] = sinks(mesh)
     found["tensor"] = tensor_parallel()
     return found
@@ -126,6 +127,55 @@ def attention(mesh: Mesh) -> dict:
     found = both(p, {"B": B, "T": 64}, mesh, {"b": "data"}, **inputs)
     found["query"] = error(lambda: p.compile({"B": B, "T": 64}, mesh=mesh, shard={"t": "data"}))
     return found
+
+
+def random_rows(mesh: Mesh, count: int) -> dict:
+    """``count`` random programs over ``(b, t)``: chains of forward and backward recurrences
+    and maps along ``t``, each reading earlier tensors at clamped offsets of ``t`` in the same
+    row, then the mean over rows at the last step; split over ``b``, against one device. Per
+    program: its layout and the largest difference (``-1``: it failed, the error kept)."""
+    rng = np.random.default_rng(7)
+    results = []
+    for _ in range(count):
+        layout = [
+            (
+                str(rng.choice(["forward", "backward", "map"])),
+                int(rng.integers(1, 3)),
+                [(int(rng.integers(0, 9)), int(rng.integers(-2, 3))) for _ in range(2)],
+            )
+            for _ in range(int(rng.integers(1, 4)))
+        ]
+        with tj.Program("random") as p:
+            b, t = p.dims("b t")
+            T = t.bound
+            tensors = [tj.input("x", (2,), jnp.float32, domain=(b, t))]
+            for k, (kind, distance, reads) in enumerate(layout):
+                terms: Any = 0.1 * (k + 1) * tensors[0]
+                for source, offset in reads:
+                    earlier = tensors[source % len(tensors)]
+                    terms = terms + 0.3 * earlier[b, tj.max(0, tj.min(t + offset, T - 1))]
+                if kind == "map":
+                    y = tj.tanh(terms)
+                else:
+                    y = tj.placeholder((2,), jnp.float32, domain=(b, t), name=f"y{k}")
+                    first = t < distance if kind == "forward" else t >= T - distance
+                    step = t - distance if kind == "forward" else t + distance
+                    y[first] = tj.tanh(terms)
+                    y[True] = tj.tanh(0.5 * y[b, step] + terms)
+                tensors.append(y)
+                p.output(f"y{k}", y[0 : b.bound, 0 : t.bound])
+            p.output("mean", tensors[-1][0 : b.bound, T - 1].mean(axis=0))
+        x = rng.normal(size=(B, T_RANDOM, 2)).astype(np.float32)
+        try:
+            found = both(p, {"B": B, "T": T_RANDOM}, mesh, {"b": "data"}, x=x)
+            worst = max(found["diff"].values())
+        except Exception as failed:  # reported with the layout
+            worst, found = -1.0, {"error": f"{type(failed).__name__}: {failed}"[:300]}
+        results.append({"layout": layout, "worst": worst, **found})
+    return {"programs": results}
+
+
+T_RANDOM = 6
 
 
 def tensor_parallel() -> dict:

@@ -65,6 +65,18 @@ def test_attention_splits_over_its_batch_dim_but_not_over_its_queries() -> None:
     )
 
 
+def test_random_programs_over_rows_split_equal_one_device() -> None:
+    """Chains of recurrences and maps along ``t`` in every row, and a mean over the rows:
+    split over the rows, every output equals the one-device run's, the rows' outputs split
+    like them."""
+    programs = _run("core")["random"]["programs"]
+    assert len(programs) == 12
+    for program in programs:
+        assert 0.0 <= program["worst"] <= 1e-6, program
+        rows = {name: spec for name, spec in program["specs"].items() if name != "mean"}
+        assert set(rows.values()) == {"P('data',)"} and program["specs"]["mean"] == "P()"
+
+
 def test_bad_requests_are_one_clear_error_each() -> None:
     errors = _run("core")["errors"]
     loop = errors["loop"]
