@@ -171,7 +171,8 @@ def decode(
         top_k: sample among the k likeliest tokens.
         top_p: sample among the likeliest tokens of this much probability.
         seed: the sampling seed.
-        devices: split the prompts over this many devices (-1: all; default: one device).
+        devices: split the prompts over this many devices (-1: all; default: one device, or
+            every process's under `tempo-jax launch`).
         tensor_parallel: of those devices, how many split each layer's heads and hidden units.
     """
     from tempo_jax.scripts import decode as script

@@ -12,6 +12,8 @@ continuation.
 ``--devices N`` (``-1``: every device) splits the prompts over ``N / M`` devices and, with
 ``--tensor-parallel M``, every layer's heads and hidden units over ``M``
 (:func:`models.sharding.decode_mesh`); the number of prompts must be a multiple of ``N / M``.
+Under ``jax.distributed`` (``tempo-jax launch --processes N decode ...``) the default is every
+process's devices.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tj.enable_compilation_cache()
     try:
         mesh = None
-        if args.devices is not None or args.tensor_parallel != 1:
+        if args.devices is not None or args.tensor_parallel != 1 or jax.process_count() > 1:
             devices = -1 if args.devices is None else args.devices
             mesh = decode_mesh(devices, args.tensor_parallel)
         model, tokenizer = load_text_model(args.model)

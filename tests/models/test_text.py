@@ -97,7 +97,7 @@ def test_the_decode_command_over_two_processes_prints_the_one_process_text(tmp_p
     cfg, params = _checkpoint(tmp_path, "gpt2")
     tokenizer = load_tokenizer(tmp_path)
     prompts = ["the dog", "once upon a time the cat"]
-    argv = ["decode", "--model", str(tmp_path), "--max-new-tokens", "4", "--devices", "-1"]
+    argv = ["decode", "--model", str(tmp_path), "--max-new-tokens", "4"]  # every device
     for text in prompts:
         argv += ["--prompt", text]
     done = run_cli("launch", "--processes", "2", *argv, cwd=tmp_path)
