@@ -46,6 +46,7 @@ from tempo_jax.algorithms import a2c, checkpoints, envs, evaluation, ppo, reinfo
 from tempo_jax.algorithms import config as rl_config
 from tempo_jax.algorithms.networks import actor_critic
 from tempo_jax.configs import ConfigError
+from tempo_jax.models.sharding import gathered
 from tempo_jax.scripts import results, rl_metrics
 from tempo_jax.scripts.launch import is_primary
 
@@ -191,7 +192,9 @@ def train(
             took = time.perf_counter() - begin
             seconds += took
             state = result["state"]
-            new = rl_metrics.rows(_on_host(result), done, config, seeds, took)
+            # its outputs but the state, whole on every process (they may span several)
+            metrics = gathered({k: v for k, v in result.items() if k != "state"})
+            new = rl_metrics.rows(metrics, done, config, seeds, took)
             table += new
             if writer is not None:
                 rl_metrics.scalars(writer, new, seeds)
@@ -244,17 +247,6 @@ def _agreed(stop: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(stop)))
-
-
-def _on_host(result: dict[str, Any]) -> dict[str, Any]:
-    """A call's outputs but the state, as host arrays on every process (under
-    ``jax.distributed`` an output spans every process's devices)."""
-    outputs = {k: v for k, v in result.items() if k != "state"}
-    if jax.process_count() == 1:
-        return outputs
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(outputs, tiled=True)
 
 
 def _shared_dir(make: Callable[[], pathlib.Path]) -> pathlib.Path:

@@ -63,10 +63,9 @@ class Compiled:
         donate_inputs: bool = False,
         unroll: tuple[str, ...] = (),
         memory_budget: int | None = None,
-        sharding: ShardPlan | None = None,
     ) -> None:
         self.program = program
-        self.sharding = sharding  # dims split over a device mesh (:mod:`.sharding`)
+        self.sharding: ShardPlan | None = None  # dims split over a device mesh (:meth:`shard`)
         self.memory_budget = memory_budget
         self.bounds = bounds  # a dynamic bound at its max
         self.dynamic = dynamic or {}  # dynamic bound -> its range
@@ -80,9 +79,9 @@ class Compiled:
         self._jitted = jax.jit(self._run, donate_argnums=(0,) if donate_inputs else ())
         self._sizes: dict[tuple[str, tuple[str, ...]], int] = {}
         self._ctx = isl_context()
-        # what a sink's function raised, for `__call__`; unordered sinks on a mesh
-        self._sink_errors = SinkErrors(program, ordered=sharding is None)
+        self._sink_errors = SinkErrors(program)  # what a sink's function raised, for `__call__`
         self._host: bool | None = None  # whether the plan keeps a value in host memory
+        self._plan: BufferPlan | None = None  # the storage decisions, once made
 
     def _padded_size(self, size: Expr, dims: tuple[Symbol, ...]) -> int:
         """The largest value of a symbolic size over the box of ``dims`` (bounds at max)."""
@@ -212,7 +211,12 @@ class Compiled:
 
     def _buffer_plan(self) -> BufferPlan:
         """The storage decisions for the example inputs' shapes (dynamic bounds at their
-        max)."""
+        max), made once: the sharding check and the memory report read the same plan."""
+        if self._plan is None:
+            self._plan = self._new_buffer_plan()
+        return self._plan
+
+    def _new_buffer_plan(self) -> BufferPlan:
         inputs = self._example_inputs()
         runtime = {**self.bounds, **{b: jnp.int32(spec.max) for b, spec in self.dynamic.items()}}
         shapes = {op.id: tuple(inputs[name].shape) for name, op in self.program.inputs.items()}
@@ -228,7 +232,8 @@ class Compiled:
         )
 
     def shard(self, plan: ShardPlan | None) -> None:
-        """Split the program over a device mesh as ``plan`` says (before its first call)."""
+        """Split the program over a device mesh as ``plan`` says (before its first call); on
+        a mesh, sinks are unordered callbacks (:class:`SinkErrors`)."""
         self.sharding = plan
         self._sink_errors = SinkErrors(self.program, ordered=plan is None)
 

@@ -110,6 +110,7 @@ def plan_sharding(
             "`shard` maps dims to mesh axes, e.g. shard={'b': 'data'}; got " + repr(shard)
         )
     dims = {d.name: d for d in program.dims}
+    at_once = at_once or {}
     plan: dict[str, str] = {}
     for key, axis in shard.items():
         name = key.name if isinstance(key, Symbol) else key
@@ -126,7 +127,6 @@ def plan_sharding(
         if axis in plan.values():
             raise DefinitionError(f"`shard` puts two dims on mesh axis {axis!r}")
         dim = dims[name]
-        at_once = at_once or {}
         walked = [loop for loop in loops(tree) if loop.dim == name]
         if any(at_once.get(id(loop)) for loop in walked):
             raise UnsupportedError(_blocks_error(program, dim, axis))
