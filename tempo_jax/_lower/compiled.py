@@ -139,6 +139,7 @@ class Compiled:
             self._sink_errors,
             self.memory_budget,
             offload,
+            exact_masks=self.sharding is not None and self.sharding.exact_masks,
         )
         buffers = lowering.run(self.tree, dict(runtime), lowering.allocate())
         results: dict[str, Any] = {

@@ -75,8 +75,13 @@ class TreeLowering:
         sink_errors: SinkErrors | None = None,
         memory_budget: int | None = None,
         offload: bool = True,
+        exact_masks: bool = False,
     ):
         self.program = program
+        # masked tiles computed exactly (both operands of a product masked), not fast with a
+        # finiteness check: the check is one predicate over the whole value, which on a mesh
+        # is an all-reduce per tile (:class:`.sharding.ShardPlan` decides)
+        self.exact_masks = exact_masks
         self.sink_errors = sink_errors or SinkErrors(program)  # what sink functions raised
         self.unroll = frozenset(unroll)  # dims whose loops run unrolled (static trip counts)
         self.bounds = bounds  # static: sizes (a dynamic bound at its max)
@@ -491,10 +496,13 @@ class TreeLowering:
             return payload.fn(env, *args) if payload.uses_point else payload.fn(*args)
 
         if cyclic is not None:
-            tiles = Tiles(0, count, valid, stop - start, count)
+            tiles = Tiles(0, count, valid, stop - start, count, exact=self.exact_masks)
         else:
             lo, hi = span or (start // block, (stop + block - 1) // block)
-            tiles = Tiles(lo, hi, valid, stop - start, count, unchecked=span is not None)
+            # a block of queries shares its tiles: masking both operands of a product would
+            # copy the larger one per query; the block is checked by its caller (.blocks)
+            exact = self.exact_masks and span is None
+            tiles = Tiles(lo, hi, valid, stop - start, count, span is not None, exact)
         what = describe_op(op)
         return tiled_call(fn, values, readers, axes, tiles, str(item.size), what)
 

@@ -53,6 +53,10 @@ class ShardPlan:
     inputs: Mapping[str, PartitionSpec] = dataclasses.field(default_factory=dict)
     # output name -> the dim (or None) of each leading axis of its array, as the user wrote it
     outputs: Mapping[str, tuple[str | None, ...]] = dataclasses.field(default_factory=dict)
+    # a loop's masked tiles are computed exactly (both operands of a product masked) instead
+    # of fast and checked for finiteness: over a split value that check is an all-reduce per
+    # tile, a collective in every step of a data-parallel decode
+    exact_masks: bool = True
 
     def spec(self, domain: tuple[Symbol, ...], within: Any = ()) -> NamedSharding:
         """The sharding of an array whose leading axes are ``domain``'s dims, its others split

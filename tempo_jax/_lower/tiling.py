@@ -90,6 +90,9 @@ class Tiles:
     # the caller checks the results, and recomputes point by point where they are not finite
     # (query blocks): a product of two tiled operands masks the smaller one only
     unchecked: bool = False
+    # both operands of a product masked, and no check (a finiteness check over a value split
+    # over devices is an all-reduce)
+    exact: bool = False
 
 
 def tiled_call(
@@ -666,7 +669,7 @@ class _Sweeps:
                 vals[k] = jnp.where(where, vals[k], _neutral(vals[k], fill))
             return vals
 
-        if len(tiled) < 2:
+        if len(tiled) < 2 or self.tiles.exact:
             return bind(eqn, mask(values, tiled))[0]
         # a product of two tiled operands (weights @ rows of values): zeroing the rows of the
         # smaller one is enough where the larger one's masked rows are finite (0 * x = 0), and

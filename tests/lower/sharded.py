@@ -107,10 +107,55 @@ def core(mesh: Mesh) -> dict:
         "no mesh": error(lambda: program.compile({"B": B, "T": T}, shard={"b": "data"})),
     }
     found["attention"] = attention(mesh)
+    found["window"] = window_with_inf(mesh)
     found["random"] = random_rows(mesh, count=12)
     found["sink"] = sinks(mesh)
     found["tensor"] = tensor_parallel()
     return found
+
+
+def window_with_inf(mesh: Mesh) -> dict:
+    """A recurrence over ``t`` of ``B`` rows (an axis of the values, split over the devices by
+    the inputs' specs, as the decoders' batch is) attending over a window of its last 3
+    values, in tiles of 2, every row's values carrying an inf at ``t = 0`` (outside the window
+    from ``t = 3``): the loop's masked tiles are computed exactly, with no finiteness check
+    (an all-reduce); against the reference interpreter."""
+
+    def attend(q: jax.Array, ks: jax.Array, vs: jax.Array) -> jax.Array:
+        one = lambda q, ks, vs: jax.nn.softmax(ks @ q, axis=0) @ vs  # noqa: E731
+        return jax.vmap(one, in_axes=(0, 1, 1))(q, ks, vs)
+
+    with tj.Program("window") as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (B, 4), domain=(t,))
+        bad = tj.input("bad", (B, 4), domain=(t,))
+        h = tj.placeholder((B, 4), jnp.float32, domain=(t,), name="h")
+        h[0] = x[0]
+        v = tj.sin(h) + bad
+        rows = slice(tj.max(0, t - 2), t + 1)
+        a = tj.lift(attend, name="attend")(h, tj.tanh(h)[rows], v[rows])
+        y = tj.where(t >= 3, a, 0.0) + h
+        h[t + 1] = x[t + 1] + 0.5 * y[t]
+        p.output("y", y[0 : t.bound])
+    steps = 8
+    rng = np.random.default_rng(5)
+    data = {"x": rng.normal(size=(steps, B, 4)).astype(np.float32)}
+    data["bad"] = np.zeros((steps, B, 4), np.float32)
+    data["bad"][0, :, 1] = np.inf
+    bounds = {"T": steps}
+    want = tj.reference.run(p, bounds, data)["y"]
+    block = functools.partial(tj.tile_dynamic_ranges, block=2)
+    pipeline = tj.Pipeline().replacing("tile_dynamic_ranges", block)
+    specs = {"x": PartitionSpec("data"), "bad": PartitionSpec("data")}
+    sharded = p.compile(bounds, mesh=mesh, specs=specs, pipeline=pipeline)
+    got = np.asarray(sharded(**data)["y"])
+    hlo = sharded.lower(**data).compile().as_text()
+    return {
+        "finite": bool(np.isfinite(want[3:]).all()),
+        "equal": bool(np.allclose(got, want, rtol=2e-5, atol=2e-5, equal_nan=True)),
+        "collectives": sorted(c for c in ("all-reduce", "all-gather") if c in hlo),
+        "split": str(sharded(**data)["y"].sharding.spec),
+    }
 
 
 def attention(mesh: Mesh) -> dict:
@@ -276,6 +321,10 @@ def decode(mesh: Mesh) -> dict:
             ),
             # what is all-reduced: the type of each all-reduce's result
             "all_reduced": sorted(set(re.findall(r"= (\S+) all-reduce\(", hlo))),
+            # the all-reduces in a loop's body (the step loop; the prompt fits one block)
+            "in_loops": sum(
+                "all-reduce(" in line and "while/body" in line for line in hlo.splitlines()
+            ),
             "rows_split": str(
                 split.compiled(**split.inputs(params, prompt, keys))["first"].sharding.spec
             ),

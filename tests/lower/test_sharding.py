@@ -65,6 +65,16 @@ def test_attention_splits_over_its_batch_dim_but_not_over_its_queries() -> None:
     )
 
 
+def test_a_loops_masked_tiles_split_over_devices_are_exact_without_a_collective() -> None:
+    """Attention over a window in tiles inside a recurrence, its rows split over the devices,
+    an inf in every row's values outside the window: equal to the interpreter (finite), and
+    no all-reduce (a finiteness check over the split values would be one per tile)."""
+    found = _run("core")["window"]
+    assert found["finite"] and found["equal"]
+    assert found["collectives"] == []
+    assert found["split"] == "P(None, 'data')"
+
+
 def test_random_programs_over_rows_split_equal_one_device() -> None:
     """Chains of recurrences and maps along ``t`` in every row, and a mean over the rows:
     split over the rows, every output equals the one-device run's, the rows' outputs split
@@ -130,13 +140,16 @@ def test_sinks_on_a_mesh_are_called_in_step_order_and_raise_as_themselves() -> N
 @pytest.mark.slow  # two decoders compiled twice each, one for 8 devices: 30-60 s
 def test_decoding_rows_split_over_devices_equals_one_device() -> None:
     """Greedy and ragged sampled decoding with one prompt row per device: the same tokens;
-    the only collectives are the one-bit all-reduces of the masked tiles' finiteness checks
+    no collective in a decode step (its masked tiles are computed exactly, not checked for
+    finiteness: :class:`tempo_jax._lower.sharding.ShardPlan`); the only collectives are the
+    one-bit all-reduces of the prompt's query blocks' checks
     (:func:`tempo_jax._lower.masking.when_finite`), no data moves between devices."""
     for name, run in _run("decode")["decode"].items():
         assert run["tokens_equal"], name
         assert run["logits"] <= 1e-5, name
         assert run["rows_split"] == "P('data',)", name
         assert run["collectives"] in ([], ["all-reduce"]) and run["all_reduced"] in ([], ["pred[]"])
+        assert run["in_loops"] == 0, name
 
 
 @pytest.mark.slow  # four decoders compiled, two of them for 8 devices: about 1 min
