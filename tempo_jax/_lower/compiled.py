@@ -16,7 +16,7 @@ from .._ir.expr import Expr, Symbol, dims_of
 from .._ir.program import STOP, Program
 from .._ir.source import describe
 from .._passes.pipeline import PassStat, Pipeline
-from .._schedule.cache import cached_schedule
+from .._schedule.cache import cached_check, cached_schedule
 from .._schedule.domains import check_reads, defined_domains
 from .._schedule.isl_convert import isl_context, max_over_box
 from .._schedule.scheduler import cycle_error, schedule
@@ -311,7 +311,11 @@ def compile_program(
     ctx = isl_context()
     ranges = {b.name: (v, v) for b, v in env.items()}
     ranges.update({b.name: (spec.min, spec.max) for b, spec in dynamic.items()})
-    check_reads(program, ctx, defined_domains(program, ctx, ranges=ranges))
+    cached_check(
+        program,
+        ranges,
+        lambda: check_reads(program, ctx, defined_domains(program, ctx, ranges=ranges)),
+    )
     seconds["check"] = time.perf_counter() - start
     start = time.perf_counter()
     try:

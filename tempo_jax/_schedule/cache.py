@@ -13,6 +13,10 @@ under the user cache directory:
 - an entry that cannot be read (truncated, corrupt, from another layout) is ignored, and the
   schedule computed again and written over it.
 
+The compile-time check of every read (:func:`~tempo_jax._schedule.domains.check_reads`) is
+keyed the same way plus the bounds' values: :func:`cached_check` skips it where it passed
+before (an empty ``<key>.checked`` file).
+
 Symbols are stored by name (a program's symbols carry the identity of the program object)
 and mapped back to the current program's on the way in.
 """
@@ -26,7 +30,7 @@ import os
 import pathlib
 import pickle
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from .._ir.expr import Expr, Symbol, format_index, substitute, symbols_of
 from .._ir.program import Edge, Program
@@ -99,6 +103,29 @@ def cached_schedule(program: Program, compute: Callable[[Program], Node]) -> Nod
     tree = compute(program)
     _write(path, tree)
     return tree
+
+
+def cached_check(
+    program: Program, ranges: Mapping[str, tuple[int, int]], check: Callable[[], None]
+) -> None:
+    """``check()`` (the compile-time check of every read), skipped when it passed before for
+    this structure and these bound ranges: a passed check leaves an empty marker file next to
+    the schedules; a check that raises leaves none."""
+    folder = cache_dir()
+    if folder is None:
+        check()
+        return
+    spans = ", ".join(f"{name} {lo}..{hi}" for name, (lo, hi) in sorted(ranges.items()))
+    key = hashlib.sha256(f"{schedule_key(program)}\nranges {spans}".encode()).hexdigest()
+    path = folder / f"{key}.checked"
+    if path.exists():
+        return
+    check()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError:
+        pass  # a read-only or full disk: the cache is an optimisation only
 
 
 def _read(path: pathlib.Path, program: Program) -> Node | None:

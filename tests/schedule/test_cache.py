@@ -100,6 +100,42 @@ def test_the_cache_can_be_turned_off(folder: pathlib.Path, monkeypatch) -> None:
     assert calls == [1, 1] and not folder.exists()
 
 
+def test_a_passed_check_is_skipped_for_the_same_structure_and_bounds(folder) -> None:
+    """The check of every read runs once per structure and bound ranges; other bounds or other
+    reads check again; with the cache off it always runs."""
+    calls: list[int] = []
+    check = lambda: calls.append(1)  # noqa: E731
+    for _ in range(2):
+        cache.cached_check(_program().to_ir(), {"T": (7, 7)}, check)
+    assert calls == [1] and len(list(folder.glob("*.checked"))) == 1
+    cache.cached_check(_program().to_ir(), {"T": (5, 5)}, check)  # other bounds
+    cache.cached_check(_program().to_ir(), {"T": (1, 7)}, check)  # a dynamic range
+    cache.cached_check(_program(shift=2).to_ir(), {"T": (7, 7)}, check)  # other reads
+    assert calls == [1, 1, 1, 1]
+
+
+def test_a_failed_check_is_not_remembered(folder) -> None:
+    """A program whose output reads a point nobody defines fails its compile every time."""
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (), jnp.float32, domain=(t,))
+        s = tj.placeholder((), jnp.float32, domain=(t,))
+        s[t > 0] = s[t - 1] + x  # s[0] is never defined
+        p.output("s", s)
+    for _ in range(2):
+        with pytest.raises(tj.TempoError):
+            p.compile({"T": 4})
+    assert not list(folder.glob("*.checked"))
+
+
+def test_the_check_runs_every_time_with_the_cache_off(folder, monkeypatch) -> None:
+    monkeypatch.setenv("TEMPO_JAX_SCHEDULE_CACHE", "0")
+    calls: list[int] = []
+    for _ in range(2):
+        cache.cached_check(_program().to_ir(), {"T": (7, 7)}, lambda: calls.append(1))
+    assert calls == [1, 1] and not folder.exists()
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_schedules_are_equal_with_and_without_the_cache(folder: pathlib.Path, case: Case) -> None:
     program = case.build()[0]
