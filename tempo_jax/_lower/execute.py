@@ -38,7 +38,7 @@ from jax import lax
 
 from .._ir.expr import BoolConst, Expr, Slice, Symbol, eq, substitute, symbols_of
 from .._ir.program import Edge, Op, Output, Program, describe_op
-from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
+from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
 from .blocks import run_nest, scope
 from .buffer_plan import BufferPlan
 from .masking import Pads, masked_call
@@ -260,9 +260,16 @@ class TreeLowering:
         range becomes its own loop, where those guards are resolved and those merges compute
         only their active branch, so no iteration branches or selects. Anything else stays
         dynamic (``lax.cond``, ``jnp.where``).
+
+        A loop with a loop in its body (a training step, a decoding step over its layers) is
+        not split: each piece is a copy of its body in the program XLA compiles (a training
+        loop's first iteration peeled off doubled the LM's HLO), and the selects and branches a
+        split saves are small beside the body's own work.
         """
         whole: list[Piece] = [(start, stop, node.body, {})]
         if not isinstance(start, int) or not isinstance(stop, int) or stop <= start:
+            return whole
+        if any(isinstance(inner, Loop) for inner in walk(node.body)):
             return whole
         static = {b: v for b, v in self.runtime.items() if isinstance(v, int)}
         known = {node.var, *static}

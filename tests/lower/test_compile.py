@@ -76,6 +76,58 @@ def test_two_dims_are_two_nested_loops() -> None:
     assert "for t in" not in vectorised.schedule
 
 
+def test_a_loop_around_a_loop_is_not_split_at_its_first_iteration() -> None:
+    """``w[0] = w0; w[i + 1] = w[i] + h[i, T - 1]``, ``h`` a recurrence over ``t`` started
+    from ``w[i]``: the merge of ``w`` changes branch after ``i = 0``, but the loop over ``i``
+    holds the loop over ``t``, so it is not split there (a split copies the body: two ``t``
+    loops); a loop without one inside still is. Values: the interpreter's."""
+    with tj.Program() as p:
+        i, t = p.dims("i t")
+        x = tj.input("x", (3,), jnp.float32, domain=(i, t))
+        w0 = tj.input("w0", (3,), jnp.float32)
+        w = tj.placeholder((3,), jnp.float32, domain=(i,), name="w")
+        h = tj.placeholder((3,), jnp.float32, domain=(i, t), name="h")
+        h[i, 0] = tj.tanh(w[i] + x[i, 0])
+        h[True] = tj.tanh(0.5 * h[i, t - 1] + x)
+        w[0] = w0
+        w[True] = w[i - 1] + 0.1 * h[i - 1, t.bound - 1]
+        p.output("w", w)
+    rng = np.random.default_rng(4)
+    inputs = {"x": rng.normal(size=(5, 6, 3)).astype(np.float32), "w0": np.ones(3, np.float32)}
+    compiled = p.compile({"I": 5, "T": 6})
+    assert "for i in" in compiled.schedule and "    for t in" in compiled.schedule
+    assert [depth for depth, _ in _loops(compiled.jaxpr(**inputs).jaxpr)] == [0, 1]
+    want = tj.reference.run(p, {"I": 5, "T": 6}, inputs)["w"]
+    np.testing.assert_allclose(compiled(**inputs)["w"], want, rtol=1e-5, atol=1e-6)
+    # the same merge in a loop with nothing looping inside: split, the first point apart
+    with tj.Program() as q:
+        (i,) = q.dims("i")
+        x = tj.input("x", (3,), jnp.float32, domain=(i,))
+        w = tj.placeholder((3,), jnp.float32, domain=(i,), name="w")
+        w[0] = x[0]
+        w[True] = tj.tanh(w[i - 1] + x)
+        q.output("w", w)
+    split = q.compile({"I": 5}).jaxpr(x=inputs["x"][:, 0])
+    assert [_lengths(split.jaxpr)] == [[4]]  # i = 0 apart, then a loop over 1..4
+    # every i in one loop; inside it, the loop over t (no loop inside) split at t = 0
+    assert _lengths(compiled.jaxpr(**inputs).jaxpr) == [5, 5]
+
+
+def _lengths(jaxpr: jex.Jaxpr) -> list[int]:
+    """The trip counts of the scans of a jaxpr and its sub-jaxprs, pre-order."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            found.append(eqn.params["length"])
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                if isinstance(sub, jex.ClosedJaxpr):
+                    sub = sub.jaxpr
+                if isinstance(sub, jex.Jaxpr):
+                    found += _lengths(sub)
+    return found
+
+
 def test_a_backward_recurrence_runs_in_reverse() -> None:
     program, bounds, inputs = CASES[[c.name for c in CASES].index("returns_backward")].build()
     kept = tj.Pipeline(passes=tuple(p for p in tj.Pipeline().passes if p is not rewrite))
