@@ -27,6 +27,7 @@ A third input, ``run`` (an int32, 0 by default), only reaches the metrics sink: 
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -203,8 +204,20 @@ class Train:
         return self.compiled(**self.inputs(key, state, run))
 
     def ahead_of_time(self) -> Callable[..., dict[str, Any]]:
-        """XLA-compile now; the returned function is called like this one."""
-        compiled = self.compiled.ahead_of_time(**self.inputs())
+        """XLA-compile now; the returned function is called like this one.
+
+        On one device the initial state (its own XLA computation) compiles and runs on a
+        second thread while the program lowers and compiles for its shapes: the two compiles
+        overlap."""
+        key = self.key()
+        if self.compiled.sharding is not None:  # inputs laid out over a mesh: one at a time
+            compiled = self.compiled.ahead_of_time(**self.inputs(key))
+        else:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                first = pool.submit(self.start, key)
+                shapes = jax.eval_shape(self.start, key)
+                compiled = self.compiled.ahead_of_time(**self.inputs(key, shapes))
+                first.result()
         return lambda key=None, state=None, run=0: compiled(**self.inputs(key, state, run))
 
     def lower(self, key: jax.Array | None = None, state: State | None = None) -> Any:

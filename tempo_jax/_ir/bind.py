@@ -84,7 +84,8 @@ def resolve_bounds(program: Program, bounds: Mapping[Any, int]) -> dict[Symbol, 
 def resolve_inputs(
     program: Program, env: Mapping[Symbol, int], given: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Check every input is given once with the right shape, and convert it to an array."""
+    """Check every input is given once with the right shape, and convert it to an array (a
+    ``jax.ShapeDtypeStruct`` stays one, of the declared dtype: a lowering for those shapes)."""
     declared = program.inputs
     unknown = sorted(set(given) - set(declared))
     if unknown:
@@ -98,8 +99,10 @@ def resolve_inputs(
         if name not in given:
             raise InputError(f"input {name!r} (declared{where}) was not given")
         want = tuple(env[d.bound] for d in op.domain) + op.outputs[0].concrete_shape(env)
-        check_fits(name, where, given[name], op.outputs[0].dtype)
-        value = jnp.asarray(given[name])
+        abstract = isinstance(given[name], jax.ShapeDtypeStruct)
+        if not abstract:
+            check_fits(name, where, given[name], op.outputs[0].dtype)
+        value = given[name] if abstract else jnp.asarray(given[name])
         if tuple(value.shape) != want:
             raise InputError(
                 f"input {name!r} (declared{where}) has shape {tuple(value.shape)}, expected "
@@ -112,7 +115,11 @@ def resolve_inputs(
                 f"input {name!r} (declared{where}) is {value.dtype.name}, which does not convert "
                 f"to the declared {spec_dtype.name}."
             )
-        arrays[name] = value.astype(spec_dtype)
+        arrays[name] = (
+            jax.ShapeDtypeStruct(value.shape, spec_dtype, sharding=value.sharding)
+            if abstract
+            else value.astype(spec_dtype)
+        )
     return arrays
 
 

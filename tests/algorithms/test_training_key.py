@@ -29,6 +29,12 @@ def test_the_key_of_a_seed_gives_that_seeds_run_and_jit_traces_it() -> None:
     assert not np.array_equal(np.asarray(train()["loss"]), np.asarray(got["loss"]))
     jitted = jax.jit(train)(jax.random.PRNGKey(3))
     np.testing.assert_array_equal(np.asarray(jitted["loss"]), np.asarray(got["loss"]))
+    # compiled ahead of time (the initial state on a thread of its own meanwhile): the same
+    ahead = train.ahead_of_time()
+    np.testing.assert_array_equal(np.asarray(ahead()["loss"]), np.asarray(train()["loss"]))
+    np.testing.assert_array_equal(
+        np.asarray(ahead(jax.random.PRNGKey(3))["loss"]), np.asarray(got["loss"])
+    )
 
 
 @pytest.mark.parametrize(

@@ -259,6 +259,11 @@ def test_ahead_of_time_runs_the_executable_compiled_up_front() -> None:
     np.testing.assert_allclose(run(x=xs)["s"], tj.reference.run(p, {"T": 6}, {"x": xs})["s"])
     with pytest.raises(tj.InputError, match="has shape"):
         run(x=np.zeros(5, np.float32))
+    # compiled for shapes alone (a value of another dtype is cast, as an array would be)
+    shaped = compiled.ahead_of_time(x=jax.ShapeDtypeStruct((6,), jnp.float64))
+    np.testing.assert_allclose(shaped(x=xs)["s"], compiled(x=xs)["s"])
+    with pytest.raises(tj.InputError, match="has shape"):
+        compiled.ahead_of_time(x=jax.ShapeDtypeStruct((5,), jnp.float32))
 
 
 def test_each_op_is_named_in_the_compiled_metadata() -> None:
