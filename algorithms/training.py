@@ -157,15 +157,14 @@ def fold_in(key: Any, data: int) -> tj.RT:
 def key_at(key: tj.RT, dims: tuple[tj.Symbol, ...], first: tj.RT) -> tj.RT:
     """``key`` folded with the point of ``dims`` (iteration dim first), the iteration counted
     from ``first``: ``fold_in(fold_in(key, first + i), ...)``, the keys of a run whatever
-    iteration it resumes from."""
+    iteration it resumes from. One op per fold, each over the dims it has folded in so far:
+    the key of an iteration is made once per iteration, not again at every step of it."""
     i, *rest = dims
-
-    def fold(k: jax.Array, *point: jax.Array) -> jax.Array:
-        for x in point:
-            k = jax.random.fold_in(k, x)
-        return k
-
-    return tj.lift(fold, name="fold_in")(key, first + i, *rest)
+    fold = tj.lift(jax.random.fold_in, name="fold_in")
+    folded = fold(key, first + i)
+    for x in rest:
+        folded = fold(folded, x)
+    return folded
 
 
 @dataclasses.dataclass(eq=False)  # hashable: jax.jit(train) works
