@@ -429,11 +429,15 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def sweep(
-    config: dict[str, Any], only: str | None = None, systems: list[str] | None = None
+    config: dict[str, Any],
+    only: str | None = None,
+    systems: list[str] | None = None,
+    progress: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Every point of ``config`` (see :func:`points`) and every system; a (system, point)
     shared by two sweeps is measured once (``padded`` and ``scan`` do not depend on the tile
-    size); ``padded`` is skipped above ``padded_max_seq_len``."""
+    size); ``padded`` is skipped above ``padded_max_seq_len``. ``progress`` is called with the
+    rows so far after each point."""
     systems = [s for s in systems or config.get("systems", SYSTEMS) if s != "prefill"]
     unknown = set(systems) - set(SYSTEMS)  # `prefill` runs in the prefill sweep only
     if unknown:
@@ -472,6 +476,8 @@ def sweep(
                     f"  {system:>9}: {row['seconds_per_token'] * 1e3:9.3f} ms/token "
                     f"{row['bandwidth_gbs']:7.2f} GB/s  compile {row['compile_seconds']:6.2f} s"
                 )
+        if progress is not None:
+            progress(rows)
     add_ratios(rows)
     return rows
 
@@ -556,24 +562,24 @@ def run(
         raise ConfigError(f"--only {only}: this config has no such sweep; it has: {', '.join(has)}")
     bandwidth = copy_bandwidth(config.get("copy_megabytes", 256))
     print(f"copy bandwidth: {bandwidth:.2f} GB/s")
-    rows = sweep(config, only, systems) if only != "prefill" else []
-    prefill = []
-    if "prefill" in config and only in (None, "prefill"):
-        prefill = bench_prefill.sweep(config, systems)
     machine = {
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "device": str(jax.devices()[0]),
         "jax": jax.__version__,
     }
-    result = {
-        "machine": machine,
-        **(meta or {}),
-        "copy_bandwidth_gbs": bandwidth,
-        "rows": rows,
-        "prefill": prefill,
-    }
+    head = {"machine": machine, **(meta or {}), "copy_bandwidth_gbs": bandwidth}
+
+    def partial(rows: list[dict[str, Any]]) -> None:  # a run cut short keeps what it measured
+        results.write_json(out / f"{stem}.partial.json", {**head, "rows": rows})
+
+    rows = sweep(config, only, systems, partial) if only != "prefill" else []
+    prefill = []
+    if "prefill" in config and only in (None, "prefill"):
+        prefill = bench_prefill.sweep(config, systems)
+    result = {**head, "rows": rows, "prefill": prefill}
     results.write_json(out / f"{stem}.json", result)
+    (out / f"{stem}.partial.json").unlink(missing_ok=True)
     for name in SWEEPS:
         if any(r["sweep"] == name for r in rows):
             plot(rows, name, out / f"{stem}_{name}.png")

@@ -17,11 +17,17 @@ device's peak bytes in use after the run where the device reports them (a GPU's
 ``memory_stats()``; None on CPU, where device and host memory are the same RAM), seconds per
 iteration (median of ``repeats`` runs), and whether the outputs equal those of swap off (bit
 for bit for tempo_jax, to 1e-3 for the baseline).
+
+The device's peak is a high-water mark of the process, never reset: with ``--fresh-processes``
+(or ``fresh_processes: true`` in the config; the GPU config sets it) each system of each point
+runs in a process of its own, so each peak is that system's alone; the parent process never
+starts JAX's backend, so it holds no device memory.
 Rows go to ``results/memory/<config stem>.json``
 (``{algo, system, obs, episode, swap, temp_bytes, host_bytes, planned_peak_bytes,
 peak_bytes, seconds_per_iteration, outputs_equal}``) with a plot ``.png``.
 
     python -m tempo_jax.scripts.bench_memory [--config configs/bench/memory_cpu_small.yaml]
+        [--fresh-processes] [--out results/memory]
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ import json
 import os
 import pathlib
 import platform
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -113,19 +122,53 @@ def _equal(a: dict[str, Any], b: dict[str, Any], exact: bool) -> bool:
     return all(np.allclose(np.asarray(a[k]), np.asarray(b[k]), rtol=1e-3, atol=1e-5) for k in keys)
 
 
+SYSTEMS = (("tempo_jax", False), ("tempo_jax", True), ("single_jit", False))
+
+
+def measure(config: RLConfig, system: str, swap: bool, repeats: int) -> tuple[dict, Any]:
+    """One system at one point: its figures and its outputs."""
+    return _baseline(config, repeats) if system == "single_jit" else _tempo(config, swap, repeats)
+
+
+def _outputs(out: Any) -> dict[str, np.ndarray]:
+    return {k: np.asarray(out[k]) for k in ("loss", "mean_return", "episodes") if k in out}
+
+
+def _in_fresh_process(
+    config_path: str, index: int, system: str, swap: bool, folder: pathlib.Path
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """:func:`measure` in a new Python process (``--point``): its figures and outputs come
+    back through files in ``folder``."""
+    name = f"{index}_{system}_{swap}"
+    command = [sys.executable, "-m", "tempo_jax.scripts.bench_memory", "--config", config_path]
+    command += ["--point", str(index), "--system", system, "--save", str(folder / name)]
+    command += ["--swap"] if swap else []
+    subprocess.run(command, check=True)
+    found = json.loads((folder / f"{name}.json").read_text())
+    with np.load(folder / f"{name}.npz") as saved:
+        return found, dict(saved)
+
+
 def bench_point(
-    algo: str, config: RLConfig, obs: list[int], episode: int, repeats: int
+    algo: str,
+    config: RLConfig,
+    obs: list[int],
+    episode: int,
+    repeats: int,
+    fresh: tuple[str, int, pathlib.Path] | None = None,
 ) -> list[dict]:
-    """The three systems at one point, side by side."""
+    """The three systems at one point, side by side; with ``fresh`` (the config's path, the
+    point's index and a folder for the results), each in a process of its own."""
+    measured = []
+    for system, swap in SYSTEMS:
+        if fresh is None:
+            found, out = measure(config, system, swap, repeats)
+            measured.append((found, _outputs(out)))
+        else:
+            measured.append(_in_fresh_process(fresh[0], fresh[1], system, swap, fresh[2]))
+    off_out = measured[0][1]
     rows = []
-    off, off_out = _tempo(config, False, repeats)
-    on, on_out = _tempo(config, True, repeats)
-    base, base_out = _baseline(config, repeats)
-    for system, swap, found, out in (
-        ("tempo_jax", False, off, off_out),
-        ("tempo_jax", True, on, on_out),
-        ("single_jit", False, base, base_out),
-    ):
+    for (system, swap), (found, out) in zip(SYSTEMS, measured, strict=True):
         rows.append(
             {
                 "algo": algo,
@@ -137,25 +180,59 @@ def bench_point(
                 "outputs_equal": _equal(out, off_out, exact=system == "tempo_jax"),
             }
         )
+        peak = found["peak_bytes"]
         print(
             f"{algo:16s} obs {rows[-1]['obs']:>9s} episode {episode:4d} {system:10s} "
             f"swap {swap!s:5s} temp {found['temp_bytes'] / 2**20:8.1f} MiB  host "
-            f"{found['host_bytes'] / 2**20:7.1f} MiB  {found['seconds_per_iteration'] * 1e3:8.1f}"
-            f" ms/it  equal {rows[-1]['outputs_equal']}",
+            f"{found['host_bytes'] / 2**20:7.1f} MiB  peak "
+            f"{'-' if peak is None else format(peak / 2**20, '.1f')} MiB  "
+            f"{found['seconds_per_iteration'] * 1e3:8.1f} ms/it  equal {rows[-1]['outputs_equal']}",
             flush=True,
         )
     return rows
 
 
-def run(config: dict[str, Any]) -> list[dict[str, Any]]:
+def points(config: dict[str, Any]) -> list[tuple[str, list[int], int]]:
+    """The config's points, in order: (algo, observation shape, episode length)."""
+    return [
+        (algo, obs, episode)
+        for algo in config["algos"]
+        for obs in config["obs"]
+        for episode in config["episodes"]
+    ]
+
+
+def run(config: dict[str, Any], fresh_from: str | None = None) -> list[dict[str, Any]]:
+    """Every point's rows; with ``fresh_from`` (the config's path), each system of each point
+    in a process of its own."""
     repeats = int(config.get("repeats", 2))
     rows = []
-    for algo in config["algos"]:
-        for obs in config["obs"]:
-            for episode in config["episodes"]:
-                cfg = point_config(config["base"], algo, obs, episode)
-                rows += bench_point(algo, cfg, obs, episode, repeats)
+    with tempfile.TemporaryDirectory() as folder:
+        for index, (algo, obs, episode) in enumerate(points(config)):
+            cfg = point_config(config["base"], algo, obs, episode)
+            fresh = None if fresh_from is None else (fresh_from, index, pathlib.Path(folder))
+            rows += bench_point(algo, cfg, obs, episode, repeats, fresh)
     return rows
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "device": str(jax.devices()[0]),
+        "jax": jax.__version__,
+    }
+
+
+def _one_system(config: dict[str, Any], args: argparse.Namespace) -> None:
+    """``--point``: measure one system at one point and save its figures (with the machine)
+    and outputs as ``<save>.json`` and ``<save>.npz``."""
+    algo, obs, episode = points(config)[args.point]
+    cfg = point_config(config["base"], algo, obs, episode)
+    found, out = measure(cfg, args.system, args.swap, int(config.get("repeats", 2)))
+    save = pathlib.Path(args.save)
+    np.savez(save.with_suffix(".npz"), **_outputs(out))
+    _write(save.with_suffix(".json"), json.dumps({**found, "machine": _machine()}))
 
 
 def plot(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
@@ -203,26 +280,32 @@ def _write(path: pathlib.Path, text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/bench/memory_cpu_small.yaml")
+    parser.add_argument(
+        "--fresh-processes", action="store_true", help="each system of each point alone"
+    )
+    parser.add_argument("--out", default="results/memory")
+    parser.add_argument("--point", type=int, help=argparse.SUPPRESS)  # one system, one point
+    parser.add_argument("--system", choices=("tempo_jax", "single_jit"), help=argparse.SUPPRESS)
+    parser.add_argument("--swap", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
     tj.enable_compilation_cache()
     config = read(args.config, kind="bench")
-    rows = run(config)
-    out = pathlib.Path("results/memory")
+    if args.point is not None:
+        _one_system(config, args)
+        return
+    fresh = args.fresh_processes or bool(config.get("fresh_processes", False))
+    rows = run(config, fresh_from=args.config if fresh else None)
+    machine = rows[0].pop("machine") if fresh else _machine()
+    for row in rows:
+        row.pop("machine", None)
+    out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = pathlib.Path(args.config).stem
-    summary = {
-        "config": args.config,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "device": str(jax.devices()[0]),
-            "jax": jax.__version__,
-        },
-        "rows": rows,
-    }
+    summary = {"config": args.config, "machine": machine, "rows": rows}
     _write(out / f"{stem}.json", json.dumps(summary, indent=2))
     plot(rows, out / f"{stem}.png")
-    print(f"wrote results/memory/{stem}.{{json,png}}")
+    print(f"wrote {out}/{stem}.{{json,png}}")
 
 
 if __name__ == "__main__":
