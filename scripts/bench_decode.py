@@ -602,6 +602,7 @@ def main() -> None:
     try:
         path = find(args.config, kind="bench")
         config = read(path)
+        timing.set_precision(config)
         run(config, pathlib.Path(args.out), path.stem, args.only, systems, {"config": args.config})
     except ConfigError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")

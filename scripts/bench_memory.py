@@ -291,6 +291,7 @@ def main() -> None:
     args = parser.parse_args()
     tj.enable_compilation_cache()
     config = read(args.config, kind="bench")
+    timing.set_precision(config)
     if args.point is not None:
         _one_system(config, args)
         return

@@ -10,6 +10,14 @@ from typing import Any
 import jax
 
 
+def set_precision(config: dict[str, Any]) -> None:
+    """Apply a benchmark config's ``matmul_precision`` (JAX's ``jax_default_matmul_precision``:
+    ``highest`` keeps float32 products in float32 on a GPU, where the default rounds their
+    inputs to TF32, enough to change a greedy decode's tokens between two exact decoders)."""
+    if "matmul_precision" in config:
+        jax.config.update("jax_default_matmul_precision", config["matmul_precision"])
+
+
 def timed(fn: Callable[[], Any]) -> float:
     """Seconds of one call of ``fn``, its results ready."""
     start = time.perf_counter()
