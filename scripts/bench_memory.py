@@ -24,7 +24,7 @@ runs in a process of its own, so each peak is that system's alone; the parent pr
 starts JAX's backend, so it holds no device memory.
 Rows go to ``results/memory/<config stem>.json``
 (``{algo, system, obs, episode, swap, temp_bytes, host_bytes, planned_peak_bytes,
-peak_bytes, seconds_per_iteration, outputs_equal}``) with a plot ``.png``.
+peak_bytes, seconds_per_iteration, outputs_equal, max_difference}``) with a plot ``.png``.
 
     python -m tempo_jax.scripts.bench_memory [--config configs/bench/memory_cpu_small.yaml]
         [--fresh-processes] [--out results/memory]
@@ -113,6 +113,15 @@ def _baseline(config: RLConfig, repeats: int) -> tuple[dict[str, Any], Any]:
     }, out
 
 
+def _difference(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """The largest absolute difference between the runs' losses, returns and episode counts."""
+    keys = [k for k in ("loss", "mean_return", "episodes") if k in a and k in b]
+    return max(
+        (float(np.max(np.abs(np.asarray(a[k], float) - np.asarray(b[k], float)))) for k in keys),
+        default=0.0,
+    )
+
+
 def _equal(a: dict[str, Any], b: dict[str, Any], exact: bool) -> bool:
     """Whether the runs' losses, returns and episode counts agree: bit for bit (tempo_jax with
     and without swapping compute the same program), or to 1e-3 (the baseline)."""
@@ -178,6 +187,7 @@ def bench_point(
                 "swap": swap,
                 **found,
                 "outputs_equal": _equal(out, off_out, exact=system == "tempo_jax"),
+                "max_difference": _difference(out, off_out),
             }
         )
         peak = found["peak_bytes"]

@@ -13,7 +13,13 @@ read within the loop that writes it.
 The peak counts each device value over its live span of the schedule's top-level steps: a
 buffer from its ``alloc`` to its ``free``; a captured value from the step computing it to the
 last step reading it (to the end for an output); a loop's ring during the step holding the
-loop; a running sum throughout.
+loop; a running sum throughout. A buffer in host memory counts during each step that reads it
+with the largest region one of its reads brings back to the device (:func:`read_bytes`: all of
+it for a read taking every point at once), and in full at the end when it is an output.
+So moving a buffer read whole by a learner that takes the whole rollout at once frees its
+bytes during acting but not at the learner's step: it lowers the peak only where the peak is
+elsewhere, and the budget moves a buffer only when it lowers the device bytes at a step
+where the planned peak is reached.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .._ir.errors import TempoError
+from .._ir.expr import Slice
 from .._ir.program import describe_op
 from .._schedule.tree import Alloc, Exec, Free, Loop, Node, Sequence, walk
 
@@ -70,12 +77,30 @@ def peak_bytes(
     steps = steps or Steps(plan.tree)
     if not steps.steps:
         return 0, "no step"
+    live = device_bytes(plan, values, host, steps)
+    at = max(range(len(steps.steps)), key=lambda i: live[i])
+    found = next((n for n in walk(steps.steps[at]) if isinstance(n, Exec)), None)
+    return live[at], f"S{found.op}" if found is not None else "a step"
+
+
+def device_bytes(
+    plan: BufferPlan, values: list[StoredValue], host: Iterable[Key], steps: Steps
+) -> list[int]:
+    """The device bytes ``values`` hold during each top-level step (module docstring)."""
     last = len(steps.steps) - 1
     outputs = {(o.edge.src, o.edge.out) for o in plan.program.outputs}
     elsewhere = set(host)
     live = [0] * len(steps.steps)
     for (key, kind, loop), value in zip(plan.value_keys(), values, strict=True):
         if value.memory_kind != "device" or (kind == "buffer" and key in elsewhere):
+            if kind == "buffer":  # in host memory: on the device what each step reads
+                back = [0] * len(steps.steps)
+                for op, size in read_bytes(plan, key, value.bytes).items():
+                    for i in steps.using([op]):
+                        back[i] = max(back[i], size)
+                if key in outputs:
+                    back[last] = value.bytes
+                live = [n + m for n, m in zip(live, back, strict=True)]
             continue
         if kind == "buffer" and key in steps.spans:
             first, end = steps.spans[key]
@@ -89,9 +114,38 @@ def peak_bytes(
             first, end = 0, last
         for i in range(first, end + 1):
             live[i] += value.bytes
-    at = max(range(len(steps.steps)), key=lambda i: live[i])
-    found = next((n for n in walk(steps.steps[at]) if isinstance(n, Exec)), None)
-    return live[at], f"S{found.op}" if found is not None else "a step"
+    return live
+
+
+def read_bytes(plan: BufferPlan, key: Key, total: int) -> dict[int, int]:
+    """Per op reading buffer ``key`` (of ``total`` bytes) from host memory, the most bytes one
+    of its reads brings back to the device: all of them for an op of a loop nest computed at
+    once (its points gather from the whole buffer) or a range of symbolic size not taken in
+    tiles; else the region its index covers (a point, a tile, a static range)."""
+    nested = {ex.op for nest in plan.nests.values() for ex in nest.execs}
+    lead = plan.logical_shape(*key)
+    found: dict[int, int] = {}
+    for op in plan.program.ops:
+        tiled = plan.tileable(op)
+        for k, edge in enumerate(op.inputs):
+            if (edge.src, edge.out) != key:
+                continue
+            rows = 1
+            for axis, item in enumerate(plan.stored_index(edge)):
+                if not isinstance(item, Slice):
+                    continue
+                if plan.is_static(item.size):
+                    rows *= min(int(item.size.evaluate(plan.runtime)), lead[axis])
+                elif tiled is not None and k in tiled[0]:
+                    rows *= min(tiled[1], lead[axis])
+                else:
+                    rows *= lead[axis]
+            points = 1
+            for axis in range(len(plan.stored_index(edge))):
+                points *= lead[axis]
+            got = total if op.id in nested else total * rows // max(points, 1)
+            found[op.id] = max(found.get(op.id, 0), got)
+    return found
 
 
 def plan_memory(plan: BufferPlan, budget: int | None) -> dict[Key, str]:
@@ -127,9 +181,12 @@ def plan_memory(plan: BufferPlan, budget: int | None) -> dict[Key, str]:
     ]
     options.sort(key=lambda key: (-sizes[key], key))  # the largest first
     for key in options:
-        if peak_bytes(plan, values, kinds, steps)[0] <= budget:
+        live = device_bytes(plan, values, kinds, steps)
+        if max(live, default=0) <= budget:
             break
-        kinds[key] = HOST
+        moved = device_bytes(plan, values, {**kinds, key: HOST}, steps)
+        if any(moved[i] < peak for i, peak in enumerate(live) if peak == max(live)):
+            kinds[key] = HOST  # it frees bytes where the peak is
     return kinds
 
 

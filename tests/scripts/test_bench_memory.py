@@ -3,7 +3,9 @@ from ``python -m tempo_jax.scripts.bench_memory``)."""
 
 from __future__ import annotations
 
+import jax
 import pytest
+import yaml
 
 from tempo_jax.scripts import bench_memory
 
@@ -39,3 +41,17 @@ def test_each_point_runs_every_system_and_swaps_the_rollout(tmp_path) -> None:
     assert all(r["temp_bytes"] > 0 and r["seconds_per_iteration"] > 0 for r in rows)
     bench_memory.plot(rows, tmp_path / "memory.png")
     assert (tmp_path / "memory.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_fresh_processes_measure_each_system_alone_with_the_same_figures(tmp_path) -> None:
+    """``--fresh-processes``: each system runs in a process of its own; the plan, XLA's
+    temporary bytes and the outputs' agreement are those of one process."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    fresh = bench_memory.run(TINY, fresh_from=str(path))
+    alone = bench_memory.run(TINY)
+    keys = ("system", "swap", "temp_bytes", "host_bytes", "planned_peak_bytes", "outputs_equal")
+    assert [[r[k] for k in keys] for r in fresh] == [[r[k] for k in keys] for r in alone]
+    assert all(r["machine"]["device"] == str(jax.devices()[0]) for r in fresh)
+    assert all(r["max_difference"] == 0.0 for r in fresh[:2])
