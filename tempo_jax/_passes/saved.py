@@ -11,8 +11,11 @@ pays, :func:`save_residuals` instead traces once, at the op's static shapes:
 
 The forward op gets the residuals as extra outputs (after its own), the vjp op reads them at
 the same point, as any other value: stored, scheduled and freed by the compiler like the rest.
-A residual that is an input or an output of the op is read from it; a constant is kept in
-the backward. Both functions come from the one trace, so the residuals always match.
+A residual that is an input or an output of the op is read from it; a view of an input (a
+reshape, transpose, broadcast, squeeze or dtype conversion of it: a policy's flattened
+observation) is taken from that input again in the backward instead of stored beside it; a
+constant is kept in the backward. Both functions come from the one trace, so the residuals
+always match.
 
 It does not pay, and the vjp op recomputes as before, where:
 
@@ -40,6 +43,10 @@ from .._ir.jaxprs import CALLS
 from .._ir.program import Edge, Op, TensorSpec
 
 _WORK = frozenset(["dot_general", "conv_general_dilated"])
+# one operand in, its elements rearranged or converted: cheaper to redo than to store
+_VIEWS = frozenset(
+    ["reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "convert_element_type"]
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,14 +100,18 @@ def save_residuals(
         {k for k, edge in enumerate(op.inputs) if d not in _index_symbols(edge)} for d in op.domain
     ]
     largest = max((int(np.prod(s.shape)) for s in op.outputs), default=0)
-    # per residual: ("input", k), ("output", j), ("const", value) or ("new", m)
+    # per residual: ("input", k), ("view", (k, equations)), ("output", j), ("const", value)
+    # or ("new", m)
     sources: list[tuple[str, Any]] = []
     new: list[Any] = []
     for var in residual_vars:
+        view = None if isinstance(var, jex.Literal) else _view(jaxpr, var)
         if isinstance(var, jex.Literal):
             sources.append(("const", var.val))
         elif var in jaxpr.invars:
             sources.append(("input", jaxpr.invars.index(var)))
+        elif view is not None:
+            sources.append(("view", view))
         elif var in jaxpr.outvars[:n_out]:  # one of the op's own outputs (tanh's)
             sources.append(("output", jaxpr.outvars.index(var)))
         elif var in jaxpr.constvars:
@@ -136,11 +147,38 @@ def save_residuals(
         ins, kept, cts = values[:n_in], values[n_in : len(inputs)], values[len(inputs) :]
         outputs = dict(zip(own, kept[: len(own)], strict=True))
         found = {"input": ins, "output": outputs, "new": kept[len(own) :]}
-        residuals = [at if kind == "const" else found[kind][at] for kind, at in sources]
+        residuals = [
+            at if kind == "const" else _redo(ins, *at) if kind == "view" else found[kind][at]
+            for kind, at in sources
+        ]
         ct = [jnp.asarray(c, dt) for c, dt in zip(cts, dtypes, strict=True)]
         return tuple(jax.core.eval_jaxpr(pull, residuals, *ct))
 
     return Saved(forward_op, inputs, backward)
+
+
+def _view(jaxpr: jex.Jaxpr, var: Any) -> tuple[int, tuple[Any, ...]] | None:
+    """``(k, equations)`` when ``var`` is input ``k`` of ``jaxpr`` through view equations only
+    (:data:`_VIEWS`, applied in order), else None."""
+    made = {out: eqn for eqn in jaxpr.eqns for out in eqn.outvars}
+    chain = []
+    while var not in jaxpr.invars:
+        eqn = made.get(var)
+        if eqn is None or eqn.primitive.name not in _VIEWS or len(eqn.invars) != 1:
+            return None
+        chain.append(eqn)
+        (var,) = eqn.invars
+        if isinstance(var, jex.Literal):
+            return None
+    return (jaxpr.invars.index(var), tuple(reversed(chain))) if chain else None
+
+
+def _redo(inputs: Sequence[Any], k: int, equations: tuple[Any, ...]) -> Any:
+    """A view residual again: input ``k`` through ``equations``."""
+    value = inputs[k]
+    for eqn in equations:
+        value = eqn.primitive.bind(value, **eqn.params)
+    return value
 
 
 def _evaluator(closed: jex.ClosedJaxpr) -> Callable[..., tuple[Any, ...]]:

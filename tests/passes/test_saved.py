@@ -36,6 +36,11 @@ def _indexed(x: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.take_along_axis(logp, jnp.argmax(x, -1)[:, None], -1)
 
 
+def _viewed(x: jax.Array, w: jax.Array) -> jax.Array:
+    # the weight's residual is x's rows rearranged: a view of the input, taken from it again
+    return jnp.transpose(x.reshape(ROWS, D // 2, 2), (0, 2, 1)).reshape(ROWS, D) @ w
+
+
 def _program(payload: Callable) -> tuple[tj.Program, np.ndarray]:
     rng = np.random.default_rng(0)
     start = jnp.asarray(rng.normal(size=(D, D)) * 0.5, jnp.float32)
@@ -55,8 +60,14 @@ def _ops(program: tj.Program, name: str) -> list:
 
 @pytest.mark.parametrize(
     ("payload", "saves"),
-    [(_matmul, True), (_elementwise, False), (_weight_only, False), (_indexed, True)],
-    ids=["matmul", "elementwise", "weight-only", "indexed"],
+    [
+        (_matmul, True),
+        (_elementwise, False),
+        (_weight_only, False),
+        (_indexed, True),
+        (_viewed, False),
+    ],
+    ids=["matmul", "elementwise", "weight-only", "indexed", "viewed"],
 )
 def test_gradients_equal_jax_grad_with_or_without_saved_residuals(
     payload: Callable, saves: bool
@@ -88,3 +99,19 @@ def test_the_backward_of_a_matmul_layer_does_not_run_its_forward_again() -> None
     args = [jnp.zeros(s.shape, s.dtype) for s in specs]
     text = str(jax.make_jaxpr(vjp.payload.fn)(*args))
     assert text.count("dot_general") == 1
+
+
+def test_a_view_of_an_input_is_taken_from_the_input_again_not_stored() -> None:
+    """A linear layer over rearranged inputs: the weight's cotangent needs those rows, a view
+    of the input; nothing is stored beside the input, and the backward still holds one matmul
+    (it does not run the forward again)."""
+    program, _ = _program(_viewed)
+    (layer,) = _ops(program, "layer")
+    (vjp,) = _ops(program, "vjp[layer]")
+    assert len(layer.outputs) == 1
+    assert not any(e.src == layer.id for e in vjp.inputs)
+    specs = [program.to_ir().read_spec(e) for e in vjp.inputs]
+    args = [jnp.zeros(s.shape, s.dtype) for s in specs]
+    text = str(jax.make_jaxpr(vjp.payload.fn)(*args))
+    assert text.count("dot_general") == 1
+    assert "transpose" in text  # the view, made again from the input
