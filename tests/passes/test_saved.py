@@ -93,8 +93,10 @@ def test_the_backward_of_a_matmul_layer_does_not_run_its_forward_again() -> None
     program, _ = _program(_matmul)
     (layer,) = _ops(program, "layer")
     (vjp,) = _ops(program, "vjp[layer]")
-    # tanh's own output (its derivative's residual) and the residual outputs appended to it
-    assert {e.out for e in vjp.inputs if e.src == layer.id} == set(range(len(layer.outputs)))
+    # the residual outputs appended to the layer's own, and tanh's output where JAX's vjp of
+    # tanh reads it (JAX 0.10's does, 0.11's keeps a residual of its own instead)
+    read = {e.out for e in vjp.inputs if e.src == layer.id}
+    assert set(range(1, len(layer.outputs))) <= read <= set(range(len(layer.outputs)))
     specs = [program.to_ir().read_spec(e) for e in vjp.inputs]
     args = [jnp.zeros(s.shape, s.dtype) for s in specs]
     text = str(jax.make_jaxpr(vjp.payload.fn)(*args))
