@@ -151,6 +151,7 @@ from ._ir.errors import ForeignSymbolError as ForeignSymbolError
 from ._ir.errors import IndexExprError as IndexExprError
 from ._ir.errors import IndexingError as IndexingError
 from ._ir.errors import InputError as InputError
+from ._ir.errors import MemoryBudgetWarning as MemoryBudgetWarning
 from ._ir.errors import MissingBoundError as MissingBoundError
 from ._ir.errors import OutOfBoundsError as OutOfBoundsError
 from ._ir.errors import OutputError as OutputError

@@ -75,3 +75,8 @@ class ScheduleInfeasibleError(DependenceCycleError):
 
 class UnsupportedError(TempoError):
     """The program uses a feature the compiler does not lower yet."""
+
+
+class MemoryBudgetWarning(UserWarning):
+    """``compile(..., memory_budget=...)`` left the planned device peak over the budget: the
+    message names the step where the peak is and the values held there."""

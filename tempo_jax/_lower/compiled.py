@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -11,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from .._ir.bind import DynamicBound, resolve_inputs, split_dynamic
-from .._ir.errors import ScheduleInfeasibleError, UnsupportedError
+from .._ir.errors import MemoryBudgetWarning, ScheduleInfeasibleError, UnsupportedError
 from .._ir.expr import Expr, Symbol, dims_of
 from .._ir.program import STOP, Program
 from .._ir.source import describe
@@ -25,7 +26,7 @@ from .._schedule.trips import bound_trips
 from .binding import bind_dynamic
 from .buffer_plan import BufferPlan, StoredValue
 from .execute import RAN, TreeLowering
-from .memory_plan import peak_bytes
+from .memory_plan import peak_bytes, unmet_budget
 from .sharding import ShardPlan, plan_sharding
 from .sinks import SinkErrors
 from .stopping import pin_stop, stop_loop
@@ -326,6 +327,10 @@ def compile_program(
     stop_loop(program, tree)  # a stop that cannot end its loop fails here, not at the first call
     seconds["schedule"] = time.perf_counter() - start
     compiled = Compiled(program, env, tree, seconds, dynamic, donate_inputs, unroll, memory_budget)
+    if memory_budget is not None:
+        unmet = unmet_budget(compiled._buffer_plan(), memory_budget)
+        if unmet is not None:
+            warnings.warn(unmet, MemoryBudgetWarning, stacklevel=3)
     if mesh is not None or shard or specs:  # block nests' loops are vmap axes: shardable
         at_once = compiled.nest_loops()
         plan = plan_sharding(program, tree, env, dynamic, mesh, shard, specs, at_once, user)

@@ -87,20 +87,30 @@ def device_bytes(
     plan: BufferPlan, values: list[StoredValue], host: Iterable[Key], steps: Steps
 ) -> list[int]:
     """The device bytes ``values`` hold during each top-level step (module docstring)."""
+    live = [0] * len(steps.steps)
+    for _, held in held_bytes(plan, values, host, steps):
+        live = [n + m for n, m in zip(live, held, strict=True)]
+    return live
+
+
+def held_bytes(
+    plan: BufferPlan, values: list[StoredValue], host: Iterable[Key], steps: Steps
+) -> list[tuple[StoredValue, list[int]]]:
+    """Per value, the device bytes it holds during each top-level step."""
     last = len(steps.steps) - 1
     outputs = {(o.edge.src, o.edge.out) for o in plan.program.outputs}
     elsewhere = set(host)
-    live = [0] * len(steps.steps)
+    found = []
     for (key, kind, loop), value in zip(plan.value_keys(), values, strict=True):
+        live = [0] * len(steps.steps)
+        found.append((value, live))
         if value.memory_kind != "device" or (kind == "buffer" and key in elsewhere):
             if kind == "buffer":  # in host memory: on the device what each step reads
-                back = [0] * len(steps.steps)
                 for op, size in read_bytes(plan, key, value.bytes).items():
                     for i in steps.using([op]):
-                        back[i] = max(back[i], size)
+                        live[i] = max(live[i], size)
                 if key in outputs:
-                    back[last] = value.bytes
-                live = [n + m for n, m in zip(live, back, strict=True)]
+                    live[last] = value.bytes
             continue
         if kind == "buffer" and key in steps.spans:
             first, end = steps.spans[key]
@@ -114,7 +124,39 @@ def device_bytes(
             first, end = 0, last
         for i in range(first, end + 1):
             live[i] += value.bytes
-    return live
+    return found
+
+
+def unmet_budget(plan: BufferPlan, budget: int) -> str | None:
+    """Why the planned device peak stays over ``budget`` after :func:`plan_memory`: the step
+    where it is and the largest values held there; None when the budget is met."""
+    values = plan.stored_values()
+    steps = Steps(plan.tree)
+    peak, at = peak_bytes(plan, values, (), steps)
+    if peak <= budget:
+        return None
+    held = held_bytes(plan, values, (), steps)
+    live = [sum(h[i] for _, h in held) for i in range(len(steps.steps))]
+    step = live.index(peak)
+    there = sorted(((v, h[step]) for v, h in held if h[step]), key=lambda x: -x[1])[:3]
+    listed = "; ".join(
+        f"`{v.name}` {n / 2**20:.2f} MiB "
+        + (
+            "(in host memory, brought back here)"
+            if v.memory_kind != "device"
+            else "(on the device)"
+        )
+        + f" at {v.source}"
+        for v, n in there
+    )
+    return (
+        f"memory_budget={budget} bytes is not met: the planned device peak is {peak} bytes "
+        f"({peak / 2**20:.2f} MiB), at the step of {at}, where the largest values held are: "
+        f"{listed}. A value that an op reads whole there (every point at once, as a vectorised "
+        "learner reads a rollout) is on the device at that step wherever it is stored, so host "
+        "memory cannot lower this peak: read it in a loop over its steps instead, or raise the "
+        "budget. `compiled.explain()` lists every stored value."
+    )
 
 
 def read_bytes(plan: BufferPlan, key: Key, total: int) -> dict[int, int]:

@@ -8,6 +8,7 @@ is read); the memory report (a value moved to the host leaves the device peak).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ import tempo_jax as tj
 from tests.lower.helpers import decaying
 
 STEPS = 12
+# a budget of 0 is not met by most programs here: its warning is tested on its own
+pytestmark = pytest.mark.filterwarnings("ignore::tempo_jax.MemoryBudgetWarning")
 
 
 def _two_phases(
@@ -211,6 +214,21 @@ def test_a_value_read_whole_where_the_peak_is_stays_on_the_device() -> None:
     want = plain(**data)["loss"]
     np.testing.assert_array_equal(forced(**data)["loss"], want)
     np.testing.assert_array_equal(budget(**data)["loss"], want)
+
+
+def test_a_budget_the_plan_cannot_meet_is_a_warning_naming_the_peak() -> None:
+    """The rollout read whole at the learner's step keeps the peak over a budget of 0: the
+    warning names the budget, the peak and ``x`` held there; a budget met says nothing."""
+    with pytest.warns(tj.MemoryBudgetWarning) as caught:
+        compiled = _rollout().compile({"T": STEPS}, memory_budget=0)
+    (message,) = [str(w.message) for w in caught]
+    peak = compiled.memory().peak_device_bytes
+    assert f"memory_budget=0 bytes is not met: the planned device peak is {peak} bytes" in message
+    assert "`x` 0.00 MiB (on the device) at test_offload.py:" in message
+    assert "read it in a loop over its steps instead, or raise the budget" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tj.MemoryBudgetWarning)
+        _rollout().compile({"T": STEPS}, memory_budget=peak)
 
 
 def test_a_vectorised_learner_keeps_the_rollout_on_the_device_under_a_budget() -> None:
