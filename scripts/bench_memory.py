@@ -113,9 +113,12 @@ def _baseline(config: RLConfig, repeats: int) -> tuple[dict[str, Any], Any]:
     }, out
 
 
+OUTPUTS = ("loss", "mean_return", "episodes")  # the outputs compared between systems
+
+
 def _difference(a: dict[str, Any], b: dict[str, Any]) -> float:
     """The largest absolute difference between the runs' losses, returns and episode counts."""
-    keys = [k for k in ("loss", "mean_return", "episodes") if k in a and k in b]
+    keys = [k for k in OUTPUTS if k in a and k in b]
     return max(
         (float(np.max(np.abs(np.asarray(a[k], float) - np.asarray(b[k], float)))) for k in keys),
         default=0.0,
@@ -125,7 +128,7 @@ def _difference(a: dict[str, Any], b: dict[str, Any]) -> float:
 def _equal(a: dict[str, Any], b: dict[str, Any], exact: bool) -> bool:
     """Whether the runs' losses, returns and episode counts agree: bit for bit (tempo_jax with
     and without swapping compute the same program), or to 1e-3 (the baseline)."""
-    keys = [k for k in ("loss", "mean_return", "episodes") if k in a and k in b]
+    keys = [k for k in OUTPUTS if k in a and k in b]
     if exact:
         return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in keys)
     return all(np.allclose(np.asarray(a[k]), np.asarray(b[k]), rtol=1e-3, atol=1e-5) for k in keys)
@@ -140,7 +143,7 @@ def measure(config: RLConfig, system: str, swap: bool, repeats: int) -> tuple[di
 
 
 def _outputs(out: Any) -> dict[str, np.ndarray]:
-    return {k: np.asarray(out[k]) for k in ("loss", "mean_return", "episodes") if k in out}
+    return {k: np.asarray(out[k]) for k in OUTPUTS if k in out}
 
 
 def _in_fresh_process(

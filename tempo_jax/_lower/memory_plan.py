@@ -79,8 +79,13 @@ def peak_bytes(
         return 0, "no step"
     live = device_bytes(plan, values, host, steps)
     at = max(range(len(steps.steps)), key=lambda i: live[i])
-    found = next((n for n in walk(steps.steps[at]) if isinstance(n, Exec)), None)
-    return live[at], f"S{found.op}" if found is not None else "a step"
+    return live[at], _step_name(steps, at)
+
+
+def _step_name(steps: Steps, i: int) -> str:
+    """Top-level step ``i`` named by its first op."""
+    found = next((n for n in walk(steps.steps[i]) if isinstance(n, Exec)), None)
+    return f"S{found.op}" if found is not None else "a step"
 
 
 def device_bytes(
@@ -130,14 +135,14 @@ def held_bytes(
 def unmet_budget(plan: BufferPlan, budget: int) -> str | None:
     """Why the planned device peak stays over ``budget`` after :func:`plan_memory`: the step
     where it is and the largest values held there; None when the budget is met."""
-    values = plan.stored_values()
     steps = Steps(plan.tree)
-    peak, at = peak_bytes(plan, values, (), steps)
+    held = held_bytes(plan, plan.stored_values(), (), steps)
+    live = [sum(h[i] for _, h in held) for i in range(len(steps.steps))]
+    peak = max(live, default=0)
     if peak <= budget:
         return None
-    held = held_bytes(plan, values, (), steps)
-    live = [sum(h[i] for _, h in held) for i in range(len(steps.steps))]
     step = live.index(peak)
+    at = _step_name(steps, step)
     there = sorted(((v, h[step]) for v, h in held if h[step]), key=lambda x: -x[1])[:3]
     listed = "; ".join(
         f"`{v.name}` {n / 2**20:.2f} MiB "
@@ -168,12 +173,15 @@ def read_bytes(plan: BufferPlan, key: Key, total: int) -> dict[int, int]:
     lead = plan.logical_shape(*key)
     found: dict[int, int] = {}
     for op in plan.program.ops:
+        reads = [(k, edge) for k, edge in enumerate(op.inputs) if (edge.src, edge.out) == key]
+        if not reads:
+            continue
         tiled = plan.tileable(op)
-        for k, edge in enumerate(op.inputs):
-            if (edge.src, edge.out) != key:
-                continue
-            rows = 1
-            for axis, item in enumerate(plan.stored_index(edge)):
+        for k, edge in reads:
+            index = plan.stored_index(edge)
+            rows = points = 1
+            for axis, item in enumerate(index):
+                points *= lead[axis]
                 if not isinstance(item, Slice):
                     continue
                 if plan.is_static(item.size):
@@ -182,9 +190,6 @@ def read_bytes(plan: BufferPlan, key: Key, total: int) -> dict[int, int]:
                     rows *= min(tiled[1], lead[axis])
                 else:
                     rows *= lead[axis]
-            points = 1
-            for axis in range(len(plan.stored_index(edge))):
-                points *= lead[axis]
             got = total if op.id in nested else total * rows // max(points, 1)
             found[op.id] = max(found.get(op.id, 0), got)
     return found
@@ -222,13 +227,14 @@ def plan_memory(plan: BufferPlan, budget: int | None) -> dict[Key, str]:
         and _pays(plan, key)
     ]
     options.sort(key=lambda key: (-sizes[key], key))  # the largest first
+    live = device_bytes(plan, values, kinds, steps)
     for key in options:
-        live = device_bytes(plan, values, kinds, steps)
         if max(live, default=0) <= budget:
             break
         moved = device_bytes(plan, values, {**kinds, key: HOST}, steps)
         if any(moved[i] < peak for i, peak in enumerate(live) if peak == max(live)):
             kinds[key] = HOST  # it frees bytes where the peak is
+            live = moved
     return kinds
 
 

@@ -104,13 +104,13 @@ def save_residuals(
     # or ("new", m)
     sources: list[tuple[str, Any]] = []
     new: list[Any] = []
+    made = {out: eqn for eqn in jaxpr.eqns for out in eqn.outvars}
     for var in residual_vars:
-        view = None if isinstance(var, jex.Literal) else _view(jaxpr, var)
         if isinstance(var, jex.Literal):
             sources.append(("const", var.val))
         elif var in jaxpr.invars:
             sources.append(("input", jaxpr.invars.index(var)))
-        elif view is not None:
+        elif (view := _view(jaxpr, made, var)) is not None:
             sources.append(("view", view))
         elif var in jaxpr.outvars[:n_out]:  # one of the op's own outputs (tanh's)
             sources.append(("output", jaxpr.outvars.index(var)))
@@ -157,10 +157,10 @@ def save_residuals(
     return Saved(forward_op, inputs, backward)
 
 
-def _view(jaxpr: jex.Jaxpr, var: Any) -> tuple[int, tuple[Any, ...]] | None:
+def _view(jaxpr: jex.Jaxpr, made: dict[Any, Any], var: Any) -> tuple[int, tuple[Any, ...]] | None:
     """``(k, equations)`` when ``var`` is input ``k`` of ``jaxpr`` through view equations only
-    (:data:`_VIEWS`, applied in order), else None."""
-    made = {out: eqn for eqn in jaxpr.eqns for out in eqn.outvars}
+    (:data:`_VIEWS`, applied in order; ``made`` maps each variable to its equation), else
+    None."""
     chain = []
     while var not in jaxpr.invars:
         eqn = made.get(var)
