@@ -48,7 +48,7 @@ from .._ir.jaxprs import CALLS, bind
 Pads = dict[int, str]  # padded axis -> its size class (the symbolic size, as text)
 Path = tuple[Any, ...]  # where a literal sits: eqn indices and param names from the root
 
-_ELEMENTWISE = frozenset(
+ELEMENTWISE = frozenset(
     [
         "abs",
         "acos",
@@ -154,6 +154,18 @@ class NotAligned(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class PerPoint:
+    """Valid rows that differ from point to point of a batch of points computed at once
+    (:func:`jax.vmap` of a payload): at position ``p`` of the axis of size class ``points``,
+    rows ``lo[p] <= row < hi[p]`` are (``lo`` a vector, or ``0``). A value padded along the
+    rows but holding no axis of the points cannot be masked (:class:`NotAligned`)."""
+
+    lo: Any
+    hi: Any
+    points: str
+
+
+@dataclasses.dataclass(frozen=True)
 class _Affine:
     """A literal equal to ``scale * rows + offset`` for the padded rows of one size class."""
 
@@ -183,8 +195,12 @@ def masked_call(
 
     ``lengths`` maps each size class to its valid length at this point (a traced or Python
     int): its first rows are valid; or to a window ``(lo, hi)``: rows ``lo <= row < hi`` are
-    (a range read where it sits in its buffer, not gathered to the front); a payload that
-    depends on the rows' positions then raises :class:`NotAligned`. ``what`` names the op and
+    (a range read where it sits in its buffer, not gathered to the front); or to a
+    :class:`PerPoint` window, one per position along another class's axis (``fn`` a batch of
+    points, that class the batch's axis: each value is masked in the layout ``fn`` computes it
+    in, where :func:`jax.vmap` of a masked call moves the batch axis of every masked value to
+    the front). A payload that depends on the rows' positions raises :class:`NotAligned`
+    under a window. ``what`` names the op and
     its source line in error messages. Returns ``fn``'s flat outputs, padded like the inputs
     they come from.
 
@@ -429,12 +445,21 @@ class _Evaluator:
         return [read(var, (*path, "out", k)) for k, var in enumerate(jaxpr.outvars)]
 
     def _windowed(self, pads: list[Pads]) -> bool:
-        return any(isinstance(self.lengths.get(k), tuple) for p in pads for k in p.values())
+        return any(
+            isinstance(self.lengths.get(k), tuple | PerPoint) for p in pads for k in p.values()
+        )
 
     def _rows(self, klass: str) -> tuple[Any, Any]:
         """The valid rows ``lo <= row < hi`` of a size class's padded axis."""
         length = self.lengths[klass]
+        if isinstance(length, PerPoint):  # a size per point: no scalar stands for it
+            raise NotAligned(f"the size of {klass}, which differs from point to point")
         return length if isinstance(length, tuple) else (0, length)
+
+    def _maskable(self, pads: Pads, klass: str) -> bool:
+        """Whether a value padded as ``pads`` can be masked along an axis of ``klass``."""
+        length = self.lengths[klass]
+        return not isinstance(length, PerPoint) or length.points in pads.values()
 
     def _literal(self, where: Path, value: Any, dtype: Any) -> Any:
         found = self.affine.get(where)
@@ -458,7 +483,7 @@ class _Evaluator:
         """Bind one primitive with padded inputs, filling padding where it would be mixed in."""
         name = eqn.primitive.name
         params = eqn.params
-        if name in _LAYOUT or name in _ELEMENTWISE:
+        if name in _LAYOUT or name in ELEMENTWISE:
             return bind(eqn, values)  # row for row: shapes were checked by the analysis
         if name in _REDUCE_NEUTRAL:
             axes = tuple(params["axes"])
@@ -498,14 +523,25 @@ class _Evaluator:
         raise self._unsupported(name, "applies it along a growing axis")
 
     def _fill(self, value: Any, pads: Pads, axes: Sequence[int], neutral: str) -> Any:
+        """``value`` (padded as ``pads``) with the padded rows along ``axes`` ``neutral``."""
+        shape = np.shape(value)
         for axis in axes:
-            if axis in pads:
-                rows = lax.broadcasted_iota(jnp.int32, np.shape(value), axis)
-                lo, hi = self._rows(pads[axis])
-                valid = (
-                    (rows < hi) if isinstance(lo, int) and lo == 0 else (rows >= lo) & (rows < hi)
+            if axis not in pads:
+                continue
+            rows = lax.broadcasted_iota(jnp.int32, shape, axis)
+            length = self.lengths[pads[axis]]
+            if isinstance(length, PerPoint):
+                if not self._maskable(pads, pads[axis]):
+                    raise NotAligned(f"a value padded along {pads[axis]} without {length.points}")
+                at = next(a for a, k in pads.items() if k == length.points)
+                lo, hi = (
+                    end if isinstance(end, int) else lax.broadcast_in_dim(end, shape, (at,))
+                    for end in (length.lo, length.hi)
                 )
-                value = jnp.where(valid, value, _neutral(value, neutral))
+            else:
+                lo, hi = self._rows(pads[axis])
+            valid = (rows < hi) if isinstance(lo, int) and lo == 0 else (rows >= lo) & (rows < hi)
+            value = jnp.where(valid, value, _neutral(value, neutral))
         return value
 
     def _dot_general(self, eqn: jex.JaxprEqn, values: list[Any], pads: list[Pads]) -> list[Any]:
@@ -517,10 +553,17 @@ class _Evaluator:
             if klass is None:
                 continue
             both = a in lp and b in rp
-            if not (both and self.unchecked) or np.size(lhs) <= np.size(rhs):
-                lhs = self._fill(lhs, {a: klass}, (a,), "zero")
-            if not (both and self.unchecked) or np.size(rhs) < np.size(lhs):
-                rhs = self._fill(rhs, {b: klass}, (b,), "zero")
+            fill_lhs = not (both and self.unchecked) or np.size(lhs) <= np.size(rhs)
+            fill_rhs = not (both and self.unchecked) or np.size(rhs) < np.size(lhs)
+            if both and self.unchecked:  # one operand is enough: one that can be masked
+                if fill_lhs and not self._maskable(lp, klass):
+                    fill_lhs, fill_rhs = False, True
+                elif fill_rhs and not self._maskable(rp, klass):
+                    fill_lhs, fill_rhs = True, False
+            if fill_lhs:
+                lhs = self._fill(lhs, {**lp, a: klass}, (a,), "zero")
+            if fill_rhs:
+                rhs = self._fill(rhs, {**rp, b: klass}, (b,), "zero")
         return bind(eqn, [lhs, rhs, *values[2:]])
 
     def _unsupported(self, primitive: str, doing: str) -> UnsupportedError:

@@ -39,7 +39,7 @@ import numpy as np
 from jax import lax
 
 from .._ir.jaxprs import CALLS, bind
-from .masking import _ELEMENTWISE, _LAYOUT, Pads, _analyse, _neutral, when_finite
+from .masking import _LAYOUT, ELEMENTWISE, Pads, _analyse, _neutral, when_finite
 
 TileReader = Callable[[Any], Any]  # tile index -> the tile's rows of one range input
 _COMBINE = {"reduce_sum": "add", "dot_general": "add", "reduce_max": "max", "reduce_min": "min"}
@@ -49,7 +49,7 @@ _FILL = {
     "reduce_max": "lowest",
     "reduce_min": "highest",
 }
-_ROW_SAFE = _ELEMENTWISE | (_LAYOUT - {"iota", "concatenate", "split"})
+_ROW_SAFE = ELEMENTWISE | (_LAYOUT - {"iota", "concatenate", "split"})
 
 
 @dataclasses.dataclass

@@ -38,15 +38,18 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._ir.errors import TempoError, UnsupportedError
 from .._ir.expr import TRUE, Const, Expr, Slice, Symbol, dims_of
 from .._ir.program import Edge, Op, Payload, Program, TensorSpec
 from .._ir.simplify import simplify
-from .._lower.masking import NotAligned, masked_call, when_finite
+from .._lower.masking import NotAligned, PerPoint, masked_call, when_finite
+from .._lower.sinking import sink_transposes
 from .picks import next_id, pick_payload
 
 _ROWS = "rows"
+_POINTS = "points"  # the consumers' axis of the batched form's values
 MAX_ROWS = 128  # the longest range dim taken dense by default
 
 
@@ -125,13 +128,18 @@ def _replace(
         TensorSpec((steps, *spec.shape), spec.dtype) for spec in stats.outputs[: record.n_points]
     ]
     outputs += [TensorSpec((producers, *spec.shape), spec.dtype) for spec in rows.outputs]
-    fn = dense_payload(record, tuple(kinds), steps, sizes)
     values = [_struct(program.read_spec(e), sizes) for e in edges]  # for a trial trace
-    try:
-        jax.eval_shape(fn, *values)
-    except (UnsupportedError, NotAligned, TempoError, TypeError, ValueError):
+    for batched in (True, False):
+        fn = dense_payload(record, tuple(kinds), steps, sizes, batched)
+        try:
+            jax.eval_shape(fn, *values)
+            break
+        except (UnsupportedError, NotAligned, TempoError, TypeError, ValueError):
+            continue
+    else:
         return None
-    name = stats.name.replace("vjp_stats", "vjp_dense", 1)
+    # the form taken is in the name: one batched computation, or a batch of per-point ones
+    name = stats.name.replace("vjp_stats", "vjp_dense" if batched else "vjp_dense_points", 1)
     dense = Op(
         fresh,
         "apply",
@@ -229,11 +237,21 @@ def _picked_name(op: Op) -> str:
 
 
 def dense_payload(
-    record: DenseGrad, kinds: tuple[str, ...], steps: int, sizes: dict[Symbol, int]
+    record: DenseGrad,
+    kinds: tuple[str, ...],
+    steps: int,
+    sizes: dict[Symbol, int],
+    batched: bool = True,
 ) -> Callable[..., tuple[Any, ...]]:
     """``(*forward inputs, *cotangents)``, each read whole along the range's dim (``kinds``
     tells how) -> the cotangents of ``record.order``: a point's over the ``steps`` consumers,
-    a range's over the producers."""
+    a range's over the producers.
+
+    ``batched``: the forward is the payload batched over the consumers, masked as one
+    computation (each value in the layout the batch gives it: attention's scores stay
+    ``(batch, head, query, key)`` for both products); otherwise each consumer's masked
+    payload, batched (every masked value's consumer axis moved to the front). The first
+    raises where a value padded along the range holds no consumer axis."""
 
     def fn(*values: Any) -> tuple[Any, ...]:
         env: dict[Expr, Any] = {**sizes, record.dim: jnp.arange(steps, dtype=jnp.int32)}
@@ -241,12 +259,43 @@ def dense_payload(
             jnp.broadcast_to(jnp.asarray(end.evaluate(env), jnp.int32), (steps,))
             for end in (record.item.start, record.item.stop)
         )
-        result = _vjp(record, kinds, values, lo, hi, safe=False)
+        if batched:
+            start = record.item.start
+            first = 0 if isinstance(start, Const) and start.value == 0 else lo
+            result = _vjp_batched(record, kinds, values, PerPoint(first, hi, _POINTS))
+        else:
+            result = _vjp(record, kinds, values, lo, hi, safe=False)
         return tuple(
             when_finite(result, lambda: result, lambda: _vjp(record, kinds, values, lo, hi, True))
         )
 
     return fn
+
+
+def _vjp_batched(
+    record: DenseGrad, kinds: tuple[str, ...], values: Sequence[Any], rows: PerPoint
+) -> tuple[Any, ...]:
+    n_in = len(values) - len(record.outs)  # the forward's inputs, then its cotangents
+    inputs, cts = list(values[:n_in]), values[n_in:]
+    in_axes = tuple(0 if kinds[k] == "point" else None for k in range(n_in))
+    pads = [
+        {0: _ROWS} if kinds[k] == "range" else {0: _POINTS} if kinds[k] == "point" else {}
+        for k in range(n_in)
+    ]
+    batch = sink_transposes(jax.vmap(lambda *a: tuple(record.call(list(a))), in_axes=in_axes))
+    lengths = {_ROWS: rows, _POINTS: np.shape(rows.hi)[0]}
+
+    def forward(*diff_values: Any) -> tuple[Any, ...]:
+        full = list(inputs)
+        for k, x in zip(record.diff, diff_values, strict=True):
+            full[k] = x
+        out = masked_call(batch, full, pads, lengths, record.what, unchecked=True)
+        return tuple(out[j] for j in record.outs)
+
+    outs, pull = jax.vjp(forward, *(inputs[k] for k in record.diff))
+    grads = pull(tuple(jnp.asarray(c, o.dtype) for c, o in zip(cts, outs, strict=True)))
+    by_input = dict(zip(record.diff, grads, strict=True))
+    return tuple(by_input[k] for k in record.order)
 
 
 def _vjp(

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from jax import lax
 
 import tempo_jax as tj
-from tempo_jax._lower.masking import masked_call
+from tempo_jax._lower.masking import NotAligned, PerPoint, masked_call
 
 WHAT = "`payload` at test_masking.py:1"
 FLOAT_GARBAGE = (np.nan, np.inf, -np.inf, 1e30, -1e30)
@@ -364,3 +364,26 @@ def test_slicing_reversing_or_sorting_a_static_axis_keeps_the_padding(name: str)
     fn = STATIC_AXIS_MOVEMENT[name]
     x = _data((4, 3), seed=11)
     _assert_valid_part(_masked(fn, x, 6), fn(jnp.asarray(x)))
+
+
+def test_a_window_per_point_masks_a_batch_of_points() -> None:
+    """``PerPoint``: a batch of queries over shared rows, each its own window of them, equals
+    each query over its window; a value padded along the rows that holds no query axis (the
+    keys summed alone) cannot be masked per query."""
+    queries, rows = 5, 7
+    q, k, v = _data((queries, 3), 1), _data((rows, 3), 2), _data((rows, 2), 3)
+    lo, hi = np.array([0, 1, 2, 0, 3]), np.array([1, 3, 7, 4, 5])
+
+    def attend(q: Any, ks: Any, vs: Any) -> Any:
+        return jax.nn.softmax(ks @ q) @ vs
+
+    def masked(fn: Callable[..., Any]) -> Any:
+        windows = {"n": PerPoint(jnp.asarray(lo), jnp.asarray(hi), "p"), "p": queries}
+        pads = [{0: "p"}, {0: "n"}, {0: "n"}]
+        batch = jax.vmap(fn, in_axes=(0, None, None))
+        return masked_call(lambda *a: [batch(*a)], [q, k, v], pads, windows, WHAT, True)[0]
+
+    want = [attend(q[i], k[lo[i] : hi[i]], v[lo[i] : hi[i]]) for i in range(queries)]
+    np.testing.assert_allclose(masked(attend), np.stack(want), rtol=1e-6, atol=1e-6)
+    with pytest.raises(NotAligned):
+        masked(lambda q, ks, vs: ks.sum(0) * q)

@@ -27,7 +27,7 @@ def _ops(compiled: tj.Compiled) -> list[str]:
 
 def _dense(compiled: tj.Compiled) -> bool:
     names = _ops(compiled)
-    taken = any(n.startswith("vjp_dense[") for n in names)
+    taken = any(n.startswith(("vjp_dense[", "vjp_dense_points[")) for n in names)
     assert taken != any(n.startswith("vjp_rows[") for n in names), names  # one or the other
     return taken
 
@@ -137,3 +137,15 @@ def test_a_padded_row_that_overflows_is_recomputed() -> None:
     for name, g in zip(("gq", "gk"), want, strict=True):
         assert np.isfinite(got[name]).all()
         np.testing.assert_allclose(got[name], g, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("payload", "form"), [("attention", "vjp_dense["), ("pool", "vjp_dense_points[")]
+)
+def test_the_form_each_payload_takes(payload: str, form: str) -> None:
+    """Attention's dense backward is one batched computation, each value masked in the layout
+    the batch gives it; the pool reduces the keys alone (a value padded along the range that
+    holds no query axis) and divides by the range's size (one per query): each query's masked
+    payload, batched. Both equal the oracle (``test_dense_gradients_equal_the_dense_oracle``)."""
+    compiled = build("prefix", payload).compile({"B": 2, "T": 9})
+    assert any(n.startswith(form) for n in _ops(compiled)), _ops(compiled)
