@@ -450,6 +450,7 @@ class _Backward:
             (*point_diff, *row_diff),
             len(point_diff),
             what,
+            op.id,
         )
         rows_op = self._add_apply(
             f"vjp_rows[{op.name}]",

@@ -33,6 +33,7 @@ recomputes them with every padded row a copy of a valid row where not.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -69,6 +70,7 @@ class DenseGrad:
     order: tuple[int, ...]  # ``diff`` as the stats op's point outputs, then the rows op's
     n_points: int  # how many of ``order`` are the stats op's
     what: str
+    forward: int = -1  # the forward op's id
 
 
 def dense_range_grads(program: Program, max_rows: int = MAX_ROWS) -> Program:
@@ -87,10 +89,15 @@ def dense_range_grads(program: Program, max_rows: int = MAX_ROWS) -> Program:
         replaced = _replace(current, rows, record, sizes, max_rows, fresh)
         if replaced is None:
             continue
-        dense, stats, picked = replaced
+        dense, stats, picked, forward = replaced
         ops = [stats if op.id == stats.id else picked if op.id == rows.id else op for op in ops]
         ops.append(dense)
         fresh += 1
+        if forward is not None:  # the forward too, where it is the range op it was
+            whole, point = forward
+            ops = [point if op.id == point.id else op for op in ops]
+            ops.append(whole)
+            fresh += 1
     if len(ops) == len(program.ops):
         return program
     return program.replace(ops=tuple(ops))
@@ -103,8 +110,9 @@ def _replace(
     sizes: dict[Symbol, int],
     max_rows: int,
     fresh: int,
-) -> tuple[Op, Op, Op] | None:
-    """The dense op, the stats op and the rows op as picks of it; None to keep the split."""
+) -> tuple[Op, Op, Op, tuple[Op, Op] | None] | None:
+    """The dense op, the stats op and the rows op as picks of it, and the forward op's
+    (:func:`_dense_forward`); None to keep the split."""
     stats = program.op(record.stats)  # live: the rows op reads it
     d = record.dim
     steps, producers = sizes.get(d.bound), sizes.get(record.row_dim.bound)
@@ -168,7 +176,66 @@ def _replace(
         ),
         payload=pick_payload(record.row_dim, 0, _picked_name(rows)),
     )
-    return dense, picked_stats, picked_rows
+    forward = None
+    if batched:
+        n_in = len(kinds) - len(record.outs)
+        forward = _dense_forward(
+            program,
+            record,
+            tuple(kinds[:n_in]),
+            edges[:n_in],
+            dense_domain,
+            steps,
+            sizes,
+            fresh + 1,
+        )
+    return dense, picked_stats, picked_rows, forward
+
+
+def _dense_forward(
+    program: Program,
+    record: DenseGrad,
+    kinds: tuple[str, ...],
+    edges: Sequence[Edge],
+    domain: tuple[Symbol, ...],
+    steps: int,
+    sizes: dict[Symbol, int],
+    fresh: int,
+) -> tuple[Op, Op] | None:
+    """The forward op, where its gradient is taken batched, as one op computing every point
+    at once (:func:`forward_payload`) and the op a pick of its point's row; None where the op
+    is no longer the one the gradient was built from, or a range it reads depends on it (a
+    recurrence through the range: the dense op would read its own output)."""
+    op = next((o for o in program.ops if o.id == record.forward), None)
+    stats = program.op(record.stats)
+    if op is None or op.payload is None or op.payload.uses_point:
+        return None
+    if tuple(op.inputs) != tuple(stats.inputs[: len(kinds)]):
+        return None
+    if _depends_on(program, edges, domain, {op.id}):
+        return None
+    fn = forward_payload(record, kinds, steps, sizes, len(op.outputs))
+    try:
+        jax.eval_shape(fn, *(_struct(program.read_spec(e), sizes) for e in edges))
+    except (UnsupportedError, NotAligned, TempoError, TypeError, ValueError):
+        return None
+    name = f"dense[{op.name}]"
+    outputs = tuple(TensorSpec((steps, *spec.shape), spec.dtype) for spec in op.outputs)
+    whole = Op(
+        fresh,
+        "apply",
+        name,
+        domain,
+        tuple(edges),
+        outputs,
+        Payload(fn, name, pads_ok=True),
+        op.source,
+    )
+    point = op.replace(
+        inputs=tuple(Edge(fresh, n, domain, TRUE, op.source) for n in range(len(op.outputs))),
+        payload=pick_payload(record.dim, 0, op.name),
+    )
+    return whole, point
 
 
 def _dense_read(
@@ -236,6 +303,16 @@ def _picked_name(op: Op) -> str:
     return op.name.replace("vjp_", "pick_", 1)
 
 
+def _ends(record: DenseGrad, steps: int, sizes: dict[Symbol, int]) -> tuple[Any, Any]:
+    """Each consumer's range, ``lo <= row < hi``, as two vectors over the ``steps`` points."""
+    env: dict[Expr, Any] = {**sizes, record.dim: jnp.arange(steps, dtype=jnp.int32)}
+    lo, hi = (
+        jnp.broadcast_to(jnp.asarray(end.evaluate(env), jnp.int32), (steps,))
+        for end in (record.item.start, record.item.stop)
+    )
+    return lo, hi
+
+
 def dense_payload(
     record: DenseGrad,
     kinds: tuple[str, ...],
@@ -252,68 +329,106 @@ def dense_payload(
     ``(batch, head, query, key)`` for both products); otherwise each consumer's masked
     payload, batched (every masked value's consumer axis moved to the front). The first
     raises where a value padded along the range holds no consumer axis."""
+    n_in = len(kinds) - len(record.outs)  # the forward's inputs, then its cotangents
 
     def fn(*values: Any) -> tuple[Any, ...]:
-        env: dict[Expr, Any] = {**sizes, record.dim: jnp.arange(steps, dtype=jnp.int32)}
-        lo, hi = (
-            jnp.broadcast_to(jnp.asarray(end.evaluate(env), jnp.int32), (steps,))
-            for end in (record.item.start, record.item.stop)
-        )
+        lo, hi = _ends(record, steps, sizes)
+        outs = record.outs
         if batched:
-            start = record.item.start
-            first = 0 if isinstance(start, Const) and start.value == 0 else lo
-            result = _vjp_batched(record, kinds, values, PerPoint(first, hi, _POINTS))
+            fast = functools.partial(_batched, record, kinds[:n_in], _per_point(record, lo, hi))
         else:
-            result = _vjp(record, kinds, values, lo, hi, safe=False)
+            fast = functools.partial(_points, record, kinds[:n_in], lo, hi, False)
+        result = _vjp(record, values, lambda full: fast(full, outs))
+        slow = functools.partial(_points, record, kinds[:n_in], lo, hi, True)
         return tuple(
-            when_finite(result, lambda: result, lambda: _vjp(record, kinds, values, lo, hi, True))
+            when_finite(
+                result, lambda: result, lambda: _vjp(record, values, lambda f: slow(f, outs))
+            )
         )
 
     return fn
 
 
-def _vjp_batched(
-    record: DenseGrad, kinds: tuple[str, ...], values: Sequence[Any], rows: PerPoint
-) -> tuple[Any, ...]:
-    n_in = len(values) - len(record.outs)  # the forward's inputs, then its cotangents
-    inputs, cts = list(values[:n_in]), values[n_in:]
-    in_axes = tuple(0 if kinds[k] == "point" else None for k in range(n_in))
-    pads = [
-        {0: _ROWS} if kinds[k] == "range" else {0: _POINTS} if kinds[k] == "point" else {}
-        for k in range(n_in)
-    ]
-    batch = sink_transposes(jax.vmap(lambda *a: tuple(record.call(list(a))), in_axes=in_axes))
-    lengths = {_ROWS: rows, _POINTS: np.shape(rows.hi)[0]}
+def forward_payload(
+    record: DenseGrad, kinds: tuple[str, ...], steps: int, sizes: dict[Symbol, int], n_out: int
+) -> Callable[..., tuple[Any, ...]]:
+    """The forward inputs, read whole along the range's dim (``kinds``) -> the forward's
+    ``n_out`` outputs at every consumer: the batched form of :func:`dense_payload`."""
+    outs = tuple(range(n_out))
 
-    def forward(*diff_values: Any) -> tuple[Any, ...]:
+    def fn(*values: Any) -> tuple[Any, ...]:
+        lo, hi = _ends(record, steps, sizes)
+        result = _batched(record, kinds, _per_point(record, lo, hi), list(values), outs)
+        return tuple(
+            when_finite(
+                result, lambda: result, lambda: _points(record, kinds, lo, hi, True, values, outs)
+            )
+        )
+
+    return fn
+
+
+def _per_point(record: DenseGrad, lo: Any, hi: Any) -> PerPoint:
+    start = record.item.start
+    return PerPoint(0 if isinstance(start, Const) and start.value == 0 else lo, hi, _POINTS)
+
+
+def _vjp(
+    record: DenseGrad, values: Sequence[Any], forward: Callable[[list[Any]], tuple[Any, ...]]
+) -> tuple[Any, ...]:
+    """The cotangents of ``record.order``, pulled back through ``forward`` (the forward
+    inputs -> the outputs ``record.outs``) from the cotangents at the end of ``values``."""
+    n_in = len(values) - len(record.outs)
+    inputs, cts = list(values[:n_in]), values[n_in:]
+
+    def at(*diff_values: Any) -> tuple[Any, ...]:
         full = list(inputs)
         for k, x in zip(record.diff, diff_values, strict=True):
             full[k] = x
-        out = masked_call(batch, full, pads, lengths, record.what, unchecked=True)
-        return tuple(out[j] for j in record.outs)
+        return forward(full)
 
-    outs, pull = jax.vjp(forward, *(inputs[k] for k in record.diff))
+    outs, pull = jax.vjp(at, *(inputs[k] for k in record.diff))
     grads = pull(tuple(jnp.asarray(c, o.dtype) for c, o in zip(cts, outs, strict=True)))
     by_input = dict(zip(record.diff, grads, strict=True))
     return tuple(by_input[k] for k in record.order)
 
 
-def _vjp(
+def _batched(
     record: DenseGrad,
     kinds: tuple[str, ...],
-    values: Sequence[Any],
+    rows: PerPoint,
+    inputs: list[Any],
+    outs: Sequence[int],
+) -> tuple[Any, ...]:
+    """The forward's outputs ``outs`` at every consumer: the payload batched over them and
+    masked as one computation, its transposes moved to its outputs."""
+    in_axes = tuple(0 if kind == "point" else None for kind in kinds)
+    pads = [
+        {0: _ROWS} if kind == "range" else {0: _POINTS} if kind == "point" else {} for kind in kinds
+    ]
+    batch = sink_transposes(jax.vmap(lambda *a: tuple(record.call(list(a))), in_axes=in_axes))
+    lengths = {_ROWS: rows, _POINTS: np.shape(rows.hi)[0]}
+    out = masked_call(batch, inputs, pads, lengths, record.what, unchecked=True)
+    return tuple(out[j] for j in outs)
+
+
+def _points(
+    record: DenseGrad,
+    kinds: tuple[str, ...],
     lo: Any,
     hi: Any,
     safe: bool,
+    inputs: Sequence[Any],
+    outs: Sequence[int],
 ) -> tuple[Any, ...]:
-    n_in = len(values) - len(record.outs)  # the forward's inputs, then its cotangents
-    inputs, cts = list(values[:n_in]), values[n_in:]
-    in_axes = [0 if kinds[k] == "point" else None for k in range(n_in)]
-    pads = [{0: _ROWS} if kinds[k] == "range" else {} for k in range(n_in)]
+    """The forward's outputs ``outs`` at every consumer: each one's masked payload, batched.
+    ``safe``: exact, every padded row a copy of a valid one (nothing overflows there)."""
+    in_axes = [0 if kind == "point" else None for kind in kinds]
+    pads = [{0: _ROWS} if kind == "range" else {} for kind in kinds]
 
     def one(lo_t: Any, hi_t: Any, *args: Any) -> tuple[Any, ...]:
         args = list(args)
-        if safe:  # every padded row a copy of the first valid one: nothing overflows there
+        if safe:
             for k in record.ranged:
                 rows = jnp.arange(args[k].shape[0])
                 valid = (rows >= lo_t) & (rows < hi_t)
@@ -321,15 +436,6 @@ def _vjp(
                 args[k] = jnp.where(valid, args[k], args[k][lo_t])
         call = lambda *a: record.call(list(a))  # noqa: E731
         out = masked_call(call, args, pads, {_ROWS: (lo_t, hi_t)}, record.what, not safe)
-        return tuple(out[j] for j in record.outs)
+        return tuple(out[j] for j in outs)
 
-    def forward(*diff_values: Any) -> tuple[Any, ...]:
-        full = list(inputs)
-        for k, x in zip(record.diff, diff_values, strict=True):
-            full[k] = x
-        return jax.vmap(one, in_axes=(0, 0, *in_axes))(lo, hi, *full)
-
-    outs, pull = jax.vjp(forward, *(inputs[k] for k in record.diff))
-    grads = pull(tuple(jnp.asarray(c, o.dtype) for c, o in zip(cts, outs, strict=True)))
-    by_input = dict(zip(record.diff, grads, strict=True))
-    return tuple(by_input[k] for k in record.order)
+    return jax.vmap(one, in_axes=(0, 0, *in_axes))(lo, hi, *inputs)

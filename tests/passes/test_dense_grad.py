@@ -149,3 +149,37 @@ def test_the_form_each_payload_takes(payload: str, form: str) -> None:
     payload, batched. Both equal the oracle (``test_dense_gradients_equal_the_dense_oracle``)."""
     compiled = build("prefix", payload).compile({"B": 2, "T": 9})
     assert any(n.startswith(form) for n in _ops(compiled)), _ops(compiled)
+
+
+@pytest.mark.parametrize("kind", ["prefix", "window", "suffix"])
+def test_the_forward_is_taken_dense_with_its_gradient(kind: str) -> None:
+    """Where the gradient is one batched computation, so is the forward: the range op (one
+    lifted payload, as the LM's attention) becomes a pick of ``dense[...]``, computing every
+    point at once; values and gradients equal the interpreter's."""
+    attend = tj.lift(lambda q, ks, vs: jax.nn.softmax(ks @ q * D**-0.5) @ vs, name="attend")
+    with tj.Program() as p:
+        b, t = p.dims("b t")
+        q, k, v, w = (tj.input(n, (D,), jnp.float32, domain=(b, t)) for n in "qkvw")
+        o = attend(q[b, t], k[b, _rows(kind, t)], v[b, _rows(kind, t)])
+        loss = (tj.tanh(o) * w[b, t]).sum()
+        p.output("o", o[b, 0 : t.bound])
+        for name, g in zip(("gq", "gk", "gv"), tj.grad(loss, [q, k, v]), strict=True):
+            p.output(name, g[b, 0 : t.bound])
+    bounds, data = {"B": 2, "T": 11}, _data(11)
+    compiled = p.compile(bounds)
+    assert any(n.startswith("dense[") for n in _ops(compiled)), _ops(compiled)
+    want = tj.reference.run(p, bounds, data)
+    got = compiled(**data)
+    for name in ("o", "gq", "gk", "gv"):
+        np.testing.assert_allclose(got[name], want[name], rtol=2e-5, atol=2e-5)
+
+
+def test_the_forward_alone_stays_in_tiles() -> None:
+    """Without a gradient through it, a range op is not taken dense (decoding runs it in
+    query blocks and tiles)."""
+    with tj.Program() as p:
+        b, t = p.dims("b t")
+        q, k, v = (tj.input(n, (D,), jnp.float32, domain=(b, t)) for n in "qkv")
+        o = PAYLOADS["attention"](q[b, t], k[b, _rows("prefix", t)], v[b, _rows("prefix", t)])
+        p.output("o", o[b, 0 : t.bound])
+    assert not any(n.startswith("dense[") for n in _ops(p.compile({"B": 2, "T": 11})))
