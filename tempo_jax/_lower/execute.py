@@ -52,6 +52,11 @@ Buffers = dict[tuple, jax.Array]  # (op id, output) -> full buffer; (op, output,
 RING = 1  # third key element of a window ring carried by a loop
 CAPTURE = 2  # third key element of the one value of a one-point output
 ACCUMULATE = 3  # third key element of the running sum of an accumulated value
+# third key element of a ring of depth 1 (a value read at the previous iteration only): the
+# value itself, not a stack of one, so the loop carries it as computed. XLA copies a
+# loop-carried stack of one on every iteration where its old value has two readers (an
+# optimiser's moments: the update and the new moment)
+LAST = 4
 STOPPED = (-1, 0)  # whether the stop condition of `p.stop_when` has held
 RAN = (-2, 0)  # how many points of the stopped dim have run
 MAX_PIECES = 8  # a loop is split at most this many ways to take guards out of its body
@@ -215,6 +220,9 @@ class TreeLowering:
                 ring = buffers.get((ex.op, k, RING))
                 if ring is not None:
                     buffers[(ex.op, k, RING)] = _shift(ring, jnp.zeros_like(ring[0]))
+                last = buffers.get((ex.op, k, LAST))
+                if last is not None:
+                    buffers[(ex.op, k, LAST)] = jnp.zeros_like(last)
         return buffers
 
     def _loop(self, node: Loop, env: Env, buffers: Buffers) -> Buffers:
@@ -225,8 +233,12 @@ class TreeLowering:
         carried = dict(buffers)
         for (op_id, out), depth in rings.items():  # the last `depth` values, newest first
             producer = self.program.op(op_id)
-            shape = (depth, *self.layout.shape(producer.outputs[out], producer.domain))
-            carried[(op_id, out, RING)] = jnp.zeros(shape, producer.outputs[out].dtype)
+            shape = self.layout.shape(producer.outputs[out], producer.domain)
+            dtype = producer.outputs[out].dtype
+            if depth == 1:
+                carried[(op_id, out, LAST)] = jnp.zeros(shape, dtype)
+            else:
+                carried[(op_id, out, RING)] = jnp.zeros((depth, *shape), dtype)
         outer = self.branches
         for lo, hi, piece, branches in self._pieces(node, start, stop):
 
@@ -248,7 +260,7 @@ class TreeLowering:
             else:
                 carried = _fori(lo, hi, body, carried, node.trips)
         self.branches = outer
-        mine = {(op_id, out, RING) for op_id, out in rings}
+        mine = {(op_id, out, kind) for op_id, out in rings for kind in (RING, LAST)}
         return {key: value for key, value in carried.items() if key not in mine}
 
     def _pieces(self, node: Loop, start: Any, stop: Any) -> list[Piece]:
@@ -358,6 +370,9 @@ class TreeLowering:
             ring = (op.id, k, RING)
             if ring in buffers:
                 buffers[ring] = _shift(buffers[ring], value)
+            last = (op.id, k, LAST)
+            if last in buffers:
+                buffers[last] = jnp.asarray(value, buffers[last].dtype)
             if (op.id, k) not in self.layout.plan.buffered:
                 continue
             buf = buffers[(op.id, k)]
@@ -419,9 +434,12 @@ class TreeLowering:
             elif (id(node), k) in self.layout.plan.local or (id(node), k) in self.layout.nest_local:
                 values.append(local[edge.src][edge.out])
             elif (id(node), k) in self.layout.plan.window:
-                values.append(
-                    buffers[(edge.src, edge.out, RING)][self.layout.plan.window[(id(node), k)]]
-                )
+                last = buffers.get((edge.src, edge.out, LAST))
+                if last is not None:  # a ring of depth 1: its one slot
+                    values.append(last)
+                else:
+                    ring = buffers[(edge.src, edge.out, RING)]
+                    values.append(ring[self.layout.plan.window[(id(node), k)]])
             else:
                 values.append(self.read(edge, env, buffers, op.domain, None, classes, windowed))
         if windows is not None and windowed:

@@ -9,6 +9,7 @@ map-then-reduce)."""
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -232,3 +233,46 @@ def test_a_cache_with_its_first_rows_written_before_the_loop_is_still_a_cycle() 
     assert int(got["lengths"]["T"]) == int(want["lengths"]["T"])
     ((cycle,),) = [list(c.values()) for c in made]
     assert (cycle.rows, cycle.block) == (3, 3)
+
+
+def _loop_bodies(hlo: str) -> list[str]:
+    """The computations of ``hlo`` (compiled HLO text) that are while-loop bodies."""
+    names = set(re.findall(r"body=%([\w.\-]+)", hlo))
+    blocks = re.split(r"\n(?=\S)", hlo)
+    return [b for b in blocks if (m := re.match(r"%([\w.\-]+) ", b)) and m.group(1) in names]
+
+
+def test_a_value_read_at_the_previous_iteration_is_carried_as_it_is() -> None:
+    """Adam's moments are read at ``i - 1`` only (rings of depth 1): the loop carries each as
+    the value itself, not a stack of one, so XLA updates it in place. A stack of one was
+    copied on every iteration (its old value has two readers: the update and the new
+    moment). The values equal an optax loop's (``tests/passes/test_autodiff.py``)."""
+    optax = pytest.importorskip("optax")
+    n, d = 16, 64
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = rng.normal(size=n).astype(np.float32)
+    tx = optax.adam(0.01)
+    with tj.Program() as p:
+        (i,) = p.dims("i")
+        xs, ys = tj.input("x", (n, d)), tj.input("y", (n,))
+        params = tj.param({"w": jnp.zeros(d)}, domain=(i,))
+        loss = ((xs @ params["w"] - ys) ** 2).mean()
+        new = tj.optim.step(tx, params, tj.grad(loss, params), over=i)
+        p.output("w", new["w"][i.bound - 1])
+    compiled = p.compile({"I": 20})
+    kinds = {v.kind for v in compiled.memory().values}
+    assert "ring" in kinds, kinds
+    hlo = compiled.lower(x=x, y=y).compile().as_text()
+    bodies = _loop_bodies(hlo)
+    assert bodies
+    assert not any(re.search(r"= f32\[[\d,]*\]\S* copy\(", b) for b in bodies)
+
+    def loss_fn(w: jax.Array) -> jax.Array:
+        return ((x @ w - y) ** 2).mean()
+
+    w, state = jnp.zeros(d), tx.init(jnp.zeros(d))
+    for _ in range(20):
+        updates, state = tx.update(jax.grad(loss_fn)(w), state, w)
+        w = optax.apply_updates(w, updates)
+    np.testing.assert_allclose(compiled(x=x, y=y)["w"], w, rtol=1e-5, atol=1e-6)
