@@ -11,6 +11,11 @@ is its only reader (repeatedly, so ``sum_b(sum_t(vjp))`` becomes one op),
 and the folded payload is evaluated through :func:`contracting`: the payload's jaxpr is
 re-evaluated equation by equation with every ``reduce_sum`` over batch axes of a
 ``dot_general`` (through transposes) turned into a ``dot_general`` contracting those axes.
+
+The same holds for the gradient of a table read at an index per point (an embedding, a
+position embedding): each point's vjp is a ``scatter-add`` into a zeroed table, batched
+(``(T, B, rows, width)`` values), then summed; a ``reduce_sum`` over the scatter's batch
+axes becomes one ``scatter-add`` of every point's update into one zeroed table.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.extend.core as jex
+import numpy as np
 from jax import lax
 
 from .._ir.expr import TRUE
@@ -164,11 +170,11 @@ def _uses(jaxpr: jex.Jaxpr) -> dict[Any, int]:
 
 def _evaluate(
     jaxpr: jex.Jaxpr, consts: Sequence[Any], args: Sequence[Any]
-) -> tuple[list[Any], dict[int, _Product]]:
+) -> tuple[list[Any], dict[int, Known]]:
     """The jaxpr's outputs, and which of them are single-use products."""
     env: dict[Any, Any] = dict(zip(jaxpr.constvars, consts, strict=True))
     env.update(zip(jaxpr.invars, args, strict=True))
-    products: dict[Any, _Product] = {}  # var -> how it was made (single-use values only)
+    products: dict[Any, Known] = {}  # var -> how it was made (single-use values only)
     uses = _uses(jaxpr)
 
     def read(atom: Any) -> Any:
@@ -185,8 +191,8 @@ def _evaluate(
 
 
 def _equation(
-    eqn: jex.JaxprEqn, values: list[Any], products: dict[Any, _Product]
-) -> tuple[dict[int, _Product], list[Any]]:
+    eqn: jex.JaxprEqn, values: list[Any], products: dict[Any, Known]
+) -> tuple[dict[int, Known], list[Any]]:
     """One equation's outputs, and which of them are products (by output position)."""
     name = eqn.primitive.name
     if name in CALLS:
@@ -195,21 +201,90 @@ def _equation(
         return made, outs
     first = eqn.invars[0] if eqn.invars else None
     source = products.get(first) if isinstance(first, jex.Var) else None
-    if name == "reduce_sum" and source is not None:
+    if name == "reduce_sum" and isinstance(source, _Scatter):
+        value = _scatter_sum(source, tuple(int(a) for a in eqn.params["axes"]))
+        if value is not None:
+            return {}, [value]
+    if name == "reduce_sum" and isinstance(source, _Product):
         value, product = _contract(source, tuple(eqn.params["axes"]))
         return ({} if product is None else {0: product}), [value]
     outs = bind(eqn, values)
+    if name == "broadcast_in_dim" and (
+        isinstance(source, _Zeros)
+        or (isinstance(first, jex.Literal) and np.ndim(first.val) == 0 and first.val == 0)
+    ):
+        return {0: _Zeros()}, outs
+    if name == "scatter-add" and isinstance(source, _Zeros):
+        numbers = eqn.params["dimension_numbers"]
+        if numbers.operand_batching_dims:
+            return {0: _Scatter(eqn, values[1], values[2])}, outs
     if name == "dot_general":
         params = {k: v for k, v in eqn.params.items() if k != "dimension_numbers"}
         axes = tuple(range(len(eqn.outvars[0].aval.shape)))
         return {0: _Product(*values, eqn.params["dimension_numbers"], params, axes)}, outs
-    if source is not None and name in _MOVES:
+    if isinstance(source, _Product) and name in _MOVES:
         axes = _MOVES[name](source.axes, eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape, eqn)
         return ({} if axes is None else {0: dataclasses.replace(source, axes=axes)}), outs
     return {}, outs
 
 
 Axes = tuple[int | None, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Zeros:
+    """A value known to be all zeros (a broadcast zero)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scatter:
+    """A value known to be ``scatter-add`` of ``updates`` at ``indices`` into zeros, batched
+    (``operand_batching_dims``: one table per point)."""
+
+    eqn: jex.JaxprEqn
+    indices: Any
+    updates: Any
+
+
+Known = "_Product | _Zeros | _Scatter"  # what a single-use value is known to be
+
+
+def _scatter_sum(scatter: _Scatter, summed: tuple[int, ...]) -> Any:
+    """``reduce_sum`` over batch axes ``summed`` of a batched scatter-add into zeros: one
+    scatter-add into a table without those axes, their points' updates all scattered into
+    it; None where another axis is summed."""
+    eqn = scatter.eqn
+    numbers = eqn.params["dimension_numbers"]
+    batch = list(numbers.operand_batching_dims)
+    if not summed or any(a not in batch for a in summed):
+        return None
+    shape = eqn.outvars[0].aval.shape
+    kept = [a for a in range(len(shape)) if a not in summed]
+    renumber = {a: n for n, a in enumerate(kept)}
+    pairs = [
+        (o, i)
+        for o, i in zip(batch, numbers.scatter_indices_batching_dims, strict=True)
+        if o not in summed
+    ]
+    folded = lax.ScatterDimensionNumbers(
+        update_window_dims=tuple(numbers.update_window_dims),
+        inserted_window_dims=tuple(renumber[a] for a in numbers.inserted_window_dims),
+        scatter_dims_to_operand_dims=tuple(
+            renumber[a] for a in numbers.scatter_dims_to_operand_dims
+        ),
+        operand_batching_dims=tuple(renumber[o] for o, _ in pairs),
+        scatter_indices_batching_dims=tuple(i for _, i in pairs),
+    )
+    table = jax.numpy.zeros(tuple(shape[a] for a in kept), eqn.outvars[0].aval.dtype)
+    return lax.scatter_add(
+        table,
+        scatter.indices,
+        scatter.updates,
+        folded,
+        indices_are_sorted=eqn.params["indices_are_sorted"],
+        unique_indices=False,
+        mode=eqn.params["mode"],
+    )
 
 
 def _transposed(axes: Axes, _before: Any, _after: Any, eqn: jex.JaxprEqn) -> Axes | None:

@@ -107,3 +107,28 @@ def test_weight_gradients_are_contractions_not_stacked_outer_products() -> None:
     stacked = re.compile(r"f32\[[0-9,]+,(3,4|4,3)\]")  # gradients of several points, to be summed
     assert stacked.search(plain.lower(x=xs).compile().as_text())
     assert not stacked.search(compiled.lower(x=xs).compile().as_text())
+
+
+def _scatter_sums(table: jax.Array, rows: jax.Array, ct: jax.Array, axes: tuple[int, ...]) -> Any:
+    """The gradient of a table read at one row per point of ``(T, B)``: each point's vjp
+    (a scatter-add into a zeroed table), summed over ``axes`` of the points."""
+
+    def point(row: jax.Array, c: jax.Array) -> jax.Array:
+        return jax.vjp(lambda t: jnp.take(t, row, axis=0), table)[1](c)[0]
+
+    return jax.vmap(jax.vmap(point))(rows, ct).sum(axis=axes)
+
+
+@pytest.mark.parametrize("axes", [(0, 1), (0,), (1,), (2,), (1, 3)])
+def test_a_sum_of_scatters_into_zeroed_tables_is_one_scatter(axes: tuple[int, ...]) -> None:
+    """Summed over the points' axes, the per-point tables become one scatter of every
+    update into one table (out-of-range rows handled as each point's scatter handles them);
+    a sum over a table's own axis is left as it is."""
+    table = jnp.zeros((7, 4))
+    rows = jnp.asarray(RNG.integers(-2, 9, size=(6, 5)))
+    ct = jnp.asarray(RNG.normal(size=(6, 5, 4)).astype(np.float32))
+    fn = lambda t, r, c: _scatter_sums(t, r, c, axes)  # noqa: E731
+    np.testing.assert_allclose(contracting(fn)(table, rows, ct), fn(table, rows, ct), atol=1e-5)
+    kinds = _primitives(contracting(fn), table, rows, ct)
+    points_only = all(a < 2 for a in axes)  # no table axis summed: one scatter, no sum
+    assert ("reduce_sum" not in kinds) == points_only
