@@ -30,11 +30,18 @@ def median_seconds(run: Callable[[], Any], repeats: int) -> float:
     return statistics.median(timed(run) for _ in range(repeats))
 
 
-def interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+def interleaved(
+    runs: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
     """Seconds of each of ``runs`` per round, the systems taking turns within a round (the
-    first one alternating), so that a slow spell of the machine hits all of them."""
+    first one alternating), so that a slow spell of the machine hits all of them. ``warmup``
+    rounds run first, untimed: the first call after the others' compiles runs up to 2.5x
+    slower (the LM's first round read 2.2x to 2.6x where the others read 1.1x to 1.5x)."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     order = list(runs)
+    for _ in range(warmup):
+        for name in order:
+            timed(runs[name])
     for r in range(repeats):
         for name in order if r % 2 == 0 else order[::-1]:
             times[name].append(timed(runs[name]))

@@ -60,5 +60,9 @@ def test_systems_take_turns_in_each_round() -> None:
     calls = []
     runs = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
     times = timing.interleaved(runs, 3)
-    assert calls == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    warmup = ["a", "b", "c"]  # one untimed round first
+    assert calls == [*warmup, "a", "b", "c", "c", "b", "a", "a", "b", "c"]
     assert {name: len(ts) for name, ts in times.items()} == {"a": 3, "b": 3, "c": 3}
+    calls.clear()
+    timing.interleaved(runs, 1, warmup=0)
+    assert calls == ["a", "b", "c"]
