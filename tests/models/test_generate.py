@@ -66,6 +66,7 @@ def test_ragged_batch_equals_each_prompt_decoded_alone(name: str) -> None:
         np.testing.assert_array_equal(out.logits[b, : P - len(prompt)], 0.0)  # padding
 
 
+@pytest.mark.slow
 def test_sampled_rows_equal_each_prompt_sampled_alone_with_its_key() -> None:
     """Row ``b`` draws with ``key[b]`` at its own positions (a window too); one key is split."""
     cfg, params, model, prompts = _setup("llama-window")
@@ -101,6 +102,7 @@ def test_a_padded_array_with_a_mask_equals_the_list() -> None:
     np.testing.assert_array_equal(moved.lengths, want.lengths)
 
 
+@pytest.mark.slow
 def test_top_k_one_is_greedy_and_greedy_ignores_temperature() -> None:
     _, _, model, prompts = _setup("llama")
     greedy = model.generate_hf(prompts, max_new_tokens=NEW, block=BLOCK)

@@ -91,6 +91,7 @@ def test_the_decode_command_checks_its_devices(tmp_path, capsys) -> None:
     assert "tensor_parallel must divide" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_decode_command_over_two_processes_prints_the_one_process_text(tmp_path) -> None:
     from tests.scripts.test_launch import run_cli
 
