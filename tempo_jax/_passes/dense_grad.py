@@ -52,6 +52,8 @@ from .picks import next_id, pick_payload
 _ROWS = "rows"
 _POINTS = "points"  # the consumers' axis of the batched form's values
 MAX_ROWS = 128  # the longest range dim taken dense by default
+# what a trial trace of a dense payload raises where that form cannot be taken
+_REFUSED = (UnsupportedError, NotAligned, TempoError, TypeError, ValueError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +144,7 @@ def _replace(
         try:
             jax.eval_shape(fn, *values)
             break
-        except (UnsupportedError, NotAligned, TempoError, TypeError, ValueError):
+        except _REFUSED:
             continue
     else:
         return None
@@ -184,6 +186,7 @@ def _replace(
             record,
             tuple(kinds[:n_in]),
             edges[:n_in],
+            values[:n_in],
             dense_domain,
             steps,
             sizes,
@@ -197,6 +200,7 @@ def _dense_forward(
     record: DenseGrad,
     kinds: tuple[str, ...],
     edges: Sequence[Edge],
+    values: Sequence[jax.ShapeDtypeStruct],
     domain: tuple[Symbol, ...],
     steps: int,
     sizes: dict[Symbol, int],
@@ -216,8 +220,8 @@ def _dense_forward(
         return None
     fn = forward_payload(record, kinds, steps, sizes, len(op.outputs))
     try:
-        jax.eval_shape(fn, *(_struct(program.read_spec(e), sizes) for e in edges))
-    except (UnsupportedError, NotAligned, TempoError, TypeError, ValueError):
+        jax.eval_shape(fn, *values)
+    except _REFUSED:
         return None
     name = f"dense[{op.name}]"
     outputs = tuple(TensorSpec((steps, *spec.shape), spec.dtype) for spec in op.outputs)
