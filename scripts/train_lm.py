@@ -38,7 +38,7 @@ from tempo_jax.models import train
 from tempo_jax.models.baselines import train_loop
 from tempo_jax.models.config import DecoderConfig
 from tempo_jax.models.params import init_params
-from tempo_jax.scripts.timing import interleaved
+from tempo_jax.scripts.timing import interleaved, set_precision
 
 ALPHABET = "0123456789+=\n"
 
@@ -186,6 +186,7 @@ def main() -> None:
     args = parser.parse_args()
     tj.enable_compilation_cache()
     config = read(args.config, kind="train")
+    set_precision(config)
     summary = run(config)
     summary["meta"] = {
         "machine": platform.processor() or platform.machine(),
