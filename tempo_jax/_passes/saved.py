@@ -14,7 +14,8 @@ the same point, as any other value: stored, scheduled and freed by the compiler 
 A residual that is an input or an output of the op is read from it; a view of an input (a
 reshape, transpose, broadcast, squeeze or dtype conversion of it: a policy's flattened
 observation) is taken from that input again in the backward instead of stored beside it; a
-constant is kept in the backward. Both functions come from the one trace, so the residuals
+constant is kept in the backward, and a value computed from constants alone (a causal mask
+from ``iota``) is computed there again. Both functions come from the one trace, so the residuals
 always match.
 
 It does not pay, and the vjp op recomputes as before, where:
@@ -101,7 +102,7 @@ def save_residuals(
     ]
     largest = max((int(np.prod(s.shape)) for s in op.outputs), default=0)
     # per residual: ("input", k), ("view", (k, equations)), ("output", j), ("const", value)
-    # or ("new", m)
+    # ("derived", (var, equations)) or ("new", m)
     sources: list[tuple[str, Any]] = []
     new: list[Any] = []
     made = {out: eqn for eqn in jaxpr.eqns for out in eqn.outvars}
@@ -116,6 +117,8 @@ def save_residuals(
             sources.append(("output", jaxpr.outvars.index(var)))
         elif var in jaxpr.constvars:
             sources.append(("const", closed.consts[jaxpr.constvars.index(var)]))
+        elif not depends[var]:  # computed from constants alone (a mask): made again
+            sources.append(("derived", (var, _chain(jaxpr, made, var))))
         else:
             deps = depends[var]
             size = int(np.prod(var.aval.shape))
@@ -124,7 +127,7 @@ def save_residuals(
             if var not in new:
                 new.append(var)
             sources.append(("new", new.index(var)))
-    if not new and all(kind == "const" for kind, _ in sources):
+    if not new and all(kind in ("const", "derived") for kind, _ in sources):
         return None  # nothing saved: the recomputing vjp is as good
     keep = [*jaxpr.outvars[:n_out], *new]
     kept = jex.ClosedJaxpr(jaxpr.replace(outvars=keep), closed.consts)
@@ -148,7 +151,13 @@ def save_residuals(
         outputs = dict(zip(own, kept[: len(own)], strict=True))
         found = {"input": ins, "output": outputs, "new": kept[len(own) :]}
         residuals = [
-            at if kind == "const" else _redo(ins, *at) if kind == "view" else found[kind][at]
+            at
+            if kind == "const"
+            else _redo(ins, *at)
+            if kind == "view"
+            else _derive(closed, ins, *at)
+            if kind == "derived"
+            else found[kind][at]
             for kind, at in sources
         ]
         ct = [jnp.asarray(c, dt) for c, dt in zip(cts, dtypes, strict=True)]
@@ -178,6 +187,39 @@ def _redo(inputs: Sequence[Any], k: int, equations: tuple[Any, ...]) -> Any:
     value = inputs[k]
     for eqn in equations:
         value = eqn.primitive.bind(value, **eqn.params)
+    return value
+
+
+def _chain(jaxpr: jex.Jaxpr, made: dict[Any, Any], var: Any) -> tuple[Any, ...]:
+    """The equations computing ``var`` of ``jaxpr`` from its constants, in order."""
+    order: list[Any] = []
+    seen: set[int] = set()
+    stack = [var]
+    while stack:  # depth first; an equation after every one it reads
+        v = stack[-1]
+        eqn = made.get(v)
+        if eqn is None or id(eqn) in seen:
+            stack.pop()
+            continue
+        pending = [
+            u
+            for u in eqn.invars
+            if not isinstance(u, jex.Literal) and u in made and id(made[u]) not in seen
+        ]
+        if pending:
+            stack.extend(pending)
+            continue
+        seen.add(id(eqn))
+        order.append(eqn)
+        stack.pop()
+    return tuple(order)
+
+
+def _derive(closed: jex.ClosedJaxpr, inputs: Sequence[Any], var: Any, equations: Any) -> Any:
+    """A residual computed from constants alone again: ``equations`` of ``closed`` evaluated in
+    order (``inputs``, the jaxpr's, are passed along and not read)."""
+    sub = closed.jaxpr.replace(outvars=[var], eqns=list(equations))
+    (value,) = jax.core.eval_jaxpr(sub, closed.consts, *inputs)
     return value
 
 

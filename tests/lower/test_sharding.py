@@ -54,7 +54,9 @@ def test_gradient_steps_on_sharded_rows_equal_one_device() -> None:
 
 def test_attention_splits_over_its_batch_dim_but_not_over_its_queries() -> None:
     found = _run("core")["attention"]
-    assert found["diff"] == {"o": 0.0}
+    # each device's products over a quarter of the rows: XLA may pick other kernels for
+    # those shapes than for the whole batch (2.4e-7 apart on one CPU, equal on another)
+    assert found["diff"]["o"] <= 1e-6
     assert found["specs"] == {"o": "P('data',)"}  # the output split as the rows
     assert found["query"].startswith(
         "UnsupportedError: dim 't' cannot be sharded over mesh axis 'data': `matmul` at "

@@ -41,6 +41,15 @@ def _viewed(x: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.transpose(x.reshape(ROWS, D // 2, 2), (0, 2, 1)).reshape(ROWS, D) @ w
 
 
+def _masked(x: jax.Array, w: jax.Array) -> jax.Array:
+    # the mask, larger than the output, is computed from constants alone: made again in the
+    # backward, not stored (nor a reason to recompute the forward)
+    h = x @ w
+    pairs = h[:, :, None] * h[:, None, :]
+    mask = jax.lax.broadcasted_iota(jnp.int32, pairs.shape, 1) >= jnp.arange(D)  # an iota
+    return jax.lax.select(mask, pairs, jnp.zeros_like(pairs)).sum(-1)
+
+
 def _program(payload: Callable) -> tuple[tj.Program, np.ndarray]:
     rng = np.random.default_rng(0)
     start = jnp.asarray(rng.normal(size=(D, D)) * 0.5, jnp.float32)
@@ -66,8 +75,9 @@ def _ops(program: tj.Program, name: str) -> list:
         (_weight_only, False),
         (_indexed, True),
         (_viewed, False),
+        (_masked, True),
     ],
-    ids=["matmul", "elementwise", "weight-only", "indexed", "viewed"],
+    ids=["matmul", "elementwise", "weight-only", "indexed", "viewed", "masked"],
 )
 def test_gradients_equal_jax_grad_with_or_without_saved_residuals(
     payload: Callable, saves: bool
