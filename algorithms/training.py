@@ -212,9 +212,10 @@ class Train:
         if self.compiled.sharding is not None:  # inputs laid out over a mesh: one at a time
             compiled = self.compiled.ahead_of_time(**self.inputs(key))
         else:
+            # traced once, here: the second thread's call finds the trace in jit's cache
+            shapes = jax.eval_shape(self.start, key)
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 first = pool.submit(self.start, key)
-                shapes = jax.eval_shape(self.start, key)
                 compiled = self.compiled.ahead_of_time(**self.inputs(key, shapes))
                 first.result()
         return lambda key=None, state=None, run=0: compiled(**self.inputs(key, state, run))
