@@ -18,7 +18,10 @@
 - *latest* (a scoped buffer with every dim left out): a producer whose domain its loop nest
   walks, every read of which is of the value it produced last (parameters stepped over
   nested ``(i, e, m)``: ``w[i, e, m + 1]``, ``w[i, e + 1, 0]`` from ``w[i, e, M - 1]``,
-  ``w[i + 1, 0, 0]``, and reads of ``w[i, 0, 0]`` at ``e = m = 0``), keeps one value.
+  ``w[i + 1, 0, 0]``, and reads of ``w[i, 0, 0]`` at ``e = m = 0``), keeps one value. It
+  serves its window reads too (no ring of the inner loop carries a second copy beside it),
+  and a one-point output at the nest's last point reads it once the program has run instead
+  of being captured (a capture inside a nest is a select at every step).
 
 Reads are planned per loop body through its guards: a guarded producer shifts its ring every
 iteration all the same (padding when the guard is false), so a slot counts iterations.
@@ -33,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from .._ir.expr import And, Cmp, Const, Expr, IndexItem, Slice, Symbol, substitute, symbols_of
+from .._ir.expr import TRUE, And, Cmp, Const, Expr, IndexItem, Slice, Symbol, substitute, symbols_of
 from .._ir.program import Edge, Program
 from .._ir.simplify import simplify
 from .._schedule.tree import LOOP_SCOPE, Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
@@ -96,8 +99,53 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
             plan.held[key] = next(iter(points))
         else:
             plan.buffered.add(key)
-    plan.scoped = {**_scoped(program, tree, plan), **_latest(program, tree, plan)}
+    latest = _latest(program, tree, plan)
+    plan.scoped = {**_scoped(program, tree, plan), **latest}
+    _unring(program, tree, plan, set(latest))
+    _read_last(program, tree, plan, set(latest))
     return plan
+
+
+def _read_last(
+    program: Program, tree: Node, plan: StoragePlan, latest: set[tuple[int, int]]
+) -> None:
+    """A one-point output of a value kept as its latest point alone, at the last point of its
+    producer's nest, is read from that value once the program has run instead of captured
+    (a captured value inside a nest is a select at every step). Not under a stop: the nest
+    may end before its last point."""
+    if not latest or program.stop is not None:
+        return
+    sites = _sites(tree, (), (), [])
+    where: dict[int, list[tuple[Exec, _Site]]] = {}
+    for ex, site in sites:
+        where.setdefault(ex.op, []).append((ex, site))
+    for out in program.outputs:
+        key = (out.edge.src, out.edge.out)
+        if out.name not in plan.captured or key not in latest or out.edge.cond != TRUE:
+            continue
+        nest = _walking_nest(program, key[0], where)
+        if nest is None:
+            continue
+        last = tuple(simplify(bound - 1) for bound in nest[2])
+        if tuple(simplify(item) for item in out.edge.index) == last:
+            plan.captured.discard(out.name)
+
+
+def _unring(program: Program, tree: Node, plan: StoragePlan, latest: set[tuple[int, int]]) -> None:
+    """Drop the rings of values kept as their latest point alone: every read of them, a ring's
+    window too, is of that point, so the one value serves them all (a ring beside it would
+    carry a second copy of the same value through its loop)."""
+    if not latest:
+        return
+    for rings in plan.rings.values():
+        for key in latest & set(rings):
+            del rings[key]
+    execs = {id(ex): ex for ex in _all_execs(tree)}
+    for read in list(plan.window):
+        ex_id, j = read
+        edge = program.op(execs[ex_id].op).inputs[j]
+        if (edge.src, edge.out) in latest:
+            del plan.window[read]
 
 
 @dataclasses.dataclass(frozen=True)

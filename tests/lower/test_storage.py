@@ -188,7 +188,9 @@ def _nested_steps() -> tj.Program:
 def test_a_value_read_only_where_last_produced_keeps_one_value() -> None:
     """Every read of ``w`` and ``new`` is of the point produced last (the next minibatch, the
     next epoch's first, the next iteration's first, the actor at ``(i, 0, 0)``): neither
-    keeps an ``(I, E, M)`` buffer, so memory does not grow with the iterations."""
+    keeps an ``(I, E, M)`` buffer, so memory does not grow with the iterations, nor a ring
+    of the minibatch loop beside it; the output at the last point is that value, not a
+    capture selected at every step."""
     p = _nested_steps()
     xs = np.random.default_rng(4).normal(size=(3, 4)).astype(np.float32)
     temps = []
@@ -201,6 +203,10 @@ def test_a_value_read_only_where_last_produced_keeps_one_value() -> None:
         assert "w" in {op.name for op in stored}
         for op in stored:
             assert plan.scoped.get((op.id, 0)) == frozenset({0, 1, 2}), op.name
+        kept = {(op.id, 0) for op in stored}
+        for rings in plan.rings.values():  # no ring beside the one value (a second copy)
+            assert not kept & set(rings)
+        assert "w" not in plan.captured  # the last point: read from that value at the end
         want = tj.reference.run(p, bounds, {"x": xs})["w"]
         np.testing.assert_allclose(compiled(x=xs)["w"], want, rtol=1e-5)
         temps.append(compiled.lower(x=xs).compile().memory_analysis().temp_size_in_bytes)
