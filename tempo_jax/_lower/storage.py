@@ -18,7 +18,9 @@
 - *latest* (a scoped buffer with every dim left out): a producer whose domain its loop nest
   walks, every read of which is of the value it produced last (parameters stepped over
   nested ``(i, e, m)``: ``w[i, e, m + 1]``, ``w[i, e + 1, 0]`` from ``w[i, e, M - 1]``,
-  ``w[i + 1, 0, 0]``, and reads of ``w[i, 0, 0]`` at ``e = m = 0``), keeps one value. It
+  ``w[i + 1, 0, 0]``, and reads of ``w[i, 0, 0]`` at ``e = m = 0``), keeps one value. The
+  nest may sit in loops its domain does not walk where a guard pins each to one iteration (a
+  rollout's environment state, run at the first minibatch of each iteration). It
   serves its window reads too (no ring of the inner loop carries a second copy beside it),
   and a one-point output at the nest's last point reads it once the program has run instead
   of being captured (a capture inside a nest is a select at every step).
@@ -233,21 +235,51 @@ def _walking_nest(
     program: Program, op_id: int, where: dict[int, list[tuple[Exec, _Site]]]
 ) -> tuple[_Site, tuple[Loop, ...], tuple[Expr, ...]] | None:
     """``(site, loops, bounds)`` when ``op_id`` runs once per point of a forward nest whose
-    loops walk its domain dims in order, from 0 to their bounds, unguarded inside the nest."""
+    loops walk its domain dims in order, from 0 to their bounds, unguarded inside the nest.
+
+    The nest may sit inside loops its point does not name (a rollout inside the epochs and
+    minibatches of a training iteration) where the guards around it pin each of them to one
+    constant (``if (e == 0) & (m == 0)``) and test nothing else: it then runs in one
+    iteration of each, and its points still come in the nest's order. ``loops`` are the
+    domain's loops alone."""
     produced = where.get(op_id, [])
     if len(produced) != 1:
         return None
     ex, site = produced[0]
     domain = program.op(op_id).domain
-    if not domain or len(site.loops) != len(domain) or site.guards:
+    if not domain or len(site.loops) < len(domain):
+        return None
+    named = set().union(*(symbols_of(item) for item in ex.point))
+    extra = [lp for lp in site.loops if lp.var not in named]
+    if len(site.loops) - len(extra) != len(domain) or not _pinned(site.guards, extra):
         return None  # a guarded producer's last value is not a predecessor's
-    loops = site.loops
+    loops = tuple(lp for lp in site.loops if lp.var in named)
     for loop, item, dim in zip(loops, ex.point, domain, strict=True):
         if loop.reverse or simplify(item) != loop.var:
             return None
         if simplify(loop.start) != Const(0) or simplify(loop.stop) != dim.bound:
             return None
     return site, loops, tuple(dim.bound for dim in domain)
+
+
+def _pinned(guards: tuple[Expr, ...], extra: list[Loop]) -> bool:
+    """Whether ``guards`` are conjunctions of ``var == constant`` that pin every loop of
+    ``extra`` and nothing else."""
+    facts: dict[Symbol, Expr] = {}
+    terms: list[Expr] = []
+    for cond in guards:
+        _equalities(cond, facts)
+        terms += _conjuncts(cond)
+    wanted = {lp.var for lp in extra}
+    if set(facts) != wanted or any(symbols_of(value) for value in facts.values()):
+        return False
+    return len(terms) == len(wanted)  # one equality per loop: no other condition
+
+
+def _conjuncts(cond: Expr) -> list[Expr]:
+    if isinstance(cond, And):
+        return _conjuncts(cond.a) + _conjuncts(cond.b)
+    return [cond]
 
 
 def _reads_latest(
@@ -260,24 +292,38 @@ def _reads_latest(
     bounds: tuple[Expr, ...],
 ) -> bool:
     """Whether every exec of the reader reads, through ``edge``, the point the producer
-    (at ``producer``, in ``loops``) ran at last."""
+    (at ``producer``; ``loops``, the nest its domain walks) ran at last. A loop around the
+    producer that its domain does not walk (:func:`_walking_nest`) and that the reader shares
+    must be pinned there to the producer's iteration of it."""
     reader = program.op(reader_id)
     if reader.payload is not None and reader.payload.accumulates:
         return False
     if any(isinstance(item, Slice) for item in edge.index) or reader_id not in where:
         return False
+    pins: dict[Symbol, Expr] = {}
+    for cond in producer.guards:
+        _equalities(cond, pins)
     for ex, site in where[reader_id]:
         shared = 0
         while (
-            shared < len(loops) and shared < len(site.loops) and site.loops[shared] is loops[shared]
+            shared < len(producer.loops)
+            and shared < len(site.loops)
+            and site.loops[shared] is producer.loops[shared]
         ):
             shared += 1
         at = dict(zip(reader.domain, ex.point, strict=True))
         facts: dict[Symbol, Expr] = {}
         for cond in (*site.guards, substitute(edge.cond, at)):
             _equalities(cond, facts)
+        common = producer.loops[:shared]
+        if any(
+            lp.var in pins and simplify(facts.get(lp.var, lp.var)) != simplify(pins[lp.var])
+            for lp in common
+        ):
+            return False  # the reader may run in another iteration of a pinned loop
+        walked = sum(1 for lp in common if lp.var not in pins)
         target = tuple(simplify(substitute(substitute(item, at), facts)) for item in edge.index)
-        if not _is_latest(target, loops, bounds, shared, site.order > producer.order, facts):
+        if not _is_latest(target, loops, bounds, walked, site.order > producer.order, facts):
             return False
     return True
 

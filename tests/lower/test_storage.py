@@ -214,6 +214,45 @@ def test_a_value_read_only_where_last_produced_keeps_one_value() -> None:
     assert temps[1] - temps[0] < 36 * 6 * 256 // 4
 
 
+def test_a_rollout_run_at_the_first_minibatch_keeps_its_state_as_one_value() -> None:
+    """A rollout over ``t`` that the schedule runs inside the epochs and minibatches of each
+    iteration, at ``(e, m) == (0, 0)`` (where the iteration's parameters are merged), as PPO's
+    is: its state ``h``, read only at the previous step, at the next iteration's start and at
+    the last step, is one value carried through every loop (not a row per step written and
+    read back); the observations the learner reads whole stay a buffer of the iteration."""
+    with tj.Program() as p:
+        i, e, m, t = p.dims("i e m t")
+        x = tj.input("x", (4,), jnp.float32, domain=(m,))
+        w = tj.placeholder((4,), jnp.float32, domain=(i, e, m), name="w")
+        h = tj.placeholder((4,), jnp.float32, domain=(i, t), name="h")
+        state = tj.tanh(h * w[i, 0, 0] + 0.1)
+        h[0, 0] = tj.ones(4)
+        h[i, t + 1] = state[i, t]
+        h[i + 1, 0] = state[i, t.bound - 1]
+        seen = h[i, 0 : t.bound].sum(0)  # the learner reads the observations whole
+        last = state[i, t.bound - 1] * 2.0
+        new = w - 0.01 * tj.tanh(w * x[m].sum()) + 0.001 * seen + 0.001 * last
+        w[0, 0, 0] = tj.ones(4)
+        w[i, e, m + 1] = new[i, e, m]
+        w[i, e + 1, 0] = new[i, e, m.bound - 1]
+        w[i + 1, 0, 0] = new[i, e.bound - 1, m.bound - 1]
+        p.output("w", new[i.bound - 1, e.bound - 1, m.bound - 1])
+        p.output("h", state[i.bound - 1, t.bound - 1])
+    bounds = {"I": 3, "E": 2, "M": 3, "T": 5}
+    compiled = p.compile(bounds)
+    plan = plan_storage(compiled.program, compiled.tree)
+    (kept,) = [op for op in compiled.program.ops if op.name == "tanh" and len(op.domain) == 2]
+    assert plan.scoped.get((kept.id, 0)) == frozenset({0, 1})
+    assert "h" not in plan.captured
+    (rows,) = [op for op in compiled.program.ops if op.name == "h"]
+    assert plan.scoped.get((rows.id, 0)) == frozenset({0})  # one iteration's rows
+    xs = np.random.default_rng(5).normal(size=(3, 4)).astype(np.float32)
+    want = tj.reference.run(p, bounds, {"x": xs})
+    got = compiled(x=xs)
+    for name in ("w", "h"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
 def _sliced_in_loops(jaxpr, shape: tuple[int, ...], inside: bool = False) -> int:
     """How many slices of an array of ``shape`` run inside a loop body of ``jaxpr``."""
     found = 0
