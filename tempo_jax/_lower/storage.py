@@ -38,10 +38,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from .._ir.expr import TRUE, And, Cmp, Const, Expr, IndexItem, Slice, Symbol, substitute, symbols_of
+from .._ir.expr import Const, Expr, IndexItem, Slice, Symbol, substitute, symbols_of
 from .._ir.program import Edge, Program
 from .._ir.simplify import simplify
 from .._schedule.tree import LOOP_SCOPE, Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
+from .latest import all_execs, exec_sites, latest_values, read_last, unring
 
 Read = tuple[int, int]  # (id of the executing node: equal execs in two loops differ, input edge)
 
@@ -86,7 +87,7 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
         else:
             plan.buffered.add((out.edge.src, out.edge.out))
     seen: dict[int, int] = {}
-    for ex in _all_execs(tree):
+    for ex in all_execs(tree):
         seen[ex.op] = seen.get(ex.op, 0) + 1
     split = frozenset(op for op, n in seen.items() if n > 1)  # ops the schedule runs in pieces
     plan.intermittent = _intermittent(tree)
@@ -101,258 +102,24 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
             plan.held[key] = next(iter(points))
         else:
             plan.buffered.add(key)
-    latest = _latest(program, tree, plan)
+    latest = latest_values(program, tree, plan)
     plan.scoped = {**_scoped(program, tree, plan), **latest}
-    _unring(program, tree, plan, set(latest))
-    _read_last(program, tree, plan, set(latest))
+    unring(program, tree, plan, set(latest))
+    read_last(program, tree, plan, set(latest))
     return plan
-
-
-def _read_last(
-    program: Program, tree: Node, plan: StoragePlan, latest: set[tuple[int, int]]
-) -> None:
-    """A one-point output of a value kept as its latest point alone, at the last point of its
-    producer's nest, is read from that value once the program has run instead of captured
-    (a captured value inside a nest is a select at every step). Not under a stop: the nest
-    may end before its last point."""
-    if not latest or program.stop is not None:
-        return
-    sites = _sites(tree, (), (), [])
-    where: dict[int, list[tuple[Exec, _Site]]] = {}
-    for ex, site in sites:
-        where.setdefault(ex.op, []).append((ex, site))
-    for out in program.outputs:
-        key = (out.edge.src, out.edge.out)
-        if out.name not in plan.captured or key not in latest or out.edge.cond != TRUE:
-            continue
-        nest = _walking_nest(program, key[0], where)
-        if nest is None:
-            continue
-        last = tuple(simplify(bound - 1) for bound in nest[2])
-        if tuple(simplify(item) for item in out.edge.index) == last:
-            plan.captured.discard(out.name)
-
-
-def _unring(program: Program, tree: Node, plan: StoragePlan, latest: set[tuple[int, int]]) -> None:
-    """Drop the rings of values kept as their latest point alone: every read of them, a ring's
-    window too, is of that point, so the one value serves them all (a ring beside it would
-    carry a second copy of the same value through its loop)."""
-    if not latest:
-        return
-    for rings in plan.rings.values():
-        for key in latest & set(rings):
-            del rings[key]
-    execs = {id(ex): ex for ex in _all_execs(tree)}
-    for read in list(plan.window):
-        ex_id, j = read
-        edge = program.op(execs[ex_id].op).inputs[j]
-        if (edge.src, edge.out) in latest:
-            del plan.window[read]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Site:
-    """Where an exec sits: its loops (outermost first), the guards around it, its order."""
-
-    loops: tuple[Loop, ...]
-    guards: tuple[Expr, ...]
-    order: int
-
-
-def _sites(node: Node, loops: tuple[Loop, ...], guards: tuple[Expr, ...], out: list) -> list:
-    """Every exec with its :class:`_Site`, in execution order within an iteration."""
-    if isinstance(node, Exec):
-        out.append((node, _Site(loops, guards, len(out))))
-    elif isinstance(node, Loop):
-        _sites(node.body, (*loops, node), guards, out)
-    elif isinstance(node, Guard):
-        _sites(node.body, loops, (*guards, node.cond), out)
-    elif isinstance(node, Sequence):
-        for child in node.children:
-            _sites(child, loops, guards, out)
-    return out
 
 
 def _intermittent(tree: Node) -> dict[int, frozenset[Symbol]]:
     """Per op, the variables of enclosing loops its point does not name that a guard around
     one of its execs tests (see :attr:`StoragePlan.intermittent`)."""
     found: dict[int, frozenset[Symbol]] = {}
-    for ex, site in _sites(tree, (), (), []):
+    for ex, site in exec_sites(tree, (), (), []):
         named = set().union(*(symbols_of(item) for item in ex.point))
         skipped = {lp.var for lp in site.loops} - named
         tested = skipped & set().union(*(symbols_of(cond) for cond in site.guards))
         if tested:
             found[ex.op] = found.get(ex.op, frozenset()) | tested
     return found
-
-
-def _equalities(cond: Expr, found: dict[Symbol, Expr]) -> None:
-    """The ``symbol == value`` facts of a conjunction."""
-    if isinstance(cond, And):
-        _equalities(cond.a, found)
-        _equalities(cond.b, found)
-    elif isinstance(cond, Cmp) and cond.op == "==":
-        for a, b in ((cond.a, cond.b), (cond.b, cond.a)):
-            if isinstance(a, Symbol) and not symbols_of(b) & {a}:
-                found[a] = b
-                return
-
-
-def _latest(
-    program: Program, tree: Node, plan: StoragePlan
-) -> dict[tuple[int, int], frozenset[int]]:
-    """Full buffers that can keep one value: the producer runs once per point of a forward
-    loop nest walking its whole domain (one loop per dim, from 0, no guard inside the nest),
-    and every read is of the point it produced last, at the time of the read (module
-    docstring). The executor keeps them as scoped buffers with every position left out."""
-    sites = _sites(tree, (), (), [])
-    where: dict[int, list[tuple[Exec, _Site]]] = {}
-    for ex, site in sites:
-        where.setdefault(ex.op, []).append((ex, site))
-    # outputs read the buffer (one-point outputs are captured apart from it)
-    kept = {(o.edge.src, o.edge.out) for o in program.outputs if o.name not in plan.captured}
-    readers: dict[tuple[int, int], list[tuple[int, Edge]]] = {}
-    for op in program.ops:
-        for edge in op.inputs:
-            readers.setdefault((edge.src, edge.out), []).append((op.id, edge))
-    found: dict[tuple[int, int], frozenset[int]] = {}
-    for key in plan.buffered:
-        if key in kept or key in plan.accumulated or key in plan.held:
-            continue
-        nest = _walking_nest(program, key[0], where)
-        if nest is None or not readers.get(key):
-            continue
-        producer_site, loops, bounds = nest
-        if all(
-            _reads_latest(program, reader_id, edge, where, producer_site, loops, bounds)
-            for reader_id, edge in readers[key]
-        ):
-            found[key] = frozenset(range(len(loops)))
-    return found
-
-
-def _walking_nest(
-    program: Program, op_id: int, where: dict[int, list[tuple[Exec, _Site]]]
-) -> tuple[_Site, tuple[Loop, ...], tuple[Expr, ...]] | None:
-    """``(site, loops, bounds)`` when ``op_id`` runs once per point of a forward nest whose
-    loops walk its domain dims in order, from 0 to their bounds, unguarded inside the nest.
-
-    The nest may sit inside loops its point does not name (a rollout inside the epochs and
-    minibatches of a training iteration) where the guards around it pin each of them to one
-    constant (``if (e == 0) & (m == 0)``) and test nothing else: it then runs in one
-    iteration of each, and its points still come in the nest's order. ``loops`` are the
-    domain's loops alone."""
-    produced = where.get(op_id, [])
-    if len(produced) != 1:
-        return None
-    ex, site = produced[0]
-    domain = program.op(op_id).domain
-    if not domain or len(site.loops) < len(domain):
-        return None
-    named = set().union(*(symbols_of(item) for item in ex.point))
-    extra = [lp for lp in site.loops if lp.var not in named]
-    if len(site.loops) - len(extra) != len(domain) or not _pinned(site.guards, extra):
-        return None  # a guarded producer's last value is not a predecessor's
-    loops = tuple(lp for lp in site.loops if lp.var in named)
-    for loop, item, dim in zip(loops, ex.point, domain, strict=True):
-        if loop.reverse or simplify(item) != loop.var:
-            return None
-        if simplify(loop.start) != Const(0) or simplify(loop.stop) != dim.bound:
-            return None
-    return site, loops, tuple(dim.bound for dim in domain)
-
-
-def _pinned(guards: tuple[Expr, ...], extra: list[Loop]) -> bool:
-    """Whether ``guards`` are conjunctions of ``var == constant`` that pin every loop of
-    ``extra`` and nothing else."""
-    facts: dict[Symbol, Expr] = {}
-    terms: list[Expr] = []
-    for cond in guards:
-        _equalities(cond, facts)
-        terms += _conjuncts(cond)
-    wanted = {lp.var for lp in extra}
-    if set(facts) != wanted or any(symbols_of(value) for value in facts.values()):
-        return False
-    return len(terms) == len(wanted)  # one equality per loop: no other condition
-
-
-def _conjuncts(cond: Expr) -> list[Expr]:
-    if isinstance(cond, And):
-        return _conjuncts(cond.a) + _conjuncts(cond.b)
-    return [cond]
-
-
-def _reads_latest(
-    program: Program,
-    reader_id: int,
-    edge: Edge,
-    where: dict[int, list[tuple[Exec, _Site]]],
-    producer: _Site,
-    loops: tuple[Loop, ...],
-    bounds: tuple[Expr, ...],
-) -> bool:
-    """Whether every exec of the reader reads, through ``edge``, the point the producer
-    (at ``producer``; ``loops``, the nest its domain walks) ran at last. A loop around the
-    producer that its domain does not walk (:func:`_walking_nest`) and that the reader shares
-    must be pinned there to the producer's iteration of it."""
-    reader = program.op(reader_id)
-    if reader.payload is not None and reader.payload.accumulates:
-        return False
-    if any(isinstance(item, Slice) for item in edge.index) or reader_id not in where:
-        return False
-    pins: dict[Symbol, Expr] = {}
-    for cond in producer.guards:
-        _equalities(cond, pins)
-    for ex, site in where[reader_id]:
-        shared = 0
-        while (
-            shared < len(producer.loops)
-            and shared < len(site.loops)
-            and site.loops[shared] is producer.loops[shared]
-        ):
-            shared += 1
-        at = dict(zip(reader.domain, ex.point, strict=True))
-        facts: dict[Symbol, Expr] = {}
-        for cond in (*site.guards, substitute(edge.cond, at)):
-            _equalities(cond, facts)
-        common = producer.loops[:shared]
-        if any(
-            lp.var in pins and simplify(facts.get(lp.var, lp.var)) != simplify(pins[lp.var])
-            for lp in common
-        ):
-            return False  # the reader may run in another iteration of a pinned loop
-        walked = sum(1 for lp in common if lp.var not in pins)
-        target = tuple(simplify(substitute(substitute(item, at), facts)) for item in edge.index)
-        if not _is_latest(target, loops, bounds, walked, site.order > producer.order, facts):
-            return False
-    return True
-
-
-def _is_latest(
-    target: tuple[Expr, ...],
-    loops: tuple[Loop, ...],
-    bounds: tuple[Expr, ...],
-    shared: int,
-    after: bool,
-    facts: dict[Symbol, Expr],
-) -> bool:
-    """Whether ``target`` is the last point of the nest run before a read inside its first
-    ``shared`` loops, ``after`` the producer's exec in execution order or before it."""
-
-    def same(candidate: list[Expr]) -> bool:
-        cand = tuple(simplify(substitute(c, facts)) for c in candidate)
-        return cand == target
-
-    current = [loop.var for loop in loops[:shared]]
-    last = [bound - 1 for bound in bounds[shared:]]
-    if after:  # this iteration's point of the shared loops, the inner ones finished
-        return same(current + last)
-    # before: the predecessor of (current, 0, ...): one level steps back, the inner ones last
-    for level in range(shared - 1, -1, -1):
-        candidate = current[:level] + [current[level] - 1] + [b - 1 for b in bounds[level + 1 :]]
-        if same(candidate):
-            return all(simplify(substitute(v, facts)) == Const(0) for v in current[level + 1 :])
-    return False
 
 
 def _scoped(
@@ -445,16 +212,6 @@ def _read_in_iteration(
             if simplify(substitute(edge.index[pos], at)) != written:
                 return False
     return True
-
-
-def _all_execs(node: Node) -> list[Exec]:
-    if isinstance(node, Exec):
-        return [node]
-    if isinstance(node, Loop | Guard):
-        return _all_execs(node.body)
-    if isinstance(node, Sequence):
-        return [ex for child in node.children for ex in _all_execs(child)]
-    return []
 
 
 def _plan(
