@@ -70,6 +70,15 @@ class Site:
     order: int
 
 
+def readers_of(program: Program) -> dict[tuple[int, int], list[tuple[int, Edge]]]:
+    """Per op output, the ops reading it with the edge each reads it through."""
+    readers: dict[tuple[int, int], list[tuple[int, Edge]]] = {}
+    for op in program.ops:
+        for edge in op.inputs:
+            readers.setdefault((edge.src, edge.out), []).append((op.id, edge))
+    return readers
+
+
 def _where(tree: Node) -> dict[int, list[tuple[Exec, Site]]]:
     """Per op, its execs with their sites."""
     where: dict[int, list[tuple[Exec, Site]]] = {}
@@ -114,10 +123,7 @@ def latest_values(
     where = _where(tree)
     # outputs read the buffer (one-point outputs are captured apart from it)
     kept = {(o.edge.src, o.edge.out) for o in program.outputs if o.name not in plan.captured}
-    readers: dict[tuple[int, int], list[tuple[int, Edge]]] = {}
-    for op in program.ops:
-        for edge in op.inputs:
-            readers.setdefault((edge.src, edge.out), []).append((op.id, edge))
+    readers = readers_of(program)
     found: dict[tuple[int, int], frozenset[int]] = {}
     for key in plan.buffered:
         if key in kept or key in plan.accumulated or key in plan.held:

@@ -42,7 +42,7 @@ from .._ir.expr import Const, Expr, IndexItem, Slice, Symbol, substitute, symbol
 from .._ir.program import Edge, Program
 from .._ir.simplify import simplify
 from .._schedule.tree import LOOP_SCOPE, Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
-from .latest import all_execs, exec_sites, latest_values, read_last, unring
+from .latest import all_execs, exec_sites, latest_values, read_last, readers_of, unring
 
 Read = tuple[int, int]  # (id of the executing node: equal execs in two loops differ, input edge)
 
@@ -132,10 +132,7 @@ def _scoped(
     for ex, loops in _execs_in_loops(tree, ()):
         where.setdefault(ex.op, []).append((ex, loops))
     kept = {(out.edge.src, out.edge.out) for out in program.outputs}
-    readers: dict[tuple[int, int], list[tuple[int, Edge]]] = {}
-    for op in program.ops:
-        for edge in op.inputs:
-            readers.setdefault((edge.src, edge.out), []).append((op.id, edge))
+    readers = readers_of(program)
     found: dict[tuple[int, int], frozenset[int]] = {}
     for key in plan.buffered:
         if key in kept or key in plan.accumulated or key in plan.held or key[0] not in where:
