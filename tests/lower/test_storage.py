@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tempo_jax as tj
 from tempo_jax._lower.storage import plan_storage
@@ -332,3 +334,46 @@ def test_a_value_run_at_one_iteration_of_an_outer_loop_is_kept_for_the_others(va
     (index,) = _ids(ir, "`m`")
     assert "i" in {s.name for s in plan.intermittent[index]} and (index, 0) in plan.buffered
     assert (index, 0) not in plan.scoped
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.tuples(st.integers(1, 3), st.integers(1, 2), st.integers(1, 3), st.integers(1, 4)),
+    st.integers(0, 2**16),
+)
+def test_nested_steps_with_a_rollout_equal_the_interpreter(
+    rows_read: bool, every_step_out: bool, state_out: bool, sizes: tuple, seed: int
+) -> None:
+    """Variants of a parameter stepped over ``(i, e, m)`` with a rollout over ``t`` read at
+    its last step (kept as its latest value or not, by what else reads it): the learner
+    reading the rollout's rows or its last state alone, every step's parameter an output or
+    only the last, the last state an output or not; at sizes down to one point per dim."""
+    with tj.Program() as p:
+        i, e, m, t = p.dims("i e m t")
+        x = tj.input("x", (4,), jnp.float32, domain=(m,))
+        w = tj.placeholder((4,), jnp.float32, domain=(i, e, m), name="w")
+        h = tj.placeholder((4,), jnp.float32, domain=(i, t), name="h")
+        state = tj.tanh(h * w[i, 0, 0] + 0.1)
+        h[0, 0] = tj.ones(4)
+        h[i, t + 1] = state[i, t]
+        h[i + 1, 0] = state[i, t.bound - 1]
+        extra = h[i, 0 : t.bound].sum(0) if rows_read else state[i, t.bound - 1] * 2.0
+        new = w - 0.01 * tj.tanh(w * x[m].sum()) + 0.001 * extra
+        w[0, 0, 0] = tj.ones(4)
+        w[i, e, m + 1] = new[i, e, m]
+        w[i, e + 1, 0] = new[i, e, m.bound - 1]
+        w[i + 1, 0, 0] = new[i, e.bound - 1, m.bound - 1]
+        p.output("w", new[i.bound - 1, e.bound - 1, m.bound - 1])
+        if every_step_out:
+            p.output("steps", new[0 : i.bound, 0 : e.bound, 0 : m.bound])
+        if state_out:
+            p.output("h", state[i.bound - 1, t.bound - 1])
+    bounds = dict(zip(("I", "E", "M", "T"), sizes, strict=True))
+    xs = np.random.default_rng(seed).normal(size=(sizes[2], 4)).astype(np.float32)
+    want = tj.reference.run(p, bounds, {"x": xs})
+    got = p.compile(bounds)(x=xs)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
