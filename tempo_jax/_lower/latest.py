@@ -212,6 +212,10 @@ def _reads_latest(
     pins: dict[Symbol, Expr] = {}
     for cond in producer.guards:
         equalities(cond, pins)
+    domain = program.op(edge.src).domain
+    # under a stop, a point past it reads as zeros: a read from outside the loop the stop
+    # ends may be of such a point, where the latest value is the one before the stop
+    stop = domain.index(program.stopped) if program.stopped in domain else None
     for ex, site in where[reader_id]:
         shared = 0
         while (
@@ -231,6 +235,8 @@ def _reads_latest(
         ):
             return False  # the reader may run in another iteration of a pinned loop
         walked = sum(1 for lp in common if lp.var not in pins)
+        if stop is not None and walked <= stop:
+            return False
         target = tuple(simplify(substitute(substitute(item, at), facts)) for item in edge.index)
         if not _is_latest(target, loops, bounds, walked, site.order > producer.order, facts):
             return False

@@ -428,3 +428,34 @@ def test_an_op_over_all_positions_runs_its_later_points_in_the_stopped_loop(
     for out in (compiled(prompt=prompt), tj.reference.run(p, bounds, {"prompt": prompt})):
         np.testing.assert_allclose(out["h"], want, rtol=1e-6)
         assert int(out["lengths"]["T"]) == length
+
+
+@pytest.mark.parametrize("read", ["output", "op after the loop", "whole"])
+def test_a_value_stepped_over_nested_dims_reads_zeros_past_the_stop(read: str) -> None:
+    """A value stepped over ``(i, m)`` (a parameter over iterations and minibatches) is kept as
+    its latest point inside the loop over ``i``; read at ``new[I - 1, M - 1]`` after a stop at
+    ``i = 1`` of 6, that point was never computed and reads as zeros, not as the value before
+    the stop."""
+    with tj.Program() as p:
+        i, m = p.dims("i m")
+        x = tj.input("x", (4,), jnp.float32, domain=(m,))
+        w = tj.placeholder((4,), jnp.float32, domain=(i, m), name="w")
+        new = w + 0.5 + 0.01 * tj.tanh(w * x[m].sum())
+        w[0, 0] = tj.ones(4)
+        w[i, m + 1] = new[i, m]
+        w[i + 1, 0] = new[i, m.bound - 1]
+        p.stop_when(new[i, m.bound - 1].sum() > 12.0)
+        if read == "output":
+            p.output("w", new[i.bound - 1, m.bound - 1])
+        elif read == "op after the loop":
+            p.output("w", new[i.bound - 1, m.bound - 1] * 2.0)
+        else:
+            p.output("w", new[0 : i.bound, m.bound - 1])
+    bounds = {"I": 6, "M": 2}
+    xs = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
+    want = tj.reference.run(p, bounds, {"x": xs})
+    got = p.compile(bounds)(x=xs)
+    assert want["lengths"] == {"I": 2}
+    np.testing.assert_allclose(got["w"], want["w"], rtol=1e-6)
+    if read != "whole":
+        assert not np.asarray(got["w"]).any()  # past the stop: zeros
