@@ -6,6 +6,9 @@ buffer (:func:`latest_values`): an optimiser's state stepped over ``(i, e, m)``,
 environment state. The storage plan (:mod:`.storage`) keeps such values as scoped buffers with
 every position left out; :func:`unring` drops their rings (the one value serves those reads
 too) and :func:`read_last` reads a one-point output at the nest's last point from it.
+
+Under ``p.stop_when`` a point past the stop is never computed and reads as zeros; a read from
+outside the loop the stop ends may be of such a point, so it never takes the latest value.
 """
 
 from __future__ import annotations
