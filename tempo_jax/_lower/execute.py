@@ -553,17 +553,8 @@ class TreeLowering:
                     return (result,)
                 value = jnp.asarray(values[active], spec.dtype)
                 return (jnp.broadcast_to(value, result.shape),)  # a vectorised merge broadcasts
-            # first match wins; neighbouring branches reading one value (a value kept as its
-            # latest point alone, read at the previous point of each loop) select it once
-            branches: list[tuple[Any, Any]] = []
-            for edge, value in zip(op.inputs, values, strict=True):
-                cond = edge.cond.evaluate(env)
-                if branches and branches[-1][1] is value:
-                    branches[-1] = (jnp.logical_or(branches[-1][0], cond), value)
-                else:
-                    branches.append((cond, value))
-            for cond, value in reversed(branches):
-                result = jnp.where(cond, value, result)
+            for edge, value in reversed(list(zip(op.inputs, values, strict=True))):
+                result = jnp.where(edge.cond.evaluate(env), value, result)  # first match wins
             return (result,)
         assert op.payload is not None
         payload = op.payload
