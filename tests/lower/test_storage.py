@@ -216,12 +216,13 @@ def test_a_value_read_only_where_last_produced_keeps_one_value() -> None:
     assert temps[1] - temps[0] < 36 * 6 * 256 // 4
 
 
-def test_a_rollout_run_at_the_first_minibatch_keeps_its_state_as_one_value() -> None:
-    """A rollout over ``t`` that the schedule runs inside the epochs and minibatches of each
-    iteration, at ``(e, m) == (0, 0)`` (where the iteration's parameters are merged), as PPO's
-    is: its state ``h``, read only at the previous step, at the next iteration's start and at
-    the last step, is one value carried through every loop (not a row per step written and
-    read back); the observations the learner reads whole stay a buffer of the iteration."""
+def _rollout_steps(
+    rows_read: bool = True, last_read: bool = True, every_step_out: bool = False
+) -> tj.Program:
+    """A parameter ``w`` stepped over ``(i, e, m)`` and a rollout ``h`` over ``t`` run with
+    each iteration's ``w[i, 0, 0]``: the learner reads the rollout's rows whole (``rows_read``)
+    and its last state (``last_read``); outputs ``w`` and ``h`` at their last points, and
+    every step's parameter (``every_step_out``)."""
     with tj.Program() as p:
         i, e, m, t = p.dims("i e m t")
         x = tj.input("x", (4,), jnp.float32, domain=(m,))
@@ -231,15 +232,29 @@ def test_a_rollout_run_at_the_first_minibatch_keeps_its_state_as_one_value() -> 
         h[0, 0] = tj.ones(4)
         h[i, t + 1] = state[i, t]
         h[i + 1, 0] = state[i, t.bound - 1]
-        seen = h[i, 0 : t.bound].sum(0)  # the learner reads the observations whole
-        last = state[i, t.bound - 1] * 2.0
-        new = w - 0.01 * tj.tanh(w * x[m].sum()) + 0.001 * seen + 0.001 * last
+        new = w - 0.01 * tj.tanh(w * x[m].sum())
+        if rows_read:
+            new = new + 0.001 * h[i, 0 : t.bound].sum(0)
+        if last_read:
+            new = new + 0.001 * state[i, t.bound - 1] * 2.0
         w[0, 0, 0] = tj.ones(4)
         w[i, e, m + 1] = new[i, e, m]
         w[i, e + 1, 0] = new[i, e, m.bound - 1]
         w[i + 1, 0, 0] = new[i, e.bound - 1, m.bound - 1]
         p.output("w", new[i.bound - 1, e.bound - 1, m.bound - 1])
         p.output("h", state[i.bound - 1, t.bound - 1])
+        if every_step_out:
+            p.output("steps", new[0 : i.bound, 0 : e.bound, 0 : m.bound])
+    return p
+
+
+def test_a_rollout_run_at_the_first_minibatch_keeps_its_state_as_one_value() -> None:
+    """A rollout over ``t`` that the schedule runs inside the epochs and minibatches of each
+    iteration, at ``(e, m) == (0, 0)`` (where the iteration's parameters are merged), as PPO's
+    is: its state ``h``, read only at the previous step, at the next iteration's start and at
+    the last step, is one value carried through every loop (not a row per step written and
+    read back); the observations the learner reads whole stay a buffer of the iteration."""
+    p = _rollout_steps()
     bounds = {"I": 3, "E": 2, "M": 3, "T": 5}
     compiled = p.compile(bounds)
     plan = plan_storage(compiled.program, compiled.tree)
@@ -345,32 +360,13 @@ def test_a_value_run_at_one_iteration_of_an_outer_loop_is_kept_for_the_others(va
     st.integers(0, 2**16),
 )
 def test_nested_steps_with_a_rollout_equal_the_interpreter(
-    rows_read: bool, every_step_out: bool, state_out: bool, sizes: tuple, seed: int
+    rows_read: bool, last_read: bool, every_step_out: bool, sizes: tuple, seed: int
 ) -> None:
     """Variants of a parameter stepped over ``(i, e, m)`` with a rollout over ``t`` read at
     its last step (kept as its latest value or not, by what else reads it): the learner
-    reading the rollout's rows or its last state alone, every step's parameter an output or
-    only the last, the last state an output or not; at sizes down to one point per dim."""
-    with tj.Program() as p:
-        i, e, m, t = p.dims("i e m t")
-        x = tj.input("x", (4,), jnp.float32, domain=(m,))
-        w = tj.placeholder((4,), jnp.float32, domain=(i, e, m), name="w")
-        h = tj.placeholder((4,), jnp.float32, domain=(i, t), name="h")
-        state = tj.tanh(h * w[i, 0, 0] + 0.1)
-        h[0, 0] = tj.ones(4)
-        h[i, t + 1] = state[i, t]
-        h[i + 1, 0] = state[i, t.bound - 1]
-        extra = h[i, 0 : t.bound].sum(0) if rows_read else state[i, t.bound - 1] * 2.0
-        new = w - 0.01 * tj.tanh(w * x[m].sum()) + 0.001 * extra
-        w[0, 0, 0] = tj.ones(4)
-        w[i, e, m + 1] = new[i, e, m]
-        w[i, e + 1, 0] = new[i, e, m.bound - 1]
-        w[i + 1, 0, 0] = new[i, e.bound - 1, m.bound - 1]
-        p.output("w", new[i.bound - 1, e.bound - 1, m.bound - 1])
-        if every_step_out:
-            p.output("steps", new[0 : i.bound, 0 : e.bound, 0 : m.bound])
-        if state_out:
-            p.output("h", state[i.bound - 1, t.bound - 1])
+    reading the rollout's rows, its last state or both, every step's parameter an output or
+    only the last; at sizes down to one point per dim."""
+    p = _rollout_steps(rows_read, not rows_read or last_read, every_step_out)
     bounds = dict(zip(("I", "E", "M", "T"), sizes, strict=True))
     xs = np.random.default_rng(seed).normal(size=(sizes[2], 4)).astype(np.float32)
     want = tj.reference.run(p, bounds, {"x": xs})
