@@ -2,10 +2,10 @@
 
 A producer that runs once per point of a forward loop nest walking its domain, every read of
 which is of the point it produced last at the time of the read, needs one value, not a
-buffer (:func:`latest_values`): an optimiser's state stepped over ``(i, e, m)``, a rollout's
+buffer (:func:`plan_latest`): an optimiser's state stepped over ``(i, e, m)``, a rollout's
 environment state. The storage plan (:mod:`.storage`) keeps such values as scoped buffers with
-every position left out; :func:`unring` drops their rings (the one value serves those reads
-too) and :func:`read_last` reads a one-point output at the nest's last point from it.
+every position left out, drops their rings (the one value serves those reads too) and reads a
+one-point output at the nest's last point from that value.
 
 Under ``p.stop_when`` a point past the stop is never computed and reads as zeros; a read from
 outside the loop the stop ends may be of such a point, so it never takes the latest value.
@@ -23,45 +23,6 @@ from .._schedule.tree import Exec, Guard, Loop, Node, Sequence
 
 if TYPE_CHECKING:
     from .storage import StoragePlan
-
-
-def read_last(
-    program: Program, tree: Node, plan: StoragePlan, latest: set[tuple[int, int]]
-) -> None:
-    """A one-point output of a value kept as its latest point alone, at the last point of its
-    producer's nest, is read from that value once the program has run instead of captured
-    (a captured value inside a nest is a select at every step). Not under a stop: the nest
-    may end before its last point."""
-    if not latest or program.stop is not None:
-        return
-    where = _where(tree)
-    for out in program.outputs:
-        key = (out.edge.src, out.edge.out)
-        if out.name not in plan.captured or key not in latest or out.edge.cond != TRUE:
-            continue
-        nest = _walking_nest(program, key[0], where)
-        if nest is None:
-            continue
-        last = tuple(simplify(bound - 1) for bound in nest[2])
-        if tuple(simplify(item) for item in out.edge.index) == last:
-            plan.captured.discard(out.name)
-
-
-def unring(program: Program, tree: Node, plan: StoragePlan, latest: set[tuple[int, int]]) -> None:
-    """Drop the rings of values kept as their latest point alone: every read of them, a ring's
-    window too, is of that point, so the one value serves them all (a ring beside it would
-    carry a second copy of the same value through its loop)."""
-    if not latest:
-        return
-    for rings in plan.rings.values():
-        for key in latest & set(rings):
-            del rings[key]
-    execs = {id(ex): ex for ex in all_execs(tree)}
-    for read in list(plan.window):
-        ex_id, j = read
-        edge = program.op(execs[ex_id].op).inputs[j]
-        if (edge.src, edge.out) in latest:
-            del plan.window[read]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,18 +77,29 @@ def equalities(cond: Expr, found: dict[Symbol, Expr]) -> None:
                 return
 
 
-def latest_values(
+def plan_latest(
     program: Program, tree: Node, plan: StoragePlan
 ) -> dict[tuple[int, int], frozenset[int]]:
-    """Full buffers that can keep one value: the producer runs once per point of a forward
-    loop nest walking its whole domain (one loop per dim, from 0, no guard inside the nest),
-    and every read is of the point it produced last, at the time of the read (module
-    docstring). The executor keeps them as scoped buffers with every position left out."""
+    """The full buffers of ``plan`` that keep one value (module docstring), each with every
+    position of its domain left out (a scoped buffer); their rings are dropped from ``plan``
+    and a one-point output at their nest's last point is no longer captured."""
     where = _where(tree)
+    nests = _latest_nests(program, plan, where)
+    _unring(program, plan, where, set(nests))
+    _read_last(program, plan, nests)
+    return {key: frozenset(range(len(bounds))) for key, bounds in nests.items()}
+
+
+def _latest_nests(
+    program: Program, plan: StoragePlan, where: dict[int, list[tuple[Exec, Site]]]
+) -> dict[tuple[int, int], tuple[Expr, ...]]:
+    """Full buffers that can keep one value, each with its nest's bounds: the producer runs
+    once per point of a forward loop nest walking its whole domain (:func:`_walking_nest`),
+    and every read is of the point it produced last, at the time of the read."""
     # outputs read the buffer (one-point outputs are captured apart from it)
     kept = {(o.edge.src, o.edge.out) for o in program.outputs if o.name not in plan.captured}
     readers = readers_of(program)
-    found: dict[tuple[int, int], frozenset[int]] = {}
+    found: dict[tuple[int, int], tuple[Expr, ...]] = {}
     for key in plan.buffered:
         if key in kept or key in plan.accumulated or key in plan.held:
             continue
@@ -139,8 +111,46 @@ def latest_values(
             _reads_latest(program, reader_id, edge, where, producer_site, loops, bounds)
             for reader_id, edge in readers[key]
         ):
-            found[key] = frozenset(range(len(loops)))
+            found[key] = bounds
     return found
+
+
+def _unring(
+    program: Program,
+    plan: StoragePlan,
+    where: dict[int, list[tuple[Exec, Site]]],
+    latest: set[tuple[int, int]],
+) -> None:
+    """Drop the rings of values kept as their latest point alone: every read of them, a ring's
+    window too, is of that point, so the one value serves them all (a ring beside it would
+    carry a second copy of the same value through its loop)."""
+    for rings in plan.rings.values():
+        for key in latest & set(rings):
+            del rings[key]
+    execs = {id(ex): ex for produced in where.values() for ex, _ in produced}
+    for read in list(plan.window):
+        ex_id, j = read
+        edge = program.op(execs[ex_id].op).inputs[j]
+        if (edge.src, edge.out) in latest:
+            del plan.window[read]
+
+
+def _read_last(
+    program: Program, plan: StoragePlan, nests: dict[tuple[int, int], tuple[Expr, ...]]
+) -> None:
+    """A one-point output of a value kept as its latest point alone, at the last point of its
+    producer's nest, is read from that value once the program has run instead of captured
+    (a captured value inside a nest is a select at every step). Not under a stop: the nest
+    may end before its last point."""
+    if program.stop is not None:
+        return
+    for out in program.outputs:
+        bounds = nests.get((out.edge.src, out.edge.out))
+        if out.name not in plan.captured or bounds is None or out.edge.cond != TRUE:
+            continue
+        last = tuple(simplify(bound - 1) for bound in bounds)
+        if tuple(simplify(item) for item in out.edge.index) == last:
+            plan.captured.discard(out.name)
 
 
 def _walking_nest(
@@ -271,13 +281,3 @@ def _is_latest(
         if same(candidate):
             return all(simplify(substitute(v, facts)) == Const(0) for v in current[level + 1 :])
     return False
-
-
-def all_execs(node: Node) -> list[Exec]:
-    if isinstance(node, Exec):
-        return [node]
-    if isinstance(node, Loop | Guard):
-        return all_execs(node.body)
-    if isinstance(node, Sequence):
-        return [ex for child in node.children for ex in all_execs(child)]
-    return []

@@ -42,7 +42,7 @@ from .._ir.expr import Const, Expr, IndexItem, Slice, Symbol, substitute, symbol
 from .._ir.program import Edge, Program
 from .._ir.simplify import simplify
 from .._schedule.tree import LOOP_SCOPE, Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
-from .latest import all_execs, exec_sites, latest_values, read_last, readers_of, unring
+from .latest import exec_sites, plan_latest, readers_of
 
 Read = tuple[int, int]  # (id of the executing node: equal execs in two loops differ, input edge)
 
@@ -87,7 +87,7 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
         else:
             plan.buffered.add((out.edge.src, out.edge.out))
     seen: dict[int, int] = {}
-    for ex in all_execs(tree):
+    for ex in _all_execs(tree):
         seen[ex.op] = seen.get(ex.op, 0) + 1
     split = frozenset(op for op, n in seen.items() if n > 1)  # ops the schedule runs in pieces
     plan.intermittent = _intermittent(tree)
@@ -102,10 +102,8 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
             plan.held[key] = next(iter(points))
         else:
             plan.buffered.add(key)
-    latest = latest_values(program, tree, plan)
-    plan.scoped = {**_scoped(program, tree, plan), **latest}
-    unring(program, tree, plan, set(latest))
-    read_last(program, tree, plan, set(latest))
+    scoped = _scoped(program, tree, plan)
+    plan.scoped = {**scoped, **plan_latest(program, tree, plan)}
     return plan
 
 
@@ -209,6 +207,16 @@ def _read_in_iteration(
             if simplify(substitute(edge.index[pos], at)) != written:
                 return False
     return True
+
+
+def _all_execs(node: Node) -> list[Exec]:
+    if isinstance(node, Exec):
+        return [node]
+    if isinstance(node, Loop | Guard):
+        return _all_execs(node.body)
+    if isinstance(node, Sequence):
+        return [ex for child in node.children for ex in _all_execs(child)]
+    return []
 
 
 def _plan(

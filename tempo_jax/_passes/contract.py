@@ -246,7 +246,7 @@ class _Scatter:
     updates: Any
 
 
-Known = "_Product | _Zeros | _Scatter"  # what a single-use value is known to be
+Known = _Product | _Zeros | _Scatter  # what a single-use value is known to be
 
 
 def _scatter_sum(scatter: _Scatter, summed: tuple[int, ...]) -> Any:
