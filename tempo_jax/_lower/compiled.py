@@ -18,7 +18,7 @@ from .._ir.program import STOP, Program
 from .._ir.source import describe
 from .._passes.pipeline import PassStat, Pipeline
 from .._schedule.cache import cached_check, cached_schedule
-from .._schedule.domains import check_reads, defined_domains
+from .._schedule.domains import check_reads, covering_merges, defined_domains
 from .._schedule.isl_convert import isl_context, max_over_box
 from .._schedule.scheduler import cycle_error, schedule
 from .._schedule.tree import Node, render
@@ -80,6 +80,8 @@ class Compiled:
         self._jitted = jax.jit(self._run, donate_argnums=(0,) if donate_inputs else ())
         self._sizes: dict[tuple[str, tuple[str, ...]], int] = {}
         self._ctx = isl_context()
+        # merges a branch of which holds at every point: the last one is taken untested
+        self.covering = covering_merges(program, self._ctx)
         self._sink_errors = SinkErrors(program)  # what a sink's function raised, for `__call__`
         self._host: bool | None = None  # whether the plan keeps a value in host memory
         self._plan: BufferPlan | None = None  # the storage decisions, once made
@@ -141,6 +143,7 @@ class Compiled:
             self.memory_budget,
             offload,
             exact_masks=self.sharding is not None and self.sharding.exact_masks,
+            covering=self.covering,
         )
         buffers = lowering.run(self.tree, dict(runtime), lowering.allocate())
         results: dict[str, Any] = {

@@ -41,6 +41,7 @@ from .._ir.program import Edge, Op, Output, Program, describe_op
 from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
 from .blocks import run_nest, scope
 from .buffer_plan import BufferPlan
+from .evaluate import Evaluator
 from .masking import Pads, masked_call
 from .sinks import SinkErrors
 from .split import constant
@@ -81,6 +82,7 @@ class TreeLowering:
         memory_budget: int | None = None,
         offload: bool = True,
         exact_masks: bool = False,
+        covering: frozenset[int] = frozenset(),
     ):
         self.program = program
         # masked tiles computed exactly (both operands of a product masked), not fast with a
@@ -116,6 +118,8 @@ class TreeLowering:
         # merge op -> its one active branch (-1: none); captured output name -> 0/1
         self.branches: dict[int | str, int] = {}
         self.stop_loop = stop_loop(program, tree)  # the loop `p.stop_when` ends, or None
+        self.evaluate = Evaluator()  # each index expression computed once per trace
+        self.covering = covering  # merges a branch of which holds at every point
 
     # -- buffers ---------------------------------------------------------------------------------
     def allocate(self) -> Buffers:
@@ -199,7 +203,7 @@ class TreeLowering:
                 return run_nest(self, nest, env, buffers)
             return self._loop(node, env, buffers)
         if isinstance(node, Guard):
-            cond = node.cond.evaluate(env)
+            cond = self.evaluate(node.cond, env)
             if isinstance(cond, int | bool):
                 return self.run(node.body, env, buffers) if cond else self._skip(node, buffers)
             return lax.cond(
@@ -338,7 +342,7 @@ class TreeLowering:
     def _exec_op(
         self, op: Op, node: Exec, env: Env, buffers: Buffers, local: dict[int, tuple[Any, ...]]
     ) -> Buffers:
-        point = [_index(e.evaluate(env)) for e in node.point]  # a constant stays a Python int
+        point = [self.evaluate.index(e, env) for e in node.point]  # a constant stays an int
         op_env = {**self.runtime, **dict(zip(op.domain, point, strict=True))}
         values = self._tiled(node, op, op_env, buffers, local)
         if values is None:
@@ -358,8 +362,12 @@ class TreeLowering:
                     continue
                 new = jnp.asarray(value, buffers[key].dtype)
                 if known is None:
-                    here = _same_point(node.point, out.edge.index).evaluate({**self.runtime, **env})
-                    new = jnp.where(here, new, buffers[key])
+                    at = {**self.runtime, **env}
+                    here = self.evaluate(_same_point(node.point, out.edge.index), at)
+                    if isinstance(here, int) and not here:
+                        continue  # never the captured point
+                    if not isinstance(here, int):
+                        new = jnp.where(here, new, buffers[key])
                 buffers[key] = new
             summed = self.layout.plan.accumulated.get((op.id, k))
             if summed is not None:  # this point counts if the summed box holds it
@@ -546,15 +554,28 @@ class TreeLowering:
             return ()
         if op.kind == "merge":
             spec = op.outputs[0]
-            result = jnp.zeros(self.layout.shape(spec, op.domain), spec.dtype)
+            shape = self.layout.shape(spec, op.domain)
             active = self.branches.get(op.id)
             if active is not None:  # the same branch over this whole piece of the loop
                 if active < 0:
-                    return (result,)
+                    return (jnp.zeros(shape, spec.dtype),)
                 value = jnp.asarray(values[active], spec.dtype)
-                return (jnp.broadcast_to(value, result.shape),)  # a vectorised merge broadcasts
-            for edge, value in reversed(list(zip(op.inputs, values, strict=True))):
-                result = jnp.where(edge.cond.evaluate(env), value, result)  # first match wins
+                return (jnp.broadcast_to(value, shape),)  # a vectorised merge broadcasts
+            # neighbouring branches that read the same value (a value kept as its latest
+            # point: every step of an optimiser reads the one before) test their conditions
+            # as one; where the branches cover the domain, the last one needs no test
+            groups: list[tuple[Expr, Any]] = []
+            for edge, value in zip(op.inputs, values, strict=True):
+                if groups and groups[-1][1] is value:
+                    groups[-1] = (groups[-1][0] | edge.cond, value)
+                else:
+                    groups.append((edge.cond, value))
+            if op.id in self.covering:
+                result = jnp.broadcast_to(jnp.asarray(groups.pop()[1], spec.dtype), shape)
+            else:
+                result = jnp.zeros(shape, spec.dtype)
+            for cond, value in reversed(groups):
+                result = jnp.where(self.evaluate(cond, env), value, result)  # first match wins
             return (result,)
         assert op.payload is not None
         payload = op.payload
@@ -622,6 +643,10 @@ class TreeLowering:
         buf = self._buffer(edge, buffers)
         host = (edge.src, edge.out) in self.layout.memory_kinds
         items = self.layout.stored_index(edge)
+        key = (edge.src, edge.out)
+        as_is = edge.src in self.inputs or key not in self.layout.layouts
+        if not items and not host and key not in self.layout.splits and as_is:
+            return buf  # one value (the latest point of its producer), read as it is
         if edge.src in self.unstacked and not isinstance(items[0], Slice):
             first = constant(items[0].evaluate(env))
             if first is not None:  # a slice taken up front
@@ -669,11 +694,11 @@ class TreeLowering:
                 sizes.append(rows)
                 keep.append(True)
             elif isinstance(item, Slice):
-                starts.append(item.start.evaluate(env))
+                starts.append(self.evaluate.index(item.start, env))
                 sizes.append(item.size.evaluate(self.bounds))
                 keep.append(True)
             else:
-                starts.append(item.evaluate(env))
+                starts.append(self.evaluate.index(item, env))
                 sizes.append(1)
                 keep.append(False)
         if logical is None:
@@ -791,8 +816,3 @@ def _same_point(point: Sequence_[Expr], index: Sequence_[Any]) -> Expr:
     for p, q in zip(point, index, strict=True):
         cond = cond & eq(p, q) if cond != BoolConst(True) else eq(p, q)
     return cond
-
-
-def _index(value: Any) -> Any:
-    """A point's coordinate: a Python int as it is (reads at it stay static), else int32."""
-    return value if isinstance(value, int) else jnp.asarray(value, jnp.int32)

@@ -250,3 +250,21 @@ def _at(op: Op, point: dict[str, int], params: dict[str, int], ranges: BoundRang
         if least != largest
     ]
     return f"{coords or 'its only point'} (with {'; '.join([bounds, *dynamic])})"
+
+
+def covering_merges(program: Program, ctx: isl.Context) -> frozenset[int]:
+    """The merge ops some branch of which holds at every point of their domain, for every
+    value of the bounds: no point of theirs falls through to zeros, so the compiled program
+    takes the last branch wherever no earlier one holds, without testing its condition."""
+    within = param_context(program, ctx)
+    found = set()
+    for op in program.ops:
+        if op.kind != "merge":
+            continue
+        box = domain_set(program, op, ctx).intersect_params(within)
+        covered = isl.Set.empty(box.get_space())
+        for where in branch_conditions(program, op, ctx):
+            covered = covered.union(where)
+        if box.subtract(covered).is_empty():
+            found.add(op.id)
+    return frozenset(found)
