@@ -84,6 +84,7 @@ from .._ir.simplify import simplify
 from .._ir.source import describe
 from . import isl_convert as ic
 from .clusters import cluster
+from .grouping import group_guards
 from .hoist import hoist_first_iterations
 from .stopped import StopSplit, inner_view, split_at_stop, with_stopped_dim
 from .tree import (
@@ -139,7 +140,7 @@ def schedule(program: Program) -> ScheduleTree:
         sched = _compute_unshifted(program, domain, deps, context)
         build = isl.AstBuild.from_context(context)
         tree = ast_to_tree(build.node_from_schedule(sched), program)
-    return hoist_first_iterations(tree, program)
+    return group_guards(hoist_first_iterations(tree, program), program)
 
 
 def _stopped_tree(program: Program, split: StopSplit, context: isl.Set) -> ScheduleTree:
