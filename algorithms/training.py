@@ -181,18 +181,27 @@ class Train:
     seed: int
     start: Callable[[jax.Array], State]  # the state at iteration 0 of a key's run
     iterations: int
+    # (seed, that seed's start): computed (XLA-compiled first) on a second thread while the
+    # program was built (:func:`compile_run` starts it before the build)
+    first: tuple[int, concurrent.futures.Future] | None = None
 
     def key(self, key: jax.Array | None = None) -> jax.Array:
         """``key``, or the config's seed's key."""
         return jax.random.PRNGKey(self.seed) if key is None else key
+
+    def state(self, key: jax.Array | None = None) -> State:
+        """The state at iteration 0 of the run of ``key`` (default: the seed's key)."""
+        if key is None and self.first is not None and self.first[0] == self.seed:
+            return self.first[1].result()
+        return self.start(self.key(key))
 
     def inputs(
         self, key: jax.Array | None = None, state: State | None = None, run: Any = 0
     ) -> dict:
         """The program's inputs for ``key``, ``state`` (default: the key's start) and
         ``run`` (the index the sink reports)."""
+        state = self.state(key) if state is None else state
         key = self.key(key)
-        state = self.start(key) if state is None else state
         leaves = jax.tree_util.tree_leaves(state)
         given = {KEY: key, RUN: jnp.asarray(run, jnp.int32)}
         return {**given, **{f"{STATE}{k}": leaf for k, leaf in enumerate(leaves)}}
@@ -205,19 +214,15 @@ class Train:
     def ahead_of_time(self) -> Callable[..., dict[str, Any]]:
         """XLA-compile now; the returned function is called like this one.
 
-        On one device the initial state (its own XLA computation) compiles and runs on a
-        second thread while the program lowers and compiles for its shapes: the two compiles
-        overlap."""
-        key = self.key()
-        if self.compiled.sharding is not None:  # inputs laid out over a mesh: one at a time
-            compiled = self.compiled.ahead_of_time(**self.inputs(key))
+        On one device the initial state (its own XLA computation) has been compiling on a
+        second thread since the build began (:attr:`first`): the program lowers and compiles
+        for its shapes meanwhile."""
+        if self.first is None:  # inputs laid out over a mesh: one at a time
+            compiled = self.compiled.ahead_of_time(**self.inputs())
         else:
-            # traced once, here: the second thread's call finds the trace in jit's cache
-            shapes = jax.eval_shape(self.start, key)
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                first = pool.submit(self.start, key)
-                compiled = self.compiled.ahead_of_time(**self.inputs(key, shapes))
-                first.result()
+            shapes = jax.eval_shape(self.start, self.key())
+            compiled = self.compiled.ahead_of_time(**self.inputs(None, shapes))
+            self.state()
         return lambda key=None, state=None, run=0: compiled(**self.inputs(key, state, run))
 
     def lower(self, key: jax.Array | None = None, state: State | None = None) -> Any:
@@ -245,7 +250,16 @@ def compile_run(
     mesh = device_mesh(config)
     if mesh is not None:  # the envs dim split over the devices
         options = {"mesh": mesh, "shard": {built.dims[1].name: "data"}, **options}
+    first = None
+    if mesh is None and "mesh" not in options:
+        # the seed's start compiles and runs on a second thread while the program builds
+        start = jax.jit(lambda key: initial_state(config, env, net, key))
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        first = (config.seed, pool.submit(start, jax.random.PRNGKey(config.seed)))
+        pool.shutdown(wait=False)  # the thread ends with its one task
     compiled = built.program.compile({**built.bounds, built.dims[0].bound: count}, **options)
+    if first is not None and compiled.sharding is None:
+        return Train(compiled, config.seed, start, count, first)
     made = None  # the state where the program reads it: split like the envs on a mesh
     if compiled.sharding is not None:
         inputs = compiled.program.inputs

@@ -22,7 +22,11 @@ def test_the_key_of_a_seed_gives_that_seeds_run_and_jit_traces_it() -> None:
     """The program does not depend on the seed: a run made for seed 3 (its default key) is
     the run of seed 0's executable called with seed 3's key."""
     train = reinforce.make_train(CONFIG)
-    other = dataclasses.replace(train, seed=3)()
+    # the seed's start, computed on a second thread while the program was built, is the start
+    assert train.first is not None and train.first[0] == CONFIG.seed
+    for a, b in zip(*(jax.tree.leaves(s) for s in (train.state(), train.start(train.key())))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    other = dataclasses.replace(train, seed=3)()  # its own seed's start, not the first's
     got = train(jax.random.PRNGKey(3))
     for name in ("loss", "mean_return", "episodes"):
         np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(other[name]))
