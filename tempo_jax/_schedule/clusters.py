@@ -21,6 +21,12 @@ Without the rule, grouping the
 acting loop with the backward GAE recurrence that reads it (``adv[t]`` reads ``adv[t + 1]``)
 would make both one loop that must run both ways.
 
+Groups are then joined with their *twins*: groups over the same set with the same
+dependences on and from every other group and none between them (the merges that step each
+of a network's parameters, the gathers of one minibatch's columns). isl would schedule twins
+alike; one statement stands for them all (PPO's contracted problem goes from 63 statements
+to 51, and isl from 1.5 s to 0.9 s).
+
 The decision is data (:class:`Clustering`: the groups, their members in order); the caller
 schedules the contracted domain and dependences and expands the result.
 """
@@ -92,7 +98,52 @@ def cluster(domain: isl.UnionSet, deps: isl.UnionMap) -> Clustering:
     groups = tuple(
         _ordered(group, edges) for group in sorted(members.values(), key=lambda g: min(g, key=_key))
     )
+    contracted = _contract(domain, deps, sets, maps, groups, edges)
+    twins = _twins(contracted)
+    if len(twins) == len(groups):
+        return contracted
+    groups = tuple(tuple(name for k in twin for name in groups[k]) for twin in twins)
     return _contract(domain, deps, sets, maps, groups, edges)
+
+
+def _twins(clustering: Clustering) -> list[list[int]]:
+    """The groups of ``clustering`` (by index) in classes of twins: groups over the same set
+    with the same dependences on and from every other group, and none between them (each
+    parameter's merge of an optimiser's step). isl would give twins the same schedule; one
+    statement stands for them all."""
+    labels = ["K" + group[0][1:] for group in clustering.groups]
+    sets = _sets(clustering.domain)
+    into: dict[str, list[str]] = defaultdict(list)
+    out: dict[str, list[str]] = defaultdict(list)
+    linked: set[tuple[str, str]] = set()
+    for m in _maps(clustering.deps):
+        src, dst = m.get_tuple_name(isl.dim_type.in_), m.get_tuple_name(isl.dim_type.out)
+        linked.add((src, dst))
+        if src == dst:
+            into[dst].append(
+                "self "
+                + str(m.set_tuple_name(isl.dim_type.in_, "X").set_tuple_name(isl.dim_type.out, "X"))
+            )
+        else:
+            into[dst].append(str(m.set_tuple_name(isl.dim_type.out, "X")))
+            out[src].append(str(m.set_tuple_name(isl.dim_type.in_, "X")))
+    classes: dict[tuple, list[int]] = {}
+    order: list[list[int]] = []
+    for k, label in enumerate(labels):
+        key = (
+            str(sets[label].set_tuple_name("X")),
+            tuple(sorted(into[label])),
+            tuple(sorted(out[label])),
+        )
+        twin = classes.get(key)
+        if twin is not None and not any(
+            (labels[j], label) in linked or (label, labels[j]) in linked for j in twin
+        ):
+            twin.append(k)
+            continue
+        classes[key] = [k]
+        order.append(classes[key])
+    return order
 
 
 def _contract(

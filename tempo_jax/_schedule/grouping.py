@@ -11,7 +11,7 @@ to an earlier guard with the same condition when nothing between them conflicts 
 the earlier one moves forward to it under the same rule, and neighbouring guards with the same
 condition become one. Two nodes conflict when one runs an op the other reads, when both run
 sinks (their calls keep their order) or when either runs the op ``p.stop_when`` tests; the
-check is per op, not per point (PPO's ten guards become three: a guard computing other
+check is per op, not per point (PPO's ten guards become two: a guard computing other
 minibatches' points of an op the loss reads at its own stays after the loss). Every
 point still runs once, and every op after the ops it reads within an iteration, so the
 values are unchanged; the storage plan is made afterwards, on the merged tree.

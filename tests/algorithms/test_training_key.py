@@ -24,7 +24,8 @@ def test_the_key_of_a_seed_gives_that_seeds_run_and_jit_traces_it() -> None:
     train = reinforce.make_train(CONFIG)
     # the seed's start, computed on a second thread while the program was built, is the start
     assert train.first is not None and train.first[0] == CONFIG.seed
-    for a, b in zip(*(jax.tree.leaves(s) for s in (train.state(), train.start(train.key())))):
+    first, fresh = (jax.tree.leaves(s) for s in (train.state(), train.start(train.key())))
+    for a, b in zip(first, fresh, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     other = dataclasses.replace(train, seed=3)()  # its own seed's start, not the first's
     got = train(jax.random.PRNGKey(3))

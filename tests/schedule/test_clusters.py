@@ -148,3 +148,29 @@ def test_a_same_point_cycle_is_left_to_the_scheduler_to_name() -> None:
     assert _groups(cycle) == [{0}, {1}]
     with pytest.raises(ScheduleInfeasibleError, match=r"op0.*op1|op1.*op0"):
         scheduler.schedule(cycle)
+
+
+def twins() -> Program:
+    """``a_k[i, t] = f_k(x[t])`` for ``k = 1, 2, 3``, and ``s[i] = g(a_1[i, :], a_2[i, :],
+    a_3[i, :])``: the three are twins (no same-point read joins them to anything)."""
+    whole = Slice(Const(0), T)
+    return _program(
+        (i, t),
+        _op(0, (t,), kind="input"),
+        *(_op(k, (i, t), _read(0, t)) for k in (1, 2, 3)),
+        _op(4, (i,), _read(1, i, whole), _read(2, i, whole), _read(3, i, whole)),
+    )
+
+
+def test_twins_are_one_statement() -> None:
+    """Groups over one set with the same dependences on and from every other group and none
+    between them are scheduled as one; one read at another point is not their twin."""
+    program = twins()
+    assert {1, 2, 3} in _groups(program)
+    for bounds in _bound_values(program):
+        check_legal(program, bounds)
+    last = _op(4, (i,), *program.op(4).inputs[:2], _read(3, i, T - 1))
+    changed = _program(program.dims, *(last if op.id == 4 else op for op in program.ops))
+    assert {1, 2} in _groups(changed) and {3} in _groups(changed)
+    for bounds in _bound_values(changed):
+        check_legal(changed, bounds)

@@ -90,14 +90,14 @@ def test_other_conditions_and_sinks_keep_their_places() -> None:
     assert _shape(group_guards(kept, ir), ids) == [("if", ["sink_c"]), "sink_d", ("if", ["sink_c"])]
 
 
-def test_ppo_runs_its_rollout_and_gathers_under_three_guards() -> None:
+def test_ppo_runs_its_rollout_and_gathers_under_two_guards() -> None:
     """PPO with CleanRL's settings: the rollout, the advantages and the gathers of every
     minibatch of an iteration, which isl places in ten guards of the minibatch loop's
-    body, run under three (a guard that runs an op the loss reads at its own minibatch stays
+    body, run under two (a guard that runs an op the loss reads at its own minibatch stays
     apart: conflicts are found per op, not per point)."""
     from tempo_jax.algorithms import config as rl_config
     from tempo_jax.algorithms import ppo
 
     built = ppo.build(rl_config.load("ppo_cartpole"))
     schedule = built.program.compile(built.bounds).schedule
-    assert schedule.count("if (e == 0) & (m == 0):") == 3
+    assert schedule.count("if (e == 0) & (m == 0):") == 2
