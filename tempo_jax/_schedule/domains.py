@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import islpy as isl
 
 from .._ir.errors import OutOfBoundsError, TempoError, UndefinedPointError
+from .._ir.expr import TRUE, Const, Slice
 from .._ir.program import Edge, Op, Program
 from .._ir.source import describe
 from .isl_convert import (
@@ -80,22 +81,51 @@ def defined_domains(
     rounds = max_rounds or 2 * len(program.ops) + 4
     within = bounds_context(program, ctx, ranges)
     sets = {op.id: _optimistic(program, op, ctx).intersect_params(within) for op in program.ops}
-    reads = {op.id: _reads(program, op, ctx) for op in program.ops if op.kind != "input"}
+    reads: dict[int, list[_Read]] = {}  # made when first needed
+    # ops whose reads all stay inside their producers' boxes at every point: while each
+    # producer is defined on its whole box, so is the op's optimistic set (no isl needed)
+    inside = {op.id for op in program.ops if all(_inside(program, op, e) for e in op.inputs)}
     changed = set(sets)  # ops whose set changed last round: only their readers can change
+    # ops whose set is, or ever was, short of their box: a merge no branch of which holds
+    # at some points, an op whose set shrank
+    ever = {
+        op.id
+        for op in program.ops
+        if op.kind == "merge"
+        and not sets[op.id].is_equal(domain_set(program, op, ctx).intersect_params(within))
+    }
     for _ in range(rounds):
         now: set[int] = set()
         for op in program.ops:
-            if op.id not in reads or not any(src in changed for src, _, _ in reads[op.id]):
+            if op.kind == "input" or not any(edge.src in changed for edge in op.inputs):
                 continue
+            if op.id in inside and not any(edge.src in ever for edge in op.inputs):
+                continue  # every producer whole: the optimistic set stands
+            if op.id not in reads:
+                reads[op.id] = _reads(program, op, ctx)
             new = _defined(program, op, reads[op.id], sets, ctx).intersect_params(within)
             new = new.coalesce()
             if not new.is_equal(sets[op.id]):
                 sets[op.id] = new
                 now.add(op.id)
         changed = now
+        ever |= now
         if not changed:
             return DefinedDomains(sets, exact=True, ranges=ranges)
     return DefinedDomains(sets, exact=False, ranges=ranges)
+
+
+def _inside(program: Program, op: Op, edge: Edge) -> bool:
+    """Whether ``edge`` reads, at every point of ``op``, points inside its producer's box:
+    each index item the producer's own dim (walked by ``op`` too) or its whole range."""
+    dims = program.op(edge.src).domain
+    for item, dim in zip(edge.index, dims, strict=True):
+        if isinstance(item, Slice):
+            if item.start != Const(0) or item.stop != dim.bound:
+                return False
+        elif item != dim or dim not in op.domain:
+            return False
+    return True
 
 
 def _optimistic(program: Program, op: Op, ctx: isl.Context) -> isl.Set:
@@ -258,13 +288,21 @@ def covering_merges(program: Program, ctx: isl.Context) -> frozenset[int]:
     takes the last branch wherever no earlier one holds, without testing its condition."""
     within = param_context(program, ctx)
     found = set()
+    known: dict[tuple, bool] = {}  # (domain, conditions) -> covering: merges share them
     for op in program.ops:
-        if op.kind != "merge":
+        if op.kind != "merge" or not op.inputs:
             continue
-        box = domain_set(program, op, ctx).intersect_params(within)
-        covered = isl.Set.empty(box.get_space())
-        for where in branch_conditions(program, op, ctx):
-            covered = covered.union(where)
-        if box.subtract(covered).is_empty():
+        conds = tuple(edge.cond for edge in op.inputs)
+        key = (op.domain, conds)
+        if key not in known:
+            if conds[-1] == TRUE:
+                known[key] = True
+            else:
+                box = domain_set(program, op, ctx).intersect_params(within)
+                covered = isl.Set.empty(box.get_space())
+                for where in branch_conditions(program, op, ctx):
+                    covered = covered.union(where)
+                known[key] = box.subtract(covered).is_empty()
+        if known[key]:
             found.add(op.id)
     return frozenset(found)
