@@ -63,7 +63,7 @@ from .._schedule.isl_convert import domain_set, isl_context, set_to_conjuncts
 from . import range_grad
 from .dense_grad import DenseGrad
 from .fusion import fuse_growing
-from .saved import Saved, save_residuals
+from .saved import Saved, recurrent_without_gradient, save_residuals
 
 if TYPE_CHECKING:
     from .._frontend.program import Program as FrontProgram
@@ -107,6 +107,7 @@ class _Backward:
         self.ops = self.recorded  # the fused view once the targets are known (``run``)
         self.contributions: dict[Key, list[Key]] = {}
         self._defined_sets: Any = None
+        self._off_cycle: set[int] | None = None  # ops whose residuals are not saved
         self._zeros: dict[TensorSpec, int] = {}
 
     # -- which ops to differentiate ----------------------------------------------------------------
@@ -360,6 +361,10 @@ class _Backward:
         (for the first gradient through it: a later one with other inputs recomputes)."""
         if self.recorded.get(op.id) is not op or op.id in self.program.saved_residuals:
             return None
+        if self._off_cycle is None:
+            self._off_cycle = recurrent_without_gradient(self.ops, self.relevant)
+        if op.id in self._off_cycle:
+            return None  # stored a step at a time, read whole: recomputed in one pass instead
         specs = [read_spec(self.ops[e.src], e) for e in op.inputs]
         saved = save_residuals(op, specs, diff, outs)
         if saved is None:

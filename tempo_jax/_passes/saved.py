@@ -25,13 +25,19 @@ It does not pay, and the vjp op recomputes as before, where:
 - a residual is computed from inputs that do not vary along some dim of the op's domain and is
   larger than the op's largest output (a transposed weight would be stored once per point);
 - shapes are not static (growing ranges have their own tiled backward, :mod:`.range_grad`), the
-  payload reads its point's coordinates, or the op is not one the user recorded.
+  payload reads its point's coordinates, or the op is not one the user recorded;
+- the op lies on a recurrence that the gradient does not flow back along
+  (:func:`recurrent_without_gradient`: a policy acting in an environment, its actions
+  detached): its points run one at a time, its vjp's all at once, so the residuals would be
+  written a step at a time and read back whole, where recomputing the forward is one batched
+  pass (the paper's PPO workload: 1.09x the single-jit baseline with the residuals stored in
+  the acting loop, 1.05x without).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -259,3 +265,57 @@ def _dependences(jaxpr: jex.Jaxpr) -> dict[Any, set[int]]:
 def _index_symbols(edge: Edge) -> frozenset[Any]:
     """The symbols of ``edge``'s index (a slice's ends included)."""
     return frozenset().union(*(symbols_of(item) for item in edge.index))
+
+
+def recurrent_without_gradient(ops: Mapping[int, Op], relevant: set[int]) -> set[int]:
+    """The ops of ``relevant`` (those gradients flow through) that lie on a dependence cycle
+    of ``ops`` (a recurrence: their points run one at a time, in a loop) but on no cycle of
+    ``relevant`` ops alone: the gradient does not flow back along the recurrence (a policy
+    acting in an environment, its actions detached), so their vjp ops, off every cycle, run
+    over all the points at once. Their residuals would be written one step at a time and
+    read back whole; the vjp recomputes the forward instead, in one batched pass."""
+    return (_on_cycle(ops, set(ops)) & relevant) - _on_cycle(ops, relevant)
+
+
+def _on_cycle(ops: Mapping[int, Op], within: set[int]) -> set[int]:
+    """The ops of ``within`` on a cycle of reads among ``within`` (a self-read included)."""
+    readers: dict[int, list[int]] = {k: [] for k in within}
+    loops: set[int] = set()
+    for op_id in within:
+        for edge in ops[op_id].inputs:
+            if edge.src in within:
+                readers[edge.src].append(op_id)
+                if edge.src == op_id:
+                    loops.add(op_id)
+    order: list[int] = []  # Kosaraju: finishing order on the graph, then the reversed graph
+    seen: set[int] = set()
+    for root in within:
+        if root in seen:
+            continue
+        seen.add(root)
+        stack = [(root, iter(readers[root]))]
+        while stack:
+            node, rest = stack[-1]
+            nxt = next((r for r in rest if r not in seen), None)
+            if nxt is None:
+                order.append(node)
+                stack.pop()
+            else:
+                seen.add(nxt)
+                stack.append((nxt, iter(readers[nxt])))
+    found = set(loops)
+    placed: set[int] = set()
+    for root in reversed(order):
+        if root in placed:
+            continue
+        component, stack = [root], [root]
+        placed.add(root)
+        while stack:
+            for edge in ops[stack.pop()].inputs:
+                if edge.src in within and edge.src not in placed:
+                    placed.add(edge.src)
+                    component.append(edge.src)
+                    stack.append(edge.src)
+        if len(component) > 1:
+            found.update(component)
+    return found

@@ -127,3 +127,46 @@ def test_a_view_of_an_input_is_taken_from_the_input_again_not_stored() -> None:
     text = str(jax.make_jaxpr(vjp.payload.fn)(*args))
     assert text.count("dot_general") == 1
     assert "transpose" in text  # the view, made again from the input
+
+
+def _acting(detached: bool) -> tuple[tj.Program, np.ndarray]:
+    """A layer in a recurrence over ``t``: ``h[t + 1] = layer(h[t], w)`` (the recurrence
+    carrying ``w``'s gradient back), or, ``detached``, fed back through ``detach`` (a policy
+    acting on what its actions led to: the gradient stops there)."""
+    start = np.asarray(np.random.default_rng(0).normal(size=(D, D)) * 0.5, np.float32)
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (ROWS, D), jnp.float32, domain=(t,))
+        w = tj.param(jnp.asarray(start))
+        h = tj.placeholder((ROWS, D), jnp.float32, domain=(t,), name="h")
+        out = tj.lift(_matmul, name="layer")(h, w)
+        h[0] = x[0]
+        h[t + 1] = (out.detach() if detached else out)[t] + x[t + 1]
+        (g,) = tj.grad((out**2).mean(), [w])
+        p.output("g", g)
+    return p, start
+
+
+@pytest.mark.parametrize("detached", [False, True], ids=["carried", "detached"])
+def test_a_recurrence_the_gradient_does_not_flow_back_along_recomputes(detached: bool) -> None:
+    """Detached, the layer's points run one at a time and its vjp's over all of them at once:
+    its residuals would be stored a step at a time, so the vjp recomputes the forward (one
+    batched pass). With the gradient carried back along ``t`` (backpropagation through
+    time), the vjp is a recurrence too and reads the saved residuals."""
+    program, start = _acting(detached)
+    (layer,) = _ops(program, "layer")
+    assert (len(layer.outputs) > 1) is not detached
+    xs = np.random.default_rng(1).normal(size=(STEPS, ROWS, D)).astype(np.float32)
+
+    def loss(w: jax.Array) -> jax.Array:
+        h, total = jnp.asarray(xs[0]), 0.0
+        for k in range(STEPS):
+            out = _matmul(h, w)
+            total = total + (out**2).mean()
+            if k + 1 < STEPS:
+                h = (jax.lax.stop_gradient(out) if detached else out) + xs[k + 1]
+        return total
+
+    want = jax.grad(loss)(jnp.asarray(start))
+    got = program.compile({"T": STEPS})(x=xs)["g"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
