@@ -375,10 +375,14 @@ def _vmapped(payload: Payload, axes: list[int | None], d: Symbol) -> Payload:
         sizes = [np.shape(v)[a] for v, a in zip(values, axes, strict=True) if a is not None]
         size = sizes[0] if sizes else env[d.bound]  # static: dynamic bounds are not vectorised
 
+        if not payload.uses_point:  # no coordinates to make
+            mapped = jax.vmap(
+                lambda *row: tuple(inner(*row)), in_axes=tuple(axes), axis_size=int(size)
+            )
+            return mapped(*values)
+
         def one(point: Any, *row: Any) -> tuple[Any, ...]:
-            if payload.uses_point:
-                return tuple(inner({**env, d: point}, *row))
-            return tuple(inner(*row))
+            return tuple(inner({**env, d: point}, *row))
 
         points = jnp.arange(int(size), dtype=jnp.int32)
         return jax.vmap(one, in_axes=(0, *axes))(points, *values)
