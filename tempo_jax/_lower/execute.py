@@ -4,7 +4,7 @@ Each value is stored as the storage plan (:mod:`.storage`) says: passed on withi
 iteration, kept in a ring carried by its loop, captured (a one-point output), or written
 with ``lax.dynamic_update_slice`` into a *full* buffer ``(*domain bounds, *shape)`` that the
 loops carry. A loop becomes ``lax.fori_loop`` (a ``scan`` when its trip count is static),
-split first where guards or merge branches on its variable change (:meth:`_pieces`); a
+split first where guards or merge branches on its variable change (:mod:`.peeling`); a
 remaining guard becomes ``lax.cond``; a merge op selects its first branch whose condition
 holds.
 
@@ -26,7 +26,6 @@ step) read clamped indices and write values nobody reads; the compile-time read 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as Sequence_
 from typing import Any
@@ -36,22 +35,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._ir.expr import BoolConst, Expr, Slice, Symbol, eq, substitute, symbols_of
+from .._ir.expr import Expr, Slice, Symbol
 from .._ir.program import Edge, Op, Output, Program, describe_op
-from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs, walk
+from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
 from .blocks import run_nest, scope
 from .buffer_plan import BufferPlan
 from .evaluate import Evaluator
 from .masking import Pads, masked_call
+from .peeling import loop_pieces, same_point
+from .reading import capture_key, read
 from .sinks import SinkErrors
-from .split import constant
 from .stopping import stop_loop
-from .storage import iteration_execs
 from .tiling import Tiles, tiled_call
 
 Buffers = dict[tuple, jax.Array]  # (op id, output) -> full buffer; (op, output, RING) -> window
 RING = 1  # third key element of a window ring carried by a loop
-CAPTURE = 2  # third key element of the one value of a one-point output
 ACCUMULATE = 3  # third key element of the running sum of an accumulated value
 # third key element of a ring of depth 1 (a value read at the previous iteration only): the
 # value itself, not a stack of one, so the loop carries it as computed. XLA copies a
@@ -60,8 +58,6 @@ ACCUMULATE = 3  # third key element of the running sum of an accumulated value
 LAST = 4
 STOPPED = (-1, 0)  # whether the stop condition of `p.stop_when` has held
 RAN = (-2, 0)  # how many points of the stopped dim have run
-MAX_PIECES = 8  # a loop is split at most this many ways to take guards out of its body
-Piece = tuple[Any, Any, Node, dict]  # start, stop, body, resolved merge branches and captures
 Env = Mapping[Symbol, Any]  # symbol -> Python int (bounds) or traced int32 (dims, loop vars)
 PaddedSize = Callable[[Expr, tuple[Symbol, ...]], int]  # largest value of a size over a box
 
@@ -144,7 +140,9 @@ class TreeLowering:
         for out in captured + list(self.layout.held.values()):
             producer = self.program.op(out.edge.src)
             spec = producer.outputs[out.edge.out]
-            buffers[_capture(out)] = jnp.zeros(self.layout.shape(spec, producer.domain), spec.dtype)
+            buffers[capture_key(out)] = jnp.zeros(
+                self.layout.shape(spec, producer.domain), spec.dtype
+            )
         return buffers
 
     def _zeros(self, op_id: int, out: int) -> Any:
@@ -177,7 +175,7 @@ class TreeLowering:
             return jax.device_put(value, jax.memory.Space.Host)
         return value
 
-    def _buffer(self, edge: Edge, buffers: Buffers) -> jax.Array:
+    def buffer(self, edge: Edge, buffers: Buffers) -> jax.Array:
         if edge.src in self.inputs:
             return self.inputs[edge.src]
         return buffers[(edge.src, edge.out)]
@@ -244,7 +242,7 @@ class TreeLowering:
             else:
                 carried[(op_id, out, RING)] = jnp.zeros((depth, *shape), dtype)
         outer = self.branches
-        for lo, hi, piece, branches in self._pieces(node, start, stop):
+        for lo, hi, piece, branches in loop_pieces(self, node, start, stop):
 
             def body(
                 k: Any, b: Buffers, lo: Any = lo, hi: Any = hi, piece: Node = piece
@@ -266,69 +264,6 @@ class TreeLowering:
         self.branches = outer
         mine = {(op_id, out, kind) for op_id, out in rings for kind in (RING, LAST)}
         return {key: value for key, value in carried.items() if key not in mine}
-
-    def _pieces(self, node: Loop, start: Any, stop: Any) -> list[Piece]:
-        """The loop split where its body's guards or merge branches change (peeling).
-
-        Guards on the loop variable alone (``if t >= 1``, from a schedule shifting one
-        statement against another) and merges whose branch conditions depend on it alone
-        (``x[0] = ...; x[t + 1] = ...``) are constant over a few ranges of the loop: each
-        range becomes its own loop, where those guards are resolved and those merges compute
-        only their active branch, so no iteration branches or selects. Anything else stays
-        dynamic (``lax.cond``, ``jnp.where``).
-
-        A loop with a loop in its body (a training step, a decoding step over its layers) is
-        not split: each piece is a copy of its body in the program XLA compiles (a training
-        loop's first iteration peeled off doubled the LM's HLO), and the selects and branches a
-        split saves are small beside the body's own work.
-        """
-        whole: list[Piece] = [(start, stop, node.body, {})]
-        if not isinstance(start, int) or not isinstance(stop, int) or stop <= start:
-            return whole
-        if any(isinstance(inner, Loop) for inner in walk(node.body)):
-            return whole
-        static = {b: v for b, v in self.runtime.items() if isinstance(v, int)}
-        known = {node.var, *static}
-        values = np.arange(start, stop)
-        env = {**static, node.var: values}
-
-        def truth(cond: Expr) -> np.ndarray:
-            return np.broadcast_to(np.asarray(cond.evaluate(env), bool), values.shape)
-
-        guards = [g for g in _direct_guards(node.body) if symbols_of(g.cond) <= known]
-        rows = [truth(g.cond) for g in guards]
-        # merge op id -> its active branch; captured output name -> whether it is captured
-        switches: list[tuple[int | str, np.ndarray]] = []
-        for ex in iteration_execs(node.body):
-            op = self.program.op(ex.op)
-            if op.kind != "merge":
-                continue
-            at = dict(zip(op.domain, ex.point, strict=True))
-            conds = [substitute(edge.cond, at) for edge in op.inputs]
-            if all(symbols_of(c) <= known for c in conds):
-                held = np.stack([truth(c) for c in conds])
-                active = np.where(held.any(axis=0), held.argmax(axis=0), -1)  # first match
-                switches.append((op.id, active))
-            for k in range(len(op.outputs)):
-                for out in self.layout.captures.get((op.id, k), ()):
-                    hit = _same_point(ex.point, out.edge.index)
-                    if symbols_of(hit) <= known:  # the captured point: a piece of its own
-                        switches.append((out.name, truth(hit).astype(int)))
-        rows += [row for _, row in switches]
-        if not rows:
-            return whole
-        table = np.stack(rows)
-        changes = np.flatnonzero(np.any(table[:, 1:] != table[:, :-1], axis=0)) + 1
-        cuts = [0, *changes.tolist(), len(values)]
-        if len(cuts) - 1 > MAX_PIECES:
-            return whole
-        pieces: list[Piece] = []
-        for a, b in itertools.pairwise(cuts):
-            resolved = {id(g): bool(row[a]) for g, row in zip(guards, rows, strict=False)}
-            branches = {key: int(row[a]) for key, row in switches}
-            body = _resolve(node.body, resolved)
-            pieces.append((start + a, start + b, body, branches))
-        return pieces[::-1] if node.reverse else pieces
 
     def _exec(
         self, node: Exec, env: Env, buffers: Buffers, local: dict[int, tuple[Any, ...]]
@@ -356,14 +291,14 @@ class TreeLowering:
             buffers[STOPPED] = buffers[STOPPED] | now
         for k, value in enumerate(values):
             for out in self.layout.captures.get((op.id, k), ()):
-                key = _capture(out)
+                key = capture_key(out)
                 known = self.branches.get(out.name)  # resolved for this piece of the loop
                 if known == 0:
                     continue
                 new = jnp.asarray(value, buffers[key].dtype)
                 if known is None:
                     at = {**self.runtime, **env}
-                    here = self.evaluate(_same_point(node.point, out.edge.index), at)
+                    here = self.evaluate(same_point(node.point, out.edge.index), at)
                     if isinstance(here, int) and not here:
                         continue  # never the captured point
                     if not isinstance(here, int):
@@ -629,105 +564,15 @@ class TreeLowering:
         windows: dict[str, Slice] | None = None,
         windowed: list[str] | None = None,
     ) -> jax.Array:
-        """The value ``edge`` reads at the point of ``env`` (slices stacked in index order).
-
-        A range of symbolic size is gathered at its padded size (``domain`` is the reader's),
-        with indices past the buffer clamped: those rows are padding. With ``tile = (i, n)``,
-        the growing range's axis is read as the ``n`` buffer rows from ``i`` instead.
-        """
-        held = self.layout.held.get((edge.src, edge.out))
-        if held is not None:
-            return buffers[_capture(held)]
-        if tile is None and (edge.src, edge.out) in self.layout.cycles:
-            raise AssertionError(f"a cyclic buffer read whole by {edge}")  # planned away
-        buf = self._buffer(edge, buffers)
-        host = (edge.src, edge.out) in self.layout.memory_kinds
-        items = self.layout.stored_index(edge)
-        key = (edge.src, edge.out)
-        as_is = edge.src in self.inputs or key not in self.layout.layouts
-        if not items and not host and key not in self.layout.splits and as_is:
-            return buf  # one value (the latest point of its producer), read as it is
-        if edge.src in self.unstacked and not isinstance(items[0], Slice):
-            first = constant(items[0].evaluate(env))
-            if first is not None:  # a slice taken up front
-                buf, items = self.unstacked[edge.src][first], items[1:]
-        order = None if edge.src in self.inputs else self.layout.layouts.get((edge.src, edge.out))
-        split = self.layout.splits.get((edge.src, edge.out))
-        logical: tuple[int, ...] | None = None
-        if split is not None:
-            piece = None
-            if tile is not None:
-                coords = [items[a].evaluate(env) for a in split.unrolled]
-                piece = split.tile(buf, coords, tile[0])
-            if piece is not None:  # one whole tile: its own array, read as it is
-                buf, order, logical = piece, split.piece_order, split.piece_shape
-                items = tuple(item for a, item in enumerate(items) if a not in split.unrolled)
-                tile = (0, tile[1])
-            else:
-                buf, order = split.assemble(buf), split.order
-        if order is not None and tile is None:  # a whole read: back to domain order first
-            buf = jnp.transpose(buf, np.argsort(order))
-            order = None
-        starts, sizes, keep = [], [], []
-        for axis, item in enumerate(items):
-            growing = isinstance(item, Slice) and not self.layout.is_static(item.size)
-            if growing and tile is not None:  # the tile's rows of the buffer
-                starts.append(tile[0])
-                sizes.append(tile[1])
-                keep.append(True)
-            elif growing:
-                if host:  # the whole buffer back on the device, then the rows gathered
-                    buf, host = jax.device_put(buf, jax.memory.Space.Device), False
-                rows = self.padded(item.size, domain)
-                if windows and windows.get(str(item.size)) == item and buf.shape[axis] == rows:
-                    # the range where it sits: the buffer's rows as they are, no gather
-                    assert windowed is not None
-                    windowed.append(str(item.size))
-                    starts.append(0)
-                    sizes.append(rows)
-                    keep.append(True)
-                    continue
-                start = jnp.asarray(item.start.evaluate(env), jnp.int32)
-                index = jnp.clip(start + jnp.arange(rows, dtype=jnp.int32), 0, buf.shape[axis] - 1)
-                buf = jnp.take(buf, index, axis=axis)
-                starts.append(0)
-                sizes.append(rows)
-                keep.append(True)
-            elif isinstance(item, Slice):
-                starts.append(self.evaluate.index(item.start, env))
-                sizes.append(item.size.evaluate(self.bounds))
-                keep.append(True)
-            else:
-                starts.append(self.evaluate.index(item, env))
-                sizes.append(1)
-                keep.append(False)
-        if logical is None:
-            logical = self.layout.stored_shape(edge) if order is not None else buf.shape
-        spatial = logical[len(items) :]
-        starts += [0] * len(spatial)
-        starts = [jnp.asarray(s, jnp.int32) for s in starts]
-        every = [*sizes, *spatial]
-        if order is None:
-            window = lax.dynamic_slice(buf, starts, every, allow_negative_indices=False)
-        else:  # sliced as stored, then viewed in domain order (a layout XLA can keep)
-            stored = lax.dynamic_slice(
-                buf,
-                [starts[a] for a in order],
-                [every[a] for a in order],
-                allow_negative_indices=False,
-            )
-            window = jnp.transpose(stored, np.argsort(order))
-        if host:  # a read of a buffer in host memory is brought to the device
-            window = jax.device_put(window, jax.memory.Space.Device)
-        shape = [s for s, k in zip(sizes, keep, strict=True) if k] + list(spatial)
-        return window.reshape(shape)
+        """The value ``edge`` reads at the point of ``env`` (:func:`.reading.read`)."""
+        return read(self, edge, env, buffers, domain, tile, windows, windowed)
 
     # -- outputs ---------------------------------------------------------------------------------
     def output(self, out: Output, buffers: Buffers) -> jax.Array:
         """An output: its read at every point of its domain, domain dims first."""
         buffers = self.fetched(buffers, [(out.edge.src, out.edge.out)])
         if out.name in self.layout.plan.captured:
-            return out.arrange(buffers[_capture(out)].astype(out.spec.dtype))
+            return out.arrange(buffers[capture_key(out)].astype(out.spec.dtype))
         shape = tuple(self.bounds[d.bound] for d in out.domain)
         if not shape:
             return out.arrange(self.read(out.edge, self.runtime, buffers, ()))
@@ -771,31 +616,9 @@ def _stoppable(body: Callable, lo: Any, hi: Any, carried: Buffers, peeled: bool)
     return lax.while_loop(more, step, (jnp.asarray(lo, jnp.int32), carried))[1]
 
 
-def _direct_guards(body: Node) -> list[Guard]:
-    if isinstance(body, Guard):
-        return [body]
-    if isinstance(body, Sequence):
-        return [child for child in body.children if isinstance(child, Guard)]
-    return []
-
-
-def _resolve(body: Node, resolved: dict[int, bool]) -> Node:
-    """``body`` with the guards of ``resolved`` given constant conditions (same execs)."""
-    if isinstance(body, Guard) and id(body) in resolved:
-        return Guard(BoolConst(resolved[id(body)]), body.body)
-    if isinstance(body, Sequence):
-        return Sequence(tuple(_resolve(child, resolved) for child in body.children))
-    return body
-
-
 def _shift(ring: jax.Array, value: Any) -> jax.Array:
     """A ring (newest first) with ``value`` pushed in and its oldest value dropped."""
     return jnp.concatenate([jnp.asarray(value, ring.dtype)[None], ring[:-1]])
-
-
-def _capture(out: Output) -> tuple:
-    """The buffers key of a captured one-point output."""
-    return (out.edge.src, out.edge.out, CAPTURE, out.name)
 
 
 def _inside(index: Sequence_[Any], point: Sequence_[Any], env: Env) -> Any:
@@ -808,11 +631,3 @@ def _inside(index: Sequence_[Any], point: Sequence_[Any], env: Env) -> Any:
             held = p == item.evaluate(env)
         inside = inside & held
     return inside
-
-
-def _same_point(point: Sequence_[Expr], index: Sequence_[Any]) -> Expr:
-    """The condition that an exec at ``point`` produces the point ``index`` reads."""
-    cond: Expr = BoolConst(True)
-    for p, q in zip(point, index, strict=True):
-        cond = cond & eq(p, q) if cond != BoolConst(True) else eq(p, q)
-    return cond
