@@ -43,7 +43,8 @@ from .buffer_plan import BufferPlan
 from .evaluate import Evaluator
 from .masking import Pads, masked_call
 from .peeling import loop_pieces, same_point
-from .reading import capture_key, read
+from .reading import capture_key
+from .reading import read as read_value
 from .sinks import SinkErrors
 from .stopping import stop_loop
 from .tiling import Tiles, tiled_call
@@ -554,18 +555,7 @@ class TreeLowering:
             host, value, sizes, *(env[d] for d in op.domain), ordered=self.sink_errors.ordered
         )
 
-    def read(
-        self,
-        edge: Edge,
-        env: Env,
-        buffers: Buffers,
-        domain: tuple[Symbol, ...],
-        tile: tuple[Any, int] | None = None,
-        windows: dict[str, Slice] | None = None,
-        windowed: list[str] | None = None,
-    ) -> jax.Array:
-        """The value ``edge`` reads at the point of ``env`` (:func:`.reading.read`)."""
-        return read(self, edge, env, buffers, domain, tile, windows, windowed)
+    read = read_value  # ``self.read(edge, env, buffers, domain, ...)``: :func:`.reading.read`
 
     # -- outputs ---------------------------------------------------------------------------------
     def output(self, out: Output, buffers: Buffers) -> jax.Array:

@@ -58,9 +58,10 @@ def test_an_expression_is_computed_once_per_trace_and_values() -> None:
         evaluate(t + u, {t: 1})
 
 
-def _stepped() -> tj.Program:
+def _stepped(every_step: bool = True) -> tj.Program:
     """A parameter ``w`` stepped over ``(i, m)`` by an optimiser-like update read at the step
-    before (the next iteration's first step reads the last of this one)."""
+    before (the next iteration's first step reads the last of this one); outputs the last
+    update and, with ``every_step``, ``w`` at every step."""
     with tj.Program() as p:
         i, m = p.dims("i m")
         x = tj.input("x", (3,), jnp.float32, domain=(m,))
@@ -70,7 +71,8 @@ def _stepped() -> tj.Program:
         w[i + 1, 0] = new[i, m.bound - 1]
         w[i, m + 1] = new[i, m]
         p.output("w", new[i.bound - 1, m.bound - 1])
-        p.output("steps", w[0 : i.bound, 0 : m.bound])
+        if every_step:
+            p.output("steps", w[0 : i.bound, 0 : m.bound])
     return p
 
 
@@ -106,15 +108,7 @@ def test_a_stepped_value_is_one_select_per_step() -> None:
     """The merge of ``w`` takes the start at ``(0, 0)`` and the update's one value (kept as
     its latest point) everywhere else: one select, the two later branches tested as one and
     the last one not at all (the branches cover the domain)."""
-    with tj.Program() as p:
-        i, m = p.dims("i m")
-        x = tj.input("x", (3,), jnp.float32, domain=(m,))
-        w = tj.placeholder((3,), jnp.float32, domain=(i, m), name="w")
-        new = w - 0.1 * tj.tanh(w * x[m])
-        w[0, 0] = tj.ones(3)
-        w[i + 1, 0] = new[i, m.bound - 1]
-        w[i, m + 1] = new[i, m]
-        p.output("w", new[i.bound - 1, m.bound - 1])
+    p = _stepped(every_step=False)
     compiled = p.compile({"I": 3, "M": 4})
     xs = np.ones((4, 3), np.float32)
     assert _count(compiled.jaxpr(x=xs).jaxpr, "select_n") == 1
