@@ -187,3 +187,41 @@ def test_gradients_through_a_vectorised_recurrence() -> None:
     compiled = p.compile({"B": 5, "T": 6})
     assert "for b" not in compiled.schedule
     _close(compiled(x=xs), {"g": jax.grad(loss)(jnp.asarray(w0))})
+
+
+def _training_with_metrics(rows: int) -> tj.Program:
+    """A parameter ``w`` stepped over iterations ``i``; each iteration computes ``rows`` values
+    from it and the mean of their squares, a per-iteration metric (an output over ``i``), and
+    the rows themselves of the last iteration."""
+    with tj.Program() as p:
+        i, r = p.dims("i r")
+        x = tj.input("x", (), jnp.float32, domain=(r,))
+        w = tj.placeholder((), jnp.float32, domain=(i,), name="w")
+        row = tj.tanh(w * x)  # over (i, r): made in each iteration's loop
+        step = row[i, 0 : r.bound].mean()
+        w[0] = tj.const(0.5)
+        w[i + 1] = w[i] - 0.1 * step[i]
+        square = row * row  # a metric's rows: read by the metric alone
+        metric = square[i, 0 : r.bound].mean()
+        p.output("metric", metric)
+        p.output("last", row[i.bound - 1, 0 : r.bound])
+    return p
+
+
+def test_a_per_iteration_metric_reads_each_iteration_in_its_loop() -> None:
+    """The metric reduces rows made in the loop over ``i``: vectorised over ``i`` it would
+    need every iteration's rows at once (a buffer growing with the iterations); it runs in
+    the loop instead, and nothing of size ``I x R`` is stored. Values: the reference's."""
+    p = _training_with_metrics(rows=64)
+    bounds = {"I": 40, "R": 64}
+    xs = np.random.default_rng(2).normal(size=64).astype(np.float32)
+    compiled = p.compile(bounds)
+    assert all(v.shape[:2] != (40, 64) for v in compiled.memory().values)
+    want = tj.reference.run(p, bounds, {"x": xs})
+    _close(compiled(x=xs), want)
+    w, metrics = 0.5, []
+    for _ in range(40):
+        row = np.tanh(w * xs)
+        metrics.append((row * row).mean())
+        w = w - 0.1 * row.mean()
+    np.testing.assert_allclose(compiled(x=xs)["metric"], metrics, rtol=1e-5, atol=1e-6)
