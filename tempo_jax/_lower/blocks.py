@@ -246,7 +246,7 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
     extent = {x: count for x, (_, count) in zip(variables, nest.spans, strict=True)}
     at = {**lowering.runtime, **env}
     lows = {  # a Python int when known while tracing (the pieces of a split are static)
-        x: _index(lo.evaluate(at)) for x, (lo, _) in zip(variables, nest.spans, strict=True)
+        x: lowering.evaluate.index(lo, at) for x, (lo, _) in zip(variables, nest.spans, strict=True)
     }
     query = nest.query
     rows = min(nest.rows, extent[query]) if query is not None else 0
@@ -387,11 +387,6 @@ def scope(op: Op) -> str:
     """The name scope of ``op``'s computation: ``S<id>:<name>`` (as in the schedule), so that
     HLO metadata and profiles name the op."""
     return f"S{op.id}:{op.name}"
-
-
-def _index(value: Any) -> Any:
-    """``value`` as a Python int when it is one, else as an int32 array."""
-    return value if isinstance(value, int) else jnp.asarray(value, jnp.int32)
 
 
 def _outer(x: Any) -> bool:

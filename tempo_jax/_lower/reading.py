@@ -99,7 +99,7 @@ def read(
                 sizes.append(rows)
                 keep.append(True)
                 continue
-            start = jnp.asarray(item.start.evaluate(env), jnp.int32)
+            start = lowering.evaluate.index(item.start, env)
             index = jnp.clip(start + jnp.arange(rows, dtype=jnp.int32), 0, buf.shape[axis] - 1)
             buf = jnp.take(buf, index, axis=axis)
             starts.append(0)

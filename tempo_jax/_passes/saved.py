@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._ir.expr import TRUE, symbols_of
+from .._ir.graph import cyclic_components
 from .._ir.jaxprs import CALLS
 from .._ir.program import Edge, Op, TensorSpec
 
@@ -280,42 +281,8 @@ def recurrent_without_gradient(ops: Mapping[int, Op], relevant: set[int]) -> set
 def _on_cycle(ops: Mapping[int, Op], within: set[int]) -> set[int]:
     """The ops of ``within`` on a cycle of reads among ``within`` (a self-read included)."""
     readers: dict[int, list[int]] = {k: [] for k in within}
-    loops: set[int] = set()
     for op_id in within:
         for edge in ops[op_id].inputs:
             if edge.src in within:
                 readers[edge.src].append(op_id)
-                if edge.src == op_id:
-                    loops.add(op_id)
-    order: list[int] = []  # Kosaraju: finishing order on the graph, then the reversed graph
-    seen: set[int] = set()
-    for root in within:
-        if root in seen:
-            continue
-        seen.add(root)
-        stack = [(root, iter(readers[root]))]
-        while stack:
-            node, rest = stack[-1]
-            nxt = next((r for r in rest if r not in seen), None)
-            if nxt is None:
-                order.append(node)
-                stack.pop()
-            else:
-                seen.add(nxt)
-                stack.append((nxt, iter(readers[nxt])))
-    found = set(loops)
-    placed: set[int] = set()
-    for root in reversed(order):
-        if root in placed:
-            continue
-        component, stack = [root], [root]
-        placed.add(root)
-        while stack:
-            for edge in ops[stack.pop()].inputs:
-                if edge.src in within and edge.src not in placed:
-                    placed.add(edge.src)
-                    component.append(edge.src)
-                    stack.append(edge.src)
-        if len(component) > 1:
-            found.update(component)
-    return found
+    return set().union(*cyclic_components(readers))

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._ir.expr import TRUE, Const, IndexItem, Slice, Symbol, dims_of, symbols_of
+from .._ir.graph import cyclic_components
 from .._ir.program import Edge, Op, Output, Payload, Program, TensorSpec, read_spec
 from .._ir.simplify import simplify
 from .picks import next_id, pick_payload
@@ -94,18 +95,14 @@ def _reducing_tails(program: Program, d: Symbol, group: set[int]) -> set[int]:
     those values at every point at once, stored whole, and memory grows with ``d``'s bound.
     Where it reads more per point than it hands to outputs, it stays in the loop instead,
     reading each point's values as they are made."""
-    readers: dict[int, list[int | None]] = {op.id: [] for op in program.ops}
-    for op in program.ops:
-        for edge in op.inputs:
-            readers[edge.src].append(None if op.kind == "sink" else op.id)
-    for out in program.outputs:
-        readers[out.edge.src].append(None)
+    readers = _readers(program)
+    outside = {op.id for op in program.ops if op.kind != "sink"}  # readers that keep a tail
     tail = set(group)
     changed = True
     while changed:  # read from outside only by outputs and sinks
         changed = False
         for op_id in sorted(tail):
-            if any(r is not None and r not in tail for r in readers[op_id]):
+            if any(r in outside and r not in tail for r, _ in readers[op_id]):
                 tail.discard(op_id)
                 changed = True
     found: set[int] = set()
@@ -128,29 +125,26 @@ def _reducing_tails(program: Program, d: Symbol, group: set[int]) -> set[int]:
 
 def _per_point(program: Program, domain: tuple[Symbol, ...], edge: Edge, d: Symbol) -> int:
     """Elements ``edge`` reads, over every point of ``domain`` at one point of ``d``."""
-    total = _points(program, program.read_spec(edge))
+    total = 1
+    for n in program.read_spec(edge).shape:
+        total *= _size(program, n)
     for dim in domain:
         if dim != d:
-            total *= _points(program, TensorSpec((dim.bound,), jnp.float32))
+            total *= _size(program, dim.bound)
     producer = program.op(edge.src)
     if d in producer.domain and isinstance(edge.index[producer.domain.index(d)], Slice):
-        total //= max(1, _points(program, TensorSpec((d.bound,), jnp.float32)))
+        total //= max(1, _size(program, d.bound))
     return total
 
 
-def _points(program: Program, spec: TensorSpec) -> int:
-    """Elements of a value of ``spec`` (a symbolic size at its static value; one where it
-    has none)."""
-    values = dict(program.sizes)
-    total = 1
-    for n in spec.shape:
-        if not isinstance(n, int):
-            try:
-                n = int(n.evaluate(values))
-            except Exception:  # a dynamic bound, or a dim: counted once
-                n = 1
-        total *= n
-    return total
+def _size(program: Program, n: Any) -> int:
+    """A size at its static value (one where it has none: a dynamic bound, a dim)."""
+    if isinstance(n, int):
+        return n
+    try:
+        return int(n.evaluate(dict(program.sizes)))
+    except Exception:
+        return 1
 
 
 def _connected(program: Program, members: set[int]) -> list[set[int]]:
@@ -176,15 +170,21 @@ def _connected(program: Program, members: set[int]) -> list[set[int]]:
     return parts
 
 
-def _useful(program: Program, d: Symbol, group: set[int], components: list[set[int]]) -> set[int]:
-    """``group`` without the ops whose every read is a point of ``d`` taken outside the group:
-    those readers loop over ``d`` anyway, and would only pick from the vector."""
+def _readers(program: Program) -> dict[int, list[tuple[int | None, Edge]]]:
+    """Per op, who reads it (an op id; None for a program output) and through which edge."""
     readers: dict[int, list[tuple[int | None, Edge]]] = {op.id: [] for op in program.ops}
     for op in program.ops:
         for edge in op.inputs:
             readers[edge.src].append((op.id, edge))
     for out in program.outputs:
         readers[out.edge.src].append((None, out.edge))
+    return readers
+
+
+def _useful(program: Program, d: Symbol, group: set[int], components: list[set[int]]) -> set[int]:
+    """``group`` without the ops whose every read is a point of ``d`` taken outside the group:
+    those readers loop over ``d`` anyway, and would only pick from the vector."""
+    readers = _readers(program)
     of = {member: component for component in components for member in component}
     changed = True
     while changed:
@@ -249,8 +249,7 @@ def _whole(item: IndexItem, d: Symbol) -> bool:
 
 
 def _components(program: Program, d: Symbol) -> list[set[int]]:
-    """The strongly connected components of the op graph with more than one op or a self-read
-    (Tarjan's algorithm, iterative).
+    """The strongly connected components of the op graph with more than one op or a self-read.
 
     A read shifted along another dim (``w[i-1]``: the previous iteration) leaves the points of
     that dim it starts from, so it closes no cycle that matters for ``d``: a learner over ``t``
@@ -261,43 +260,7 @@ def _components(program: Program, d: Symbol) -> list[set[int]]:
         for edge in op.inputs:
             if not _shifted_elsewhere(program, op, edge, d):
                 succ[edge.src].append(op.id)
-    index: dict[int, int] = {}
-    low: dict[int, int] = {}
-    stack: list[int] = []
-    on: set[int] = set()
-    found: list[set[int]] = []
-    for root in succ:
-        if root in index:
-            continue
-        work = [(root, iter(succ[root]))]
-        index[root] = low[root] = len(index)
-        stack.append(root)
-        on.add(root)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is None:
-                work.pop()
-                if work:
-                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
-                if low[node] == index[node]:
-                    component = set()
-                    while True:
-                        member = stack.pop()
-                        on.discard(member)
-                        component.add(member)
-                        if member == node:
-                            break
-                    if len(component) > 1 or node in succ[node]:
-                        found.append(component)
-            elif child not in index:
-                index[child] = low[child] = len(index)
-                stack.append(child)
-                on.add(child)
-                work.append((child, iter(succ[child])))
-            elif child in on:
-                low[node] = min(low[node], index[child])
-    return found
+    return cyclic_components(succ)
 
 
 def _shifted_elsewhere(program: Program, reader: Op, edge: Edge, d: Symbol) -> bool:

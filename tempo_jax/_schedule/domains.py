@@ -299,10 +299,7 @@ def covering_merges(program: Program, ctx: isl.Context) -> frozenset[int]:
                 known[key] = True
             else:
                 box = domain_set(program, op, ctx).intersect_params(within)
-                covered = isl.Set.empty(box.get_space())
-                for where in branch_conditions(program, op, ctx):
-                    covered = covered.union(where)
-                known[key] = box.subtract(covered).is_empty()
+                known[key] = box.subtract(_optimistic(program, op, ctx)).is_empty()
         if known[key]:
             found.add(op.id)
     return frozenset(found)

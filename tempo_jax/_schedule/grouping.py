@@ -72,21 +72,21 @@ def _gather(children: list[Node], program: Program) -> Node:
                 second = children[b]
                 if not isinstance(second, Guard) or second.cond != first.cond:
                     continue
-                between = uses[a + 1 : b]
-                if not any(uses[b].conflicts(use) for use in between):
-                    order = [*range(a + 1), b, *range(a + 1, b), *range(b + 1, len(children))]
-                elif not any(uses[a].conflicts(use) for use in between):
-                    order = [*range(a), *range(a + 1, b), a, *range(b, len(children))]
-                else:
-                    continue
-                children = [children[k] for k in order]
-                uses = [uses[k] for k in order]
-                moved = b != a + 1
-                if not moved:  # neighbours already: merge them
+                if b == a + 1:  # neighbours: one guard
                     body = _gather(_flat(first.body) + _flat(second.body), program)
                     children[a : a + 2] = [Guard(first.cond, body)]
                     uses[a : a + 2] = [_use(children[a], program)]
-                    moved = True
+                else:  # brought together: merged on the next pass
+                    between = uses[a + 1 : b]
+                    if not any(uses[b].conflicts(use) for use in between):
+                        order = [*range(a + 1), b, *range(a + 1, b), *range(b + 1, len(children))]
+                    elif not any(uses[a].conflicts(use) for use in between):
+                        order = [*range(a), *range(a + 1, b), a, *range(b, len(children))]
+                    else:
+                        continue
+                    children = [children[k] for k in order]
+                    uses = [uses[k] for k in order]
+                moved = True
                 break
             if moved:
                 break
