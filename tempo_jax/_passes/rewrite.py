@@ -91,9 +91,16 @@ def rewrite(program: Program) -> Program:
     Returns ``program`` itself when no rule matches; the input is never changed.
     """
     ctx = Context(program)
+    at = 0  # where the last rewrite was: the scan goes on from there, round the program
     while True:
-        found = (rule.match(ctx, op) for op in ctx.program.ops for rule in RULES)
-        changed = next((p for p in found if p is not None), None)
+        ops = ctx.program.ops
+        at = min(at, len(ops))
+        found = (
+            (k, rule.match(ctx, ops[k]))
+            for k in (*range(at, len(ops)), *range(at))
+            for rule in RULES
+        )
+        at, changed = next(((k, p) for k, p in found if p is not None), (at, None))
         if changed is None:
             return ctx.program
         ctx.program = changed

@@ -39,6 +39,8 @@ from collections import defaultdict
 
 import islpy as isl
 
+Edge = tuple[str, str, bool]  # (producer, consumer, identity: a same-point read)
+
 
 @dataclasses.dataclass(frozen=True)
 class Clustering:
@@ -79,6 +81,7 @@ def cluster(domain: isl.UnionSet, deps: isl.UnionMap) -> Clustering:
     """Group the statements of ``domain`` along identity dependences (module docstring)."""
     sets, maps = _sets(domain), _maps(deps)
     edges = _edges(sets, maps)
+    incident = _Incident.of(edges)
     group_of = {name: name for name in sets}
     members: dict[str, set[str]] = {name: {name} for name in sets}
     changed = True
@@ -89,14 +92,15 @@ def cluster(domain: isl.UnionSet, deps: isl.UnionMap) -> Clustering:
             if not identity or a == b:
                 continue
             union = members[a] | members[b]
-            if _closed(union, edges):
+            if _closed(union, incident):
                 for name in members[a]:
                     group_of[name] = b
                 members[b] = union
                 del members[a]
                 changed = True
     groups = tuple(
-        _ordered(group, edges) for group in sorted(members.values(), key=lambda g: min(g, key=_key))
+        _ordered(group, incident)
+        for group in sorted(members.values(), key=lambda g: min(g, key=_key))
     )
     contracted = _contract(domain, deps, sets, maps, groups, edges)
     twins = _twins(contracted)
@@ -152,7 +156,7 @@ def _contract(
     sets: dict[str, isl.Set],
     maps: list[isl.Map],
     groups: tuple[tuple[str, ...], ...],
-    edges: list[tuple[str, str, bool]],
+    edges: list[Edge],
 ) -> Clustering:
     """The problem with one statement per group: its dependences are every dependence
     but the same-point reads between members of one group (their order keeps those)."""
@@ -189,7 +193,7 @@ def _maps(deps: isl.UnionMap) -> list[isl.Map]:
     return maps
 
 
-def _edges(sets: dict[str, isl.Set], maps: list[isl.Map]) -> list[tuple[str, str, bool]]:
+def _edges(sets: dict[str, isl.Set], maps: list[isl.Map]) -> list[Edge]:
     """``(producer, consumer, identity)`` per dependence map between statements of ``sets``,
     in a fixed order. ``identity``: both have the same dims and set, and every consumer
     point reads the producer at the same point."""
@@ -210,25 +214,44 @@ def _edges(sets: dict[str, isl.Set], maps: list[isl.Map]) -> list[tuple[str, str
     return edges
 
 
-def _closed(group: set[str], edges: list[tuple[str, str, bool]]) -> bool:
+@dataclasses.dataclass(frozen=True)
+class _Incident:
+    """Each statement's dependence edges as producer (``outs``) and as consumer (``ins``), in
+    the order of :func:`_edges`: a group's checks look at its members' edges only."""
+
+    outs: dict[str, list[Edge]]
+    ins: dict[str, list[Edge]]
+
+    @classmethod
+    def of(cls, edges: list[Edge]) -> _Incident:
+        outs: dict[str, list[Edge]] = defaultdict(list)
+        ins: dict[str, list[Edge]] = defaultdict(list)
+        for edge in edges:
+            outs[edge[0]].append(edge)
+            ins[edge[1]].append(edge)
+        return cls(outs, ins)
+
+
+def _closed(group: set[str], incident: _Incident) -> bool:
     """Whether every entry member of ``group`` reaches every exit member inside it, and no
     member reads itself at the same point through the others (a cycle: no order exists, and
     the error that names it comes from scheduling the ops alone)."""
     try:
-        _ordered(group, edges)
+        _ordered(group, incident)
     except graphlib.CycleError:
         return False
     inside: dict[str, set[str]] = defaultdict(set)
     entries: set[str] = set()
     exits: set[str] = set()
-    for src, dst, identity in edges:
-        if src in group and dst in group and identity:
-            inside[src].add(dst)
-            continue
-        if dst in group:
-            entries.add(dst)
-        if src in group:
+    for member in group:
+        for src, dst, identity in incident.outs.get(member, ()):
+            if dst in group and identity:
+                inside[src].add(dst)
+                continue
+            if dst in group:
+                entries.add(dst)
             exits.add(src)
+        entries.update(dst for src, dst, _ in incident.ins.get(member, ()) if src not in group)
     for entry in entries:
         seen, stack = {entry}, [entry]
         while stack:
@@ -241,10 +264,12 @@ def _closed(group: set[str], edges: list[tuple[str, str, bool]]) -> bool:
     return True
 
 
-def _ordered(group: set[str], edges: list[tuple[str, str, bool]]) -> tuple[str, ...]:
+def _ordered(group: set[str], incident: _Incident) -> tuple[str, ...]:
     """The members of ``group``, each after the members it reads at the same point."""
-    order = graphlib.TopologicalSorter({name: () for name in sorted(group, key=_key)})
-    for src, dst, identity in edges:
-        if identity and src in group and dst in group:
-            order.add(dst, src)
+    members = sorted(group, key=_key)
+    order = graphlib.TopologicalSorter({name: () for name in members})
+    for name in members:
+        for src, dst, identity in incident.outs.get(name, ()):
+            if identity and dst in group:
+                order.add(dst, src)
     return tuple(order.static_order())
