@@ -236,10 +236,6 @@ def _closed(group: set[str], incident: _Incident) -> bool:
     """Whether every entry member of ``group`` reaches every exit member inside it, and no
     member reads itself at the same point through the others (a cycle: no order exists, and
     the error that names it comes from scheduling the ops alone)."""
-    try:
-        _ordered(group, incident)
-    except graphlib.CycleError:
-        return False
     inside: dict[str, set[str]] = defaultdict(set)
     entries: set[str] = set()
     exits: set[str] = set()
@@ -252,6 +248,8 @@ def _closed(group: set[str], incident: _Incident) -> bool:
                 entries.add(dst)
             exits.add(src)
         entries.update(dst for src, dst, _ in incident.ins.get(member, ()) if src not in group)
+    if not _acyclic(group, inside):
+        return False
     for entry in entries:
         seen, stack = {entry}, [entry]
         while stack:
@@ -262,6 +260,23 @@ def _closed(group: set[str], incident: _Incident) -> bool:
         if not exits <= seen:
             return False
     return True
+
+
+def _acyclic(group: set[str], inside: dict[str, set[str]]) -> bool:
+    """Whether the same-point reads ``inside`` (member -> its readers) have no cycle."""
+    waiting = dict.fromkeys(group, 0)
+    for readers in inside.values():
+        for reader in readers:
+            waiting[reader] += 1
+    ready = [name for name, count in waiting.items() if count == 0]
+    done = 0
+    while ready:
+        done += 1
+        for reader in inside.get(ready.pop(), ()):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                ready.append(reader)
+    return done == len(group)
 
 
 def _ordered(group: set[str], incident: _Incident) -> tuple[str, ...]:
