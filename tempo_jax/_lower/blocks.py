@@ -35,6 +35,7 @@ from .._ir.program import Op, Program
 from .._ir.simplify import simplify
 from .._schedule.tree import LOOP_SCOPE, Exec, Loop, Node, Sequence, walk
 from .masking import NotAligned, when_finite
+from .reading import LANE, ROWS
 
 if TYPE_CHECKING:
     from .execute import TreeLowering
@@ -250,6 +251,7 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
     }
     query = nest.query
     rows = min(nest.rows, extent[query]) if query is not None else 0
+    lanes = _batched(lowering, nest, ops, reading)
 
     def points(first: Any) -> list[Any]:
         """The written ops' outputs at every point of the nest (queries ``first ..``), each
@@ -261,7 +263,16 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
             for x in variables
         }
         spans = _spans(lowering, nest, coords, env) if query is not None else {}
-        fast = _grid(lambda *p: _point(lowering, nest, env, reading, p, spans), coords, variables)
+        cut = {
+            key: (_lanes(lowering, key, reading, axes, lows, extent), axes)
+            for key, axes in lanes.items()
+        }
+        fast = _grid(
+            lambda p, own: _point(lowering, nest, env, {**reading, **own}, p, spans),
+            coords,
+            variables,
+            cut,
+        )
         return when_finite(
             fast[1],
             lambda: fast[0],
@@ -394,12 +405,106 @@ def _outer(x: Any) -> bool:
     return isinstance(x, Symbol) and x.program == LOOP_SCOPE
 
 
-def _grid(fn: Callable[..., Any], coords: dict, variables: list) -> Any:
-    """``fn`` at every point of the grid of ``coords`` (one vector per loop variable)."""
+def _grid(fn: Callable[..., Any], coords: dict, variables: list, rows: dict | None = None) -> Any:
+    """``fn(point, buffers)`` at every point of the grid of ``coords`` (one vector per loop
+    variable). ``rows``: per buffer key (an input's: ``(id, 0, ROWS)``, which
+    ``TreeLowering.buffer`` takes before the whole input), the buffer cut to the grid's rows
+    and the axis each variable walks in it (:func:`_batched`); each lane gets its own rows,
+    without the walked axes (``(id, out, LANE)`` lists them for :func:`.reading.read`)."""
     rank = len(variables)
-    for axis in reversed(range(rank)):
-        fn = jax.vmap(fn, in_axes=tuple(0 if a == axis else None for a in range(rank)))
-    return fn(*(coords[x] for x in variables))
+    keys = sorted(rows or {})
+    given = rows or {}
+
+    def lane(*args: Any) -> Any:
+        own = {}
+        for key, array in zip(keys, args[rank:], strict=True):
+            own[key] = array
+            own[(key[0], key[1], LANE)] = frozenset(given[key][1].values())
+        return fn(args[:rank], own)
+
+    f = lane
+    for level in reversed(range(rank)):
+        x = variables[level]
+        walked = []
+        for key in keys:
+            axes = given[key][1]
+            outer = sum(1 for y in variables[:level] if y in axes and axes[y] < axes.get(x, -1))
+            walked.append(axes[x] - outer if x in axes else None)
+        point = tuple(0 if a == level else None for a in range(rank))
+        f = jax.vmap(f, in_axes=(*point, *walked))
+    return f(*(coords[x] for x in variables), *(given[key][0] for key in keys))
+
+
+def _batched(
+    lowering: TreeLowering, nest: Nest, ops: list[Op], reading: dict
+) -> dict[tuple, dict[Symbol, int]]:
+    """Buffers (and inputs) that the nest reads only at the point of some of its vmapped
+    loops, each along an axis of its own: per buffer key, the axis each such loop walks.
+
+    Handed to the vmaps cut along those axes, they are a batch axis of the computation, not
+    rows gathered by the loops' coordinates: XLA's partitioner keeps a buffer split over
+    devices along a sharded dim split (a gather by coordinates makes it all-gather the
+    buffer). Inside a lane the axis is gone: the lane holds the row its reads take. Buffers
+    kept in other forms
+    (tiles, host memory, a layout, one captured value) are read as before."""
+    layout = lowering.layout
+    found: dict[tuple, dict[Symbol, int]] = {}
+    refused: set[tuple] = set()
+    vmapped = {loop.var for loop in nest.loops} - {nest.query}
+    for ex, op in zip(nest.execs, ops, strict=True):
+        point = nest.point(ex)
+        for k, edge in enumerate(op.inputs):
+            pair = (edge.src, edge.out)
+            is_input = edge.src in lowering.inputs
+            key = (*pair, ROWS) if is_input else pair
+            if (id(ex), k) in nest.local or key in refused:
+                continue
+            if (
+                pair in layout.held
+                or pair in layout.cycles
+                or pair in layout.splits
+                or (pair in layout.layouts and not is_input)
+                or pair in layout.memory_kinds
+                or edge.src in lowering.unstacked
+                or (not is_input and pair not in reading)
+            ):
+                refused.add(key)
+                continue
+            axes: dict[Symbol, int] | None = {}
+            for axis, item in enumerate(layout.stored_index(edge)):
+                x = point[op.domain.index(item)] if item in op.domain else None
+                if x in vmapped and x not in axes:
+                    axes[x] = axis
+                elif any(y in vmapped for y in _loop_vars(item, op, point)):
+                    axes = None  # a vmapped loop indexes it otherwise too: gathered
+                    break
+            if not axes or found.get(key, axes) != axes:
+                refused.add(key)
+                found.pop(key, None)
+                continue
+            found[key] = axes
+    return found
+
+
+def _loop_vars(item: Any, op: Op, point: tuple[Any, ...]) -> set[Any]:
+    """The nest's loop variables an index item depends on (through the reader's dims)."""
+    dims = (
+        symbols_of(item.start) | symbols_of(item.stop)
+        if isinstance(item, Slice)
+        else symbols_of(item)
+    )
+    return {point[op.domain.index(d)] for d in dims if d in op.domain}
+
+
+def _lanes(
+    lowering: TreeLowering, key: tuple, reading: dict, axes: dict, lows: dict, extent: dict
+) -> Any:
+    """Buffer ``key`` cut to the rows of the nest's loops along the axes they walk."""
+    array = lowering.inputs[key[0]] if len(key) == 3 else reading[key]
+    for x, axis in axes.items():
+        if not (isinstance(lows[x], int) and lows[x] == 0 and extent[x] == array.shape[axis]):
+            array = lax.dynamic_slice_in_dim(array, lows[x], extent[x], axis)
+    return array
 
 
 def _one_by_one(

@@ -43,7 +43,7 @@ from .buffer_plan import BufferPlan
 from .evaluate import Evaluator
 from .masking import Pads, masked_call
 from .peeling import loop_pieces, same_point
-from .reading import capture_key
+from .reading import ROWS, capture_key
 from .reading import read as read_value
 from .sinks import SinkErrors
 from .stopping import stop_loop
@@ -177,8 +177,8 @@ class TreeLowering:
         return value
 
     def buffer(self, edge: Edge, buffers: Buffers) -> jax.Array:
-        if edge.src in self.inputs:
-            return self.inputs[edge.src]
+        if edge.src in self.inputs:  # the input, or its rows of one lane of a nest's vmap
+            return buffers.get((edge.src, edge.out, ROWS), self.inputs[edge.src])
         return buffers[(edge.src, edge.out)]
 
     # -- the tree ------------------------------------------------------------------------------

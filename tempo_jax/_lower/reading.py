@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from .execute import Buffers, Env, TreeLowering
 
 CAPTURE = 2  # third key element of the one value of a one-point output
+ROWS = 5  # third key element of an input's rows handed to one lane of a nest's vmap (blocks.py)
+LANE = 6  # third key element: the axes of a buffer a lane of a nest's vmap has left out (blocks.py)
 
 
 def capture_key(out: Output) -> tuple:
@@ -80,6 +82,9 @@ def read(
     if order is not None and tile is None:  # a whole read: back to domain order first
         buf = jnp.transpose(buf, np.argsort(order))
         order = None
+    lane = buffers.get((edge.src, edge.out, LANE))
+    if lane:  # a lane of a nest's vmap holds the one row of these axes it reads: no axis
+        items = tuple(item for axis, item in enumerate(items) if axis not in lane)
     starts, sizes, keep = [], [], []
     for axis, item in enumerate(items):
         growing = isinstance(item, Slice) and not lowering.layout.is_static(item.size)

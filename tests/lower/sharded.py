@@ -161,7 +161,8 @@ def window_with_inf(mesh: Mesh) -> dict:
 def attention(mesh: Mesh) -> dict:
     """Causal attention of inputs over ``(b, t)``: the lowering runs ``b`` as a ``jax.vmap``
     axis of its query blocks (:mod:`tempo_jax._lower.blocks`), so ``b`` splits; ``t``, whose
-    blocks run one after another, does not."""
+    blocks run one after another, does not. The collectives of the compiled program: where
+    each all-gather sits, the shape each all-reduce gives."""
     with tj.Program("attention") as p:
         b, t = p.dims("b t")
         q, k, v = (tj.input(name, (4,), domain=(b, t)) for name in "qkv")
@@ -171,6 +172,12 @@ def attention(mesh: Mesh) -> dict:
     inputs = {name: rng.normal(size=(B, 64, 4)).astype(np.float32) for name in "qkv"}
     found = both(p, {"B": B, "T": 64}, mesh, {"b": "data"}, **inputs)
     found["query"] = error(lambda: p.compile({"B": B, "T": 64}, mesh=mesh, shard={"t": "data"}))
+    sharded = p.compile({"B": B, "T": 64}, mesh=mesh, shard={"b": "data"})
+    lines = sharded.lower(**inputs).compile().as_text().splitlines()
+    found["gathered"] = [
+        re.findall(r'op_name="([^"]*)"', ln)[0] for ln in lines if " all-gather(" in ln
+    ]
+    found["reduced"] = [ln.split(" = ")[1].split(" ")[0] for ln in lines if " all-reduce(" in ln]
     return found
 
 
