@@ -8,9 +8,9 @@ forward and backward). The unshifted schedule runs such a chain within one itera
 
 :func:`cluster` groups statements over the same domain (same dims, same set) joined by
 *identity* dependences (every point of the consumer reads the producer at the same point)
-and hands isl one statement per group; :meth:`Clustering.expand` puts the members back, in
-an order that respects their identity dependences, at their group's place in the schedule
-(``isl_schedule_expand``).
+and hands isl one statement per group; the scheduler builds the AST for the groups and runs
+each group's members, in an order that respects their identity dependences, where the group
+runs (they share its set, so its point).
 
 A group is only formed where it cannot create a cycle: every *entry* member (one read from
 outside the group, or read by a member at another point) must reach every *exit* member (one
@@ -28,7 +28,7 @@ alike; one statement stands for them all (PPO's contracted problem goes from 63 
 to 51, and isl from 1.5 s to 0.9 s).
 
 The decision is data (:class:`Clustering`: the groups, their members in order); the caller
-schedules the contracted domain and dependences and expands the result.
+schedules the contracted domain and dependences and expands the groups in its tree.
 """
 
 from __future__ import annotations
@@ -53,28 +53,8 @@ class Clustering:
     """
 
     groups: tuple[tuple[str, ...], ...]
-    contraction: isl.UnionMap
     domain: isl.UnionSet
     deps: isl.UnionMap
-    original: isl.UnionSet
-
-    def expand(self, schedule: isl.Schedule) -> isl.Schedule:
-        """The schedule of the original statements: each group's leaf runs its members in
-        order."""
-        ctx = self.original.get_ctx()
-        order = [name for group in self.groups for name in group]
-        filters = isl.UnionSetList.alloc(ctx, len(order))
-        sets = _sets(self.original)
-        for name in order:
-            filters = filters.add(isl.UnionSet.from_set(sets[name]))
-        expansion = (
-            isl.Schedule.from_domain(self.original)
-            .get_root()
-            .child(0)
-            .insert_sequence(filters)
-            .get_schedule()
-        )
-        return schedule.expand(isl.UnionPwMultiAff.from_union_map(self.contraction), expansion)
 
 
 def cluster(domain: isl.UnionSet, deps: isl.UnionMap) -> Clustering:
@@ -174,7 +154,7 @@ def _contract(
         if (src, dst) in same_point and index[src] == index[dst]:
             within = within.union(isl.UnionMap.from_map(m))
     between = deps.subtract(within).apply_domain(contraction).apply_range(contraction)
-    return Clustering(groups, contraction, domain.apply(contraction), between, domain)
+    return Clustering(groups, domain.apply(contraction), between)
 
 
 def _key(name: str) -> int:

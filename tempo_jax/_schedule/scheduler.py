@@ -57,6 +57,7 @@ Every computed schedule is also checked against the dependences before use.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 import islpy as isl
@@ -137,9 +138,9 @@ def schedule(program: Program) -> ScheduleTree:
     if program.stopped is not None:
         tree = _stopped_tree(program, split_at_stop(program, domain, deps), context)
     else:
-        sched = _compute_unshifted(program, domain, deps, context)
+        sched, members = _compute_unshifted(program, domain, deps, context)
         build = isl.AstBuild.from_context(context)
-        tree = ast_to_tree(build.node_from_schedule(sched), program)
+        tree = ast_to_tree(build.node_from_schedule(sched), program, members)
     return group_guards(hoist_first_iterations(tree, program), program)
 
 
@@ -150,10 +151,10 @@ def _stopped_tree(program: Program, split: StopSplit, context: isl.Set) -> Sched
     dim = program.stopped
     assert dim is not None
     view = inner_view(program)
-    sched = _compute_unshifted(view, split.inner, split.inner_deps, split.inner_context)
+    sched, members = _compute_unshifted(view, split.inner, split.inner_deps, split.inner_context)
     node = isl.AstBuild.from_context(split.inner_context).node_from_schedule(sched)
     env = {**{bound.name: bound for bound in program.bounds}, dim.name: loop_var(dim.name)}
-    body = _name_loops(_node(node, env, view), view, frozenset({dim.name}))
+    body = _name_loops(_expanded(_node(node, env, view), members), view, frozenset({dim.name}))
     body = with_stopped_dim(body, split.positions, loop_var(dim.name))
     loop = Loop(dim.name, Const(0), dim.bound, body)
     before = _part(program, split.before, split.before_deps, context)
@@ -168,14 +169,18 @@ def _part(
     """The nodes of the schedule of the ops of ``domain`` alone (none when it is empty)."""
     if domain.is_empty():
         return ()
-    sched = _compute_unshifted(program, domain, deps, context)
-    tree = ast_to_tree(isl.AstBuild.from_context(context).node_from_schedule(sched), program)
+    sched, members = _compute_unshifted(program, domain, deps, context)
+    build = isl.AstBuild.from_context(context)
+    tree = ast_to_tree(build.node_from_schedule(sched), program, members)
     return tree.children if isinstance(tree, Sequence) else (tree,)
+
+
+Members = dict[int, tuple[int, ...]]  # a group's statement (its first op) -> its ops in order
 
 
 def _compute_unshifted(
     program: Program, domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set
-) -> isl.Schedule:
+) -> tuple[isl.Schedule, Members]:
     """Prefer a schedule without constant shifts, then allow them.
 
     Proximity alone may shift a recurrence against its body (``S0[t - 1]`` next to
@@ -207,11 +212,16 @@ def _domain(program: Program, ctx: isl.Context) -> isl.UnionSet:
     return domain
 
 
-def _compute(domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set) -> isl.Schedule | None:
-    """isl's schedule for ``domain`` under ``deps``, or ``None`` when it finds none.
+def _compute(
+    domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set
+) -> tuple[isl.Schedule, Members] | None:
+    """isl's schedule for ``domain`` under ``deps`` and the members of each grouped
+    statement, or ``None`` when it finds none.
 
     isl schedules the statements grouped (:mod:`.clusters`: one statement per chain of
-    same-point reads over one domain), then the groups are expanded; should that find no
+    same-point reads over one domain, named ``K<id of its first op>``); the AST is built for
+    the groups and each group's execution becomes its members' in order
+    (:func:`_expanded`: they share the group's set, so its point). Should the groups find no
     valid schedule, the statements are scheduled one by one.
     """
     groups = cluster(domain, deps)
@@ -220,11 +230,14 @@ def _compute(domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set) -> isl.
         # checked between groups; within one, the members' order holds every same-point
         # dependence (a group has no other kind between its members' same points)
         if sched is not None and _respects(sched.get_map(), groups.deps):
-            return groups.expand(sched)
+            members = {
+                int(group[0][1:]): tuple(int(name[1:]) for name in group) for group in groups.groups
+            }
+            return sched, members
     sched = _isl_schedule(domain, deps, context)
     if sched is None or not _respects(sched.get_map(), deps):
         return None
-    return sched
+    return sched, {}
 
 
 def _isl_schedule(
@@ -361,10 +374,30 @@ _TEMP = "__"  # prefix of isl's iterators (c0, c1, ...) until loops get their fi
 _Env = Mapping[str, Expr]
 
 
-def ast_to_tree(node: isl.AstNode, program: Program) -> ScheduleTree:
-    """Our tree for isl's AST ``node``, with loops named after the dims they walk."""
+def ast_to_tree(
+    node: isl.AstNode, program: Program, members: Members | None = None
+) -> ScheduleTree:
+    """Our tree for isl's AST ``node``, with loops named after the dims they walk; a grouped
+    statement runs its ``members``."""
     env = {bound.name: bound for bound in program.bounds}
-    return _name_loops(_node(node, env, program), program, frozenset())
+    return _name_loops(_expanded(_node(node, env, program), members or {}), program, frozenset())
+
+
+def _expanded(node: Node, members: Members) -> Node:
+    """``node`` with each execution of a group's statement replaced by its members' at the
+    same point, in order."""
+    if not members:
+        return node
+    if isinstance(node, Exec):
+        ops = members.get(node.op)
+        return node if ops is None else sequence(Exec(op, node.point) for op in ops)
+    if isinstance(node, Sequence):
+        return sequence(_expanded(child, members) for child in node.children)
+    if isinstance(node, Guard):
+        return Guard(node.cond, _expanded(node.body, members))
+    if isinstance(node, Loop):
+        return dataclasses.replace(node, body=_expanded(node.body, members))
+    return node
 
 
 def _node(node: isl.AstNode, env: _Env, program: Program) -> Node:
@@ -386,7 +419,7 @@ def _node(node: isl.AstNode, env: _Env, program: Program) -> Node:
 def _user(call: isl.AstExpr, env: _Env, program: Program) -> Exec:
     """``S3(c0, c1 - 1)``: op 3 at the point given by the call's arguments."""
     name = call.op_get_arg(0).id_get_id().get_name()
-    op_id = int(name.removeprefix("S"))
+    op_id = int(name[1:])  # S<op id>, or K<its first op's id> for a group
     args = [_expr(call.op_get_arg(k), env) for k in range(1, call.op_get_n_arg())]
     if len(args) != len(program.op(op_id).domain):
         raise ValueError(f"isl statement {call.to_C_str()} does not match op %{op_id}")
