@@ -84,7 +84,8 @@ def defined_domains(
     reads: dict[int, list[_Read]] = {}  # made when first needed
     # ops whose reads all stay inside their producers' boxes at every point: while each
     # producer is defined on its whole box, so is the op's optimistic set (no isl needed)
-    inside = {op.id for op in program.ops if all(_inside(program, op, e) for e in op.inputs)}
+    edges_in = {op.id: [_inside(program, op, e) for e in op.inputs] for op in program.ops}
+    inside = {op.id for op in program.ops if all(edges_in[op.id])}
     changed = set(sets)  # ops whose set changed last round: only their readers can change
     # ops whose set is, or ever was, short of their box: a merge no branch of which holds
     # at some points, an op whose set shrank
@@ -103,7 +104,11 @@ def defined_domains(
                 continue  # every producer whole: the optimistic set stands
             if op.id not in reads:
                 reads[op.id] = _reads(program, op, ctx)
-            new = _defined(program, op, reads[op.id], sets, ctx).intersect_params(within)
+            # an edge inside a producer defined on its whole box reads no undefined point
+            whole = {
+                k for k, edge in enumerate(op.inputs) if edge.src not in ever and edges_in[op.id][k]
+            }
+            new = _defined(program, op, reads[op.id], sets, ctx, whole).intersect_params(within)
             new = new.coalesce()
             if not new.is_equal(sets[op.id]):
                 sets[op.id] = new
@@ -138,27 +143,51 @@ def _optimistic(program: Program, op: Op, ctx: isl.Context) -> isl.Set:
     return covered.coalesce()
 
 
-_Read = tuple[int, isl.Set, isl.Map]  # producer op id, where the edge is read, what it reads
+@dataclasses.dataclass
+class _Read:
+    """An input edge of an op: where it is read, and (made when first needed) the points
+    each of those reads."""
+
+    op: Op
+    edge: Edge
+    where: isl.Set
+    found: isl.Map | None = None
+
+    def access(self, program: Program, ctx: isl.Context) -> isl.Map:
+        if self.found is None:
+            self.found = access_map(program, self.op, self.edge, ctx).intersect_domain(self.where)
+        return self.found
 
 
 def _reads(program: Program, op: Op, ctx: isl.Context) -> list[_Read]:
-    """Per input edge of ``op``: its producer, the points reading it, the points they read."""
+    """Per input edge of ``op``: where it is read (its access map made when first needed)."""
     return [
-        (edge.src, where, access_map(program, op, edge, ctx).intersect_domain(where))
+        _Read(op, edge, where)
         for edge, where in zip(op.inputs, read_conditions(program, op, ctx), strict=True)
     ]
 
 
 def _defined(
-    program: Program, op: Op, reads: list[_Read], sets: dict[int, isl.Set], ctx: isl.Context
+    program: Program,
+    op: Op,
+    reads: list[_Read],
+    sets: dict[int, isl.Set],
+    ctx: isl.Context,
+    whole: set[int],
 ) -> isl.Set:
+    """``op``'s points none of whose reads is of an undefined point (a merge's: those where
+    a branch holds that reads none); the reads ``whole`` are known to be all defined."""
     box = domain_set(program, op, ctx)
     parts = isl.Set.empty(box.get_space())
     result = box
-    for src, where, access in reads:
-        bad = access.subtract_range(sets[src]).domain()
+    for k, read in enumerate(reads):
+        if k in whole:
+            if op.kind == "merge":
+                parts = parts.union(read.where)
+            continue
+        bad = read.access(program, ctx).subtract_range(sets[read.edge.src]).domain()
         if op.kind == "merge":
-            parts = parts.union(where.subtract(bad))
+            parts = parts.union(read.where.subtract(bad))
         else:
             result = result.subtract(bad)
     return (parts if op.kind == "merge" else result).coalesce()
