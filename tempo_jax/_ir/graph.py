@@ -1,19 +1,23 @@
-"""Cycles of an op graph: the strongly connected components that hold a recurrence."""
+"""Cycles of a graph (of ops, of statements): the strongly connected components that hold
+a recurrence."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import TypeVar
+
+N = TypeVar("N", bound=Hashable)
 
 
-def cyclic_components(succ: Mapping[int, Sequence[int]]) -> list[set[int]]:
+def cyclic_components(succ: Mapping[N, Sequence[N]]) -> list[set[N]]:
     """The strongly connected components of the graph ``succ`` (node -> the nodes its edges
     reach; every node a key) with more than one node or a self-edge (Tarjan's algorithm,
     iterative)."""
-    index: dict[int, int] = {}
-    low: dict[int, int] = {}
-    stack: list[int] = []
-    on: set[int] = set()
-    found: list[set[int]] = []
+    index: dict[N, int] = {}
+    low: dict[N, int] = {}
+    stack: list[N] = []
+    on: set[N] = set()
+    found: list[set[N]] = []
     for root in succ:
         if root in index:
             continue

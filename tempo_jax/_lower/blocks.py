@@ -412,8 +412,8 @@ def _grid(fn: Callable[..., Any], coords: dict, variables: list, rows: dict | No
     and the axis each variable walks in it (:func:`_batched`); each lane gets its own rows,
     without the walked axes (``(id, out, LANE)`` lists them for :func:`.reading.read`)."""
     rank = len(variables)
-    keys = sorted(rows or {})
     given = rows or {}
+    keys = sorted(given)
 
     def lane(*args: Any) -> Any:
         own = {}
@@ -445,8 +445,8 @@ def _batched(
     rows gathered by the loops' coordinates: XLA's partitioner keeps a buffer split over
     devices along a sharded dim split (a gather by coordinates makes it all-gather the
     buffer). Inside a lane the axis is gone: the lane holds the row its reads take. Buffers
-    kept in other forms
-    (tiles, host memory, a layout, one captured value) are read as before."""
+    kept in other forms (tiles, host memory, a layout, one captured value) are read as
+    before."""
     layout = lowering.layout
     found: dict[tuple, dict[Symbol, int]] = {}
     refused: set[tuple] = set()

@@ -39,6 +39,8 @@ from collections import defaultdict
 
 import islpy as isl
 
+from .._ir.graph import cyclic_components
+
 Edge = tuple[str, str, bool]  # (producer, consumer, identity: a same-point read)
 
 
@@ -228,7 +230,7 @@ def _closed(group: set[str], incident: _Incident) -> bool:
                 entries.add(dst)
             exits.add(src)
         entries.update(dst for src, dst, _ in incident.ins.get(member, ()) if src not in group)
-    if not _acyclic(group, inside):
+    if cyclic_components({member: tuple(inside.get(member, ())) for member in group}):
         return False
     for entry in entries:
         seen, stack = {entry}, [entry]
@@ -240,23 +242,6 @@ def _closed(group: set[str], incident: _Incident) -> bool:
         if not exits <= seen:
             return False
     return True
-
-
-def _acyclic(group: set[str], inside: dict[str, set[str]]) -> bool:
-    """Whether the same-point reads ``inside`` (member -> its readers) have no cycle."""
-    waiting = dict.fromkeys(group, 0)
-    for readers in inside.values():
-        for reader in readers:
-            waiting[reader] += 1
-    ready = [name for name, count in waiting.items() if count == 0]
-    done = 0
-    while ready:
-        done += 1
-        for reader in inside.get(ready.pop(), ()):
-            waiting[reader] -= 1
-            if waiting[reader] == 0:
-                ready.append(reader)
-    return done == len(group)
 
 
 def _ordered(group: set[str], incident: _Incident) -> tuple[str, ...]:
