@@ -31,3 +31,15 @@ def bind(eqn: jex.JaxprEqn, values: Sequence[Any]) -> list[Any]:
     with eqn.ctx.manager:
         out = eqn.primitive.bind(*values, **params)
     return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def used_inputs(closed: jex.ClosedJaxpr) -> list[bool]:
+    """Per input of ``closed``, whether its outputs depend on it: a backward walk from the
+    outputs over its equations (an equation with effects keeps all its inputs; a call is one
+    equation, using every input it is passed)."""
+    jaxpr = closed.jaxpr
+    live = {id(v) for v in jaxpr.outvars if isinstance(v, jex.Var)}
+    for eqn in reversed(jaxpr.eqns):
+        if eqn.effects or any(id(v) in live for v in eqn.outvars):
+            live.update(id(v) for v in eqn.invars if isinstance(v, jex.Var))
+    return [id(v) in live for v in jaxpr.invars]

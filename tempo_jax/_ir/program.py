@@ -220,6 +220,9 @@ class Program:
     trees: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()
     dynamic: frozenset[Symbol] = frozenset()
     sizes: tuple[tuple[Symbol, int], ...] = ()  # the static bounds' values, set when compiling
+    # (op id, dim name): ops run behind the loop over that dim whose values they read ahead
+    # of (``tempo_jax._passes.streaming``), scheduled late by ``tempo_jax._schedule.retime``
+    streams: tuple[tuple[int, str], ...] = ()
 
     def assemble(self, results: dict[str, Any]) -> dict[str, Any]:
         """``results`` with the leaves of each pytree output put back into their pytree."""

@@ -285,6 +285,11 @@ class TreeLowering:
             values = self.compute(op, op_env, self._inputs(node, op, op_env, buffers, local))
         local[op.id] = tuple(values)
         buffers = dict(buffers)
+        if op.payload is not None and op.payload.accumulates:
+            for edge in op.inputs:  # a sum per iteration, read: the next one starts at zero
+                acc = (edge.src, edge.out, ACCUMULATE)
+                if (edge.src, edge.out) in self.layout.plan.reset and acc in buffers:
+                    buffers[acc] = jnp.zeros_like(buffers[acc])
         stop = self.program.stop
         if stop is not None and op.id == stop.edge.src and STOPPED in buffers:
             now = jnp.asarray(values[stop.edge.out], bool) & ~buffers[STOPPED]

@@ -75,6 +75,9 @@ class StoragePlan:
     _summed: dict[tuple[int, int], set[tuple[IndexItem, ...]]] = dataclasses.field(
         default_factory=dict
     )
+    # accumulated values summed per iteration of the loops their box pins (a gradient summed
+    # over a rollout's steps, per training iteration): zeroed once their reader has read them
+    reset: set[tuple[int, int]] = dataclasses.field(default_factory=set)
 
 
 def plan_storage(program: Program, tree: Node) -> StoragePlan:
@@ -93,10 +96,13 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
     plan.intermittent = _intermittent(tree)
     _plan(program, tree, None, plan, split)
     for key, reads in plan._summed.items():
-        if len(reads) == 1 and key not in plan.buffered:
-            plan.accumulated[key] = next(iter(reads))
-        else:
+        box = _per_iteration(program, tree, key, next(iter(reads))) if len(reads) == 1 else None
+        if box is None or key in plan.buffered:
             plan.buffered.add(key)
+            continue
+        plan.accumulated[key] = box
+        if box != next(iter(reads)):
+            plan.reset.add(key)
     for key, points in plan._after.items():
         if len(points) == 1 and key not in plan.buffered:
             plan.held[key] = next(iter(points))
@@ -105,6 +111,61 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
     scoped = _scoped(program, tree, plan)
     plan.scoped = {**scoped, **plan_latest(program, tree, plan)}
     return plan
+
+
+def _per_iteration(
+    program: Program, tree: Node, key: tuple[int, int], index: tuple[IndexItem, ...]
+) -> tuple[IndexItem, ...] | None:
+    """The box of producer points one running sum of ``key`` adds (``index``, read by its one
+    accumulating reader), or None where no running sum serves the read.
+
+    A box pinning a dim at the reader's own point (``g[i] = sum(x[i, 0:T])``) is summed per
+    iteration of a loop over that dim holding every exec of the producer and of the reader at
+    the loop's variable: within an iteration every point the producer adds is the reader's,
+    and the reader takes the sum before the next iteration adds to it (then it is zeroed, see
+    ``StoragePlan.reset``). The box returned spans such dims whole."""
+    producer = program.op(key[0])
+    pinned = {
+        pos: item
+        for pos, item in enumerate(index)
+        if not isinstance(item, Slice) and symbols_of(item)
+    }
+    if not pinned:
+        return index
+    if any(item != producer.domain[pos] for pos, item in pinned.items()):
+        return None
+    reader = next(
+        (
+            op
+            for op in program.ops
+            if op.payload is not None
+            and op.payload.accumulates
+            and any((e.src, e.out) == key for e in op.inputs)
+        ),
+        None,
+    )
+    if reader is None:
+        return None
+    sites = exec_sites(tree, (), (), [])
+    for dim in pinned.values():
+        assert isinstance(dim, Symbol)
+        if dim not in reader.domain:
+            return None
+        loops: set[int] = set()
+        for ex, site in sites:
+            if ex.op not in (producer.id, reader.id):
+                continue
+            own = program.op(ex.op).domain.index(dim)
+            around = [lp for lp in site.loops if simplify(ex.point[own]) == lp.var]
+            if len(around) != 1:
+                return None
+            loops.add(id(around[0]))
+        if len(loops) != 1:
+            return None
+    return tuple(
+        Slice(Const(0), producer.domain[pos].bound) if pos in pinned else item
+        for pos, item in enumerate(index)
+    )
 
 
 def _intermittent(tree: Node) -> dict[int, frozenset[Symbol]]:

@@ -64,6 +64,7 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     eliminate_common_ops,  # hoisting and folding make more ops equal
     rewrite,  # before vectorize: its rules match ops over their own points
     dead_ops,  # what folding and rewriting left unread
+    hoist_invariants,  # what rewriting made invariant (a mean's gradient, reading no losses)
     vectorize,
     contract_sums,  # after vectorize: the sums of vectorised products become contractions
     fuse_growing,  # a value growing with a dim computed by its one reader: a tileable payload

@@ -45,6 +45,7 @@ from .._ir.expr import (
     substitute,
     symbols_of,
 )
+from .._ir.jaxprs import used_inputs
 from .._ir.program import Edge, Op, Payload, Program, TensorSpec
 from .._ir.simplify import simplify
 from .picks import next_id, pick_payload
@@ -59,6 +60,7 @@ class Context:
     program: Program
     traces: dict[int, tuple[Op, jex.ClosedJaxpr | None]] = dataclasses.field(default_factory=dict)
     ahead: tuple[Program, dict[Symbol, bool]] | None = None  # the program, its dims looking ahead
+    traced_sized: dict[int, tuple[Op, Any]] = dataclasses.field(default_factory=dict)
 
     def looks_ahead(self, d: Symbol) -> bool:
         """:func:`_looks_ahead` of the current program, asked once per dim."""
@@ -68,6 +70,14 @@ class Context:
         if d not in memo:
             memo[d] = _looks_ahead(self.program, d)
         return memo[d]
+
+    def sized(self, op: Op) -> tuple[jex.ClosedJaxpr, list[jax.ShapeDtypeStruct]] | None:
+        """The jaxpr of ``op``'s payload on its read specs at the static bounds' sizes, and
+        those; ``None`` when a size is dynamic or the payload opaque (:func:`_trace_sized`)."""
+        cached = self.traced_sized.get(op.id)
+        if cached is None or cached[0] is not op:
+            cached = self.traced_sized[op.id] = (op, _trace_sized(self.program, op))
+        return cached[1]
 
     def trace(self, op: Op) -> jex.ClosedJaxpr | None:
         """The jaxpr of ``op``'s payload on its read specs; ``None`` when it is opaque."""
@@ -130,6 +140,26 @@ def _trace(program: Program, op: Op) -> jex.ClosedJaxpr | None:
     except Exception:  # a payload that needs concrete values (host calls, ...) stays opaque
         return None
     return None if closed.effects else closed  # a payload printing or calling back is kept
+
+
+def _trace_sized(
+    program: Program, op: Op
+) -> tuple[jex.ClosedJaxpr, list[jax.ShapeDtypeStruct]] | None:
+    """Like :func:`_trace` (any number of inputs), with the static bounds' values put in
+    the read specs' symbolic sizes."""
+    payload = op.payload
+    if op.kind != "apply" or payload is None or payload.uses_point or payload.accumulates:
+        return None
+    sizes = dict(program.sizes)
+    try:
+        structs = [
+            jax.ShapeDtypeStruct(spec.concrete_shape(sizes), spec.dtype)
+            for spec in (program.read_spec(edge) for edge in op.inputs)
+        ]
+        closed = jax.make_jaxpr(payload.fn)(*structs)
+    except Exception:  # a dynamic size, or a payload that needs concrete values: opaque
+        return None
+    return None if closed.effects else (closed, structs)
 
 
 def _only_eqn(closed: jex.ClosedJaxpr, primitive: str) -> jex.JaxprEqn | None:
@@ -736,6 +766,42 @@ def _compose_affine(later: tuple[Any, Any], here: tuple[Any, Any]) -> tuple[Any,
 
 # -- the rule table ------------------------------------------------------------------------------
 
+
+def _unread_range(ctx: Context, op: Op) -> Program | None:
+    """Rule: a range read whose values the payload never uses (a linear op's vjp reads its
+    primal input only for its shape: the gradient of a mean) is dropped; zeros of its static
+    shape stand in. The op no longer waits for every row of the range."""
+    ranged = [k for k, e in enumerate(op.inputs) if any(isinstance(i, Slice) for i in e.index)]
+    found = ctx.sized(op) if ranged else None
+    if found is None:
+        return None
+    closed, shapes = found
+    used = used_inputs(closed)
+    zeros = {k: (shapes[k].shape, shapes[k].dtype) for k in ranged if not used[k]}
+    if not zeros:
+        return None
+    assert op.payload is not None
+    unread = list(zeros)
+    specs = shapes
+    payload = dataclasses.replace(
+        op.payload, fn=functools.partial(_with_zeros, op.payload.fn, zeros, len(specs))
+    )
+    kept = tuple(e for k, e in enumerate(op.inputs) if k not in zeros)
+    rewritten = op.replace(inputs=kept, payload=payload)
+    program = ctx.program.replace(ops=tuple(rewritten if o is op else o for o in ctx.program.ops))
+    return _drop_orphans(program, [op.inputs[k].src for k in unread])
+
+
+def _with_zeros(
+    fn: Callable[..., Any], zeros: dict[int, tuple[Any, Any]], n: int, *values: Any
+) -> Any:
+    """``fn`` of ``n`` inputs, called with those of ``zeros`` (position -> shape, dtype) as
+    zeros and the others from ``values``, in order."""
+    given = iter(values)
+    full = [jnp.zeros(*zeros[k]) if k in zeros else next(given) for k in range(n)]
+    return fn(*full)
+
+
 ALGEBRAIC = (
     Rule("mul_one", _removes(_forwards("mul", 1))),  # x*1 -> x, 1*x -> x
     Rule("add_zero", _removes(_forwards("add", 0))),  # x+0 -> x, 0+x -> x
@@ -745,6 +811,7 @@ ALGEBRAIC = (
     Rule("neg_of_neg", _neg_of_neg),  # y = -x; -y -> x
     Rule("same_dtype_cast", _removes(_same_dtype_cast)),  # x.astype(x.dtype) -> x
     Rule("identity", _removes(_passes_input)),  # (lambda x: x)(x) -> x
+    Rule("unread_range", _unread_range),  # vjp[mean](x[0:T], ct) -> vjp[mean](zeros, ct)
 )
 
 MOVEMENT = (

@@ -47,7 +47,9 @@ from .._ir.expr import TRUE, Const, IndexItem, Slice, Symbol, dims_of, symbols_o
 from .._ir.graph import cyclic_components
 from .._ir.program import Edge, Op, Output, Payload, Program, TensorSpec, read_spec
 from .._ir.simplify import simplify
+from .._schedule.retime import bounded
 from .picks import next_id, pick_payload
+from .streaming import running_sums, streamed
 
 
 def vectorize(program: Program) -> Program:
@@ -59,7 +61,11 @@ def vectorize(program: Program) -> Program:
 
 
 def _vectorize_dim(program: Program, d: Symbol) -> Program:
-    group = _group(program, d)
+    group, streams = _group(program, d)
+    if streams:  # recorded for the scheduler (:mod:`tempo_jax._schedule.retime`)
+        program = running_sums(program, d, streams).replace(
+            streams=(*program.streams, *((op_id, d.name) for op_id in sorted(streams)))
+        )
     if not group:
         return program
     return _Rewrite(program, d, group).run()
@@ -68,22 +74,29 @@ def _vectorize_dim(program: Program, d: Symbol) -> Program:
 # -- which ops ------------------------------------------------------------------------------------
 
 
-def _group(program: Program, d: Symbol) -> set[int]:
-    """The ops that compute all of ``d`` at once (see the module docstring)."""
+def _group(program: Program, d: Symbol) -> tuple[set[int], set[int]]:
+    """The ops that compute all of ``d`` at once (see the module docstring), and those that
+    stream behind a loop over ``d`` instead (:mod:`.streaming`)."""
     over = {op.id for op in program.ops if d in op.domain}
     partial = _partially_read(program, d)
     bad = {op.id for op in program.ops if op.id in over and not _eligible(program, op, d)}
     bad |= partial & over
-    group = over - bad
     components = _components(program, d)
+    looped = set(bad)
+    for component in components:
+        if component & bad:
+            looped |= component
+    streams = streamed(program, d, over, looped, components)
+    bad |= streams
+    group = over - bad
     for component in components:
         if component & bad:
             group -= component
     group = _useful(program, d, group, components)
     reducing = _reducing_tails(program, d, group)
     if not reducing:
-        return group
-    return _useful(program, d, group - reducing, components)
+        return group, streams
+    return _useful(program, d, group - reducing, components), streams
 
 
 def _reducing_tails(program: Program, d: Symbol, group: set[int]) -> set[int]:
@@ -204,13 +217,13 @@ def _useful(program: Program, d: Symbol, group: set[int], components: list[set[i
 
 
 def _eligible(program: Program, op: Op, d: Symbol) -> bool:
-    if op.kind not in ("apply", "merge") or not _fixed(op.outputs):
+    if op.kind not in ("apply", "merge") or not _fixed(op.outputs, d):
         return False
     if op.payload is not None and op.payload.accumulates:
         return False
     for edge in op.inputs:
         producer = program.op(edge.src)
-        if d in symbols_of(edge.cond) or not _fixed((program.read_spec(edge),)):
+        if d in symbols_of(edge.cond) or not _fixed((program.read_spec(edge),), d):
             return False
         for dim, item in zip(producer.domain, edge.index, strict=True):
             if dim == d and d in symbols_of(item) and item != d:
@@ -222,9 +235,15 @@ def _eligible(program: Program, op: Op, d: Symbol) -> bool:
     return True
 
 
-def _fixed(specs: tuple[TensorSpec, ...]) -> bool:
-    """Whether every size is the same at every point (bounds allowed, dims not)."""
-    return all(isinstance(n, int) or not dims_of(n) for s in specs for n in s.shape)
+def _fixed(specs: tuple[TensorSpec, ...], d: Symbol) -> bool:
+    """Whether every size is the same at every point of ``d``: bounds allowed, and sizes of
+    windows of constant bound along other dims (``r[b, t : min(t + n, T)]`` vectorised over
+    ``b``), not ``d`` nor growing ranges."""
+    return all(
+        isinstance(n, int) or not dims_of(n) or (d not in dims_of(n) and bounded(n))
+        for s in specs
+        for n in s.shape
+    )
 
 
 def _partially_read(program: Program, d: Symbol) -> set[int]:

@@ -84,6 +84,8 @@ def schedule_key(program: Program) -> str:
         parts.append(f"{op.id} {op.kind} [{', '.join(d.name for d in op.domain)}] <- {reads}")
     for out in program.outputs:
         parts.append(f"output {out.name} <- {_read_text(out.edge)}")
+    if program.streams:
+        parts.append("streams " + ", ".join(f"{op_id} {dim}" for op_id, dim in program.streams))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

@@ -87,6 +87,7 @@ from . import isl_convert as ic
 from .clusters import cluster
 from .grouping import group_guards
 from .hoist import hoist_first_iterations
+from .retime import fusion_order, shift_map, shifts, unshifted
 from .stopped import StopSplit, inner_view, split_at_stop, with_stopped_dim
 from .tree import (
     Exec,
@@ -138,9 +139,9 @@ def schedule(program: Program) -> ScheduleTree:
     if program.stopped is not None:
         tree = _stopped_tree(program, split_at_stop(program, domain, deps), context)
     else:
-        sched, members = _compute_unshifted(program, domain, deps, context)
+        sched, members, delays = _compute_retimed(program, domain, deps, context)
         build = isl.AstBuild.from_context(context)
-        tree = ast_to_tree(build.node_from_schedule(sched), program, members)
+        tree = ast_to_tree(build.node_from_schedule(sched), program, members, delays)
     return group_guards(hoist_first_iterations(tree, program), program)
 
 
@@ -176,6 +177,7 @@ def _part(
 
 
 Members = dict[int, tuple[int, ...]]  # a group's statement (its first op) -> its ops in order
+Delays = dict[int, dict[str, int]]  # op -> its delay along each dim it streams over (.retime)
 
 
 def _compute_unshifted(
@@ -196,6 +198,37 @@ def _compute_unshifted(
     if sched is None:  # only now: naming the cycle needs a transitive closure
         raise ScheduleInfeasibleError(_cycle_message(program, *_on_cycle(domain, deps), {}))
     return sched
+
+
+def _compute_retimed(
+    program: Program, domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set
+) -> tuple[isl.Schedule, Members, Delays]:
+    """:func:`_compute_unshifted`, with the ops streaming behind a loop delayed along it
+    (:mod:`.retime`): isl schedules their points moved later (whole components at once: its
+    clustering would not fuse the delayed ops), the tree moves them back. Without streamed
+    ops, or should the delayed ones find no schedule, the plain schedule (no delays)."""
+    delays = shifts(program)
+    if delays:
+        moved = shift_map(program, domain, delays)
+        later = domain.apply(moved)
+        held = deps.apply_domain(moved).apply_range(moved).union(fusion_order(program, later))
+        ctx = domain.get_ctx()
+        ctx.set_schedule_max_constant_term(0)
+        found = _compute(later, held, context)
+        if found is not None:
+            sched, members = found
+            return sched.map_schedule_node_bottom_up(_atomic), members, delays
+    return (*_compute_unshifted(program, domain, deps, context), {})
+
+
+def _atomic(node: isl.ScheduleNode) -> isl.ScheduleNode:
+    """A band's loops as one loop each, guarded inside, rather than split where statements
+    start and stop (a delayed op starts later): a loop's ring of values then spans it all."""
+    if node.get_type() != isl.schedule_node_type.band:
+        return node
+    for k in range(node.band_n_member()):
+        node = node.band_member_set_ast_loop_type(k, isl.ast_loop_type.atomic)
+    return node
 
 
 def _domain(program: Program, ctx: isl.Context) -> isl.UnionSet:
@@ -375,12 +408,18 @@ _Env = Mapping[str, Expr]
 
 
 def ast_to_tree(
-    node: isl.AstNode, program: Program, members: Members | None = None
+    node: isl.AstNode,
+    program: Program,
+    members: Members | None = None,
+    delays: Delays | None = None,
 ) -> ScheduleTree:
     """Our tree for isl's AST ``node``, with loops named after the dims they walk; a grouped
-    statement runs its ``members``."""
+    statement runs its ``members``; an op scheduled ``delays`` late runs its own points."""
     env = {bound.name: bound for bound in program.bounds}
-    return _name_loops(_expanded(_node(node, env, program), members or {}), program, frozenset())
+    tree = _expanded(_node(node, env, program), members or {})
+    if delays:
+        tree = unshifted(tree, program, delays)
+    return _name_loops(tree, program, frozenset())
 
 
 def _expanded(node: Node, members: Members) -> Node:

@@ -155,6 +155,17 @@ def map_exprs(tree: Node, fn: Callable[[Expr], Expr]) -> Node:
     return Loop(tree.dim, fn(tree.start), fn(tree.stop), body, tree.reverse, tree.trips)
 
 
+def map_nodes(tree: Node, fn: Callable[[Node], Node]) -> Node:
+    """``tree`` with ``fn`` applied to every leaf (execs, allocs, frees), bottom up."""
+    if isinstance(tree, Guard):
+        return Guard(tree.cond, map_nodes(tree.body, fn))
+    if isinstance(tree, Sequence):
+        return Sequence(tuple(map_nodes(c, fn) for c in tree.children))
+    if isinstance(tree, Loop):
+        return dataclasses.replace(tree, body=map_nodes(tree.body, fn))
+    return fn(tree)
+
+
 def substitute_tree(tree: Node, mapping: Mapping[Symbol, Expr]) -> Node:
     """``tree`` with symbols replaced in every expression (loops do not shadow: names are
     unique along any path of a tree built by the scheduler)."""

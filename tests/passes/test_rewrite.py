@@ -18,6 +18,7 @@ import optax
 import pytest
 
 import tempo_jax as tj
+from tempo_jax._ir.expr import Slice
 from tempo_jax._ir.program import Program, TensorSpec
 from tempo_jax._ir.verify import verify
 from tempo_jax._lower.compiled import compile_program
@@ -497,3 +498,54 @@ def test_gradient_sums_over_batch_and_steps_become_one_sum_per_iteration() -> No
     for _ in range(3):
         want = want - 0.1 * jax.grad(lambda v: (jnp.tanh(xs @ v) ** 2).sum())(want)
     _close(compiled(x=xs)["w"], want)
+
+
+# -- reads of ranges a payload does not use --------------------------------------------------------
+
+
+def _mean_of_losses() -> tuple[tj.Program, dict, dict]:
+    """``w`` learned from the mean over a rollout of per-step losses: the mean's vjp needs
+    the losses only for their shape."""
+    with tj.Program("mean_grad") as p:
+        i, t = p.dims("i t")
+        xs = tj.input("xs", (3,), domain=(t,))
+        w = tj.placeholder((3,), domain=(i,), name="w")
+        w[0] = tj.ones((3,))
+        h = tj.placeholder((3,), domain=(i, t), name="h")
+        h[i, 0] = xs[0]
+        h[True] = tj.tanh(h[i, t - 1] * w) + xs[t]
+        loss = (h.detach() * w).sum() ** 2
+        total = loss[i, 0 : t.bound].mean()
+        w[i + 1] = w - 0.1 * tj.grad(total, w)
+        p.output("w", w[i.bound - 1])
+    xs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    return p, {i.bound: 3, t.bound: 5}, {"xs": xs}
+
+
+def test_a_mean_gradient_does_not_read_the_losses() -> None:
+    p, bounds, inputs = _mean_of_losses()
+    ir = p.to_ir()
+    (vjp,) = [op for op in ir.ops if op.name == "vjp[mean]"]
+    # recorded: the vjp reads the losses of the whole range, and the output's cotangent
+    assert [any(isinstance(x, Slice) for x in e.index) for e in vjp.inputs] == [True, False]
+    f = p.compile(bounds, pipeline=LIFT_ONLY)
+    (vjp,) = [op for op in f.program.ops if op.name == "vjp[mean]"]
+    assert [any(isinstance(x, Slice) for x in e.index) for e in vjp.inputs] == [False]
+    assert "power" not in {op.name for op in f.program.ops}  # the losses are not computed
+    want = tj.reference.run(ir, bounds, inputs)
+    _close(f(**inputs)["w"], want["w"])
+    _close(p.compile(bounds)(**inputs)["w"], want["w"])
+
+
+def test_a_range_the_payload_uses_is_kept() -> None:
+    with tj.Program("sum_sq") as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (), domain=(t,))
+        w = tj.input("w", ())
+        y = (x * w) ** 2
+        p.output("g", tj.grad(y[0 : t.bound].mean(), w))
+    bounds, inputs = {t.bound: 4}, {"x": np.arange(4.0, dtype=np.float32), "w": np.float32(2.0)}
+    f = p.compile(bounds, pipeline=LIFT_ONLY)
+    (vjp,) = [op for op in f.program.ops if op.name.startswith("vjp[power")]
+    assert len(vjp.inputs) == 2  # the square's vjp reads its input
+    _close(f(**inputs)["g"], np.mean(2 * (np.arange(4.0) * 2.0) * np.arange(4.0)))

@@ -1,0 +1,150 @@
+"""Streaming: work that looks a bounded way ahead along a loop stays in that loop.
+
+An op over ``d`` that reads a value made in a loop over ``d`` a bounded number of steps ahead
+(n-step returns ``r[t : min(t + n, T)]`` from a rollout) can run ``n - 1`` steps behind that
+loop, inside it. Vectorised over ``d`` instead, it and everything after it would need the
+loop's values at every point of ``d`` at once: stored whole, growing with ``d``'s bound. When
+such work ends in a sum over all of ``d`` (a gradient summed over a rollout's steps, a mean
+loss), :func:`streamed` keeps it, and what it reads at its own point, out of the vectorised
+group, so its per-step values are consumed as they are made and its memory does not grow with
+the bound (Tempo's n-step TD learner, which learns while acting).
+
+The *horizon* of an op over ``d`` is how far ahead along ``d`` of its own point it depends on
+values made in loops over ``d``: 0 for a forward recurrence and what it reads, ``n - 1`` for a
+window ``t : min(t + n, T)`` of it, unbounded for a backward recurrence (Monte-Carlo returns,
+GAE) and what reads it. Only ops of a finite, positive horizon stream: an unbounded horizon
+needs the whole loop first anyway, and vectorising is then the faster way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from .._ir.expr import Slice, Symbol
+from .._ir.program import Edge, Op, Program
+from .._schedule.retime import UNBOUNDED, reach
+
+
+def streamed(
+    program: Program, d: Symbol, over: set[int], looped: set[int], cycles: list[set[int]]
+) -> set[int]:
+    """The ops of ``over`` (ops over ``d``) that stream, besides ``looped`` (those that stay
+    loops over ``d`` anyway), given the dependence ``cycles`` (module docstring)."""
+    horizon = _horizons(program, d, over, cycles)
+    ahead = {o for o in over if 0 < horizon[o] < UNBOUNDED}
+    if not ahead:
+        return set()
+    readers: dict[int, list[tuple[int, Edge]]] = {op.id: [] for op in program.ops}
+    for op in program.ops:
+        for edge in op.inputs:
+            readers[edge.src].append((op.id, edge))
+    summed = {  # ahead ops read over a range of d by an op without d: a reduction
+        o
+        for o in ahead
+        for r, edge in readers[o]
+        if d not in program.op(r).domain and _reads_range(program, edge, d)
+    }
+    feeding = set(summed)  # the ahead ops whose values reach such a reduction
+    stack = list(summed)
+    while stack:
+        for edge in program.op(stack.pop()).inputs:
+            if edge.src in ahead and edge.src not in feeding:
+                feeding.add(edge.src)
+                stack.append(edge.src)
+    pulled = set(feeding)  # and what they read at their own point, vectorised otherwise
+    stack = list(feeding)
+    while stack:
+        op = program.op(stack.pop())
+        for edge in op.inputs:
+            src = program.op(edge.src)
+            if (
+                edge.src in over
+                and edge.src not in pulled
+                and edge.src not in looped
+                and src.kind in ("apply", "merge")
+                and edge.index[src.domain.index(d)] == d
+            ):
+                pulled.add(edge.src)
+                stack.append(edge.src)
+    return pulled
+
+
+def _reads_range(program: Program, edge: Edge, d: Symbol) -> bool:
+    producer = program.op(edge.src)
+    return d in producer.domain and isinstance(edge.index[producer.domain.index(d)], Slice)
+
+
+def _horizons(
+    program: Program, d: Symbol, over: set[int], cycles: list[set[int]]
+) -> dict[int, float]:
+    """Per op over ``d``, its horizon (module docstring): the largest reach of its reads of
+    ops over ``d`` plus theirs, to a fixed point in program order; a read ahead within a
+    dependence cycle (a backward recurrence) is unbounded."""
+    cycle_of = {m: c for c in cycles for m in c}
+    reads = []  # (reader, producer, reach), ops over d only; inputs are there whole
+    for op in program.ops:
+        if op.id not in over:
+            continue
+        for edge in op.inputs:
+            src = program.op(edge.src)
+            if edge.src not in over or src.kind == "input":
+                continue
+            ahead = reach(edge.index[src.domain.index(d)], d)
+            if ahead > 0 and edge.src in cycle_of.get(op.id, ()):
+                ahead = UNBOUNDED
+            reads.append((op.id, edge.src, max(ahead, 0.0)))
+    horizon = dict.fromkeys(over, 0.0)
+    for _ in range(len(over) + 1):
+        changed = False
+        for reader, src, ahead in reads:
+            if ahead + horizon[src] > horizon[reader]:
+                horizon[reader] = ahead + horizon[src]
+                changed = True
+        if not changed:
+            return horizon
+    return {o: UNBOUNDED if h > 0 else h for o, h in horizon.items()}  # no fixed point: growing
+
+
+def running_sums(program: Program, d: Symbol, streams: set[int]) -> Program:
+    """``program`` with each whole-range sum over ``d`` of a streamed op's values (a
+    parameter's gradient summed over a rollout's steps) marked accumulating: the lowering keeps
+    a running sum, added to as each step is made, rather than every step's value
+    (``Payload.accumulates``)."""
+    ops = []
+    for op in program.ops:
+        if (
+            d not in op.domain
+            and len(op.inputs) == 1
+            and op.inputs[0].src in streams
+            and _reads_range(program, op.inputs[0], d)
+            and _sums_rows(program, op)
+        ):
+            assert op.payload is not None
+            op = op.replace(payload=dataclasses.replace(op.payload, accumulates=True))
+        ops.append(op)
+    return program.replace(ops=tuple(ops))
+
+
+def _sums_rows(program: Program, op: Op) -> bool:
+    """Whether ``op``'s payload only sums its one input over the first (stacked) axis: a
+    lifted sum, vectorised over other dims or not (traced at the static sizes)."""
+    payload = op.payload
+    if payload is None or payload.accumulates or op.kind != "apply":
+        return False
+    spec, sizes = program.read_spec(op.inputs[0]), dict(program.sizes)
+    try:
+        value = jax.ShapeDtypeStruct(spec.concrete_shape(sizes), spec.dtype)
+        if payload.uses_point:  # vectorised over another dim: the bounds are its point
+            closed = jax.make_jaxpr(lambda x: payload.fn(sizes, x))(value)
+        else:
+            closed = jax.make_jaxpr(payload.fn)(value)
+    except Exception:  # a dynamic size, or a payload that needs concrete values
+        return False
+    eqns = closed.jaxpr.eqns
+    kinds = [e.primitive.name for e in eqns]
+    if kinds.count("reduce_sum") != 1 or set(kinds) - {"reduce_sum", "convert_element_type"}:
+        return False
+    (summed,) = [e for e in eqns if e.primitive.name == "reduce_sum"]
+    return tuple(summed.params["axes"]) == (0,) and summed.invars[0] is closed.jaxpr.invars[0]

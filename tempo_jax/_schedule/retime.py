@@ -1,0 +1,183 @@
+"""Retiming: ops that stream behind a loop are scheduled that many steps late, fused into it.
+
+A pass that keeps work in a loop over ``d`` although it reads a bounded way ahead along ``d``
+(:mod:`tempo_jax._passes.streaming`: n-step returns ``r[t : min(t + n, T)]`` and the learner
+after them) records those ops in ``Program.streams``. isl, preferring loops without shifts,
+would run them in a second loop after the first, which needs every step of the first stored.
+:func:`shifts` gives each such op the delay ``s`` along ``d`` that makes every read it makes
+look back, never ahead: the largest reach ahead of its reads plus the delay of the op read,
+a longest path over the streamed ops (``n - 1`` for n-step returns and all that follows them).
+The scheduler hands isl each streamed op's domain moved ``s`` steps later (:func:`shift_map`),
+and moves the points of the tree it gets back to the ops' own (:func:`unshifted`): one loop,
+the streamed ops ``s`` iterations behind the ops they read, whose values a ring of ``s + 1``
+rows holds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import islpy as isl
+
+from .._ir.expr import Add, Const, Expr, Max, Min, Slice, Sub, Symbol, dims_of
+from .._ir.program import Program
+from .._ir.simplify import simplify
+from . import isl_convert as ic
+from .tree import Exec, Node, map_nodes
+
+UNBOUNDED = math.inf
+
+
+def reach(item: Expr | Slice, d: Symbol) -> float:
+    """How far past ``d`` an index item reads: ``t + 2`` -> 2, ``t`` -> 0, ``t - 1`` -> -1,
+    ``t : min(t + n, T)`` -> ``n - 1``; unbounded where no constant bounds it (``t : T``, a
+    constant point)."""
+    if isinstance(item, Slice):
+        return _past(item.stop, d) - 1
+    return _past(item, d)
+
+
+def bounded(size: Expr) -> bool:
+    """Whether a symbolic size has a constant bound: a window ``t : min(t + n, T)`` (size
+    ``min(T, t + n) - t``), not a growing range ``0 : t + 1``."""
+    return all(_past(simplify(size + d), d) < UNBOUNDED for d in dims_of(size))
+
+
+def _past(e: Expr, d: Symbol) -> float:
+    if isinstance(e, Min):
+        return min(_past(e.a, d), _past(e.b, d))
+    if isinstance(e, Max):
+        return max(_past(e.a, d), _past(e.b, d))
+    if isinstance(e, Add | Sub) and isinstance(e.b, Const):  # min(t + n, T) - 1
+        return _past(e.a, d) + (e.b.value if isinstance(e, Add) else -e.b.value)
+    shift = simplify(e - d)
+    return float(shift.value) if isinstance(shift, Const) else UNBOUNDED
+
+
+def shifts(program: Program) -> dict[int, dict[str, int]]:
+    """Per streamed op, its delay along each dim it streams over (module docstring); ops whose
+    delay is unbounded or zero are left out."""
+    found: dict[int, dict[str, int]] = {}
+    present = {op.id for op in program.ops}  # later passes may have replaced some
+    for name in sorted({dim for _, dim in program.streams}):
+        ops = {op_id for op_id, dim in program.streams if dim == name and op_id in present}
+        for op_id, delay in _delays(program, ops, name).items():
+            found.setdefault(op_id, {})[name] = delay
+    return found
+
+
+def _delays(program: Program, ops: set[int], name: str) -> dict[int, int]:
+    reads = []  # (reader, producer or None when not streamed, reach)
+    for op_id in ops:
+        op = program.op(op_id)
+        for edge in op.inputs:
+            src = program.op(edge.src)
+            dims = [k for k, dim in enumerate(src.domain) if dim.name == name]
+            if not dims or src.kind == "input":
+                continue
+            d = src.domain[dims[0]]
+            ahead = max(reach(edge.index[dims[0]], d), 0.0)
+            reads.append((op_id, edge.src if edge.src in ops else None, ahead))
+    delay = dict.fromkeys(ops, 0.0)
+    for _ in range(len(ops) + 1):
+        changed = False
+        for reader, src, ahead in reads:
+            need = ahead + (0.0 if src is None else delay[src])
+            if need > delay[reader]:
+                delay[reader] = need
+                changed = True
+        if not changed:
+            return {o: int(s) for o, s in delay.items() if 0 < s < UNBOUNDED}
+    return {}  # a cycle reading ahead: no delay holds
+
+
+def shift_map(
+    program: Program, domain: isl.UnionSet, delays: dict[int, dict[str, int]]
+) -> isl.UnionMap:
+    """The map taking each statement of ``domain`` to its point ``delays`` later (the
+    identity for the others)."""
+    ctx = domain.get_ctx()
+    params = ", ".join(bound.name for bound in program.bounds)
+    parts = []
+    for op_id, by in delays.items():
+        op = program.op(op_id)
+        names = [dim.name for dim in op.domain]
+        moved = [f"{n} + {by[n]}" if n in by else n for n in names]
+        name = ic.tuple_name(op)
+        parts.append(f"{name}[{', '.join(names)}] -> {name}[{', '.join(moved)}]")
+    shifted = isl.UnionMap.read_from_str(ctx, f"[{params}] -> {{ {'; '.join(parts)} }}")
+    rest = domain.subtract(shifted.domain())
+    return rest.identity().union(shifted.intersect_domain(domain))
+
+
+def unshifted(tree: Node, program: Program, delays: dict[int, dict[str, int]]) -> Node:
+    """``tree``, scheduled with delayed points (:func:`shift_map`), running each op at its
+    own points: a delayed op's point moved back by its delay."""
+
+    def back(node: Node) -> Node:
+        by = delays.get(node.op) if isinstance(node, Exec) else None
+        if not by:
+            return node
+        assert isinstance(node, Exec)
+        dims = program.op(node.op).domain
+        point = tuple(
+            simplify(x - by[d.name]) if d.name in by else x
+            for d, x in zip(dims, node.point, strict=True)
+        )
+        return Exec(node.op, point)
+
+    return map_nodes(tree, back)
+
+
+def fusion_order(program: Program, domain: isl.UnionSet) -> isl.UnionMap:
+    """Orderings that hold a streamed op inside the loop it streams behind: its point at
+    (delayed) step ``t`` runs after step ``t - 1`` and before step ``t + 1`` of an op of that
+    loop it reads (directly, or through streamed ops it reads; one reading no loop: its
+    readers'). isl, free to run the streamed ops in a loop of their own, must fuse them;
+    ``domain`` is the delayed one. Legal where the delays make every read look back; where
+    not, isl finds no schedule and the plain one is used."""
+    ctx = domain.get_ctx()
+    params = ", ".join(bound.name for bound in program.bounds)
+    present = {op.id for op in program.ops}
+    parts = []
+    for name in sorted({dim for _, dim in program.streams}):
+        streamed = {o for o, dim in program.streams if dim == name and o in present}
+        anchor: dict[int, int] = {}  # streamed op -> an op of the loop it streams behind
+        for op_id in sorted(streamed):  # ids grow along reads (a reader is recorded later)
+            for edge in program.op(op_id).inputs:
+                src = program.op(edge.src)
+                if edge.src in streamed:
+                    found = anchor.get(edge.src)
+                elif src.kind in ("apply", "merge") and any(d.name == name for d in src.domain):
+                    found = edge.src
+                else:
+                    found = None
+                if found is not None:
+                    anchor[op_id] = min(anchor.get(op_id, found), found)
+        for op_id in sorted(streamed, reverse=True):  # reading no loop: its readers' loop
+            if op_id not in anchor:
+                readers = [
+                    anchor[o]
+                    for o in streamed
+                    if o in anchor and any(e.src == op_id for e in program.op(o).inputs)
+                ]
+                if readers:
+                    anchor[op_id] = min(readers)
+        for op_id, to in sorted(anchor.items()):
+            mine, theirs = program.op(op_id), program.op(to)
+            own = [f"m_{d.name}" for d in mine.domain]
+            other = [f"o_{d.name}" for d in theirs.domain]
+            same = [
+                f"o_{d.name} = m_{d.name}"
+                for d in theirs.domain
+                if d.name != name and d in mine.domain
+            ]
+            left = f"{ic.tuple_name(mine)}[{', '.join(own)}]"
+            right = f"{ic.tuple_name(theirs)}[{', '.join(other)}]"
+            after = " and ".join([*same, f"o_{name} = m_{name} - 1"])
+            before = " and ".join([*same, f"o_{name} = m_{name} + 1"])
+            parts += [f"{right} -> {left} : {after}", f"{left} -> {right} : {before}"]
+    if not parts:
+        return isl.UnionMap.empty(domain.get_space())
+    order = isl.UnionMap.read_from_str(ctx, f"[{params}] -> {{ {'; '.join(parts)} }}")
+    return order.intersect_domain(domain).intersect_range(domain)
