@@ -45,10 +45,10 @@ from .._ir.expr import (
     substitute,
     symbols_of,
 )
-from .._ir.jaxprs import used_inputs
 from .._ir.program import Edge, Op, Payload, Program, TensorSpec
 from .._ir.simplify import simplify
 from .picks import next_id, pick_payload
+from .unread import trace_sized, without_unread
 
 Matcher = Callable[[jex.ClosedJaxpr], "int | None"]  # which payload input an identity returns
 
@@ -72,11 +72,10 @@ class Context:
         return memo[d]
 
     def sized(self, op: Op) -> tuple[jex.ClosedJaxpr, list[jax.ShapeDtypeStruct]] | None:
-        """The jaxpr of ``op``'s payload on its read specs at the static bounds' sizes, and
-        those; ``None`` when a size is dynamic or the payload opaque (:func:`_trace_sized`)."""
+        """:func:`.unread.trace_sized` of ``op``, kept per op."""
         cached = self.traced_sized.get(op.id)
         if cached is None or cached[0] is not op:
-            cached = self.traced_sized[op.id] = (op, _trace_sized(self.program, op))
+            cached = self.traced_sized[op.id] = (op, trace_sized(self.program, op))
         return cached[1]
 
     def trace(self, op: Op) -> jex.ClosedJaxpr | None:
@@ -140,26 +139,6 @@ def _trace(program: Program, op: Op) -> jex.ClosedJaxpr | None:
     except Exception:  # a payload that needs concrete values (host calls, ...) stays opaque
         return None
     return None if closed.effects else closed  # a payload printing or calling back is kept
-
-
-def _trace_sized(
-    program: Program, op: Op
-) -> tuple[jex.ClosedJaxpr, list[jax.ShapeDtypeStruct]] | None:
-    """Like :func:`_trace` (any number of inputs), with the static bounds' values put in
-    the read specs' symbolic sizes."""
-    payload = op.payload
-    if op.kind != "apply" or payload is None or payload.uses_point or payload.accumulates:
-        return None
-    sizes = dict(program.sizes)
-    try:
-        structs = [
-            jax.ShapeDtypeStruct(spec.concrete_shape(sizes), spec.dtype)
-            for spec in (program.read_spec(edge) for edge in op.inputs)
-        ]
-        closed = jax.make_jaxpr(payload.fn)(*structs)
-    except Exception:  # a dynamic size, or a payload that needs concrete values: opaque
-        return None
-    return None if closed.effects else (closed, structs)
 
 
 def _only_eqn(closed: jex.ClosedJaxpr, primitive: str) -> jex.JaxprEqn | None:
@@ -769,37 +748,16 @@ def _compose_affine(later: tuple[Any, Any], here: tuple[Any, Any]) -> tuple[Any,
 
 def _unread_range(ctx: Context, op: Op) -> Program | None:
     """Rule: a range read whose values the payload never uses (a linear op's vjp reads its
-    primal input only for its shape: the gradient of a mean) is dropped; zeros of its static
-    shape stand in. The op no longer waits for every row of the range."""
-    ranged = [k for k, e in enumerate(op.inputs) if any(isinstance(i, Slice) for i in e.index)]
-    found = ctx.sized(op) if ranged else None
-    if found is None:
+    primal input only for its shape: the gradient of a mean) is dropped (:mod:`.unread`)."""
+    if not any(isinstance(i, Slice) for e in op.inputs for i in e.index):
         return None
-    closed, shapes = found
-    used = used_inputs(closed)
-    zeros = {k: (shapes[k].shape, shapes[k].dtype) for k in ranged if not used[k]}
-    if not zeros:
+    found = ctx.sized(op)
+    dropped = None if found is None else without_unread(op, *found)
+    if dropped is None:
         return None
-    assert op.payload is not None
-    unread = list(zeros)
-    specs = shapes
-    payload = dataclasses.replace(
-        op.payload, fn=functools.partial(_with_zeros, op.payload.fn, zeros, len(specs))
-    )
-    kept = tuple(e for k, e in enumerate(op.inputs) if k not in zeros)
-    rewritten = op.replace(inputs=kept, payload=payload)
-    program = ctx.program.replace(ops=tuple(rewritten if o is op else o for o in ctx.program.ops))
-    return _drop_orphans(program, [op.inputs[k].src for k in unread])
-
-
-def _with_zeros(
-    fn: Callable[..., Any], zeros: dict[int, tuple[Any, Any]], n: int, *values: Any
-) -> Any:
-    """``fn`` of ``n`` inputs, called with those of ``zeros`` (position -> shape, dtype) as
-    zeros and the others from ``values``, in order."""
-    given = iter(values)
-    full = [jnp.zeros(*zeros[k]) if k in zeros else next(given) for k in range(n)]
-    return fn(*full)
+    program = ctx.program.replace(ops=tuple(dropped if o is op else o for o in ctx.program.ops))
+    kept = {(e.src, e.out) for e in dropped.inputs}
+    return _drop_orphans(program, [e.src for e in op.inputs if (e.src, e.out) not in kept])
 
 
 ALGEBRAIC = (

@@ -19,12 +19,15 @@ needs the whole loop first anyway, and vectorising is then the faster way.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
 import jax
 
-from .._ir.expr import Slice, Symbol
-from .._ir.program import Edge, Op, Program
+from .._ir.expr import TRUE, Slice, Symbol
+from .._ir.program import Edge, Op, Payload, Program
 from .._schedule.retime import UNBOUNDED, reach
+from .picks import next_id
 
 
 def streamed(
@@ -64,6 +67,7 @@ def streamed(
                 and edge.src not in pulled
                 and edge.src not in looped
                 and src.kind in ("apply", "merge")
+                and set(src.domain) >= set(op.domain)  # not one hoisted out of an outer loop
                 and edge.index[src.domain.index(d)] == d
             ):
                 pulled.add(edge.src)
@@ -107,13 +111,18 @@ def _horizons(
     return {o: UNBOUNDED if h > 0 else h for o, h in horizon.items()}  # no fixed point: growing
 
 
-def running_sums(program: Program, d: Symbol, streams: set[int]) -> Program:
+def running_sums(program: Program, d: Symbol, streams: set[int]) -> tuple[Program, set[int]]:
     """``program`` with each whole-range sum over ``d`` of a streamed op's values (a
-    parameter's gradient summed over a rollout's steps) marked accumulating: the lowering keeps
+    parameter's gradient summed over a rollout's steps) made accumulating: the lowering keeps
     a running sum, added to as each step is made, rather than every step's value
-    (``Payload.accumulates``)."""
-    ops = []
-    for op in program.ops:
+    (``Payload.accumulates``); and the ops it adds, which stream too.
+
+    Where that sum is then summed over its leading axis (the per-environment gradients over
+    the environments, vectorised), the two sums swap: each step's value is summed over the
+    environments first (an op per step, which ``contract_sums`` folds into the gradient's
+    contraction), and the steps' sums are accumulated; no per-environment gradient is kept."""
+    added: set[int] = set()
+    for op in list(program.ops):
         if (
             d not in op.domain
             and len(op.inputs) == 1
@@ -122,9 +131,64 @@ def running_sums(program: Program, d: Symbol, streams: set[int]) -> Program:
             and _sums_rows(program, op)
         ):
             assert op.payload is not None
-            op = op.replace(payload=dataclasses.replace(op.payload, accumulates=True))
-        ops.append(op)
-    return program.replace(ops=tuple(ops))
+            swapped = _summed_first(program, op)
+            if swapped is not None:
+                program, new = swapped
+                added.add(new)
+                continue
+            marked = op.replace(payload=dataclasses.replace(op.payload, accumulates=True))
+            program = program.replace(ops=tuple(marked if o is op else o for o in program.ops))
+    return program, added
+
+
+def _summed_first(program: Program, total: Op) -> tuple[Program, int] | None:
+    """``total`` (a sum over ``d`` of a streamed op's rows) and its one reader summing its
+    leading axis, swapped (:func:`running_sums`); None where ``total`` has another reader or
+    its reader does more."""
+    readers = [op for op in program.ops if any(e.src == total.id for e in op.inputs)]
+    if len(readers) != 1 or any(o.edge.src == total.id for o in program.outputs):
+        return None
+    (outer,) = readers
+    (edge,) = total.inputs
+    if (
+        len(outer.inputs) != 1
+        or outer.domain != total.domain
+        or outer.inputs[0].index != total.domain
+        or outer.inputs[0].cond != TRUE
+        or edge.cond != TRUE
+        or not _sums_rows(program, outer)
+        or outer.payload is None
+        or outer.payload.uses_point
+    ):
+        return None
+    rows = program.op(edge.src)
+    step = Op(
+        next_id(program),
+        "apply",
+        outer.name,
+        rows.domain,
+        (Edge(rows.id, edge.out, rows.domain, TRUE, edge.source),),
+        outer.outputs,
+        outer.payload,
+        outer.source,
+    )
+    dtype = outer.outputs[0].dtype
+    accumulated = outer.replace(
+        inputs=(dataclasses.replace(edge, src=step.id, out=0),),
+        payload=Payload(functools.partial(_sum_rows, dtype), "sum", accumulates=True),
+    )
+    ops = []
+    for op in program.ops:
+        if op.id == outer.id:
+            ops += [step, accumulated]
+        elif op.id != total.id:
+            ops.append(op)
+    return program.replace(ops=tuple(ops)), step.id
+
+
+def _sum_rows(dtype: Any, rows: Any) -> tuple[Any]:
+    """The sum of ``rows`` over their stacked axis."""
+    return (rows.sum(axis=0).astype(dtype),)
 
 
 def _sums_rows(program: Program, op: Op) -> bool:

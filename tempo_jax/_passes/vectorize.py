@@ -8,8 +8,8 @@ over ``d`` disappears for the group (``x[b, t] = f(x[b, t-1])`` becomes a recurr
 
 An op belongs to the group when
 
-- it is an ``apply`` or ``merge`` op over ``d`` whose values have a fixed shape over the
-  domain (no range that grows with a dim), and not an accumulating transpose;
+- it is an ``apply`` or ``merge`` op over ``d`` whose values have a fixed shape over ``d``
+  (no range that grows with a dim), and not an accumulating transpose;
 - every read it makes of an op over ``d`` is at ``d`` itself (``x[b, t-1]``: yes;
   ``x[b-1, t]``, ``x[0:b, t]``: a dependence along ``d``, no), and no other index item or
   condition mentions ``d``; a merge reads no range of an op over ``d``;
@@ -22,6 +22,13 @@ An op belongs to the group when
   rows). Vectorised, it would need those ops' values at every point of ``d`` at once, a
   buffer growing with ``d``'s bound; in the loop it reads each point's values as they are
   made (PPO on the paper's workload: 30 MiB stored at 50 iterations, not 229 MiB).
+
+An op that reads a bounded window ahead along ``d`` of a loop over ``d`` (n-step returns from
+a rollout), and what follows it up to a sum over all of ``d``, *streams* instead
+(:mod:`.streaming`): it stays a loop over ``d``, recorded in ``Program.streams`` for the
+scheduler to run it inside that loop a few steps late, and the sum becomes a running sum.
+Windows of bounded size along another dim (``r[b, t : min(t + n, T)]``) do not keep an op from
+being vectorised over ``d`` (``b``); ranges that grow with a dim do.
 
 Reads are rewritten to match: a group op reading a group op at ``d`` drops the index item; a
 group op reading another op over ``d`` reads the whole range ``0:d.bound`` instead; an op
@@ -63,7 +70,9 @@ def vectorize(program: Program) -> Program:
 def _vectorize_dim(program: Program, d: Symbol) -> Program:
     group, streams = _group(program, d)
     if streams:  # recorded for the scheduler (:mod:`tempo_jax._schedule.retime`)
-        program = running_sums(program, d, streams).replace(
+        program, added = running_sums(program, d, streams)
+        streams |= added
+        program = program.replace(
             streams=(*program.streams, *((op_id, d.name) for op_id in sorted(streams)))
         )
     if not group:

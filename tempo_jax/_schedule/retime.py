@@ -16,6 +16,8 @@ rows holds.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import islpy as isl
 
@@ -26,6 +28,42 @@ from . import isl_convert as ic
 from .tree import Exec, Node, map_nodes
 
 UNBOUNDED = math.inf
+Delays = dict[int, dict[str, int]]  # op -> its delay along each dim it streams over
+
+
+def retimed(
+    program: Program,
+    domain: isl.UnionSet,
+    deps: isl.UnionMap,
+    compute: Callable[[isl.UnionSet, isl.UnionMap], tuple[isl.Schedule, Any] | None],
+) -> tuple[isl.Schedule, Any, Delays] | None:
+    """A schedule with the streamed ops delayed (module docstring): ``compute`` (the
+    scheduler's, returning the schedule and its groups' members, or None) run on the delayed
+    domain with the dependences and :func:`fusion_order`, unshifted, its loops
+    :func:`_atomic`; and the delays, for :func:`unshifted`. None without streamed ops, or
+    when no such schedule exists."""
+    delays = shifts(program)
+    if not delays:
+        return None
+    moved = shift_map(program, domain, delays)
+    later = domain.apply(moved)
+    held = deps.apply_domain(moved).apply_range(moved).union(fusion_order(program, later))
+    domain.get_ctx().set_schedule_max_constant_term(0)
+    found = compute(later, held)
+    if found is None:
+        return None
+    sched, members = found
+    return sched.map_schedule_node_bottom_up(_atomic), members, delays
+
+
+def _atomic(node: isl.ScheduleNode) -> isl.ScheduleNode:
+    """A band's loops as one loop each, guarded inside, rather than split where statements
+    start and stop (a delayed op starts later): a loop's ring of values then spans it all."""
+    if node.get_type() != isl.schedule_node_type.band:
+        return node
+    for k in range(node.band_n_member()):
+        node = node.band_member_set_ast_loop_type(k, isl.ast_loop_type.atomic)
+    return node
 
 
 def reach(item: Expr | Slice, d: Symbol) -> float:
@@ -54,7 +92,7 @@ def _past(e: Expr, d: Symbol) -> float:
     return float(shift.value) if isinstance(shift, Const) else UNBOUNDED
 
 
-def shifts(program: Program) -> dict[int, dict[str, int]]:
+def shifts(program: Program) -> Delays:
     """Per streamed op, its delay along each dim it streams over (module docstring); ops whose
     delay is unbounded or zero are left out."""
     found: dict[int, dict[str, int]] = {}
@@ -91,9 +129,7 @@ def _delays(program: Program, ops: set[int], name: str) -> dict[int, int]:
     return {}  # a cycle reading ahead: no delay holds
 
 
-def shift_map(
-    program: Program, domain: isl.UnionSet, delays: dict[int, dict[str, int]]
-) -> isl.UnionMap:
+def shift_map(program: Program, domain: isl.UnionSet, delays: Delays) -> isl.UnionMap:
     """The map taking each statement of ``domain`` to its point ``delays`` later (the
     identity for the others)."""
     ctx = domain.get_ctx()
@@ -110,7 +146,7 @@ def shift_map(
     return rest.identity().union(shifted.intersect_domain(domain))
 
 
-def unshifted(tree: Node, program: Program, delays: dict[int, dict[str, int]]) -> Node:
+def unshifted(tree: Node, program: Program, delays: Delays) -> Node:
     """``tree``, scheduled with delayed points (:func:`shift_map`), running each op at its
     own points: a delayed op's point moved back by its delay."""
 
@@ -131,11 +167,11 @@ def unshifted(tree: Node, program: Program, delays: dict[int, dict[str, int]]) -
 
 def fusion_order(program: Program, domain: isl.UnionSet) -> isl.UnionMap:
     """Orderings that hold a streamed op inside the loop it streams behind: its point at
-    (delayed) step ``t`` runs after step ``t - 1`` and before step ``t + 1`` of an op of that
-    loop it reads (directly, or through streamed ops it reads; one reading no loop: its
-    readers'). isl, free to run the streamed ops in a loop of their own, must fuse them;
-    ``domain`` is the delayed one. Legal where the delays make every read look back; where
-    not, isl finds no schedule and the plain one is used."""
+    (delayed) step ``t`` runs before step ``t + 1`` of an op of that loop it reads (directly,
+    or through streamed ops it reads); one reading nothing of the loop, after step ``t - 1``
+    and before step ``t + 1`` of its readers' loop op. isl, free to run the streamed ops in a
+    loop of their own, must fuse them; ``domain`` is the delayed one. Legal where the delays
+    make every read look back; where not, isl finds no schedule and the plain one is used."""
     ctx = domain.get_ctx()
     params = ", ".join(bound.name for bound in program.bounds)
     present = {op.id for op in program.ops}
@@ -154,15 +190,15 @@ def fusion_order(program: Program, domain: isl.UnionSet) -> isl.UnionMap:
                     found = None
                 if found is not None:
                     anchor[op_id] = min(anchor.get(op_id, found), found)
-        for op_id in sorted(streamed, reverse=True):  # reading no loop: its readers' loop
-            if op_id not in anchor:
-                readers = [
-                    anchor[o]
-                    for o in streamed
-                    if o in anchor and any(e.src == op_id for e in program.op(o).inputs)
-                ]
-                if readers:
-                    anchor[op_id] = min(readers)
+        free = sorted(streamed - set(anchor), reverse=True)
+        for op_id in free:  # reading no loop: its readers' loop
+            readers = [
+                anchor[o]
+                for o in streamed
+                if o in anchor and any(e.src == op_id for e in program.op(o).inputs)
+            ]
+            if readers:
+                anchor[op_id] = min(readers)
         for op_id, to in sorted(anchor.items()):
             mine, theirs = program.op(op_id), program.op(to)
             own = [f"m_{d.name}" for d in mine.domain]
@@ -176,7 +212,9 @@ def fusion_order(program: Program, domain: isl.UnionSet) -> isl.UnionMap:
             right = f"{ic.tuple_name(theirs)}[{', '.join(other)}]"
             after = " and ".join([*same, f"o_{name} = m_{name} - 1"])
             before = " and ".join([*same, f"o_{name} = m_{name} + 1"])
-            parts += [f"{right} -> {left} : {after}", f"{left} -> {right} : {before}"]
+            parts.append(f"{left} -> {right} : {before}")
+            if op_id in free:  # reading nothing of the loop: held after its previous step too
+                parts.append(f"{right} -> {left} : {after}")
     if not parts:
         return isl.UnionMap.empty(domain.get_space())
     order = isl.UnionMap.read_from_str(ctx, f"[{params}] -> {{ {'; '.join(parts)} }}")

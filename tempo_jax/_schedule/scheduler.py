@@ -38,6 +38,12 @@ same-point reads over one domain, :mod:`.clusters`), and the groups are expanded
 ops afterwards: PPO's gradient program goes from 154 statements to 62, and isl from 10 s to
 under 1 s, with the same loops.
 
+Ops that stream behind a loop (``Program.streams``: n-step returns and the learner after them,
+:mod:`tempo_jax._passes.streaming`) are scheduled delayed along it and fused into it
+(:mod:`.retime`): isl gets their domains moved later plus orderings that hold them inside the
+loop, the AST keeps that loop whole (guards, not split loops), and the tree moves their points
+back. Should that find no schedule, the plain one is computed.
+
 A program with ``p.stop_when`` is scheduled in three parts around one outermost loop over the
 dim the stop ends, which holds every op over it (:mod:`.stopped`): the ops it reads, the loop
 (isl schedules its body with that dim a parameter), the ops reading it.
@@ -87,7 +93,7 @@ from . import isl_convert as ic
 from .clusters import cluster
 from .grouping import group_guards
 from .hoist import hoist_first_iterations
-from .retime import fusion_order, shift_map, shifts, unshifted
+from .retime import Delays, retimed, unshifted
 from .stopped import StopSplit, inner_view, split_at_stop, with_stopped_dim
 from .tree import (
     Exec,
@@ -139,7 +145,10 @@ def schedule(program: Program) -> ScheduleTree:
     if program.stopped is not None:
         tree = _stopped_tree(program, split_at_stop(program, domain, deps), context)
     else:
-        sched, members, delays = _compute_retimed(program, domain, deps, context)
+        found = retimed(program, domain, deps, lambda d, dp: _compute(d, dp, context))
+        if found is None:  # no streamed ops, or no schedule with them delayed
+            found = (*_compute_unshifted(program, domain, deps, context), {})
+        sched, members, delays = found
         build = isl.AstBuild.from_context(context)
         tree = ast_to_tree(build.node_from_schedule(sched), program, members, delays)
     return group_guards(hoist_first_iterations(tree, program), program)
@@ -177,7 +186,6 @@ def _part(
 
 
 Members = dict[int, tuple[int, ...]]  # a group's statement (its first op) -> its ops in order
-Delays = dict[int, dict[str, int]]  # op -> its delay along each dim it streams over (.retime)
 
 
 def _compute_unshifted(
@@ -198,37 +206,6 @@ def _compute_unshifted(
     if sched is None:  # only now: naming the cycle needs a transitive closure
         raise ScheduleInfeasibleError(_cycle_message(program, *_on_cycle(domain, deps), {}))
     return sched
-
-
-def _compute_retimed(
-    program: Program, domain: isl.UnionSet, deps: isl.UnionMap, context: isl.Set
-) -> tuple[isl.Schedule, Members, Delays]:
-    """:func:`_compute_unshifted`, with the ops streaming behind a loop delayed along it
-    (:mod:`.retime`): isl schedules their points moved later (whole components at once: its
-    clustering would not fuse the delayed ops), the tree moves them back. Without streamed
-    ops, or should the delayed ones find no schedule, the plain schedule (no delays)."""
-    delays = shifts(program)
-    if delays:
-        moved = shift_map(program, domain, delays)
-        later = domain.apply(moved)
-        held = deps.apply_domain(moved).apply_range(moved).union(fusion_order(program, later))
-        ctx = domain.get_ctx()
-        ctx.set_schedule_max_constant_term(0)
-        found = _compute(later, held, context)
-        if found is not None:
-            sched, members = found
-            return sched.map_schedule_node_bottom_up(_atomic), members, delays
-    return (*_compute_unshifted(program, domain, deps, context), {})
-
-
-def _atomic(node: isl.ScheduleNode) -> isl.ScheduleNode:
-    """A band's loops as one loop each, guarded inside, rather than split where statements
-    start and stop (a delayed op starts later): a loop's ring of values then spans it all."""
-    if node.get_type() != isl.schedule_node_type.band:
-        return node
-    for k in range(node.band_n_member()):
-        node = node.band_member_set_ast_loop_type(k, isl.ast_loop_type.atomic)
-    return node
 
 
 def _domain(program: Program, ctx: isl.Context) -> isl.UnionSet:
