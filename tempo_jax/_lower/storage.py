@@ -38,11 +38,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from .._ir.expr import Const, Expr, IndexItem, Slice, Symbol, substitute, symbols_of
+from .._ir.expr import And, Cmp, Const, Expr, IndexItem, Slice, Symbol, substitute, symbols_of
 from .._ir.program import Edge, Program
 from .._ir.simplify import simplify
 from .._schedule.tree import LOOP_SCOPE, Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
 from .latest import exec_sites, plan_latest, readers_of
+from .running import per_iteration
 
 Read = tuple[int, int]  # (id of the executing node: equal execs in two loops differ, input edge)
 
@@ -96,7 +97,7 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
     plan.intermittent = _intermittent(tree)
     _plan(program, tree, None, plan, split)
     for key, reads in plan._summed.items():
-        box = _per_iteration(program, tree, key, next(iter(reads))) if len(reads) == 1 else None
+        box = per_iteration(program, tree, key, next(iter(reads))) if len(reads) == 1 else None
         if box is None or key in plan.buffered:
             plan.buffered.add(key)
             continue
@@ -111,61 +112,6 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
     scoped = _scoped(program, tree, plan)
     plan.scoped = {**scoped, **plan_latest(program, tree, plan)}
     return plan
-
-
-def _per_iteration(
-    program: Program, tree: Node, key: tuple[int, int], index: tuple[IndexItem, ...]
-) -> tuple[IndexItem, ...] | None:
-    """The box of producer points one running sum of ``key`` adds (``index``, read by its one
-    accumulating reader), or None where no running sum serves the read.
-
-    A box pinning a dim at the reader's own point (``g[i] = sum(x[i, 0:T])``) is summed per
-    iteration of a loop over that dim holding every exec of the producer and of the reader at
-    the loop's variable: within an iteration every point the producer adds is the reader's,
-    and the reader takes the sum before the next iteration adds to it (then it is zeroed, see
-    ``StoragePlan.reset``). The box returned spans such dims whole."""
-    producer = program.op(key[0])
-    pinned = {
-        pos: item
-        for pos, item in enumerate(index)
-        if not isinstance(item, Slice) and symbols_of(item)
-    }
-    if not pinned:
-        return index
-    if any(item != producer.domain[pos] for pos, item in pinned.items()):
-        return None
-    reader = next(
-        (
-            op
-            for op in program.ops
-            if op.payload is not None
-            and op.payload.accumulates
-            and any((e.src, e.out) == key for e in op.inputs)
-        ),
-        None,
-    )
-    if reader is None:
-        return None
-    sites = exec_sites(tree, (), (), [])
-    for dim in pinned.values():
-        assert isinstance(dim, Symbol)
-        if dim not in reader.domain:
-            return None
-        loops: set[int] = set()
-        for ex, site in sites:
-            if ex.op not in (producer.id, reader.id):
-                continue
-            own = program.op(ex.op).domain.index(dim)
-            around = [lp for lp in site.loops if simplify(ex.point[own]) == lp.var]
-            if len(around) != 1:
-                return None
-            loops.add(id(around[0]))
-        if len(loops) != 1:
-            return None
-    return tuple(
-        Slice(Const(0), producer.domain[pos].bound) if pos in pinned else item
-        for pos, item in enumerate(index)
-    )
 
 
 def _intermittent(tree: Node) -> dict[int, frozenset[Symbol]]:
@@ -288,7 +234,7 @@ def _plan(
     if isinstance(node, Loop):
         _plan(program, node.body, node, plan, split)
         return
-    _plan_sequence(program, _flatten(node, ()), loop, plan, split)
+    _plan_sequence(program, _flatten(node, ()), loop, plan, split, _zeros(node, ()))
     for inner in _inner_loops(node):
         _plan(program, inner, None, plan, split)
 
@@ -306,6 +252,26 @@ def _flatten(node: Node, context: Context) -> list[tuple[Exec, Context]]:
         inner = (*context, id(node))
         return [item for child in node.children for item in _flatten(child, inner)]
     return []
+
+
+def _zeros(node: Node, found: tuple[Expr, ...]) -> dict[int, tuple[Expr, ...]]:
+    """Per exec reached without entering a loop (by ``id``), the expressions its guards hold
+    at zero (``T - t == 0`` gives ``T - t``)."""
+    if isinstance(node, Exec):
+        return {id(node): found}
+    if isinstance(node, Guard):
+        return _zeros(node.body, (*found, *_equal_facts(node.cond)))
+    if isinstance(node, Sequence):
+        return {k: v for child in node.children for k, v in _zeros(child, found).items()}
+    return {}
+
+
+def _equal_facts(cond: Expr) -> tuple[Expr, ...]:
+    if isinstance(cond, And):
+        return (*_equal_facts(cond.a), *_equal_facts(cond.b))
+    if isinstance(cond, Cmp) and cond.op == "==":
+        return (simplify(cond.a - cond.b),)
+    return ()
 
 
 def iteration_execs(body: Node) -> list[Exec]:
@@ -329,11 +295,15 @@ def _plan_sequence(
     loop: Loop | None,
     plan: StoragePlan,
     split: frozenset[int],
+    zeros: dict[int, tuple[Expr, ...]],
 ) -> None:
     """Plan the reads of the execs of one loop body (or of the top level when no ``loop``).
 
     A guarded exec still shifts its rings once per iteration (the lowering shifts in padding
-    when the guard is false), so a window slot counts iterations, guarded or not.
+    when the guard is false), so a window slot counts iterations, guarded or not. A guard's
+    equalities (``zeros``) count: under ``if t == T``, a read of ``x[T - 1]`` is of the
+    previous iteration's ``x[t]`` (the critic's value of a rollout's last step, read inside
+    the loop a streamed learner runs behind).
     """
     execs = [ex for ex, _ in flat]
     contexts = {ex.op: context for ex, context in flat}
@@ -356,7 +326,7 @@ def _plan_sequence(
             if _constant_point(target):  # one point: captured when produced (legality: before)
                 plan._after.setdefault((edge.src, edge.out), set()).add(target)
                 continue  # decided once every read is known: held, or stored in full
-            distance = _distance(loop, points.get(edge.src), target, earlier)
+            distance = _distance(loop, points.get(edge.src), target, earlier, zeros.get(id(ex), ()))
             # a ring does not cross loops: an op run in several loops is stored in full, unless
             # the read is of the value it produced this very iteration; nor does it hold values
             # of a producer that skips iterations of an outer loop
@@ -385,10 +355,15 @@ def _constant_point(index: tuple[IndexItem, ...]) -> bool:
 
 
 def _distance(
-    loop: Loop | None, produced: tuple[Expr, ...] | None, target: tuple[Expr, ...], earlier: bool
+    loop: Loop | None,
+    produced: tuple[Expr, ...] | None,
+    target: tuple[Expr, ...],
+    earlier: bool,
+    zeros: tuple[Expr, ...] = (),
 ) -> int | None:
     """How many iterations of ``loop`` back ``target`` was produced, if a constant >= 1 (or 0,
-    when the producer ran ``earlier`` in this iteration)."""
+    when the producer ran ``earlier`` in this iteration), where the reader's guards hold
+    ``zeros`` at zero."""
     if loop is None or produced is None or len(produced) != len(target):
         return None
     if any(isinstance(item, Slice) for item in target):
@@ -398,14 +373,26 @@ def _distance(
         walks = any(var in symbols_of(item) for item in produced)
         return 0 if earlier and walks else None
     for p_item, t_item in zip(produced, target, strict=True):
-        gap = simplify(p_item - t_item)
-        if isinstance(gap, Const) and gap.value != 0:
+        gap = _constant(p_item - t_item, zeros)
+        if gap is not None and gap != 0:
             # the point produced ``distance`` iterations ago (the loop variable may enter the
             # point with either sign: ``T - t`` walks down as ``t`` walks up)
-            distance = abs(gap.value)
+            distance = abs(gap)
             step = var - distance if not loop.reverse else var + distance
             shifted = tuple(simplify(substitute(e, {var: step})) for e in produced)
-            return distance if shifted == target else None
+            same = all(_constant(a - b, zeros) == 0 for a, b in zip(shifted, target, strict=True))
+            return distance if same else None
+    return None
+
+
+def _constant(e: Expr, zeros: tuple[Expr, ...]) -> int | None:
+    """``e``'s value where it is a constant, or one where each of ``zeros`` is zero (``e``
+    plus or minus one of them a constant), else None."""
+    for z in (Const(0), *zeros):
+        for sign in (1, -1):
+            found = simplify(e + sign * z)
+            if isinstance(found, Const):
+                return found.value
     return None
 
 

@@ -311,3 +311,27 @@ def test_window_read_of_a_value_computed_in_a_loop_inside_the_window_loop() -> N
     ]  # fmt: skip
     _assert_close(tj.reference.run(p, bounds={"B": 3, "T": 7}, inputs=inputs)["o"], want)
     _assert_close(p.compile({"B": 3, "T": 7})(**inputs)["o"], want)
+
+
+# -- memory: n-step returns stream, Monte-Carlo returns keep the episode ---------------------------
+
+
+def _stored_bytes(n_step: int, steps: int) -> int:
+    cfg = RLConfig(
+        algo="reinforce",
+        env="trivial",
+        env_options={"obs_shape": (3, 8, 8), "episode": steps},
+        iterations=2,
+        envs=4,
+        steps=steps,
+        n_step=n_step,
+    )
+    return ppo.compile_run(reinforce.build(cfg), cfg).memory().device_bytes
+
+
+def test_n_step_reinforce_stores_nothing_that_grows_with_the_episode() -> None:
+    streamed = [_stored_bytes(4, steps) for steps in (16, 64)]
+    whole = [_stored_bytes(0, steps) for steps in (16, 64)]
+    assert streamed[1] <= 1.05 * streamed[0]  # the learner runs inside the acting loop
+    # Monte-Carlo returns need the episode first: the rollout is stored whole
+    assert streamed[1] - streamed[0] < 0.1 * (whole[1] - whole[0])
