@@ -33,8 +33,10 @@ from .picks import next_id
 def streamed(
     program: Program, d: Symbol, over: set[int], looped: set[int], cycles: list[set[int]]
 ) -> set[int]:
-    """The ops of ``over`` (ops over ``d``) that stream, besides ``looped`` (those that stay
-    loops over ``d`` anyway), given the dependence ``cycles`` (module docstring)."""
+    """The ops of ``over`` (ops over ``d``) that stream, given the dependence ``cycles``
+    (module docstring): those of finite positive horizon whose values reach a sum over all of
+    ``d`` (some, such as the window's reader, loops over ``d`` anyway: ``looped``), and the
+    ops they read at their own point that would otherwise be vectorised."""
     horizon = _horizons(program, d, over, cycles)
     ahead = {o for o in over if 0 < horizon[o] < UNBOUNDED}
     if not ahead:
