@@ -22,12 +22,11 @@ import dataclasses
 import functools
 from typing import Any
 
-import jax
-
 from .._ir.expr import TRUE, Slice, Symbol
 from .._ir.program import Edge, Op, Payload, Program
-from .._schedule.retime import UNBOUNDED, reach
+from .._schedule.retime import UNBOUNDED, longest_paths, reach
 from .picks import next_id
+from .unread import trace_sized
 
 
 def streamed(
@@ -86,10 +85,10 @@ def _horizons(
     program: Program, d: Symbol, over: set[int], cycles: list[set[int]]
 ) -> dict[int, float]:
     """Per op over ``d``, its horizon (module docstring): the largest reach of its reads of
-    ops over ``d`` plus theirs, to a fixed point in program order; a read ahead within a
-    dependence cycle (a backward recurrence) is unbounded."""
+    ops over ``d`` plus theirs (:func:`~tempo_jax._schedule.retime.longest_paths`); a read
+    ahead within a dependence cycle (a backward recurrence) is unbounded."""
     cycle_of = {m: c for c in cycles for m in c}
-    reads = []  # (reader, producer, reach), ops over d only; inputs are there whole
+    reads: list[tuple[int, int | None, float]] = []  # ops over d only; inputs are there whole
     for op in program.ops:
         if op.id not in over:
             continue
@@ -101,15 +100,9 @@ def _horizons(
             if ahead > 0 and edge.src in cycle_of.get(op.id, ()):
                 ahead = UNBOUNDED
             reads.append((op.id, edge.src, max(ahead, 0.0)))
-    horizon = dict.fromkeys(over, 0.0)
-    for _ in range(len(over) + 1):
-        changed = False
-        for reader, src, ahead in reads:
-            if ahead + horizon[src] > horizon[reader]:
-                horizon[reader] = ahead + horizon[src]
-                changed = True
-        if not changed:
-            return horizon
+    horizon, settled = longest_paths(over, reads)
+    if settled:
+        return horizon
     return {o: UNBOUNDED if h > 0 else h for o, h in horizon.items()}  # no fixed point: growing
 
 
@@ -196,18 +189,10 @@ def _sum_rows(dtype: Any, rows: Any) -> tuple[Any]:
 def _sums_rows(program: Program, op: Op) -> bool:
     """Whether ``op``'s payload only sums its one input over the first (stacked) axis: a
     lifted sum, vectorised over other dims or not (traced at the static sizes)."""
-    payload = op.payload
-    if payload is None or payload.accumulates or op.kind != "apply":
+    found = trace_sized(program, op, bounds_as_point=True)
+    if found is None or len(op.inputs) != 1:
         return False
-    spec, sizes = program.read_spec(op.inputs[0]), dict(program.sizes)
-    try:
-        value = jax.ShapeDtypeStruct(spec.concrete_shape(sizes), spec.dtype)
-        if payload.uses_point:  # vectorised over another dim: the bounds are its point
-            closed = jax.make_jaxpr(lambda x: payload.fn(sizes, x))(value)
-        else:
-            closed = jax.make_jaxpr(payload.fn)(value)
-    except Exception:  # a dynamic size, or a payload that needs concrete values
-        return False
+    closed = found[0]
     eqns = closed.jaxpr.eqns
     kinds = [e.primitive.name for e in eqns]
     if kinds.count("reduce_sum") != 1 or set(kinds) - {"reduce_sum", "convert_element_type"}:

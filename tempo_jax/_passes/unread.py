@@ -25,21 +25,26 @@ from .._ir.program import Op, Program
 
 
 def trace_sized(
-    program: Program, op: Op
+    program: Program, op: Op, bounds_as_point: bool = False
 ) -> tuple[jex.ClosedJaxpr, list[jax.ShapeDtypeStruct]] | None:
     """The jaxpr of ``op``'s payload on its read specs, the static bounds' values put in their
     symbolic sizes, and those specs; None for a dynamic size or an opaque payload (one that
-    reads its point, accumulates, calls back, or needs concrete values)."""
+    accumulates, calls back, or needs concrete values; one that takes its point, unless
+    ``bounds_as_point``: then it is given the bounds alone, as a payload vectorised over a dim
+    that only needs them, and one reading its coordinates is opaque)."""
     payload = op.payload
-    if op.kind != "apply" or payload is None or payload.uses_point or payload.accumulates:
+    if op.kind != "apply" or payload is None or payload.accumulates:
+        return None
+    if payload.uses_point and not bounds_as_point:
         return None
     sizes = dict(program.sizes)
+    fn = functools.partial(payload.fn, sizes) if payload.uses_point else payload.fn
     try:
         structs = [
             jax.ShapeDtypeStruct(spec.concrete_shape(sizes), spec.dtype)
             for spec in (program.read_spec(edge) for edge in op.inputs)
         ]
-        closed = jax.make_jaxpr(payload.fn)(*structs)
+        closed = jax.make_jaxpr(fn)(*structs)
     except Exception:  # a dynamic size, or a payload that needs concrete values: opaque
         return None
     return None if closed.effects else (closed, structs)

@@ -105,7 +105,7 @@ def shifts(program: Program) -> Delays:
 
 
 def _delays(program: Program, ops: set[int], name: str) -> dict[int, int]:
-    reads = []  # (reader, producer or None when not streamed, reach)
+    reads: list[tuple[int, int | None, float]] = []  # producer None: not streamed
     for op_id in ops:
         op = program.op(op_id)
         for edge in op.inputs:
@@ -116,17 +116,29 @@ def _delays(program: Program, ops: set[int], name: str) -> dict[int, int]:
             d = src.domain[dims[0]]
             ahead = max(reach(edge.index[dims[0]], d), 0.0)
             reads.append((op_id, edge.src if edge.src in ops else None, ahead))
-    delay = dict.fromkeys(ops, 0.0)
-    for _ in range(len(ops) + 1):
+    delay, settled = longest_paths(ops, reads)
+    if not settled:
+        return {}  # a cycle reading ahead: no delay holds
+    return {o: int(s) for o, s in delay.items() if 0 < s < UNBOUNDED}
+
+
+def longest_paths(
+    nodes: set[int], reads: list[tuple[int, int | None, float]]
+) -> tuple[dict[int, float], bool]:
+    """Per node, the largest sum of weights along ``reads`` (reader, node read or None for
+    one outside ``nodes``, weight) leading to it, from 0; and whether that settled (no cycle
+    of positive weight), trying as many rounds as there are nodes."""
+    value = dict.fromkeys(nodes, 0.0)
+    for _ in range(len(nodes) + 1):
         changed = False
-        for reader, src, ahead in reads:
-            need = ahead + (0.0 if src is None else delay[src])
-            if need > delay[reader]:
-                delay[reader] = need
+        for reader, src, weight in reads:
+            need = weight + (0.0 if src is None else value[src])
+            if need > value[reader]:
+                value[reader] = need
                 changed = True
         if not changed:
-            return {o: int(s) for o, s in delay.items() if 0 < s < UNBOUNDED}
-    return {}  # a cycle reading ahead: no delay holds
+            return value, True
+    return value, False
 
 
 def shift_map(program: Program, domain: isl.UnionSet, delays: Delays) -> isl.UnionMap:

@@ -63,7 +63,6 @@ Every computed schedule is also checked against the dependences before use.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 
 import islpy as isl
@@ -104,6 +103,7 @@ from .tree import (
     Sequence,
     execs,
     loop_var,
+    map_nodes,
     sequence,
     substitute_tree,
 )
@@ -402,18 +402,13 @@ def ast_to_tree(
 def _expanded(node: Node, members: Members) -> Node:
     """``node`` with each execution of a group's statement replaced by its members' at the
     same point, in order."""
-    if not members:
-        return node
-    if isinstance(node, Exec):
-        ops = members.get(node.op)
-        return node if ops is None else sequence(Exec(op, node.point) for op in ops)
-    if isinstance(node, Sequence):
-        return sequence(_expanded(child, members) for child in node.children)
-    if isinstance(node, Guard):
-        return Guard(node.cond, _expanded(node.body, members))
-    if isinstance(node, Loop):
-        return dataclasses.replace(node, body=_expanded(node.body, members))
-    return node
+
+    def expand(leaf: Node) -> Node:
+        if not isinstance(leaf, Exec) or leaf.op not in members:
+            return leaf
+        return sequence(Exec(op, leaf.point) for op in members[leaf.op])
+
+    return map_nodes(node, expand) if members else node
 
 
 def _node(node: isl.AstNode, env: _Env, program: Program) -> Node:

@@ -156,11 +156,12 @@ def map_exprs(tree: Node, fn: Callable[[Expr], Expr]) -> Node:
 
 
 def map_nodes(tree: Node, fn: Callable[[Node], Node]) -> Node:
-    """``tree`` with ``fn`` applied to every leaf (execs, allocs, frees), bottom up."""
+    """``tree`` with ``fn`` applied to every leaf (execs, allocs, frees); a leaf it turns
+    into a sequence is spliced into the sequence around it (:func:`sequence`)."""
     if isinstance(tree, Guard):
         return Guard(tree.cond, map_nodes(tree.body, fn))
     if isinstance(tree, Sequence):
-        return Sequence(tuple(map_nodes(c, fn) for c in tree.children))
+        return sequence(map_nodes(c, fn) for c in tree.children)
     if isinstance(tree, Loop):
         return dataclasses.replace(tree, body=map_nodes(tree.body, fn))
     return fn(tree)
