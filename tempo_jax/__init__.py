@@ -171,6 +171,7 @@ from ._lower.compiled import MemoryReport as MemoryReport
 from ._passes.dense_grad import dense_range_grads as dense_range_grads
 from ._passes.pipeline import Pipeline as Pipeline
 from ._passes.tiling import tile_dynamic_ranges as tile_dynamic_ranges
+from ._passes.vectorize import vectorize as vectorize
 from ._schedule.cache import enable_compilation_cache as enable_compilation_cache
 
 RT = RecurrentTensor

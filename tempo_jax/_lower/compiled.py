@@ -300,14 +300,66 @@ def compile_program(
     specs: Any = None,
 ) -> Compiled:
     """Run the pass pipeline, then check, schedule and lower ``program`` for ``bounds``
-    (``mesh``, ``shard`` and ``specs``: values split over a device mesh, :mod:`.sharding`)."""
+    (``mesh``, ``shard`` and ``specs``: values split over a device mesh, :mod:`.sharding`).
+
+    Under a ``memory_budget`` the vectorised plan misses, the program is compiled again with
+    its learners streaming behind backward recurrences (:mod:`tempo_jax._passes.streaming`),
+    and the plan of lower device peak is kept."""
+    pipeline = pipeline or Pipeline()
+    compiled = _compile_once(program, bounds, pipeline, donate_inputs, unroll, memory_budget)
+    if memory_budget is not None:
+        unmet = unmet_budget(compiled._buffer_plan(), memory_budget)
+        streaming = pipeline.streaming_behind()
+        if unmet is not None and streaming is not None:
+            other = _compile_once(program, bounds, streaming, donate_inputs, unroll, memory_budget)
+            if other.program != compiled.program and _peak(other) < _peak(compiled):
+                other.stage_seconds = {
+                    k: v + compiled.stage_seconds.get(k, 0.0)
+                    for k, v in other.stage_seconds.items()
+                }
+                compiled = other
+                unmet = unmet_budget(compiled._buffer_plan(), memory_budget)
+        if unmet is not None:
+            warnings.warn(unmet, MemoryBudgetWarning, stacklevel=3)
+    if mesh is not None or shard or specs:  # block nests' loops are vmap axes: shardable
+        at_once = compiled.nest_loops()
+        plan = plan_sharding(
+            compiled.program,
+            compiled.tree,
+            compiled.bounds,
+            compiled.dynamic,
+            mesh,
+            shard,
+            specs,
+            at_once,
+            program,
+        )
+        compiled.shard(plan)
+    return compiled
+
+
+def _peak(compiled: Compiled) -> int:
+    plan = compiled._buffer_plan()
+    return peak_bytes(plan, plan.stored_values())[0]
+
+
+def _compile_once(
+    program: Program,
+    bounds: Mapping[Any, int],
+    pipeline: Pipeline,
+    donate_inputs: bool,
+    unroll: tuple[str, ...],
+    memory_budget: int | None,
+) -> Compiled:
+    """``program`` through ``pipeline``, checked, scheduled and planned (its memory against
+    ``memory_budget``), not yet sharded."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     user = program
     env, dynamic = split_dynamic(program, bounds)
     sizes = tuple((b, v) for b, v in env.items() if b not in dynamic)
     program = program.replace(dynamic=frozenset(dynamic), sizes=sizes)
-    program, stats = (pipeline or Pipeline()).run(program)
+    program, stats = pipeline.run(program)
     program = pin_stop(program)  # the stop condition read from an op over its dim
     seconds["passes"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -330,14 +382,6 @@ def compile_program(
     stop_loop(program, tree)  # a stop that cannot end its loop fails here, not at the first call
     seconds["schedule"] = time.perf_counter() - start
     compiled = Compiled(program, env, tree, seconds, dynamic, donate_inputs, unroll, memory_budget)
-    if memory_budget is not None:
-        unmet = unmet_budget(compiled._buffer_plan(), memory_budget)
-        if unmet is not None:
-            warnings.warn(unmet, MemoryBudgetWarning, stacklevel=3)
-    if mesh is not None or shard or specs:  # block nests' loops are vmap axes: shardable
-        at_once = compiled.nest_loops()
-        plan = plan_sharding(program, tree, env, dynamic, mesh, shard, specs, at_once, user)
-        compiled.shard(plan)
     if user.stop is not None:  # outputs in the user's layout: domain dims first, as declared
         (dim,) = user.stop.domain
         compiled.stop_axes = {

@@ -10,6 +10,7 @@ removed and how long it took.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -93,6 +94,15 @@ class Pipeline:
         block=128))``."""
         self.without(name)  # checks the name
         return Pipeline(tuple(step if _name(old) == name else old for old in self.passes))
+
+    def streaming_behind(self) -> Pipeline | None:
+        """This pipeline with learners behind backward recurrences streamed, not vectorised
+        (``vectorize(behind=True)``, :mod:`.streaming`); None without a ``vectorize`` pass or
+        where it already streams them."""
+        steps = [step for step in self.passes if _name(step) == "vectorize"]
+        if not steps or any(getattr(step, "keywords", {}).get("behind") for step in steps):
+            return None
+        return self.replacing("vectorize", functools.partial(vectorize, behind=True))
 
     def run(self, program: Program) -> tuple[Program, list[PassStat]]:
         """``program`` after every pass, and what each pass did."""

@@ -12,8 +12,14 @@ the bound (Tempo's n-step TD learner, which learns while acting).
 The *horizon* of an op over ``d`` is how far ahead along ``d`` of its own point it depends on
 values made in loops over ``d``: 0 for a forward recurrence and what it reads, ``n - 1`` for a
 window ``t : min(t + n, T)`` of it, unbounded for a backward recurrence (Monte-Carlo returns,
-GAE) and what reads it. Only ops of a finite, positive horizon stream: an unbounded horizon
-needs the whole loop first anyway, and vectorising is then the faster way.
+GAE) and what reads it. By default only ops of a finite, positive horizon stream: an unbounded
+horizon needs the whole loop first anyway, and vectorised, the learner takes the rollout in one
+batch. Asked to (``behind=True``: ``compile(..., memory_budget=...)`` asks when the vectorised
+plan misses the budget), ops of an unbounded horizon that end in such a sum stream too, behind
+the backward recurrence: they stay a loop over ``d``, which the scheduler fuses with the
+recurrence's reversed loop (Monte-Carlo REINFORCE's and PPO's learner, one step of the rollout
+at a time), so the rollout's per-step values are read one step at a time (from host memory,
+under a budget) and the learner's activations are one step's, not the episode's.
 """
 
 from __future__ import annotations
@@ -30,14 +36,31 @@ from .unread import trace_sized
 
 
 def streamed(
-    program: Program, d: Symbol, over: set[int], looped: set[int], cycles: list[set[int]]
-) -> set[int]:
+    program: Program,
+    d: Symbol,
+    over: set[int],
+    looped: set[int],
+    cycles: list[set[int]],
+    behind: bool = False,
+) -> tuple[set[int], set[int]]:
     """The ops of ``over`` (ops over ``d``) that stream, given the dependence ``cycles``
     (module docstring): those of finite positive horizon whose values reach a sum over all of
     ``d`` (some, such as the window's reader, loops over ``d`` anyway: ``looped``), and the
-    ops they read at their own point that would otherwise be vectorised."""
+    ops they read at their own point that would otherwise be vectorised; then, with
+    ``behind``, those of unbounded horizon alike (none without), which need no delay."""
     horizon = _horizons(program, d, over, cycles)
-    ahead = {o for o in over if 0 < horizon[o] < UNBOUNDED}
+    ahead = _pulled(program, d, over, looped, {o for o in over if 0 < horizon[o] < UNBOUNDED})
+    if not behind:
+        return ahead, set()
+    late = {o for o in over if horizon[o] == UNBOUNDED}
+    return ahead, _pulled(program, d, over, looped | ahead, late) - ahead
+
+
+def _pulled(
+    program: Program, d: Symbol, over: set[int], looped: set[int], ahead: set[int]
+) -> set[int]:
+    """The ops of ``ahead`` whose values reach a whole-range sum over ``d``, and the ops over
+    ``d`` they read at their own point that would otherwise be vectorised."""
     if not ahead:
         return set()
     readers: dict[int, list[tuple[int, Edge]]] = {op.id: [] for op in program.ops}

@@ -59,21 +59,26 @@ from .picks import next_id, pick_payload
 from .streaming import running_sums, streamed
 
 
-def vectorize(program: Program) -> Program:
-    """``program`` with every dim it can vectorise turned into array axes (module docstring)."""
+def vectorize(program: Program, behind: bool = False) -> Program:
+    """``program`` with every dim it can vectorise turned into array axes (module docstring);
+    with ``behind``, learners behind a backward recurrence stream rather than being vectorised
+    (:mod:`.streaming`; ``tj.Pipeline().replacing("vectorize", functools.partial(tj.vectorize,
+    behind=True))``)."""
     for dim in program.dims:
         if dim.bound not in program.dynamic and dim != program.stopped:
-            program = _vectorize_dim(program, dim)
+            program = _vectorize_dim(program, dim, behind)
     return program
 
 
-def _vectorize_dim(program: Program, d: Symbol) -> Program:
-    group, streams = _group(program, d)
-    if streams:  # recorded for the scheduler (:mod:`tempo_jax._schedule.retime`)
-        program, added = running_sums(program, d, streams)
-        streams |= added
+def _vectorize_dim(program: Program, d: Symbol, behind: bool) -> Program:
+    group, ahead, late = _group(program, d, behind)
+    if late:  # streamed without a delay: no record
+        program, _ = running_sums(program, d, late)
+    if ahead:
+        program, added = running_sums(program, d, ahead)
+        ahead |= added  # recorded for the scheduler (:mod:`tempo_jax._schedule.retime`)
         program = program.replace(
-            streams=(*program.streams, *((op_id, d.name) for op_id in sorted(streams)))
+            streams=(*program.streams, *((op_id, d.name) for op_id in sorted(ahead)))
         )
     if not group:
         return program
@@ -83,9 +88,10 @@ def _vectorize_dim(program: Program, d: Symbol) -> Program:
 # -- which ops ------------------------------------------------------------------------------------
 
 
-def _group(program: Program, d: Symbol) -> tuple[set[int], set[int]]:
+def _group(program: Program, d: Symbol, behind: bool) -> tuple[set[int], set[int], set[int]]:
     """The ops that compute all of ``d`` at once (see the module docstring), and those that
-    stream behind a loop over ``d`` instead (:mod:`.streaming`)."""
+    stream instead (:mod:`.streaming`): a bounded way behind a loop over ``d``, and (with
+    ``behind``) behind a backward recurrence."""
     over = {op.id for op in program.ops if d in op.domain}
     partial = _partially_read(program, d)
     bad = {op.id for op in program.ops if op.id in over and not _eligible(program, op, d)}
@@ -95,8 +101,8 @@ def _group(program: Program, d: Symbol) -> tuple[set[int], set[int]]:
     for component in components:
         if component & bad:
             looped |= component
-    streams = streamed(program, d, over, looped, components)
-    bad |= streams
+    ahead, late = streamed(program, d, over, looped, components, behind)
+    bad |= ahead | late
     group = over - bad
     for component in components:
         if component & bad:
@@ -104,8 +110,8 @@ def _group(program: Program, d: Symbol) -> tuple[set[int], set[int]]:
     group = _useful(program, d, group, components)
     reducing = _reducing_tails(program, d, group)
     if not reducing:
-        return group, streams
-    return _useful(program, d, group - reducing, components), streams
+        return group, ahead, late
+    return _useful(program, d, group - reducing, components), ahead, late
 
 
 def _reducing_tails(program: Program, d: Symbol, group: set[int]) -> set[int]:

@@ -316,17 +316,22 @@ def test_window_read_of_a_value_computed_in_a_loop_inside_the_window_loop() -> N
 # -- memory: n-step returns stream, Monte-Carlo returns keep the episode ---------------------------
 
 
-def _stored_bytes(n_step: int, steps: int) -> int:
+def _stored_bytes(n_step: int, steps: int, budget: int | None = None, **options: Any) -> int:
+    """The planned device bytes of REINFORCE (``budget``: its planned device peak under it;
+    ``options``: the config's fields)."""
+    fields = {"obs_shape": (3, 8, 8), "envs": 4, **options}
     cfg = RLConfig(
         algo="reinforce",
         env="trivial",
-        env_options={"obs_shape": (3, 8, 8), "episode": steps},
+        env_options={"obs_shape": fields.pop("obs_shape"), "episode": steps},
         iterations=2,
-        envs=4,
         steps=steps,
         n_step=n_step,
+        **fields,
     )
-    return ppo.compile_run(reinforce.build(cfg), cfg).memory().device_bytes
+    compiled = ppo.compile_run(reinforce.build(cfg), cfg, memory_budget=budget)
+    report = compiled.memory()
+    return report.device_bytes if budget is None else report.peak_device_bytes
 
 
 def test_n_step_reinforce_stores_nothing_that_grows_with_the_episode() -> None:
@@ -335,3 +340,13 @@ def test_n_step_reinforce_stores_nothing_that_grows_with_the_episode() -> None:
     assert streamed[1] <= 1.05 * streamed[0]  # the learner runs inside the acting loop
     # Monte-Carlo returns need the episode first: the rollout is stored whole
     assert streamed[1] - streamed[0] < 0.1 * (whole[1] - whole[0])
+
+
+@pytest.mark.filterwarnings("ignore::tempo_jax.MemoryBudgetWarning")
+def test_monte_carlo_reinforce_under_a_budget_keeps_the_episode_in_host_memory() -> None:
+    """Under a budget the learner streams behind the returns and the episode's observations
+    are kept in host memory: the planned device peak grows by per-step scalars only."""
+    wide = {"obs_shape": (3, 16, 16), "envs": 8, "width": 16}  # the observations dominate
+    peaks = [_stored_bytes(0, steps, budget=0, **wide) for steps in (16, 64)]
+    whole = [_stored_bytes(0, steps, **wide) for steps in (16, 64)]
+    assert peaks[1] - peaks[0] < 0.1 * (whole[1] - whole[0])

@@ -46,8 +46,16 @@ def _learner(batched: bool, window: bool = True, width: int = D) -> tuple[tj.Pro
     return p, (i, b, t)
 
 
+BEHIND = tj.Pipeline().streaming_behind()  # learners behind a whole-episode read stream too
+
+
 def _run(
-    p: tj.Program, dims: tuple, steps: int, envs: int = 2, width: int = D
+    p: tj.Program,
+    dims: tuple,
+    steps: int,
+    envs: int = 2,
+    width: int = D,
+    pipeline: tj.Pipeline | None = None,
 ) -> tuple[tj.Compiled, dict]:
     i, b, t = dims
     bounds = {i.bound: 3, b.bound: envs, t.bound: steps}
@@ -56,7 +64,7 @@ def _run(
         "w0": (np.eye(width) * 0.1).astype(np.float32),
         "xs": rng.normal(size=(envs, steps, width)).astype(np.float32),
     }
-    f = p.compile(bounds)
+    f = p.compile(bounds, pipeline=pipeline)
     want = tj.reference.run(p.to_ir(), bounds, inputs)
     np.testing.assert_allclose(f(**inputs)["w"], want["w"], rtol=1e-5, atol=1e-5)
     return f, inputs
@@ -114,6 +122,39 @@ def test_a_window_to_the_end_does_not_stream() -> None:
     f, _ = _run(p, dims, 8)
     assert not f.program.streams  # needs the whole loop first: vectorised as before
     assert not any(v.kind == "accumulated" for v in f.memory().values)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("steps", [1, 5, 16])
+def test_a_whole_episode_learner_streams_behind_when_asked(batched: bool, steps: int) -> None:
+    """``vectorize(behind=True)``: the learner reading ``r[t:T]`` stays a loop over ``t``
+    after the acting loop (no delay recorded), its weight gradient a running sum."""
+    p, dims = _learner(batched, window=False)
+    f, _ = _run(p, dims, steps, pipeline=BEHIND)
+    assert not f.program.streams  # no delay: nothing for the scheduler to retime
+    names = {op.id: op.name for op in f.program.ops}
+    looped = [
+        {names[n.op] for n in walk(lp) if isinstance(n, Exec)} for lp in _loops_over(f.tree, "t")
+    ]
+    (acting,) = [ops for ops in looped if "h" in ops]
+    (learning,) = [ops for ops in looped if "vjp[matmul]" in ops]
+    assert "h" not in learning and "vjp[matmul]" not in acting  # a loop of its own, after
+    assert ("vjp[matmul]", "accumulated") in {(v.name, v.kind) for v in f.memory().values}
+
+
+def test_a_learner_behind_is_vectorised_by_default() -> None:
+    p, dims = _learner(True, window=False)
+    f, _ = _run(p, dims, 8)
+    names = {op.id: op.name for op in f.program.ops}
+    in_loops = {
+        names[n.op] for lp in _loops_over(f.tree, "t") for n in walk(lp) if isinstance(n, Exec)
+    }
+    assert "vjp[matmul]" not in in_loops
+
+
+def test_a_pipeline_streams_behind_once() -> None:
+    assert BEHIND is not None and BEHIND.streaming_behind() is None
+    assert tj.Pipeline().without("vectorize").streaming_behind() is None
 
 
 def test_reach_and_bounded_windows() -> None:
