@@ -304,7 +304,7 @@ def compile_program(
 
     Under a ``memory_budget`` the vectorised plan misses, the program is compiled again with
     its learners streaming behind backward recurrences (:mod:`tempo_jax._passes.streaming`),
-    and the plan of lower device peak is kept."""
+    and of the two, the one XLA gives less temporary device memory is kept (:func:`_leaner`)."""
     pipeline = pipeline or Pipeline()
     compiled = _compile_once(program, bounds, pipeline, donate_inputs, unroll, memory_budget)
     if memory_budget is not None:
@@ -312,13 +312,8 @@ def compile_program(
         streaming = pipeline.streaming_behind()
         if unmet is not None and streaming is not None:
             other = _compile_once(program, bounds, streaming, donate_inputs, unroll, memory_budget)
-            if other.program != compiled.program and _peak(other) < _peak(compiled):
-                other.stage_seconds = {
-                    k: v + compiled.stage_seconds.get(k, 0.0)
-                    for k, v in other.stage_seconds.items()
-                }
-                compiled = other
-                unmet = unmet_budget(compiled._buffer_plan(), memory_budget)
+            compiled = _leaner(compiled, other)
+            unmet = unmet_budget(compiled._buffer_plan(), memory_budget)
         if unmet is not None:
             warnings.warn(unmet, MemoryBudgetWarning, stacklevel=3)
     if mesh is not None or shard or specs:  # block nests' loops are vmap axes: shardable
@@ -338,9 +333,29 @@ def compile_program(
     return compiled
 
 
-def _peak(compiled: Compiled) -> int:
-    plan = compiled._buffer_plan()
-    return peak_bytes(plan, plan.stored_values())[0]
+def _leaner(vectorised: Compiled, streamed: Compiled) -> Compiled:
+    """Of a program compiled with its learners vectorised and with them streamed (the same
+    program where nothing streams), the one whose XLA executable takes less temporary device
+    memory (``memory_analysis()``; XLA-compiled here, once each, for the example inputs).
+
+    XLA's figure, not the plan's: the plan counts stored values, not the values computed
+    inside an op, and a learner vectorised over a rollout computes its activations for every
+    step at once (REINFORCE with a CNN on 3x16x16 images over 64 steps: 59 MiB of temporary
+    memory against 15 MiB streamed, where the plans differ by 2 MiB)."""
+    if streamed.schedule == vectorised.schedule:
+        return vectorised  # nothing streams behind a recurrence: the same program
+    start = time.perf_counter()
+    temp = [
+        c.lower().compile().memory_analysis().temp_size_in_bytes for c in (vectorised, streamed)
+    ]
+    chosen = streamed if temp[1] < temp[0] else vectorised
+    chosen.stage_seconds = {
+        **{
+            k: vectorised.stage_seconds[k] + streamed.stage_seconds[k] for k in chosen.stage_seconds
+        },
+        "choose": time.perf_counter() - start,
+    }
+    return chosen
 
 
 def _compile_once(

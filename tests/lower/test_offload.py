@@ -255,29 +255,33 @@ def _obs(compiled: tj.Compiled) -> list[str]:
     return [v.memory_kind for v in compiled.memory().values if v.name == "obs" and v.kind != "ring"]
 
 
+def _temp(compiled: Any) -> int:
+    return compiled.lower().compile().memory_analysis().temp_size_in_bytes
+
+
 def test_under_a_budget_the_learner_streams_the_rollout_from_host_memory() -> None:
-    """Monte-Carlo REINFORCE on image observations: vectorised, the learner takes every step
-    of the rollout at once, so moving the observations would not lower the peak. Under a
-    budget the program is compiled again with the learner streaming behind the returns (one
-    step of the rollout at a time, its gradient a running sum): the observations move to host
-    memory, the planned device peak falls, and the run equals the plain one (to rounding: the
-    gradient is summed step by step)."""
-    plain, swapped = _reinforce(cnn=False, obs=(3, 16, 16), envs=16, steps=32)
+    """Monte-Carlo REINFORCE with a CNN on image observations: vectorised, the learner takes
+    every step of the rollout at once, with its activations for every step. Under a budget
+    the program is compiled again with the learner streaming behind the returns (one step of
+    the rollout at a time, its gradient a running sum) and kept, as XLA gives it less
+    temporary memory: the observations move to host memory and the run equals the plain one
+    (to rounding: the gradient is summed step by step)."""
+    plain, swapped = _reinforce(cnn=True, obs=(3, 16, 16), envs=8, steps=16)
     assert _obs(plain) == ["device"] and _obs(swapped) == [HOST]
-    kinds = {(v.name, v.kind) for v in swapped.memory().values}
-    assert ("vjp[policy]", "accumulated") in kinds
-    assert swapped.memory().peak_device_bytes < 0.5 * plain.memory().peak_device_bytes
+    assert ("vjp[policy]", "accumulated") in {(v.name, v.kind) for v in swapped.memory().values}
+    assert _temp(swapped) < 0.5 * _temp(plain)
     got, want = swapped(), plain()
     for name in ("loss", "mean_return", "episodes"):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5)
 
 
 def test_a_budget_keeps_the_vectorised_learner_where_streaming_does_not_pay() -> None:
-    """With small observations and a CNN, the weights dominate and streaming the learner
-    would not lower the peak: the budget keeps the vectorised plan, the same bit for bit."""
-    plain, swapped = _reinforce(cnn=True, obs=(3, 8, 8))
+    """With an MLP torso, streaming the learner saves no temporary memory here (on CPU, where
+    host memory is the device's, XLA counts the observations either way): the budget keeps
+    the vectorised program, the same bit for bit."""
+    plain, swapped = _reinforce(cnn=False, obs=(3, 16, 16), envs=16, steps=32)
     assert _obs(swapped) == ["device"]
-    assert not any(v.kind == "accumulated" for v in swapped.memory().values)  # vectorised
+    assert swapped.compiled.schedule == plain.compiled.schedule
     got, want = swapped(), plain()
     for name in ("loss", "mean_return", "episodes"):
         np.testing.assert_array_equal(got[name], want[name])
