@@ -259,7 +259,11 @@ class Program:
         ``memory_budget`` (bytes of device memory): while the planned peak is over it, the
         largest values stored in full and read after the step that writes them are kept in
         host memory instead (``tj.offload`` and ``tj.keep`` decide per tensor whatever the
-        budget); ``f.memory()`` shows the plan.
+        budget); ``f.memory()`` shows the plan. Where the budget is still missed, the program
+        is compiled again with its learners streaming behind backward recurrences (one step
+        of a rollout at a time rather than all at once; ``tj.Pipeline().streaming_behind()``),
+        and the one XLA gives less temporary device memory is kept (both are XLA-compiled
+        for that).
 
         ``mesh`` (a ``jax.sharding.Mesh``) and ``shard`` (dim -> mesh axis, e.g.
         ``{"b": "data"}``) split the points of vectorised dims over the mesh's devices: inputs
