@@ -27,6 +27,7 @@ from .._ir.source import describe
 from .._schedule.tree import Alloc, Node, walk
 from .blocks import plan_nests
 from .memory_plan import plan_memory
+from .prefetch import plan_prefetches
 from .split import MAX_SPLIT, Split
 from .storage import CyclicCandidate, cyclic_candidates, plan_storage
 from .tiling import auto_block, plan_tiles
@@ -132,6 +133,8 @@ class BufferPlan:
         self.memory_kinds: dict[tuple[int, int], str] = {}
         if offload:
             self.memory_kinds = plan_memory(self, memory_budget)
+        # loop -> its reads from host memory brought to the device one iteration ahead
+        self.prefetches = plan_prefetches(self)
 
     def _cycles(self, candidates: dict[tuple[int, int], CyclicCandidate]) -> dict:
         """Buffers kept cyclic (:class:`Cycle`): windows read by a map-then-reduce.

@@ -27,6 +27,7 @@ from .binding import bind_dynamic
 from .buffer_plan import BufferPlan, StoredValue
 from .execute import RAN, TreeLowering
 from .memory_plan import peak_bytes, unmet_budget
+from .prefetch import describe as describe_prefetch
 from .sharding import ShardPlan, plan_sharding
 from .sinks import SinkErrors
 from .stopping import pin_stop, stop_loop
@@ -37,13 +38,15 @@ from .storage import place_buffers
 class MemoryReport:
     """:meth:`Compiled.memory`: the stored values; their total bytes in device memory and in
     host memory; the most device bytes held at once (``peak_device_bytes``), at the top-level
-    step whose first op is ``peak_at`` (each value over its live range in the schedule)."""
+    step whose first op is ``peak_at`` (each value over its live range in the schedule); and
+    the reads from host memory the lowering makes one iteration ahead (``prefetches``)."""
 
     values: tuple[StoredValue, ...]
     device_bytes: int
     peak_device_bytes: int
     peak_at: str
     host_bytes: int = 0  # the values kept in host memory (memory kind ``pinned_host``)
+    prefetches: tuple[str, ...] = ()  # reads from host memory made one iteration ahead
 
 
 class Compiled:
@@ -212,7 +215,8 @@ class Compiled:
         peak, at = peak_bytes(plan, values)
         device = sum(v.bytes for v in values if v.memory_kind == "device")
         host = sum(v.bytes for v in values if v.memory_kind != "device")
-        return MemoryReport(tuple(values), device, peak, at, host)
+        ahead = tuple(describe_prefetch(plan, f) for fs in plan.prefetches.values() for f in fs)
+        return MemoryReport(tuple(values), device, peak, at, host, ahead)
 
     def _buffer_plan(self) -> BufferPlan:
         """The storage decisions for the example inputs' shapes (dynamic bounds at their
@@ -275,6 +279,7 @@ class Compiled:
         if report.host_bytes:
             host = report.host_bytes
             lines.append(f"planned host bytes: {host} ({host / 2**20:.2f} MiB)")
+        lines += [f"prefetch: {line}" for line in report.prefetches]
         return "\n".join(lines)
 
     def _example_inputs(self) -> dict[str, jax.ShapeDtypeStruct]:

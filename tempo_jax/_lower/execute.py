@@ -41,8 +41,10 @@ from .._schedule.tree import Alloc, Exec, Free, Guard, Loop, Node, Sequence, exe
 from .blocks import run_nest, scope
 from .buffer_plan import BufferPlan
 from .evaluate import Evaluator
+from .loops import fori, stoppable
 from .masking import Pads, masked_call
 from .peeling import loop_pieces, same_point
+from .prefetch import PREFETCH, Prefetch, fetched, in_piece
 from .reading import ROWS, capture_key
 from .reading import read as read_value
 from .sinks import SinkErrors
@@ -242,28 +244,39 @@ class TreeLowering:
                 carried[(op_id, out, LAST)] = jnp.zeros(shape, dtype)
             else:
                 carried[(op_id, out, RING)] = jnp.zeros((depth, *shape), dtype)
-        outer = self.branches
+        outer, fetches = self.branches, self.layout.prefetches.get(node, ())
         for lo, hi, piece, branches in loop_pieces(self, node, start, stop):
+            ahead = in_piece(fetches, piece)  # its reads from host memory, one iteration ahead
+            first = hi - 1 if node.reverse else lo
+            carried.update((f.key, fetched(self, f, env, carried, first)) for f in ahead)
 
             def body(
-                k: Any, b: Buffers, lo: Any = lo, hi: Any = hi, piece: Node = piece
+                k: Any,
+                b: Buffers,
+                lo: Any = lo,
+                hi: Any = hi,
+                piece: Node = piece,
+                ahead: tuple[Prefetch, ...] = ahead,
             ) -> Buffers:
                 value = lo + hi - 1 - k if node.reverse else k
-                return self.run(piece, {**env, var: value}, b)
+                after = jnp.clip(value - 1 if node.reverse else value + 1, lo, hi - 1)
+                b = self.run(piece, {**env, var: value}, b)
+                return {**b, **{f.key: fetched(self, f, env, b, after) for f in ahead}}
 
             self.branches = {**outer, **branches}  # the body is traced inside fori_loop
             peeled = isinstance(lo, int) and isinstance(hi, int) and hi - lo == 1
             if node is self.stop_loop:
-                carried = _stoppable(body, lo, hi, carried, peeled)
+                carried = stoppable(body, lo, hi, carried, peeled, STOPPED)
             elif peeled:
                 carried = body(lo, carried)  # a peeled iteration: no loop
             elif node.dim in self.unroll and isinstance(lo, int) and isinstance(hi, int):
                 for k in range(lo, hi):  # each iteration traced with its index a constant
                     carried = body(k, carried)
             else:
-                carried = _fori(lo, hi, body, carried, node.trips)
+                carried = fori(lo, hi, body, carried, node.trips)
         self.branches = outer
         mine = {(op_id, out, kind) for op_id, out in rings for kind in (RING, LAST)}
+        mine |= {f.key for f in fetches}
         return {key: value for key, value in carried.items() if key not in mine}
 
     def _exec(
@@ -380,6 +393,8 @@ class TreeLowering:
                     values.append(acc.reshape((1,) * slices + acc.shape))
                 else:
                     values.append(self.read(edge, env, buffers, op.domain))
+            elif (id(node), k, PREFETCH) in buffers:  # read at the previous iteration
+                values.append(buffers[(id(node), k, PREFETCH)])
             elif (id(node), k) in self.layout.plan.local or (id(node), k) in self.layout.nest_local:
                 values.append(local[edge.src][edge.out])
             elif (id(node), k) in self.layout.plan.window:
@@ -579,36 +594,6 @@ class TreeLowering:
 
         values = jax.vmap(at)(*(jnp.asarray(row, jnp.int32) for row in grid))
         return out.arrange(values.reshape(shape + values.shape[1:]).astype(out.spec.dtype))
-
-
-def _fori(lo: Any, hi: Any, body: Callable, carried: Buffers, trips: int | None) -> Buffers:
-    """``fori_loop(lo, hi, body)``; a range known only at run time, with at most ``trips``
-    iterations, runs as ``trips`` steps that skip past ``hi``: a static-length loop, which
-    reverse-mode autodiff can go through (a ``while_loop`` cannot)."""
-    if trips is None or (isinstance(lo, int) and isinstance(hi, int)):
-        return lax.fori_loop(lo, hi, body, carried)
-
-    def step(j: Any, b: Buffers) -> Buffers:
-        k = lo + j
-        return lax.cond(k < hi, lambda b: body(k, b), lambda b: b, b)
-
-    return lax.fori_loop(0, trips, step, carried)
-
-
-def _stoppable(body: Callable, lo: Any, hi: Any, carried: Buffers, peeled: bool) -> Buffers:
-    """Iterations ``lo .. hi - 1`` of ``body`` up to the one where the stop condition held."""
-    if peeled:
-        return lax.cond(carried[STOPPED], lambda b: b, lambda b: body(lo, b), carried)
-
-    def more(state: tuple[Any, Buffers]) -> Any:
-        k, b = state
-        return (k < hi) & ~b[STOPPED]
-
-    def step(state: tuple[Any, Buffers]) -> tuple[Any, Buffers]:
-        k, b = state
-        return k + 1, body(k, b)
-
-    return lax.while_loop(more, step, (jnp.asarray(lo, jnp.int32), carried))[1]
 
 
 def _shift(ring: jax.Array, value: Any) -> jax.Array:

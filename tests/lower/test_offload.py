@@ -291,3 +291,65 @@ def test_a_budget_keeps_the_vectorised_learner_where_streaming_does_not_pay() ->
 def test_only_a_recurrent_tensor_is_placed(mark: Callable[[Any], Any]) -> None:
     with pytest.raises(TypeError, match="recurrent tensor"):
         mark(np.ones(3))
+
+
+# -- prefetching: reads from host memory in a loop, one iteration ahead ------------------------
+
+
+def _backward(mark: Callable[[Any], Any] | None = None) -> tj.Program:
+    """``x`` filled by a loop over ``t``, then read one step at a time by ``back`` in the
+    reversed loop of a backward recurrence ``g``."""
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        a = tj.input("a", (6,), jnp.float32, domain=(t,))
+        x = tj.placeholder((6,), jnp.float32, domain=(t,))
+        x[0] = tj.zeros((6,), jnp.float32)
+        x[t + 1] = tj.tanh(x[t]) + a[t]
+        if mark is not None:
+            mark(x)
+        g = tj.placeholder((6,), jnp.float32, domain=(t,))
+        g[t.bound - 1] = x[t.bound - 1]
+        g[True] = tj.lift(lambda gn, xv: gn * 0.9 + jnp.sin(xv), name="back")(g[t + 1], x[t])
+        p.output("g", g)
+    return p
+
+
+def _loop_bodies(jaxpr: Any) -> list[Any]:
+    """The bodies of every ``scan`` and ``while`` loop in ``jaxpr``, nested ones too."""
+    found = []
+    for eqn in jaxpr.eqns:
+        for name, param in eqn.params.items():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if not hasattr(inner, "eqns"):
+                    continue
+                if (eqn.primitive.name, name) in (("scan", "jaxpr"), ("while", "body_jaxpr")):
+                    found.append(inner)
+                found += _loop_bodies(inner)
+    return found
+
+
+def test_a_read_from_host_memory_in_a_loop_is_fetched_one_iteration_ahead() -> None:
+    """The plan lists the read of ``x`` by ``back``; in the loop's body, ``sin`` takes the
+    value carried in from the previous iteration, and the body fetches the next one (a
+    ``device_put`` to the device) for the next iteration. Outputs equal the plain run's and
+    the reference interpreter's."""
+    data = {"a": np.random.default_rng(3).normal(size=(STEPS, 6)).astype(np.float32)}
+    swapped = _backward(tj.offload).compile({"T": STEPS})
+    (line,) = swapped.memory().prefetches
+    assert line.startswith("`x` at test_offload.py:") and "read by `back`" in line
+    assert "prefetch: `x`" in swapped.explain()
+    assert _backward().compile({"T": STEPS}).memory().prefetches == ()
+    (loop,) = [
+        b
+        for b in _loop_bodies(swapped.jaxpr(**data).jaxpr)
+        if any(e.primitive.name == "sin" for e in b.eqns)
+    ]
+    (sin,) = [e for e in loop.eqns if e.primitive.name == "sin"]
+    assert sin.invars[0] in loop.invars  # carried in: fetched at the previous iteration
+    puts = [e for e in loop.eqns if e.primitive.name == "device_put"]
+    assert any("Device" in str(e.params["devices"]) for e in puts)  # the next iteration's
+    want = _backward().compile({"T": STEPS})(**data)["g"]
+    np.testing.assert_array_equal(swapped(**data)["g"], want)
+    ref = tj.reference.run(_backward(), {"T": STEPS}, data)["g"]
+    np.testing.assert_allclose(want, ref, rtol=1e-5, atol=1e-6)
