@@ -276,7 +276,7 @@ def run_nest(lowering: TreeLowering, nest: Nest, env: dict, buffers: dict) -> di
         return when_finite(
             fast[1],
             lambda: fast[0],
-            lambda: _one_by_one(lowering, nest, env, reading, coords, variables)[0],
+            lambda: _one_by_one(lowering, nest, env, reading, coords, variables, cut)[0],
         )
 
     def write(carried: dict, first: Any) -> dict:
@@ -508,16 +508,73 @@ def _lanes(
 
 
 def _one_by_one(
-    lowering: TreeLowering, nest: Nest, env: dict, buffers: dict, coords: dict, variables: list
+    lowering: TreeLowering,
+    nest: Nest,
+    env: dict,
+    buffers: dict,
+    coords: dict,
+    variables: list,
+    cut: dict,
 ) -> Any:
-    """The block point by point, each over its own tiles with the sequential tiler's checks:
-    the exact values where the block's shared tiles gave a value that is not finite (an inf or
-    a nan in a row outside some point's range, times zero)."""
-    grids = jnp.meshgrid(*(coords[x] for x in variables), indexing="ij")
-    shape = grids[0].shape
+    """The block's exact values, each point over its own tiles with the sequential tiler's
+    checks, where the block's shared tiles gave a value that is not finite (an inf or a nan
+    in a row outside some point's range, times zero): the points of the loops a range grows
+    along one after another (``lax.map``), those of the other loops at once, over the lanes'
+    own rows (``cut``, as the shared path reads them: on a mesh, each device's rows, nothing
+    gathered)."""
+
+    def exact(grid: dict, lanes: dict) -> Any:
+        return _grid(
+            lambda p, own: _point(lowering, nest, env, {**buffers, **own}, p, None),
+            grid,
+            variables,
+            lanes,
+        )
+
+    mapped = _growing(lowering, nest, variables)
+    if not mapped:
+        return exact(coords, cut)
+    sizes = [coords[x].shape[0] for x in mapped]
+    grids = jnp.meshgrid(*(jnp.arange(n) for n in sizes), indexing="ij")
     flat = tuple(g.reshape(-1) for g in grids)
-    values = lax.map(lambda point: _point(lowering, nest, env, buffers, point, None), flat)
-    return jax.tree.map(lambda v: v.reshape(shape + v.shape[1:]), values)
+
+    def one(at: tuple) -> Any:  # the point of the mapped loops at positions ``at``
+        picked = dict(zip(mapped, at, strict=True))
+        grid = {
+            x: lax.dynamic_slice_in_dim(coords[x], picked[x], 1) if x in picked else c
+            for x, c in coords.items()
+        }
+        lanes = {}
+        for key, (array, axes) in cut.items():
+            for x, axis in axes.items():
+                if x in picked:  # the lane's row of that loop
+                    array = lax.dynamic_slice_in_dim(array, picked[x], 1, axis)
+            lanes[key] = (array, axes)
+        return exact(grid, lanes)
+
+    values = lax.map(one, flat)
+    positions = [variables.index(x) for x in mapped]
+
+    def place(v: Any) -> Any:  # (points, loops with 1 for the mapped ones, ...) -> loops, ...
+        v = jnp.squeeze(v, [p + 1 for p in positions])
+        v = v.reshape(*sizes, *v.shape[1:])
+        return jnp.moveaxis(v, list(range(len(mapped))), positions)
+
+    return jax.tree.map(place, values)
+
+
+def _growing(lowering: TreeLowering, nest: Nest, variables: list) -> list:
+    """The loop variables of ``variables`` that a range read by the nest grows along (its
+    queries), in order: vmapped, their points would each hold their own copy of the range."""
+    grows = set()
+    for ex in nest.execs:
+        op = lowering.program.op(ex.op)
+        var = dict(zip(op.domain, nest.point(ex), strict=True))
+        for edge in op.inputs:
+            for item in edge.index:
+                if isinstance(item, Slice) and not lowering.layout.is_static(item.size):
+                    grows |= {var[d] for d in symbols_of(item.size) if d in var}
+    return [x for x in variables if x in grows or x == nest.query]
 
 
 def _spans(lowering: TreeLowering, nest: Nest, coords: dict, env: dict) -> dict[int, Any]:

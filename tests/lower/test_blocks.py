@@ -102,11 +102,11 @@ def test_no_loop_over_the_independent_dims_and_no_square_buffer() -> None:
     text = str(compiled.jaxpr(**data))
     assert f"{steps},{steps}" not in text.replace(" ", "")
     # a scan over the blocks of queries and a while loop over the tiles of one block; and,
-    # taken only where a block's values are not finite, a map over its points, each with a
-    # while loop over its own tiles
+    # taken only where a block's values are not finite, a map over its queries (the batch
+    # vmapped), each with a while loop over its own tiles
     assert text.count("while[") == 2 and text.count("scan[") == 2
     assert f"length={steps // block}" in text.replace(" ", "")
-    assert f"length={4 * block}" in text.replace(" ", "")  # the map over one block's points
+    assert f"length={block}" in text.replace(" ", "")  # the map over one block's queries
     memory = compiled.lower(**data).compile().memory_analysis()
     assert memory.temp_size_in_bytes < 4 * steps * steps  # a (T, T) float32 would not fit
     scores = np.einsum("btd,bsd->bts", data["q"], data["k"])
