@@ -246,7 +246,9 @@ class TreeLowering:
                 carried[(op_id, out, RING)] = jnp.zeros((depth, *shape), dtype)
         outer, fetches = self.branches, self.layout.prefetches.get(node, ())
         for lo, hi, piece, branches in loop_pieces(self, node, start, stop):
-            ahead = in_piece(fetches, piece)  # its reads from host memory, one iteration ahead
+            peeled = isinstance(lo, int) and isinstance(hi, int) and hi - lo == 1
+            # its reads from host memory, one iteration ahead (a single one: read where it is)
+            ahead = () if peeled else in_piece(fetches, piece)
             first = hi - 1 if node.reverse else lo
             carried.update((f.key, fetched(self, f, env, carried, first)) for f in ahead)
 
@@ -264,7 +266,6 @@ class TreeLowering:
                 return {**b, **{f.key: fetched(self, f, env, b, after) for f in ahead}}
 
             self.branches = {**outer, **branches}  # the body is traced inside fori_loop
-            peeled = isinstance(lo, int) and isinstance(hi, int) and hi - lo == 1
             if node is self.stop_loop:
                 carried = stoppable(body, lo, hi, carried, peeled, STOPPED)
             elif peeled:

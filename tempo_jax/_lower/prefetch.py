@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from .._ir.expr import Slice, substitute, symbols_of
+from .._ir.expr import TRUE, Slice, substitute, symbols_of
 from .._ir.program import describe_op
 from .._schedule.tree import Exec, Loop, Node, Sequence, walk
 from .reading import read as read_value
@@ -77,6 +77,8 @@ def _fetchable(plan: BufferPlan, loop: Loop, node: Exec, written: set[int]) -> l
     found = []
     for k, edge in enumerate(op.inputs):
         if (edge.src, edge.out) not in plan.memory_kinds or edge.src in written:
+            continue
+        if edge.cond != TRUE:  # read at some points only
             continue
         if any(loop.var in symbols_of(substitute(item, at)) for item in edge.index):
             found.append(k)

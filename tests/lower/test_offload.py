@@ -353,3 +353,15 @@ def test_a_read_from_host_memory_in_a_loop_is_fetched_one_iteration_ahead() -> N
     np.testing.assert_array_equal(swapped(**data)["g"], want)
     ref = tj.reference.run(_backward(), {"T": STEPS}, data)["g"]
     np.testing.assert_allclose(want, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("steps", [1, 5, 16])
+def test_prefetching_under_a_dynamic_bound_equals_the_plain_run(steps: int) -> None:
+    """A loop of a length known at run time (at most 16 steps): the first fetch, the carried
+    ones and the clamped last one give the plain run's values at every length."""
+    data = {"a": np.random.default_rng(4).normal(size=(16, 6)).astype(np.float32)}
+    swapped = _backward(tj.offload).compile({"T": tj.dynamic(max=16)})
+    plain = _backward().compile({"T": tj.dynamic(max=16)})
+    assert len(swapped.memory().prefetches) == 1
+    got, want = swapped(a=data["a"], T=steps)["g"], plain(a=data["a"], T=steps)["g"]
+    np.testing.assert_array_equal(got, want)
