@@ -232,12 +232,16 @@ def test_a_budget_the_plan_cannot_meet_is_a_warning_naming_the_peak() -> None:
         _rollout().compile({"T": STEPS}, memory_budget=peak)
 
 
-def _reinforce(cnn: bool, obs: tuple[int, ...], envs: int = 4, steps: int = 8) -> tuple[Any, Any]:
-    from tempo_jax.algorithms import ppo, reinforce
+def _rl(
+    cnn: bool, obs: tuple[int, ...], envs: int = 4, steps: int = 8, algo: str = "reinforce"
+) -> tuple[Any, Any]:
+    """An RL program (Monte-Carlo REINFORCE by default; PPO or A2C, both with GAE) on the
+    trivial environment, compiled plainly and under a budget of 0."""
+    from tempo_jax.algorithms import a2c, ppo, reinforce
     from tempo_jax.algorithms.config import RLConfig
 
     config = RLConfig(
-        algo="reinforce",
+        algo=algo,
         env="trivial",
         env_options={"obs_shape": obs, "episode": steps},
         iterations=2,
@@ -247,7 +251,7 @@ def _reinforce(cnn: bool, obs: tuple[int, ...], envs: int = 4, steps: int = 8) -
         layers=1,
         cnn=cnn,
     )
-    built = reinforce.build(config)
+    built = {"reinforce": reinforce, "ppo": ppo, "a2c": a2c}[algo].build(config)
     return ppo.compile_run(built, config), ppo.compile_run(built, config, memory_budget=0)
 
 
@@ -259,14 +263,16 @@ def _temp(compiled: Any) -> int:
     return compiled.lower().compile().memory_analysis().temp_size_in_bytes
 
 
-def test_under_a_budget_the_learner_streams_the_rollout_from_host_memory() -> None:
-    """Monte-Carlo REINFORCE with a CNN on image observations: vectorised, the learner takes
-    every step of the rollout at once, with its activations for every step. Under a budget
+@pytest.mark.parametrize("algo", ["reinforce", "ppo", "a2c"])
+def test_under_a_budget_the_learner_streams_the_rollout_from_host_memory(algo: str) -> None:
+    """Monte-Carlo REINFORCE (PPO, A2C: GAE) with a CNN on image observations: vectorised,
+    the learner takes every step of the rollout at once, with its activations for every
+    step. Under a budget
     the program is compiled again with the learner streaming behind the returns (one step of
     the rollout at a time, its gradient a running sum) and kept, as XLA gives it less
     temporary memory: the observations move to host memory and the run equals the plain one
     (to rounding: the gradient is summed step by step)."""
-    plain, swapped = _reinforce(cnn=True, obs=(3, 16, 16), envs=8, steps=16)
+    plain, swapped = _rl(cnn=True, obs=(3, 16, 16), envs=8, steps=16, algo=algo)
     assert _obs(plain) == ["device"] and _obs(swapped) == [HOST]
     assert ("vjp[policy]", "accumulated") in {(v.name, v.kind) for v in swapped.memory().values}
     assert _temp(swapped) < 0.5 * _temp(plain)
@@ -279,7 +285,7 @@ def test_a_budget_keeps_the_vectorised_learner_where_streaming_does_not_pay() ->
     """With an MLP torso, streaming the learner saves no temporary memory here (on CPU, where
     host memory is the device's, XLA counts the observations either way): the budget keeps
     the vectorised program, the same bit for bit."""
-    plain, swapped = _reinforce(cnn=False, obs=(3, 16, 16), envs=16, steps=32)
+    plain, swapped = _rl(cnn=False, obs=(3, 16, 16), envs=16, steps=32)
     assert _obs(swapped) == ["device"]
     assert swapped.compiled.schedule == plain.compiled.schedule
     got, want = swapped(), plain()
