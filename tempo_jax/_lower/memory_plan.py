@@ -16,6 +16,8 @@ last step reading it (to the end for an output); a loop's ring during the step h
 loop; a running sum throughout. A buffer in host memory counts during each step that reads it
 with the largest region one of its reads brings back to the device (:func:`read_bytes`: all of
 it for a read taking every point at once), and in full at the end when it is an output.
+A read fetched one iteration ahead (:mod:`.prefetch`) counts twice: the current
+iteration's region and the next one's are on the device together.
 So moving a buffer read whole by a learner that takes the whole rollout at once frees its
 bytes during acting but not at the learner's step: it lowers the peak only where the peak is
 elsewhere, and the budget moves a buffer only when it lowers the device bytes at a step
@@ -105,6 +107,12 @@ def held_bytes(
     last = len(steps.steps) - 1
     outputs = {(o.edge.src, o.edge.out) for o in plan.program.outputs}
     elsewhere = set(host)
+    ahead = {  # (reader, buffer) read one iteration ahead: two regions on the device at once
+        (f.node.op, (edge.src, edge.out))
+        for fetches in getattr(plan, "prefetches", {}).values()  # planned after the kinds
+        for f in fetches
+        for edge in (plan.program.op(f.node.op).inputs[f.k],)
+    }
     found = []
     for (key, kind, loop), value in zip(plan.value_keys(), values, strict=True):
         live = [0] * len(steps.steps)
@@ -112,6 +120,7 @@ def held_bytes(
         if value.memory_kind != "device" or (kind == "buffer" and key in elsewhere):
             if kind == "buffer":  # in host memory: on the device what each step reads
                 for op, size in read_bytes(plan, key, value.bytes).items():
+                    size *= 2 if (op, key) in ahead else 1
                     for i in steps.using([op]):
                         live[i] = max(live[i], size)
                 if key in outputs:

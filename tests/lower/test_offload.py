@@ -371,3 +371,15 @@ def test_prefetching_under_a_dynamic_bound_equals_the_plain_run(steps: int) -> N
     assert len(swapped.memory().prefetches) == 1
     got, want = swapped(a=data["a"], T=steps)["g"], plain(a=data["a"], T=steps)["g"]
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_prefetched_read_holds_two_rows_on_the_device() -> None:
+    """The plan counts a read made one iteration ahead twice: at the reversed loop's step,
+    ``x`` (in host memory) holds its current row and the next one on the device."""
+    from tempo_jax._lower.memory_plan import Steps, held_bytes
+
+    swapped = _backward(tj.offload).compile({"T": STEPS})
+    plan = swapped._buffer_plan()
+    steps = Steps(plan.tree)
+    (held,) = [h for v, h in held_bytes(plan, plan.stored_values(), (), steps) if v.name == "x"]
+    assert max(held) == 2 * 6 * 4  # two rows of 6 float32
