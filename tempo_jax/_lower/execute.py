@@ -289,11 +289,16 @@ class TreeLowering:
         with jax.named_scope(scope(op)):  # profiles and HLO metadata name the op
             return self._exec_op(op, node, env, buffers, local)
 
+    def at_point(self, op: Op, node: Exec, env: Env) -> tuple[list[Any], Env]:
+        """``node``'s point under the loop variables of ``env`` (a constant stays an int), and
+        the environment its op runs in: the bounds, and its domain dims at that point."""
+        point = [self.evaluate.index(e, env) for e in node.point]
+        return point, {**self.runtime, **dict(zip(op.domain, point, strict=True))}
+
     def _exec_op(
         self, op: Op, node: Exec, env: Env, buffers: Buffers, local: dict[int, tuple[Any, ...]]
     ) -> Buffers:
-        point = [self.evaluate.index(e, env) for e in node.point]  # a constant stays an int
-        op_env = {**self.runtime, **dict(zip(op.domain, point, strict=True))}
+        point, op_env = self.at_point(op, node, env)
         values = self._tiled(node, op, op_env, buffers, local)
         if values is None:
             values = self.compute(op, op_env, self._inputs(node, op, op_env, buffers, local))

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from .._ir.errors import TempoError
 from .._ir.expr import Slice
 from .._ir.program import describe_op
-from .._schedule.tree import Alloc, Exec, Free, Loop, Node, Sequence, walk
+from .._schedule.tree import Alloc, Exec, Free, Loop, Node, Sequence, steps, walk
 
 if TYPE_CHECKING:
     from .buffer_plan import BufferPlan, StoredValue
@@ -46,7 +46,7 @@ class Steps:
     each runs, the nodes each holds, and the span of steps each placed buffer lives over."""
 
     def __init__(self, tree: Node) -> None:
-        children = tree.children if isinstance(tree, Sequence) else (tree,)
+        children = steps(tree)
         self.steps = [c for c in children if not isinstance(c, Alloc | Free)]
         self.ops = [{n.op for n in walk(s) if isinstance(n, Exec)} for s in self.steps]
         self.nodes = [{id(n) for n in walk(s)} for s in self.steps]

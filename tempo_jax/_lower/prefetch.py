@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._ir.expr import TRUE, Slice, substitute, symbols_of
 from .._ir.program import describe_op
-from .._schedule.tree import Exec, Loop, Node, Sequence, walk
+from .._schedule.tree import Exec, Loop, Node, steps, walk
 from .reading import read as read_value
 
 if TYPE_CHECKING:
@@ -55,10 +55,9 @@ def plan_prefetches(plan: BufferPlan) -> dict[Loop, tuple[Prefetch, ...]]:
         if id(loop) in in_nests or loop.dim in plan.unroll:
             continue
         written = {n.op for n in walk(loop.body) if isinstance(n, Exec)}
-        body = loop.body.children if isinstance(loop.body, Sequence) else (loop.body,)
         reads = [
             Prefetch(loop, node, k)
-            for node in body
+            for node in steps(loop.body)
             if isinstance(node, Exec)
             for k in _fetchable(plan, loop, node, written)
         ]
@@ -96,14 +95,12 @@ def describe(plan: BufferPlan, fetch: Prefetch) -> str:
 def fetched(lowering: TreeLowering, fetch: Prefetch, env: Env, buffers: Buffers, value: Any) -> Any:
     """``fetch``'s read at iteration ``value`` of its loop (``env``: the loop's context)."""
     op = lowering.program.op(fetch.node.op)
-    point = [lowering.evaluate.index(e, {**env, fetch.loop.var: value}) for e in fetch.node.point]
-    op_env = {**lowering.runtime, **dict(zip(op.domain, point, strict=True))}
+    _, op_env = lowering.at_point(op, fetch.node, {**env, fetch.loop.var: value})
     return read_value(lowering, op.inputs[fetch.k], op_env, buffers, op.domain)
 
 
 def in_piece(fetches: tuple[Prefetch, ...], piece: Node) -> tuple[Prefetch, ...]:
     """The prefetches of a loop whose exec is run directly by ``piece`` (a piece of the loop's
     body, :func:`.peeling.loop_pieces`)."""
-    body = piece.children if isinstance(piece, Sequence) else (piece,)
-    here = {id(node) for node in body}
+    here = {id(node) for node in steps(piece)}
     return tuple(f for f in fetches if id(f.node) in here)

@@ -49,35 +49,42 @@ def streamed(
     ops they read at their own point that would otherwise be vectorised; then, with
     ``behind``, those of unbounded horizon alike (none without), which need no delay."""
     horizon = _horizons(program, d, over, cycles)
-    ahead = _pulled(program, d, over, looped, {o for o in over if 0 < horizon[o] < UNBOUNDED})
-    if not behind:
-        return ahead, set()
-    late = {o for o in over if horizon[o] == UNBOUNDED}
-    return ahead, _pulled(program, d, over, looped | ahead, late) - ahead
-
-
-def _pulled(
-    program: Program, d: Symbol, over: set[int], looped: set[int], ahead: set[int]
-) -> set[int]:
-    """The ops of ``ahead`` whose values reach a whole-range sum over ``d``, and the ops over
-    ``d`` they read at their own point that would otherwise be vectorised."""
-    if not ahead:
-        return set()
     readers: dict[int, list[tuple[int, Edge]]] = {op.id: [] for op in program.ops}
     for op in program.ops:
         for edge in op.inputs:
             readers[edge.src].append((op.id, edge))
-    summed = {  # ahead ops read over a range of d by an op without d: a reduction
+    finite = {o for o in over if 0 < horizon[o] < UNBOUNDED}
+    ahead = _pulled(program, d, over, looped, finite, readers)
+    if not behind:
+        return ahead, set()
+    late = {o for o in over if horizon[o] == UNBOUNDED}
+    return ahead, _pulled(program, d, over, looped | ahead, late, readers) - ahead
+
+
+def _pulled(
+    program: Program,
+    d: Symbol,
+    over: set[int],
+    looped: set[int],
+    candidates: set[int],
+    readers: dict[int, list[tuple[int, Edge]]],
+) -> set[int]:
+    """The ``candidates`` whose values reach a whole-range sum over ``d``, and the ops over
+    ``d`` they read at their own point that would otherwise be vectorised (``readers``: per
+    op, the ops reading it and their edges)."""
+    if not candidates:
+        return set()
+    summed = {  # candidates read over a range of d by an op without d: a reduction
         o
-        for o in ahead
+        for o in candidates
         for r, edge in readers[o]
         if d not in program.op(r).domain and _reads_range(program, edge, d)
     }
-    feeding = set(summed)  # the ahead ops whose values reach such a reduction
+    feeding = set(summed)  # the candidates whose values reach such a reduction
     stack = list(summed)
     while stack:
         for edge in program.op(stack.pop()).inputs:
-            if edge.src in ahead and edge.src not in feeding:
+            if edge.src in candidates and edge.src not in feeding:
                 feeding.add(edge.src)
                 stack.append(edge.src)
     pulled = set(feeding)  # and what they read at their own point, vectorised otherwise

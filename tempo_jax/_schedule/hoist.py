@@ -26,7 +26,7 @@ import dataclasses
 from .._ir.expr import TRUE, And, Cmp, Const, Expr, Symbol, substitute
 from .._ir.program import Program
 from .._ir.simplify import simplify
-from .tree import Guard, Loop, Node, Sequence, execs, sequence, substitute_tree
+from .tree import Guard, Loop, Node, Sequence, execs, sequence, steps, substitute_tree
 
 
 def hoist_first_iterations(tree: Node, program: Program) -> Node:
@@ -48,7 +48,7 @@ def _hoist(node: Node, program: Program) -> Node:
 def _take_first(loop: Loop, program: Program) -> Node:
     if not _runs(loop, program):
         return loop
-    children = loop.body.children if isinstance(loop.body, Sequence) else (loop.body,)
+    children = steps(loop.body)
     moved: list[Node] = []
     kept: list[Node] = []
     earlier: set[int] = set()  # the ops of ``kept``

@@ -105,6 +105,7 @@ from .tree import (
     loop_var,
     map_nodes,
     sequence,
+    steps,
     substitute_tree,
 )
 
@@ -181,8 +182,7 @@ def _part(
         return ()
     sched, members = _compute_unshifted(program, domain, deps, context)
     build = isl.AstBuild.from_context(context)
-    tree = ast_to_tree(build.node_from_schedule(sched), program, members)
-    return tree.children if isinstance(tree, Sequence) else (tree,)
+    return steps(ast_to_tree(build.node_from_schedule(sched), program, members))
 
 
 Members = dict[int, tuple[int, ...]]  # a group's statement (its first op) -> its ops in order

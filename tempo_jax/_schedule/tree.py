@@ -104,6 +104,11 @@ ScheduleTree = Node
 # ---------------------------------------------------------------------------------------------
 
 
+def steps(node: Node) -> tuple[Node, ...]:
+    """The nodes ``node`` runs one after another: a sequence's children, else itself."""
+    return node.children if isinstance(node, Sequence) else (node,)
+
+
 def children(node: Node) -> tuple[Node, ...]:
     """The direct sub-nodes of ``node``."""
     if isinstance(node, Sequence):
