@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 
 import jax
@@ -284,3 +285,20 @@ def test_each_op_is_named_in_the_compiled_metadata() -> None:
     for op, name in ops:
         if name != "const":  # a constant is a literal of the program: no computation
             assert f"{op}:{name}" in text
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_garbage_collector_is_off_during_the_build_and_restored_after(enabled: bool) -> None:
+    seen = []
+
+    def spy(program: tj.Program) -> tj.Program:
+        seen.append(gc.isenabled())
+        return program
+
+    (gc.enable if enabled else gc.disable)()
+    try:
+        _recurrence().compile(bounds={"T": 4}, pipeline=tj.Pipeline(passes=(spy,)))
+        assert seen == [False]
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
