@@ -88,6 +88,7 @@ class BufferPlan:
         unroll: frozenset[str],
         memory_budget: int | None = None,
         offload: bool = True,
+        covering: frozenset[int] = frozenset(),
     ) -> None:
         self.program = program
         self.bounds = bounds
@@ -95,7 +96,7 @@ class BufferPlan:
         self.runtime = runtime
         self.padded = padded
         self.unroll = unroll
-        self.plan = plan_storage(program, tree)
+        self.plan = plan_storage(program, tree, covering)
         self.tree = tree
         self.placed = {(n.op, n.out) for n in walk(tree) if isinstance(n, Alloc)}
         self.captures: dict[tuple[int, int], list[Output]] = {}
@@ -129,6 +130,15 @@ class BufferPlan:
         blocked = {ex.op for nest in self.nests.values() if nest.query for ex in nest.execs}
         self.splits = {key: s for key, s in self._splits().items() if key[0] not in blocked | plain}
         self.nest_local = frozenset().union(*(nest.local for nest in self.nests.values()))
+        # values kept as their latest point that start as an input (``plan.seeds``), but not
+        # one cut into arrays, stored in another axis order or of a nest computed at once
+        at_once = {ex.op for nest in self.nests.values() for ex in nest.execs}
+        self.seeds = {
+            key: (merge, edge)
+            for key, (merge, edge) in self.plan.seeds.items()
+            if key not in self.splits and key not in self.layouts and not {key[0], merge} & at_once
+        }
+        self.seeded = frozenset(merge for merge, _ in self.seeds.values())  # merges read them
         # (op, output) -> "pinned_host" for the full buffers kept in host memory
         self.memory_kinds: dict[tuple[int, int], str] = {}
         if offload:

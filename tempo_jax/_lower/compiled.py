@@ -240,6 +240,7 @@ class Compiled:
             self._padded_size,
             frozenset(self.unroll),
             self.memory_budget,
+            covering=self.covering,
         )
 
     def shard(self, plan: ShardPlan | None) -> None:

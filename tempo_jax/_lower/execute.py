@@ -113,6 +113,7 @@ class TreeLowering:
             self.unroll,
             memory_budget,
             offload,
+            covering,
         )
         # merge op -> its one active branch (-1: none); captured output name -> 0/1
         self.branches: dict[int | str, int] = {}
@@ -149,9 +150,15 @@ class TreeLowering:
         return buffers
 
     def _zeros(self, op_id: int, out: int) -> Any:
+        """A new buffer of ``(op_id, out)``: zeros, or the input a merge starts the value
+        from (``BufferPlan.seeds``)."""
         split = self.layout.splits.get((op_id, out))
         if split is not None:
             return split.zeros(self.program.op(op_id).outputs[out].dtype)
+        seed = self.layout.seeds.get((op_id, out))
+        if seed is not None:
+            value = jnp.asarray(self.inputs[seed[1].src], self.program.op(op_id).outputs[out].dtype)
+            return self.placed((op_id, out), value)
         shape = self.layout.logical_shape(op_id, out)
         order = self.layout.layouts.get((op_id, out))
         if order is not None:
@@ -523,6 +530,8 @@ class TreeLowering:
                     return (jnp.zeros(shape, spec.dtype),)
                 value = jnp.asarray(values[active], spec.dtype)
                 return (jnp.broadcast_to(value, shape),)  # a vectorised merge broadcasts
+            if op.id in self.layout.seeded:  # the value it reads started as its first branch's
+                return (values[-1],)
             # neighbouring branches that read the same value (a value kept as its latest
             # point: every step of an optimiser reads the one before) test their conditions
             # as one; where the branches cover the domain, the last one needs no test

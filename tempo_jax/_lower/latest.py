@@ -9,6 +9,12 @@ one-point output at the nest's last point from that value.
 
 Under ``p.stop_when`` a point past the stop is never computed and reads as zeros; a read from
 outside the loop the stop ends may be of such a point, so it never takes the latest value.
+
+Such a value's recurrence usually starts from an input: ``w[0, 0, 0] = w0`` and
+``w[p] = step(w[p - 1])`` are one merge, which at every point would select between the input
+and the kept value. :func:`plan_seeds` finds those merges whose first branch holds at the
+nest's first point alone: the kept value starts as the input (not zeros), and the merge reads
+it at every point, without a select, as a hand-written ``lax.scan`` carries its state.
 """
 
 from __future__ import annotations
@@ -88,6 +94,61 @@ def plan_latest(
     _unring(program, plan, where, set(nests))
     _read_last(program, plan, nests)
     return {key: frozenset(range(len(bounds))) for key, bounds in nests.items()}
+
+
+def plan_seeds(
+    program: Program,
+    tree: Node,
+    latest: dict[tuple[int, int], frozenset[int]],
+    covering: frozenset[int],
+) -> dict[tuple[int, int], tuple[int, Edge]]:
+    """Per value kept as its latest point (``latest``) that a merge starts from an input: the
+    merge and its edge reading the input (module docstring).
+
+    The merge (one of ``covering``: a branch holds at every point) reads, through its first
+    branch, an input with no domain, under a condition that holds at the first point of its
+    domain alone (every dim ``== 0``), and through every other branch the kept value; it runs
+    once per point of the same nest as the value's producer, before it in each iteration, so
+    at the first point the value is not yet produced and holds the input. The input, the
+    merge and the value have one dtype and shape (no cast or broadcast between them)."""
+    where = _where(tree)
+    found: dict[tuple[int, int], list[tuple[int, Edge]]] = {}
+    for op in program.ops:
+        if op.kind != "merge" or op.id not in covering or len(op.inputs) < 2:
+            continue
+        first, *rest = op.inputs
+        keys = {(edge.src, edge.out) for edge in rest}
+        if len(keys) != 1 or next(iter(keys)) not in latest:
+            continue
+        key = next(iter(keys))
+        start = program.op(first.src)
+        if start.kind != "input" or start.domain or first.index:
+            continue
+        if not _first_point(first.cond, op.domain):
+            continue
+        specs = (op.outputs[0], start.outputs[first.out], program.op(key[0]).outputs[key[1]])
+        if len({(spec.shape, spec.dtype) for spec in specs}) != 1:
+            continue
+        merge_nest = _walking_nest(program, op.id, where)
+        value_nest = _walking_nest(program, key[0], where)
+        if merge_nest is None or value_nest is None:
+            continue
+        (merge_site, merge_loops, _), (value_site, value_loops, _) = merge_nest, value_nest
+        same = len(merge_loops) == len(value_loops) and all(
+            a is b for a, b in zip(merge_loops, value_loops, strict=True)
+        )
+        if same and merge_site.guards == value_site.guards and merge_site.order < value_site.order:
+            found.setdefault(key, []).append((op.id, first))
+    return {key: starts[0] for key, starts in found.items() if len(starts) == 1}
+
+
+def _first_point(cond: Expr, domain: tuple[Symbol, ...]) -> bool:
+    """Whether ``cond`` is ``d == 0`` for every dim of ``domain`` and nothing else."""
+    facts: dict[Symbol, Expr] = {}
+    equalities(cond, facts)
+    terms = _conjuncts(cond)
+    zero = all(simplify(facts.get(d, d)) == Const(0) for d in domain)
+    return zero and set(facts) == set(domain) and len(terms) == len(domain)
 
 
 def _latest_nests(

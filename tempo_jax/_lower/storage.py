@@ -42,7 +42,7 @@ from .._ir.expr import And, Cmp, Const, Expr, IndexItem, Slice, Symbol, substitu
 from .._ir.program import Edge, Program
 from .._ir.simplify import simplify
 from .._schedule.tree import LOOP_SCOPE, Alloc, Exec, Free, Guard, Loop, Node, Sequence, execs
-from .latest import exec_sites, plan_latest, readers_of
+from .latest import exec_sites, plan_latest, plan_seeds, readers_of
 from .running import per_iteration
 
 Read = tuple[int, int]  # (id of the executing node: equal execs in two loops differ, input edge)
@@ -79,10 +79,17 @@ class StoragePlan:
     # accumulated values summed per iteration of the loops their box pins (a gradient summed
     # over a rollout's steps, per training iteration): zeroed once their reader has read them
     reset: set[tuple[int, int]] = dataclasses.field(default_factory=set)
+    # value kept as its latest point -> the merge starting it from an input and that merge's
+    # edge reading the input: the value starts as the input, the merge reads the value alone
+    seeds: dict[tuple[int, int], tuple[int, Edge]] = dataclasses.field(default_factory=dict)
 
 
-def plan_storage(program: Program, tree: Node) -> StoragePlan:
-    """Classify every read of the tree as point, window or full (see the module docstring)."""
+def plan_storage(
+    program: Program, tree: Node, covering: frozenset[int] = frozenset()
+) -> StoragePlan:
+    """Classify every read of the tree as point, window or full (see the module docstring);
+    ``covering``: the merges a branch of which holds at every point (values kept as their
+    latest point are started from an input by such merges, :func:`.latest.plan_seeds`)."""
     plan = StoragePlan()
     for out in program.outputs:
         one_point = not out.domain and not any(isinstance(i, Slice) for i in out.edge.index)
@@ -110,7 +117,9 @@ def plan_storage(program: Program, tree: Node) -> StoragePlan:
         else:
             plan.buffered.add(key)
     scoped = _scoped(program, tree, plan)
-    plan.scoped = {**scoped, **plan_latest(program, tree, plan)}
+    latest = plan_latest(program, tree, plan)
+    plan.scoped = {**scoped, **latest}
+    plan.seeds = plan_seeds(program, tree, latest, covering)
     return plan
 
 

@@ -1,0 +1,75 @@
+"""A value kept as its latest point that a merge starts from an input: the value starts as the
+input and the merge reads it alone (``plan_seeds``), against the reference interpreter."""
+
+from __future__ import annotations
+
+import jax.extend.core as jex
+import jax.numpy as jnp
+import numpy as np
+
+import tempo_jax as tj
+
+BOUNDS = {"I": 5, "M": 3}
+
+
+def _stepped(reset_every_iteration: bool) -> tj.Program:
+    """``w`` stepped over minibatches ``m`` of iterations ``i``, starting from the input
+    ``w0``: once (an optimiser's parameters), or again at every iteration."""
+    with tj.Program() as p:
+        i, m = p.dims("i m")
+        w0 = tj.input("w0", (4,), jnp.float32)
+        x = tj.input("x", (4,), jnp.float32, domain=(m,))
+        w = tj.placeholder((4,), jnp.float32, domain=(i, m))
+        new = w * 0.9 + tj.tanh(x[m] * w)
+        if reset_every_iteration:
+            w[i, 0] = w0
+        else:
+            w[0, 0] = w0
+            w[i + 1, 0] = new[i, m.bound - 1]
+        w[i, m + 1] = new[i, m]
+        p.output("w", new[i.bound - 1, m.bound - 1])
+    return p
+
+
+def _inputs() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return {
+        "w0": rng.normal(size=4).astype(np.float32),
+        "x": rng.normal(size=(BOUNDS["M"], 4)).astype(np.float32),
+    }
+
+
+def _selects(jaxpr: jex.Jaxpr) -> int:
+    found = 0
+    for eqn in jaxpr.eqns:
+        found += eqn.primitive.name == "select_n"
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                if isinstance(sub, jex.ClosedJaxpr):
+                    sub = sub.jaxpr
+                if isinstance(sub, jex.Jaxpr):
+                    found += _selects(sub)
+    return found
+
+
+def test_a_recurrence_started_from_an_input_carries_it_without_a_select() -> None:
+    p = _stepped(reset_every_iteration=False)
+    compiled = p.compile(BOUNDS)
+    plan = compiled._buffer_plan()
+    merges = [op for op in compiled.program.ops if op.kind == "merge"]
+    assert {merge for merge, _ in plan.seeds.values()} == {op.id for op in merges}
+    inputs = _inputs()
+    assert _selects(compiled.jaxpr(**inputs).jaxpr) == 0
+    want = tj.reference.run(p, BOUNDS, inputs)["w"]
+    np.testing.assert_allclose(compiled(**inputs)["w"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_value_started_again_at_every_iteration_is_not_seeded() -> None:
+    """``w[i, 0] = w0`` holds at the first minibatch of every iteration, not at the nest's
+    first point alone: the kept value is the last minibatch's there, so the merge selects."""
+    p = _stepped(reset_every_iteration=True)
+    compiled = p.compile(BOUNDS)
+    assert not compiled._buffer_plan().seeds
+    inputs = _inputs()
+    want = tj.reference.run(p, BOUNDS, inputs)["w"]
+    np.testing.assert_allclose(compiled(**inputs)["w"], want, rtol=1e-5, atol=1e-6)
