@@ -1,5 +1,5 @@
-"""Shared by the storage tests: recording what the lowering builds, layer inputs, and a
-recurrence to store."""
+"""Shared by the lowering tests: recording what the lowering builds, layer inputs, a
+recurrence to store, and every equation of a jaxpr."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
@@ -50,3 +51,16 @@ def decaying(a: tj.RT, width: int, scale: float, start: tj.RT | None = None) -> 
     x[0] = tj.zeros((width,), jnp.float32) if start is None else start
     x[t + 1] = x[t] * scale + a[t]
     return x
+
+
+def equations(jaxpr: jex.Jaxpr) -> Iterator[Any]:
+    """The equations of ``jaxpr`` and of every jaxpr nested in them (loop bodies, branches),
+    pre-order."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                if isinstance(sub, jex.ClosedJaxpr):
+                    sub = sub.jaxpr
+                if isinstance(sub, jex.Jaxpr):
+                    yield from equations(sub)

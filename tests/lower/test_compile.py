@@ -15,6 +15,7 @@ import tempo_jax as tj
 from tempo_jax._passes.rewrite import rewrite
 from tempo_jax._passes.vectorize import vectorize
 from tests.corpus import CASES, Case
+from tests.lower.helpers import equations
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -116,17 +117,7 @@ def test_a_loop_around_a_loop_is_not_split_at_its_first_iteration() -> None:
 
 def _lengths(jaxpr: jex.Jaxpr) -> list[int]:
     """The trip counts of the scans of a jaxpr and its sub-jaxprs, pre-order."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "scan":
-            found.append(eqn.params["length"])
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, tuple | list) else (param,):
-                if isinstance(sub, jex.ClosedJaxpr):
-                    sub = sub.jaxpr
-                if isinstance(sub, jex.Jaxpr):
-                    found += _lengths(sub)
-    return found
+    return [eqn.params["length"] for eqn in equations(jaxpr) if eqn.primitive.name == "scan"]
 
 
 def test_a_backward_recurrence_runs_in_reverse() -> None:

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import tempo_jax as tj
+from tests.lower.helpers import equations
 
 BOUNDS = {"I": 5, "M": 3}
 
@@ -40,16 +41,7 @@ def _inputs() -> dict[str, np.ndarray]:
 
 
 def _selects(jaxpr: jex.Jaxpr) -> int:
-    found = 0
-    for eqn in jaxpr.eqns:
-        found += eqn.primitive.name == "select_n"
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, tuple | list) else (param,):
-                if isinstance(sub, jex.ClosedJaxpr):
-                    sub = sub.jaxpr
-                if isinstance(sub, jex.Jaxpr):
-                    found += _selects(sub)
-    return found
+    return sum(eqn.primitive.name == "select_n" for eqn in equations(jaxpr))
 
 
 def test_a_recurrence_started_from_an_input_carries_it_without_a_select() -> None:
