@@ -244,6 +244,15 @@ class Program:
     def op(self, op_id: int) -> Op:
         return self._by_id[op_id]
 
+    def readers(self) -> dict[int, list[tuple[int, Edge]]]:
+        """Per op (every one), the ops reading it, each with the edge it reads through, in
+        program order (program outputs are not ops: not among them)."""
+        found: dict[int, list[tuple[int, Edge]]] = {op.id: [] for op in self.ops}
+        for op in self.ops:
+            for edge in op.inputs:
+                found[edge.src].append((op.id, edge))
+        return found
+
     @property
     def stop(self) -> Output | None:
         """The stop condition of ``p.stop_when``: an output over one dim, or None."""

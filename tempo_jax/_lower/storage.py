@@ -243,7 +243,7 @@ def _plan(
     if isinstance(node, Loop):
         _plan(program, node.body, node, plan, split)
         return
-    _plan_sequence(program, _flatten(node, ()), loop, plan, split, _zeros(node, ()))
+    _plan_sequence(program, _flatten(node, (), ()), loop, plan, split)
     for inner in _inner_loops(node):
         _plan(program, inner, None, plan, split)
 
@@ -251,28 +251,20 @@ def _plan(
 Context = tuple[int, ...]  # the guards and sequences around an exec, innermost last
 
 
-def _flatten(node: Node, context: Context) -> list[tuple[Exec, Context]]:
-    """The execs of ``node`` in execution order, through sequences and guards, not loops."""
+def _flatten(
+    node: Node, context: Context, zeros: tuple[Expr, ...]
+) -> list[tuple[Exec, Context, tuple[Expr, ...]]]:
+    """The execs of ``node`` in execution order, through sequences and guards, not loops,
+    each with its context and the expressions its guards hold at zero (``T - t == 0`` gives
+    ``T - t``)."""
     if isinstance(node, Exec):
-        return [(node, context)]
+        return [(node, context, zeros)]
     if isinstance(node, Guard):
-        return _flatten(node.body, (*context, id(node)))
+        return _flatten(node.body, (*context, id(node)), (*zeros, *_equal_facts(node.cond)))
     if isinstance(node, Sequence):
         inner = (*context, id(node))
-        return [item for child in node.children for item in _flatten(child, inner)]
+        return [item for child in node.children for item in _flatten(child, inner, zeros)]
     return []
-
-
-def _zeros(node: Node, found: tuple[Expr, ...]) -> dict[int, tuple[Expr, ...]]:
-    """Per exec reached without entering a loop (by ``id``), the expressions its guards hold
-    at zero (``T - t == 0`` gives ``T - t``)."""
-    if isinstance(node, Exec):
-        return {id(node): found}
-    if isinstance(node, Guard):
-        return _zeros(node.body, (*found, *_equal_facts(node.cond)))
-    if isinstance(node, Sequence):
-        return {k: v for child in node.children for k, v in _zeros(child, found).items()}
-    return {}
 
 
 def _equal_facts(cond: Expr) -> tuple[Expr, ...]:
@@ -285,7 +277,7 @@ def _equal_facts(cond: Expr) -> tuple[Expr, ...]:
 
 def iteration_execs(body: Node) -> list[Exec]:
     """The execs one iteration of a loop with this ``body`` runs (not those of inner loops)."""
-    return [ex for ex, _ in _flatten(body, ())]
+    return [ex for ex, _, _ in _flatten(body, (), ())]
 
 
 def _inner_loops(node: Node) -> list[Loop]:
@@ -300,22 +292,22 @@ def _inner_loops(node: Node) -> list[Loop]:
 
 def _plan_sequence(
     program: Program,
-    flat: list[tuple[Exec, Context]],
+    flat: list[tuple[Exec, Context, tuple[Expr, ...]]],
     loop: Loop | None,
     plan: StoragePlan,
     split: frozenset[int],
-    zeros: dict[int, tuple[Expr, ...]],
 ) -> None:
     """Plan the reads of the execs of one loop body (or of the top level when no ``loop``).
 
     A guarded exec still shifts its rings once per iteration (the lowering shifts in padding
     when the guard is false), so a window slot counts iterations, guarded or not. A guard's
-    equalities (``zeros``) count: under ``if t == T``, a read of ``x[T - 1]`` is of the
-    previous iteration's ``x[t]`` (the critic's value of a rollout's last step, read inside
-    the loop a streamed learner runs behind).
+    equalities (each exec's zeros, :func:`_flatten`) count: under ``if t == T``, a read of
+    ``x[T - 1]`` is of the previous iteration's ``x[t]`` (the critic's value of a rollout's
+    last step, read inside the loop a streamed learner runs behind).
     """
-    execs = [ex for ex, _ in flat]
-    contexts = {ex.op: context for ex, context in flat}
+    execs = [ex for ex, _, _ in flat]
+    contexts = {ex.op: context for ex, context, _ in flat}
+    zeros = {id(ex): found for ex, _, found in flat}
     points = {ex.op: tuple(simplify(e) for e in ex.point) for ex in execs}
     position = {ex.op: k for k, ex in enumerate(execs)}
     for k, ex in enumerate(execs):

@@ -49,10 +49,7 @@ def streamed(
     ops they read at their own point that would otherwise be vectorised; then, with
     ``behind``, those of unbounded horizon alike (none without), which need no delay."""
     horizon = _horizons(program, d, over, cycles)
-    readers: dict[int, list[tuple[int, Edge]]] = {op.id: [] for op in program.ops}
-    for op in program.ops:
-        for edge in op.inputs:
-            readers[edge.src].append((op.id, edge))
+    readers = program.readers()
     finite = {o for o in over if 0 < horizon[o] < UNBOUNDED}
     ahead = _pulled(program, d, over, looped, finite, readers)
     if not behind:

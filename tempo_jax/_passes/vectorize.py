@@ -200,10 +200,7 @@ def _connected(program: Program, members: set[int]) -> list[set[int]]:
 
 def _readers(program: Program) -> dict[int, list[tuple[int | None, Edge]]]:
     """Per op, who reads it (an op id; None for a program output) and through which edge."""
-    readers: dict[int, list[tuple[int | None, Edge]]] = {op.id: [] for op in program.ops}
-    for op in program.ops:
-        for edge in op.inputs:
-            readers[edge.src].append((op.id, edge))
+    readers: dict[int, list[tuple[int | None, Edge]]] = dict(program.readers())
     for out in program.outputs:
         readers[out.edge.src].append((None, out.edge))
     return readers
