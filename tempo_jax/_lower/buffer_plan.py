@@ -26,6 +26,7 @@ from .._ir.simplify import simplify
 from .._ir.source import describe
 from .._schedule.tree import Alloc, Node, walk
 from .blocks import plan_nests
+from .latest import plan_last_of_loop
 from .memory_plan import plan_memory
 from .prefetch import plan_prefetches
 from .split import MAX_SPLIT, Split
@@ -110,6 +111,10 @@ class BufferPlan:
             held = Output(f"@held{src}.{k}", (), Edge(src, k, index), spec)
             self.held[(src, k)] = held
             self.captures.setdefault((src, k), []).append(held)
+        # loop -> the captured values of its last point taken from its ring once it has run
+        captured = [out for outs in self.captures.values() for out in outs]
+        self.from_ring = plan_last_of_loop(program, tree, self.plan.rings, captured)
+        self.ring_taken = {out.name for outs in self.from_ring.values() for out in outs}
         self._planned: dict[tuple[int, int], bool] = {}  # (op, tile size) -> takes tiles
         static = {b: v for b, v in self.runtime.items() if isinstance(v, int)}
         # values the user placed in host memory (tj.offload) are stored plainly: in full, in

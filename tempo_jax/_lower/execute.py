@@ -156,7 +156,8 @@ class TreeLowering:
         if split is not None:
             return split.zeros(self.program.op(op_id).outputs[out].dtype)
         seed = self.layout.seeds.get((op_id, out))
-        if seed is not None:
+        whole = frozenset(range(len(self.program.op(op_id).domain)))
+        if seed is not None and self.layout.plan.scoped.get((op_id, out)) == whole:  # latest
             value = jnp.asarray(self.inputs[seed[1].src], self.program.op(op_id).outputs[out].dtype)
             return self.placed((op_id, out), value)
         shape = self.layout.logical_shape(op_id, out)
@@ -247,7 +248,10 @@ class TreeLowering:
             producer = self.program.op(op_id)
             shape = self.layout.shape(producer.outputs[out], producer.domain)
             dtype = producer.outputs[out].dtype
-            if depth == 1:
+            seed = self.layout.seeds.get((op_id, out))
+            if depth == 1 and seed is not None:  # the input a merge starts the value from
+                carried[(op_id, out, LAST)] = jnp.asarray(self.inputs[seed[1].src], dtype)
+            elif depth == 1:
                 carried[(op_id, out, LAST)] = jnp.zeros(shape, dtype)
             else:
                 carried[(op_id, out, RING)] = jnp.zeros((depth, *shape), dtype)
@@ -283,6 +287,11 @@ class TreeLowering:
             else:
                 carried = fori(lo, hi, body, carried, node.trips)
         self.branches = outer
+        for out in self.layout.from_ring.get(node, ()):  # the last iteration's value
+            src, k, key = out.edge.src, out.edge.out, capture_key(out)
+            last = carried.get((src, k, LAST))
+            value = carried[(src, k, RING)][0] if last is None else last
+            carried[key] = jnp.asarray(value, carried[key].dtype)
         mine = {(op_id, out, kind) for op_id, out in rings for kind in (RING, LAST)}
         mine |= {f.key for f in fetches}
         return {key: value for key, value in carried.items() if key not in mine}
@@ -325,7 +334,7 @@ class TreeLowering:
             for out in self.layout.captures.get((op.id, k), ()):
                 key = capture_key(out)
                 known = self.branches.get(out.name)  # resolved for this piece of the loop
-                if known == 0:
+                if known == 0 or out.name in self.layout.ring_taken:
                     continue
                 new = jnp.asarray(value, buffers[key].dtype)
                 if known is None:

@@ -23,7 +23,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from .._ir.expr import TRUE, And, Cmp, Const, Expr, Slice, Symbol, substitute, symbols_of
-from .._ir.program import Edge, Program
+from .._ir.program import Edge, Output, Program
 from .._ir.simplify import simplify
 from .._schedule.tree import Exec, Guard, Loop, Node, Sequence
 
@@ -100,10 +100,12 @@ def plan_seeds(
     program: Program,
     tree: Node,
     latest: dict[tuple[int, int], frozenset[int]],
+    rings: dict[Loop, dict[tuple[int, int], int]],
     covering: frozenset[int],
 ) -> dict[tuple[int, int], tuple[int, Edge]]:
-    """Per value kept as its latest point (``latest``) that a merge starts from an input: the
-    merge and its edge reading the input (module docstring).
+    """Per value kept as its latest point (``latest``), or in a one-slot ring of the one loop
+    its producer runs in (``rings``: the previous iteration's value), that a merge starts
+    from an input: the merge and its edge reading the input (module docstring).
 
     The merge (one of ``covering``: a branch holds at every point) reads, through its first
     branch, an input with no domain, under a condition that holds at the first point of its
@@ -118,7 +120,7 @@ def plan_seeds(
             continue
         first, *rest = op.inputs
         keys = {(edge.src, edge.out) for edge in rest}
-        if len(keys) != 1 or next(iter(keys)) not in latest:
+        if len(keys) != 1:
             continue
         key = next(iter(keys))
         start = program.op(first.src)
@@ -137,9 +139,52 @@ def plan_seeds(
         same = len(merge_loops) == len(value_loops) and all(
             a is b for a, b in zip(merge_loops, value_loops, strict=True)
         )
-        if same and merge_site.guards == value_site.guards and merge_site.order < value_site.order:
+        ring = len(merge_loops) == 1 and rings.get(merge_loops[0], {}).get(key) == 1
+        if (
+            (key in latest or ring)
+            and same
+            and merge_site.guards == value_site.guards
+            and merge_site.order < value_site.order
+        ):
             found.setdefault(key, []).append((op.id, first))
     return {key: starts[0] for key, starts in found.items() if len(starts) == 1}
+
+
+def plan_last_of_loop(
+    program: Program,
+    tree: Node,
+    rings: dict[Loop, dict[tuple[int, int], int]],
+    captured: list[Output],
+) -> dict[Loop, list[Output]]:
+    """Per captured one-point output (``captured``: outputs and values held for a read at one
+    point) of the last point of a forward loop whose producer the loop carries in a ring (its
+    newest slot the value of the last iteration), that loop and the output's ``(producer,
+    output)``: the value is taken from the ring once the loop has run, not selected at every
+    step (a capture is a select at every step). The producer runs once per iteration of that
+    loop alone, unguarded, over the loop's dim alone; not under ``p.stop_when`` (the loop may
+    end before its last point)."""
+    if program.stop is not None:
+        return {}
+    where = _where(tree)
+    found: dict[Loop, list[Output]] = {}
+    for out in captured:
+        src, k = out.edge.src, out.edge.out
+        produced = where.get(src, [])
+        domain = program.op(src).domain
+        if len(produced) != 1 or len(domain) != 1 or out.edge.cond != TRUE:
+            continue
+        ex, site = produced[0]
+        if len(site.loops) != 1 or site.guards:
+            continue
+        loop, dim = site.loops[0], domain[0]
+        if (src, k) not in rings.get(loop, {}) or loop.reverse:
+            continue
+        walks = simplify(ex.point[0]) == loop.var and simplify(loop.start) == Const(0)
+        if not walks or simplify(loop.stop) != dim.bound:
+            continue
+        if tuple(simplify(item) for item in out.edge.index) == (simplify(dim.bound - 1),):
+            found.setdefault(loop, []).append(out)
+    return found
 
 
 def _first_point(cond: Expr, domain: tuple[Symbol, ...]) -> bool:

@@ -119,7 +119,7 @@ def plan_storage(
     scoped = _scoped(program, tree, plan)
     latest = plan_latest(program, tree, plan)
     plan.scoped = {**scoped, **latest}
-    plan.seeds = plan_seeds(program, tree, latest, covering)
+    plan.seeds = plan_seeds(program, tree, latest, plan.rings, covering)
     return plan
 
 

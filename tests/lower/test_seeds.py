@@ -1,5 +1,7 @@
-"""A value kept as its latest point that a merge starts from an input: the value starts as the
-input and the merge reads it alone (``plan_seeds``), against the reference interpreter."""
+"""A value kept as its latest point, or in a loop's ring, that a merge starts from an input:
+the value starts as the input and the merge reads it alone (``plan_seeds``); a loop's last
+value taken from its ring once the loop has run (``plan_last_of_loop``); each against the
+reference interpreter."""
 
 from __future__ import annotations
 
@@ -64,4 +66,46 @@ def test_a_value_started_again_at_every_iteration_is_not_seeded() -> None:
     assert not compiled._buffer_plan().seeds
     inputs = _inputs()
     want = tj.reference.run(p, BOUNDS, inputs)["w"]
+    np.testing.assert_allclose(compiled(**inputs)["w"], want, rtol=1e-5, atol=1e-6)
+
+
+def _stepped_once(last: int) -> tj.Program:
+    """``w`` stepped over ``i`` alone from the input ``w0`` (one update per iteration: the
+    loop carries the previous step in a ring), its value at ``I - last`` an output."""
+    with tj.Program() as p:
+        (i,) = p.dims("i")
+        w0 = tj.input("w0", (4,), jnp.float32)
+        x = tj.input("x", (4,), jnp.float32, domain=(i,))
+        w = tj.placeholder((4,), jnp.float32, domain=(i,))
+        new = w * 0.9 + tj.tanh(x[i] * w)
+        w[0] = w0
+        w[i + 1] = new[i]
+        p.output("w", new[i.bound - last])
+    return p
+
+
+def test_a_loop_carried_recurrence_started_from_an_input_selects_nothing() -> None:
+    """The merge reads the ring's one slot, which starts as the input, and the output at the
+    loop's last point is that slot once the loop has run: no select at any step."""
+    p = _stepped_once(last=1)
+    compiled = p.compile({"I": 6})
+    plan = compiled._buffer_plan()
+    assert {merge for merge, _ in plan.seeds.values()} == {
+        op.id for op in compiled.program.ops if op.kind == "merge"
+    }
+    assert plan.ring_taken == {"w"}
+    inputs = {"w0": _inputs()["w0"], "x": np.random.default_rng(3).normal(size=(6, 4))}
+    inputs["x"] = inputs["x"].astype(np.float32)
+    assert _selects(compiled.jaxpr(**inputs).jaxpr) == 0
+    want = tj.reference.run(p, {"I": 6}, inputs)["w"]
+    np.testing.assert_allclose(compiled(**inputs)["w"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_value_before_the_last_point_is_still_captured() -> None:
+    p = _stepped_once(last=2)
+    compiled = p.compile({"I": 6})
+    assert not compiled._buffer_plan().ring_taken
+    inputs = {"w0": _inputs()["w0"], "x": np.random.default_rng(3).normal(size=(6, 4))}
+    inputs["x"] = inputs["x"].astype(np.float32)
+    want = tj.reference.run(p, {"I": 6}, inputs)["w"]
     np.testing.assert_allclose(compiled(**inputs)["w"], want, rtol=1e-5, atol=1e-6)
