@@ -17,7 +17,8 @@ loop; a running sum throughout. A buffer in host memory counts during each step 
 with the largest region one of its reads brings back to the device (:func:`read_bytes`: all of
 it for a read taking every point at once), and in full at the end when it is an output.
 A read fetched one iteration ahead (:mod:`.prefetch`) counts twice: the current
-iteration's region and the next one's are on the device together.
+iteration's region and the next one's are on the device together (while the budget is
+planned too: the reads that would be prefetched with the buffers tried in host memory).
 So moving a buffer read whole by a learner that takes the whole rollout at once frees its
 bytes during acting but not at the learner's step: it lowers the peak only where the peak is
 elsewhere, and the budget moves a buffer only when it lowers the device bytes at a step
@@ -33,6 +34,7 @@ from .._ir.errors import TempoError
 from .._ir.expr import Slice
 from .._ir.program import describe_op
 from .._schedule.tree import Alloc, Exec, Free, Loop, Node, Sequence, steps, walk
+from .prefetch import plan_prefetches
 
 if TYPE_CHECKING:
     from .buffer_plan import BufferPlan, StoredValue
@@ -107,9 +109,14 @@ def held_bytes(
     last = len(steps.steps) - 1
     outputs = {(o.edge.src, o.edge.out) for o in plan.program.outputs}
     elsewhere = set(host)
+    hosted = elsewhere | {
+        key
+        for (key, kind, _), value in zip(plan.value_keys(), values, strict=True)
+        if kind == "buffer" and value.memory_kind != "device"
+    }
     ahead = {  # (reader, buffer) read one iteration ahead: two regions on the device at once
         (f.node.op, (edge.src, edge.out))
-        for fetches in getattr(plan, "prefetches", {}).values()  # planned after the kinds
+        for fetches in plan_prefetches(plan, hosted).values()  # as they would be planned
         for f in fetches
         for edge in (plan.program.op(f.node.op).inputs[f.k],)
     }

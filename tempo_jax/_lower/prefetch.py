@@ -18,6 +18,7 @@ own point again (clamped), which is not used.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from .._ir.expr import TRUE, Slice, substitute, symbols_of
@@ -45,9 +46,14 @@ class Prefetch:
         return (id(self.node), self.k, PREFETCH)
 
 
-def plan_prefetches(plan: BufferPlan) -> dict[Loop, tuple[Prefetch, ...]]:
-    """The reads the lowering prefetches, per loop (module docstring)."""
-    if not plan.memory_kinds:
+def plan_prefetches(
+    plan: BufferPlan, hosted: Collection[tuple[int, int]] | None = None
+) -> dict[Loop, tuple[Prefetch, ...]]:
+    """The reads the lowering prefetches, per loop (module docstring), with the buffers of
+    ``hosted`` in host memory (default: those of ``plan.memory_kinds``; the memory planner
+    asks with the ones it is trying)."""
+    hosted = plan.memory_kinds.keys() if hosted is None else hosted
+    if not hosted:
         return {}
     found: dict[Loop, tuple[Prefetch, ...]] = {}
     in_nests = {id(n) for top in plan.nests for n in walk(top)}  # keyed by their top loop
@@ -59,14 +65,20 @@ def plan_prefetches(plan: BufferPlan) -> dict[Loop, tuple[Prefetch, ...]]:
             Prefetch(loop, node, k)
             for node in steps(loop.body)
             if isinstance(node, Exec)
-            for k in _fetchable(plan, loop, node, written)
+            for k in _fetchable(plan, loop, node, written, hosted)
         ]
         if reads:
             found[loop] = tuple(reads)
     return found
 
 
-def _fetchable(plan: BufferPlan, loop: Loop, node: Exec, written: set[int]) -> list[int]:
+def _fetchable(
+    plan: BufferPlan,
+    loop: Loop,
+    node: Exec,
+    written: set[int],
+    hosted: Collection[tuple[int, int]],
+) -> list[int]:
     op = plan.program.op(node.op)
     if op.kind != "apply" or op.payload is None or op.payload.accumulates:
         return []
@@ -75,7 +87,7 @@ def _fetchable(plan: BufferPlan, loop: Loop, node: Exec, written: set[int]) -> l
     at = dict(zip(op.domain, node.point, strict=True))
     found = []
     for k, edge in enumerate(op.inputs):
-        if (edge.src, edge.out) not in plan.memory_kinds or edge.src in written:
+        if (edge.src, edge.out) not in hosted or edge.src in written:
             continue
         if edge.cond != TRUE:  # read at some points only
             continue

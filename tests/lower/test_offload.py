@@ -383,3 +383,17 @@ def test_a_prefetched_read_holds_two_rows_on_the_device() -> None:
     steps = Steps(plan.tree)
     (held,) = [h for v, h in held_bytes(plan, plan.stored_values(), (), steps) if v.name == "x"]
     assert max(held) == 2 * 6 * 4  # two rows of 6 float32
+
+
+def test_the_budget_planner_counts_the_reads_it_would_prefetch() -> None:
+    """Trying ``x`` in host memory on the plain program's plan (no memory kinds yet, as the
+    budget planner does), its read by ``back`` counts the two rows a prefetch would hold."""
+    from tempo_jax._lower.memory_plan import Steps, held_bytes
+
+    plan = _backward().compile({"T": STEPS})._buffer_plan()
+    assert not plan.memory_kinds and not plan.prefetches
+    steps = Steps(plan.tree)
+    keys = [key for key, kind, _ in plan.value_keys() if kind == "buffer"]
+    (key,) = [k for k in keys if plan.program.op(k[0]).name == "x"]
+    (held,) = [h for v, h in held_bytes(plan, plan.stored_values(), {key}, steps) if v.name == "x"]
+    assert max(held) == 2 * 6 * 4  # two rows of 6 float32, not one
