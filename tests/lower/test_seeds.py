@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import tempo_jax as tj
 from tests.lower.helpers import equations
@@ -109,3 +110,44 @@ def test_a_value_before_the_last_point_is_still_captured() -> None:
     inputs["x"] = inputs["x"].astype(np.float32)
     want = tj.reference.run(p, {"I": 6}, inputs)["w"]
     np.testing.assert_allclose(compiled(**inputs)["w"], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 8])
+def test_a_seeded_ring_and_its_last_value_under_a_dynamic_bound(steps: int) -> None:
+    """The loop's length known at call time (at most 8): the ring starts as the input and the
+    output is its slot after the last iteration run, at every length."""
+    p = _stepped_once(last=1)
+    compiled = p.compile({"I": tj.dynamic(max=8)})
+    plan = compiled._buffer_plan()
+    assert plan.seeds and plan.ring_taken == {"w"}
+    x = np.random.default_rng(5).normal(size=(8, 4)).astype(np.float32)
+    inputs = {"w0": _inputs()["w0"], "x": x}
+    got = compiled(I=steps, **inputs)["w"]
+    want = tj.reference.run(p, {"I": steps}, {"w0": inputs["w0"], "x": x[:steps]})["w"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("threshold", "length"), [(-1.0, 1), (6.0, 4), (1e9, 6)])
+def test_a_seeded_ring_under_a_stop_matches_the_reference(threshold: float, length: int) -> None:
+    """Under ``p.stop_when`` the loop may end before its last point: the output at ``I - 1``
+    is then never computed (zeros) and is not taken from the ring; the seeded merge still
+    starts from the input."""
+    with tj.Program() as p:
+        (i,) = p.dims("i")
+        w0 = tj.input("w0", (4,), jnp.float32)
+        x = tj.input("x", (4,), jnp.float32, domain=(i,))
+        w = tj.placeholder((4,), jnp.float32, domain=(i,))
+        new = w * 0.9 + tj.tanh(x[i] * w)
+        w[0] = w0
+        w[i + 1] = new[i]
+        p.output("w", new[i.bound - 1])
+        p.output("path", new)
+        p.stop_when(tj.lift(lambda v: v.sum() > threshold)(new))
+    compiled = p.compile({"I": 6})
+    assert not compiled._buffer_plan().ring_taken
+    x = np.random.default_rng(6).normal(size=(6, 4)).astype(np.float32)
+    inputs = {"w0": np.abs(_inputs()["w0"]), "x": np.abs(x)}
+    got, want = compiled(**inputs), tj.reference.run(p, {"I": 6}, inputs)
+    for name in ("w", "path"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+    assert int(got["lengths"]["I"]) == int(want["lengths"]["I"]) == length  # at once, midway, never
