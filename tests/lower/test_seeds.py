@@ -5,10 +5,14 @@ reference interpreter."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tempo_jax as tj
 from tests.lower.helpers import equations
@@ -152,3 +156,76 @@ def test_a_seeded_ring_under_a_stop_matches_the_reference(threshold: float, leng
     for name in ("w", "path"):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
     assert int(got["lengths"]["I"]) == int(want["lengths"]["I"]) == length  # at once, midway, never
+
+
+# -- random programs of recurrences started from inputs, read at their last point ------------
+
+MAX_I = 5
+stepped = st.lists(
+    st.tuples(
+        st.booleans(),  # started from an input (else from a computed value)
+        st.lists(st.tuples(st.integers(0, 9), st.integers(-2, 1)), max_size=2),  # reads
+        st.sampled_from(["last", "full", "both"]),  # what the outputs read
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+def _random_stepped(layout: list[tuple[bool, list[tuple[int, int]], str]]) -> tj.Program:
+    """A chain of recurrences over ``i``, each ``w[0] = start``, ``w[i + 1] = new[i]`` with
+    ``new = tanh(0.5 w + terms)`` reading earlier values at clamped offsets; outputs at the
+    last point, over every point, or both."""
+    with tj.Program() as p:
+        (i,) = p.dims("i")
+        last = i.bound - 1
+        values = [tj.input("x", (3,), jnp.float32, domain=(i,))]
+        for k, (from_input, reads, outputs) in enumerate(layout):
+            terms: Any = 0.1 * (k + 1) * values[0]
+            for source, offset in reads:
+                earlier = values[source % len(values)]
+                terms = terms + 0.3 * earlier[tj.max(0, tj.min(i + offset, last))]
+            w = tj.placeholder((3,), jnp.float32, domain=(i,), name=f"w{k}")
+            new = tj.tanh(0.5 * w + terms)
+            w[0] = tj.input(f"w{k}", (3,), jnp.float32) if from_input else tj.tanh(terms[0])
+            w[i + 1] = new[i]
+            values.append(new)
+            if outputs in ("last", "both"):
+                p.output(f"last{k}", new[last])
+            if outputs in ("full", "both"):
+                p.output(f"path{k}", new)
+    return p
+
+
+def _check_stepped(layout: list[tuple[bool, list[tuple[int, int]], str]], seed: int) -> None:
+    program = _random_stepped(layout)
+    rng = np.random.default_rng(seed)
+    starts = {
+        f"w{k}": rng.normal(size=3).astype(np.float32)
+        for k, (from_input, _, _) in enumerate(layout)
+        if from_input
+    }
+    xs = rng.normal(size=(MAX_I, 3)).astype(np.float32)
+    dynamic = program.compile({"I": tj.dynamic(max=MAX_I)})
+    for steps in (1, 2, MAX_I):
+        inputs = {"x": xs[:steps], **starts}
+        want = tj.reference.run(program, {"I": steps}, inputs)
+        for got in (dynamic(I=steps, x=xs, **starts), program.compile({"I": steps})(**inputs)):
+            for name, value in want.items():
+                got_value = np.asarray(got[name])
+                if name.startswith("path"):
+                    got_value = got_value[:steps]
+                np.testing.assert_allclose(got_value, value, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(stepped, st.integers(0, 2**16))
+def test_random_stepped_programs_compile_to_the_reference(layout, seed: int) -> None:
+    _check_stepped(layout, seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=120, deadline=None)
+@given(stepped, st.integers(0, 2**16))
+def test_many_random_stepped_programs_compile_to_the_reference(layout, seed: int) -> None:
+    _check_stepped(layout, seed)
