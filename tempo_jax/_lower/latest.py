@@ -161,11 +161,12 @@ def plan_last_of_loop(
     newest slot the value of the last iteration), that loop and the output's ``(producer,
     output)``: the value is taken from the ring once the loop has run, not selected at every
     step (a capture is a select at every step). The producer runs once per iteration of that
-    loop alone, unguarded, over the loop's dim alone; not under ``p.stop_when`` (the loop may
-    end before its last point)."""
+    loop alone, unguarded, over the loop's dim alone, and no op reads the point inside the
+    loop; not under ``p.stop_when`` (the loop may end before its last point)."""
     if program.stop is not None:
         return {}
     where = _where(tree)
+    readers = readers_of(program)
     found: dict[Loop, list[Output]] = {}
     for out in captured:
         src, k = out.edge.src, out.edge.out
@@ -182,7 +183,16 @@ def plan_last_of_loop(
         walks = simplify(ex.point[0]) == loop.var and simplify(loop.start) == Const(0)
         if not walks or simplify(loop.stop) != dim.bound:
             continue
-        if tuple(simplify(item) for item in out.edge.index) == (simplify(dim.bound - 1),):
+        index = tuple(simplify(item) for item in out.edge.index)
+        if index != (simplify(dim.bound - 1),):
+            continue
+        held_inside = any(  # an op reading the held point inside the loop needs it there
+            any(enclosing is loop for enclosing in site.loops)
+            for reader, edge in readers.get((src, k), [])
+            if tuple(simplify(item) for item in edge.index) == index
+            for _, site in where.get(reader, [])
+        )
+        if not held_inside:
             found.setdefault(loop, []).append(out)
     return found
 

@@ -116,6 +116,28 @@ def test_a_value_before_the_last_point_is_still_captured() -> None:
     np.testing.assert_allclose(compiled(**inputs)["w"], want, rtol=1e-5, atol=1e-6)
 
 
+def test_a_last_value_read_inside_its_loop_is_still_captured() -> None:
+    """``z`` reads ``new[T - 1]`` at ``t = T - 1`` in the loop that computes ``new``: the value
+    is needed there, before the loop has run, so it stays captured when produced."""
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        a = tj.input("a", (3,), jnp.float32, domain=(t,))
+        w = tj.placeholder((3,), jnp.float32, domain=(t,))
+        new = tj.tanh(w) + a
+        w[0] = a[0]
+        w[t + 1] = new[t]
+        z = tj.placeholder((3,), jnp.float32, domain=(t,))
+        z[tj.eq(t, t.bound - 1)] = new[t.bound - 1]
+        z[True] = new[t] * 0.5
+        p.output("z", z)
+    compiled = p.compile({"T": 5})
+    plan = compiled._buffer_plan()
+    assert plan.plan.held and not plan.ring_taken
+    data = {"a": np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)}
+    want = tj.reference.run(p, {"T": 5}, data)["z"]
+    np.testing.assert_allclose(compiled(**data)["z"], want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("steps", [1, 3, 8])
 def test_a_seeded_ring_and_its_last_value_under_a_dynamic_bound(steps: int) -> None:
     """The loop's length known at call time (at most 8): the ring starts as the input and the
@@ -165,7 +187,7 @@ stepped = st.lists(
     st.tuples(
         st.booleans(),  # started from an input (else from a computed value)
         st.lists(st.tuples(st.integers(0, 9), st.integers(-2, 1)), max_size=2),  # reads
-        st.sampled_from(["last", "full", "both"]),  # what the outputs read
+        st.sampled_from(["last", "full", "both", "inside"]),  # what the outputs read
     ),
     min_size=1,
     max_size=3,
@@ -175,7 +197,7 @@ stepped = st.lists(
 def _random_stepped(layout: list[tuple[bool, list[tuple[int, int]], str]]) -> tj.Program:
     """A chain of recurrences over ``i``, each ``w[0] = start``, ``w[i + 1] = new[i]`` with
     ``new = tanh(0.5 w + terms)`` reading earlier values at clamped offsets; outputs at the
-    last point, over every point, or both."""
+    last point, over every point, both, or of a merge reading the last point inside the loop."""
     with tj.Program() as p:
         (i,) = p.dims("i")
         last = i.bound - 1
@@ -194,6 +216,11 @@ def _random_stepped(layout: list[tuple[bool, list[tuple[int, int]], str]]) -> tj
                 p.output(f"last{k}", new[last])
             if outputs in ("full", "both"):
                 p.output(f"path{k}", new)
+            if outputs == "inside":  # the last point read inside the loop, at its last step
+                z = tj.placeholder((3,), jnp.float32, domain=(i,), name=f"z{k}")
+                z[tj.eq(i, last)] = new[last]
+                z[True] = new[i] * 0.5
+                p.output(f"path{k}", z)
     return p
 
 
