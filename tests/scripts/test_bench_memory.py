@@ -36,7 +36,10 @@ def test_each_point_runs_every_system_and_swaps_the_rollout(tmp_path) -> None:
     ]
     off, on, _ = rows
     assert off["host_bytes"] == 0 and on["host_bytes"] > 0  # the rollout is in host memory
-    assert on["planned_peak_bytes"] < off["planned_peak_bytes"]
+    # of the vectorised and the streamed program, the budget keeps the one XLA gives less
+    # temporary memory; the plan counts stored values alone, and at this tiny size the
+    # streamed program's planned peak is the higher one (0.24 against 0.22 MiB)
+    assert on["temp_bytes"] < off["temp_bytes"]
     assert all(r["outputs_equal"] for r in rows[:2])  # swapping changes nothing but rounding
     assert [r["learner"] for r in rows] == ["vectorised", on["learner"], None]
     assert all(r["temp_bytes"] > 0 and r["seconds_per_iteration"] > 0 for r in rows)
