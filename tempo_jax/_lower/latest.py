@@ -156,13 +156,12 @@ def plan_last_of_loop(
     rings: dict[Loop, dict[tuple[int, int], int]],
     captured: list[Output],
 ) -> dict[Loop, list[Output]]:
-    """Per captured one-point output (``captured``: outputs and values held for a read at one
-    point) of the last point of a forward loop whose producer the loop carries in a ring (its
-    newest slot the value of the last iteration), that loop and the output's ``(producer,
-    output)``: the value is taken from the ring once the loop has run, not selected at every
-    step (a capture is a select at every step). The producer runs once per iteration of that
-    loop alone, unguarded, over the loop's dim alone, and no op reads the point inside the
-    loop; not under ``p.stop_when`` (the loop may end before its last point)."""
+    """Per forward loop, the captured one-point values (of ``captured``: outputs and values
+    held for a read at one point) of its last point whose producer it carries in a ring (the
+    newest slot: the last iteration's value): each is taken from the ring once the loop has
+    run, not selected at every step as a capture is. The producer runs once per iteration of
+    that loop alone, unguarded, over the loop's dim alone, and no op reads the point inside
+    the loop; not under ``p.stop_when`` (the loop may end before its last point)."""
     if program.stop is not None:
         return {}
     where = _where(tree)
@@ -187,10 +186,10 @@ def plan_last_of_loop(
         if index != (simplify(dim.bound - 1),):
             continue
         held_inside = any(  # an op reading the held point inside the loop needs it there
-            any(enclosing is loop for enclosing in site.loops)
+            any(enclosing is loop for enclosing in reading.loops)
             for reader, edge in readers.get((src, k), [])
             if tuple(simplify(item) for item in edge.index) == index
-            for _, site in where.get(reader, [])
+            for _, reading in where.get(reader, [])
         )
         if not held_inside:
             found.setdefault(loop, []).append(out)
