@@ -43,6 +43,7 @@ from .buffer_plan import BufferPlan
 from .evaluate import Evaluator
 from .loops import fori, stoppable
 from .masking import Pads, masked_call
+from .merges import merge_value
 from .peeling import loop_pieces, same_point
 from .prefetch import PREFETCH, Prefetch, fetched, in_piece
 from .reading import ROWS, capture_key
@@ -531,32 +532,7 @@ class TreeLowering:
             self._sink(op, env, values[0])
             return ()
         if op.kind == "merge":
-            spec = op.outputs[0]
-            shape = self.layout.shape(spec, op.domain)
-            active = self.branches.get(op.id)
-            if active is not None:  # the same branch over this whole piece of the loop
-                if active < 0:
-                    return (jnp.zeros(shape, spec.dtype),)
-                value = jnp.asarray(values[active], spec.dtype)
-                return (jnp.broadcast_to(value, shape),)  # a vectorised merge broadcasts
-            if op.id in self.layout.seeded:  # the value it reads started as its first branch's
-                return (values[-1],)
-            # neighbouring branches that read the same value (a value kept as its latest
-            # point: every step of an optimiser reads the one before) test their conditions
-            # as one; where the branches cover the domain, the last one needs no test
-            groups: list[tuple[Expr, Any]] = []
-            for edge, value in zip(op.inputs, values, strict=True):
-                if groups and groups[-1][1] is value:
-                    groups[-1] = (groups[-1][0] | edge.cond, value)
-                else:
-                    groups.append((edge.cond, value))
-            if op.id in self.covering:
-                result = jnp.broadcast_to(jnp.asarray(groups.pop()[1], spec.dtype), shape)
-            else:
-                result = jnp.zeros(shape, spec.dtype)
-            for cond, value in reversed(groups):
-                result = jnp.where(self.evaluate(cond, env), value, result)  # first match wins
-            return (result,)
+            return (merge_value(self, op, env, values),)
         assert op.payload is not None
         payload = op.payload
 
