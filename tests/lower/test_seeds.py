@@ -74,9 +74,10 @@ def test_a_value_started_again_at_every_iteration_is_not_seeded() -> None:
     np.testing.assert_allclose(compiled(**inputs)["w"], want, rtol=1e-5, atol=1e-6)
 
 
-def _stepped_once(last: int) -> tj.Program:
+def _stepped_once(last: int, stop_above: float | None = None) -> tj.Program:
     """``w`` stepped over ``i`` alone from the input ``w0`` (one update per iteration: the
-    loop carries the previous step in a ring), its value at ``I - last`` an output."""
+    loop carries the previous step in a ring), its value at ``I - last`` an output; with
+    ``stop_above``, every step an output too and the loop stopped once the sum passes it."""
     with tj.Program() as p:
         (i,) = p.dims("i")
         w0 = tj.input("w0", (4,), jnp.float32)
@@ -86,6 +87,9 @@ def _stepped_once(last: int) -> tj.Program:
         w[0] = w0
         w[i + 1] = new[i]
         p.output("w", new[i.bound - last])
+        if stop_above is not None:
+            p.output("path", new)
+            p.stop_when(tj.lift(lambda v: v.sum() > stop_above)(new))
     return p
 
 
@@ -158,17 +162,7 @@ def test_a_seeded_ring_under_a_stop_matches_the_reference(threshold: float, leng
     """Under ``p.stop_when`` the loop may end before its last point: the output at ``I - 1``
     is then never computed (zeros) and is not taken from the ring; the seeded merge still
     starts from the input."""
-    with tj.Program() as p:
-        (i,) = p.dims("i")
-        w0 = tj.input("w0", (4,), jnp.float32)
-        x = tj.input("x", (4,), jnp.float32, domain=(i,))
-        w = tj.placeholder((4,), jnp.float32, domain=(i,))
-        new = w * 0.9 + tj.tanh(x[i] * w)
-        w[0] = w0
-        w[i + 1] = new[i]
-        p.output("w", new[i.bound - 1])
-        p.output("path", new)
-        p.stop_when(tj.lift(lambda v: v.sum() > threshold)(new))
+    p = _stepped_once(last=1, stop_above=threshold)
     compiled = p.compile({"I": 6})
     plan = compiled._buffer_plan()
     assert plan.seeds and not plan.ring_taken
