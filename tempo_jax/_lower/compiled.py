@@ -295,6 +295,24 @@ class Compiled:
         return example
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the build (on again after, if it was).
+
+    A build makes objects by the hundred thousand (expressions, isl sets, traced values),
+    few of them garbage: they set off collections of every generation, the oldest of which
+    walks every object of the process (JAX's and the environment's modules: PPO on CartPole
+    paid 0.14 s for one in a 1.7 s build). The build's cycles are collected after it."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@_collector_paused()
 def compile_program(
     program: Program,
     bounds: Mapping[Any, int],
@@ -313,40 +331,6 @@ def compile_program(
     Under a ``memory_budget`` the vectorised plan misses, the program is compiled again with
     its learners streaming behind backward recurrences (:mod:`tempo_jax._passes.streaming`),
     and of the two, the one XLA gives less temporary device memory is kept (:func:`_leaner`)."""
-    with _collector_paused():
-        return _compile(
-            program, bounds, donate_inputs, pipeline, unroll, memory_budget, mesh, shard, specs
-        )
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off for the build (on again after, if it was).
-
-    A build makes objects by the hundred thousand (expressions, isl sets, traced values),
-    few of them garbage: they set off collections of every generation, the oldest of which
-    walks every object of the process (JAX's and the environment's modules: PPO on CartPole
-    paid 0.14 s for one in a 1.7 s build). The build's cycles are collected after it."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _compile(
-    program: Program,
-    bounds: Mapping[Any, int],
-    donate_inputs: bool,
-    pipeline: Pipeline | None,
-    unroll: tuple[str, ...],
-    memory_budget: int | None,
-    mesh: Any,
-    shard: Any,
-    specs: Any,
-) -> Compiled:
     pipeline = pipeline or Pipeline()
     compiled = _compile_once(program, bounds, pipeline, donate_inputs, unroll, memory_budget)
     if memory_budget is not None:

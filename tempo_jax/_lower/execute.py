@@ -156,11 +156,10 @@ class TreeLowering:
         split = self.layout.splits.get((op_id, out))
         if split is not None:
             return split.zeros(self.program.op(op_id).outputs[out].dtype)
-        seed = self.layout.seeds.get((op_id, out))
         whole = frozenset(range(len(self.program.op(op_id).domain)))
+        seed = self._seed(op_id, out)
         if seed is not None and self.layout.plan.scoped.get((op_id, out)) == whole:  # latest
-            value = jnp.asarray(self.inputs[seed[1].src], self.program.op(op_id).outputs[out].dtype)
-            return self.placed((op_id, out), value)
+            return self.placed((op_id, out), seed)
         shape = self.layout.logical_shape(op_id, out)
         order = self.layout.layouts.get((op_id, out))
         if order is not None:
@@ -168,6 +167,14 @@ class TreeLowering:
         return self.placed(
             (op_id, out), jnp.zeros(shape, self.program.op(op_id).outputs[out].dtype)
         )
+
+    def _seed(self, op_id: int, out: int) -> Any:
+        """The input a merge starts the value ``(op_id, out)`` from (``BufferPlan.seeds``), in
+        the value's dtype; None for a value started otherwise."""
+        seed = self.layout.seeds.get((op_id, out))
+        if seed is None:
+            return None
+        return jnp.asarray(self.inputs[seed[1].src], self.program.op(op_id).outputs[out].dtype)
 
     def fetched(self, buffers: Buffers, keys: Iterable[tuple[int, int]]) -> Buffers:
         """``buffers`` with those of ``keys`` the plan keeps in host memory brought back to the
@@ -249,9 +256,9 @@ class TreeLowering:
             producer = self.program.op(op_id)
             shape = self.layout.shape(producer.outputs[out], producer.domain)
             dtype = producer.outputs[out].dtype
-            seed = self.layout.seeds.get((op_id, out))
-            if depth == 1 and seed is not None:  # the input a merge starts the value from
-                carried[(op_id, out, LAST)] = jnp.asarray(self.inputs[seed[1].src], dtype)
+            seed = self._seed(op_id, out) if depth == 1 else None
+            if seed is not None:  # the input a merge starts the value from
+                carried[(op_id, out, LAST)] = seed
             elif depth == 1:
                 carried[(op_id, out, LAST)] = jnp.zeros(shape, dtype)
             else:

@@ -43,9 +43,9 @@ class Site:
 def readers_of(program: Program) -> dict[tuple[int, int], list[tuple[int, Edge]]]:
     """Per op output, the ops reading it with the edge each reads it through."""
     readers: dict[tuple[int, int], list[tuple[int, Edge]]] = {}
-    for op in program.ops:
-        for edge in op.inputs:
-            readers.setdefault((edge.src, edge.out), []).append((op.id, edge))
+    for src, reading in program.readers().items():
+        for reader, edge in reading:
+            readers.setdefault((src, edge.out), []).append((reader, edge))
     return readers
 
 
