@@ -293,3 +293,29 @@ def test_the_garbage_collector_is_off_during_the_build_and_restored_after(enable
         assert gc.isenabled() is enabled
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_garbage_collector_is_off_while_the_program_traces_and_lowers(enabled: bool) -> None:
+    seen = []
+
+    def spy(v: jax.Array) -> jax.Array:
+        seen.append(gc.isenabled())
+        return v * 2.0
+
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (), jnp.float32, domain=(t,))
+        p.output("y", tj.lift(spy, name="spy")(x))
+    compiled = p.compile({"T": 3})
+    xs = jnp.arange(3.0)
+    (gc.enable if enabled else gc.disable)()
+    try:
+        seen.clear()
+        compiled.lower(x=xs)
+        np.testing.assert_allclose(compiled(x=xs)["y"], 2.0 * xs)
+        np.testing.assert_allclose(compiled.ahead_of_time(x=xs)(x=xs)["y"], 2.0 * xs)
+        assert seen and not any(seen)
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
