@@ -21,6 +21,13 @@ Without the rule, grouping the
 acting loop with the backward GAE recurrence that reads it (``adv[t]`` reads ``adv[t + 1]``)
 would make both one loop that must run both ways.
 
+Then each *broadcast-fed* group (every statement it reads from outside lacks one of its dims:
+PPO's minibatch gathered at every ``(i, e, m)`` from the rollout of ``i``) joins the group of
+its first consumer at the same point (:func:`_sink`). isl would keep it next to what it reads,
+computing every ``(e, m)`` of an iteration at its first one; joined, it runs where its
+consumer does, as written. The join is not checked for cycles: should isl find no schedule
+for the groups, the scheduler groups again without it.
+
 Groups are then joined with their *twins*: groups over the same set with the same
 dependences on and from every other group and none between them (the merges that step each
 of a network's parameters, the gathers of one minibatch's columns). isl would schedule twins
@@ -57,10 +64,12 @@ class Clustering:
     groups: tuple[tuple[str, ...], ...]
     domain: isl.UnionSet
     deps: isl.UnionMap
+    sunk: bool = False  # whether a broadcast-fed group was joined to its consumer's (_sink)
 
 
-def cluster(domain: isl.UnionSet, deps: isl.UnionMap) -> Clustering:
-    """Group the statements of ``domain`` along identity dependences (module docstring)."""
+def cluster(domain: isl.UnionSet, deps: isl.UnionMap, sink: bool = True) -> Clustering:
+    """Group the statements of ``domain`` along identity dependences (module docstring);
+    with ``sink``, broadcast-fed groups join their first consumer's (:func:`_sink`)."""
     sets, maps = _sets(domain), _maps(deps)
     edges = _edges(sets, maps)
     incident = _Incident.of(edges)
@@ -75,21 +84,63 @@ def cluster(domain: isl.UnionSet, deps: isl.UnionMap) -> Clustering:
                 continue
             union = members[a] | members[b]
             if _closed(union, incident):
-                for name in members[a]:
-                    group_of[name] = b
-                members[b] = union
-                del members[a]
+                _join(a, b, members, group_of)
                 changed = True
+    sunk = sink and _sink(sets, edges, members, group_of)
     groups = tuple(
         _ordered(group, incident)
         for group in sorted(members.values(), key=lambda g: min(g, key=_key))
     )
     contracted = _contract(domain, deps, sets, maps, groups, edges)
     twins = _twins(contracted)
-    if len(twins) == len(groups):
-        return contracted
-    groups = tuple(tuple(name for k in twin for name in groups[k]) for twin in twins)
-    return _contract(domain, deps, sets, maps, groups, edges)
+    if len(twins) < len(groups):
+        groups = tuple(tuple(name for k in twin for name in groups[k]) for twin in twins)
+        contracted = _contract(domain, deps, sets, maps, groups, edges)
+    return dataclasses.replace(contracted, sunk=sunk)
+
+
+def _join(a: str, b: str, members: dict[str, set[str]], group_of: dict[str, str]) -> None:
+    """Group ``a``'s members into group ``b``."""
+    for name in members[a]:
+        group_of[name] = b
+    members[b] = members[a] | members[b]
+    del members[a]
+
+
+def _sink(
+    sets: dict[str, isl.Set],
+    edges: list[Edge],
+    members: dict[str, set[str]],
+    group_of: dict[str, str],
+) -> bool:
+    """Join each *broadcast-fed* group to the group of its first consumer at the same point.
+
+    A group is broadcast-fed when each statement it reads from outside lacks one of its dims
+    (a minibatch gathered at every ``(i, e, m)`` from the rollout of ``i`` and the permutation
+    of ``(i, e)``): each of those points feeds a whole row of the group's. isl keeps such a
+    group next to what it reads: at the first ``(e, m)`` of an iteration it computes every
+    ``(e, m)`` of it, a copy of the group's work in loops of their own and a buffer of every
+    point. Joined to a group that reads it at the same point, it runs at that point, where
+    the source wrote it. Nothing checks here that the join leaves no cycle (``_closed`` would
+    refuse these): the caller schedules again without sinking if isl finds no schedule.
+    Returns whether a group was joined."""
+    joined = False
+    dims = {name: frozenset(s.get_var_names(isl.dim_type.set)) for name, s in sets.items()}
+    for label in sorted(members, key=_key):
+        group = members.get(label)
+        if group is None:
+            continue
+        own = dims[label]
+        read = {src for src, dst, _ in edges if dst in group and src not in group}
+        if not read or any(own <= dims[src] for src in read):
+            continue
+        consumers = {group_of[dst] for src, dst, identity in edges if identity and src in group} - {
+            label
+        }
+        if consumers:
+            _join(label, min(consumers, key=_key), members, group_of)
+            joined = True
+    return joined
 
 
 def _twins(clustering: Clustering) -> list[list[int]]:

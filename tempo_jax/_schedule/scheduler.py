@@ -16,8 +16,13 @@ isl options, set on the private context of each call:
   own loop nest; fusing across components is what makes ``s[t]`` and ``add[t]`` one loop.
 - ``schedule_outer_coincidence = 0`` and ``schedule_maximize_coincidence = 0``: we pass no
   coincidence (parallelism) constraints; we only need a legal, fused sequential order.
-- ``schedule_maximize_band_depth = 1``: prefer deep permutable bands (one band ``(i, t)``
-  rather than splitting), which gives the plain nested loops of multi-dim programs.
+- ``schedule_maximize_band_depth = 0``: where the band being built can hold no more
+  statements, isl splits there, inside it, rather than backtracking to split earlier for
+  deeper bands. Work a recurrence over ``i`` reads that does not depend on it (each
+  iteration's keys, its minibatch permutations) then stays in the loop over ``i``, not in
+  nests of their own before it that keep every iteration's value (PPO's program: two such
+  nests fewer and 0.3 s less of XLA's compile), and GAE is ``for b: (for t: ...; for t
+  reversed: ...)``.
 - ``schedule_separate_components = 1``: independent components (e.g. an input no one in a
   recurrence reads) get their own loops in a sequence instead of being arbitrarily fused.
 - ``schedule_max_constant_term = 0`` first, then ``-1`` (no limit) if that is infeasible:
@@ -89,7 +94,7 @@ from .._ir.program import Op, Program
 from .._ir.simplify import simplify
 from .._ir.source import describe
 from . import isl_convert as ic
-from .clusters import cluster
+from .clusters import Clustering, cluster
 from .grouping import group_guards
 from .hoist import hoist_first_iterations
 from .retime import Delays, retimed, unshifted
@@ -114,7 +119,7 @@ _OPTIONS: tuple[tuple[str, int], ...] = (
     ("schedule_serialize_sccs", 0),
     ("schedule_outer_coincidence", 0),
     ("schedule_maximize_coincidence", 0),
-    ("schedule_maximize_band_depth", 1),
+    ("schedule_maximize_band_depth", 0),
     ("schedule_separate_components", 1),
     ("schedule_max_coefficient", -1),
     ("ast_build_detect_min_max", 1),
@@ -232,10 +237,11 @@ def _compute(
     same-point reads over one domain, named ``K<id of its first op>``); the AST is built for
     the groups and each group's execution becomes its members' in order
     (:func:`_expanded`: they share the group's set, so its point). Should the groups find no
-    valid schedule, the statements are scheduled one by one.
+    valid schedule, the groups without sinking are tried (:func:`.clusters._sink` may close a
+    cycle), then the statements one by one.
     """
-    groups = cluster(domain, deps)
-    if any(len(group) > 1 for group in groups.groups):
+    groups: Clustering | None = cluster(domain, deps)
+    while groups is not None and any(len(group) > 1 for group in groups.groups):
         sched = _isl_schedule(groups.domain, groups.deps, context)
         # checked between groups; within one, the members' order holds every same-point
         # dependence (a group has no other kind between its members' same points)
@@ -244,6 +250,8 @@ def _compute(
                 int(group[0][1:]): tuple(int(name[1:]) for name in group) for group in groups.groups
             }
             return sched, members
+        # a group sunk into its consumer's may close a cycle: then the groups without sinking
+        groups = cluster(domain, deps, sink=False) if groups.sunk else None
     sched = _isl_schedule(domain, deps, context)
     if sched is None or not _respects(sched.get_map(), deps):
         return None

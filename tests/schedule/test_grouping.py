@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import tempo_jax as tj
 from tempo_jax._ir.expr import Symbol, eq
 from tempo_jax._schedule.grouping import group_guards
-from tempo_jax._schedule.tree import Exec, Guard, Node, Sequence
+from tempo_jax._schedule.tree import Exec, Guard, Node, Sequence, execs, loop_var
 
 T = Symbol("t")
 FIRST = eq(T, 0)
@@ -90,14 +90,17 @@ def test_other_conditions_and_sinks_keep_their_places() -> None:
     assert _shape(group_guards(kept, ir), ids) == [("if", ["sink_c"]), "sink_d", ("if", ["sink_c"])]
 
 
-def test_ppo_runs_its_rollout_and_gathers_under_two_guards() -> None:
-    """PPO with CleanRL's settings: the rollout, the advantages and the gathers of every
-    minibatch of an iteration, which isl places in ten guards of the minibatch loop's
-    body, run under two (a guard that runs an op the loss reads at its own minibatch stays
-    apart: conflicts are found per op, not per point)."""
+def test_ppo_runs_its_rollout_under_one_guard_and_each_minibatch_at_its_own_point() -> None:
+    """PPO with CleanRL's settings: the rollout and the advantages of an iteration, which isl
+    places in two guards of the minibatch loop's body, run under one; the gathers of a
+    minibatch run at its own ``(e, m)`` (sunk into their consumer's group,
+    :func:`~tempo_jax._schedule.clusters._sink`), not all of an iteration's at its first."""
     from tempo_jax.algorithms import config as rl_config
     from tempo_jax.algorithms import ppo
 
     built = ppo.build(rl_config.load("ppo_cartpole"))
-    schedule = built.program.compile(built.bounds).schedule
-    assert schedule.count("if (e == 0) & (m == 0):") == 2
+    compiled = built.program.compile(built.bounds)
+    assert compiled.schedule.count("if (e == 0) & (m == 0):") == 1
+    gathers = [ex for ex in execs(compiled.tree) if compiled.program.op(ex.op).name == "minibatch"]
+    assert len(gathers) == 6
+    assert all(ex.point == tuple(loop_var(d) for d in "iem") for ex in gathers)
