@@ -21,7 +21,7 @@ isl options, set on the private context of each call:
   deeper bands. Work a recurrence over ``i`` reads that does not depend on it (each
   iteration's keys, its minibatch permutations) then stays in the loop over ``i``, not in
   nests of their own before it that keep every iteration's value (PPO's program: two such
-  nests fewer and 0.3 s less of XLA's compile), and GAE is ``for b: (for t: ...; for t
+  nests fewer and 0.2 to 0.3 s less of XLA's compile), and GAE is ``for b: (for t: ...; for t
   reversed: ...)``.
 - ``schedule_separate_components = 1``: independent components (e.g. an input no one in a
   recurrence reads) get their own loops in a sequence instead of being arbitrarily fused.
