@@ -7,6 +7,8 @@ import types
 
 import islpy as isl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tempo_jax._ir.errors import ScheduleInfeasibleError
 from tempo_jax._ir.expr import Const, Slice, eq
@@ -18,6 +20,7 @@ from tempo_jax._schedule.tree import Guard, Loop, execs, walk
 from tests.corpus import CASES
 from tests.schedule.test_scheduler import (
     HAND,
+    I,
     T,
     _bound_values,
     _op,
@@ -230,4 +233,46 @@ def test_a_sunk_group_that_closes_a_cycle_is_scheduled_without_sinking(monkeypat
     assert calls == [True, False]
     assert order.index(2) < order.index(3) < order.index(4)
     for bounds in _bound_values(program):
+        check_legal(program, bounds)
+
+
+@st.composite
+def nested_programs(draw: st.DrawFn) -> Program:
+    """Ops over ``(i,)`` and ``(i, t)``: broadcasts (``x[i]`` at every ``t``), reductions
+    (``x[i, 0:T]``, ``x[i, T - 1]``), same-point and shifted reads, recurrences over ``t`` and
+    over ``i``, and reads of any op, later ones too, at the previous ``i`` (an iteration's
+    parameters made by the last one's update): the groups broadcast-fed statements sink into,
+    and the cycles some of those joins close."""
+    whole = Slice(Const(0), T)
+    domains = [
+        draw(st.sampled_from([(i,), (i, t), (i, t)])) for _ in range(draw(st.integers(3, 7)))
+    ]
+    ops = []
+    for k, domain in enumerate(domains):
+        edges = []
+        sources = draw(st.lists(st.integers(0, k - 1), min_size=1, max_size=3)) if k else []
+        if len(domain) == 2 and draw(st.booleans()):  # fed by broadcasts alone
+            sources = [src for src in sources if len(domains[src]) == 1]
+        for src in sources:
+            over_t = len(domains[src]) == 2
+            if not over_t:
+                edges.append(_read(src, i))  # a broadcast along t where k is over (i, t)
+            elif len(domain) == 2:
+                shift = draw(st.sampled_from([0, 0, 1]))
+                edges.append(_read(src, i, t - shift, cond=t >= shift))
+            else:
+                edges.append(_read(src, i, draw(st.sampled_from([whole, T - 1]))))
+        for src in draw(st.lists(st.integers(0, len(domains) - 1), max_size=1)):
+            at_t = (t,) if len(domain) == 2 else (T - 1,)
+            edges.append(_read(src, i - 1, *at_t[: len(domains[src]) - 1], cond=i >= 1))
+        if len(domain) == 2 and draw(st.booleans()):
+            edges.append(_read(k, i, t - 1, cond=t >= 1))
+        ops.append(_op(k, domain, *edges))
+    return _program((i, t), *ops)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(nested_programs())
+def test_random_nested_programs_are_scheduled_legally(program: Program) -> None:
+    for bounds in ({I: 1, T: 1}, {I: 2, T: 3}, {I: 3, T: 2}):
         check_legal(program, bounds)
