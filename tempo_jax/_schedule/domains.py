@@ -7,7 +7,10 @@ points cannot be computed (the body of ``s[t+1] = s[t] + x[t+1]`` at ``t = T-1``
 evaluates them, and neither should compiled code.
 
 :func:`defined_domains` computes, per op, the box minus every point that (transitively) reads
-an undefined or out-of-bounds point, by iterating to a fixpoint over isl sets.
+an undefined or out-of-bounds point, by iterating to a fixpoint over isl sets; a chain that
+loses one point a round (as long as a bound) is closed in one step by isl's transitive
+closure of the reads, or, where that is not exact, iterated to its end over the compiled
+bounds' values.
 :func:`check_reads` then raises, at compile time, the error the reference interpreter would
 raise at run time when an output (transitively) reads an undefined point, naming the root
 cause: the read that leaves a domain, or the point no branch defines.
@@ -21,6 +24,7 @@ same read under a dynamic ``T`` in ``1..10`` is rejected, naming ``T = 1``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping
 
 import islpy as isl
@@ -76,7 +80,12 @@ def defined_domains(
 
     The sets only shrink; ``max_rounds`` (default: twice the number of ops, plus 4) caps the
     iteration for chains that remove one point per round. ``ranges`` restricts the bounds to
-    the values compiled for (every value ``>= 1`` when None).
+    the values compiled for (every value ``>= 1`` when None). A chain still shrinking at the
+    cap (``x[t] = f(x[t - 1])`` with no ``x[0]``: one point a round, ``T`` rounds) is taken
+    in one step by isl's transitive closure of the reads (:func:`_by_closure`) where isl
+    makes it exact; else, with ``ranges``, the iteration goes on to the fixpoint (the sets
+    are finite): a result short of it would keep undefined points, and a read of one would
+    pass the compile-time check and run on zeros.
     """
     rounds = max_rounds or 2 * len(program.ops) + 4
     within = bounds_context(program, ctx, ranges)
@@ -95,7 +104,13 @@ def defined_domains(
         if op.kind == "merge"
         and not sets[op.id].is_equal(domain_set(program, op, ctx).intersect_params(within))
     }
-    for _ in range(rounds):
+    for done in itertools.count():
+        if done == rounds:
+            closed = _by_closure(program, ctx, within)
+            if closed is not None:
+                return DefinedDomains(closed, exact=True, ranges=ranges)
+            if ranges is None:
+                return DefinedDomains(sets, exact=False, ranges=ranges)
         now: set[int] = set()
         for op in program.ops:
             if op.kind == "input" or not any(edge.src in changed for edge in op.inputs):
@@ -117,7 +132,38 @@ def defined_domains(
         ever |= now
         if not changed:
             return DefinedDomains(sets, exact=True, ranges=ranges)
-    return DefinedDomains(sets, exact=False, ranges=ranges)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _by_closure(program: Program, ctx: isl.Context, within: isl.Set) -> dict[int, isl.Set] | None:
+    """Each op's defined points, from the transitive closure of every read (consumer point
+    to the producer point it reads, where it reads it): a point is undefined when it reads,
+    directly or through others, a merge point no branch covers or a point outside its
+    producer's box. None where isl's closure is not exact (it would over-approximate what
+    is undefined, and reject programs the interpreter runs)."""
+    boxes = {op.id: domain_set(program, op, ctx).intersect_params(within) for op in program.ops}
+    reads = isl.UnionMap.empty(within.get_space())
+    roots = isl.UnionSet.empty(within.get_space())
+    for op in program.ops:
+        if op.kind == "input":
+            continue
+        box = boxes[op.id]
+        if op.kind == "merge":
+            roots = roots.union(isl.UnionSet.from_set(box.subtract(_optimistic(program, op, ctx))))
+        for edge, where in zip(op.inputs, read_conditions(program, op, ctx), strict=True):
+            access = access_map(program, op, edge, ctx).intersect_domain(box.intersect(where))
+            roots = roots.union(
+                isl.UnionSet.from_set(access.subtract_range(boxes[edge.src]).domain())
+            )
+            reads = reads.union(isl.UnionMap.from_map(access))
+    closure, exact = reads.transitive_closure()
+    if not exact:
+        return None
+    undefined = roots.union(closure.intersect_range(roots).domain())
+    return {
+        op_id: box.subtract(undefined.extract_set(box.get_space())).coalesce()
+        for op_id, box in boxes.items()
+    }
 
 
 def _inside(program: Program, op: Op, edge: Edge) -> bool:
@@ -241,7 +287,29 @@ def _explain(
     ctx: isl.Context,
     reader_name: str,
 ) -> None:
-    """Walk from a bad read to its root cause and raise the matching error."""
+    """Walk from a bad read to its root cause and raise the matching error: a loop, one
+    read a step (a chain of undefined points is as long as a bound: ``x[t] = f(x[t - 1])``
+    without ``x[0]``, read at ``T - 1``)."""
+    while True:
+        producer, undefined = _undefined_read(
+            program, reader, edge, bad, params, domains, ctx, reader_name
+        )
+        reader, edge, bad = _why_undefined(program, producer, undefined, params, domains, ctx, edge)
+        reader_name = f"`{reader.name}`"
+
+
+def _undefined_read(
+    program: Program,
+    reader: Op,
+    edge: Edge,
+    bad: isl.Set,
+    params: dict[str, int],
+    domains: DefinedDomains,
+    ctx: isl.Context,
+    reader_name: str,
+) -> tuple[Op, isl.Set]:
+    """The producer of a bad read and the undefined points one of its points reads; raises
+    :class:`OutOfBoundsError` for a read outside the producer's box."""
     point = sample_values(fix_params(bad, params))
     assert point is not None
     single = fix_params(bad, params)
@@ -260,11 +328,10 @@ def _explain(
             f"reads outside the domain of `{producer.name}` at {at}. Guard the read with a "
             "branch condition, or clamp the index with `tj.min`/`tj.max`."
         )
-    undefined = reads.subtract(fix_params(domains.sets[producer.id], params))
-    _explain_point(program, producer, undefined, params, domains, ctx, edge)
+    return producer, reads.subtract(fix_params(domains.sets[producer.id], params))
 
 
-def _explain_point(
+def _why_undefined(
     program: Program,
     op: Op,
     points: isl.Set,
@@ -272,8 +339,9 @@ def _explain_point(
     domains: DefinedDomains,
     ctx: isl.Context,
     read_by: Edge,
-) -> None:
-    """``points`` of ``op`` are not defined: find which read (or missing branch) is why."""
+) -> tuple[Op, Edge, isl.Set]:
+    """``points`` of ``op`` are not defined: the read of ``op`` that is why (the walk goes on
+    from it), or the error for a merge point no branch defines."""
     conditions = [fix_params(w, params) for w in read_conditions(program, op, ctx)]
     for edge, where in zip(op.inputs, conditions, strict=True):
         hit = points.intersect(where)
@@ -282,7 +350,7 @@ def _explain_point(
         bad = _bad_reads(program, op, edge, where, domains.sets[edge.src], ctx)
         bad = fix_params(bad, params).intersect(hit)
         if not bad.is_empty():
-            _explain(program, op, edge, bad, params, domains, ctx, f"`{op.name}`")
+            return op, edge, bad
     if op.kind == "merge":
         example = sample_values(points)
         assert example is not None

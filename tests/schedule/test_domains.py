@@ -18,6 +18,7 @@ from tempo_jax._reference.interpreter import (
     resolve_bounds,
     resolve_inputs,
 )
+from tempo_jax._schedule import domains as domains_module
 from tempo_jax._schedule.domains import check_reads, defined_domains
 from tempo_jax._schedule.isl_convert import fix_params, isl_context, set_points
 from tests.corpus import CASES
@@ -92,9 +93,56 @@ def test_shifted_branch_body_is_undefined_at_the_last_step() -> None:
         assert points == {(k,) for k in range(steps - 1)}  # not at t = T-1: it reads x[T]
 
 
-def test_unbounded_chain_of_undefined_points_is_not_exact() -> None:
-    program, _, _ = _undefined_second()
-    assert not defined_domains(program.to_ir(), isl_context(), max_rounds=3).exact
+def test_a_chain_past_the_rounds_is_closed_by_isl() -> None:
+    """Every odd ``t`` undefined, one more a round: past the cap of rounds, isl's transitive
+    closure of the reads finds them all, for every ``T`` (no bounds given)."""
+    program, bounds, inputs = _undefined_second()
+    ir = program.to_ir()
+    domains = defined_domains(ir, isl_context(), max_rounds=3)
+    assert domains.exact
+    for steps in (1, 6, 9):
+        assert _isl_points(ir, domains.sets, {"T": steps}) == _evaluable(
+            ir, {**bounds, "T": steps}, inputs
+        )
+
+
+def _no_first(steps: int) -> tj.Program:
+    """``y[t] = y[t - 1] / 2 + x[t]`` for ``t >= 1`` and no ``y[0]``: ``y[T - 1]`` reads, through
+    ``T - 1`` steps, the point no branch defines."""
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (), jnp.float32, domain=(t,))
+        y = tj.placeholder((), jnp.float32, domain=(t,), name="y")
+        y[t >= 1] = y[t - 1] * 0.5 + x[t]
+        p.output("last", y[t.bound - 1])
+    return p
+
+
+@pytest.mark.parametrize("steps", [5, 3000])
+def test_a_chain_longer_than_the_rounds_is_an_error_at_compile_time(steps: int) -> None:
+    """The interpreter's error, not a run on zeros (the cap of rounds stopped the iteration
+    short of ``y[0]``: ``T = 5`` compiled and returned 1.875), and named at ``t = 0`` by a
+    walk that does not recurse once per point."""
+    program = _no_first(steps)
+    inputs = {"x": np.ones(steps, np.float32)}
+    if steps == 5:
+        with pytest.raises(tj.UndefinedPointError):
+            tj.reference.run(program, bounds={"T": steps}, inputs=inputs)
+    message = r"`y` is read as `y\[t - 1\]` at .*, but no branch defines it at t=0 \(with T="
+    with pytest.raises(tj.UndefinedPointError, match=message + str(steps)):
+        program.compile({"T": steps})
+
+
+def test_without_an_exact_closure_the_iteration_goes_on_to_the_fixpoint(monkeypatch) -> None:
+    """With the compiled bounds' values the sets are finite: past the cap of rounds, and no
+    closure, the iteration still reaches the fixpoint."""
+    monkeypatch.setattr(domains_module, "_by_closure", lambda *_: None)
+    ir = _no_first(8).to_ir()
+    domains = defined_domains(ir, isl_context(), max_rounds=2, ranges={"T": (8, 8)})
+    assert domains.exact
+    inputs = {"x": np.ones(8, np.float32)}
+    assert _isl_points(ir, domains.sets, {"T": 8}) == _evaluable(ir, {"T": 8}, inputs)
+    assert not defined_domains(ir, isl_context(), max_rounds=2).exact  # every T: no fixpoint
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
