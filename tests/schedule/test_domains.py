@@ -173,3 +173,57 @@ def test_compile_time_read_past_the_end() -> None:
         r"`multiply`, reads outside the domain of `r` at t=\d+ \(for example with T=\d+\)",
     ):
         check_reads(ir, ctx, defined_domains(ir, ctx))
+
+
+def _two_dims() -> tj.Program:
+    with tj.Program() as p:
+        b, t = p.dims("b t")
+        y = tj.placeholder((), jnp.float32, domain=(b, t), name="y")
+        y[b, t >= 1] = y[b, t - 1] * 0.5 + 1.0
+        p.output("last", y[b, t.bound - 1])
+    return p
+
+
+def _backward() -> tj.Program:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        y = tj.placeholder((), jnp.float32, domain=(t,), name="y")
+        y[t < t.bound - 1] = y[t + 1] * 0.5 + 1.0
+        p.output("first", y[0])
+    return p
+
+
+def _nested() -> tj.Program:
+    """``y[i, 0]`` steps from ``y[i - 1, 0]``, ``y[i, t]`` from ``y[i, t - 1]``; ``z[0]`` has no
+    branch, and ``z[i]`` adds each iteration's last ``y``."""
+    with tj.Program() as p:
+        i, t = p.dims("i t")
+        y = tj.placeholder((), jnp.float32, domain=(i, t), name="y")
+        y[0, 0] = 1.0
+        y[i, t >= 1] = y[i, t - 1] + 1.0
+        y[i >= 1, 0] = y[i - 1, 0] * 2.0
+        z = tj.placeholder((), jnp.float32, domain=(i,), name="z")
+        z[i >= 1] = z[i - 1] + y[i, t.bound - 1]
+        p.output("z", z[i.bound - 1])
+    return p
+
+
+@pytest.mark.parametrize(
+    ("build", "bounds", "first"),
+    [
+        (_two_dims, {"B": 2, "T": 30}, "t=0"),
+        (_backward, {"T": 30}, "t=29"),
+        (_backward, {"T": tj.dynamic(max=40, min=20)}, "t=19"),
+        (_nested, {"I": 30, "T": 3}, "i=0"),
+    ],
+    ids=["two_dims", "backward", "backward_dynamic", "nested"],
+)
+def test_long_chains_to_a_missing_branch_fail_to_compile(build, bounds, first: str) -> None:
+    """Each compiled and ran on zeros before the chain was closed past the cap of rounds; the
+    interpreter raises for each (at the static bounds)."""
+    static = {k: v for k, v in bounds.items() if isinstance(v, int)}
+    if len(static) == len(bounds):
+        with pytest.raises(tj.UndefinedPointError):
+            tj.reference.run(build(), bounds=static, inputs={})
+    with pytest.raises(tj.UndefinedPointError, match=f"no branch defines it at {first}"):
+        build().compile(bounds)
