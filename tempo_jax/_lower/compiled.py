@@ -405,20 +405,23 @@ def _compile_once(
     env, dynamic = split_dynamic(program, bounds)
     sizes = tuple((b, v) for b, v in env.items() if b not in dynamic)
     program = program.replace(dynamic=frozenset(dynamic), sizes=sizes)
-    program, stats = pipeline.run(program)
-    program = pin_stop(program)  # the stop condition read from an op over its dim
-    seconds["passes"] = time.perf_counter() - start
-    start = time.perf_counter()
-    check_static_sizes(program)
     ctx = isl_context()
     ranges = {b.name: (v, v) for b, v in env.items()}
     ranges.update({b.name: (spec.min, spec.max) for b, spec in dynamic.items()})
+    # every read checked on the program the interpreter runs: passes may turn a read past a
+    # domain's end into one a JAX index clamps (a vectorised map's ``y[1]`` at ``T = 1``)
+    written = program
     cached_check(
-        program,
+        written,
         ranges,
-        lambda: check_reads(program, ctx, defined_domains(program, ctx, ranges=ranges)),
+        lambda: check_reads(written, ctx, defined_domains(written, ctx, ranges=ranges)),
     )
     seconds["check"] = time.perf_counter() - start
+    start = time.perf_counter()
+    program, stats = pipeline.run(program)
+    program = pin_stop(program)  # the stop condition read from an op over its dim
+    seconds["passes"] = time.perf_counter() - start
+    check_static_sizes(program)
     start = time.perf_counter()
     try:
         scheduled = cached_schedule(program, schedule)

@@ -1,8 +1,9 @@
 """The compiler accepts exactly the programs the interpreter runs, at the bounds given.
 
 Random programs over ``t`` read earlier tensors at constant points (``y[3]``), constant slices
-(``y[1:4]``), the current point and the whole range (``y[0:T]``); tensors are maps or defined
-only on a prefix (``y[t < 3] = ...``), with or without a default branch. At a static ``T`` the
+(``y[1:4]``), the current point and the whole range (``y[0:T]``); tensors are maps, defined
+only on a prefix (``y[t < 3] = ...``), with or without a default branch, or recurrences
+(``y[t] = f(y[t - s])``) with or without their first ``s`` points. At a static ``T`` the
 compiled program must raise the interpreter's error class or return its values; with a
 dynamic ``T`` in ``1..max`` it must compile exactly when every ``T`` in the range runs.
 """
@@ -28,8 +29,8 @@ read = st.one_of(
     st.tuples(st.just("all"), st.integers(0, 9)),
 )
 tensor = st.tuples(
-    st.sampled_from(["map", "prefix", "prefix_default"]),
-    st.integers(1, 4),  # the prefix length
+    st.sampled_from(["map", "prefix", "prefix_default", "recurrence", "recurrence_no_start"]),
+    st.integers(1, 4),  # the prefix length; a recurrence's distance is 1 + this % 2
     st.lists(read, max_size=3),
 )
 layouts = st.lists(tensor, min_size=1, max_size=3)
@@ -57,6 +58,12 @@ def build(layout: list[tuple]) -> tj.Program:
                 value = value + 0.3 * _read(tensors, item, T)
             if kind == "map":
                 y = tj.tanh(value)
+            elif kind.startswith("recurrence"):  # y[t] from y[t - s]; without a start, y[0]
+                y = tj.placeholder((), jnp.float32, domain=(t,), name=f"y{k}")  # has no branch
+                distance = 1 + prefix % 2
+                if kind == "recurrence":
+                    y[t < distance] = tj.tanh(value)
+                y[t >= distance] = tj.tanh(0.5 * y[t - distance] + value)
             else:
                 y = tj.placeholder((), jnp.float32, domain=(t,), name=f"y{k}")
                 y[t < prefix] = tj.tanh(value)
@@ -150,7 +157,7 @@ def test_reads_in_bounds_at_the_compiled_bounds_compile(read: str, steps: int) -
 def test_a_rejection_names_the_bounds_compiled_for() -> None:
     with pytest.raises(tj.OutOfBoundsError, match=r"`x\[a, 3\]`.* at a=\d \(with A=4, T=3\)"):
         _reads("point").compile(bounds={"A": 4, "T": 3})
-    with pytest.raises(tj.UndefinedPointError, match=r"at t=3 \(with A=4, T=4\)"):
+    with pytest.raises(tj.UndefinedPointError, match=r"at a=\d, t=3 \(with A=4, T=4\)"):
         _reads("prefix").compile(bounds={"A": 4, "T": 4})
     dynamic = r"\(with A=4, T=[123]; T is dynamic, compiled for 1\.\.10\)"
     with pytest.raises(tj.OutOfBoundsError, match=dynamic):

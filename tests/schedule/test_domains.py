@@ -211,7 +211,7 @@ def _nested() -> tj.Program:
 @pytest.mark.parametrize(
     ("build", "bounds", "first"),
     [
-        (_two_dims, {"B": 2, "T": 30}, "t=0"),
+        (_two_dims, {"B": 2, "T": 30}, "b=0, t=0"),
         (_backward, {"T": 30}, "t=29"),
         (_backward, {"T": tj.dynamic(max=40, min=20)}, "t=19"),
         (_nested, {"I": 30, "T": 3}, "i=0"),
