@@ -171,3 +171,19 @@ def test_a_dynamic_bound_with_a_least_value_accepts_constant_reads() -> None:
     np.testing.assert_allclose(compiled(T=6, x=xs)["o"], xs[:, 3])
     with pytest.raises(tj.MissingBoundError, match=r"T=3 is outside 4\.\.10.*min=3"):
         compiled(T=3, x=xs[:, :3])
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        [("map", 1, []), ("map", 1, [("here", 1), ("point", 1, 1)])],
+        [("prefix", 1, []), ("map", 1, [("here", 1), ("point", 0, 3)])],
+        [("recurrence_no_start", 1, [("here", 0)])],
+    ],
+    ids=["point_past_a_maps_end", "two_faults", "no_start"],
+)
+def test_layouts_the_random_test_found(layout: list[tuple]) -> None:
+    """A map's ``y0[1]`` at ``T = 1`` ran on a clamped index (the check ran after the passes
+    had vectorised the map); with two faults the compiled error was the other one; a
+    recurrence without its first point fails as the interpreter does."""
+    check(layout, 0)
