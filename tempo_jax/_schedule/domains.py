@@ -290,26 +290,30 @@ def _explain(
     """Walk from a bad read to its root cause and raise the matching error: a loop, one
     read a step (a chain of undefined points is as long as a bound: ``x[t] = f(x[t - 1])``
     without ``x[0]``, read at ``T - 1``)."""
+    walk = _Walk(program, params, domains, ctx)
     while True:
-        producer, undefined = _undefined_read(
-            program, reader, edge, bad, params, domains, ctx, reader_name
-        )
-        reader, edge, bad = _why_undefined(program, producer, undefined, params, domains, ctx, edge)
+        producer, undefined = _undefined_read(walk, reader, edge, bad, reader_name)
+        reader, edge, bad = _why_undefined(walk, producer, undefined, edge)
         reader_name = f"`{reader.name}`"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Walk:
+    """What each step of :func:`_explain`'s walk reads: the program, the bounds' values of
+    the example, the defined points and the isl context."""
+
+    program: Program
+    params: dict[str, int]
+    domains: DefinedDomains
+    ctx: isl.Context
+
+
 def _undefined_read(
-    program: Program,
-    reader: Op,
-    edge: Edge,
-    bad: isl.Set,
-    params: dict[str, int],
-    domains: DefinedDomains,
-    ctx: isl.Context,
-    reader_name: str,
+    walk: _Walk, reader: Op, edge: Edge, bad: isl.Set, reader_name: str
 ) -> tuple[Op, isl.Set]:
     """The producer of a bad read and the undefined points one of its points reads; raises
     :class:`OutOfBoundsError` for a read outside the producer's box."""
+    program, params, domains, ctx = walk.program, walk.params, walk.domains, walk.ctx
     point = sample_values(fix_params(bad, params))
     assert point is not None
     single = fix_params(bad, params)
@@ -331,17 +335,8 @@ def _undefined_read(
     return producer, reads.subtract(fix_params(domains.sets[producer.id], params))
 
 
-def _why_undefined(
-    program: Program,
-    op: Op,
-    points: isl.Set,
-    params: dict[str, int],
-    domains: DefinedDomains,
-    ctx: isl.Context,
-    read_by: Edge,
-) -> tuple[Op, Edge, isl.Set]:
-    """``points`` of ``op`` are not defined: the read of ``op`` that is why (the walk goes on
-    from it), or the error for a merge point no branch defines."""
+def _why_undefined(walk: _Walk, op: Op, points: isl.Set, read_by: Edge) -> tuple[Op, Edge, isl.Set]:
+    program, params, domains, ctx = walk.program, walk.params, walk.domains, walk.ctx
     conditions = [fix_params(w, params) for w in read_conditions(program, op, ctx)]
     for edge, where in zip(op.inputs, conditions, strict=True):
         hit = points.intersect(where)
