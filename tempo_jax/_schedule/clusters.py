@@ -86,7 +86,7 @@ def cluster(domain: isl.UnionSet, deps: isl.UnionMap, sink: bool = True) -> Clus
             if _closed(union, incident):
                 _join(a, b, members, group_of)
                 changed = True
-    sunk = sink and _sink(sets, edges, members, group_of)
+    sunk = sink and _sink(sets, incident, members, group_of)
     groups = tuple(
         _ordered(group, incident)
         for group in sorted(members.values(), key=lambda g: min(g, key=_key))
@@ -109,7 +109,7 @@ def _join(a: str, b: str, members: dict[str, set[str]], group_of: dict[str, str]
 
 def _sink(
     sets: dict[str, isl.Set],
-    edges: list[Edge],
+    incident: _Incident,
     members: dict[str, set[str]],
     group_of: dict[str, str],
 ) -> bool:
@@ -131,11 +131,14 @@ def _sink(
         if group is None:
             continue
         own = dims[label]
-        read = {src for src, dst, _ in edges if dst in group and src not in group}
+        read = {src for m in group for src, _, _ in incident.ins.get(m, ()) if src not in group}
         if not read or any(own <= dims[src] for src in read):
             continue
-        consumers = {group_of[dst] for src, dst, identity in edges if identity and src in group} - {
-            label
+        consumers = {
+            group_of[dst]
+            for m in group
+            for _, dst, identity in incident.outs.get(m, ())
+            if identity and group_of[dst] != label
         }
         if consumers:
             _join(label, min(consumers, key=_key), members, group_of)

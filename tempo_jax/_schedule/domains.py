@@ -24,7 +24,6 @@ same read under a dynamic ``T`` in ``1..10`` is rejected, naming ``T = 1``.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Mapping
 
 import islpy as isl
@@ -104,13 +103,15 @@ def defined_domains(
         if op.kind == "merge"
         and not sets[op.id].is_equal(domain_set(program, op, ctx).intersect_params(within))
     }
-    for done in itertools.count():
+    done = 0
+    while changed:
         if done == rounds:
             closed = _by_closure(program, ctx, within)
             if closed is not None:
                 return DefinedDomains(closed, exact=True, ranges=ranges)
             if ranges is None:
                 return DefinedDomains(sets, exact=False, ranges=ranges)
+        done += 1
         now: set[int] = set()
         for op in program.ops:
             if op.kind == "input" or not any(edge.src in changed for edge in op.inputs):
@@ -130,9 +131,7 @@ def defined_domains(
                 now.add(op.id)
         changed = now
         ever |= now
-        if not changed:
-            return DefinedDomains(sets, exact=True, ranges=ranges)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return DefinedDomains(sets, exact=True, ranges=ranges)
 
 
 def _by_closure(program: Program, ctx: isl.Context, within: isl.Set) -> dict[int, isl.Set] | None:

@@ -15,7 +15,7 @@ from tempo_jax._ir.expr import Const, Slice, eq
 from tempo_jax._ir.program import Program
 from tempo_jax._schedule import isl_convert as ic
 from tempo_jax._schedule import scheduler
-from tempo_jax._schedule.clusters import _sink, cluster
+from tempo_jax._schedule.clusters import _Incident, _sink, cluster
 from tempo_jax._schedule.tree import Guard, Loop, execs, walk
 from tests.corpus import CASES
 from tests.schedule.test_scheduler import (
@@ -200,10 +200,11 @@ def test_a_broadcast_fed_group_joins_its_first_consumers_group() -> None:
     ]
     members = {name: {name} for name in sets}
     group_of = {name: name for name in sets}
-    assert _sink(sets, edges, members, group_of)
+    assert _sink(sets, _Incident.of(edges), members, group_of)
     assert sorted(map(sorted, members.values())) == [["S1"], ["S2", "S4"], ["S3"], ["S5"], ["S6"]]
     assert group_of["S2"] == "S4"
-    assert not _sink(sets, [("S3", "S4", True)], {n: {n} for n in sets}, {n: n for n in sets})
+    alone = _Incident.of([("S3", "S4", True)])
+    assert not _sink(sets, alone, {n: {n} for n in sets}, {n: n for n in sets})
 
 
 def test_a_sunk_group_that_closes_a_cycle_is_scheduled_without_sinking(monkeypatch) -> None:
