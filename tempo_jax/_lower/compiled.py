@@ -28,7 +28,7 @@ from .._schedule.trips import bound_trips
 from .binding import bind_dynamic
 from .buffer_plan import BufferPlan, StoredValue
 from .execute import RAN, TreeLowering
-from .memory_plan import peak_bytes, unmet_budget
+from .memory_plan import Steps, device_bytes, peak_bytes, unmet_budget
 from .prefetch import describe as describe_prefetch
 from .sharding import ShardPlan, plan_sharding
 from .sinks import SinkErrors
@@ -41,7 +41,9 @@ class MemoryReport:
     """:meth:`Compiled.memory`: the stored values; their total bytes in device memory and in
     host memory; the most device bytes held at once (``peak_device_bytes``), at the top-level
     step whose first op is ``peak_at`` (each value over its live range in the schedule); and
-    the reads from host memory the lowering makes one iteration ahead (``prefetches``)."""
+    the reads from host memory the lowering makes one iteration ahead (``prefetches``). The
+    peak counts, besides the stored values, what XLA holds only while it computes
+    (``transient_bytes`` of it, :mod:`.transients`)."""
 
     values: tuple[StoredValue, ...]
     device_bytes: int
@@ -49,6 +51,9 @@ class MemoryReport:
     peak_at: str
     host_bytes: int = 0  # the values kept in host memory (memory kind ``pinned_host``)
     prefetches: tuple[str, ...] = ()  # reads from host memory made one iteration ahead
+    # of the peak, the bytes held only while computing (:mod:`.transients`): outputs no buffer
+    # keeps, gathered ranges, arrays inside ops; XLA allocates every output for the whole run
+    transient_bytes: int = 0
 
 
 @contextlib.contextmanager
@@ -229,18 +234,22 @@ class Compiled:
 
     def memory(self) -> MemoryReport:
         """What the program keeps, as planned: one :class:`StoredValue` per stored value (its
-        name, source line, kind, stored shape, bytes, memory kind and live range), and their
-        total. Values passed on within an iteration and XLA's own temporaries are not in it.
+        name, source line, kind, stored shape, bytes, memory kind and live range), their
+        total, and the planned device peak: the stored values over their live ranges and what
+        XLA holds only while it computes (:mod:`.transients`), outputs held throughout.
 
         Example: ``for v in compiled.memory().values: print(v.name, v.kind, v.bytes)``.
         """
         plan = self._buffer_plan()
         values = plan.stored_values()
-        peak, at = peak_bytes(plan, values)
+        steps = Steps(plan.tree)
+        peak, at = peak_bytes(plan, values, steps=steps)
+        live = device_bytes(plan, values, (), steps)
+        transient = steps.transients(plan)[live.index(peak)] if steps.steps else 0
         device = sum(v.bytes for v in values if v.memory_kind == "device")
         host = sum(v.bytes for v in values if v.memory_kind != "device")
         ahead = tuple(describe_prefetch(plan, f) for fs in plan.prefetches.values() for f in fs)
-        return MemoryReport(tuple(values), device, peak, at, host, ahead)
+        return MemoryReport(tuple(values), device, peak, at, host, ahead, transient)
 
     def _buffer_plan(self) -> BufferPlan:
         """The storage decisions for the example inputs' shapes (dynamic bounds at their
@@ -298,8 +307,10 @@ class Compiled:
             f"planned device bytes: {report.device_bytes} ({report.device_bytes / 2**20:.2f} MiB)"
         )
         peak = report.peak_device_bytes
+        working = report.transient_bytes
         lines.append(
-            f"planned peak device bytes: {peak} ({peak / 2**20:.2f} MiB), at {report.peak_at}"
+            f"planned peak device bytes: {peak} ({peak / 2**20:.2f} MiB), at {report.peak_at}; "
+            f"of it, held only while computing: {working} ({working / 2**20:.2f} MiB)"
         )
         if report.host_bytes:
             host = report.host_bytes

@@ -35,6 +35,7 @@ from .._ir.expr import Slice
 from .._ir.program import describe_op
 from .._schedule.tree import Alloc, Exec, Free, Loop, Node, Sequence, steps, walk
 from .prefetch import plan_prefetches
+from .transients import transient_bytes
 
 if TYPE_CHECKING:
     from .buffer_plan import BufferPlan, StoredValue
@@ -54,6 +55,7 @@ class Steps:
         self.nodes = [{id(n) for n in walk(s)} for s in self.steps]
         last = len(self.steps) - 1
         self.spans: dict[Key, tuple[int, int]] = {}
+        self._transients: list[int] | None = None
         k = 0
         for child in children:
             if isinstance(child, Alloc):
@@ -62,6 +64,12 @@ class Steps:
                 self.spans[(child.op, child.out)] = (self.spans[(child.op, child.out)][0], k - 1)
             else:
                 k += 1
+
+    def transients(self, plan: BufferPlan) -> list[int]:
+        """Per step, the bytes of transients held at once (:mod:`.transients`), planned once."""
+        if self._transients is None:
+            self._transients = transient_bytes(plan, self.steps)
+        return self._transients
 
     def using(self, ops: Iterable[int]) -> list[int]:
         """The steps that run one of ``ops``, in order."""
@@ -95,8 +103,9 @@ def _step_name(steps: Steps, i: int) -> str:
 def device_bytes(
     plan: BufferPlan, values: list[StoredValue], host: Iterable[Key], steps: Steps
 ) -> list[int]:
-    """The device bytes ``values`` hold during each top-level step (module docstring)."""
-    live = [0] * len(steps.steps)
+    """The device bytes ``values`` hold during each top-level step, with the step's transients
+    (module docstring)."""
+    live = steps.transients(plan)
     for _, held in held_bytes(plan, values, host, steps):
         live = [n + m for n, m in zip(live, held, strict=True)]
     return live
@@ -139,6 +148,7 @@ def held_bytes(
             first = next(iter(steps.using([key[0]])), 0)
             reading = steps.using(_readers(plan, key[0]))
             end = last if key in outputs else max([first, *reading])
+            first = 0 if key in outputs else first  # XLA holds an output's buffer throughout
         elif kind == "ring":
             first = end = next(i for i, ids in enumerate(steps.nodes) if id(loop) in ids)
         else:
@@ -153,7 +163,8 @@ def unmet_budget(plan: BufferPlan, budget: int) -> str | None:
     where it is and the largest values held there; None when the budget is met."""
     steps = Steps(plan.tree)
     held = held_bytes(plan, plan.stored_values(), (), steps)
-    live = [sum(h[i] for _, h in held) for i in range(len(steps.steps))]
+    transient = steps.transients(plan)
+    live = [transient[i] + sum(h[i] for _, h in held) for i in range(len(steps.steps))]
     peak = max(live, default=0)
     if peak <= budget:
         return None
@@ -170,13 +181,19 @@ def unmet_budget(plan: BufferPlan, budget: int) -> str | None:
         + f" at {v.source}"
         for v, n in there
     )
+    working = (
+        f" and {transient[step] / 2**20:.2f} MiB of values XLA holds only while it computes "
+        "(unkept outputs, gathered ranges, ops' own arrays)"
+        if transient[step]
+        else ""
+    )
     return (
         f"memory_budget={budget} bytes is not met: the planned device peak is {peak} bytes "
         f"({peak / 2**20:.2f} MiB), at the step of {at}, where the largest values held are: "
-        f"{listed}. A value that an op reads whole there (every point at once, as a vectorised "
-        "learner reads a rollout) is on the device at that step wherever it is stored, so host "
-        "memory cannot lower this peak: read it in a loop over its steps instead, or raise the "
-        "budget. `compiled.explain()` lists every stored value."
+        f"{listed}{working}. A value that an op reads whole there (every point at once, as a "
+        "vectorised learner reads a rollout) is on the device at that step wherever it is "
+        "stored, so host memory cannot lower this peak: read it in a loop over its steps "
+        "instead, or raise the budget. `compiled.explain()` lists every stored value."
     )
 
 

@@ -185,7 +185,8 @@ def test_a_budget_is_a_number_of_bytes(budget: Any) -> None:
 def _rollout(mark: Callable[[Any], Any] | None = None) -> tj.Program:
     """A loop over ``t`` keeps ``x`` (width 64) whole for a learner that reads every step of
     it at once after the loop (``x[0:T]``), as a vectorised learner reads a rollout, and
-    makes as much (its peak: the rollout and the learner's own values)."""
+    makes an array as large in its own computation (a running sum over the steps): its step
+    holds the rollout and that array, the program's peak."""
     with tj.Program() as p:
         (t,) = p.dims("t")
         a = tj.input("a", (64,), jnp.float32, domain=(t,))
@@ -194,7 +195,8 @@ def _rollout(mark: Callable[[Any], Any] | None = None) -> tj.Program:
         x[t + 1] = tj.tanh(x[t] + a[t])
         if mark is not None:
             mark(x)
-        p.output("loss", tj.lift(lambda v: v * v, name="learner")(x[0 : t.bound]))
+        learner = tj.lift(lambda v: jnp.cumsum(v * v, axis=0)[-1], name="learner")
+        p.output("loss", learner(x[0 : t.bound]))
     return p
 
 
