@@ -1,0 +1,227 @@
+"""The planned device peak with transients (:mod:`tempo_jax._lower.transients`).
+
+Oracle: XLA's own figure for the compiled executable, ``memory_analysis()``'s temporary and
+output bytes. The corpus's programs (``tests/corpus.py``) are taken at sizes where their
+arrays, not XLA's loop counters and 64-byte alignment, make the memory: each keeps or makes
+arrays of megabytes. Where the plan models what XLA holds (values passed between steps, the
+gathers of a nest computed at once, a random generator's bits, an output in another axis
+order) it is within 10% of XLA's figure; the programs where XLA holds more than the plan
+models (the levels of an associative scan, copies of a loop's buffer) are listed with the
+ratio they reach, so that a change that widens the gap fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import tempo_jax as tj
+from tempo_jax._lower.transients import _jaxpr_cost
+
+GAMMA = 0.9
+Built = tuple[tj.Program, dict[Any, int]]
+
+
+def running_sum(T: int = 2048, D: int = 256) -> Built:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (D,), jnp.float32, domain=(t,))
+        s = tj.placeholder((D,), jnp.float32, domain=(t,))
+        s[0] = x[0]
+        s[t + 1] = s[t] + x[t + 1]
+        p.output("s", s[0 : t.bound])
+    return p, {t.bound: T}
+
+
+def fibonacci(T: int = 2048, D: int = 256) -> Built:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        f = tj.placeholder((D,), jnp.float32, domain=(t,))
+        f[0] = tj.zeros((D,), jnp.float32)
+        f[1] = tj.ones((D,), jnp.float32)
+        f[t + 2] = f[t + 1] * 0.5 + f[t] * 0.5
+        p.output("f", f[0 : t.bound])
+    return p, {t.bound: T}
+
+
+def ema(B: int = 8, T: int = 256, D: int = 256) -> Built:
+    with tj.Program() as p:
+        b, t = p.dims("b t")
+        x = tj.input("x", (D,), jnp.float32, domain=(b, t))
+        m = tj.placeholder((D,), jnp.float32, domain=(b, t))
+        m[b, 0] = x[b, 0]
+        m[b, t + 1] = 0.9 * m[b, t] + 0.1 * x[b, t + 1]
+        p.output("m", m)  # stored over (t, b), returned over (b, t): a copy
+        p.output("last", m[b, t.bound - 1])
+    return p, {b.bound: B, t.bound: T}
+
+
+def returns_backward(T: int = 2048, D: int = 256) -> Built:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        r = tj.input("r", (D,), jnp.float32, domain=(t,))
+        g = tj.placeholder((D,), jnp.float32, domain=(t,))
+        g[t.bound - 1] = r[t.bound - 1]
+        g[True] = r[t] + GAMMA * g[t + 1]
+        p.output("g", g[0 : t.bound])
+    return p, {t.bound: T}
+
+
+def returns_suffix(T: int = 512, D: int = 64) -> Built:
+    """Each point's suffix ``r[t:T]``, computed at once: a ``(T, T, D)`` gather."""
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        r = tj.input("r", (D,), jnp.float32, domain=(t,))
+        disc = tj.lift(lambda rs: (rs * (GAMMA ** jnp.arange(rs.shape[0]))[:, None]).sum(0))
+        p.output("g", disc(r[t : t.bound]))
+    return p, {t.bound: T}
+
+
+def window_sum(T: int = 2048, D: int = 256) -> Built:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.input("x", (D,), jnp.float32, domain=(t,))
+        p.output("w", x[tj.max(0, t - 2) : t + 1].sum(axis=0))
+    return p, {t.bound: T}
+
+
+def linear_regression(I: int = 64, T: int = 2048, D: int = 64) -> Built:
+    with tj.Program() as p:
+        i, t = p.dims("i t")
+        x = tj.input("x", (D,), jnp.float32, domain=(t,))
+        y = tj.input("y", (), jnp.float32, domain=(t,))
+        w = tj.placeholder((D,), jnp.float32, domain=(i,))
+        err = x[t] @ w[i] - y[t]
+        grad = (err[i, 0 : t.bound][..., None] * x[0 : t.bound]).mean(axis=0) * 2.0
+        w[0] = jnp.zeros(D)
+        w[i + 1] = w[i] - 0.1 * grad[i]
+        p.output("w", w[0 : i.bound])
+        p.output("loss", (err[i, 0 : t.bound] ** 2).mean())
+    return p, {i.bound: I, t.bound: T}
+
+
+def attention(T: int = 512, D: int = 64) -> Built:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        q = tj.input("q", (D,), jnp.float32, domain=(t,))
+        k = tj.input("k", (D,), jnp.float32, domain=(t,))
+        v = tj.input("v", (D,), jnp.float32, domain=(t,))
+        scores = q[t] @ k[0 : t + 1].T / 8.0
+        p.output("o", tj.softmax(scores, axis=-1) @ v[0 : t + 1])
+    return p, {t.bound: T}
+
+
+def branches(T: int = 2048, D: int = 256) -> Built:
+    with tj.Program() as p:
+        (t,) = p.dims("t")
+        x = tj.placeholder((D,), jnp.float32, domain=(t,))
+        x[t < 3] = tj.ones((D,), jnp.float32) * t
+        x[tj.eq(t % 2, 0)] = -tj.ones((D,), jnp.float32) * t
+        x[True] = tj.ones((D,), jnp.float32)
+        p.output("x", x[0 : t.bound])
+    return p, {t.bound: T}
+
+
+def random_walk(B: int = 16, T: int = 512, D: int = 64) -> Built:
+    with tj.Program() as p:
+        b, t = p.dims("b t")
+        key = tj.input("key", (2,), jnp.uint32)
+        step = tj.random.normal(key, (D,), domain=(b, t))
+        pos = tj.placeholder((D,), jnp.float32, domain=(b, t))
+        pos[b, 0] = step
+        pos[b, t + 1] = pos[b, t] + step[b, t + 1]
+        p.output("pos", pos)
+    return p, {b.bound: B, t.bound: T}
+
+
+def gae(B: int = 16, T: int = 512, D: int = 64) -> Built:
+    with tj.Program() as p:
+        b, t = p.dims("b t")
+        T_ = t.bound
+        reward = tj.input("reward", (D,), jnp.float32, domain=(b, t))
+        value = tj.input("value", (D,), jnp.float32, domain=(b, t)) * 1.0
+        delta = tj.placeholder((D,), jnp.float32, domain=(b, t))
+        delta[b, T_ - 1] = reward[b, T_ - 1] - value[b, T_ - 1]
+        delta[True] = reward + GAMMA * value[b, t + 1] - value
+        adv = tj.placeholder((D,), jnp.float32, domain=(b, t))
+        adv[b, T_ - 1] = delta[b, T_ - 1]
+        adv[True] = delta + GAMMA * 0.8 * adv[b, t + 1]
+        p.output("adv", adv)
+    return p, {b.bound: B, t.bound: T}
+
+
+def _ratio(build: Callable[[], Built]) -> tuple[float, int, int]:
+    program, bounds = build()
+    compiled = program.compile(bounds)
+    analysis = compiled.lower().compile().memory_analysis()
+    xla = analysis.temp_size_in_bytes + analysis.output_size_in_bytes
+    planned = compiled.memory().peak_device_bytes
+    return planned / xla, planned, xla
+
+
+MODELLED = [running_sum, fibonacci, ema, returns_suffix, window_sum, branches, random_walk]
+
+
+@pytest.mark.parametrize("build", MODELLED, ids=lambda f: f.__name__)
+def test_the_planned_peak_is_within_10_percent_of_xla(build: Callable[[], Built]) -> None:
+    ratio, planned, xla = _ratio(build)
+    assert abs(ratio - 1) <= 0.1, (planned, xla)
+
+
+# XLA holds more than the plan models: the levels of an associative scan (returns, GAE), a
+# copy of a loop's buffer for an output (linear regression), a query block's carried output
+# (attention). The plan stays under XLA's figure, by at most this much.
+UNDER = {returns_backward: 0.8, linear_regression: 0.6, attention: 0.45, gae: 0.5}
+
+
+@pytest.mark.parametrize("build", list(UNDER), ids=lambda f: f.__name__)
+def test_where_xla_holds_more_the_plan_is_under_by_a_known_amount(
+    build: Callable[[], Built],
+) -> None:
+    ratio, planned, xla = _ratio(build)
+    assert UNDER[build] <= ratio <= 1.1, (planned, xla)
+
+
+def test_a_nest_computed_at_once_counts_its_gathered_ranges() -> None:
+    """Every point's suffix at once is a ``(T, T, D)`` array: the peak holds it, where the
+    stored values (the inputs aside, one ``(T, D)`` output) are 256 times smaller."""
+    T, D = 256, 32
+    program, bounds = returns_suffix(T, D)
+    report = program.compile(bounds).memory()
+    assert report.device_bytes == T * D * 4
+    assert report.transient_bytes >= T * T * D * 4
+    assert report.peak_device_bytes == report.device_bytes + report.transient_bytes
+
+
+def test_an_elementwise_op_read_by_a_later_step_holds_nothing_of_its_own() -> None:
+    """``tanh`` of every step, read whole by a sum at the next step: XLA fuses it into the
+    sum, and the plan counts nothing for it; a running sum (``cumsum``) is an array."""
+    T, D = 64, 128
+    for fn, expect in ((jnp.sum, 0), (lambda v: jnp.cumsum(v, axis=0)[-1], T * D * 4)):
+        with tj.Program() as p:
+            (t,) = p.dims("t")
+            a = tj.input("a", (D,), jnp.float32, domain=(t,))
+            p.output("s", tj.lift(lambda v, fn=fn: fn(v))(tj.tanh(a)[0 : t.bound]))
+        assert p.compile({t.bound: T}).memory().transient_bytes == expect
+
+
+def test_an_ops_scratch_is_its_materialised_arrays_outputs_aside() -> None:
+    def fused(x: jax.Array) -> jax.Array:
+        return jnp.tanh(x * 2.0).reshape(-1)
+
+    def scanned(x: jax.Array) -> jax.Array:
+        return jnp.cumsum(jnp.tanh(x), axis=0).sum(0)
+
+    x = jax.ShapeDtypeStruct((100, 10), jnp.float32)
+    assert _jaxpr_cost(jax.make_jaxpr(fused)(x).jaxpr) == (0, True)
+    assert _jaxpr_cost(jax.make_jaxpr(scanned)(x).jaxpr) == (100 * 10 * 4, False)
+
+
+def test_explain_names_the_transient_bytes_of_the_peak() -> None:
+    program, bounds = window_sum(64, 16)
+    text = program.compile(bounds).explain()
+    assert "held only while computing: 12288" in text  # x's windows of 3 rows, every t
