@@ -375,23 +375,39 @@ class BufferPlan:
             self._planned[(op.id, block)] = self._plan_abstract(op, ranges, block)
         return self._planned[(op.id, block)]
 
-    def _plan_abstract(self, op: Op, ranges: dict[int, tuple[int, Slice, int]], block: int) -> bool:
-        assert op.payload is not None
-        payload = op.payload
-        args, axes = [], []
+    def abstract_args(
+        self, op: Op, ranges: Mapping[int, tuple[int, Slice, int]], block: int
+    ) -> list[jax.ShapeDtypeStruct]:
+        """The abstract inputs ``op`` is called with: each as read, a range in ``ranges`` cut
+        to a tile of ``block`` rows."""
+        args = []
         for k, edge in enumerate(op.inputs):
             spec = self.program.read_spec(edge)
             dims = list(self.shape(spec, op.domain))
             if k in ranges:
                 dims[ranges[k][0]] = block
             args.append(jax.ShapeDtypeStruct(tuple(dims), spec.dtype))
-            axes.append(ranges[k][0] if k in ranges else None)
+        return args
+
+    def abstract_call(
+        self, op: Op, ranges: Mapping[int, tuple[int, Slice, int]], block: int
+    ) -> tuple[Callable[..., Any], list[jax.ShapeDtypeStruct]]:
+        """``op``'s payload as a function of its inputs alone (at a point of zeros), and its
+        abstract inputs (:meth:`abstract_args`)."""
+        assert op.payload is not None
+        payload = op.payload
+        args = self.abstract_args(op, ranges, block)
         point = {d: jnp.int32(0) for d in op.domain}
 
         def fn(*values: Any) -> Any:
             env = {**self.runtime, **point}
             return payload.fn(env, *values) if payload.uses_point else payload.fn(*values)
 
+        return fn, args
+
+    def _plan_abstract(self, op: Op, ranges: dict[int, tuple[int, Slice, int]], block: int) -> bool:
+        fn, args = self.abstract_call(op, ranges, block)
+        axes = [ranges[k][0] if k in ranges else None for k in range(len(op.inputs))]
         item = next(iter(ranges.values()))[1]
         try:
             return plan_tiles(fn, args, axes, str(item.size), op.name)

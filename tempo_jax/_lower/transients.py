@@ -151,24 +151,15 @@ class Transients:
         op = plan.program.op(op_id)
         tiled = plan.tileable(op)
         ranges, block = tiled if tiled is not None else ({}, 0)
-        args, gathered = [], 0
-        for k, edge in enumerate(op.inputs):
-            spec = plan.program.read_spec(edge)
-            dims = list(plan.shape(spec, op.domain))
-            if k in ranges:
-                dims[ranges[k][0]] = block
-            args.append(jax.ShapeDtypeStruct(tuple(dims), spec.dtype))
-            if _gathers(plan, edge, op.id in self.nested):
-                gathered += math.prod(dims) * spec.dtype.itemsize
-        payload = op.payload
-        if op.kind != "apply" or payload is None:  # merges select, inputs are arguments
+        args = plan.abstract_args(op, ranges, block)
+        gathered = sum(
+            _nbytes(arg)
+            for arg, edge in zip(args, op.inputs, strict=True)
+            if _gathers(plan, edge, op.id in self.nested)
+        )
+        if op.kind != "apply" or op.payload is None:  # merges select, inputs are arguments
             return 0, True, gathered
-        point = {d: jnp.int32(0) for d in op.domain}
-
-        def fn(*values: Any) -> Any:
-            env = {**plan.runtime, **point}
-            return payload.fn(env, *values) if payload.uses_point else payload.fn(*values)
-
+        fn, args = plan.abstract_call(op, ranges, block)
         try:
             closed = jax.make_jaxpr(fn)(*args)
         except Exception:  # the lowering's own trace reports what is wrong with the payload
