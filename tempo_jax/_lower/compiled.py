@@ -28,7 +28,7 @@ from .._schedule.trips import bound_trips
 from .binding import bind_dynamic
 from .buffer_plan import BufferPlan, StoredValue
 from .execute import RAN, TreeLowering
-from .memory_plan import Steps, device_bytes, peak_bytes, unmet_budget
+from .memory_plan import Steps, peak_bytes, unmet_budget
 from .prefetch import describe as describe_prefetch
 from .sharding import ShardPlan, plan_sharding
 from .sinks import SinkErrors
@@ -243,9 +243,8 @@ class Compiled:
         plan = self._buffer_plan()
         values = plan.stored_values()
         steps = Steps(plan.tree)
-        peak, at = peak_bytes(plan, values, steps=steps)
-        live = device_bytes(plan, values, (), steps)
-        transient = steps.transients(plan)[live.index(peak)] if steps.steps else 0
+        peak, at, step = peak_bytes(plan, values, steps=steps)
+        transient = steps.transients(plan)[step] if step >= 0 else 0
         device = sum(v.bytes for v in values if v.memory_kind == "device")
         host = sum(v.bytes for v in values if v.memory_kind != "device")
         ahead = tuple(describe_prefetch(plan, f) for fs in plan.prefetches.values() for f in fs)

@@ -82,16 +82,17 @@ def peak_bytes(
     values: list[StoredValue],
     host: Iterable[Key] = (),
     steps: Steps | None = None,
-) -> tuple[int, str]:
+) -> tuple[int, str, int]:
     """The most device bytes ``values`` (``plan.stored_values()``, in its order) hold at once,
-    and the top-level step where (named by its first op): the module docstring's spans.
-    Values in host memory (their memory kind, or their key in ``host``) are not counted."""
+    the top-level step where (named by its first op) and its index (-1: no step): the module
+    docstring's spans. Values in host memory (their memory kind, or their key in ``host``)
+    are not counted."""
     steps = steps or Steps(plan.tree)
     if not steps.steps:
-        return 0, "no step"
+        return 0, "no step", -1
     live = device_bytes(plan, values, host, steps)
     at = max(range(len(steps.steps)), key=lambda i: live[i])
-    return live[at], _step_name(steps, at)
+    return live[at], _step_name(steps, at), at
 
 
 def _step_name(steps: Steps, i: int) -> str:
@@ -147,8 +148,10 @@ def held_bytes(
         elif kind == "captured":
             first = next(iter(steps.using([key[0]])), 0)
             reading = steps.using(_readers(plan, key[0]))
-            end = last if key in outputs else max([first, *reading])
-            first = 0 if key in outputs else first  # XLA holds an output's buffer throughout
+            if key in outputs:  # XLA holds an output's buffer throughout
+                first, end = 0, last
+            else:
+                end = max([first, *reading])
         elif kind == "ring":
             first = end = next(i for i, ids in enumerate(steps.nodes) if id(loop) in ids)
         else:

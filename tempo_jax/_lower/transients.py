@@ -7,9 +7,11 @@ points computes at once, and the arrays inside an op's own computation. :func:`t
 plans them per top-level step of the schedule, with XLA's fusion in mind:
 
 - an array is *materialised* by a primitive that XLA does not fuse into its consumers (a
-  contraction, a reduction, a scan, a concatenation, a gather, a random number generator's
-  bits...); an element-wise chain (``tanh``, ``*``, ``select``, broadcasts, reshapes, slices)
-  is fused into whatever reads it and holds nothing of its own;
+  contraction, a reduction, a scan, a gather, a random number generator's bits...); an
+  element-wise chain (``tanh``, ``*``, ``select``, broadcasts, reshapes, slices) is fused
+  into whatever reads it and holds nothing of its own; a move of elements (a concatenation,
+  a pad, a transpose) is fused into its readers inside the op, but makes the op's output an
+  array its readers outside do not fuse;
 - an op's *scratch* is the most bytes its payload's materialised arrays hold at once, its
   inputs and outputs aside (its jaxpr walked equation by equation, each array live from the
   equation making it to the last one reading it), traced at the shapes the lowering calls it
@@ -38,7 +40,7 @@ import jax.numpy as jnp
 
 from .._ir.expr import Slice
 from .._ir.jaxprs import CALLS
-from .._schedule.tree import Exec, Free, Node, walk
+from .._schedule.tree import Exec, Free, Guard, Node, walk
 
 if TYPE_CHECKING:
     from .buffer_plan import BufferPlan
@@ -121,10 +123,7 @@ class Transients:
         self.stored |= set(plan.plan.accumulated) | set(plan.captures)
         for rings in plan.plan.rings.values():
             self.stored |= set(rings)
-        self.readers: dict[int, set[int]] = {}
-        for op in program.ops:
-            for edge in op.inputs:
-                self.readers.setdefault(edge.src, set()).add(op.id)
+        self.readers = {op: {r for r, _ in rs} for op, rs in program.readers().items()}
         self.at_once: dict[int, int] = {}  # id(exec) -> points computed at once
         self.shared: set[int] = set()  # id(exec) of a query block: one gather for its points
         for nest in plan.nests.values():
@@ -186,12 +185,10 @@ def _gathers(plan: BufferPlan, edge: Any, nested: bool) -> bool:
     return bool(ranges) and (nested or not all(plan.is_static(item.size) for item in ranges))
 
 
-def transient_bytes(
-    plan: BufferPlan, top: list[Node], found: Transients | None = None
-) -> list[int]:
+def transient_bytes(plan: BufferPlan, top: list[Node]) -> list[int]:
     """Per top-level step (``top``: the schedule's steps other than allocs and frees), the
     most bytes of transients (module docstring) held at once during it."""
-    found = found or Transients(plan)
+    found = Transients(plan)
     ops_of = [[n for n in walk(s) if isinstance(n, Exec)] for s in top]
     where: dict[int, list[int]] = {}
     for i, execs in enumerate(ops_of):
@@ -199,12 +196,12 @@ def transient_bytes(
             where.setdefault(ex.op, []).append(i)
     across = [0] * len(top)  # outputs of top-level execs read at a later step
     for i, step in enumerate(top):
-        node = step.body if hasattr(step, "cond") else step
+        node = step.body if isinstance(step, Guard) else step
         if not isinstance(node, Exec):
             continue
         _, fused, _ = found.cost(node.op)
         size = found.output_bytes(node.op)
-        reading = [j for r in found.readers.get(node.op, ()) for j in where.get(r, []) if j > i]
+        reading = [j for r in found.readers[node.op] for j in where.get(r, []) if j > i]
         if fused or not size or not reading:
             continue
         for j in range(i, max(reading) + 1):
@@ -265,7 +262,7 @@ def _within(found: Transients, execs: list[Exec]) -> int:
     for k, ex in enumerate(execs):
         count = found.at_once.get(id(ex), 1)
         scratch, fused, gathered = found.cost(ex.op)
-        readers = found.readers.get(ex.op, set())
+        readers = found.readers[ex.op]
         later = any(last.get(r, -1) > k for r in readers)
         size = 0 if fused or not later else found.output_bytes(ex.op) * count
         gathered *= 1 if id(ex) in found.shared else count
