@@ -28,6 +28,7 @@ from .._schedule.tree import Alloc, Node, walk
 from .blocks import plan_nests
 from .latest import plan_last_of_loop
 from .memory_plan import plan_memory
+from .output_plan import plan_whole_outputs
 from .prefetch import plan_prefetches
 from .split import MAX_SPLIT, Split
 from .storage import CyclicCandidate, cyclic_candidates, plan_storage
@@ -144,6 +145,8 @@ class BufferPlan:
             if key not in self.splits and key not in self.layouts and not {key[0], merge} & at_once
         }
         self.seeded = frozenset(merge for merge, _ in self.seeds.values())  # merges read them
+        # outputs that are their full buffer as stored; those returned as the buffer itself
+        self.whole_outputs, self.returned_outputs = plan_whole_outputs(self)
         # (op, output) -> "pinned_host" for the full buffers kept in host memory
         self.memory_kinds: dict[tuple[int, int], str] = {}
         if offload:
