@@ -74,8 +74,10 @@ def plan_nests(
     stored: Callable[[int], bool | None],
     sizes: dict[Symbol, int],
     dropped: Callable[[int], frozenset[int]] = lambda op_id: frozenset(),
+    refused: frozenset[int] = frozenset(),
 ) -> dict[Loop, Nest]:
-    """The loop nests of ``tree`` to compute at once, by their outermost loop.
+    """The loop nests of ``tree`` to compute at once, by their outermost loop; none whose
+    outermost loop's ``id`` is in ``refused`` (a nest inside it may still run at once).
 
     ``tile_size(op id)`` is the op's tile size when it is taken in tiles (else None): the
     queries run in blocks of as many rows; ``stored(op id)`` True when the op's outputs are
@@ -87,7 +89,7 @@ def plan_nests(
     found: dict[Loop, Nest] = {}
     inner: set[int] = set()  # loops already inside a found nest
     for node in walk(tree):
-        if not isinstance(node, Loop) or id(node) in inner:
+        if not isinstance(node, Loop) or id(node) in inner or id(node) in refused:
             continue
         nest = _nest(program, node, tile_size, stored, sizes, dropped)
         if nest is not None:

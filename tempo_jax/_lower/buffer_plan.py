@@ -28,6 +28,7 @@ from .._schedule.tree import Alloc, Node, walk
 from .blocks import plan_nests
 from .latest import plan_last_of_loop
 from .memory_plan import plan_memory
+from .nest_budget import fit_nests
 from .output_plan import plan_whole_outputs
 from .prefetch import plan_prefetches
 from .split import MAX_SPLIT, Split
@@ -128,9 +129,24 @@ class BufferPlan:
         self._tile_reads, self._whole_reads = self._tiled_reads()
         # (op, output) -> the axis order its buffer is stored in
         self.layouts = {k: v for k, v in self._layouts().items() if k[0] not in plain}
+        self._plain = plain
+        self._static = static
+        self.plan_from_nests(frozenset(), offload, memory_budget)
+        if offload and memory_budget is not None:
+            # nests computed at once whose gathers keep the peak over the budget run as loops
+            fit_nests(self, memory_budget)
+
+    def plan_from_nests(self, refused: frozenset[int], offload: bool, budget: int | None) -> None:
+        """The decisions that follow from which loop nests run at once: the nests (but none
+        whose top loop's ``id`` is in ``refused``), the buffers cut into arrays, the seeded
+        values, the outputs that are their buffer, the memory kinds, the prefetches."""
+        program, tree, plain = self.program, self.tree, self._plain
+        self.refused = refused
         # loop nests of ops with independent points: computed at once
         self.splits: dict[tuple[int, int], Split] = {}
-        self.nests = plan_nests(program, tree, self._nest_tiles, self.stored, static, self._dropped)
+        self.nests = plan_nests(
+            program, tree, self._nest_tiles, self.stored, self._static, self._dropped, refused
+        )
         # (op, output) -> how its buffer is cut into arrays; not for an op of a nest that runs
         # in query blocks (each block's rows start at a computed row)
         blocked = {ex.op for nest in self.nests.values() if nest.query for ex in nest.execs}
@@ -150,7 +166,7 @@ class BufferPlan:
         # (op, output) -> "pinned_host" for the full buffers kept in host memory
         self.memory_kinds: dict[tuple[int, int], str] = {}
         if offload:
-            self.memory_kinds = plan_memory(self, memory_budget)
+            self.memory_kinds = plan_memory(self, budget)
         # loop -> its reads from host memory brought to the device one iteration ahead
         self.prefetches = plan_prefetches(self)
 

@@ -29,6 +29,7 @@ from .binding import bind_dynamic
 from .buffer_plan import BufferPlan, StoredValue
 from .execute import RAN, TreeLowering
 from .memory_plan import Steps, peak_bytes, unmet_budget
+from .nest_budget import describe_refused
 from .prefetch import describe as describe_prefetch
 from .sharding import ShardPlan, plan_sharding
 from .sinks import SinkErrors
@@ -43,7 +44,8 @@ class MemoryReport:
     step whose first op is ``peak_at`` (each value over its live range in the schedule); and
     the reads from host memory the lowering makes one iteration ahead (``prefetches``). The
     peak counts, besides the stored values, what XLA holds only while it computes
-    (``transient_bytes`` of it, :mod:`.transients`)."""
+    (``transient_bytes`` of it, :mod:`.transients`). Under a memory budget, ``loops`` names
+    the loop nests run one point per iteration rather than at once (:mod:`.nest_budget`)."""
 
     values: tuple[StoredValue, ...]
     device_bytes: int
@@ -54,6 +56,8 @@ class MemoryReport:
     # of the peak, the bytes held only while computing (:mod:`.transients`): outputs no buffer
     # keeps, gathered ranges, arrays inside ops; XLA allocates every output for the whole run
     transient_bytes: int = 0
+    # the loop nests run one point per iteration, not all at once, to meet the memory budget
+    loops: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -248,7 +252,8 @@ class Compiled:
         device = sum(v.bytes for v in values if v.memory_kind == "device")
         host = sum(v.bytes for v in values if v.memory_kind != "device")
         ahead = tuple(describe_prefetch(plan, f) for fs in plan.prefetches.values() for f in fs)
-        return MemoryReport(tuple(values), device, peak, at, host, ahead, transient)
+        loops = describe_refused(plan)
+        return MemoryReport(tuple(values), device, peak, at, host, ahead, transient, loops)
 
     def _buffer_plan(self) -> BufferPlan:
         """The storage decisions for the example inputs' shapes (dynamic bounds at their
@@ -315,6 +320,7 @@ class Compiled:
             host = report.host_bytes
             lines.append(f"planned host bytes: {host} ({host / 2**20:.2f} MiB)")
         lines += [f"prefetch: {line}" for line in report.prefetches]
+        lines += [f"under the memory budget: {line}" for line in report.loops]
         return "\n".join(lines)
 
     def _example_inputs(self) -> dict[str, jax.ShapeDtypeStruct]:
