@@ -118,6 +118,7 @@ class BufferPlan:
         self.from_ring = plan_last_of_loop(program, tree, self.plan.rings, captured)
         self.ring_taken = {out.name for outs in self.from_ring.values() for out in outs}
         self._planned: dict[tuple[int, int], bool] = {}  # (op, tile size) -> takes tiles
+        self.payload_costs: dict[int, Any] = {}  # op -> its payload's transients' cost, traced
         static = {b: v for b, v in self.runtime.items() if isinstance(v, int)}
         # values the user placed in host memory (tj.offload) are stored plainly: in full, in
         # domain order, one array

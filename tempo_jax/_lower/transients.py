@@ -56,6 +56,7 @@ from .._ir.jaxprs import CALLS
 from .._schedule.tree import Exec, Guard, Node, walk
 
 if TYPE_CHECKING:
+    from .._ir.program import Op
     from .buffer_plan import BufferPlan
 
 Key = tuple[int, int]
@@ -369,19 +370,26 @@ class Transients:
         )
         if op.kind != "apply" or op.payload is None:  # merges select, inputs are arguments
             return Cost(0, True, gathered)
-        fn, args = plan.abstract_call(op, ranges, block)
+        if op_id not in plan.payload_costs:  # traced once per plan, whichever nests it plans
+            plan.payload_costs[op_id] = self._payload(op, tiled)
+        return Cost(*plan.payload_costs[op_id])._replace(gathered=gathered)
+
+    def _payload(self, op: Op, tiled: tuple[dict, int] | None) -> Cost:
+        """``op``'s :class:`Cost` from its payload's jaxpr, its gathers aside."""
+        ranges, block = tiled if tiled is not None else ({}, 0)
+        fn, args = self.plan.abstract_call(op, ranges, block)
         try:
             closed = jax.make_jaxpr(fn)(*args)
         except Exception:  # the lowering's own trace reports what is wrong with the payload
-            return Cost(0, True, gathered)
+            return Cost(0, True, 0)
         scratch, fused, tail, free = _jaxpr_cost(closed.jaxpr)
         if len(closed.jaxpr.outvars) != len(op.outputs):
             free = frozenset()
         if tiled is not None:  # the loop over its tiles carries its outputs, reduced so far
             scratch += sum(_nbytes(v.aval) for v in closed.jaxpr.outvars)
-        if fused and len(self.readers[op_id]) >= 2 and _kept_for_readers(closed.jaxpr):
+        if fused and len(self.readers[op.id]) >= 2 and _kept_for_readers(closed.jaxpr):
             fused = False  # XLA keeps it as an array rather than computing it per reader
-        return Cost(scratch, fused, gathered, tail, free)
+        return Cost(scratch, fused, 0, tail, free)
 
     def output_bytes(self, op_id: int) -> int:
         """The bytes of one point of ``op_id``'s outputs that no buffer keeps and that its
