@@ -119,6 +119,8 @@ class BufferPlan:
         self.ring_taken = {out.name for outs in self.from_ring.values() for out in outs}
         self._planned: dict[tuple[int, int], bool] = {}  # (op, tile size) -> takes tiles
         self.payload_costs: dict[int, Any] = {}  # op -> its payload's transients' cost, traced
+        # op -> the ops reading one of its outputs
+        self.readers = {op: {r for r, _ in rs} for op, rs in program.readers().items()}
         static = {b: v for b, v in self.runtime.items() if isinstance(v, int)}
         # values the user placed in host memory (tj.offload) are stored plainly: in full, in
         # domain order, one array

@@ -314,4 +314,4 @@ def _in_loop(node: Node, op: int) -> bool:
 
 def _readers(plan: BufferPlan, op: int) -> set[int]:
     """The ops reading an output of ``op``."""
-    return {reader.id for reader in plan.program.ops if any(e.src == op for e in reader.inputs)}
+    return plan.readers[op]

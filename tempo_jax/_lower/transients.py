@@ -334,7 +334,7 @@ class Transients:
         self.stored |= set(plan.plan.accumulated) | set(plan.captures)
         for rings in plan.plan.rings.values():
             self.stored |= set(rings)
-        self.readers = {op: {r for r, _ in rs} for op, rs in program.readers().items()}
+        self.readers = plan.readers
         self.at_once: dict[int, int] = {}  # id(exec) -> points computed at once
         self.shared: set[int] = set()  # id(exec) of a query block: one gather for its points
         self.nest_of: dict[int, int] = {}  # id(exec) -> its nest's number
