@@ -89,6 +89,8 @@ REDUCTIONS = frozenset(
     "reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or argmax argmin".split()  # noqa: SIM905
 )
 
+CONTRACTIONS = frozenset({"dot_general", "conv_general_dilated"})
+
 # fused primitives that read other elements than the ones they make (a slice, a broadcast):
 # a value computed from two of them over one array reads that array twice
 REINDEX = frozenset(
@@ -133,7 +135,7 @@ def _jaxpr_cost(jaxpr: jex.Jaxpr) -> JaxprCost:
     An array is live from the equation making it to its last reader, where a fused reader
     reads it on behalf of the readers of its own result (XLA computes the fused equation
     inside them)."""
-    eqns = jaxpr.eqns
+    eqns = _live_equations(jaxpr)
     reads: dict[Any, int] = {}
     reduced: set[Any] = set()  # read by a reduction
     constant: set[Any] = set()  # made from literals alone: folded or fused by XLA
@@ -198,9 +200,16 @@ def _jaxpr_cost(jaxpr: jex.Jaxpr) -> JaxprCost:
             if isinstance(v, jex.Var):
                 last[v] = max(last.get(v, -1), until)
     outs = {v for v in jaxpr.outvars if isinstance(v, jex.Var)}
+    producer = {v: eqn.primitive.name for eqn in eqns for v in eqn.outvars}
     for eqn in reversed(eqns):  # an array an output only views is the output itself
-        if eqn.primitive.name in VIEWS and eqn.outvars[0] in outs:
-            outs.update(v for v in eqn.invars[:1] if isinstance(v, jex.Var))
+        name, arg = eqn.primitive.name, eqn.invars[0] if eqn.invars else None
+        if eqn.outvars[0] not in outs or not isinstance(arg, jex.Var):
+            continue
+        # a contraction whose transpose is an output makes it in that layout (XLA's layout
+        # assignment), read once
+        laid = name == "transpose" and producer.get(arg) in CONTRACTIONS and reads.get(arg) == 1
+        if name in VIEWS or laid:
+            outs.add(arg)
     outputs_made = any(made[k] for k, eqn in enumerate(eqns) for v in eqn.outvars if v in outs)
     reused = _reused(eqns, made, roots, last, outs)
     for u in list(reused)[::-1]:  # an array whose buffer becomes an output's is the output
@@ -267,6 +276,18 @@ def _reused(
                     reused[u] = w
                     break
     return reused
+
+
+def _live_equations(jaxpr: jex.Jaxpr) -> list[jex.JaxprEqn]:
+    """``jaxpr``'s equations that an output depends on (or with effects): XLA removes the
+    others (a gradient's unused terms)."""
+    wanted = {v for v in jaxpr.outvars if isinstance(v, jex.Var)}
+    kept = []
+    for eqn in reversed(jaxpr.eqns):
+        if eqn.effects or any(v in wanted for v in eqn.outvars):
+            kept.append(eqn)
+            wanted.update(_vars(eqn))
+    return kept[::-1]
 
 
 def _root(v: Any) -> frozenset[Any]:
