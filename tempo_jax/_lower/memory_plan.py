@@ -147,7 +147,7 @@ def held_bytes(
             first, end = steps.spans[key]
         elif kind == "captured":
             first = next(iter(steps.using([key[0]])), 0)
-            reading = steps.using(_readers(plan, key[0]))
+            reading = steps.using(plan.readers[key[0]])
             if key in outputs:  # XLA holds an output's buffer throughout
                 first, end = 0, last
             else:
@@ -291,7 +291,7 @@ def _pays(plan: BufferPlan, key: Key) -> bool:
     """Whether buffer ``key`` is filled by a loop and read after that loop ends, in a later
     step of the same sequence (a rollout's observations, read by the learner after the acting
     loop), rather than only read within the loop that writes it."""
-    readers = _readers(plan, key[0])
+    readers = plan.readers[key[0]]
     for node in walk(plan.tree):
         if not isinstance(node, Sequence):
             continue
@@ -310,8 +310,3 @@ def _in_loop(node: Node, op: int) -> bool:
         isinstance(n, Loop) and any(isinstance(m, Exec) and m.op == op for m in walk(n))
         for n in walk(node)
     )
-
-
-def _readers(plan: BufferPlan, op: int) -> set[int]:
-    """The ops reading an output of ``op``."""
-    return plan.readers[op]

@@ -37,8 +37,8 @@ def fit_nests(plan: BufferPlan, budget: int) -> None:
         inside = Steps(plan.tree).nodes[step]
         kept = plan.refused
         found = Transients(plan)
-        held = {loop: _at_once(found, nest) for loop, nest in plan.nests.items()}
-        tried = [loop for loop in plan.nests if id(loop) in inside and held[loop] >= peak * GAIN]
+        held = {loop: _at_once(found, n) for loop, n in plan.nests.items() if id(loop) in inside}
+        tried = [loop for loop, n in held.items() if n >= peak * GAIN]
         for loop in sorted(tried, key=lambda loop: -held[loop]):
             plan.plan_from_nests(kept | {id(loop)}, True, budget)
             lower, at = _peak(plan)

@@ -199,7 +199,7 @@ def _jaxpr_cost(jaxpr: jex.Jaxpr) -> JaxprCost:
         for v in eqn.invars:
             if isinstance(v, jex.Var):
                 last[v] = max(last.get(v, -1), until)
-    outs = {v for v in jaxpr.outvars if isinstance(v, jex.Var)}
+    outs = set(results)
     producer = {v: eqn.primitive.name for eqn in eqns for v in eqn.outvars}
     for eqn in reversed(eqns):  # an array an output only views is the output itself
         name, arg = eqn.primitive.name, eqn.invars[0] if eqn.invars else None
@@ -393,7 +393,7 @@ class Transients:
             return Cost(0, True, gathered)
         if op_id not in plan.payload_costs:  # traced once per plan, whichever nests it plans
             plan.payload_costs[op_id] = self._payload(op, tiled)
-        return Cost(*plan.payload_costs[op_id])._replace(gathered=gathered)
+        return plan.payload_costs[op_id]._replace(gathered=gathered)
 
     def _payload(self, op: Op, tiled: tuple[dict, int] | None) -> Cost:
         """``op``'s :class:`Cost` from its payload's jaxpr, its gathers aside."""
