@@ -35,41 +35,40 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
 
 from .._ir.errors import TempoError, UnsupportedError
 from .._ir.expr import (
     TRUE,
-    And,
-    Cmp,
     Const,
     Expr,
     IndexItem,
-    Max,
-    Min,
     Slice,
     Symbol,
     dims_of,
-    eq,
-    substitute,
 )
-from .._ir.program import Edge, Op, Payload, TensorSpec, read_spec
+from .._ir.program import Edge, Op, TensorSpec, read_spec
 from .._ir.program import Program as IRProgram
-from .._ir.simplify import _linear, simplify
+from .._ir.simplify import simplify
 from .._ir.source import SourceInfo, describe
 from .._schedule.domains import defined_domains
 from .._schedule.isl_convert import domain_set, isl_context, set_to_conjuncts
 from . import range_grad
 from .dense_grad import DenseGrad
 from .fusion import fuse_growing
+from .grad_ops import GradOps, Key
+from .inversion import (
+    conjunction,
+    embed_payload,
+    gather_payload,
+    invert_range,
+    invert_read,
+    range_layout,
+    slice_pos,
+)
 from .saved import Saved, recurrent_without_gradient, save_residuals
 
 if TYPE_CHECKING:
-    from .._frontend.program import Program as FrontProgram
     from .._frontend.tensor import RecurrentTensor
-
-Key = tuple[int, int]  # (op id, output)
 
 
 def is_float(dtype: Any) -> bool:
@@ -95,20 +94,18 @@ class _Read:
     consumer: int | None = None  # the reading op (None: the loss)
 
 
-class _Backward:
+class _Backward(GradOps):
     def __init__(
         self, loss: RecurrentTensor, wrt: Sequence[RecurrentTensor], source: SourceInfo
     ) -> None:
-        self.program: FrontProgram = loss.program
+        super().__init__(loss.program, source)
         self.loss = loss
         self.wrt = list(wrt)
-        self.source = source
         self.recorded = {op.id: op for op in self.program.recorded_ops()}
         self.ops = self.recorded  # the fused view once the targets are known (``run``)
         self.contributions: dict[Key, list[Key]] = {}
         self._defined_sets: Any = None
         self._off_cycle: set[int] | None = None  # ops whose residuals are not saved
-        self._zeros: dict[TensorSpec, int] = {}
 
     # -- which ops to differentiate ----------------------------------------------------------------
     def run(self) -> list[RecurrentTensor]:
@@ -269,35 +266,7 @@ class _Backward:
         conds = set_to_conjuncts(snapshot, sets[op_id], box)
         return [simplify(c) for c in conds or []]
 
-    # -- building ops --------------------------------------------------------------------------
-    def _add_apply(
-        self,
-        name: str,
-        domain: tuple[Symbol, ...],
-        inputs: tuple[Edge, ...],
-        outputs: tuple[TensorSpec, ...],
-        fn: Any,
-        *,
-        uses_point: bool = False,
-        pads_ok: bool = True,
-        source: SourceInfo | None = None,
-        accumulates: bool = False,
-        dense: DenseGrad | None = None,
-    ) -> int:
-        payload = Payload(
-            fn, name, uses_point, pads_ok=pads_ok, accumulates=accumulates, dense=dense
-        )
-        op = self.program.add_op(
-            kind="apply",
-            name=name,
-            domain=domain,
-            inputs=inputs,
-            outputs=outputs,
-            payload=payload,
-            source=source or self.source,
-        )
-        return op.id
-
+    # -- reading cotangents ----------------------------------------------------------------------
     def _grad_edge(self, key: Key) -> Edge:
         op = self.ops[key[0]]
         return Edge(self.grad_ops[key], 0, op.domain, TRUE, self.source)
@@ -383,7 +352,7 @@ class _Backward:
         payload = op.payload
         diff = [k for k, e in enumerate(op.inputs) if (e.src, e.out) in self.needed]
         outs = [j for j in range(len(op.outputs)) if (op.id, j) in self.needed]
-        layout = _range_layout(op, self.ops)
+        layout = range_layout(op, self.ops)
         if layout is None or not diff or not outs or self._defined(op.id):
             return None
         ranged, d, item, producer_domain = layout
@@ -391,7 +360,7 @@ class _Backward:
             return None  # no range cotangent: the plain vjp is a map-then-reduce already
         what = f"the gradient of `{op.name}`{describe(op.source)}"
         try:
-            lo, hi, conds = _invert_range(item, d, producer_domain[_slice_pos(op, ranged)], what)
+            lo, hi, conds = invert_range(item, d, producer_domain[slice_pos(op, ranged)], what)
         except UnsupportedError:
             return None
         if not (dims_of(lo) or dims_of(hi)):
@@ -447,7 +416,7 @@ class _Backward:
             stats_op,
             d,
             item,
-            producer_domain[_slice_pos(op, ranged)],
+            producer_domain[slice_pos(op, ranged)],
             tuple(ranged),
             call,
             tuple(diff),
@@ -467,7 +436,7 @@ class _Backward:
             source=op.source,
             dense=dense,
         )
-        cond = simplify(_conjunction(conds))
+        cond = simplify(conjunction(conds))
         for n, k in enumerate(row_diff):
             edge = op.inputs[k]
             part = (rows_op, n)
@@ -509,70 +478,11 @@ class _Backward:
             f"the gradient of `{edge.describe(producer.name)}` (read by {read.reader})"
             f"{describe(edge.source)}"
         )
-        determined: dict[Symbol, Expr] = {}  # consumer dim -> its value at the producer point
-        ranged: dict[Symbol, tuple[Expr, Expr]] = {}  # consumer dim -> [lo, hi) reading q
-        conds: list[Expr] = []
-        embeds: list[tuple[int, Slice]] = []  # (producer dim position, slice) per range read
-        for pos, (q, item) in enumerate(zip(producer.domain, edge.index, strict=True)):
-            used = dims_of(item)
-            if isinstance(item, Slice):
-                embeds.append((pos, item))
-                if not used:
-                    conds += [item.start <= q, q < item.stop]
-                    continue
-                (d,) = _one_dim(used, what, item)
-                if d in determined or d in ranged:
-                    raise _unsupported(what, item, f"`{d.name}` indexes two dims")
-                lo, hi, extra = _invert_range(item, d, q, what)
-                ranged[d] = (lo, hi)
-                conds += extra
-                continue
-            if not used:
-                conds.append(eq(q, item))
-                continue
-            (d,) = _one_dim(used, what, item)
-            rest = _offset(item, d, what)
-            if d in determined or d in ranged:
-                raise _unsupported(what, item, f"`{d.name}` indexes two dims")
-            determined[d] = simplify(q - rest)
-        # where the read happens: its branch condition, and where the consumer is defined
-        parts = _conjuncts(simplify(read.cond)) if read.cond != TRUE else []
-        parts += self._defined(read.consumer)
-        rest: list[Expr] = []
-        for part in parts:  # a condition pinning a dim the producer lacks (`h[0] = f(w)`)
-            if (
-                isinstance(part, Cmp)
-                and part.op == "=="
-                and isinstance(part.a, Symbol)
-                and part.a in read.domain
-                and part.a not in determined
-                and part.a not in ranged
-                and not dims_of(part.b)
-            ):
-                determined[part.a] = part.b
-            else:
-                rest.append(part)
-        spans = {d: ranged.get(d, (Const(0), d.bound)) for d in read.domain if d not in determined}
-        fresh = {d: Symbol(f"{d.name}__c", d.program, d.bound_name) for d in spans}
-        back = {f: d for d, f in fresh.items()}
-        mask: Expr = TRUE
-        for part in rest:  # a condition on the producer point, a narrower range, or a mask
-            part = simplify(substitute(part, {**determined, **fresh}))
-            found = dims_of(part) & set(back)
-            if not found:
-                conds.append(part)
-                continue
-            narrowed = _narrow(part, found) if len(found) == 1 else None
-            if narrowed is None:
-                mask = part if mask == TRUE else mask & part
-                continue
-            d = back[next(iter(found))]
-            lo, hi = spans[d]
-            if narrowed[0] is not None:
-                lo = simplify(Max(lo, narrowed[0]))
-            if narrowed[1] is not None:
-                hi = simplify(Min(hi, narrowed[1] + 1))
-            spans[d] = (lo, hi)
+        inv = invert_read(
+            edge, producer.domain, read.domain, read.cond, self._defined(read.consumer), what
+        )
+        determined, spans, fresh, mask = inv.determined, inv.spans, inv.fresh, inv.mask
+        conds, embeds = list(inv.conds), inv.embeds
         ct = read.ct
         spatial = read_spec(producer, edge).shape[len(embeds) :]
         if embeds:
@@ -593,7 +503,7 @@ class _Backward:
         )
         if ct_spec.is_static and not accumulates:
             for d in reversed(read.domain):
-                if d in determined or d in ranged or fresh[d] in dims_of(mask):
+                if d in determined or d in inv.ranged or fresh[d] in dims_of(mask):
                     continue
                 lo, hi = spans[d]
                 if dims_of(lo) or dims_of(hi):
@@ -611,35 +521,17 @@ class _Backward:
                 index.append(fixed[d])
             elif d in determined:
                 value = determined[d]
-                conds += [_check_lower(value), _check_upper(value, d)]
+                conds += [simplify(value >= 0), simplify(value < d.bound)]
                 index.append(value)
             else:
                 lo, hi = spans[d]
                 index.append(Slice(lo, hi))
                 stacked.append((d, lo, hi))
-        cond = simplify(_conjunction(conds))
+        cond = simplify(conjunction(conds))
 
         spec = producer.outputs[edge.out]
         spec = TensorSpec(spec.shape, spec.dtype)
         points = [producer.domain[pos] for pos, _ in embeds]
-        n_stacked = len(stacked)
-
-        def gather(env: Any, value: Any) -> tuple[Any]:
-            at = dict(env)
-            for axis, (d, lo, hi) in enumerate(stacked):
-                start = lo.evaluate(env)
-                count = hi.evaluate(env) - start
-                shape = [1] * value.ndim
-                shape[axis] = value.shape[axis]
-                rows = jnp.arange(value.shape[axis]).reshape(shape)
-                value = jnp.where(rows < count, value, jnp.zeros((), value.dtype))
-                at[fresh[d]] = rows + start
-            if mask != TRUE:
-                value = jnp.where(mask.evaluate(at), value, jnp.zeros((), value.dtype))
-            value = value.sum(axis=tuple(range(n_stacked))) if n_stacked else value
-            for q in points:
-                value = lax.dynamic_index_in_dim(value, jnp.asarray(q.evaluate(env)), 0, False)
-            return (value,)
 
         src = Edge(ct[0], ct[1], tuple(simplify(i) for i in index), TRUE, edge.source)
         source_domain = self.program.op(ct[0]).domain
@@ -657,76 +549,13 @@ class _Backward:
             producer.domain,
             (src,),
             (spec,),
-            gather,
+            gather_payload(stacked, fresh, mask, points),
             uses_point=True,
             accumulates=accumulates,
         )
         if cond == TRUE:
             return (gathered, 0)
         return (self._guarded(producer, edge.out, spec, gathered, cond), 0)
-
-    def _running_sum(
-        self,
-        src: Key,
-        own: tuple[IndexItem, ...],
-        domain: tuple[Symbol, ...],
-        d: Symbol,
-        hi: Expr,
-        spec: TensorSpec,
-    ) -> int:
-        """``acc[d] = src[d] + acc[d + 1]`` from ``acc[hi - 1] = src[hi - 1]``, over ``domain``.
-
-        Reverse order: a backward pass produces cotangents from the last step down.
-        """
-        spec = TensorSpec(spec.shape, spec.dtype)
-        acc = self.program.add_op(
-            kind="merge",
-            name=f"sum_over_{d.name}",
-            domain=domain,
-            inputs=(),
-            outputs=(spec,),
-            source=self.source,
-        )
-        here = Edge(src[0], src[1], own, TRUE, self.source)
-        later = Edge(acc.id, 0, tuple(x + 1 if x == d else x for x in domain), TRUE, self.source)
-        add = self._add_apply(
-            f"sum_over_{d.name}", domain, (here, later), (spec,), lambda a, b: (a + b,)
-        )
-        self.program.add_branch(acc.id, dataclasses.replace(here, cond=simplify(eq(d, hi - 1))))
-        self.program.add_branch(acc.id, Edge(add, 0, domain, TRUE, self.source))
-        return acc.id
-
-    def _guarded(
-        self, producer: Op, out: int, spec: TensorSpec, value: int | Key, cond: Expr
-    ) -> int:
-        """``value``'s (an op's output 0, or a key) where ``cond`` holds, zeros elsewhere."""
-        op_id, value_out = value if isinstance(value, tuple) else (value, 0)
-        merge = self.program.add_op(
-            kind="merge",
-            name="grad_part",
-            domain=producer.domain,
-            inputs=(),
-            outputs=(spec,),
-            source=self.source,
-        )
-        self.program.add_branch(
-            merge.id, Edge(op_id, value_out, producer.domain, cond, self.source)
-        )
-        self.program.add_branch(merge.id, self._zeros_edge(producer, out, spec))
-        return merge.id
-
-    def _zeros_edge(self, producer: Op, out: int, spec: TensorSpec) -> Edge:
-        """Zeros like ``producer``'s output ``out``, read at a point of its domain."""
-        if spec.is_static:  # one zeros op per spec, shared by every reader
-            if spec not in self._zeros:
-                zero = np.zeros(spec.shape, spec.dtype)
-                self._zeros[spec] = self._add_apply("zeros", (), (), (spec,), lambda z=zero: (z,))
-            return Edge(self._zeros[spec], 0, (), TRUE, self.source)
-        like = Edge(producer.id, out, producer.domain, TRUE, self.source)  # its shape there
-        zeros = self._add_apply(
-            "zeros_like", producer.domain, (like,), (spec,), lambda v: (jnp.zeros_like(v),)
-        )
-        return Edge(zeros, 0, producer.domain, TRUE, self.source)
 
     def _embed(
         self,
@@ -741,194 +570,15 @@ class _Backward:
         spec = self.program.op(read.ct[0]).outputs[read.ct[1]]
         where = f"the gradient of `{read.edge.describe(producer.name)}`{describe(read.edge.source)}"
 
-        def embed(env: Any, value: Any) -> tuple[Any]:
-            for axis, (bound, item) in enumerate(zip(bounds, slices, strict=True)):
-                size = env[bound]
-                if not isinstance(size, int | np.integer):
-                    raise UnsupportedError(
-                        f"{where}: a gradient through a range read needs a static bound "
-                        f"`{bound.name}`; give it as an int rather than `tj.dynamic`."
-                    )
-                start = jnp.asarray(item.start.evaluate(env))
-                count = jnp.asarray(item.size.evaluate(env))
-                rows = jnp.arange(size) - start
-                valid = (rows >= 0) & (rows < count)
-                shape = [1] * value.ndim
-                shape[axis] = int(size)
-                if value.shape[axis] == 0:
-                    new_shape = list(value.shape)
-                    new_shape[axis] = int(size)
-                    value = jnp.zeros(new_shape, value.dtype)
-                    continue
-                taken = jnp.take(value, jnp.clip(rows, 0, value.shape[axis] - 1), axis=axis)
-                value = jnp.where(valid.reshape(shape), taken, jnp.zeros((), value.dtype))
-            return (value,)
-
         return self._add_apply(
             "embed",
             read.domain,
             (Edge(read.ct[0], read.ct[1], read.domain, TRUE, self.source),),
             (TensorSpec((*bounds, *spatial), spec.dtype),),
-            embed,
+            embed_payload(bounds, slices, where),
             uses_point=True,
         )
 
 
-# -- index algebra -----------------------------------------------------------------------------
-
-
-def _range_layout(
-    op: Op, ops: dict[int, Op]
-) -> tuple[tuple[int, ...], Symbol, Slice, tuple[Symbol, ...]] | None:
-    """``op``'s range reads when they all read one growing range alike, each other index of
-    theirs a distinct dim of ``op`` and every one of its dims read (``k[b, 0:t+1]`` and
-    ``v[b, 0:t+1]`` of producers over ``(b, t)``): ``(their input positions, the dim the range
-    grows along, the range, the producers' domain)``; None otherwise."""
-    ranged, found = [], None
-    for k, edge in enumerate(op.inputs):
-        slices = [i for i in edge.index if isinstance(i, Slice)]
-        if not slices:
-            continue
-        if len(slices) != 1 or edge.cond != TRUE or not dims_of(slices[0].size):
-            return None
-        item = slices[0]
-        pos = edge.index.index(item)
-        others = [i for i in edge.index if not isinstance(i, Slice)]
-        used = dims_of(item)
-        domain = ops[edge.src].domain
-        if len(used) != 1 or any(not isinstance(i, Symbol) or i not in op.domain for i in others):
-            return None
-        (d,) = used
-        key = (item, pos, tuple(others), domain)
-        if found is None:
-            found = key
-        elif key != found:
-            return None
-        if d in others or len(set(others)) != len(others) or {*others, d} != set(op.domain):
-            return None
-        ranged.append(k)
-    if found is None:
-        return None
-    item, _, _, domain = found
-    (d,) = dims_of(item)
-    return tuple(ranged), d, item, domain
-
-
-def _slice_pos(op: Op, ranged: tuple[int, ...]) -> int:
-    index = op.inputs[ranged[0]].index
-    return next(pos for pos, i in enumerate(index) if isinstance(i, Slice))
-
-
 def _differentiable(op: Op) -> bool:
     return op.payload is None or op.payload.differentiable
-
-
-def _unsupported(what: str, item: Any, why: str) -> UnsupportedError:
-    return UnsupportedError(
-        f"{what}: cannot invert the index `{item}` ({why}). Gradients flow through reads "
-        "indexed by a dim plus a constant (`x[t-1]`), a constant point (`x[0]`), or ranges "
-        "whose ends are such (`x[0:t+1]`, `x[max(0,t-w+1):t+1]`, `x[t:T]`); compute other "
-        "reads from such ones, or `.detach()` the value."
-    )
-
-
-def _one_dim(used: frozenset[Symbol], what: str, item: Any) -> tuple[Symbol]:
-    if len(used) != 1:
-        raise _unsupported(what, item, "it mixes several dims")
-    return (next(iter(used)),)
-
-
-def _offset(expr: Expr, d: Symbol, what: str) -> Expr:
-    """``expr - d`` when ``expr`` is ``d`` plus something free of dims."""
-    terms, _ = _linear(expr)
-    if terms.get(d) != 1 or any(dims_of(a) for a in terms if a != d):
-        raise _unsupported(what, expr, f"it is not `{d.name}` plus a constant")
-    return simplify(expr - d)
-
-
-def _invert_range(item: Slice, d: Symbol, q: Symbol, what: str) -> tuple[Expr, Expr, list[Expr]]:
-    """The consumer points ``[lo, hi)`` along ``d`` whose range ``item`` holds ``q``."""
-    conds: list[Expr] = []
-    # lo: the first consumer whose stop passes q
-    stop = simplify(item.stop)
-    if not dims_of(stop):
-        lo: Expr = Const(0)
-        conds.append(q < stop)
-    else:
-        k = _offset(stop, d, what)  # stop = d + k > q  <=>  d >= q - k + 1
-        lo = _max0(simplify(q - k + 1))
-    # hi: one past the last consumer whose start is at most q
-    start = simplify(item.start)
-    lower = None
-    if isinstance(start, Max) and not (dims_of(start.a) and dims_of(start.b)):
-        lower, start = (start.a, start.b) if not dims_of(start.a) else (start.b, start.a)
-    if isinstance(start, Min):
-        raise _unsupported(what, item, "its start is a minimum")
-    if not dims_of(start):
-        hi: Expr = d.bound
-        conds.append(start <= q)
-    else:
-        k = _offset(start, d, what)  # start = d + k <= q  <=>  d <= q - k
-        hi = Min(simplify(q - k + 1), d.bound)
-    if lower is not None:
-        conds.append(lower <= q)
-    return lo, simplify(hi), conds
-
-
-def _narrow(part: Expr, found: set[Symbol]) -> tuple[Expr | None, Expr | None] | None:
-    """Bounds ``(lower, upper)`` on the one symbol of ``found`` that ``part`` says, if affine."""
-    if not isinstance(part, Cmp) or part.op not in ("<=", ">=", "=="):
-        return None
-    (f,) = found
-    terms, _ = _linear(simplify(part.a - part.b))
-    coeff = terms.get(f)
-    if coeff not in (1, -1) or any(f in dims_of(a) for a in terms if a != f):
-        return None
-    rest = simplify(part.a - part.b - f * coeff)  # part: coeff * f + rest (op) 0
-    value = simplify(-rest) if coeff == 1 else rest
-    if part.op == "==":
-        return value, value
-    upper = (part.op == "<=") == (coeff == 1)
-    return (None, value) if upper else (value, None)
-
-
-def _conjuncts(cond: Expr) -> list[Expr]:
-    if isinstance(cond, And):
-        return _conjuncts(cond.a) + _conjuncts(cond.b)
-    return [cond]
-
-
-def _max0(expr: Expr) -> Expr:
-    return simplify(Max(Const(0), expr))
-
-
-def _check_lower(value: Expr) -> Expr:
-    return simplify(value >= 0)
-
-
-def _check_upper(value: Expr, d: Symbol) -> Expr:
-    return simplify(value < d.bound)
-
-
-def _conjunction(conds: list[Expr]) -> Expr:
-    result: Expr = TRUE
-    for c in conds:
-        c = simplify(c)
-        if c == TRUE or _trivially_true(c):
-            continue
-        result = c if result == TRUE else result & c
-    return result
-
-
-def _trivially_true(cond: Expr) -> bool:
-    """Whether every point of a box satisfies ``cond``: ``d >= c`` (c <= 0), ``d <= D + c``
-    (c >= -1)."""
-    if not isinstance(cond, Cmp) or not isinstance(cond.a, Symbol) or cond.a.is_bound:
-        return False
-    d = cond.a
-    terms, const = _linear(cond.b)
-    if cond.op == ">=":
-        return not terms and const <= 0
-    if cond.op == "<=":
-        return terms == {d.bound: 1} and const >= -1
-    return False
