@@ -415,12 +415,9 @@ class TreeLowering:
                 values.append(None)  # a branch this piece of the loop never takes
             elif op.payload is not None and op.payload.accumulates:
                 slices = sum(isinstance(item, Slice) for item in edge.index)
-                if (
-                    edge.src,
-                    edge.out,
-                ) in self.layout.plan.accumulated:  # the sum, one row per axis
+                if (edge.src, edge.out) in self.layout.plan.accumulated:
                     acc = buffers[(edge.src, edge.out, ACCUMULATE)]
-                    values.append(acc.reshape((1,) * slices + acc.shape))
+                    values.append(acc.reshape((1,) * slices + acc.shape))  # one row per axis
                 else:
                     values.append(self.read(edge, env, buffers, op.domain))
             elif (id(node), k, PREFETCH) in buffers:  # read at the previous iteration
@@ -536,7 +533,7 @@ class TreeLowering:
         """The outputs of ``op`` at the point of ``env``, from its inputs' ``values``
         (``unchecked`` and ``windows``: see :func:`.masking.masked_call`)."""
         if op.kind == "sink":
-            self._sink(op, env, values[0])
+            self.sink_errors.send(op, self.program.read_spec(op.inputs[0]).shape, env, values[0])
             return ()
         if op.kind == "merge":
             return (merge_value(self, op, env, values),)
@@ -564,23 +561,6 @@ class TreeLowering:
                     lengths[str(size)] = size.evaluate(env)
             pads.append(found)
         return pads, lengths
-
-    def _sink(self, op: Op, env: Env, value: Any) -> None:
-        assert op.payload is not None
-        fn, names = op.payload.fn, [d.name for d in op.domain]
-        sizes = [
-            jnp.asarray(d.evaluate(env) if isinstance(d, Expr) else d, jnp.int32)
-            for d in self.program.read_spec(op.inputs[0]).shape
-        ]
-
-        def host(v: Any, sizes: Any, *point: Any) -> None:
-            valid = np.asarray(v)[tuple(slice(0, int(n)) for n in sizes)]  # padding cut off
-            at = {n: int(p) for n, p in zip(names, point, strict=True)}
-            self.sink_errors.call(op, fn, valid, at)  # the user's exception, kept for the caller
-
-        jax.debug.callback(
-            host, value, sizes, *(env[d] for d in op.domain), ordered=self.sink_errors.ordered
-        )
 
     read = read_value  # ``self.read(edge, env, buffers, domain, ...)``: :func:`.reading.read`
 

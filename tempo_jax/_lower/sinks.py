@@ -15,11 +15,14 @@ returned, so the caller sees JAX's error (whose text holds the same note).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
+from .._ir.expr import Expr, Symbol
 from .._ir.program import Op, Program, sink_note
 
 
@@ -47,6 +50,22 @@ class SinkErrors:
             self._raised.append(exc)
             if self.ordered:
                 raise
+
+    def send(self, op: Op, shape: tuple[Any, ...], env: Mapping[Symbol, Any], value: Any) -> None:
+        """Call sink ``op``'s function on the host with ``value`` (its rows past the sizes of
+        ``shape`` at the point of ``env`` cut off) and the point, from compiled code."""
+        assert op.payload is not None
+        fn, names = op.payload.fn, [d.name for d in op.domain]
+        sizes = [
+            jnp.asarray(d.evaluate(env) if isinstance(d, Expr) else d, jnp.int32) for d in shape
+        ]
+
+        def host(v: Any, sizes: Any, *point: Any) -> None:
+            valid = np.asarray(v)[tuple(slice(0, int(n)) for n in sizes)]  # padding cut off
+            at = {n: int(p) for n, p in zip(names, point, strict=True)}
+            self.call(op, fn, valid, at)  # the user's exception, kept for the caller
+
+        jax.debug.callback(host, value, sizes, *(env[d] for d in op.domain), ordered=self.ordered)
 
     def run(self, jitted: Callable[..., Any], *args: Any) -> Any:
         """``jitted(*args)``, finished when there are sinks; a sink's exception is raised as
