@@ -26,15 +26,12 @@ def plan_whole_outputs(plan: BufferPlan) -> tuple[frozenset[str], frozenset[str]
     no copy of them), and of those the lowering returns as the buffer itself: all but the
     ones written by a nest computed at once, whose buffer is one update of a zero array that
     XLA fuses with the gather (updating the output in place instead makes a copy)."""
-    program = plan.program
     freed = {(n.op, n.out) for n in walk(plan.tree) if isinstance(n, Free)}
     at_once = {ex.op for nest in plan.nests.values() if nest.query is None for ex in nest.execs}
     whole, returned = set(), set()
-    for out in program.outputs:
+    for out in buffered_outputs(plan):
         key = (out.edge.src, out.edge.out)
-        if key not in plan.plan.buffered or program.op(key[0]).kind == "input":
-            continue
-        if out.name in plan.plan.captured or key in freed:
+        if key in freed:
             continue
         if key in plan.cycles or key in plan.splits or key in plan.layouts:
             continue
@@ -43,6 +40,19 @@ def plan_whole_outputs(plan: BufferPlan) -> tuple[frozenset[str], frozenset[str]
             if key[0] not in at_once:
                 returned.add(out.name)
     return frozenset(whole), frozenset(returned)
+
+
+def buffered_outputs(plan: BufferPlan) -> list[Output]:
+    """The program's outputs read from a full buffer of a computed op (not an input, not a
+    captured one-point value): each is that buffer, or an array gathered from it."""
+    program = plan.program
+    return [
+        out
+        for out in program.outputs
+        if (out.edge.src, out.edge.out) in plan.plan.buffered
+        and program.op(out.edge.src).kind != "input"
+        and out.name not in plan.plan.captured
+    ]
 
 
 def _in_order(plan: BufferPlan, out: Output) -> bool:

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 from .._ir.expr import Slice
 from .._ir.jaxprs import CALLS
 from .._schedule.tree import Exec, Guard, Node, walk
+from .output_plan import buffered_outputs
 
 if TYPE_CHECKING:
     from .._ir.program import Op
@@ -464,12 +465,7 @@ def output_copies(plan: BufferPlan) -> int:
     an array of its own, held, as XLA holds every output, throughout the program. An output
     that is its buffer whole is the buffer itself."""
     total = 0
-    for out in plan.program.outputs:
-        key = (out.edge.src, out.edge.out)
-        if key not in plan.plan.buffered or plan.program.op(key[0]).kind == "input":
-            continue
-        if out.name in plan.plan.captured:
-            continue
+    for out in buffered_outputs(plan):
         in_order = out.perm is None or tuple(out.perm) == tuple(range(len(out.perm)))
         if out.name in plan.whole_outputs and in_order:
             continue
