@@ -13,8 +13,10 @@ side by side:
 - the single-jit baseline (:mod:`algorithms.baselines.ppo_jax`,
   :mod:`algorithms.baselines.pg_jax`).
 
-Per system: XLA's temporary bytes for the compiled run (``memory_analysis()``), the planned
-host bytes and planned peak device bytes (``Compiled.memory()``, tempo_jax only), the
+Per system: XLA's temporary bytes for the compiled run (``memory_analysis()``), its
+temporary and output bytes together (``xla_bytes``: what the planned peak counts, outputs
+included, so the two compare like with like), the planned host bytes and planned peak device
+bytes (``Compiled.memory()``, tempo_jax only), the
 device's peak bytes in use after the run where the device reports them (a GPU's
 ``memory_stats()``; None on CPU, where device and host memory are the same RAM), seconds per
 iteration (median of ``repeats`` runs), whether the learner streams (``learner``:
@@ -27,7 +29,7 @@ The device's peak is a high-water mark of the process, never reset: with ``--fre
 runs in a process of its own, so each peak is that system's alone; the parent process never
 starts JAX's backend, so it holds no device memory.
 Rows go to ``results/memory/<config stem>.json``
-(``{algo, system, obs, episode, swap, temp_bytes, host_bytes, planned_peak_bytes,
+(``{algo, system, obs, episode, swap, temp_bytes, xla_bytes, host_bytes, planned_peak_bytes,
 peak_bytes, seconds_per_iteration, learner, outputs_equal, max_difference}``) with a plot
 ``.png``.
 
@@ -89,6 +91,13 @@ def _device_peak() -> int | None:
     return None if not stats else int(stats.get("peak_bytes_in_use", 0)) or None
 
 
+def _xla_bytes(executable: Any) -> dict[str, int]:
+    """XLA's temporary bytes for the compiled run, and its temporary and output bytes."""
+    analysis = executable.memory_analysis()
+    temp = int(analysis.temp_size_in_bytes)
+    return {"temp_bytes": temp, "xla_bytes": temp + int(analysis.output_size_in_bytes)}
+
+
 def _tempo(config: RLConfig, swap: bool, repeats: int) -> tuple[dict[str, Any], Any]:
     module = ALGOS[config.algo][0]
     built = module.build(config)
@@ -97,7 +106,7 @@ def _tempo(config: RLConfig, swap: bool, repeats: int) -> tuple[dict[str, Any], 
     report = compiled.memory()
     seconds, out = _median_seconds(compiled.ahead_of_time(), repeats)
     return {
-        "temp_bytes": int(executable.memory_analysis().temp_size_in_bytes),
+        **_xla_bytes(executable),
         "host_bytes": report.host_bytes,
         "planned_peak_bytes": report.peak_device_bytes,
         "peak_bytes": _device_peak(),
@@ -113,7 +122,7 @@ def _baseline(config: RLConfig, repeats: int) -> tuple[dict[str, Any], Any]:
     executable = train.lower().compile()
     seconds, out = _median_seconds(executable, repeats)
     return {
-        "temp_bytes": int(executable.memory_analysis().temp_size_in_bytes),
+        **_xla_bytes(executable),
         "host_bytes": 0,
         "planned_peak_bytes": None,
         "peak_bytes": _device_peak(),
@@ -201,17 +210,22 @@ def bench_point(
                 "max_difference": _difference(out, off_out),
             }
         )
-        peak = found["peak_bytes"]
+        peak, planned = found["peak_bytes"], found["planned_peak_bytes"]
         print(
             f"{algo:16s} obs {rows[-1]['obs']:>9s} episode {episode:4d} {system:10s} "
-            f"swap {swap!s:5s} temp {found['temp_bytes'] / 2**20:8.1f} MiB  host "
+            f"swap {swap!s:5s} temp {found['temp_bytes'] / 2**20:8.1f} MiB  "
+            f"temp+out {found['xla_bytes'] / 2**20:8.1f} MiB  planned {_mib(planned)} MiB  host "
             f"{found['host_bytes'] / 2**20:7.1f} MiB  peak "
-            f"{'-' if peak is None else format(peak / 2**20, '.1f')} MiB  "
+            f"{_mib(peak)} MiB  "
             f"{found['seconds_per_iteration'] * 1e3:8.1f} ms/it  learner {found['learner']}  "
             f"equal {rows[-1]['outputs_equal']}",
             flush=True,
         )
     return rows
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else format(n / 2**20, ".1f")
 
 
 def points(config: dict[str, Any]) -> list[tuple[str, list[int], int]]:
