@@ -13,7 +13,10 @@ read within the loop that writes it.
 The peak counts each device value over its live span of the schedule's top-level steps: a
 buffer from its ``alloc`` to its ``free``; a captured value from the step computing it to the
 last step reading it (to the end for an output); a loop's ring during the step holding the
-loop; a running sum throughout. A buffer in host memory counts during each step that reads it
+loop, unless it holds one value whose last is an output (the output's buffer holds it: XLA
+makes the loop's result the output); a running sum throughout. A merge that starts a kept
+value from an input (``BufferPlan.seeded``) holds no array of its own at its one point: it is
+the kept value's. A buffer in host memory counts during each step that reads it
 with the largest region one of its reads brings back to the device (:func:`read_bytes`: all of
 it for a read taking every point at once), and in full at the end when it is an output.
 A read fetched one iteration ahead (:mod:`.prefetch`) counts twice: the current
@@ -130,6 +133,16 @@ def held_bytes(
         for f in fetches
         for edge in (plan.program.op(f.node.op).inputs[f.k],)
     }
+    taken = {  # per loop, the values it carries in one slot whose last value is an output
+        loop: {(o.edge.src, o.edge.out) for o in outs if o.name in plan.plan.captured}
+        for loop, outs in plan.from_ring.items()
+    }
+    program = plan.program
+    seeded = {  # a seeded merge's one point is the array of the value it reads (.merges)
+        (m, 0)
+        for m in plan.seeded
+        if plan.plan.scoped.get((m, 0)) == frozenset(range(len(program.op(m).domain)))
+    }
     found = []
     for (key, kind, loop), value in zip(plan.value_keys(), values, strict=True):
         live = [0] * len(steps.steps)
@@ -143,6 +156,8 @@ def held_bytes(
                 if key in outputs:
                     live[last] = value.bytes
             continue
+        if kind == "buffer" and key in seeded:
+            continue
         if kind == "buffer" and key in steps.spans:
             first, end = steps.spans[key]
         elif kind == "captured":
@@ -153,6 +168,8 @@ def held_bytes(
             else:
                 end = max([first, *reading])
         elif kind == "ring":
+            if key in taken.get(loop, ()) and value.shape[0] == 1:
+                continue  # the loop's last value is the output: one buffer, counted there
             first = end = next(i for i, ids in enumerate(steps.nodes) if id(loop) in ids)
         else:
             first, end = 0, last
