@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tempo_jax.models.config import tiny_gpt2
+from tempo_jax.configs import read
 from tempo_jax.scripts import bench_decode, bench_prefill
 
 CONFIG = pathlib.Path(__file__).parents[2] / "configs" / "bench" / "decode_tiny.yaml"
@@ -150,3 +151,20 @@ def test_the_prefill_sweep_checks_tokens_and_times_each_system() -> None:
         assert row["prompt_tokens_per_second"] == pytest.approx(24 * 2 / row["seconds"])
     assert rows[2]["speedup_vs_scan"] == 1.0 and rows[0]["speedup_vs_scan"] > 0
     assert "x scan" in bench_prefill.table(rows)
+
+
+def test_the_gpu_config_reads_and_configures_every_point() -> None:
+    """``decode_gpu_paper.yaml`` runs only where a GPU is lent: each of its points must make a
+    model config (GPT-2 small at the point's length and attention) before device time is
+    spent."""
+    config = read("bench/decode_gpu_paper")
+    found = bench_decode.points(config)
+    assert len(found) == 2 * 6 + 4  # two attentions x six lengths, then four tile sizes
+    for _, point in found:
+        cfg = bench_decode.model_config(
+            config["model"], point.attn, config["window"], point.seq_len
+        )
+        assert (cfg.layers, cfg.dim, cfg.vocab, cfg.max_len) == (12, 768, 50257, point.seq_len)
+        assert cfg.window == (config["window"] if point.attn == "window" else None)
+        assert point.block in (256, 512, 1024, 2048)
+    assert set(config["systems"]) <= set(bench_decode.SYSTEMS)

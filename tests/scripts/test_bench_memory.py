@@ -7,6 +7,7 @@ import jax
 import pytest
 import yaml
 
+from tempo_jax.configs import read
 from tempo_jax.scripts import bench_memory
 
 TINY = {
@@ -61,3 +62,16 @@ def test_fresh_processes_measure_each_system_alone_with_the_same_figures(tmp_pat
     assert [[r[k] for k in keys] for r in fresh] == [[r[k] for k in keys] for r in alone]
     assert all(r["machine"]["device"] == str(jax.devices()[0]) for r in fresh)
     assert [r["max_difference"] for r in fresh[:2]] == [r["max_difference"] for r in alone[:2]]
+
+
+def test_the_gpu_config_reads_and_configures_every_point() -> None:
+    """``memory_gpu_paper.yaml`` runs only where a GPU is lent: each of its points must make a
+    run config before the device time is spent."""
+    config = read("bench/memory_gpu_paper")
+    found = bench_memory.points(config)
+    assert len(found) == len(config["algos"]) * len(config["obs"]) * len(config["episodes"])
+    for algo, obs, episode in found:
+        cfg = bench_memory.point_config(config["base"], algo, obs, episode)
+        assert cfg.env_options == {"obs_shape": tuple(obs), "episode": episode}
+        assert (cfg.envs, cfg.steps, cfg.cnn) == (256, episode, True)
+    assert config["fresh_processes"] is True  # the device's peak is each system's alone
