@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import pytest
 import yaml
 
-from tempo_jax.models.config import tiny_gpt2
 from tempo_jax.configs import read
+from tempo_jax.models.config import tiny_gpt2
 from tempo_jax.scripts import bench_decode, bench_prefill
 
 CONFIG = pathlib.Path(__file__).parents[2] / "configs" / "bench" / "decode_tiny.yaml"
