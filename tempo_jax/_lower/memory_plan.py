@@ -34,11 +34,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .._ir.errors import TempoError
-from .._ir.expr import Slice
-from .._ir.program import describe_op
+from .._ir.expr import FALSE, TRUE, Slice, substitute
+from .._ir.program import Edge, describe_op
+from .._ir.simplify import simplify
 from .._schedule.tree import Alloc, Exec, Free, Loop, Node, Sequence, steps, walk
 from .prefetch import plan_prefetches
-from .transients import transient_bytes
+from .transients import Transients, transient_bytes
 
 if TYPE_CHECKING:
     from .buffer_plan import BufferPlan, StoredValue
@@ -143,6 +144,7 @@ def held_bytes(
         for m in plan.seeded
         if plan.plan.scoped.get((m, 0)) == frozenset(range(len(program.op(m).domain)))
     }
+    unheld = _unheld_captures(plan, outputs)
     found = []
     for (key, kind, loop), value in zip(plan.value_keys(), values, strict=True):
         live = [0] * len(steps.steps)
@@ -161,6 +163,8 @@ def held_bytes(
         if kind == "buffer" and key in steps.spans:
             first, end = steps.spans[key]
         elif kind == "captured":
+            if key in unheld:
+                continue
             first = next(iter(steps.using([key[0]])), 0)
             reading = steps.using(plan.readers[key[0]])
             if key in outputs:  # XLA holds an output's buffer throughout
@@ -176,6 +180,45 @@ def held_bytes(
         for i in range(first, end + 1):
             live[i] += value.bytes
     return found
+
+
+def _unheld_captures(plan: BufferPlan, outputs: set[Key]) -> set[Key]:
+    """The one-point values kept for readers (not outputs) that hold no array of their own:
+    made from literals alone (an optimiser's zero moments: XLA folds them into their readers),
+    or a merge's point where its branch reads an input as it is (``params[0]`` of
+    ``tj.param(w0)``: the input's array)."""
+    program = plan.program
+    found: set[Key] = set()
+    transients = None
+    for key, outs in plan.captures.items():
+        if key in outputs:
+            continue
+        op = program.op(key[0])
+        if op.kind == "apply":
+            transients = transients or Transients(plan)
+            if key[1] in transients.cost(op.id).constant:
+                found.add(key)
+        elif op.kind == "merge" and all(_reads_input_at(plan, out.edge) for out in outs):
+            found.add(key)
+    return found
+
+
+def _reads_input_at(plan: BufferPlan, edge: Edge) -> bool:
+    """Whether merge ``edge.src`` takes, at the one point ``edge`` reads, a branch reading an
+    input of no domain as it is (same spec)."""
+    op = plan.program.op(edge.src)
+    if any(isinstance(item, Slice) for item in edge.index):
+        return False
+    point = dict(zip(op.domain, edge.index, strict=True))
+    for branch in op.inputs:
+        holds = simplify(substitute(branch.cond, point))
+        if holds == FALSE:
+            continue
+        source = plan.program.op(branch.src)
+        spec, mine = source.outputs[branch.out], op.outputs[edge.out]
+        same = (spec.shape, spec.dtype) == (mine.shape, mine.dtype) and not branch.index
+        return holds == TRUE and source.kind == "input" and not source.domain and same
+    return False
 
 
 def unmet_budget(plan: BufferPlan, budget: int) -> str | None:

@@ -127,6 +127,8 @@ class JaxprCost(NamedTuple):
     # which stand for them until a reader fuses those equations)
     free: frozenset[int]  # outputs computed by fused equations from one array, an input or
     # a materialised output: a reader computes them again rather than XLA holding them
+    constant: frozenset[int] = frozenset()  # outputs made from literals alone (zeros):
+    # XLA folds them into their readers, no array of their own
 
 
 def _jaxpr_cost(jaxpr: jex.Jaxpr) -> JaxprCost:
@@ -235,7 +237,10 @@ def _jaxpr_cost(jaxpr: jex.Jaxpr) -> JaxprCost:
     free = frozenset(
         j for j, v in enumerate(jaxpr.outvars) if isinstance(v, jex.Var) and v not in held
     )
-    return JaxprCost(peak, fused, not fused and not outputs_made, free)
+    constants = frozenset(
+        j for j, v in enumerate(jaxpr.outvars) if not isinstance(v, jex.Var) or v in constant
+    )
+    return JaxprCost(peak, fused, not fused and not outputs_made, free, constants)
 
 
 def _untagged(key: Any) -> Any:
@@ -343,6 +348,7 @@ class Cost(NamedTuple):
     gathered: int
     tail: bool = False
     free: frozenset[int] = frozenset()  # outputs its readers compute again (JaxprCost.free)
+    constant: frozenset[int] = frozenset()  # outputs made from literals (JaxprCost.constant)
 
 
 class Transients:
@@ -404,14 +410,14 @@ class Transients:
             closed = jax.make_jaxpr(fn)(*args)
         except Exception:  # the lowering's own trace reports what is wrong with the payload
             return Cost(0, True, 0)
-        scratch, fused, tail, free = _jaxpr_cost(closed.jaxpr)
+        scratch, fused, tail, free, constant = _jaxpr_cost(closed.jaxpr)
         if len(closed.jaxpr.outvars) != len(op.outputs):
-            free = frozenset()
+            free = constant = frozenset()
         if tiled is not None:  # the loop over its tiles carries its outputs, reduced so far
             scratch += sum(_nbytes(v.aval) for v in closed.jaxpr.outvars)
         if fused and len(self.readers[op.id]) >= 2 and _kept_for_readers(closed.jaxpr):
             fused = False  # XLA keeps it as an array rather than computing it per reader
-        return Cost(scratch, fused, 0, tail, free)
+        return Cost(scratch, fused, 0, tail, free, constant)
 
     def output_bytes(self, op_id: int) -> int:
         """The bytes of one point of ``op_id``'s outputs that no buffer keeps and that its
