@@ -17,9 +17,10 @@ loop, unless it holds one value whose last is an output (the output's buffer hol
 makes the loop's result the output); a running sum throughout. A merge that starts a kept
 value from an input (``BufferPlan.seeded``) holds no array of its own at its one point: it is
 the kept value's; nor does a one-point value held for readers that is made from literals alone
-or is a merge's point whose branch reads an input as it is (:func:`_unheld_captures`). A buffer in host memory counts during each step that reads it
-with the largest region one of its reads brings back to the device (:func:`read_bytes`: all of
-it for a read taking every point at once), and in full at the end when it is an output.
+or is a merge's point whose branch reads an input as it is (:func:`_unheld_captures`).
+A buffer in host memory counts during each step that reads it with the largest region one of
+its reads brings back to the device (:func:`read_bytes`: all of it for a read taking every
+point at once), and in full at the end when it is an output.
 A read fetched one iteration ahead (:mod:`.prefetch`) counts twice: the current
 iteration's region and the next one's are on the device together (while the budget is
 planned too: the reads that would be prefetched with the buffers tried in host memory).
