@@ -17,7 +17,7 @@ loop, unless it holds one value whose last is an output (the output's buffer hol
 makes the loop's result the output); a running sum throughout. A merge that starts a kept
 value from an input (``BufferPlan.seeded``) holds no array of its own at its one point: it is
 the kept value's; nor does a one-point value held for readers that is made from literals alone
-or is a merge's point whose branch reads an input as it is (:func:`_unheld_captures`).
+or is a merge's point whose branch reads an input as it is (:func:`_unheld`).
 A buffer in host memory counts during each step that reads it with the largest region one of
 its reads brings back to the device (:func:`read_bytes`: all of it for a read taking every
 point at once), and in full at the end when it is an output.
@@ -33,7 +33,7 @@ where the planned peak is reached.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._ir.errors import TempoError
 from .._ir.expr import FALSE, TRUE, Slice, substitute
@@ -62,6 +62,7 @@ class Steps:
         last = len(self.steps) - 1
         self.spans: dict[Key, tuple[int, int]] = {}
         self._transients: list[int] | None = None
+        self._unheld: set[tuple[Key, str, Any]] | None = None
         k = 0
         for child in children:
             if isinstance(child, Alloc):
@@ -76,6 +77,12 @@ class Steps:
         if self._transients is None:
             self._transients = transient_bytes(plan, self.steps)
         return self._transients
+
+    def unheld(self, plan: BufferPlan) -> set[tuple[Key, str, Any]]:
+        """The values that hold no array of their own (:func:`_unheld`), planned once."""
+        if self._unheld is None:
+            self._unheld = _unheld(plan)
+        return self._unheld
 
     def using(self, ops: Iterable[int]) -> list[int]:
         """The steps that run one of ``ops``, in order."""
@@ -136,17 +143,7 @@ def held_bytes(
         for f in fetches
         for edge in (plan.program.op(f.node.op).inputs[f.k],)
     }
-    taken = {  # per loop, the values it carries in one slot whose last value is an output
-        loop: {(o.edge.src, o.edge.out) for o in outs if o.name in plan.plan.captured}
-        for loop, outs in plan.from_ring.items()
-    }
-    program = plan.program
-    seeded = {  # a seeded merge's one point is the array of the value it reads (.merges)
-        (m, 0)
-        for m in plan.seeded
-        if plan.plan.scoped.get((m, 0)) == frozenset(range(len(program.op(m).domain)))
-    }
-    unheld = _unheld_captures(plan, outputs)
+    unheld = steps.unheld(plan)
     found = []
     for (key, kind, loop), value in zip(plan.value_keys(), values, strict=True):
         live = [0] * len(steps.steps)
@@ -160,13 +157,11 @@ def held_bytes(
                 if key in outputs:
                     live[last] = value.bytes
             continue
-        if kind == "buffer" and key in seeded:
+        if (key, kind, loop) in unheld:
             continue
         if kind == "buffer" and key in steps.spans:
             first, end = steps.spans[key]
         elif kind == "captured":
-            if key in unheld:
-                continue
             first = next(iter(steps.using([key[0]])), 0)
             reading = steps.using(plan.readers[key[0]])
             if key in outputs:  # XLA holds an output's buffer throughout
@@ -174,8 +169,6 @@ def held_bytes(
             else:
                 end = max([first, *reading])
         elif kind == "ring":
-            if key in taken.get(loop, ()) and value.shape[0] == 1:
-                continue  # the loop's last value is the output: one buffer, counted there
             first = end = next(i for i, ids in enumerate(steps.nodes) if id(loop) in ids)
         else:
             first, end = 0, last
@@ -184,13 +177,26 @@ def held_bytes(
     return found
 
 
-def _unheld_captures(plan: BufferPlan, outputs: set[Key]) -> set[Key]:
-    """The one-point values kept for readers (not outputs) that hold no array of their own:
-    made from literals alone (an optimiser's zero moments: XLA folds them into their readers),
-    or a merge's point where its branch reads an input as it is (``params[0]`` of
-    ``tj.param(w0)``: the input's array)."""
+def _unheld(plan: BufferPlan) -> set[tuple[Key, str, Any]]:
+    """The rows of ``plan.value_keys()`` that hold no array of their own (module docstring):
+    a loop's one-slot ring whose last value is an output (the output's buffer holds it); a
+    seeded merge's one point (the kept value's array, :mod:`.merges`); a one-point value kept
+    for readers, not an output, made from literals alone (an optimiser's zero moments: XLA
+    folds them into their readers) or a merge's point whose branch reads an input as it is
+    (``params[0]`` of ``tj.param(w0)``: the input's array)."""
     program = plan.program
-    found: set[Key] = set()
+    outputs = {(o.edge.src, o.edge.out) for o in program.outputs}
+    found: set[tuple[Key, str, Any]] = {
+        ((o.edge.src, o.edge.out), "ring", loop)
+        for loop, outs in plan.from_ring.items()
+        for o in outs
+        if o.name in plan.plan.captured and plan.plan.rings[loop][(o.edge.src, o.edge.out)] == 1
+    }
+    found |= {
+        ((m, 0), "buffer", None)
+        for m in plan.seeded
+        if plan.plan.scoped.get((m, 0)) == frozenset(range(len(program.op(m).domain)))
+    }
     transients = None
     for key, outs in plan.captures.items():
         if key in outputs:
@@ -199,9 +205,9 @@ def _unheld_captures(plan: BufferPlan, outputs: set[Key]) -> set[Key]:
         if op.kind == "apply":
             transients = transients or Transients(plan)
             if key[1] in transients.cost(op.id).constant:
-                found.add(key)
+                found.add((key, "captured", None))
         elif op.kind == "merge" and all(_reads_input_at(plan, out.edge) for out in outs):
-            found.add(key)
+            found.add((key, "captured", None))
     return found
 
 
