@@ -188,7 +188,7 @@ def _jaxpr_cost(jaxpr: jex.Jaxpr) -> JaxprCost:
             if made[-1]:
                 roots[v] = _root(v)
             elif v not in constant:
-                read = frozenset().union(*(roots.get(u, frozenset()) for u in _vars(eqn)))
+                read = _sources(eqn, roots)
                 if name in REINDEX:  # other elements of the same arrays: other reads
                     read = frozenset(((key, k), n) for key, n in read)
                 roots[v] = read
@@ -266,7 +266,7 @@ def _reused(
     for k, eqn in enumerate(eqns):
         if eqn.primitive.name not in FUSED or eqn.primitive.name in CALLS:
             continue
-        sources = frozenset().union(*(roots.get(v, frozenset()) for v in _vars(eqn)))
+        sources = _sources(eqn, roots)
         for w in eqn.outvars:
             if not (made[k] or w in outs):
                 continue
@@ -306,6 +306,11 @@ def _vars(eqn: jex.JaxprEqn) -> list[Any]:
     return [v for v in eqn.invars if isinstance(v, jex.Var)]
 
 
+def _sources(eqn: jex.JaxprEqn, roots: dict[Any, frozenset[Any]]) -> frozenset[Any]:
+    """The roots (arrays, and how many elements each is read as) ``eqn`` computes from."""
+    return frozenset().union(*(roots.get(v, frozenset()) for v in _vars(eqn)))
+
+
 def _not_copied(
     eqn: jex.JaxprEqn,
     reads: dict[Any, int],
@@ -322,7 +327,7 @@ def _not_copied(
         return False
     if eqn.primitive.name in EXPENSIVE:
         return True
-    sources = frozenset().union(*(roots.get(v, frozenset()) for v in _vars(eqn)))
+    sources = _sources(eqn, roots)
     elements = sum(n for _, n in sources)
     return len(sources) >= 2 and elements > math.prod(getattr(out.aval, "shape", ()))
 
