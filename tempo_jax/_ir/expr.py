@@ -595,6 +595,13 @@ def dims_of(item: IndexItem) -> frozenset[Symbol]:
     return frozenset(s for s in symbols_of(item) if not s.is_bound)
 
 
+def conjuncts(cond: Expr) -> list[Expr]:
+    """The terms of a conjunction ``a & b & ...``, in order (``[cond]`` when it is not one)."""
+    if isinstance(cond, And):
+        return conjuncts(cond.a) + conjuncts(cond.b)
+    return [cond]
+
+
 def substitute(item: IndexItem, mapping: Mapping[Symbol, Expr]) -> IndexItem:
     """Replace symbols by expressions (simultaneously)."""
     if isinstance(item, Slice):

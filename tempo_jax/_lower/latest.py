@@ -22,7 +22,18 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from .._ir.expr import TRUE, And, Cmp, Const, Expr, Slice, Symbol, substitute, symbols_of
+from .._ir.expr import (
+    TRUE,
+    And,
+    Cmp,
+    Const,
+    Expr,
+    Slice,
+    Symbol,
+    conjuncts,
+    substitute,
+    symbols_of,
+)
 from .._ir.program import Edge, Output, Program
 from .._ir.simplify import simplify
 from .._schedule.tree import Exec, Guard, Loop, Node, Sequence
@@ -200,7 +211,7 @@ def _first_point(cond: Expr, domain: tuple[Symbol, ...]) -> bool:
     """Whether ``cond`` is ``d == 0`` for every dim of ``domain`` and nothing else."""
     facts: dict[Symbol, Expr] = {}
     equalities(cond, facts)
-    terms = _conjuncts(cond)
+    terms = conjuncts(cond)
     zero = all(simplify(facts.get(d, d)) == Const(0) for d in domain)
     return zero and set(facts) == set(domain) and len(terms) == len(domain)
 
@@ -306,17 +317,11 @@ def _pinned(guards: tuple[Expr, ...], extra: list[Loop]) -> bool:
     terms: list[Expr] = []
     for cond in guards:
         equalities(cond, facts)
-        terms += _conjuncts(cond)
+        terms += conjuncts(cond)
     wanted = {lp.var for lp in extra}
     if set(facts) != wanted or any(symbols_of(value) for value in facts.values()):
         return False
     return len(terms) == len(wanted)  # one equality per loop: no other condition
-
-
-def _conjuncts(cond: Expr) -> list[Expr]:
-    if isinstance(cond, And):
-        return _conjuncts(cond.a) + _conjuncts(cond.b)
-    return [cond]
 
 
 def _reads_latest(

@@ -28,7 +28,6 @@ from jax import lax
 from .._ir.errors import UnsupportedError
 from .._ir.expr import (
     TRUE,
-    And,
     Cmp,
     Const,
     Expr,
@@ -36,6 +35,7 @@ from .._ir.expr import (
     Min,
     Slice,
     Symbol,
+    conjuncts,
     dims_of,
     eq,
     substitute,
@@ -102,7 +102,7 @@ def invert_read(
             raise unsupported(what, item, f"`{d.name}` indexes two dims")
         determined[d] = simplify(q - rest)
     # where the read happens: its branch condition, and where the consumer is defined
-    parts = _conjuncts(simplify(cond)) if cond != TRUE else []
+    parts = conjuncts(simplify(cond)) if cond != TRUE else []
     parts += defined
     others: list[Expr] = []
     for part in parts:  # a condition pinning a dim the producer lacks (`h[0] = f(w)`)
@@ -328,12 +328,6 @@ def _narrow(part: Expr, found: set[Symbol]) -> tuple[Expr | None, Expr | None] |
         return value, value
     upper = (part.op == "<=") == (coeff == 1)
     return (None, value) if upper else (value, None)
-
-
-def _conjuncts(cond: Expr) -> list[Expr]:
-    if isinstance(cond, And):
-        return _conjuncts(cond.a) + _conjuncts(cond.b)
-    return [cond]
 
 
 def _trivially_true(cond: Expr) -> bool:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .._ir.expr import TRUE, And, Cmp, Const, Expr, Symbol, substitute
+from .._ir.expr import TRUE, And, Cmp, Const, Expr, Symbol, conjuncts, substitute
 from .._ir.program import Program
 from .._ir.simplify import simplify
 from .tree import Guard, Loop, Node, Sequence, execs, sequence, steps, substitute_tree
@@ -82,7 +82,7 @@ def _runs(loop: Loop, program: Program) -> bool:
 
 def _first_only(guard: Guard, var: Symbol, start: Expr) -> Expr | None:
     """The rest of ``guard``'s condition when it includes ``var == start``, else None."""
-    terms = _conjuncts(guard.cond)
+    terms = conjuncts(guard.cond)
     first = [t for t in terms if isinstance(t, Cmp) and t.op == "==" and {t.a, t.b} == {var, start}]
     if not first:
         return None
@@ -91,12 +91,6 @@ def _first_only(guard: Guard, var: Symbol, start: Expr) -> Expr | None:
         if term is not first[0]:
             rest = term if rest == TRUE else And(rest, term)
     return simplify(substitute(rest, {var: start}))
-
-
-def _conjuncts(cond: Expr) -> list[Expr]:
-    if isinstance(cond, And):
-        return _conjuncts(cond.a) + _conjuncts(cond.b)
-    return [cond]
 
 
 def _reads(node: Node, earlier: set[int], program: Program) -> bool:
